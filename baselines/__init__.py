@@ -1,0 +1,1 @@
+"""Baseline adapters, one module per external library; each registers its kernels on import."""

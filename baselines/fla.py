@@ -1,0 +1,82 @@
+"""flash-linear-attention (``fla-core``): GLA, simple GLA and the gated delta rule, layout ``(B, S, H, D)``.
+
+Shape mapping: the mLSTM problem's heads and head dims (``head_dim_qk`` for q/k, ``head_dim_v`` for v),
+log-space gates from ``logsigmoid``; FLA's own chunk size (64).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from baselines.shapes import hopper_triton_bw_reason, itemsize
+from bench import flops
+from bench.problem import Problem
+from bench.registry import KernelSpec, first_reason, package_reason, register
+
+FLA_CHUNK = 64
+# name: (module, function, gate kind) with gate kind "scalar" (B, S, H), "vector" (B, S, H, DK) or "delta"
+KERNELS = {
+    "chunk_simple_gla": ("fla.ops.simple_gla", "chunk_simple_gla", "scalar"),
+    "chunk_gla": ("fla.ops.gla", "chunk_gla", "vector"),
+    "fused_chunk_gla": ("fla.ops.gla", "fused_chunk_gla", "vector"),
+    "chunk_gated_delta_rule": ("fla.ops.gated_delta_rule", "chunk_gated_delta_rule", "delta"),
+}
+
+
+def fla_inputs(p: Problem, gate: str) -> tuple[Any, ...]:
+    import torch
+    import torch.nn.functional as F
+
+    dt, dev = p.torch_dtype, p.device
+    q = torch.randn(p.batch, p.seq_len, p.heads, p.head_dim_qk, dtype=dt, device=dev)
+    k = torch.randn(p.batch, p.seq_len, p.heads, p.head_dim_qk, dtype=dt, device=dev)
+    v = torch.randn(p.batch, p.seq_len, p.heads, p.head_dim_v, dtype=dt, device=dev)
+    if gate == "delta":
+        k = F.normalize(k.float(), dim=-1).to(dt)
+    gshape = (p.batch, p.seq_len, p.heads) + ((p.head_dim_qk,) if gate == "vector" else ())
+    g = F.logsigmoid(torch.randn(*gshape, device=dev) + 3.0)
+    if gate == "delta":
+        return q, k, v, g, torch.rand(p.batch, p.seq_len, p.heads, dtype=dt, device=dev)
+    return q, k, v, g.to(dt) if gate == "vector" else g
+
+
+def _register(name: str, module: str, function: str, gate: str) -> None:
+    def fn(*inputs):  # noqa: ANN002, ANN202
+        return getattr(importlib.import_module(module), function)(*inputs)
+
+    def available() -> str | None:
+        if name == "fused_chunk_gla":
+            from bench.envinfo import _version
+
+            if _version("fla-core") >= "0.6":
+                return "fused_chunk_gla is deprecated in fla-core >= 0.6 (raises NotImplementedError)"
+        return None
+
+    def supports(p: Problem) -> str | None:
+        if p.head_dim_qk > 256 or p.head_dim_v > 512:
+            return "FLA kernels support head dims up to 256 (qk) and 512 (v)"
+        return hopper_triton_bw_reason(p) if gate != "delta" else None
+
+    register(
+        KernelSpec(
+            name=f"fla.{name}",
+            family="linear_attention",
+            make_inputs=lambda p: fla_inputs(p, gate),
+            fn=fn,
+            flops=lambda p: flops.chunkwise_flops(
+                p.batch, p.heads, p.seq_len, p.head_dim_qk, p.head_dim_v, FLA_CHUNK, p.mode
+            ),
+            bytes=lambda p: flops.sequence_mixer_bytes(
+                p.batch, p.heads, p.seq_len, p.head_dim_qk, p.head_dim_v, itemsize(p), p.mode, 1
+            ),
+            supports=supports,
+            available=lambda: first_reason(lambda: package_reason("fla"), available),
+            params=lambda p: {"chunk_size": FLA_CHUNK, "gate": gate, "layout": "BSHD"},
+            description=f"FLA {function} ({module})",
+        )
+    )
+
+
+for _name, (_module, _function, _gate) in KERNELS.items():
+    _register(_name, _module, _function, _gate)

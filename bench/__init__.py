@@ -1,0 +1,1 @@
+"""tfla-bench harness: problems, registry, measurement, sweeps, storage and checks."""

@@ -1,0 +1,109 @@
+"""Run metadata: GPU, driver, CUDA, torch, Triton, baseline package versions, git commit, host, time."""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+import json
+import platform
+import socket
+import subprocess
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+PACKAGES = ("torch", "triton", "mlstm_kernels", "fla-core", "mamba_ssm", "flash_attn", "causal-conv1d")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class RunMetadata:
+    """One run's environment; every stored row carries it."""
+
+    run_id: str
+    timestamp: str
+    host: str
+    gpu_name: str
+    driver: str
+    cuda: str
+    torch: str
+    triton: str
+    python: str
+    git_commit: str
+    packages: str  # JSON: {distribution: version}
+    peak_tflops: float | None = None  # measured dense matmul peak in the run's dtype
+    peak_bandwidth_gbs: float | None = None  # measured device-to-device copy, GB/s (read + write)
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
+def _git_commit() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    commit = sha.stdout.strip()
+    return f"{commit}-dirty" if commit and dirty.stdout.strip() else commit
+
+
+def _driver() -> str:
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else ""
+
+
+def collect(device: str = "cuda") -> RunMetadata:
+    """The metadata of this machine now (no device peaks: ``measure_peaks`` adds them)."""
+    import torch
+
+    now = dt.datetime.now(dt.timezone.utc)
+    has_gpu = device == "cuda" and torch.cuda.is_available()
+    return RunMetadata(
+        run_id=now.strftime("%Y%m%dT%H%M%S") + f"-{socket.gethostname()}",
+        timestamp=now.isoformat(timespec="seconds"),
+        host=socket.gethostname(),
+        gpu_name=torch.cuda.get_device_name() if has_gpu else f"cpu ({platform.processor() or platform.machine()})",
+        driver=_driver() if has_gpu else "",
+        cuda=torch.version.cuda or "",
+        torch=torch.__version__,
+        triton=_version("triton"),
+        python=platform.python_version(),
+        git_commit=_git_commit(),
+        packages=json.dumps({p: v for p in PACKAGES if (v := _version(p))}, sort_keys=True),
+    )
+
+
+def measure_peaks(dtype: str) -> tuple[float, float]:
+    """Measured dense matmul TFLOP/s in ``dtype`` (8192^3) and copy bandwidth in GB/s on the current GPU."""
+    import torch
+    import triton.testing
+
+    dt_ = getattr(torch, dtype)
+    n = 8192
+    a = torch.randn(n, n, device="cuda", dtype=dt_)
+    b = torch.randn(n, n, device="cuda", dtype=dt_)
+    prev = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        ms = triton.testing.do_bench(lambda: a @ b, return_mode="median")
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = prev
+    x = torch.empty(1 << 28, device="cuda", dtype=torch.float32)
+    y = torch.empty_like(x)
+    copy_ms = triton.testing.do_bench(lambda: y.copy_(x), return_mode="median")
+    return 2 * n**3 / (ms * 1e-3) / 1e12, 2 * x.numel() * 4 / (copy_ms * 1e-3) / 1e9

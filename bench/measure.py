@@ -1,0 +1,198 @@
+"""Measure one kernel on one problem: runtime quantiles, peak memory, FLOPs, TFLOP/s, optional error.
+
+Runs inside a worker process (``bench.worker``). GPU timing uses ``triton.testing.do_bench`` (CUDA
+events, warm-up, L2 flush between repetitions, a minimum measured time); CPU timing uses
+``time.perf_counter``. Peak memory is the CUDA allocator's peak above what was allocated before the
+timed step (inputs, and for ``bw`` the saved forward graph, are not counted); ``None`` on the CPU.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from bench.flops import tflops
+from bench.problem import Problem
+from bench.registry import KernelSpec
+
+STATUSES = ("ok", "unsupported", "unavailable", "oom", "error", "crash", "timeout")
+VERIFY_MAX_ELEMENTS = 1 << 27  # heads * seq_len**2 of the float64 reference
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Median, 20th and 80th percentile of the runtime, in milliseconds."""
+
+    median_ms: float
+    p20_ms: float
+    p80_ms: float
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """The outcome of one config; numbers are ``None`` when the status is not ``ok``."""
+
+    status: str
+    message: str = ""
+    runtime_ms: float | None = None
+    runtime_p20_ms: float | None = None
+    runtime_p80_ms: float | None = None
+    peak_mem_bytes: int | None = None
+    flops: float | None = None
+    bytes: float | None = None
+    tflops: float | None = None
+    pct_peak: float | None = None
+    error: float | None = None
+
+
+def first_output(out: Any) -> Any:
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _float_tensors(inputs: tuple[Any, ...]) -> list[Any]:
+    import torch
+
+    return [x for x in inputs if isinstance(x, torch.Tensor) and x.is_floating_point()]
+
+
+def build_step(spec: KernelSpec, inputs: tuple[Any, ...], mode: str) -> tuple[Callable[[], None], list[Any]]:
+    """The timed callable for ``mode`` and the tensors whose ``.grad`` is reset between repetitions."""
+    import torch
+
+    if mode == "fw":
+
+        def fw() -> None:
+            with torch.no_grad():
+                spec.fn(*inputs)
+
+        return fw, []
+    leaves = _float_tensors(inputs)
+    for x in leaves:
+        x.requires_grad_(True)
+    if mode == "fwbw":
+        probe = first_output(spec.fn(*inputs))
+        grad = torch.randn_like(probe)
+        del probe
+
+        def fwbw() -> None:
+            first_output(spec.fn(*inputs)).backward(grad)
+
+        return fwbw, leaves
+    out = first_output(spec.fn(*inputs))
+    grad = torch.randn_like(out)
+
+    def bw() -> None:
+        out.backward(grad, retain_graph=True)
+
+    return bw, leaves
+
+
+def time_cuda(step: Callable[[], None], grad_to_none: list[Any], warmup_ms: int = 25, rep_ms: int = 100) -> Timing:
+    import triton.testing
+
+    med, p20, p80 = triton.testing.do_bench(
+        step, warmup=warmup_ms, rep=rep_ms, grad_to_none=grad_to_none or None, quantiles=[0.5, 0.2, 0.8]
+    )
+    return Timing(med, p20, p80)
+
+
+def time_cpu(step: Callable[[], None], grad_to_none: list[Any], min_reps: int = 3, min_time_s: float = 0.2) -> Timing:
+    step()  # warm-up (compilation, caches)
+    samples: list[float] = []
+    start = time.perf_counter()
+    while len(samples) < min_reps or time.perf_counter() - start < min_time_s:
+        for x in grad_to_none:
+            x.grad = None
+        t0 = time.perf_counter()
+        step()
+        samples.append((time.perf_counter() - t0) * 1e3)
+        if len(samples) >= 1000:
+            break
+    q = statistics.quantiles(samples, n=10, method="inclusive") if len(samples) > 1 else samples * 9
+    return Timing(statistics.median(samples), q[1], q[7])
+
+
+def peak_memory_cuda(step: Callable[[], None], grad_to_none: list[Any]) -> int:
+    import torch
+
+    for x in grad_to_none:
+        x.grad = None
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    step()
+    torch.cuda.synchronize()
+    return int(torch.cuda.max_memory_allocated() - base)
+
+
+def relative_error(out: Any, ref: Any) -> float:
+    """``||out - ref|| / ||ref||`` in float64; ``inf`` when the output has NaN or Inf."""
+    import torch
+
+    out, ref = out.double(), ref.double()
+    if not torch.isfinite(out).all():
+        return float("inf")
+    return ((out - ref).norm() / ref.norm().clamp_min(1e-300)).item()
+
+
+def verify(spec: KernelSpec, problem: Problem) -> tuple[float | None, str]:
+    """Relative error of the forward output against ``spec.reference`` at batch 1 (fresh inputs)."""
+    import torch
+
+    if spec.reference is None:
+        return None, "no reference"
+    small = problem.with_(batch=1)
+    if small.heads * small.seq_len**2 > VERIFY_MAX_ELEMENTS:
+        return None, "verify skipped: the float64 reference would be too large"
+    inputs = spec.make_inputs(small)
+    with torch.no_grad():
+        out = first_output(spec.fn(*inputs))
+        ref = first_output(spec.reference(*[x.double() if _is_float(x) else x for x in inputs]))
+    return relative_error(out, ref), ""
+
+
+def _is_float(x: Any) -> bool:
+    import torch
+
+    return isinstance(x, torch.Tensor) and x.is_floating_point()
+
+
+def measure(
+    spec: KernelSpec, problem: Problem, *, check: bool = False, peak_tflops: float | None = None
+) -> Measurement:
+    """Run ``spec`` on ``problem``; out-of-memory and exceptions become a status, never a raise."""
+    import torch
+
+    n_flops, n_bytes = spec.flops(problem), spec.bytes(problem)
+    try:
+        torch.manual_seed(0)
+        inputs = spec.make_inputs(problem)
+        step, leaves = build_step(spec, inputs, problem.mode)
+        if problem.device == "cuda":
+            timing = time_cuda(step, leaves)
+            peak = peak_memory_cuda(step, leaves)
+        else:
+            timing, peak = time_cpu(step, leaves), None
+        del step, leaves, inputs
+        error, note = verify(spec, problem) if check else (None, "")
+    except torch.cuda.OutOfMemoryError as err:
+        return Measurement("oom", str(err).splitlines()[0], flops=n_flops, bytes=n_bytes)
+    except Exception as err:  # noqa: BLE001 - every failure of a kernel becomes a row
+        return Measurement("error", f"{type(err).__name__}: {err}"[:2000], flops=n_flops, bytes=n_bytes)
+    achieved = tflops(n_flops, timing.median_ms)
+    return Measurement(
+        "ok",
+        note,
+        timing.median_ms,
+        timing.p20_ms,
+        timing.p80_ms,
+        peak,
+        n_flops,
+        n_bytes,
+        achieved,
+        100.0 * achieved / peak_tflops if peak_tflops else None,
+        error,
+    )

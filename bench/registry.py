@@ -1,0 +1,128 @@
+"""The kernel registry: one ``KernelSpec`` per benchmarked kernel, added with ``@register``.
+
+Modules that register kernels: ``kernels.specs`` (ours) and every module of the ``baselines`` package
+(found automatically, so a new baseline is one new file). Specs import their libraries lazily, inside
+``available``/``make_inputs``/``fn``, so listing kernels never needs a GPU or the baseline packages.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.problem import Problem
+
+FAMILIES = ("mlstm", "attention", "linear_attention", "ssm")
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """How to run one kernel on a ``Problem``.
+
+    ``make_inputs(problem) -> tuple`` builds the inputs on ``problem.device`` in the kernel's own layout;
+    ``fn(*inputs)`` runs the forward and returns the output tensor (or a tuple whose first item is it);
+    ``flops(problem)`` / ``bytes(problem)`` are analytical counts; ``supports(problem)`` and ``available()``
+    return ``None`` or the reason why not; ``params(problem)`` records the shape mapping of the row;
+    ``reference(*inputs)`` (optional) computes the same output in float64 for ``--verify``.
+    """
+
+    name: str
+    family: str
+    make_inputs: Callable[[Problem], tuple[Any, ...]]
+    fn: Callable[..., Any]
+    flops: Callable[[Problem], float]
+    bytes: Callable[[Problem], float]
+    supports: Callable[[Problem], str | None] = lambda p: None
+    available: Callable[[], str | None] = lambda: None
+    params: Callable[[Problem], dict[str, Any]] = lambda p: {}
+    reference: Callable[..., Any] | None = None
+    uses_chunk_size: bool = False
+    description: str = ""
+    devices: Sequence[str] = field(default=("cuda",))
+
+
+_REGISTRY: dict[str, KernelSpec] = {}
+_LOADED = False
+
+
+def register(spec: KernelSpec) -> KernelSpec:
+    """Add ``spec`` to the registry (names are unique)."""
+    if spec.family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, got {spec.family!r} for {spec.name}")
+    if spec.name in _REGISTRY:
+        raise ValueError(f"kernel {spec.name!r} is registered twice")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def _load() -> None:
+    global _LOADED
+    if _LOADED:
+        return
+    _LOADED = True
+    importlib.import_module("kernels.specs")
+    import baselines
+
+    for mod in pkgutil.iter_modules(baselines.__path__):
+        importlib.import_module(f"baselines.{mod.name}")
+
+
+def all_specs() -> list[KernelSpec]:
+    _load()
+    return [_REGISTRY[name] for name in sorted(_REGISTRY)]
+
+
+def get(name: str) -> KernelSpec:
+    """The spec called ``name``; ``ValueError`` listing the known names otherwise."""
+    _load()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown kernel {name!r}; known kernels: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def resolve(patterns: Sequence[str]) -> list[KernelSpec]:
+    """Names or glob patterns (``tfla.*``) to specs, in the given order without repeats."""
+    import fnmatch
+
+    _load()
+    out: list[KernelSpec] = []
+    for pattern in patterns:
+        names = sorted(fnmatch.filter(_REGISTRY, pattern)) if any(c in pattern for c in "*?[") else [pattern]
+        if not names:
+            raise ValueError(f"kernel pattern {pattern!r} matches nothing; known: {', '.join(sorted(_REGISTRY))}")
+        out += [get(n) for n in names if get(n) not in out]
+    return out
+
+
+def cuda_reason() -> str | None:
+    """``None`` when a CUDA GPU is visible, else why not."""
+    try:
+        import torch
+    except ImportError:
+        return "torch is not installed"
+    return None if torch.cuda.is_available() else "no CUDA GPU visible"
+
+
+def package_reason(*modules: str) -> str | None:
+    """``None`` when every module imports, else the missing package (without importing heavy code twice)."""
+    import importlib.util
+
+    for module in modules:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            return f"package {module!r} is not installed"
+    return None
+
+
+def first_reason(*checks: Callable[[], str | None]) -> str | None:
+    for check in checks:
+        reason = check()
+        if reason:
+            return reason
+    return None

@@ -1,0 +1,161 @@
+"""``bench``: the command line of tfla-bench (a thin layer over ``bench/`` and ``plots/``)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Benchmark TFLA mLSTM kernels against the best baselines."
+)
+console = Console() if sys.stdout.isatty() else Console(width=160)
+err = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code)
+
+
+def _ints(value: Optional[str], name: str) -> Optional[list[int]]:
+    if value is None:
+        return None
+    try:
+        return [int(x) for x in value.split(",") if x.strip()]
+    except ValueError:
+        _fail(f"--{name} takes comma-separated integers, got {value!r}")
+    return None
+
+
+def _strs(value: Optional[str]) -> Optional[list[str]]:
+    return None if value is None else [x.strip() for x in value.split(",") if x.strip()]
+
+
+@app.command("list")
+def list_kernels() -> None:
+    """Every registered kernel: family, devices, availability here and the reason when unavailable."""
+    from bench.registry import all_specs, cuda_reason
+
+    gpu = cuda_reason()
+    table = Table(title="registered kernels")
+    for col in ("kernel", "family", "devices", "available", "reason / description"):
+        table.add_column(col)
+    for spec in all_specs():
+        reason = spec.available()
+        if reason is None and "cpu" not in spec.devices and gpu:
+            reason = gpu
+        table.add_row(
+            spec.name,
+            spec.family,
+            ",".join(spec.devices),
+            "yes" if reason is None else "[red]no[/red]",
+            reason or spec.description,
+        )
+    console.print(table)
+
+
+@app.command()
+def sweep(
+    preset: Annotated[
+        Optional[str],
+        typer.Option(help="preset name in bench/presets or a TOML path (default: gpu with a GPU, else cpu)"),
+    ] = None,
+    kernels: Annotated[
+        Optional[str], typer.Option(help="comma-separated kernel names or globs, e.g. tfla.*,sdpa.cudnn")
+    ] = None,
+    seq_len: Annotated[Optional[str], typer.Option(help="e.g. 1024,2048,4096")] = None,
+    chunk_size: Annotated[Optional[str], typer.Option(help="powers of two, e.g. 64,128")] = None,
+    head_dim_qk: Annotated[Optional[str], typer.Option()] = None,
+    head_dim_v: Annotated[Optional[str], typer.Option()] = None,
+    batch: Annotated[Optional[str], typer.Option()] = None,
+    heads: Annotated[Optional[str], typer.Option()] = None,
+    dtype: Annotated[Optional[str], typer.Option(help="float32, float16, bfloat16")] = None,
+    mode: Annotated[Optional[str], typer.Option(help="fw, bw, fwbw")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cuda or cpu")] = None,
+    tokens: Annotated[Optional[int], typer.Option(help="const-token sweep: batch = tokens / seq_len")] = None,
+    width: Annotated[Optional[int], typer.Option(help="const width: heads = width / head_dim_v")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Parquet file (default results/PRESET.parquet)")] = None,
+    force: Annotated[bool, typer.Option(help="re-measure configs already in the file")] = False,
+    verify: Annotated[bool, typer.Option(help="also record the relative error against the family's reference")] = False,
+    timeout: Annotated[float, typer.Option(help="seconds per config before the worker is killed")] = 300.0,
+) -> None:
+    """Run a grid of configs (preset and/or flags; flags override) and append the rows to a Parquet file."""
+    from bench.grid import default_preset, load_preset
+    from bench.runner import summary_table
+    from bench.runner import sweep as run_sweep
+
+    name = preset or default_preset()
+    try:
+        grid = load_preset(name).with_overrides(
+            kernels=_strs(kernels),
+            seq_len=_ints(seq_len, "seq-len"),
+            chunk_size=_ints(chunk_size, "chunk-size"),
+            head_dim_qk=_ints(head_dim_qk, "head-dim-qk"),
+            head_dim_v=_ints(head_dim_v, "head-dim-v"),
+            batch=_ints(batch, "batch"),
+            heads=_ints(heads, "heads"),
+            dtype=_strs(dtype),
+            mode=_strs(mode),
+            device=device,
+            tokens=tokens,
+            width=width,
+        )
+        configs = grid.configs()
+    except ValueError as e:
+        _fail(str(e))
+    path = out or Path("results") / f"{Path(name).stem}.parquet"
+    err.print(f"preset [bold]{name}[/bold]: {len(configs)} configs -> {path}")
+    rows = run_sweep(configs, path, force=force, verify=verify, timeout_s=timeout)
+    console.print(summary_table(rows, title=f"{name}: {len(rows)} new rows in {path}"))
+
+
+@app.command()
+def env(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
+    """The run metadata recorded with every row (GPU, driver, CUDA, versions, commit, host)."""
+    from bench.envinfo import collect
+    from bench.registry import cuda_reason
+
+    meta = collect("cuda" if cuda_reason() is None else "cpu").as_dict()
+    if as_json:
+        console.print_json(json.dumps(meta))
+        return
+    table = Table(title="environment")
+    table.add_column("key")
+    table.add_column("value")
+    for key, value in meta.items():
+        table.add_row(key, "" if value is None else str(value))
+    console.print(table)
+
+
+@app.command()
+def verify(
+    kernels: Annotated[Optional[str], typer.Option(help="kernel names or globs (default: all available)")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cuda or cpu (default: cuda if present)")] = None,
+    dtype: Annotated[Optional[str], typer.Option(help="default: bfloat16 on cuda, float32 on cpu")] = None,
+) -> None:
+    """Run each kernel at small shapes against its reference; exit 1 when an error exceeds its dtype's tolerance."""
+    from bench.registry import cuda_reason
+    from bench.verify import run_verify, verify_table
+
+    dev = device or ("cuda" if cuda_reason() is None else "cpu")
+    try:
+        results = run_verify(_strs(kernels) or ["*"], dev, dtype or ("bfloat16" if dev == "cuda" else "float32"))
+    except ValueError as e:
+        _fail(str(e))
+    console.print(verify_table(results))
+    if any(r.status == "fail" for r in results):
+        raise typer.Exit(1)
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

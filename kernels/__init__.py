@@ -1,0 +1,1 @@
+"""Our kernels: Tiled Flash Linear Attention (TFLA) for the mLSTM."""

@@ -1,0 +1,1 @@
+"""mLSTM: TFLA Triton kernels (``tfla``) and PyTorch references (``reference``)."""

@@ -1,0 +1,409 @@
+"""TFLA mLSTM: public entry points, input checks, tile heuristics and the autograd function.
+
+``mlstm_tfla(q, k, v, i, f, variant="exp"|"sig", ...)`` with ``q, k: (B, NH, S, DHQK)``,
+``v: (B, NH, S, DHHV)``, ``i, f: (B, NH, S)``; returns ``h (B, NH, S, DHHV)`` in the input dtype and,
+with ``return_last_states=True``, also ``MLSTMStates`` (fp32 ``C, n, m``). The math is written down in
+``kernels.mlstm.reference``; ``chunk_fw`` and ``chunk_bw`` hold the Triton kernels.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+import triton
+
+from kernels.mlstm.chunk_bw import (
+    bw_chunk_dk_kernel,
+    bw_chunk_dq_kernel,
+    bw_chunk_dv_kernel,
+    bw_chunk_state_grads_kernel,
+)
+from kernels.mlstm.chunk_fw import fw_chunk_output_kernel, fw_chunk_states_kernel
+from kernels.mlstm.reference import VARIANTS, MLSTMStates
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+MIN_CHUNK, MAX_HEAD_DIM = 16, 1024
+
+
+@dataclass(frozen=True)
+class Tiles:
+    """Tile sizes (tokens: ``BQ`` queries, ``BKV`` keys, ``BL`` recurrence slice; head dims ``BK, BV``)."""
+
+    BQ: int
+    BKV: int
+    BL: int
+    BK: int
+    BV: int
+    num_warps: int
+    num_stages: int
+
+
+def choose_tiles(chunk_size: int, dhqk: int, dhhv: int, interpret: bool) -> Tiles:
+    """Heuristic tile table: small tiles for the interpreter, tensor-core sized tiles on the GPU."""
+    if interpret:
+        cap_t, cap_d = 16, 32
+    else:
+        cap_t, cap_d = 64, 64
+    bt = min(cap_t, chunk_size)
+    return Tiles(
+        BQ=bt,
+        BKV=bt,
+        BL=bt,
+        BK=min(cap_d, triton.next_power_of_2(dhqk)),
+        BV=min(cap_d, triton.next_power_of_2(dhhv)),
+        num_warps=4,
+        num_stages=2,
+    )
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels on the CPU (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def check_inputs(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    i: torch.Tensor,
+    f: torch.Tensor,
+    initial: MLSTMStates | None,
+    variant: str,
+    chunk_size: int,
+) -> None:
+    """Raise ``ValueError`` naming the argument when the inputs cannot be run."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    for name, t in (("q", q), ("k", k), ("v", v), ("i", i), ("f", f)):
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if q.dim() != 4:
+        raise ValueError(f"q must have shape (B, NH, S, DHQK), got {tuple(q.shape)}")
+    B, NH, S, DHQK = q.shape
+    if k.shape != q.shape:
+        raise ValueError(f"k must have the shape of q {tuple(q.shape)}, got {tuple(k.shape)}")
+    if v.dim() != 4 or v.shape[:3] != q.shape[:3]:
+        raise ValueError(f"v must have shape (B, NH, S, DHHV) = ({B}, {NH}, {S}, DHHV), got {tuple(v.shape)}")
+    for name, t in (("i", i), ("f", f)):
+        if t.shape != (B, NH, S):
+            raise ValueError(f"{name} must have shape (B, NH, S) = {(B, NH, S)}, got {tuple(t.shape)}")
+    DHHV = v.shape[-1]
+    for name, d in (("q/k head dim (DHQK)", DHQK), ("v head dim (DHHV)", DHHV)):
+        if d % 16 or not 16 <= d <= MAX_HEAD_DIM:
+            raise ValueError(f"{name} must be a multiple of 16 in [16, {MAX_HEAD_DIM}], got {d}")
+    if q.dtype not in DTYPES:
+        raise ValueError(f"q dtype must be one of {DTYPES}, got {q.dtype}")
+    for name, t in (("k", k), ("v", v)):
+        if t.dtype != q.dtype:
+            raise ValueError(f"{name} dtype must equal q dtype {q.dtype}, got {t.dtype}")
+    for name, t in (("i", i), ("f", f)):
+        if not t.dtype.is_floating_point:
+            raise ValueError(f"{name} must be a floating point tensor, got {t.dtype}")
+    if S < 1:
+        raise ValueError(f"sequence length (q.shape[2]) must be >= 1, got {S}")
+    if not isinstance(chunk_size, int) or chunk_size < MIN_CHUNK or chunk_size & (chunk_size - 1):
+        raise ValueError(f"chunk_size must be a power of two >= {MIN_CHUNK}, got {chunk_size!r}")
+    longest = max(MIN_CHUNK, triton.next_power_of_2(S))
+    if chunk_size > longest:
+        raise ValueError(f"chunk_size must be at most {longest} for sequence length {S}, got {chunk_size}")
+    for name, t in (("k", k), ("v", v), ("i", i), ("f", f)):
+        if t.device != q.device:
+            raise ValueError(f"{name} is on {t.device}, q on {q.device}: all inputs must share one device")
+    if q.device.type == "cpu" and not interpreting():
+        raise ValueError("q is a CPU tensor: TFLA kernels need a CUDA device, or TRITON_INTERPRET=1 on the CPU")
+    if initial is not None:
+        expected = {"C": (B, NH, DHQK, DHHV), "n": (B, NH, DHQK), "m": (B, NH)}
+        for name, shape in expected.items():
+            t = getattr(initial, name)
+            if tuple(t.shape) != shape:
+                raise ValueError(f"initial state {name} must have shape {shape}, got {tuple(t.shape)}")
+            if t.device != q.device:
+                raise ValueError(f"initial state {name} is on {t.device}, q on {q.device}")
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _gate_arrays(i: torch.Tensor, f: torch.Tensor, variant: str, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token fp32 ``(gate_b, gate_i)`` of shape ``(BH, SP)``: in-chunk cumulative log forget gate, log input gate."""
+    B, NH, S = f.shape
+    nc = triton.cdiv(S, chunk_size)
+    pad = nc * chunk_size - S
+    log_f = F.pad(F.logsigmoid(f.float()).reshape(B * NH, S), (0, pad), value=0.0)
+    log_i = i.float() if variant == "exp" else F.logsigmoid(i.float())
+    log_i = F.pad(log_i.reshape(B * NH, S), (0, pad), value=-torch.inf)
+    gate_b = log_f.reshape(B * NH, nc, chunk_size).cumsum(-1).reshape(B * NH, nc * chunk_size)
+    return gate_b.contiguous(), log_i.contiguous()
+
+
+class _TFLAFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, i, f, C0, n0, m0, variant, normalize, chunk_size, eps):  # type: ignore[override]
+        B, NH, S, DHQK = q.shape
+        DHHV = v.shape[-1]
+        BH, L = B * NH, chunk_size
+        NC = triton.cdiv(S, L)
+        SP = NC * L
+        tiles = choose_tiles(L, DHQK, DHHV, interpreting())
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        gate_b, gate_i = _gate_arrays(i, f, variant, L)
+        has_init = C0 is not None
+        f32 = dict(dtype=torch.float32, device=q.device)
+        c_st = torch.empty(BH, NC + 1, DHQK, DHHV, **f32)
+        n_st = torch.empty(BH, NC + 1, DHQK, **f32)
+        m_st = torch.empty(BH, NC + 1, **f32)
+        exp = variant == "exp"
+        prec = _dot_precision(q.dtype)
+        init = (C0.contiguous(), n0.contiguous(), m0.contiguous()) if has_init else (c_st, n_st, m_st)
+        fw_chunk_states_kernel[(triton.cdiv(DHQK, tiles.BK), triton.cdiv(DHHV, tiles.BV), BH)](
+            k,
+            v,
+            gate_b,
+            gate_i,
+            *init,
+            c_st,
+            n_st,
+            m_st,
+            S,
+            SP,
+            NC,
+            DHQK,
+            DHHV,
+            L=L,
+            BL=tiles.BL,
+            BK=tiles.BK,
+            BV=tiles.BV,
+            EXP=exp,
+            HAS_INIT=has_init,
+            DOT_PREC=prec,
+            num_warps=tiles.num_warps,
+            num_stages=tiles.num_stages,
+        )
+        h = torch.empty(B, NH, S, DHHV, dtype=q.dtype, device=q.device)
+        m_tok = torch.empty(BH, SP, **f32)
+        z_tok = torch.empty(BH, SP, **f32)
+        fw_chunk_output_kernel[(triton.cdiv(DHHV, tiles.BV), NC * (L // tiles.BQ), BH)](
+            q,
+            k,
+            v,
+            gate_b,
+            gate_i,
+            c_st,
+            n_st,
+            m_st,
+            h,
+            m_tok,
+            z_tok,
+            S,
+            SP,
+            NC,
+            DHQK,
+            DHHV,
+            DHQK**-0.5,
+            eps,
+            L=L,
+            BQ=tiles.BQ,
+            BKV=tiles.BKV,
+            BK=tiles.BK,
+            BV=tiles.BV,
+            EXP=exp,
+            NORMALIZE=normalize,
+            DOT_PREC=prec,
+            num_warps=tiles.num_warps,
+            num_stages=tiles.num_stages,
+        )
+        ctx.save_for_backward(
+            q, k, v, i, f, h, gate_b, gate_i, c_st, n_st, m_st, m_tok, z_tok, *((C0, n0, m0) if has_init else ())
+        )
+        ctx.config = (variant, normalize, L, eps, has_init, tiles)
+        ctx.set_materialize_grads(False)
+        return h, c_st[:, NC].reshape(B, NH, DHQK, DHHV), n_st[:, NC].reshape(B, NH, DHQK), m_st[:, NC].reshape(B, NH)
+
+    @staticmethod
+    def backward(ctx, dh, dC_last, dn_last, dm_last):  # type: ignore[override]
+        variant, normalize, L, eps, has_init, tiles = ctx.config
+        q, k, v, i, f, h, gate_b, gate_i, c_st, n_st, m_st, m_tok, z_tok, *init = ctx.saved_tensors
+        B, NH, S, DHQK = q.shape
+        DHHV = v.shape[-1]
+        BH, NC = B * NH, c_st.shape[1] - 1
+        SP = NC * L
+        exp, prec, scale = variant == "exp", _dot_precision(q.dtype), DHQK**-0.5
+        f32 = dict(dtype=torch.float32, device=q.device)
+        dh = torch.zeros_like(h) if dh is None else dh.contiguous()
+        if normalize:
+            den = torch.maximum(z_tok.abs(), torch.exp(-m_tok)) + eps
+            inv_den = 1.0 / den
+            dhh = F.pad((dh.float() * h.float()).sum(-1).reshape(BH, S), (0, SP - S))
+            selected = (z_tok.abs() > torch.exp(-m_tok)).float()
+            dz = -dhh * inv_den * torch.sign(z_tok) * selected
+            inv_den = inv_den * (torch.arange(SP, device=q.device) < S)
+        else:
+            inv_den = F.pad(torch.ones(BH, S, **f32), (0, SP - S))
+            dz = torch.zeros(BH, SP, **f32)
+        has_dlast = dC_last is not None or dn_last is not None
+        dC_last = torch.zeros(B, NH, DHQK, DHHV, **f32) if dC_last is None else dC_last.float().contiguous()
+        dn_last = torch.zeros(B, NH, DHQK, **f32) if dn_last is None else dn_last.float().contiguous()
+        dc_st = torch.empty(BH, NC + 1, DHQK, DHHV, **f32)
+        dn_st = torch.empty(BH, NC + 1, DHQK, **f32)
+        common = dict(
+            L=L,
+            BK=tiles.BK,
+            BV=tiles.BV,
+            EXP=exp,
+            DOT_PREC=prec,
+            num_warps=tiles.num_warps,
+            num_stages=tiles.num_stages,
+        )
+        state_grid = (triton.cdiv(DHQK, tiles.BK), triton.cdiv(DHHV, tiles.BV), BH)
+        t_part = torch.zeros(state_grid[0] * state_grid[1], BH, NC + 1, **f32)
+        bw_chunk_state_grads_kernel[state_grid](
+            q,
+            dh,
+            gate_b,
+            inv_den,
+            dz,
+            c_st,
+            n_st,
+            m_st,
+            m_tok,
+            dC_last,
+            dn_last,
+            dc_st,
+            dn_st,
+            t_part,
+            S,
+            SP,
+            NC,
+            DHQK,
+            DHHV,
+            scale,
+            BL=tiles.BL,
+            HAS_DLAST=has_dlast,
+            **common,
+        )
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        qdq = torch.empty(triton.cdiv(DHQK, tiles.BK), BH, SP, **f32)
+        kdk = torch.empty_like(qdq)
+        tok = dict(BQ=tiles.BQ, BKV=tiles.BKV, **common)
+        bw_chunk_dq_kernel[(triton.cdiv(DHQK, tiles.BK), NC * (L // tiles.BQ), BH)](
+            q,
+            k,
+            v,
+            dh,
+            gate_b,
+            gate_i,
+            inv_den,
+            dz,
+            c_st,
+            n_st,
+            m_st,
+            m_tok,
+            dq,
+            qdq,
+            S,
+            SP,
+            NC,
+            DHQK,
+            DHHV,
+            scale,
+            **tok,
+        )
+        bw_chunk_dk_kernel[(triton.cdiv(DHQK, tiles.BK), NC * (L // tiles.BKV), BH)](
+            q,
+            k,
+            v,
+            dh,
+            gate_b,
+            gate_i,
+            inv_den,
+            dz,
+            dc_st,
+            dn_st,
+            m_st,
+            m_tok,
+            dk,
+            kdk,
+            S,
+            SP,
+            NC,
+            DHQK,
+            DHHV,
+            scale,
+            **tok,
+        )
+        bw_chunk_dv_kernel[(triton.cdiv(DHHV, tiles.BV), NC * (L // tiles.BKV), BH)](
+            q,
+            k,
+            dh,
+            gate_b,
+            gate_i,
+            inv_den,
+            dc_st,
+            m_st,
+            m_tok,
+            dv,
+            S,
+            SP,
+            NC,
+            DHQK,
+            DHHV,
+            scale,
+            **tok,
+        )
+        # Gate gradients: d(log input gate)_s = k_s . dk_s; d(cumulative log forget)_t = q_t . dq_t - k_t . dk_t;
+        # d(log forget)_r sums the latter over t >= r: inside r's chunk here, beyond it through T (exact).
+        d_log_i = kdk.sum(0)
+        d_cum = (qdq.sum(0) - d_log_i).reshape(BH, NC, L)
+        d_log_f = d_cum.flip(-1).cumsum(-1).flip(-1) + t_part.sum(0)[:, 1:, None]
+        d_log_f = d_log_f.reshape(BH, SP)[:, :S].reshape(B, NH, S)
+        d_log_i = d_log_i[:, :S].reshape(B, NH, S)
+        df = (d_log_f * torch.sigmoid(-f.float())).to(f.dtype)
+        di = (d_log_i if exp else d_log_i * torch.sigmoid(-i.float())).to(i.dtype)
+        dC0 = dn0 = dm0 = None
+        if has_init:
+            C0, n0, m0 = init
+            dC0 = dc_st[:, 0].reshape(C0.shape)
+            dn0 = dn_st[:, 0].reshape(n0.shape)
+            if exp:
+                dm0 = ((C0.float() * dC0).sum((-1, -2)) + (n0.float() * dn0).sum(-1)).to(m0.dtype)
+            else:
+                dm0 = torch.zeros_like(m0)
+            dC0, dn0 = dC0.to(C0.dtype), dn0.to(n0.dtype)
+        return dq, dk, dv, di, df, dC0, dn0, dm0, None, None, None, None
+
+
+def mlstm_tfla(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    i: torch.Tensor,
+    f: torch.Tensor,
+    *,
+    variant: str = "exp",
+    normalize: bool = True,
+    chunk_size: int = 128,
+    initial: MLSTMStates | None = None,
+    return_last_states: bool = False,
+    eps: float = 1e-6,
+) -> torch.Tensor | tuple[torch.Tensor, MLSTMStates]:
+    """Chunkwise mLSTM with two levels of tiling. Differentiable in every tensor argument."""
+    check_inputs(q, k, v, i, f, initial, variant, chunk_size)
+    C0, n0, m0 = (initial.C, initial.n, initial.m) if initial is not None else (None, None, None)
+    h, C, n, m = _TFLAFunction.apply(q, k, v, i, f, C0, n0, m0, variant, normalize, chunk_size, eps)
+    if return_last_states:
+        return h, MLSTMStates(C, n, m)
+    return h
+
+
+def mlstm_exp(q, k, v, i, f, **kwargs) -> torch.Tensor | tuple[torch.Tensor, MLSTMStates]:  # noqa: ANN001
+    """mLSTMexp: exponential input gate, max-state stabilizer, normalizer ``max(|n.q|, exp(-m))``."""
+    return mlstm_tfla(q, k, v, i, f, variant="exp", **kwargs)
+
+
+def mlstm_sig(q, k, v, i, f, **kwargs) -> torch.Tensor | tuple[torch.Tensor, MLSTMStates]:  # noqa: ANN001
+    """mLSTMsig: sigmoid input gate, no max state; ``normalize=False`` drops the normalizer."""
+    return mlstm_tfla(q, k, v, i, f, variant="sig", **kwargs)

@@ -1,0 +1,123 @@
+"""Registry entries of our kernels (TFLA mLSTMexp / mLSTMsig) and of the PyTorch mLSTM references."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench import flops
+from bench.problem import Problem
+from bench.registry import KernelSpec, package_reason, register
+
+
+def mlstm_inputs(p: Problem, gate_dtype: Any = None) -> tuple[Any, ...]:
+    """Random ``q, k, v`` in ``p.dtype`` and fp32 gate pre-activations ``i, f`` (forget gates biased open)."""
+    import torch
+
+    dt, dev = p.torch_dtype, p.device
+    q = torch.randn(p.batch, p.heads, p.seq_len, p.head_dim_qk, dtype=dt, device=dev)
+    k = torch.randn(p.batch, p.heads, p.seq_len, p.head_dim_qk, dtype=dt, device=dev)
+    v = torch.randn(p.batch, p.heads, p.seq_len, p.head_dim_v, dtype=dt, device=dev)
+    gd = gate_dtype or torch.float32
+    i = torch.randn(p.batch, p.heads, p.seq_len, dtype=gd, device=dev)
+    f = torch.randn(p.batch, p.heads, p.seq_len, dtype=gd, device=dev) + 3.0
+    return q, k, v, i, f
+
+
+def mlstm_flops(p: Problem) -> float:
+    return flops.chunkwise_flops(p.batch, p.heads, p.seq_len, p.head_dim_qk, p.head_dim_v, p.chunk_size, p.mode)
+
+
+def mlstm_bytes(p: Problem) -> float:
+    import torch
+
+    itemsize = torch.empty((), dtype=p.torch_dtype).element_size()
+    return flops.sequence_mixer_bytes(p.batch, p.heads, p.seq_len, p.head_dim_qk, p.head_dim_v, itemsize, p.mode, 2)
+
+
+def mlstm_reference(variant: str, normalize: bool = True):  # noqa: ANN201
+    """float64 parallel reference with the kernel's call signature."""
+
+    def run(q, k, v, i, f):  # noqa: ANN001, ANN202
+        from kernels.mlstm.reference import mlstm_parallel
+
+        return mlstm_parallel(q, k, v, i, f, variant=variant, normalize=normalize)
+
+    return run
+
+
+def _tfla_supports(p: Problem) -> str | None:
+    if p.head_dim_qk % 16 or p.head_dim_v % 16 or max(p.head_dim_qk, p.head_dim_v) > 1024:
+        return "head dims must be multiples of 16 up to 1024"
+    if p.chunk_size < 16:
+        return "chunk_size must be a power of two >= 16"
+    if p.chunk_size > max(16, 1 << (p.seq_len - 1).bit_length()):
+        return f"chunk_size {p.chunk_size} exceeds the sequence length {p.seq_len}"
+    return None
+
+
+def _register_tfla(variant: str, normalize: bool, description: str) -> None:
+    def fn(q, k, v, i, f, _chunk: int = 0):  # noqa: ANN001, ANN202
+        from kernels.mlstm.tfla import mlstm_tfla
+
+        return mlstm_tfla(q, k, v, i, f, variant=variant, normalize=normalize, chunk_size=_chunk)
+
+    register(
+        KernelSpec(
+            name=f"tfla.mlstm_{variant}",
+            family="mlstm",
+            make_inputs=lambda p: (*mlstm_inputs(p), p.chunk_size),
+            fn=fn,
+            flops=mlstm_flops,
+            bytes=mlstm_bytes,
+            supports=_tfla_supports,
+            available=lambda: package_reason("triton"),
+            params=lambda p: {"variant": variant, "normalize": normalize, "chunk_size": p.chunk_size},
+            reference=lambda q, k, v, i, f, _chunk=0: mlstm_reference(variant, normalize)(q, k, v, i, f),
+            uses_chunk_size=True,
+            description=description,
+            devices=("cuda", "cpu"),
+        )
+    )
+
+
+_register_tfla("exp", True, "TFLA mLSTMexp (ours, Triton): exponential input gate, max-state stabilizer")
+_register_tfla("sig", False, "TFLA mLSTMsig (ours, Triton): sigmoid input gate, no normalizer")
+
+
+def _register_reference(variant: str, form: str) -> None:
+    normalize = variant == "exp"
+
+    def fn(q, k, v, i, f):  # noqa: ANN001, ANN202
+        from kernels.mlstm import reference
+
+        if form == "parallel":
+            return reference.mlstm_parallel(q, k, v, i, f, variant=variant, normalize=normalize)
+        return reference.mlstm_recurrent(q, k, v, i, f, variant=variant, normalize=normalize)[0]
+
+    def supports(p: Problem) -> str | None:
+        if form == "recurrent" and p.seq_len > 4096:
+            return "the step-by-step reference is limited to seq_len <= 4096 (one launch per token)"
+        return None
+
+    register(
+        KernelSpec(
+            name=f"reference.mlstm_{variant}_{form}",
+            family="mlstm",
+            make_inputs=mlstm_inputs,
+            fn=fn,
+            flops=lambda p: flops.chunkwise_flops(
+                p.batch, p.heads, p.seq_len, p.head_dim_qk, p.head_dim_v, p.seq_len if form == "parallel" else 1, p.mode
+            ),
+            bytes=mlstm_bytes,
+            supports=supports,
+            params=lambda p: {"variant": variant, "normalize": normalize, "form": form},
+            reference=mlstm_reference(variant, normalize),
+            description=f"PyTorch mLSTM{variant} reference, {form} form (ground truth, not fast)",
+            devices=("cuda", "cpu"),
+        )
+    )
+
+
+for _variant in ("exp", "sig"):
+    for _form in ("parallel", "recurrent"):
+        _register_reference(_variant, _form)

@@ -1,0 +1,1 @@
+"""Figure recipes: plots of results Parquet files and the TFLA paper figures."""

@@ -1,0 +1,66 @@
+"""Compile every TFLA kernel for sm_90 without a GPU (Triton front end, LLVM and ptxas run on the CPU).
+
+Catches typing and lowering errors that the interpreter (which runs plain Python) cannot see.
+Usage: ``python scripts/compile_check.py`` (exit 1 on the first kernel that does not compile).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from kernels.mlstm import chunk_bw, chunk_fw
+
+TARGET = GPUTarget("cuda", 90, 32)
+
+
+def signature(kernel: triton.JITFunction, dtype: str, constexprs: dict[str, object]) -> dict[str, str]:
+    """Pointer args get ``*dtype`` (inputs) or ``*fp32`` (gates/states); scalars are i32 / fp32."""
+    fp_scalars = {"qk_scale", "eps"}
+    ints = {"S", "SP", "NC", "DHQK", "DHHV"}
+    sig: dict[str, str] = {}
+    for name in kernel.arg_names:
+        if name in constexprs:
+            sig[name] = "constexpr"
+        elif name in fp_scalars:
+            sig[name] = "fp32"
+        elif name in ints:
+            sig[name] = "i32"
+        elif name in {"Q", "K", "V", "H", "DH", "DQ", "DK", "DV"}:
+            sig[name] = f"*{dtype}"
+        else:
+            sig[name] = "*fp32"
+    return sig
+
+
+def main() -> int:
+    tiles = dict(BQ=64, BKV=64, BK=64, BV=64)
+    cases = []
+    for exp in (True, False):
+        for dtype in ("bf16", "fp16", "fp32"):
+            prec = "ieee" if dtype == "fp32" else "tf32"
+            base = dict(L=128, EXP=exp, DOT_PREC=prec)
+            cases += [
+                (chunk_fw.fw_chunk_states_kernel, dtype, dict(base, BL=64, BK=64, BV=64, HAS_INIT=True)),
+                (chunk_fw.fw_chunk_output_kernel, dtype, dict(base, NORMALIZE=True, **tiles)),
+                (chunk_bw.bw_chunk_state_grads_kernel, dtype, dict(base, BL=64, BK=64, BV=64, HAS_DLAST=True)),
+                (chunk_bw.bw_chunk_dq_kernel, dtype, dict(base, **tiles)),
+                (chunk_bw.bw_chunk_dk_kernel, dtype, dict(base, **tiles)),
+                (chunk_bw.bw_chunk_dv_kernel, dtype, dict(base, **tiles)),
+            ]
+    for kernel, dtype, constexprs in cases:
+        src = ASTSource(fn=kernel, signature=signature(kernel, dtype, constexprs), constexprs=constexprs)
+        try:
+            compiled = triton.compile(src, target=TARGET, options={"num_warps": 4, "num_stages": 2})
+        except Exception as err:  # noqa: BLE001 - report which kernel failed, then stop
+            print(f"FAIL {kernel.__name__} {dtype} EXP={constexprs['EXP']}: {err}")
+            return 1
+        print(f"ok   {kernel.__name__:32s} {dtype} EXP={constexprs['EXP']!s:5s} shared={compiled.metadata.shared}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
