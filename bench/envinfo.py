@@ -45,12 +45,19 @@ def _version(dist: str) -> str:
 
 
 def _git_commit() -> str:
+    """``git rev-parse HEAD`` (``-dirty`` with local changes), or ``$TFLA_BENCH_GIT_COMMIT`` without a git tree."""
+    import os
+
+    if commit := os.environ.get("TFLA_BENCH_GIT_COMMIT"):
+        return commit
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=5)
         dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return ""
     commit = sha.stdout.strip()
+    if sha.returncode != 0 or len(commit) != 40:
+        return ""
     return f"{commit}-dirty" if commit and dirty.stdout.strip() else commit
 
 

@@ -8,6 +8,7 @@ Modules that register kernels: ``kernels.specs`` (ours) and every module of the 
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -58,7 +59,15 @@ def register(spec: KernelSpec) -> KernelSpec:
     return spec
 
 
+PLUGINS_ENV = "TFLA_BENCH_PLUGINS"
+
+
 def _load() -> None:
+    """Import the modules that register kernels: ours, every baseline, and ``$TFLA_BENCH_PLUGINS``.
+
+    ``TFLA_BENCH_PLUGINS`` is a comma-separated list of importable modules with more ``register`` calls
+    (your own kernels, or the test suite's fakes); worker processes inherit it.
+    """
     global _LOADED
     if _LOADED:
         return
@@ -68,6 +77,8 @@ def _load() -> None:
 
     for mod in pkgutil.iter_modules(baselines.__path__):
         importlib.import_module(f"baselines.{mod.name}")
+    for name in filter(None, (m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(","))):
+        importlib.import_module(name)
 
 
 def all_specs() -> list[KernelSpec]:

@@ -138,7 +138,9 @@ def bw_chunk_dq_kernel(
 
     Grid ``(cdiv(DHQK, BK), NC * L / BQ, BH)``. Inter term ``dN C_c^T + dz n_c``, then key blocks up to
     the diagonal: ``dq += (P * (dN v^T + dz)) k`` with ``P`` the gate matrix; ``dN`` is built over ``BV`` slices.
-    Also writes this slice's part of ``q . dq`` in fp32 to ``QDQ (cdiv(DHQK, BK), BH, SP)`` for the gate gradients.
+    Also writes this slice's part of ``q . dq`` without the diagonal (``s == t``) terms in fp32 to
+    ``QDQ (cdiv(DHQK, BK), BH, SP)``: the diagonal terms cancel exactly in the forget-gate gradient,
+    so leaving them out of both sums keeps their rounding out of it.
     """
     pid_k, pid_cq, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     c = pid_cq // (L // BQ)
@@ -174,6 +176,7 @@ def bw_chunk_dq_kernel(
         dq += tl.dot(d_num, tl.trans(c_tile.to(dtype)), input_precision=DOT_PREC)
     n_tile = tl.load(N_ST + st * DHQK + offs_k, mask=mask_k, other=0.0)
     dq = (dq + dz[:, None] * n_tile[None, :]) * w_inter[:, None]
+    dq_gate = dq
 
     for s0 in range(0, q_start + BQ, BKV):
         t_s = c * L + s0 + tl.arange(0, BKV)
@@ -196,7 +199,13 @@ def bw_chunk_dq_kernel(
         k_tile = tl.load(
             K + (bh * S + t_s[:, None]) * DHQK + offs_k[None, :], mask=mask_s[:, None] & mask_k[None, :], other=0.0
         )
-        dq += tl.dot(a.to(dtype), k_tile, input_precision=DOT_PREC)
+        contrib = tl.dot(a.to(dtype), k_tile, input_precision=DOT_PREC)
+        dq += contrib
+        if s0 + BKV > q_start:  # block on the diagonal: the gate sum leaves out s == t
+            a_off = tl.where(t_s[None, :] < t_q[:, None], a, 0.0)
+            dq_gate += tl.dot(a_off.to(dtype), k_tile, input_precision=DOT_PREC)
+        else:
+            dq_gate += contrib
     dq = dq * qk_scale
     tl.store(
         DQ + (bh * S + t_q[:, None]) * DHQK + offs_k[None, :],
@@ -206,7 +215,10 @@ def bw_chunk_dq_kernel(
     q_tile = tl.load(
         Q + (bh * S + t_q[:, None]) * DHQK + offs_k[None, :], mask=mask_q[:, None] & mask_k[None, :], other=0.0
     )
-    tl.store(QDQ + (pid_k * tl.num_programs(2) + bh) * SP + t_q, tl.sum(q_tile.to(tl.float32) * dq, axis=1))
+    tl.store(
+        QDQ + (pid_k * tl.num_programs(2) + bh) * SP + t_q,
+        tl.sum(q_tile.to(tl.float32) * dq_gate, axis=1) * qk_scale,
+    )
 
 
 @triton.jit
@@ -225,6 +237,7 @@ def bw_chunk_dk_kernel(
     M_TOK,
     DK,
     KDK,
+    KDK_OFF,
     S,
     SP,
     NC,
@@ -243,7 +256,8 @@ def bw_chunk_dk_kernel(
 
     Grid ``(cdiv(DHQK, BK), NC * L / BKV, BH)``. Inter term from the next state's gradient
     ``w_s (dC_{c+1} v_s + dn_{c+1})``, then query blocks from the diagonal to the chunk end.
-    Also writes this slice's part of ``k . dk`` in fp32 to ``KDK (cdiv(DHQK, BK), BH, SP)``.
+    Also writes this slice's part of ``k . dk`` in fp32 to ``KDK (cdiv(DHQK, BK), BH, SP)`` and the same
+    without the diagonal (``t == s``) terms to ``KDK_OFF``.
     """
     pid_k, pid_cs, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     c = pid_cs // (L // BKV)
@@ -274,6 +288,7 @@ def bw_chunk_dk_kernel(
         dk += tl.dot(v_tile, tl.trans(dc_tile.to(dtype)), input_precision=DOT_PREC)
     dn_tile = tl.load(DN_ST + st * DHQK + offs_k, mask=mask_k, other=0.0)
     dk = (dk + dn_tile[None, :]) * w_inter[:, None]
+    dk_gate = dk
 
     for q0 in range((s_start // BQ) * BQ, L, BQ):
         t_q = c * L + q0 + tl.arange(0, BQ)
@@ -298,7 +313,13 @@ def bw_chunk_dk_kernel(
         q_tile = tl.load(
             Q + (bh * S + t_q[:, None]) * DHQK + offs_k[None, :], mask=mask_q[:, None] & mask_k[None, :], other=0.0
         )
-        dk += tl.dot(at.to(dtype), q_tile, input_precision=DOT_PREC)
+        contrib = tl.dot(at.to(dtype), q_tile, input_precision=DOT_PREC)
+        dk += contrib
+        if q0 < s_start + BKV:  # block on the diagonal: the forget-gate sum leaves out t == s
+            at_off = tl.where(t_q[None, :] > t_s[:, None], at, 0.0)
+            dk_gate += tl.dot(at_off.to(dtype), q_tile, input_precision=DOT_PREC)
+        else:
+            dk_gate += contrib
     tl.store(
         DK + (bh * S + t_s[:, None]) * DHQK + offs_k[None, :],
         dk.to(DK.dtype.element_ty),
@@ -307,7 +328,10 @@ def bw_chunk_dk_kernel(
     k_tile = tl.load(
         K + (bh * S + t_s[:, None]) * DHQK + offs_k[None, :], mask=mask_s[:, None] & mask_k[None, :], other=0.0
     )
-    tl.store(KDK + (pid_k * tl.num_programs(2) + bh) * SP + t_s, tl.sum(k_tile.to(tl.float32) * dk, axis=1))
+    k32 = k_tile.to(tl.float32)
+    part = (pid_k * tl.num_programs(2) + bh) * SP + t_s
+    tl.store(KDK + part, tl.sum(k32 * dk, axis=1))
+    tl.store(KDK_OFF + part, tl.sum(k32 * dk_gate, axis=1))
 
 
 @triton.jit

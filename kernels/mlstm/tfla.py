@@ -287,7 +287,7 @@ class _TFLAFunction(torch.autograd.Function):
         )
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         qdq = torch.empty(triton.cdiv(DHQK, tiles.BK), BH, SP, **f32)
-        kdk = torch.empty_like(qdq)
+        kdk, kdk_off = torch.empty_like(qdq), torch.empty_like(qdq)
         tok = dict(BQ=tiles.BQ, BKV=tiles.BKV, **common)
         bw_chunk_dq_kernel[(triton.cdiv(DHQK, tiles.BK), NC * (L // tiles.BQ), BH)](
             q,
@@ -327,6 +327,7 @@ class _TFLAFunction(torch.autograd.Function):
             m_tok,
             dk,
             kdk,
+            kdk_off,
             S,
             SP,
             NC,
@@ -357,7 +358,7 @@ class _TFLAFunction(torch.autograd.Function):
         # Gate gradients: d(log input gate)_s = k_s . dk_s; d(cumulative log forget)_t = q_t . dq_t - k_t . dk_t;
         # d(log forget)_r sums the latter over t >= r: inside r's chunk here, beyond it through T (exact).
         d_log_i = kdk.sum(0)
-        d_cum = (qdq.sum(0) - d_log_i).reshape(BH, NC, L)
+        d_cum = (qdq.sum(0) - kdk_off.sum(0)).reshape(BH, NC, L)  # both sums leave out the diagonal
         d_log_f = d_cum.flip(-1).cumsum(-1).flip(-1) + t_part.sum(0)[:, 1:, None]
         d_log_f = d_log_f.reshape(BH, SP)[:, :S].reshape(B, NH, S)
         d_log_i = d_log_i[:, :S].reshape(B, NH, S)

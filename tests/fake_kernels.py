@@ -1,0 +1,55 @@
+"""Fake kernels for the runner tests (registered through ``TFLA_BENCH_PLUGINS=tests.fake_kernels``)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from bench.problem import Problem
+from bench.registry import KernelSpec, register
+
+
+def _inputs(p: Problem) -> tuple:
+    import torch
+
+    return (torch.randn(p.batch, p.seq_len, p.head_dim_v),)
+
+
+def _ok(x):  # noqa: ANN001, ANN202
+    return x * 2.0
+
+
+def _abort(x):  # noqa: ANN001, ANN202
+    print("fake kernel: about to abort inside a 'compiler'", flush=True)
+    os.abort()
+
+
+def _hang(x):  # noqa: ANN001, ANN202
+    time.sleep(3600)
+
+
+def _raise(x):  # noqa: ANN001, ANN202
+    raise RuntimeError("fake kernel failure")
+
+
+def _oom(x):  # noqa: ANN001, ANN202
+    import torch
+
+    raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1 PiB")
+
+
+def _spec(name: str, fn, **kw) -> KernelSpec:  # noqa: ANN001
+    return KernelSpec(
+        name=f"fake.{name}", family="mlstm", make_inputs=_inputs, fn=fn,
+        flops=lambda p: float(p.batch * p.seq_len * p.head_dim_v), bytes=lambda p: 8.0 * p.batch * p.seq_len,
+        devices=("cpu", "cuda"), reference=lambda x: x * 2.0, **kw,
+    )
+
+
+register(_spec("ok", _ok))
+register(_spec("abort", _abort))
+register(_spec("hang", _hang))
+register(_spec("raise", _raise))
+register(_spec("oom", _oom))
+register(_spec("unsupported", _ok, supports=lambda p: "seq_len too long" if p.seq_len > 64 else None))
+register(_spec("unavailable", _ok, available=lambda: "package 'nothing' is not installed"))

@@ -1,0 +1,69 @@
+"""Baseline adapters on the CPU: shape mapping, availability reasons, sdpa.math against its reference."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from baselines import mamba, sdpa, shapes
+from bench.problem import Problem
+from bench.registry import all_specs, get
+from bench.runner import precheck
+
+PAPER = Problem(batch=8, heads=16, seq_len=8192, head_dim_qk=128, head_dim_v=256, chunk_size=128)
+
+
+def test_attention_keeps_the_model_width() -> None:
+    assert shapes.width(PAPER) == 4096
+    assert get("sdpa.cudnn").params(PAPER) == {"heads": 32, "head_dim": 128, "causal": True}
+    q, k, v = sdpa.attention_inputs(PAPER.with_(batch=1, seq_len=4, device="cpu"))
+    assert q.shape == (1, 32, 4, 128)
+
+
+def test_mamba_mappings_follow_the_paper() -> None:
+    assert get("mamba.mamba").params(PAPER) == {"d_inner": 8192, "d_state": 16}
+    assert get("mamba.mamba2").params(PAPER)["heads"] == 128
+    x, dt, A, B, C = mamba.mamba2_inputs(PAPER.with_(batch=1, seq_len=4, device="cpu"))
+    assert x.shape == (1, 4, 128, 64) and B.shape == (1, 4, 1, 64)
+
+
+def test_fla_maps_onto_the_mlstm_heads() -> None:
+    params = get("fla.chunk_simple_gla").params(PAPER)
+    assert params["chunk_size"] == 64 and params["layout"] == "BSHD"
+
+
+def test_every_family_has_a_baseline_and_cuda_only_kernels_are_unavailable_here() -> None:
+    specs = all_specs()
+    assert {s.family for s in specs} == {"mlstm", "attention", "linear_attention", "ssm"}
+    expected = {"sdpa.flash", "sdpa.cudnn", "sdpa.efficient", "sdpa.math", "flash_attn.fa2", "flash_attn.fa3",
+                "flash_attn.fa4", "fla.chunk_simple_gla", "fla.chunk_gla", "fla.fused_chunk_gla",
+                "fla.chunk_gated_delta_rule", "mamba.mamba", "mamba.mamba2", "mlstm_kernels.limit_chunk",
+                "mlstm_kernels.xl_chunk", "mlstm_kernels.xl_chunk_siging"}
+    assert expected <= {s.name for s in specs}
+    if not torch.cuda.is_available():
+        for name in ("sdpa.cudnn", "mamba.mamba2", "fla.chunk_gla"):
+            m = precheck(get(name), PAPER)
+            assert m is not None and m.status == "unavailable" and m.message
+
+
+def test_unsupported_shapes_are_decided_before_launch() -> None:
+    m = precheck(get("tfla.mlstm_sig"), PAPER.with_(device="cpu", chunk_size=16384))
+    assert m is not None and m.status == "unsupported" and "exceeds the sequence length" in m.message
+    m = precheck(get("sdpa.math"), PAPER.with_(device="cpu", head_dim_v=256))
+    assert m is None
+
+
+def test_official_limit_chunk_runs_at_chunk_64() -> None:
+    spec = get("mlstm_kernels.limit_chunk")
+    assert json.loads(json.dumps(spec.params(PAPER)))["chunk_size"] == 64
+    assert not spec.uses_chunk_size
+
+
+def test_sdpa_math_matches_float64_reference() -> None:
+    p = Problem(1, 2, 64, 32, 32, device="cpu", dtype="float32")
+    spec = get("sdpa.math")
+    q, k, v = spec.make_inputs(p)
+    out = spec.fn(q, k, v)
+    ref = spec.reference(q.double(), k.double(), v.double())
+    assert ((out.double() - ref).norm() / ref.norm()).item() < 1e-5

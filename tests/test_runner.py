@@ -1,0 +1,70 @@
+"""Sweeps in isolated workers: every failure is a row with a status, nothing measured is lost, resume works."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench import store
+from bench.grid import Grid
+from bench.runner import sweep
+
+
+@pytest.fixture(autouse=True)
+def fake_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Register tests/fake_kernels.py in this process and in the spawned workers."""
+    monkeypatch.setenv("TFLA_BENCH_PLUGINS", "tests.fake_kernels")
+    import bench.registry as registry
+
+    if "fake.ok" not in registry._REGISTRY:
+        registry._LOADED = False
+        registry._load()
+
+
+def _grid(*kernels: str, seq_len: tuple[int, ...] = (32,)) -> Grid:
+    return Grid(kernels=kernels, seq_len=seq_len, batch=(1,), heads=(1,), head_dim_qk=(16,), head_dim_v=(16,),
+                chunk_size=(16,), dtype=("float32",), mode=("fw",), device="cpu")
+
+
+def test_each_failure_becomes_a_row_and_the_sweep_goes_on(tmp_path: Path) -> None:
+    out = tmp_path / "r.parquet"
+    kernels = ("fake.ok", "fake.abort", "fake.raise", "fake.oom", "fake.hang", "fake.unsupported",
+               "fake.unavailable", "sdpa.flash")
+    rows = sweep(_grid(*kernels, seq_len=(128,)).configs(), out, timeout_s=20)
+    status = {r["kernel"]: r["status"] for r in rows}
+    assert status == {
+        "fake.ok": "ok", "fake.abort": "crash", "fake.raise": "error", "fake.oom": "oom", "fake.hang": "timeout",
+        "fake.unsupported": "unsupported", "fake.unavailable": "unavailable", "sdpa.flash": "unavailable",
+    }
+    messages = {r["kernel"]: r["message"] for r in rows}
+    assert "SIGABRT" in messages["fake.abort"] and "about to abort" in messages["fake.abort"]
+    assert "fake kernel failure" in messages["fake.raise"]
+    assert "seq_len too long" in messages["fake.unsupported"]
+    assert "runs on cuda only" in messages["sdpa.flash"]
+    frame = store.load(out)
+    assert len(frame) == len(kernels)  # every row was written, the ones before each failure included
+    ok = frame[frame.kernel == "fake.ok"].iloc[0]
+    assert ok.runtime_p20_ms <= ok.runtime_ms <= ok.runtime_p80_ms
+    assert ok.flops == 128 * 16 and ok.tflops > 0
+    assert ok.torch and ok.host and ok.timestamp and json.loads(ok.packages)["torch"]
+
+
+def test_resume_skips_measured_configs_and_force_remeasures(tmp_path: Path) -> None:
+    out = tmp_path / "r.parquet"
+    first = sweep(_grid("fake.ok", seq_len=(32, 64)).configs(), out)
+    assert len(first) == 2
+    again = sweep(_grid("fake.ok", seq_len=(32, 64, 128)).configs(), out)
+    assert [r["seq_len"] for r in again] == [128]
+    forced = sweep(_grid("fake.ok", seq_len=(32,)).configs(), out, force=True)
+    assert len(forced) == 1
+    frame = store.load(out)
+    assert sorted(frame.seq_len.tolist()) == [32, 64, 128]
+
+
+def test_verify_records_the_error_against_the_reference(tmp_path: Path) -> None:
+    rows = sweep(_grid("fake.ok", "tfla.mlstm_sig", "sdpa.math").configs(), tmp_path / "r.parquet", verify=True)
+    for row in rows:
+        assert row["status"] == "ok", row["message"]
+        assert row["error"] is not None and row["error"] < 1e-4, row
