@@ -153,6 +153,65 @@ def verify(
         raise typer.Exit(1)
 
 
+@app.command()
+def check(
+    current: Annotated[Optional[Path], typer.Argument(help="results of the run to check (omit with --run)")] = None,
+    baseline: Annotated[Path, typer.Option(help="results of the reference run")] = Path("results/h100/ci-baseline.parquet"),
+    threshold: Annotated[str, typer.Option(help="slow-down that counts, e.g. 5% or 0.05")] = "5%",
+    metric: Annotated[str, typer.Option(help="comma-separated: runtime_ms, peak_mem_bytes, tflops")] = "runtime_ms,peak_mem_bytes",
+    format: Annotated[str, typer.Option("--format", help="table, markdown or json")] = "table",
+    allow_different_device: Annotated[bool, typer.Option(help="compare runs from different GPUs")] = False,
+    run: Annotated[Optional[str], typer.Option(help="run this preset first, then check its results")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="with --run: where the new results go")] = None,
+) -> None:
+    """Compare a run with a baseline; exit 0 when nothing regressed, 1 on a regression, 2 on unusable input."""
+    from bench import check as chk
+
+    if format not in ("table", "markdown", "json"):
+        _fail(f"--format must be one of table, markdown, json; got {format!r}")
+    try:
+        limit = chk.parse_threshold(threshold)
+    except ValueError as e:
+        _fail(str(e))
+    metrics = tuple(_strs(metric) or [])
+    if run is not None:
+        from bench.grid import load_preset
+
+        if not baseline.is_file():  # refuse before spending minutes on the run
+            _fail(f"results file {str(baseline)!r} does not exist (--baseline)")
+        from bench.runner import sweep as run_sweep
+
+        try:
+            configs = load_preset(run).configs()
+        except ValueError as e:
+            _fail(str(e))
+        current = out or Path("results") / f"{Path(run).stem}-check.parquet"
+        run_sweep(configs, current, force=True)
+    if current is None:
+        _fail("give the CURRENT results file or --run PRESET")
+    try:
+        cur, base = chk.load_pair(current, baseline, allow_different_device)
+        results = chk.compare(cur, base, limit, metrics)
+    except chk.CheckInputError as e:
+        _fail(str(e))
+    if format == "json":
+        typer.echo(chk.to_json(results))
+    elif format == "markdown":
+        typer.echo(chk.to_markdown(results))
+    else:
+        table = Table(title=f"bench check: {current} against {baseline} (threshold {limit:.0%})")
+        for col in ("kernel", "config", "metric", "baseline", "current", "ratio", "verdict", "note"):
+            table.add_column(col)
+        colors = {"regression": "red", "slower": "yellow", "faster": "green", "failed": "red"}
+        for r in results:
+            c = colors.get(r.verdict)
+            table.add_row(r.kernel, r.config, r.metric, chk._fmt(r.baseline), chk._fmt(r.current),
+                          chk._fmt(r.ratio, ".3f"), f"[{c}]{r.verdict}[/{c}]" if c else r.verdict, r.note[:60])
+        console.print(table)
+    if chk.has_regression(results):
+        raise typer.Exit(1)
+
+
 def main() -> None:  # pragma: no cover - console entry
     app()
 

@@ -93,16 +93,20 @@ class KernelWorker:
             self._start()
         assert self._conn is not None and self._proc is not None
         self._log.write_text("")
+        pipe_closed = False
         try:
             self._conn.send(task)
             if self._conn.poll(timeout_s):
                 return self._conn.recv()
-        except (EOFError, BrokenPipeError, ConnectionResetError):
-            pass
-        if self._proc.is_alive():
+        except (EOFError, BrokenPipeError, ConnectionResetError, OSError):
+            pipe_closed = True  # the worker died; it may still be exiting
+        if not pipe_closed:
             self.stop(kill=True)
             return Measurement("timeout", f"no result within {timeout_s:g} s; worker killed")
-        self._proc.join(5)
+        self._proc.join(30)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join(5)
         message = f"worker died ({_signal_name(self._proc.exitcode)})"
         tail = self._log_tail()
         self._proc = None

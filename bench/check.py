@@ -1,0 +1,158 @@
+"""Regression check: compare a run against a baseline run row by row (``bench check``).
+
+Rows are matched by kernel and problem. Per metric, the verdict of a pair is
+``faster`` / ``same`` / ``slower`` / ``regression``, or ``new`` (only in the current run), ``missing``
+(only in the baseline), ``failed`` (not ``ok`` in either run). A runtime regression is a slow-down beyond
+the threshold whose noise bands (p20..p80) of the two runs do not overlap; for memory (no noise band)
+the threshold alone decides. A config that was ``ok`` and now fails is a regression too.
+Exit codes: 0 nothing regressed, 1 regression, 2 unusable input.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from bench import store
+from bench.problem import KEY_FIELDS
+
+METRICS = ("runtime_ms", "peak_mem_bytes", "tflops")
+HIGHER_IS_BETTER = {"tflops"}
+NOISE_BANDS = {"runtime_ms": ("runtime_p20_ms", "runtime_p80_ms")}
+VERDICTS = ("faster", "same", "slower", "regression", "new", "missing", "failed")
+
+
+class CheckInputError(ValueError):
+    """Inputs that cannot be compared (missing file, wrong schema, different GPU): exit code 2."""
+
+
+@dataclass(frozen=True)
+class Comparison:
+    kernel: str
+    config: str
+    metric: str
+    baseline: float | None
+    current: float | None
+    ratio: float | None
+    verdict: str
+    note: str = ""
+
+
+def parse_threshold(text: str) -> float:
+    """``5%`` or ``0.05`` -> 0.05; ``ValueError`` naming ``--threshold`` otherwise."""
+    raw = text.strip()
+    try:
+        value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+    except ValueError:
+        raise ValueError(f"--threshold must be a fraction or a percentage like 5%, got {text!r}") from None
+    if not 0 <= value < 10:
+        raise ValueError(f"--threshold must be between 0% and 1000%, got {text!r}")
+    return value
+
+
+def _config(row: pd.Series) -> str:
+    chunk = f" L={row.chunk_size}" if row.chunk_size else ""
+    return f"{row['mode']} {row.dtype} B={row.batch} H={row.heads} S={row.seq_len} Dqk={row.head_dim_qk} Dv={row.head_dim_v}{chunk}"
+
+
+def _num(value: object) -> float | None:
+    if value is None:
+        return None
+    value = float(value)  # type: ignore[arg-type]
+    return None if math.isnan(value) else value
+
+
+def load_pair(current: str | Path, baseline: str | Path, allow_different_device: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+    try:
+        cur, base = store.load(current), store.load(baseline)
+    except (FileNotFoundError, store.SchemaError) as err:
+        raise CheckInputError(str(err)) from err
+    gpus_cur, gpus_base = set(cur.gpu_name.dropna()), set(base.gpu_name.dropna())
+    if gpus_cur and gpus_base and gpus_cur != gpus_base and not allow_different_device:
+        raise CheckInputError(
+            f"the runs are from different devices (current: {', '.join(sorted(gpus_cur))}; baseline: "
+            f"{', '.join(sorted(gpus_base))}); pass --allow-different-device to compare anyway"
+        )
+    return cur, base
+
+
+def _latest(frame: pd.DataFrame) -> dict[tuple[object, ...], pd.Series]:
+    """One row per config key: the last one written."""
+    return {tuple(r[k] for k in KEY_FIELDS): r for _, r in frame.iterrows()}
+
+
+def _verdict_pair(metric: str, b: pd.Series, c: pd.Series, threshold: float) -> Comparison:
+    kernel, config = str(c.kernel), _config(c)
+    if b.status != "ok" and c.status != "ok":
+        return Comparison(kernel, config, metric, None, None, None, "failed", f"{c.status}: {c.message}"[:200])
+    if c.status != "ok":
+        return Comparison(kernel, config, metric, _num(b[metric]), None, None, "regression",
+                          f"was ok, now {c.status}: {c.message}"[:200])
+    if b.status != "ok":
+        return Comparison(kernel, config, metric, None, _num(c[metric]), None, "new", f"baseline was {b.status}")
+    base, cur = _num(b[metric]), _num(c[metric])
+    if base is None or cur is None or base == 0:
+        return Comparison(kernel, config, metric, base, cur, None, "same", "not measured in one of the runs")
+    ratio = cur / base
+    worse = ratio < 1 - threshold if metric in HIGHER_IS_BETTER else ratio > 1 + threshold
+    better = ratio > 1 + threshold if metric in HIGHER_IS_BETTER else ratio < 1 - threshold
+    if better:
+        return Comparison(kernel, config, metric, base, cur, ratio, "faster")
+    if not worse:
+        return Comparison(kernel, config, metric, base, cur, ratio, "same")
+    if metric in NOISE_BANDS:
+        lo, hi = NOISE_BANDS[metric]
+        b_hi, c_lo = _num(b[hi]), _num(c[lo])
+        if b_hi is not None and c_lo is not None and c_lo <= b_hi:
+            return Comparison(kernel, config, metric, base, cur, ratio, "slower", "noise bands overlap")
+    return Comparison(kernel, config, metric, base, cur, ratio, "regression")
+
+
+def compare(current: pd.DataFrame, baseline: pd.DataFrame, threshold: float = 0.05,
+            metrics: tuple[str, ...] = ("runtime_ms", "peak_mem_bytes")) -> list[Comparison]:
+    """Every (config, metric) pair of the two runs with its verdict."""
+    bad = [m for m in metrics if m not in METRICS]
+    if bad:
+        raise CheckInputError(f"--metric must be among {', '.join(METRICS)}; got {', '.join(bad)}")
+    cur, base = _latest(current), _latest(baseline)
+    out: list[Comparison] = []
+    for key in list(dict.fromkeys([*base, *cur])):
+        for metric in metrics:
+            if key not in base:
+                c = cur[key]
+                out.append(Comparison(str(c.kernel), _config(c), metric, None, _num(c[metric]), None, "new"))
+            elif key not in cur:
+                b = base[key]
+                out.append(Comparison(str(b.kernel), _config(b), metric, _num(b[metric]), None, None, "missing"))
+            else:
+                out.append(_verdict_pair(metric, base[key], cur[key], threshold))
+    return out
+
+
+def has_regression(results: list[Comparison]) -> bool:
+    return any(r.verdict == "regression" for r in results)
+
+
+def _fmt(x: float | None, digits: str = ".4g") -> str:
+    return "-" if x is None else format(x, digits)
+
+
+def to_markdown(results: list[Comparison]) -> str:
+    lines = ["| kernel | config | metric | baseline | current | ratio | verdict | note |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in results:
+        verdict = f"**{r.verdict}**" if r.verdict == "regression" else r.verdict
+        lines.append(f"| {r.kernel} | {r.config} | {r.metric} | {_fmt(r.baseline)} | {_fmt(r.current)} | "
+                     f"{_fmt(r.ratio, '.3f')} | {verdict} | {r.note} |")
+    counts = {v: sum(r.verdict == v for r in results) for v in VERDICTS}
+    lines.append("")
+    lines.append(", ".join(f"{n} {v}" for v, n in counts.items() if n))
+    return "\n".join(lines)
+
+
+def to_json(results: list[Comparison]) -> str:
+    return json.dumps({"regression": has_regression(results), "comparisons": [asdict(r) for r in results]}, indent=1)
