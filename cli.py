@@ -212,6 +212,81 @@ def check(
         raise typer.Exit(1)
 
 
+def _load_results(path: Path):  # noqa: ANN202
+    from bench.store import SchemaError, load
+
+    try:
+        return load(path)
+    except (FileNotFoundError, SchemaError) as e:
+        _fail(str(e))
+
+
+@app.command()
+def plot(
+    results: Annotated[Path, typer.Argument(help="results Parquet")],
+    x: Annotated[str, typer.Option(help="seq_len, chunk_size, head_dim_qk, head_dim_v, batch, heads, tokens")] = "seq_len",
+    y: Annotated[str, typer.Option(help="runtime_ms, peak_mem_bytes, tflops, pct_peak, error, ...")] = "runtime_ms",
+    hue: Annotated[str, typer.Option(help="one line per value of this column")] = "kernel",
+    col: Annotated[Optional[str], typer.Option(help="one panel per value of this column ('' for one panel)")] = "mode",
+    out: Annotated[Path, typer.Option(help="output folder")] = Path("plots/out"),
+) -> None:
+    """Line plot of a results file (PNG and SVG); failed configs are crosses at the top of the axis."""
+    from plots.lines import plot_lines, save
+
+    frame = _load_results(results)
+    try:
+        fig = plot_lines(frame, x, y, hue=hue, col=col or None)
+    except ValueError as e:
+        _fail(str(e))
+    for path in save(fig, out, f"{results.stem}_{y}_vs_{x}"):
+        console.print(str(path))
+
+
+@app.command()
+def figures(
+    name: Annotated[str, typer.Argument(help="consttoken, headdim, chunksize or roofline")],
+    run: Annotated[bool, typer.Option("--run", help="run the figure's preset first")] = False,
+    from_: Annotated[Optional[Path], typer.Option("--from", help="results Parquet to draw from")] = None,
+    reference: Annotated[Optional[str], typer.Option(help="'paper', another results Parquet, or a paper-style CSV (dashed)")] = None,
+    out: Annotated[Path, typer.Option(help="output folder")] = Path("plots/out"),
+) -> None:
+    """The TFLA paper's benchmark figures, from a run (``--from``) or measured now (``--run``)."""
+    from plots.figures import get_recipe, render
+
+    try:
+        recipe = get_recipe(name)
+    except ValueError as e:
+        _fail(str(e))
+    if run == (from_ is not None):
+        _fail("give exactly one of --run or --from RESULTS")
+    if run:
+        from bench.grid import load_preset
+        from bench.runner import sweep as run_sweep
+
+        from_ = Path("results") / f"{recipe.preset}.parquet"
+        run_sweep(load_preset(recipe.preset).configs(), from_)
+    frame = _load_results(from_)
+    try:
+        paths = render(name, frame, out, reference)
+    except ValueError as e:
+        _fail(str(e))
+    for path in paths:
+        console.print(str(path))
+
+
+@app.command()
+def report(
+    results: Annotated[Path, typer.Argument(help="results Parquet")],
+    out: Annotated[Optional[Path], typer.Option(help="Markdown file (default: beside the results)")] = None,
+) -> None:
+    """One Markdown page: environment, figures, runtime table, speed-ups of our kernels, failed configs."""
+    from plots.report import write_report
+
+    frame = _load_results(results)
+    path = write_report(frame, str(results), out or results.with_suffix(".md"))
+    console.print(str(path))
+
+
 def main() -> None:  # pragma: no cover - console entry
     app()
 

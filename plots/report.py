@@ -1,0 +1,81 @@
+"""``bench report``: one Markdown page per run with figures, tables, environment and speed-ups."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from bench.problem import KEY_FIELDS
+from plots.lines import AXES, plot_lines, save
+
+OURS = ("tfla.mlstm_sig", "tfla.mlstm_exp")
+SHAPE = [k for k in KEY_FIELDS if k not in ("kernel", "chunk_size")]
+
+
+def varying_axis(frame: pd.DataFrame) -> str:
+    """The problem axis with the most distinct values (the x axis of the report's figures)."""
+    counts = {a: frame[a].nunique() for a in AXES if a in frame}
+    return max(counts, key=lambda a: (counts[a], a == "seq_len"))
+
+
+def speedups(frame: pd.DataFrame) -> pd.DataFrame:
+    """baseline runtime / our runtime for every shape both measured (> 1: ours is faster)."""
+    ok = frame[frame.status == "ok"]
+    rows = []
+    for ours in OURS:
+        mine = ok[ok.kernel == ours]
+        for _, m in mine.iterrows():
+            same = ok[(ok[SHAPE] == m[SHAPE]).all(axis=1) & ~ok.kernel.isin(OURS)]
+            for _, b in same.iterrows():
+                rows.append({"ours": ours, "baseline": b.kernel, "mode": m["mode"], "seq_len": m.seq_len,
+                             "chunk_size": m.chunk_size, "ours_ms": m.runtime_ms, "baseline_ms": b.runtime_ms,
+                             "speedup": b.runtime_ms / m.runtime_ms})
+    return pd.DataFrame(rows)
+
+
+def _md_table(frame: pd.DataFrame, floatfmt: str = ".3g") -> str:
+    if frame.empty:
+        return "(none)\n"
+    cols = list(frame.columns)
+    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + " --- |" * len(cols)]
+    for _, r in frame.iterrows():
+        cells = [format(v, floatfmt) if isinstance(v, float) else str(v) for v in r]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(frame: pd.DataFrame, source: str, out: str | Path) -> Path:
+    """Write ``out`` (Markdown) and its figures beside it; returns the Markdown path."""
+    out = Path(out)
+    fig_dir = out.parent / f"{out.stem}_figures"
+    x = varying_axis(frame)
+    figures = []
+    for metric in ("runtime_ms", "peak_mem_bytes", "tflops"):
+        if frame[metric].notna().any():
+            paths = save(plot_lines(frame, x, metric, hue="kernel", col="mode"), fig_dir, f"{metric}_vs_{x}")
+            figures.append((metric, paths[0]))
+    meta = frame.iloc[0]
+    env = {k: meta[k] for k in ("gpu_name", "driver", "cuda", "torch", "triton", "git_commit", "host", "timestamp",
+                                "peak_tflops", "peak_bandwidth_gbs")}
+    env["packages"] = ", ".join(f"{k} {v}" for k, v in json.loads(meta.packages or "{}").items())
+    ok = frame[frame.status == "ok"]
+    pivot = ok.pivot_table(index=["kernel", "chunk_size"], columns=["mode", x], values="runtime_ms").round(3)
+    pivot.columns = [f"{m} {x}={v}" for m, v in pivot.columns]
+    failures = frame[frame.status != "ok"][["kernel", "mode", x, "status", "message"]].drop_duplicates(["kernel", "status"])
+    sp = speedups(frame)
+    lines = [f"# Benchmark report: {source}", "", f"{len(frame)} rows, {len(ok)} ok.", "", "## Environment", "",
+             _md_table(pd.DataFrame([{"key": k, "value": v} for k, v in env.items()])), "## Figures", ""]
+    lines += [f"![{m}]({p.relative_to(out.parent)})" for m, p in figures]
+    lines += ["", "## Runtime [ms] (median)", "", _md_table(pivot.reset_index()), "## Our kernels against each baseline",
+              "", "speed-up = baseline runtime / our runtime (> 1: ours is faster), same problem.", ""]
+    if not sp.empty:
+        summary = sp.groupby(["ours", "baseline", "mode"]).speedup.agg(["min", "median", "max"]).reset_index()
+        lines.append(_md_table(summary))
+    else:
+        lines.append("(no shape measured by both)\n")
+    lines += ["## Configs that did not run", "", _md_table(failures)]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines))
+    return out

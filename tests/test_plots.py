@@ -1,0 +1,126 @@
+"""Figures from small Parquet fixtures (Agg backend): files written, plotted data checked; the paper CSVs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from bench import store
+from bench.store import COLUMNS
+from cli import app
+from plots.figures import RECIPES, render
+from plots.lines import plot_lines
+from plots.paper import load_paper, parse_column
+from plots.report import speedups, write_report
+
+matplotlib.use("Agg")
+runner = CliRunner()
+
+
+def _row(kernel: str, mode: str, seq_len: int, ms: float | None, chunk: int = 0, status: str = "ok",
+         head_dim_v: int = 256, mem: float = 1e9) -> dict[str, object]:
+    row: dict[str, object] = {c: None for c in COLUMNS}
+    ok = status == "ok"
+    row.update(kernel=kernel, family="mlstm", batch=65536 // seq_len, heads=4096 // head_dim_v, seq_len=seq_len,
+               head_dim_qk=head_dim_v // 2, head_dim_v=head_dim_v, chunk_size=chunk, dtype="bfloat16", mode=mode,
+               device="cuda", tokens=65536, kernel_params="{}", status=status, message="" if ok else "CUDA OOM",
+               runtime_ms=ms if ok else None, runtime_p20_ms=ms if ok else None, runtime_p80_ms=ms if ok else None,
+               peak_mem_bytes=int(mem) if ok else None, flops=1e12, bytes=1e9, tflops=1e12 / (ms * 1e-3) / 1e12 if ok else None,
+               gpu_name="NVIDIA H100 80GB HBM3", peak_tflops=780.0, peak_bandwidth_gbs=3000.0, packages="{}",
+               torch="2.11", triton="3.6.0", git_commit="abc", host="h", timestamp="t")
+    return row
+
+
+@pytest.fixture()
+def consttoken_file(tmp_path: Path) -> Path:
+    rows = []
+    for mode, k in (("fw", 1.0), ("fwbw", 3.0)):
+        for s in (1024, 2048, 4096):
+            rows += [_row("tfla.mlstm_sig", mode, s, 2.0 * k, chunk=128),
+                     _row("mlstm_kernels.xl_chunk_siging", mode, s, 2.5 * k, chunk=128),
+                     _row("sdpa.cudnn", mode, s, s / 1024 * k)]
+        rows.append(_row("sdpa.math", mode, 4096, None, status="oom"))
+        rows.append(_row("sdpa.math", mode, 1024, 5.0 * k))
+    path = tmp_path / "consttoken.parquet"
+    store.append(path, rows)
+    return path
+
+
+def test_lines_plot_one_line_per_kernel_and_failures_marked(consttoken_file: Path) -> None:
+    frame = store.load(consttoken_file)
+    fig = plot_lines(frame, "seq_len", "runtime_ms", hue="kernel", col="mode")
+    ax_fw = fig.axes[0]
+    lines = {line.get_label(): line for line in ax_fw.get_lines()}
+    assert set(lines) == {"tfla.mlstm_sig", "mlstm_kernels.xl_chunk_siging", "sdpa.cudnn", "sdpa.math"}
+    assert list(lines["sdpa.cudnn"].get_ydata()) == [1.0, 2.0, 4.0]
+    assert list(lines["tfla.mlstm_sig"].get_xdata()) == [1024, 2048, 4096]
+    crosses = [c for c in ax_fw.collections if c.get_label() == "sdpa.math: oom"]
+    assert crosses and crosses[0].get_offsets()[0][0] == 4096  # the OOM sits at its x, on top
+    assert crosses[0].get_offsets()[0][1] > 4.0
+    assert "H100" in fig._suptitle.get_text() and "tokens=65536" in fig._suptitle.get_text()
+
+
+def test_every_figure_renders(consttoken_file: Path, tmp_path: Path) -> None:
+    frame = store.load(consttoken_file)
+    chunk_rows = [_row(k, m, 8192, 1.0 + c / 1024, chunk=c, mem=4e9 / c * 64) for k in ("tfla.mlstm_sig", "tfla.mlstm_exp")
+                  for m in ("fw", "fwbw") for c in (64, 128, 256, 512)]
+    head_rows = [_row("tfla.mlstm_sig", m, 8192, 1.0 + d / 256, chunk=128, head_dim_v=d) for m in ("fw", "fwbw")
+                 for d in (64, 128, 256, 512)]
+    frames = {"consttoken": frame, "roofline": frame, "chunksize": pd.DataFrame(chunk_rows),
+              "headdim": pd.DataFrame(head_rows)}
+    for name in RECIPES:
+        paths = render(name, frames[name], tmp_path / "figs")
+        assert paths and all(p.exists() and p.stat().st_size > 1000 for p in paths)
+        assert {p.suffix for p in paths} == {".png", ".svg"}
+
+
+def test_paper_csvs_parse_into_named_kernels() -> None:
+    meta = parse_column("chunkwise--triton_xl_chunk_siging__bfloat16__fwbw__cs-128_nh-16_hdv-256_hdq-128_n-False")
+    assert meta["kernel"] == "mlstm_kernels.xl_chunk_siging" and meta["mode"] == "fwbw" and meta["chunk_size"] == 128
+    assert parse_column("mamba____bfloat16__fw__nh-1_hdv-8192_hdq-16")["kernel"] == "mamba.mamba"
+    paper = load_paper("consttoken")
+    row = paper[(paper.kernel == "sdpa.cudnn") & (paper["mode"] == "fw") & (paper.seq_len == 512)].iloc[0]
+    assert row.runtime_ms == pytest.approx(2.001983880996704)
+    assert row.peak_mem_bytes == pytest.approx(2403485184)
+    assert set(load_paper("headdim").head_dim_v) >= {32, 64, 128, 256}
+
+
+def test_paper_reference_overlays_dashed_lines(consttoken_file: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["figures", "consttoken", "--from", str(consttoken_file), "--reference", "paper",
+                                 "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "consttoken_runtime.png").exists()
+    from plots.figures import _match_reference
+
+    ref = _match_reference(load_paper("consttoken"), store.load(consttoken_file))
+    assert set(ref.kernel) == {"mlstm_kernels.xl_chunk_siging", "sdpa.cudnn"}
+    assert set(ref.chunk_size) <= {0, 128}
+
+
+def test_report_has_environment_figures_and_speedups(consttoken_file: Path, tmp_path: Path) -> None:
+    frame = store.load(consttoken_file)
+    sp = speedups(frame)
+    row = sp[(sp.baseline == "mlstm_kernels.xl_chunk_siging") & (sp["mode"] == "fw")].iloc[0]
+    assert row.speedup == pytest.approx(1.25)
+    path = write_report(frame, "fixture", tmp_path / "report.md")
+    text = path.read_text()
+    assert "NVIDIA H100" in text and "![runtime_ms]" in text and "mlstm_kernels.xl_chunk_siging" in text
+    assert "oom" in text
+
+
+def test_cli_plot_and_bad_options(consttoken_file: Path, tmp_path: Path) -> None:
+    ok = runner.invoke(app, ["plot", str(consttoken_file), "--x", "seq_len", "--y", "runtime_ms", "--out", str(tmp_path)])
+    assert ok.exit_code == 0, ok.output
+    assert (tmp_path / "consttoken_runtime_ms_vs_seq_len.svg").exists()
+    bad = runner.invoke(app, ["plot", str(consttoken_file), "--x", "speed"])
+    assert bad.exit_code == 2 and "--x must be one of" in bad.output
+    missing = runner.invoke(app, ["plot", str(tmp_path / "nope.parquet")])
+    assert missing.exit_code == 2 and "does not exist" in " ".join(missing.output.split())
+    fig = runner.invoke(app, ["figures", "nope", "--from", str(consttoken_file)])
+    assert fig.exit_code == 2 and "unknown figure 'nope'; allowed: consttoken" in " ".join(fig.output.split())
+    both = runner.invoke(app, ["figures", "consttoken"])
+    assert both.exit_code == 2 and "exactly one of --run or --from" in both.output
