@@ -41,6 +41,27 @@ def fla_inputs(p: Problem, gate: str) -> tuple[Any, ...]:
     return q, k, v, g.to(dt) if gate == "vector" else g
 
 
+def gla_reference(q, k, v, g):  # noqa: ANN001, ANN201
+    """Causal gated linear attention in the input dtype, FLA layout ``(B, S, H, D)``, scale ``DK**-0.5``.
+
+    ``g`` is the log decay per token (``(B, S, H)``, simple GLA) or per token and key dim (``(B, S, H, DK)``):
+    ``h_t = sum_{s<=t} (q_t * exp(G_t - G_s)) . k_s v_s`` with ``G`` the cumulative sum of ``g``.
+    """
+    import torch
+
+    q, k, v, g = (x.transpose(1, 2).to(torch.promote_types(q.dtype, g.dtype)) for x in (q, k, v, g))
+    G = g.cumsum(2)
+    S, DK = q.shape[2], q.shape[3]
+    causal = torch.ones(S, S, dtype=torch.bool, device=q.device).tril()
+    if G.dim() == 3:  # scalar gate per token
+        decay = torch.where(causal, G[..., :, None] - G[..., None, :], -torch.inf).exp()
+        scores = (q @ k.transpose(-1, -2)) * decay
+    else:  # one gate per key dim: (B, H, S, S, DK)
+        diff = torch.where(causal[..., None], G[..., :, None, :] - G[..., None, :, :], -torch.inf)
+        scores = torch.einsum("bhtd,bhsd,bhtsd->bhts", q, k, diff.exp())
+    return ((scores * DK**-0.5) @ v).transpose(1, 2)
+
+
 def _register(name: str, module: str, function: str, gate: str) -> None:
     def fn(*inputs):  # noqa: ANN002, ANN202
         return getattr(importlib.import_module(module), function)(*inputs)
@@ -73,6 +94,7 @@ def _register(name: str, module: str, function: str, gate: str) -> None:
             supports=supports,
             available=lambda: first_reason(lambda: package_reason("fla"), available),
             params=lambda p: {"chunk_size": FLA_CHUNK, "gate": gate, "layout": "BSHD"},
+            reference=gla_reference if gate != "delta" else None,
             description=f"FLA {function} ({module})",
         )
     )

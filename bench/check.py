@@ -56,7 +56,7 @@ def parse_threshold(text: str) -> float:
 
 def _config(row: pd.Series) -> str:
     chunk = f" L={row.chunk_size}" if row.chunk_size else ""
-    return f"{row['mode']} {row.dtype} B={row.batch} H={row.heads} S={row.seq_len} Dqk={row.head_dim_qk} Dv={row.head_dim_v}{chunk}"
+    return f"{row['mode']} {row['dtype']} B={row.batch} H={row.heads} S={row.seq_len} Dqk={row.head_dim_qk} Dv={row.head_dim_v}{chunk}"
 
 
 def _num(value: object) -> float | None:

@@ -67,3 +67,31 @@ def test_sdpa_math_matches_float64_reference() -> None:
     out = spec.fn(q, k, v)
     ref = spec.reference(q.double(), k.double(), v.double())
     assert ((out.double() - ref).norm() / ref.norm()).item() < 1e-5
+
+
+def test_gla_reference_matches_a_step_by_step_recurrence() -> None:
+    """The FLA baselines' reference (used by --verify) against a plain recurrence, scalar and vector gates."""
+    from baselines.fla import gla_reference
+
+    B, S, H, DK, DV = 1, 12, 2, 8, 4
+    q, k, v = torch.randn(B, S, H, DK, dtype=torch.float64), torch.randn(B, S, H, DK, dtype=torch.float64), \
+        torch.randn(B, S, H, DV, dtype=torch.float64)
+    for gshape in ((B, S, H), (B, S, H, DK)):
+        g = torch.nn.functional.logsigmoid(torch.randn(*gshape, dtype=torch.float64) + 2)
+        state = torch.zeros(B, H, DK, DV, dtype=torch.float64)
+        outs = []
+        for t in range(S):
+            decay = g[:, t].exp()
+            decay = decay[..., None, None] if len(gshape) == 3 else decay[..., :, None]
+            state = decay * state + k[:, t, :, :, None] * v[:, t, :, None, :]
+            outs.append((q[:, t, :, None, :] * DK**-0.5 @ state)[:, :, 0])
+        expected = torch.stack(outs, dim=1)
+        assert torch.allclose(gla_reference(q, k, v, g), expected, atol=1e-10)
+
+
+def test_mlstm_reference_accepts_mixed_dtypes() -> None:
+    from kernels.mlstm.reference import mlstm_parallel
+
+    q = torch.randn(1, 1, 8, 16, dtype=torch.bfloat16)
+    out = mlstm_parallel(q, q, q, torch.randn(1, 1, 8), torch.randn(1, 1, 8))
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()

@@ -69,7 +69,7 @@ def test_cli_exit_codes_and_formats(pair: tuple[Path, Path]) -> None:
     data = json.loads(result.output)
     assert data["regression"] is True and {c["verdict"] for c in data["comparisons"]} >= {"faster", "regression"}
     md = runner.invoke(app, ["check", str(cur), "--baseline", str(base), "--format", "markdown"])
-    assert md.exit_code == 1 and "| tfla.mlstm_sig |" in md.output and "**regression**" in md.output
+    assert md.exit_code == 1 and "| tfla.mlstm_sig | fw bfloat16 " in md.output and "**regression**" in md.output
     same = runner.invoke(app, ["check", str(base), "--baseline", str(base)])
     assert same.exit_code == 0
 

@@ -165,9 +165,11 @@ def test_cpu_tensors_without_interpreter_are_refused(monkeypatch: pytest.MonkeyP
 @pytest.mark.gpu
 def test_gpu_bf16_against_float64_reference() -> None:
     """On the device: ``pytest -m gpu`` (the full-size check is ``scripts/gpu_check.py``)."""
+    import os
     import subprocess
     import sys
 
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # compiled kernels, not the interpreter
     out = subprocess.run([sys.executable, "scripts/gpu_check.py", "--seq-len", "2048", "--batch", "2", "--heads", "2",
-                          "--chunks", "64,256"], capture_output=True, text=True)
+                          "--chunks", "64,256"], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stdout + out.stderr

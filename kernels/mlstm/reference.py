@@ -40,6 +40,14 @@ def _log_input_gate(i: torch.Tensor, variant: str) -> torch.Tensor:
     return i if variant == "exp" else F.logsigmoid(i)
 
 
+def _common(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    """All inputs in one compute dtype (the promotion of theirs): bf16 q/k/v with fp32 gates run in fp32."""
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return [t.to(dtype) for t in tensors]
+
+
 def _initial(q: torch.Tensor, v: torch.Tensor, initial: MLSTMStates | None) -> MLSTMStates:
     B, NH, _, DHQK = q.shape
     DHHV = v.shape[-1]
@@ -63,7 +71,8 @@ def mlstm_recurrent(
     initial: MLSTMStates | None = None,
     eps: float = 1e-6,
 ) -> tuple[torch.Tensor, MLSTMStates]:
-    """Step-by-step form. Returns ``h (B, NH, S, DHHV)`` and the last states."""
+    """Step-by-step form. Returns ``h (B, NH, S, DHHV)`` and the last states (in the promoted input dtype)."""
+    q, k, v, i, f = _common(q, k, v, i, f)
     S, DHQK = q.shape[2], q.shape[3]
     log_i = _log_input_gate(i, variant)
     log_f = F.logsigmoid(f)
@@ -103,6 +112,7 @@ def mlstm_parallel(
     eps: float = 1e-6,
 ) -> torch.Tensor:
     """Quadratic (attention-like) form. Returns ``h (B, NH, S, DHHV)``; memory grows with ``S**2``."""
+    q, k, v, i, f = _common(q, k, v, i, f)
     S, DHQK = q.shape[2], q.shape[3]
     state = _initial(q, v, initial)
     log_i = _log_input_gate(i, variant)
