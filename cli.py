@@ -39,7 +39,10 @@ def _strs(value: Optional[str]) -> Optional[list[str]]:
 
 @app.command("list")
 def list_kernels() -> None:
-    """Every registered kernel: family, devices, availability here and the reason when unavailable."""
+    """Every registered kernel: family, devices, availability here and the reason when unavailable.
+
+    ``yes*``: available with a known problem on this machine (e.g. a backward that is broken here).
+    """
     from bench.registry import all_specs, cuda_reason
 
     gpu = cuda_reason()
@@ -50,13 +53,9 @@ def list_kernels() -> None:
         reason = spec.available()
         if reason is None and "cpu" not in spec.devices and gpu:
             reason = gpu
-        table.add_row(
-            spec.name,
-            spec.family,
-            ",".join(spec.devices),
-            "yes" if reason is None else "[red]no[/red]",
-            reason or spec.description,
-        )
+        caveat = spec.caveat() if reason is None else None
+        available = "[red]no[/red]" if reason else ("[yellow]yes*[/yellow]" if caveat else "yes")
+        table.add_row(spec.name, spec.family, ",".join(spec.devices), available, reason or caveat or spec.description)
     console.print(table)
 
 
@@ -156,9 +155,13 @@ def verify(
 @app.command()
 def check(
     current: Annotated[Optional[Path], typer.Argument(help="results of the run to check (omit with --run)")] = None,
-    baseline: Annotated[Path, typer.Option(help="results of the reference run")] = Path("results/h100/ci-baseline.parquet"),
+    baseline: Annotated[Path, typer.Option(help="results of the reference run")] = Path(
+        "results/h100/ci-baseline.parquet"
+    ),
     threshold: Annotated[str, typer.Option(help="slow-down that counts, e.g. 5% or 0.05")] = "5%",
-    metric: Annotated[str, typer.Option(help="comma-separated: runtime_ms, peak_mem_bytes, tflops")] = "runtime_ms,peak_mem_bytes",
+    metric: Annotated[
+        str, typer.Option(help="comma-separated: runtime_ms, peak_mem_bytes, tflops")
+    ] = "runtime_ms,peak_mem_bytes",
     format: Annotated[str, typer.Option("--format", help="table, markdown or json")] = "table",
     allow_different_device: Annotated[bool, typer.Option(help="compare runs from different GPUs")] = False,
     run: Annotated[Optional[str], typer.Option(help="run this preset first, then check its results")] = None,
@@ -205,8 +208,16 @@ def check(
         colors = {"regression": "red", "slower": "yellow", "faster": "green", "failed": "red"}
         for r in results:
             c = colors.get(r.verdict)
-            table.add_row(r.kernel, r.config, r.metric, chk._fmt(r.baseline), chk._fmt(r.current),
-                          chk._fmt(r.ratio, ".3f"), f"[{c}]{r.verdict}[/{c}]" if c else r.verdict, r.note[:60])
+            table.add_row(
+                r.kernel,
+                r.config,
+                r.metric,
+                chk._fmt(r.baseline),
+                chk._fmt(r.current),
+                chk._fmt(r.ratio, ".3f"),
+                f"[{c}]{r.verdict}[/{c}]" if c else r.verdict,
+                r.note[:60],
+            )
         console.print(table)
     if chk.has_regression(results):
         raise typer.Exit(1)
@@ -224,7 +235,9 @@ def _load_results(path: Path):  # noqa: ANN202
 @app.command()
 def plot(
     results: Annotated[Path, typer.Argument(help="results Parquet")],
-    x: Annotated[str, typer.Option(help="seq_len, chunk_size, head_dim_qk, head_dim_v, batch, heads, tokens")] = "seq_len",
+    x: Annotated[
+        str, typer.Option(help="seq_len, chunk_size, head_dim_qk, head_dim_v, batch, heads, tokens")
+    ] = "seq_len",
     y: Annotated[str, typer.Option(help="runtime_ms, peak_mem_bytes, tflops, pct_peak, error, ...")] = "runtime_ms",
     hue: Annotated[str, typer.Option(help="one line per value of this column")] = "kernel",
     col: Annotated[Optional[str], typer.Option(help="one panel per value of this column ('' for one panel)")] = "mode",
@@ -247,7 +260,9 @@ def figures(
     name: Annotated[str, typer.Argument(help="consttoken, headdim, chunksize or roofline")],
     run: Annotated[bool, typer.Option("--run", help="run the figure's preset first")] = False,
     from_: Annotated[Optional[Path], typer.Option("--from", help="results Parquet to draw from")] = None,
-    reference: Annotated[Optional[str], typer.Option(help="'paper', another results Parquet, or a paper-style CSV (dashed)")] = None,
+    reference: Annotated[
+        Optional[str], typer.Option(help="'paper', another results Parquet, or a paper-style CSV (dashed)")
+    ] = None,
     out: Annotated[Path, typer.Option(help="output folder")] = Path("plots/out"),
 ) -> None:
     """The TFLA paper's benchmark figures, from a run (``--from``) or measured now (``--run``)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from baselines.shapes import hopper_triton_bw_reason, itemsize
+from baselines.shapes import hopper_triton_bw_caveat, hopper_triton_bw_reason, itemsize
 from bench import flops
 from bench.problem import Problem
 from bench.registry import KernelSpec, first_reason, package_reason, register
@@ -95,6 +95,7 @@ def _register(name: str, module: str, function: str, gate: str) -> None:
             available=lambda: first_reason(lambda: package_reason("fla"), available),
             params=lambda p: {"chunk_size": FLA_CHUNK, "gate": gate, "layout": "BSHD"},
             reference=gla_reference if gate != "delta" else None,
+            caveat=hopper_triton_bw_caveat if gate != "delta" else (lambda: None),
             description=f"FLA {function} ({module})",
         )
     )

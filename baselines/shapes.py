@@ -23,10 +23,8 @@ def itemsize(p: Problem) -> int:
     return {"float32": 4, "float16": 2, "bfloat16": 2}[p.dtype]
 
 
-def hopper_triton_bw_reason(p: Problem) -> str | None:
-    """FLA's gated backward is wrong on Hopper with Triton >= 3.4 and < 3.7.1 (fla #640): report, don't run."""
-    if p.mode == "fw" or p.device != "cuda":
-        return None
+def hopper_triton_bw_caveat() -> str | None:
+    """FLA's gated backward is wrong on Hopper with Triton >= 3.4 and < 3.7.1 (fla #640)."""
     import torch
     import triton
 
@@ -34,5 +32,12 @@ def hopper_triton_bw_reason(p: Problem) -> str | None:
         return None
     version = tuple(int(x) for x in triton.__version__.split(".")[:3] if x.isdigit())
     if (3, 4, 0) <= version < (3, 7, 1):
-        return f"known broken: FLA gated backward on Hopper with Triton {triton.__version__} (< 3.7.1)"
+        return f"known broken: FLA gated backward on Hopper with Triton {triton.__version__} (< 3.7.1); fw only"
     return None
+
+
+def hopper_triton_bw_reason(p: Problem) -> str | None:
+    """The caveat as the reason a ``bw``/``fwbw`` problem is not run (reported, not measured)."""
+    if p.mode == "fw" or p.device != "cuda":
+        return None
+    return hopper_triton_bw_caveat()

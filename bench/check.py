@@ -66,7 +66,9 @@ def _num(value: object) -> float | None:
     return None if math.isnan(value) else value
 
 
-def load_pair(current: str | Path, baseline: str | Path, allow_different_device: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+def load_pair(
+    current: str | Path, baseline: str | Path, allow_different_device: bool
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     try:
         cur, base = store.load(current), store.load(baseline)
     except (FileNotFoundError, store.SchemaError) as err:
@@ -90,8 +92,16 @@ def _verdict_pair(metric: str, b: pd.Series, c: pd.Series, threshold: float) -> 
     if b.status != "ok" and c.status != "ok":
         return Comparison(kernel, config, metric, None, None, None, "failed", f"{c.status}: {c.message}"[:200])
     if c.status != "ok":
-        return Comparison(kernel, config, metric, _num(b[metric]), None, None, "regression",
-                          f"was ok, now {c.status}: {c.message}"[:200])
+        return Comparison(
+            kernel,
+            config,
+            metric,
+            _num(b[metric]),
+            None,
+            None,
+            "regression",
+            f"was ok, now {c.status}: {c.message}"[:200],
+        )
     if b.status != "ok":
         return Comparison(kernel, config, metric, None, _num(c[metric]), None, "new", f"baseline was {b.status}")
     base, cur = _num(b[metric]), _num(c[metric])
@@ -112,8 +122,12 @@ def _verdict_pair(metric: str, b: pd.Series, c: pd.Series, threshold: float) -> 
     return Comparison(kernel, config, metric, base, cur, ratio, "regression")
 
 
-def compare(current: pd.DataFrame, baseline: pd.DataFrame, threshold: float = 0.05,
-            metrics: tuple[str, ...] = ("runtime_ms", "peak_mem_bytes")) -> list[Comparison]:
+def compare(
+    current: pd.DataFrame,
+    baseline: pd.DataFrame,
+    threshold: float = 0.05,
+    metrics: tuple[str, ...] = ("runtime_ms", "peak_mem_bytes"),
+) -> list[Comparison]:
     """Every (config, metric) pair of the two runs with its verdict."""
     bad = [m for m in metrics if m not in METRICS]
     if bad:
@@ -142,12 +156,16 @@ def _fmt(x: float | None, digits: str = ".4g") -> str:
 
 
 def to_markdown(results: list[Comparison]) -> str:
-    lines = ["| kernel | config | metric | baseline | current | ratio | verdict | note |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| kernel | config | metric | baseline | current | ratio | verdict | note |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in results:
         verdict = f"**{r.verdict}**" if r.verdict == "regression" else r.verdict
-        lines.append(f"| {r.kernel} | {r.config} | {r.metric} | {_fmt(r.baseline)} | {_fmt(r.current)} | "
-                     f"{_fmt(r.ratio, '.3f')} | {verdict} | {r.note} |")
+        lines.append(
+            f"| {r.kernel} | {r.config} | {r.metric} | {_fmt(r.baseline)} | {_fmt(r.current)} | "
+            f"{_fmt(r.ratio, '.3f')} | {verdict} | {r.note} |"
+        )
     counts = {v: sum(r.verdict == v for r in results) for v in VERDICTS}
     lines.append("")
     lines.append(", ".join(f"{n} {v}" for v, n in counts.items() if n))

@@ -27,7 +27,8 @@ class KernelSpec:
     ``fn(*inputs)`` runs the forward and returns the output tensor (or a tuple whose first item is it);
     ``flops(problem)`` / ``bytes(problem)`` are analytical counts; ``supports(problem)`` and ``available()``
     return ``None`` or the reason why not; ``params(problem)`` records the shape mapping of the row;
-    ``reference(*inputs)`` (optional) computes the same output in float64 for ``--verify``.
+    ``reference(*inputs)`` (optional) computes the same output in float64 for ``--verify``;
+    ``caveat()`` names a known problem on this machine that ``bench list`` shows (e.g. a broken backward).
     """
 
     name: str
@@ -40,6 +41,7 @@ class KernelSpec:
     available: Callable[[], str | None] = lambda: None
     params: Callable[[Problem], dict[str, Any]] = lambda p: {}
     reference: Callable[..., Any] | None = None
+    caveat: Callable[[], str | None] = lambda: None
     uses_chunk_size: bool = False
     description: str = ""
     devices: Sequence[str] = field(default=("cuda",))

@@ -62,7 +62,7 @@ def sweep(
     """Measure every config not yet in ``out`` (all of them with ``force``); returns the new rows.
 
     Each row is appended to ``out`` as soon as it is measured, so an interrupted sweep keeps its rows
-    and the same call resumes it.
+    and the same call resumes it. ``unavailable`` rows are tried again on resume.
     """
     console = console or Console(stderr=True)
     done = set() if force else store.existing_keys(out)
@@ -104,7 +104,7 @@ def sweep(
                     if m.status != "ok" or spec is not _next_spec(todo, spec, problem):
                         worker.stop(kill=m.status != "ok")  # a fresh process for the next kernel
                 row = make_row(spec, problem, m, run_meta)
-                store.append(out, [row], replace=force)
+                store.append(out, [row], replace=True)  # one row per config: a retry replaces the old one
                 rows.append(row)
                 if on_row:
                     on_row(row)

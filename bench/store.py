@@ -88,11 +88,17 @@ def key_of(row: dict[str, object] | pd.Series) -> tuple[object, ...]:
     return tuple(row[k] for k in KEY_FIELDS)
 
 
-def existing_keys(path: str | Path) -> set[tuple[object, ...]]:
+RETRY_STATUSES = ("unavailable",)
+
+
+def existing_keys(path: str | Path, retry: tuple[str, ...] = RETRY_STATUSES) -> set[tuple[object, ...]]:
+    """Config keys already in ``path``, except rows whose status is in ``retry`` (tried again on resume:
+    a package installed since then turns an ``unavailable`` row into a measurement)."""
     path = Path(path)
     if not path.exists():
         return set()
     frame = load(path)
+    frame = frame[~frame.status.isin(retry)]
     return {tuple(r) for r in frame[list(KEY_FIELDS)].itertuples(index=False, name=None)}
 
 

@@ -33,19 +33,25 @@ def _match_reference(reference: pd.DataFrame | None, frame: pd.DataFrame) -> pd.
         return None
     ref = reference[reference.kernel.isin(frame[frame.status == "ok"].kernel.unique())]
     chunks = set(frame.chunk_size.unique())
-    ref = ref[(ref.chunk_size == 0) | ref.chunk_size.isin(chunks) | ~ref.kernel.isin(frame[frame.chunk_size > 0].kernel)]
+    ref = ref[
+        (ref.chunk_size == 0) | ref.chunk_size.isin(chunks) | ~ref.kernel.isin(frame[frame.chunk_size > 0].kernel)
+    ]
     return _label_chunks(ref) if len(ref) else None
 
 
 def consttoken(frame: pd.DataFrame, reference: pd.DataFrame | None, out: Path) -> list[Path]:
     data = _label_chunks(frame)
-    fig = plot_lines(data, "seq_len", "runtime_ms", hue="series", col="mode", reference=_match_reference(reference, frame))
+    fig = plot_lines(
+        data, "seq_len", "runtime_ms", hue="series", col="mode", reference=_match_reference(reference, frame)
+    )
     return save(fig, out, "consttoken_runtime")
 
 
 def headdim(frame: pd.DataFrame, reference: pd.DataFrame | None, out: Path) -> list[Path]:
     data = _label_chunks(frame)
-    fig = plot_lines(data, "head_dim_v", "runtime_ms", hue="series", col="mode", reference=_match_reference(reference, frame))
+    fig = plot_lines(
+        data, "head_dim_v", "runtime_ms", hue="series", col="mode", reference=_match_reference(reference, frame)
+    )
     return save(fig, out, "headdim_runtime")
 
 
@@ -73,7 +79,9 @@ def roofline(frame: pd.DataFrame, reference: pd.DataFrame | None, out: Path) -> 
     if len(peak) and len(bw):
         x = np.logspace(np.log10(ok.intensity.min() / 4), np.log10(ok.intensity.max() * 4), 200)
         roof = np.minimum(peak.max(), x * bw.max() / 1e3)
-        ax.plot(x, roof, color="k", lw=1.5, label=f"roof: {peak.max():.0f} TFLOP/s, {bw.max() / 1e3:.2f} TB/s (measured)")
+        ax.plot(
+            x, roof, color="k", lw=1.5, label=f"roof: {peak.max():.0f} TFLOP/s, {bw.max() / 1e3:.2f} TB/s (measured)"
+        )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("arithmetic intensity [FLOP / byte]")
@@ -128,8 +136,12 @@ def load_reference(spec: str | None, figure: str) -> pd.DataFrame | None:
         wide = pd.read_csv(path)
         key = wide.columns[0]
         xcol = {"sequence_length": "seq_len"}.get(key, key)
-        rows = [{**parse_column(c), xcol: int(x), "runtime_ms": float(v), "status": "ok"}
-                for c in wide.columns[1:] for x, v in zip(wide[key], wide[c]) if pd.notna(v) and float(v) > 0]
+        rows = [
+            {**parse_column(c), xcol: int(x), "runtime_ms": float(v), "status": "ok"}
+            for c in wide.columns[1:]
+            for x, v in zip(wide[key], wide[c])
+            if pd.notna(v) and float(v) > 0
+        ]
         return pd.DataFrame(rows)
     from bench.store import load
 

@@ -14,8 +14,13 @@ from matplotlib.figure import Figure  # noqa: E402
 
 FAILED = ("oom", "error", "crash", "timeout")
 LABELS = {
-    "seq_len": "sequence length", "runtime_ms": "runtime [ms]", "peak_mem_bytes": "peak memory [GB]",
-    "chunk_size": "chunk size", "head_dim_v": "head dim (v)", "tflops": "TFLOP/s", "batch": "batch",
+    "seq_len": "sequence length",
+    "runtime_ms": "runtime [ms]",
+    "peak_mem_bytes": "peak memory [GB]",
+    "chunk_size": "chunk size",
+    "head_dim_v": "head dim (v)",
+    "tflops": "TFLOP/s",
+    "batch": "batch",
 }
 AXES = ("seq_len", "chunk_size", "head_dim_qk", "head_dim_v", "batch", "heads", "tokens")
 METRICS = ("runtime_ms", "runtime_p20_ms", "runtime_p80_ms", "peak_mem_bytes", "tflops", "pct_peak", "error", "flops")
@@ -64,8 +69,15 @@ def draw(ax: plt.Axes, frame: pd.DataFrame, x: str, y: str, hue: str, reference:
     if len(ok) and len(failed):
         top = ok[y].max() / scale * 1.5
         for (key, status), group in failed.groupby([hue, "status"]):
-            ax.scatter(group[x], [top] * len(group), marker="x", s=40, color=colors.get(key, "red"),
-                       label=f"{key}: {status}", zorder=5)
+            ax.scatter(
+                group[x],
+                [top] * len(group),
+                marker="x",
+                s=40,
+                color=colors.get(key, "red"),
+                label=f"{key}: {status}",
+                zorder=5,
+            )
     if x in AXES and len(frame) and frame[x].min() > 0:
         ax.set_xscale("log", base=2)
     vals = ok[y] / scale
@@ -78,8 +90,15 @@ def draw(ax: plt.Axes, frame: pd.DataFrame, x: str, y: str, hue: str, reference:
     ax.grid(True, which="both", alpha=0.3)
 
 
-def plot_lines(frame: pd.DataFrame, x: str, y: str, hue: str = "kernel", col: str | None = "mode",
-               reference: pd.DataFrame | None = None, title: str | None = None) -> Figure:
+def plot_lines(
+    frame: pd.DataFrame,
+    x: str,
+    y: str,
+    hue: str = "kernel",
+    col: str | None = "mode",
+    reference: pd.DataFrame | None = None,
+    title: str | None = None,
+) -> Figure:
     """One panel per ``col`` value (all in one panel without ``col``)."""
     check_columns(x, y, hue, col)
     if frame.empty:

@@ -55,8 +55,11 @@ def load_paper(figure: str, directory: Path = PAPER_DIR) -> pd.DataFrame:
                 meta = parse_column(col)
                 values = pd.to_numeric(wide[col], errors="coerce")
                 ok = values.notna() & (values > 0)
-                frames.append(pd.DataFrame({**meta, xcol: wide[key][ok].astype(int).values, "metric": unit,
-                                            "value": values[ok].values}))
+                frames.append(
+                    pd.DataFrame(
+                        {**meta, xcol: wide[key][ok].astype(int).values, "metric": unit, "value": values[ok].values}
+                    )
+                )
     long = pd.concat(frames, ignore_index=True)
     index = ["kernel", "dtype", "mode", "chunk_size", "paper_params", xcol]
     out = long.pivot_table(index=index, columns="metric", values="value", aggfunc="first").reset_index()

@@ -29,9 +29,18 @@ def speedups(frame: pd.DataFrame) -> pd.DataFrame:
         for _, m in mine.iterrows():
             same = ok[(ok[SHAPE] == m[SHAPE]).all(axis=1) & ~ok.kernel.isin(OURS)]
             for _, b in same.iterrows():
-                rows.append({"ours": ours, "baseline": b.kernel, "mode": m["mode"], "seq_len": m.seq_len,
-                             "chunk_size": m.chunk_size, "ours_ms": m.runtime_ms, "baseline_ms": b.runtime_ms,
-                             "speedup": b.runtime_ms / m.runtime_ms})
+                rows.append(
+                    {
+                        "ours": ours,
+                        "baseline": b.kernel,
+                        "mode": m["mode"],
+                        "seq_len": m.seq_len,
+                        "chunk_size": m.chunk_size,
+                        "ours_ms": m.runtime_ms,
+                        "baseline_ms": b.runtime_ms,
+                        "speedup": b.runtime_ms / m.runtime_ms,
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -57,19 +66,51 @@ def write_report(frame: pd.DataFrame, source: str, out: str | Path) -> Path:
             paths = save(plot_lines(frame, x, metric, hue="kernel", col="mode"), fig_dir, f"{metric}_vs_{x}")
             figures.append((metric, paths[0]))
     meta = frame.iloc[0]
-    env = {k: meta[k] for k in ("gpu_name", "driver", "cuda", "torch", "triton", "git_commit", "host", "timestamp",
-                                "peak_tflops", "peak_bandwidth_gbs")}
+    env = {
+        k: meta[k]
+        for k in (
+            "gpu_name",
+            "driver",
+            "cuda",
+            "torch",
+            "triton",
+            "git_commit",
+            "host",
+            "timestamp",
+            "peak_tflops",
+            "peak_bandwidth_gbs",
+        )
+    }
     env["packages"] = ", ".join(f"{k} {v}" for k, v in json.loads(meta.packages or "{}").items())
     ok = frame[frame.status == "ok"]
     pivot = ok.pivot_table(index=["kernel", "chunk_size"], columns=["mode", x], values="runtime_ms").round(3)
     pivot.columns = [f"{m} {x}={v}" for m, v in pivot.columns]
-    failures = frame[frame.status != "ok"][["kernel", "mode", x, "status", "message"]].drop_duplicates(["kernel", "status"])
+    failures = frame[frame.status != "ok"][["kernel", "mode", x, "status", "message"]].drop_duplicates(
+        ["kernel", "status"]
+    )
     sp = speedups(frame)
-    lines = [f"# Benchmark report: {source}", "", f"{len(frame)} rows, {len(ok)} ok.", "", "## Environment", "",
-             _md_table(pd.DataFrame([{"key": k, "value": v} for k, v in env.items()])), "## Figures", ""]
+    lines = [
+        f"# Benchmark report: {source}",
+        "",
+        f"{len(frame)} rows, {len(ok)} ok.",
+        "",
+        "## Environment",
+        "",
+        _md_table(pd.DataFrame([{"key": k, "value": v} for k, v in env.items()])),
+        "## Figures",
+        "",
+    ]
     lines += [f"![{m}]({p.relative_to(out.parent)})" for m, p in figures]
-    lines += ["", "## Runtime [ms] (median)", "", _md_table(pivot.reset_index()), "## Our kernels against each baseline",
-              "", "speed-up = baseline runtime / our runtime (> 1: ours is faster), same problem.", ""]
+    lines += [
+        "",
+        "## Runtime [ms] (median)",
+        "",
+        _md_table(pivot.reset_index()),
+        "## Our kernels against each baseline",
+        "",
+        "speed-up = baseline runtime / our runtime (> 1: ours is faster), same problem.",
+        "",
+    ]
     if not sp.empty:
         summary = sp.groupby(["ours", "baseline", "mode"]).speedup.agg(["min", "median", "max"]).reset_index()
         lines.append(_md_table(summary))

@@ -40,9 +40,15 @@ def _oom(x):  # noqa: ANN001, ANN202
 
 def _spec(name: str, fn, **kw) -> KernelSpec:  # noqa: ANN001
     return KernelSpec(
-        name=f"fake.{name}", family="mlstm", make_inputs=_inputs, fn=fn,
-        flops=lambda p: float(p.batch * p.seq_len * p.head_dim_v), bytes=lambda p: 8.0 * p.batch * p.seq_len,
-        devices=("cpu", "cuda"), reference=lambda x: x * 2.0, **kw,
+        name=f"fake.{name}",
+        family="mlstm",
+        make_inputs=_inputs,
+        fn=fn,
+        flops=lambda p: float(p.batch * p.seq_len * p.head_dim_v),
+        bytes=lambda p: 8.0 * p.batch * p.seq_len,
+        devices=("cpu", "cuda"),
+        reference=lambda x: x * 2.0,
+        **kw,
     )
 
 

@@ -36,10 +36,24 @@ def test_fla_maps_onto_the_mlstm_heads() -> None:
 def test_every_family_has_a_baseline_and_cuda_only_kernels_are_unavailable_here() -> None:
     specs = all_specs()
     assert {s.family for s in specs} == {"mlstm", "attention", "linear_attention", "ssm"}
-    expected = {"sdpa.flash", "sdpa.cudnn", "sdpa.efficient", "sdpa.math", "flash_attn.fa2", "flash_attn.fa3",
-                "flash_attn.fa4", "fla.chunk_simple_gla", "fla.chunk_gla", "fla.fused_chunk_gla",
-                "fla.chunk_gated_delta_rule", "mamba.mamba", "mamba.mamba2", "mlstm_kernels.limit_chunk",
-                "mlstm_kernels.xl_chunk", "mlstm_kernels.xl_chunk_siging"}
+    expected = {
+        "sdpa.flash",
+        "sdpa.cudnn",
+        "sdpa.efficient",
+        "sdpa.math",
+        "flash_attn.fa2",
+        "flash_attn.fa3",
+        "flash_attn.fa4",
+        "fla.chunk_simple_gla",
+        "fla.chunk_gla",
+        "fla.fused_chunk_gla",
+        "fla.chunk_gated_delta_rule",
+        "mamba.mamba",
+        "mamba.mamba2",
+        "mlstm_kernels.limit_chunk",
+        "mlstm_kernels.xl_chunk",
+        "mlstm_kernels.xl_chunk_siging",
+    }
     assert expected <= {s.name for s in specs}
     if not torch.cuda.is_available():
         for name in ("sdpa.cudnn", "mamba.mamba2", "fla.chunk_gla"):
@@ -74,8 +88,11 @@ def test_gla_reference_matches_a_step_by_step_recurrence() -> None:
     from baselines.fla import gla_reference
 
     B, S, H, DK, DV = 1, 12, 2, 8, 4
-    q, k, v = torch.randn(B, S, H, DK, dtype=torch.float64), torch.randn(B, S, H, DK, dtype=torch.float64), \
-        torch.randn(B, S, H, DV, dtype=torch.float64)
+    q, k, v = (
+        torch.randn(B, S, H, DK, dtype=torch.float64),
+        torch.randn(B, S, H, DK, dtype=torch.float64),
+        torch.randn(B, S, H, DV, dtype=torch.float64),
+    )
     for gshape in ((B, S, H), (B, S, H, DK)):
         g = torch.nn.functional.logsigmoid(torch.randn(*gshape, dtype=torch.float64) + 2)
         state = torch.zeros(B, H, DK, DV, dtype=torch.float64)
@@ -95,3 +112,18 @@ def test_mlstm_reference_accepts_mixed_dtypes() -> None:
     q = torch.randn(1, 1, 8, 16, dtype=torch.bfloat16)
     out = mlstm_parallel(q, q, q, torch.randn(1, 1, 8), torch.randn(1, 1, 8))
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
+
+
+def test_fla_caveat_on_hopper_with_old_triton(monkeypatch) -> None:  # noqa: ANN001
+    """The known-broken FLA backward is named by `bench list` and turns bw problems into `unsupported` rows."""
+    import triton
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    monkeypatch.setattr(triton, "__version__", "3.6.0")
+    spec = get("fla.chunk_simple_gla")
+    assert "known broken" in spec.caveat()
+    assert "known broken" in spec.supports(PAPER.with_(mode="fwbw"))
+    assert spec.supports(PAPER.with_(mode="fw")) is None
+    monkeypatch.setattr(triton, "__version__", "3.7.1")
+    assert spec.caveat() is None

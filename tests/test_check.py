@@ -16,24 +16,55 @@ from cli import app
 runner = CliRunner()
 
 
-def _row(seq_len: int, ms: float, band: float = 0.01, mem: int = 1000, status: str = "ok",
-         gpu: str = "NVIDIA H100 80GB HBM3") -> dict[str, object]:
+def _row(
+    seq_len: int, ms: float, band: float = 0.01, mem: int = 1000, status: str = "ok", gpu: str = "NVIDIA H100 80GB HBM3"
+) -> dict[str, object]:
     row: dict[str, object] = {c: None for c in COLUMNS}
-    row.update(kernel="tfla.mlstm_sig", family="mlstm", batch=1, heads=8, seq_len=seq_len, head_dim_qk=256,
-               head_dim_v=512, chunk_size=128, dtype="bfloat16", mode="fw", device="cuda", tokens=seq_len,
-               kernel_params="{}", status=status, message="boom" if status != "ok" else "",
-               runtime_ms=ms if status == "ok" else None, runtime_p20_ms=ms * (1 - band) if status == "ok" else None,
-               runtime_p80_ms=ms * (1 + band) if status == "ok" else None,
-               peak_mem_bytes=mem if status == "ok" else None, gpu_name=gpu)
+    row.update(
+        kernel="tfla.mlstm_sig",
+        family="mlstm",
+        batch=1,
+        heads=8,
+        seq_len=seq_len,
+        head_dim_qk=256,
+        head_dim_v=512,
+        chunk_size=128,
+        dtype="bfloat16",
+        mode="fw",
+        device="cuda",
+        tokens=seq_len,
+        kernel_params="{}",
+        status=status,
+        message="boom" if status != "ok" else "",
+        runtime_ms=ms if status == "ok" else None,
+        runtime_p20_ms=ms * (1 - band) if status == "ok" else None,
+        runtime_p80_ms=ms * (1 + band) if status == "ok" else None,
+        peak_mem_bytes=mem if status == "ok" else None,
+        gpu_name=gpu,
+    )
     return row
 
 
 @pytest.fixture()
 def pair(tmp_path: Path) -> tuple[Path, Path]:
-    base = [_row(1, 10.0), _row(2, 10.0), _row(3, 10.0), _row(4, 10.0, band=0.2), _row(5, 10.0),
-            _row(6, 10.0, status="error"), _row(7, 10.0)]
-    cur = [_row(1, 8.0), _row(2, 10.2), _row(3, 12.0), _row(4, 12.0, band=0.2), _row(5, 10.0, status="crash"),
-           _row(6, 10.0, status="error"), _row(8, 10.0)]
+    base = [
+        _row(1, 10.0),
+        _row(2, 10.0),
+        _row(3, 10.0),
+        _row(4, 10.0, band=0.2),
+        _row(5, 10.0),
+        _row(6, 10.0, status="error"),
+        _row(7, 10.0),
+    ]
+    cur = [
+        _row(1, 8.0),
+        _row(2, 10.2),
+        _row(3, 12.0),
+        _row(4, 12.0, band=0.2),
+        _row(5, 10.0, status="crash"),
+        _row(6, 10.0, status="error"),
+        _row(8, 10.0),
+    ]
     b, c = tmp_path / "base.parquet", tmp_path / "cur.parquet"
     store.append(b, base)
     store.append(c, cur)
@@ -109,17 +140,33 @@ def test_different_device_allowed_on_request(pair: tuple[Path, Path], tmp_path: 
 def test_check_run_preset_on_cpu(tmp_path: Path) -> None:
     """`--run` measures a preset, then compares; against itself nothing can regress beyond noise."""
     preset = tmp_path / "tiny.toml"
-    preset.write_text('device = "cpu"\nkernels = ["sdpa.math"]\nseq_len = [32]\nheads = [1]\nhead_dim_qk = [16]\n'
-                      'head_dim_v = [16]\ndtype = ["float32"]\n')
+    preset.write_text(
+        'device = "cpu"\nkernels = ["sdpa.math"]\nseq_len = [32]\nheads = [1]\nhead_dim_qk = [16]\n'
+        'head_dim_v = [16]\ndtype = ["float32"]\n'
+    )
     out = tmp_path / "run.parquet"
-    first = runner.invoke(app, ["check", "--run", str(preset), "--out", str(out), "--baseline",
-                                str(tmp_path / "none.parquet")])
+    first = runner.invoke(
+        app, ["check", "--run", str(preset), "--out", str(out), "--baseline", str(tmp_path / "none.parquet")]
+    )
     assert first.exit_code == 2 and "does not exist" in " ".join(first.output.split()), first.output
     assert not out.exists()  # refused before running anything
     runner.invoke(app, ["sweep", "--preset", str(preset), "--out", str(out)])
     base = tmp_path / "base.parquet"
     store.append(base, store.load(out).to_dict("records"))
-    second = runner.invoke(app, ["check", "--run", str(preset), "--out", str(out), "--baseline", str(base),
-                                 "--threshold", "500%", "--allow-different-device"])
+    second = runner.invoke(
+        app,
+        [
+            "check",
+            "--run",
+            str(preset),
+            "--out",
+            str(out),
+            "--baseline",
+            str(base),
+            "--threshold",
+            "500%",
+            "--allow-different-device",
+        ],
+    )
     assert second.exit_code == 0, second.output
     assert "sdpa.math" in second.output

@@ -37,8 +37,15 @@ def test_sweep_refuses_bad_input_before_any_work(args: list[str], message: str, 
 def test_list_shows_every_kernel_with_availability() -> None:
     result = runner.invoke(app, ["list"])
     assert result.exit_code == 0
-    for name in ("tfla.mlstm_exp", "tfla.mlstm_sig", "sdpa.cudnn", "fla.chunk_simple_gla", "mamba.mamba2",
-                 "mlstm_kernels.xl_chunk_siging", "flash_attn.fa2"):
+    for name in (
+        "tfla.mlstm_exp",
+        "tfla.mlstm_sig",
+        "sdpa.cudnn",
+        "fla.chunk_simple_gla",
+        "mamba.mamba2",
+        "mlstm_kernels.xl_chunk_siging",
+        "flash_attn.fa2",
+    ):
         assert name in result.output
 
 
@@ -51,8 +58,19 @@ def test_env_json() -> None:
 
 def test_small_sweep_writes_parquet_and_resumes(tmp_path: Path) -> None:
     out = tmp_path / "r.parquet"
-    args = ["sweep", "--preset", "cpu", "--kernels", "sdpa.math,reference.mlstm_exp_parallel", "--seq-len", "32",
-            "--mode", "fw", "--out", str(out)]
+    args = [
+        "sweep",
+        "--preset",
+        "cpu",
+        "--kernels",
+        "sdpa.math,reference.mlstm_exp_parallel",
+        "--seq-len",
+        "32",
+        "--mode",
+        "fw",
+        "--out",
+        str(out),
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     frame = store.load(out)

@@ -39,3 +39,9 @@ def test_bytes_and_tflops() -> None:
     # fw: q, k (2 x 4), v (4) read, h (4) written; 2 bytes each; 1 fp32 gate
     assert flops.sequence_mixer_bytes(1, 1, 2, 4, 4, 2, "fw", gates=1) == 2 * (12 + 4) * 2 + 2 * 4
     assert flops.tflops(2e12, 1000.0) == pytest.approx(2.0)
+
+
+def test_selective_scan_hand_count() -> None:
+    # 9 FLOPs per (token, channel, state): B=2, S=3, d_inner=4, d_state=5
+    assert flops.selective_scan_flops(2, 3, 4, 5, "fw") == 9 * 2 * 3 * 4 * 5
+    assert flops.selective_scan_flops(2, 3, 4, 5, "fwbw") == 3 * 9 * 2 * 3 * 4 * 5

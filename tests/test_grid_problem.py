@@ -38,7 +38,9 @@ def test_const_token_sweep_sets_batch_from_tokens() -> None:
 def test_const_width_and_qk_ratio() -> None:
     grid = Grid(head_dim_v=(64, 256, 1024), width=4096, qk_ratio=0.5)
     assert [(p.heads, p.head_dim_qk, p.head_dim_v) for p in grid.problems()] == [
-        (64, 32, 64), (16, 128, 256), (4, 512, 1024)
+        (64, 32, 64),
+        (16, 128, 256),
+        (4, 512, 1024),
     ]
 
 

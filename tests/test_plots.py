@@ -21,17 +21,51 @@ matplotlib.use("Agg")
 runner = CliRunner()
 
 
-def _row(kernel: str, mode: str, seq_len: int, ms: float | None, chunk: int = 0, status: str = "ok",
-         head_dim_v: int = 256, mem: float = 1e9) -> dict[str, object]:
+def _row(
+    kernel: str,
+    mode: str,
+    seq_len: int,
+    ms: float | None,
+    chunk: int = 0,
+    status: str = "ok",
+    head_dim_v: int = 256,
+    mem: float = 1e9,
+) -> dict[str, object]:
     row: dict[str, object] = {c: None for c in COLUMNS}
     ok = status == "ok"
-    row.update(kernel=kernel, family="mlstm", batch=65536 // seq_len, heads=4096 // head_dim_v, seq_len=seq_len,
-               head_dim_qk=head_dim_v // 2, head_dim_v=head_dim_v, chunk_size=chunk, dtype="bfloat16", mode=mode,
-               device="cuda", tokens=65536, kernel_params="{}", status=status, message="" if ok else "CUDA OOM",
-               runtime_ms=ms if ok else None, runtime_p20_ms=ms if ok else None, runtime_p80_ms=ms if ok else None,
-               peak_mem_bytes=int(mem) if ok else None, flops=1e12, bytes=1e9, tflops=1e12 / (ms * 1e-3) / 1e12 if ok else None,
-               gpu_name="NVIDIA H100 80GB HBM3", peak_tflops=780.0, peak_bandwidth_gbs=3000.0, packages="{}",
-               torch="2.11", triton="3.6.0", git_commit="abc", host="h", timestamp="t")
+    row.update(
+        kernel=kernel,
+        family="mlstm",
+        batch=65536 // seq_len,
+        heads=4096 // head_dim_v,
+        seq_len=seq_len,
+        head_dim_qk=head_dim_v // 2,
+        head_dim_v=head_dim_v,
+        chunk_size=chunk,
+        dtype="bfloat16",
+        mode=mode,
+        device="cuda",
+        tokens=65536,
+        kernel_params="{}",
+        status=status,
+        message="" if ok else "CUDA OOM",
+        runtime_ms=ms if ok else None,
+        runtime_p20_ms=ms if ok else None,
+        runtime_p80_ms=ms if ok else None,
+        peak_mem_bytes=int(mem) if ok else None,
+        flops=1e12,
+        bytes=1e9,
+        tflops=1e12 / (ms * 1e-3) / 1e12 if ok else None,
+        gpu_name="NVIDIA H100 80GB HBM3",
+        peak_tflops=780.0,
+        peak_bandwidth_gbs=3000.0,
+        packages="{}",
+        torch="2.11",
+        triton="3.6.0",
+        git_commit="abc",
+        host="h",
+        timestamp="t",
+    )
     return row
 
 
@@ -40,9 +74,11 @@ def consttoken_file(tmp_path: Path) -> Path:
     rows = []
     for mode, k in (("fw", 1.0), ("fwbw", 3.0)):
         for s in (1024, 2048, 4096):
-            rows += [_row("tfla.mlstm_sig", mode, s, 2.0 * k, chunk=128),
-                     _row("mlstm_kernels.xl_chunk_siging", mode, s, 2.5 * k, chunk=128),
-                     _row("sdpa.cudnn", mode, s, s / 1024 * k)]
+            rows += [
+                _row("tfla.mlstm_sig", mode, s, 2.0 * k, chunk=128),
+                _row("mlstm_kernels.xl_chunk_siging", mode, s, 2.5 * k, chunk=128),
+                _row("sdpa.cudnn", mode, s, s / 1024 * k),
+            ]
         rows.append(_row("sdpa.math", mode, 4096, None, status="oom"))
         rows.append(_row("sdpa.math", mode, 1024, 5.0 * k))
     path = tmp_path / "consttoken.parquet"
@@ -66,12 +102,23 @@ def test_lines_plot_one_line_per_kernel_and_failures_marked(consttoken_file: Pat
 
 def test_every_figure_renders(consttoken_file: Path, tmp_path: Path) -> None:
     frame = store.load(consttoken_file)
-    chunk_rows = [_row(k, m, 8192, 1.0 + c / 1024, chunk=c, mem=4e9 / c * 64) for k in ("tfla.mlstm_sig", "tfla.mlstm_exp")
-                  for m in ("fw", "fwbw") for c in (64, 128, 256, 512)]
-    head_rows = [_row("tfla.mlstm_sig", m, 8192, 1.0 + d / 256, chunk=128, head_dim_v=d) for m in ("fw", "fwbw")
-                 for d in (64, 128, 256, 512)]
-    frames = {"consttoken": frame, "roofline": frame, "chunksize": pd.DataFrame(chunk_rows),
-              "headdim": pd.DataFrame(head_rows)}
+    chunk_rows = [
+        _row(k, m, 8192, 1.0 + c / 1024, chunk=c, mem=4e9 / c * 64)
+        for k in ("tfla.mlstm_sig", "tfla.mlstm_exp")
+        for m in ("fw", "fwbw")
+        for c in (64, 128, 256, 512)
+    ]
+    head_rows = [
+        _row("tfla.mlstm_sig", m, 8192, 1.0 + d / 256, chunk=128, head_dim_v=d)
+        for m in ("fw", "fwbw")
+        for d in (64, 128, 256, 512)
+    ]
+    frames = {
+        "consttoken": frame,
+        "roofline": frame,
+        "chunksize": pd.DataFrame(chunk_rows),
+        "headdim": pd.DataFrame(head_rows),
+    }
     for name in RECIPES:
         paths = render(name, frames[name], tmp_path / "figs")
         assert paths and all(p.exists() and p.stat().st_size > 1000 for p in paths)
@@ -90,8 +137,9 @@ def test_paper_csvs_parse_into_named_kernels() -> None:
 
 
 def test_paper_reference_overlays_dashed_lines(consttoken_file: Path, tmp_path: Path) -> None:
-    result = runner.invoke(app, ["figures", "consttoken", "--from", str(consttoken_file), "--reference", "paper",
-                                 "--out", str(tmp_path)])
+    result = runner.invoke(
+        app, ["figures", "consttoken", "--from", str(consttoken_file), "--reference", "paper", "--out", str(tmp_path)]
+    )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "consttoken_runtime.png").exists()
     from plots.figures import _match_reference
@@ -113,7 +161,9 @@ def test_report_has_environment_figures_and_speedups(consttoken_file: Path, tmp_
 
 
 def test_cli_plot_and_bad_options(consttoken_file: Path, tmp_path: Path) -> None:
-    ok = runner.invoke(app, ["plot", str(consttoken_file), "--x", "seq_len", "--y", "runtime_ms", "--out", str(tmp_path)])
+    ok = runner.invoke(
+        app, ["plot", str(consttoken_file), "--x", "seq_len", "--y", "runtime_ms", "--out", str(tmp_path)]
+    )
     assert ok.exit_code == 0, ok.output
     assert (tmp_path / "consttoken_runtime_ms_vs_seq_len.svg").exists()
     bad = runner.invoke(app, ["plot", str(consttoken_file), "--x", "speed"])

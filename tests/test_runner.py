@@ -24,19 +24,43 @@ def fake_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _grid(*kernels: str, seq_len: tuple[int, ...] = (32,)) -> Grid:
-    return Grid(kernels=kernels, seq_len=seq_len, batch=(1,), heads=(1,), head_dim_qk=(16,), head_dim_v=(16,),
-                chunk_size=(16,), dtype=("float32",), mode=("fw",), device="cpu")
+    return Grid(
+        kernels=kernels,
+        seq_len=seq_len,
+        batch=(1,),
+        heads=(1,),
+        head_dim_qk=(16,),
+        head_dim_v=(16,),
+        chunk_size=(16,),
+        dtype=("float32",),
+        mode=("fw",),
+        device="cpu",
+    )
 
 
 def test_each_failure_becomes_a_row_and_the_sweep_goes_on(tmp_path: Path) -> None:
     out = tmp_path / "r.parquet"
-    kernels = ("fake.ok", "fake.abort", "fake.raise", "fake.oom", "fake.hang", "fake.unsupported",
-               "fake.unavailable", "sdpa.flash")
+    kernels = (
+        "fake.ok",
+        "fake.abort",
+        "fake.raise",
+        "fake.oom",
+        "fake.hang",
+        "fake.unsupported",
+        "fake.unavailable",
+        "sdpa.flash",
+    )
     rows = sweep(_grid(*kernels, seq_len=(128,)).configs(), out, timeout_s=20)
     status = {r["kernel"]: r["status"] for r in rows}
     assert status == {
-        "fake.ok": "ok", "fake.abort": "crash", "fake.raise": "error", "fake.oom": "oom", "fake.hang": "timeout",
-        "fake.unsupported": "unsupported", "fake.unavailable": "unavailable", "sdpa.flash": "unavailable",
+        "fake.ok": "ok",
+        "fake.abort": "crash",
+        "fake.raise": "error",
+        "fake.oom": "oom",
+        "fake.hang": "timeout",
+        "fake.unsupported": "unsupported",
+        "fake.unavailable": "unavailable",
+        "sdpa.flash": "unavailable",
     }
     messages = {r["kernel"]: r["message"] for r in rows}
     assert "SIGABRT" in messages["fake.abort"] and "about to abort" in messages["fake.abort"]
@@ -68,3 +92,20 @@ def test_verify_records_the_error_against_the_reference(tmp_path: Path) -> None:
     for row in rows:
         assert row["status"] == "ok", row["message"]
         assert row["error"] is not None and row["error"] < 1e-4, row
+
+
+def test_resume_retries_unavailable_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A package installed after a sweep: re-running it measures the configs that were unavailable."""
+    out = tmp_path / "r.parquet"
+    first = sweep(_grid("fake.unavailable", "fake.ok").configs(), out)
+    assert [r["status"] for r in first] == ["unavailable", "ok"]
+    import bench.registry as registry
+
+    spec = registry._REGISTRY["fake.unavailable"]
+    monkeypatch.setitem(
+        registry._REGISTRY, "fake.unavailable", type(spec)(**{**spec.__dict__, "available": lambda: None})
+    )
+    again = sweep(_grid("fake.unavailable", "fake.ok").configs(), out)
+    assert [(r["kernel"], r["status"]) for r in again] == [("fake.unavailable", "ok")]
+    frame = store.load(out)
+    assert sorted(zip(frame.kernel, frame.status)) == [("fake.ok", "ok"), ("fake.unavailable", "ok")]

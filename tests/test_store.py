@@ -13,9 +13,26 @@ from bench.store import COLUMNS, SchemaError
 
 def _row(seq_len: int, runtime: float = 1.0, status: str = "ok") -> dict[str, object]:
     row: dict[str, object] = {c: None for c in COLUMNS}
-    row.update(kernel="k", family="mlstm", batch=1, heads=2, seq_len=seq_len, head_dim_qk=16, head_dim_v=16,
-               chunk_size=16, dtype="float32", mode="fw", device="cpu", tokens=seq_len, kernel_params="{}",
-               status=status, message="", runtime_ms=runtime, run_id="r", gpu_name="cpu")
+    row.update(
+        kernel="k",
+        family="mlstm",
+        batch=1,
+        heads=2,
+        seq_len=seq_len,
+        head_dim_qk=16,
+        head_dim_v=16,
+        chunk_size=16,
+        dtype="float32",
+        mode="fw",
+        device="cpu",
+        tokens=seq_len,
+        kernel_params="{}",
+        status=status,
+        message="",
+        runtime_ms=runtime,
+        run_id="r",
+        gpu_name="cpu",
+    )
     return row
 
 
@@ -27,9 +44,7 @@ def test_append_and_load_round_trip(tmp_path: Path) -> None:
     assert list(frame.columns) == list(COLUMNS)
     assert frame["seq_len"].tolist() == [64, 128]
     assert frame["runtime_ms"].tolist() == [1.0, 2.0]
-    assert store.existing_keys(path) == {
-        ("k", 1, 2, s, 16, 16, 16, "float32", "fw", "cpu") for s in (64, 128)
-    }
+    assert store.existing_keys(path) == {("k", 1, 2, s, 16, 16, 16, "float32", "fw", "cpu") for s in (64, 128)}
     assert not list(path.parent.glob("*.tmp"))
 
 
