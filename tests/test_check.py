@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from bench import check, store
-from bench.store import COLUMNS
 from cli import app
+from tests.rows import result_row
 
 runner = CliRunner()
 
@@ -19,30 +19,17 @@ runner = CliRunner()
 def _row(
     seq_len: int, ms: float, band: float = 0.01, mem: int = 1000, status: str = "ok", gpu: str = "NVIDIA H100 80GB HBM3"
 ) -> dict[str, object]:
-    row: dict[str, object] = {c: None for c in COLUMNS}
-    row.update(
-        kernel="tfla.mlstm_sig",
-        family="mlstm",
-        batch=1,
-        heads=8,
+    if status != "ok":
+        return result_row(seq_len=seq_len, tokens=seq_len, status=status, message="boom", gpu_name=gpu)
+    return result_row(
         seq_len=seq_len,
-        head_dim_qk=256,
-        head_dim_v=512,
-        chunk_size=128,
-        dtype="bfloat16",
-        mode="fw",
-        device="cuda",
         tokens=seq_len,
-        kernel_params="{}",
-        status=status,
-        message="boom" if status != "ok" else "",
-        runtime_ms=ms if status == "ok" else None,
-        runtime_p20_ms=ms * (1 - band) if status == "ok" else None,
-        runtime_p80_ms=ms * (1 + band) if status == "ok" else None,
-        peak_mem_bytes=mem if status == "ok" else None,
+        runtime_ms=ms,
+        runtime_p20_ms=ms * (1 - band),
+        runtime_p80_ms=ms * (1 + band),
+        peak_mem_bytes=mem,
         gpu_name=gpu,
     )
-    return row
 
 
 @pytest.fixture()

@@ -10,12 +10,12 @@ import pytest
 from typer.testing import CliRunner
 
 from bench import store
-from bench.store import COLUMNS
 from cli import app
 from plots.figures import RECIPES, render
 from plots.lines import plot_lines
 from plots.paper import load_paper, parse_column
 from plots.report import speedups, write_report
+from tests.rows import result_row
 
 matplotlib.use("Agg")
 runner = CliRunner()
@@ -31,42 +31,36 @@ def _row(
     head_dim_v: int = 256,
     mem: float = 1e9,
 ) -> dict[str, object]:
-    row: dict[str, object] = {c: None for c in COLUMNS}
-    ok = status == "ok"
-    row.update(
+    shape = dict(
         kernel=kernel,
-        family="mlstm",
+        mode=mode,
         batch=65536 // seq_len,
         heads=4096 // head_dim_v,
         seq_len=seq_len,
         head_dim_qk=head_dim_v // 2,
         head_dim_v=head_dim_v,
         chunk_size=chunk,
-        dtype="bfloat16",
-        mode=mode,
-        device="cuda",
         tokens=65536,
-        kernel_params="{}",
-        status=status,
-        message="" if ok else "CUDA OOM",
-        runtime_ms=ms if ok else None,
-        runtime_p20_ms=ms if ok else None,
-        runtime_p80_ms=ms if ok else None,
-        peak_mem_bytes=int(mem) if ok else None,
         flops=1e12,
         bytes=1e9,
-        tflops=1e12 / (ms * 1e-3) / 1e12 if ok else None,
-        gpu_name="NVIDIA H100 80GB HBM3",
         peak_tflops=780.0,
         peak_bandwidth_gbs=3000.0,
-        packages="{}",
         torch="2.11",
         triton="3.6.0",
         git_commit="abc",
         host="h",
         timestamp="t",
     )
-    return row
+    if status != "ok":
+        return result_row(**shape, status=status, message="CUDA OOM")
+    return result_row(
+        **shape,
+        runtime_ms=ms,
+        runtime_p20_ms=ms,
+        runtime_p80_ms=ms,
+        peak_mem_bytes=int(mem),
+        tflops=1e12 / (ms * 1e-3) / 1e12,
+    )
 
 
 @pytest.fixture()

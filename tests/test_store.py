@@ -9,31 +9,25 @@ import pytest
 
 from bench import store
 from bench.store import COLUMNS, SchemaError
+from tests.rows import result_row
 
 
 def _row(seq_len: int, runtime: float = 1.0, status: str = "ok") -> dict[str, object]:
-    row: dict[str, object] = {c: None for c in COLUMNS}
-    row.update(
+    return result_row(
         kernel="k",
-        family="mlstm",
-        batch=1,
         heads=2,
         seq_len=seq_len,
         head_dim_qk=16,
         head_dim_v=16,
         chunk_size=16,
         dtype="float32",
-        mode="fw",
         device="cpu",
         tokens=seq_len,
-        kernel_params="{}",
         status=status,
-        message="",
         runtime_ms=runtime,
         run_id="r",
         gpu_name="cpu",
     )
-    return row
 
 
 def test_append_and_load_round_trip(tmp_path: Path) -> None:
