@@ -95,22 +95,35 @@ def collect(device: str = "cuda") -> RunMetadata:
     )
 
 
-def measure_peaks(dtype: str) -> tuple[float, float]:
-    """Measured dense matmul TFLOP/s in ``dtype`` (8192^3) and copy bandwidth in GB/s on the current GPU."""
+def _matmul_tflops(dtype: str, n: int = 8192) -> float:
     import torch
     import triton.testing
 
-    dt_ = getattr(torch, dtype)
-    n = 8192
-    a = torch.randn(n, n, device="cuda", dtype=dt_)
-    b = torch.randn(n, n, device="cuda", dtype=dt_)
+    a = torch.randn(n, n, device="cuda", dtype=getattr(torch, dtype))
+    b = torch.randn(n, n, device="cuda", dtype=getattr(torch, dtype))
     prev = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False
     try:
         ms = triton.testing.do_bench(lambda: a @ b, return_mode="median")
     finally:
         torch.backends.cuda.matmul.allow_tf32 = prev
-    x = torch.empty(1 << 28, device="cuda", dtype=torch.float32)
+    return 2 * n**3 / (ms * 1e-3) / 1e12
+
+
+def _copy_gbs(n: int = 1 << 28) -> float:
+    import torch
+    import triton.testing
+
+    x = torch.empty(n, device="cuda", dtype=torch.float32)
     y = torch.empty_like(x)
-    copy_ms = triton.testing.do_bench(lambda: y.copy_(x), return_mode="median")
-    return 2 * n**3 / (ms * 1e-3) / 1e12, 2 * x.numel() * 4 / (copy_ms * 1e-3) / 1e9
+    ms = triton.testing.do_bench(lambda: y.copy_(x), return_mode="median")
+    return 2 * n * 4 / (ms * 1e-3) / 1e9
+
+
+def measure_peaks(dtype: str) -> tuple[float, float]:
+    """Measured dense matmul TFLOP/s in ``dtype`` (8192^3) and copy bandwidth in GB/s on the current GPU."""
+    import torch
+
+    peaks = _matmul_tflops(dtype), _copy_gbs()
+    torch.cuda.empty_cache()  # this runs in the sweep's parent: leave the memory to the workers
+    return peaks
