@@ -26,10 +26,12 @@ TOL_GRAD = {torch.float32: 5e-4, torch.float16: 5e-3}
 # fp32 worst 1.5e-4; fp16 worst 2.5e-2 in 96 draws, 0.16 once in a few hundred. bf16 on the GPU stays
 # under 6e-3 at the 7B shape (scripts/gpu_check.py).
 TOL_FORGET = {torch.float32: 1e-3, torch.float16: 0.25}
-# At extreme gates (f = -10 or +10 with input gates of spread 20) the true forget-gate gradient is tiny
-# next to the terms that cancel, and m reaches ~60: fp32 lands near 1e-3 for f and 2e-4 for q, k.
-TOL_EXTREME_FORGET = 1e-2
-TOL_EXTREME = 1e-3
+# Extreme gates (f = -10 or +10, input gates of spread 20, so m reaches ~60) are tested with non-negative
+# q, k: with signed random q, k the normalizer q.n can land near 0, where h = N / |q.n| is ill-conditioned
+# in any precision (seen: 2.9e-3 in fp32 from one token). Worst of 200 draws then: h 7e-7, q/k/v/i/C0/n0
+# 2e-5, f 4.5e-4 (cancellation as above). m0's gradient is ~0 once the initial state is forgotten, so it is
+# measured against the size of the terms it sums (see _check).
+EXTREME_BOUNDS = {"f": 2e-3}
 NAMES = ("q", "k", "v", "i", "f", "C0", "n0", "m0")
 
 
@@ -72,17 +74,24 @@ def _check(
     f_shift: float = 2.0,
     B: int = 1,
     NH: int = 2,
-    forget_tol: float | None = None,
-    grad_tol: float | None = None,
+    bounds: dict[str, float] | None = None,
+    positive_qk: bool = False,
 ) -> None:
+    """Forward, last states and every gradient against the float64 recurrent reference.
+
+    ``bounds`` overrides the bound of single gradients; ``positive_qk`` draws non-negative q, k, n0.
+    """
     q = torch.randn(B, NH, S, DK).to(dtype)
     k = torch.randn(B, NH, S, DK).to(dtype)
+    if positive_qk:
+        q, k = q.abs(), k.abs()
     v = torch.randn(B, NH, S, DV).to(dtype)
     i = torch.randn(B, NH, S) * i_scale
     f = torch.randn(B, NH, S) * 3.0 + f_shift
     inputs = [q, k, v, i, f]
     if with_states:
-        inputs += [torch.randn(B, NH, DK, DV), torch.randn(B, NH, DK), torch.randn(B, NH)]
+        n0 = torch.randn(B, NH, DK)
+        inputs += [torch.randn(B, NH, DK, DV), n0.abs() if positive_qk else n0, torch.randn(B, NH)]
     ref_in = [x.double().requires_grad_() for x in inputs]
     ker_in = [x.clone().requires_grad_() for x in inputs]
     ref_init = MLSTMStates(*ref_in[5:]) if with_states else None
@@ -107,10 +116,17 @@ def _check(
             assert a is None or not a.abs().any()
             continue
         assert a is not None and a.shape == b.shape, name
-        bound = grad_tol or TOL_GRAD[dtype]
-        if name == "f":
-            bound = forget_tol or TOL_FORGET[dtype]
-        assert _rel(a, b) < bound, f"gradient of {name}: {_rel(a, b):.2e} >= {bound}"
+        bound = TOL_FORGET[dtype] if name == "f" else TOL_GRAD[dtype]
+        bound = (bounds or {}).get(name, bound)
+        if name == "m0":
+            # dm0 = <C0, dC0> + <n0, dn0> per head: measured against the size of the terms it sums, which
+            # stays meaningful when the initial state is forgotten and dm0 itself is ~0.
+            g_c0, g_n0 = g_ref[5], g_ref[6]
+            terms = (ref_in[5].detach() * g_c0).abs().sum((-1, -2)) + (ref_in[6].detach() * g_n0).abs().sum(-1)
+            err = ((a.double() - b).norm() / torch.maximum(b.norm(), terms.norm())).item()
+        else:
+            err = _rel(a, b)
+        assert err < bound, f"gradient of {name}: {err:.2e} >= {bound}"
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -151,8 +167,8 @@ def test_gate_extremes_stay_finite_and_correct(variant: str, f_shift: float, i_s
         with_states=True,
         i_scale=i_scale,
         f_shift=f_shift,
-        forget_tol=TOL_EXTREME_FORGET,
-        grad_tol=TOL_EXTREME,
+        bounds=EXTREME_BOUNDS,
+        positive_qk=True,
     )
 
 
