@@ -178,18 +178,10 @@ def check(
         _fail(str(e))
     metrics = tuple(_strs(metric) or [])
     if run is not None:
-        from bench.grid import load_preset
-
         if not baseline.is_file():  # refuse before spending minutes on the run
             _fail(f"results file {str(baseline)!r} does not exist (--baseline)")
-        from bench.runner import sweep as run_sweep
-
-        try:
-            configs = load_preset(run).configs()
-        except ValueError as e:
-            _fail(str(e))
         current = out or Path("results") / f"{Path(run).stem}-check.parquet"
-        run_sweep(configs, current, force=True)
+        _run_preset(run, current, force=True)
     if current is None:
         _fail("give the CURRENT results file or --run PRESET")
     try:
@@ -221,6 +213,18 @@ def check(
         console.print(table)
     if chk.has_regression(results):
         raise typer.Exit(1)
+
+
+def _run_preset(preset: str, out: Path, force: bool = False) -> None:
+    """Sweep a preset into ``out`` (for ``check --run`` and ``figures --run``); exit 2 on a bad preset."""
+    from bench.grid import load_preset
+    from bench.runner import sweep as run_sweep
+
+    try:
+        configs = load_preset(preset).configs()
+    except ValueError as e:
+        _fail(str(e))
+    run_sweep(configs, out, force=force)
 
 
 def _load_results(path: Path):  # noqa: ANN202
@@ -275,11 +279,8 @@ def figures(
     if run == (from_ is not None):
         _fail("give exactly one of --run or --from RESULTS")
     if run:
-        from bench.grid import load_preset
-        from bench.runner import sweep as run_sweep
-
         from_ = Path("results") / f"{recipe.preset}.parquet"
-        run_sweep(load_preset(recipe.preset).configs(), from_)
+        _run_preset(recipe.preset, from_)
     frame = _load_results(from_)
     try:
         paths = render(name, frame, out, reference)

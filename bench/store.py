@@ -114,9 +114,9 @@ def append(path: str | Path, rows: list[dict[str, object]], replace: bool = Fals
     if path.exists():
         old = pq.read_table(path).select(list(COLUMNS)).cast(SCHEMA)
         if replace:
-            keys = {key_of(r) for r in rows}
             frame = old.to_pandas()
-            keep = [key_of(r) not in keys for _, r in frame.iterrows()]
+            keys = pd.MultiIndex.from_tuples([key_of(r) for r in rows], names=KEY_FIELDS)
+            keep = ~pd.MultiIndex.from_frame(frame[list(KEY_FIELDS)]).isin(keys)
             old = pa.Table.from_pandas(frame[keep], schema=SCHEMA, preserve_index=False)
         new = pa.concat_tables([old, new])
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

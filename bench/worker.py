@@ -98,7 +98,7 @@ class KernelWorker:
             self._conn.send(task)
             if self._conn.poll(timeout_s):
                 return self._conn.recv()
-        except (EOFError, BrokenPipeError, ConnectionResetError, OSError):
+        except (EOFError, OSError):  # BrokenPipeError, ConnectionResetError included
             pipe_closed = True  # the worker died; it may still be exiting
         if not pipe_closed:
             self.stop(kill=True)

@@ -39,20 +39,25 @@ def _match_reference(reference: pd.DataFrame | None, frame: pd.DataFrame) -> pd.
     return _label_chunks(ref) if len(ref) else None
 
 
-def consttoken(frame: pd.DataFrame, reference: pd.DataFrame | None, out: Path) -> list[Path]:
-    data = _label_chunks(frame)
-    fig = plot_lines(
-        data, "seq_len", "runtime_ms", hue="series", col="mode", reference=_match_reference(reference, frame)
-    )
-    return save(fig, out, "consttoken_runtime")
+def _runtime_against(x: str, name: str) -> Callable[[pd.DataFrame, pd.DataFrame | None, Path], list[Path]]:
+    """A recipe drawing runtime against ``x``, one line per kernel (and chunk size where it varies)."""
+
+    def draw(frame: pd.DataFrame, reference: pd.DataFrame | None, out: Path) -> list[Path]:
+        fig = plot_lines(
+            _label_chunks(frame),
+            x,
+            "runtime_ms",
+            hue="series",
+            col="mode",
+            reference=_match_reference(reference, frame),
+        )
+        return save(fig, out, name)
+
+    return draw
 
 
-def headdim(frame: pd.DataFrame, reference: pd.DataFrame | None, out: Path) -> list[Path]:
-    data = _label_chunks(frame)
-    fig = plot_lines(
-        data, "head_dim_v", "runtime_ms", hue="series", col="mode", reference=_match_reference(reference, frame)
-    )
-    return save(fig, out, "headdim_runtime")
+consttoken = _runtime_against("seq_len", "consttoken_runtime")
+headdim = _runtime_against("head_dim_v", "headdim_runtime")
 
 
 def chunksize(frame: pd.DataFrame, reference: pd.DataFrame | None, out: Path) -> list[Path]:
