@@ -53,7 +53,7 @@ def run_verify(kernels: list[str], device: str, dtype: str, timeout_s: float = 3
             Path(tmp) / "verify.parquet",
             verify=True,
             timeout_s=timeout_s,
-            console=Console(stderr=True, quiet=True),
+            console=Console(stderr=True),  # progress on stderr: a slow compile shows where the time goes
         )
     tol = TOLERANCE[dtype]
     results = []
