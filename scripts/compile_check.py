@@ -20,7 +20,7 @@ TARGET = GPUTarget("cuda", 90, 32)
 def signature(kernel: triton.JITFunction, dtype: str, constexprs: dict[str, object]) -> dict[str, str]:
     """Pointer args get ``*dtype`` (inputs) or ``*fp32`` (gates/states); scalars are i32 / fp32."""
     fp_scalars = {"qk_scale", "eps"}
-    ints = {"S", "SP", "NC", "DHQK", "DHHV"}
+    ints = {"S", "SP", "NC", "DHQK", "DHHV", "R", "D"}
     sig: dict[str, str] = {}
     for name in kernel.arg_names:
         if name in constexprs:
@@ -29,7 +29,7 @@ def signature(kernel: triton.JITFunction, dtype: str, constexprs: dict[str, obje
             sig[name] = "fp32"
         elif name in ints:
             sig[name] = "i32"
-        elif name in {"Q", "K", "V", "H", "DH", "DQ", "DK", "DV"}:
+        elif name in {"Q", "K", "V", "H", "DH", "DQ", "DK", "DV", "A", "B", "C_ST", "DC_ST"}:
             sig[name] = f"*{dtype}"
         else:
             sig[name] = "*fp32"
@@ -51,14 +51,15 @@ def main() -> int:
                 (chunk_bw.bw_chunk_dk_kernel, dtype, dict(base, **tiles)),
                 (chunk_bw.bw_chunk_dv_kernel, dtype, dict(base, **tiles)),
             ]
+    cases += [(chunk_bw.row_dot_kernel, dtype, dict(BR=64, BD=64)) for dtype in ("bf16", "fp16", "fp32")]
     for kernel, dtype, constexprs in cases:
         src = ASTSource(fn=kernel, signature=signature(kernel, dtype, constexprs), constexprs=constexprs)
         try:
             compiled = triton.compile(src, target=TARGET, options={"num_warps": 4, "num_stages": 2})
         except Exception as err:  # noqa: BLE001 - report which kernel failed, then stop
-            print(f"FAIL {kernel.__name__} {dtype} EXP={constexprs['EXP']}: {err}")
+            print(f"FAIL {kernel.__name__} {dtype} EXP={constexprs.get('EXP')}: {err}")
             return 1
-        print(f"ok   {kernel.__name__:32s} {dtype} EXP={constexprs['EXP']!s:5s} shared={compiled.metadata.shared}")
+        print(f"ok   {kernel.__name__:32s} {dtype} EXP={constexprs.get('EXP')!s:5s} shared={compiled.metadata.shared}")
     return 0
 
 

@@ -13,6 +13,24 @@ import triton.language as tl
 
 
 @triton.jit
+def row_dot_kernel(A, B, OUT, R, D, BR: tl.constexpr, BD: tl.constexpr):
+    """``OUT[r] = sum_d A[r, d] * B[r, d]`` in fp32 for row-major ``A, B (R, D)``; grid ``cdiv(R, BR)``.
+
+    Used for ``dh . h`` per token (the normalizer's gradient) without fp32 copies of ``dh`` and ``h``.
+    """
+    rows = tl.program_id(0) * BR + tl.arange(0, BR)
+    mask_r = rows < R
+    acc = tl.zeros((BR,), dtype=tl.float32)
+    for d0 in range(0, D, BD):
+        offs = d0 + tl.arange(0, BD)
+        mask = mask_r[:, None] & (offs < D)[None, :]
+        a = tl.load(A + rows[:, None] * D + offs[None, :], mask=mask, other=0.0).to(tl.float32)
+        b = tl.load(B + rows[:, None] * D + offs[None, :], mask=mask, other=0.0).to(tl.float32)
+        acc += tl.sum(a * b, axis=1)
+    tl.store(OUT + rows, acc, mask=mask_r)
+
+
+@triton.jit
 def bw_chunk_state_grads_kernel(
     Q,
     DH,
@@ -27,7 +45,8 @@ def bw_chunk_state_grads_kernel(
     DN_LAST,
     DC_ST,
     DN_ST,
-    T_PART,
+    DC_FIRST,
+    X_PART,
     S,
     SP,
     NC,
@@ -44,11 +63,13 @@ def bw_chunk_state_grads_kernel(
 ):
     """Reverse inter-chunk recurrence for the state gradients.
 
-    Grid ``(cdiv(DHQK, BK), cdiv(DHHV, BV), BH)``. ``DC_ST[c]`` (``BH, NC+1, DHQK, DHHV``) is the gradient
-    of the state before chunk ``c`` from every later query and the last state; ``DN_ST`` likewise.
-    ``T_PART (cdiv(DHQK, BK) * cdiv(DHHV, BV), BH, NC+1)`` gets this tile's part of ``<dC_c, C_c> + <dn_c, n_c>``:
-    the gradient of the log forget gates summed over all tokens from chunk ``c`` on, exact in fp32, so
-    that the forget-gate gradient needs a reverse cumsum inside each chunk only (no long cancellation).
+    Grid ``(cdiv(DHQK, BK), cdiv(DHHV, BV), BH)``. ``DC_ST[c]`` (``BH, NC+1, DHQK, DHHV``, input dtype, written
+    for ``c = 1..NC``) is the gradient of the state before chunk ``c`` from every later query and the last
+    state; ``DN_ST`` (fp32) likewise, ``c = 0..NC``. The gradient of the initial state goes to ``DC_FIRST
+    (BH, DHQK, DHHV)`` in fp32.
+    ``X_PART (cdiv(DHQK, BK) * cdiv(DHHV, BV), BH, NC)`` gets this tile's part of
+    ``<dC_{c+1}, a_c C_c> + <dn_{c+1}, a_c n_c>`` (``a_c`` the decay over chunk ``c``): the forget-gate
+    gradient of every (query after chunk ``c``, key before it) pair, summed exactly in fp32.
     """
     pid_k, pid_v, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_k = pid_k * BK + tl.arange(0, BK)
@@ -63,17 +84,13 @@ def bw_chunk_state_grads_kernel(
         dC = tl.zeros((BK, BV), dtype=tl.float32)
         dn = tl.zeros((BK,), dtype=tl.float32)
     dtype = Q.dtype.element_ty
-    t_part = T_PART + ((pid_k * tl.num_programs(1) + pid_v) * tl.num_programs(2) + bh) * (NC + 1)
+    x_part = X_PART + ((pid_k * tl.num_programs(1) + pid_v) * tl.num_programs(2) + bh) * NC
     for c_rev in range(NC):
         c = NC - 1 - c_rev
         st = bh * (NC + 1) + c + 1
-        tl.store(DC_ST + st * DHQK * DHHV + c_tile_off, dC, mask=mask_kv)
-        c_tile = tl.load(C_ST + st * DHQK * DHHV + c_tile_off, mask=mask_kv, other=0.0)
-        t_sum = tl.sum(tl.sum(dC * c_tile, axis=1), axis=0)
+        tl.store(DC_ST + st * DHQK * DHHV + c_tile_off, dC.to(DC_ST.dtype.element_ty), mask=mask_kv)
         if pid_v == 0:
             tl.store(DN_ST + st * DHQK + offs_k, dn, mask=mask_k)
-            t_sum += tl.sum(dn * tl.load(N_ST + st * DHQK + offs_k, mask=mask_k, other=0.0), axis=0)
-        tl.store(t_part + c + 1, t_sum)
         g = tl.load(GATE_B + bh * SP + c * L + L - 1)
         if EXP:
             m_c = tl.load(M_ST + st - 1)
@@ -83,6 +100,11 @@ def bw_chunk_state_grads_kernel(
             decay = tl.exp(g)
         dC = dC * decay
         dn = dn * decay
+        c_tile = tl.load(C_ST + (st - 1) * DHQK * DHHV + c_tile_off, mask=mask_kv, other=0.0).to(tl.float32)
+        x_sum = tl.sum(tl.sum(dC * c_tile, axis=1), axis=0)
+        if pid_v == 0:
+            x_sum += tl.sum(dn * tl.load(N_ST + (st - 1) * DHQK + offs_k, mask=mask_k, other=0.0), axis=0)
+        tl.store(x_part + c, x_sum)
         for j in range(0, L, BL):
             t = c * L + j + tl.arange(0, BL)
             mask_t = t < S
@@ -99,7 +121,7 @@ def bw_chunk_state_grads_kernel(
             dC += tl.dot(tl.trans(qw.to(dtype)), d_num.to(dtype), input_precision=DOT_PREC)
             dn += tl.sum(qw * tl.load(DZ + bh * SP + t)[:, None], axis=0)
     st = bh * (NC + 1)
-    tl.store(DC_ST + st * DHQK * DHHV + c_tile_off, dC, mask=mask_kv)
+    tl.store(DC_FIRST + bh * DHQK * DHHV + c_tile_off, dC, mask=mask_kv)
     if pid_v == 0:
         tl.store(DN_ST + st * DHQK + offs_k, dn, mask=mask_k)
 
@@ -138,9 +160,10 @@ def bw_chunk_dq_kernel(
 
     Grid ``(cdiv(DHQK, BK), NC * L / BQ, BH)``. Inter term ``dN C_c^T + dz n_c``, then key blocks up to
     the diagonal: ``dq += (P * (dN v^T + dz)) k`` with ``P`` the gate matrix; ``dN`` is built over ``BV`` slices.
-    Also writes this slice's part of ``q . dq`` without the diagonal (``s == t``) terms in fp32 to
-    ``QDQ (cdiv(DHQK, BK), BH, SP)``: the diagonal terms cancel exactly in the forget-gate gradient,
-    so leaving them out of both sums keeps their rounding out of it.
+    Also writes this slice's part of ``q . dq`` without the diagonal (``s == t``) terms to
+    ``QDQ (cdiv(DHQK, BK), BH, SP)``; its intra-chunk part is summed in fp32 from the gate matrix and the
+    slice's scores (not from the ``dq`` tile, whose operands are rounded to the input dtype), so that it
+    cancels against the same sum of the ``dk`` kernel to fp32 accuracy in the forget-gate gradient.
     """
     pid_k, pid_cq, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     c = pid_cq // (L // BQ)
@@ -176,7 +199,10 @@ def bw_chunk_dq_kernel(
         dq += tl.dot(d_num, tl.trans(c_tile.to(dtype)), input_precision=DOT_PREC)
     n_tile = tl.load(N_ST + st * DHQK + offs_k, mask=mask_k, other=0.0)
     dq = (dq + dz[:, None] * n_tile[None, :]) * w_inter[:, None]
-    dq_gate = dq
+    q_tile = tl.load(
+        Q + (bh * S + t_q[:, None]) * DHQK + offs_k[None, :], mask=mask_q[:, None] & mask_k[None, :], other=0.0
+    )
+    qdq = tl.sum(q_tile.to(tl.float32) * dq, axis=1)
 
     for s0 in range(0, q_start + BQ, BKV):
         t_s = c * L + s0 + tl.arange(0, BKV)
@@ -199,26 +225,15 @@ def bw_chunk_dq_kernel(
         k_tile = tl.load(
             K + (bh * S + t_s[:, None]) * DHQK + offs_k[None, :], mask=mask_s[:, None] & mask_k[None, :], other=0.0
         )
-        contrib = tl.dot(a.to(dtype), k_tile, input_precision=DOT_PREC)
-        dq += contrib
-        if s0 + BKV > q_start:  # block on the diagonal: the gate sum leaves out s == t
-            a_off = tl.where(t_s[None, :] < t_q[:, None], a, 0.0)
-            dq_gate += tl.dot(a_off.to(dtype), k_tile, input_precision=DOT_PREC)
-        else:
-            dq_gate += contrib
-    dq = dq * qk_scale
+        dq += tl.dot(a.to(dtype), k_tile, input_precision=DOT_PREC)
+        scores = tl.dot(q_tile, tl.trans(k_tile), input_precision=DOT_PREC)
+        qdq += tl.sum(tl.where(t_s[None, :] < t_q[:, None], a * scores, 0.0), axis=1)
     tl.store(
         DQ + (bh * S + t_q[:, None]) * DHQK + offs_k[None, :],
-        dq.to(DQ.dtype.element_ty),
+        (dq * qk_scale).to(DQ.dtype.element_ty),
         mask=mask_q[:, None] & mask_k[None, :],
     )
-    q_tile = tl.load(
-        Q + (bh * S + t_q[:, None]) * DHQK + offs_k[None, :], mask=mask_q[:, None] & mask_k[None, :], other=0.0
-    )
-    tl.store(
-        QDQ + (pid_k * tl.num_programs(2) + bh) * SP + t_q,
-        tl.sum(q_tile.to(tl.float32) * dq_gate, axis=1) * qk_scale,
-    )
+    tl.store(QDQ + (pid_k * tl.num_programs(2) + bh) * SP + t_q, qdq * qk_scale)
 
 
 @triton.jit
@@ -237,6 +252,7 @@ def bw_chunk_dk_kernel(
     M_TOK,
     DK,
     KDK,
+    KDK_INTER,
     KDK_OFF,
     S,
     SP,
@@ -256,8 +272,9 @@ def bw_chunk_dk_kernel(
 
     Grid ``(cdiv(DHQK, BK), NC * L / BKV, BH)``. Inter term from the next state's gradient
     ``w_s (dC_{c+1} v_s + dn_{c+1})``, then query blocks from the diagonal to the chunk end.
-    Also writes this slice's part of ``k . dk`` in fp32 to ``KDK (cdiv(DHQK, BK), BH, SP)`` and the same
-    without the diagonal (``t == s``) terms to ``KDK_OFF``.
+    Also writes this slice's parts of ``k . dk`` (each ``(cdiv(DHQK, BK), BH, SP)``, fp32): ``KDK`` all of
+    it, ``KDK_INTER`` the term from later chunks, ``KDK_OFF`` the intra-chunk term without the diagonal
+    (``t == s``), summed from the gate matrix and the slice's scores as in the ``dq`` kernel.
     """
     pid_k, pid_cs, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     c = pid_cs // (L // BKV)
@@ -288,7 +305,12 @@ def bw_chunk_dk_kernel(
         dk += tl.dot(v_tile, tl.trans(dc_tile.to(dtype)), input_precision=DOT_PREC)
     dn_tile = tl.load(DN_ST + st * DHQK + offs_k, mask=mask_k, other=0.0)
     dk = (dk + dn_tile[None, :]) * w_inter[:, None]
-    dk_gate = dk
+    k_tile = tl.load(
+        K + (bh * S + t_s[:, None]) * DHQK + offs_k[None, :], mask=mask_s[:, None] & mask_k[None, :], other=0.0
+    )
+    kdk_inter = tl.sum(k_tile.to(tl.float32) * dk, axis=1)
+    kdk_diag = tl.zeros((BKV,), dtype=tl.float32)
+    kdk_off = tl.zeros((BKV,), dtype=tl.float32)
 
     for q0 in range((s_start // BQ) * BQ, L, BQ):
         t_q = c * L + q0 + tl.arange(0, BQ)
@@ -313,25 +335,19 @@ def bw_chunk_dk_kernel(
         q_tile = tl.load(
             Q + (bh * S + t_q[:, None]) * DHQK + offs_k[None, :], mask=mask_q[:, None] & mask_k[None, :], other=0.0
         )
-        contrib = tl.dot(at.to(dtype), q_tile, input_precision=DOT_PREC)
-        dk += contrib
-        if q0 < s_start + BKV:  # block on the diagonal: the forget-gate sum leaves out t == s
-            at_off = tl.where(t_q[None, :] > t_s[:, None], at, 0.0)
-            dk_gate += tl.dot(at_off.to(dtype), q_tile, input_precision=DOT_PREC)
-        else:
-            dk_gate += contrib
+        dk += tl.dot(at.to(dtype), q_tile, input_precision=DOT_PREC)
+        d_gate = at * tl.dot(k_tile, tl.trans(q_tile), input_precision=DOT_PREC)
+        kdk_off += tl.sum(tl.where(t_q[None, :] > t_s[:, None], d_gate, 0.0), axis=1)
+        kdk_diag += tl.sum(tl.where(t_q[None, :] == t_s[:, None], d_gate, 0.0), axis=1)
     tl.store(
         DK + (bh * S + t_s[:, None]) * DHQK + offs_k[None, :],
         dk.to(DK.dtype.element_ty),
         mask=mask_s[:, None] & mask_k[None, :],
     )
-    k_tile = tl.load(
-        K + (bh * S + t_s[:, None]) * DHQK + offs_k[None, :], mask=mask_s[:, None] & mask_k[None, :], other=0.0
-    )
-    k32 = k_tile.to(tl.float32)
     part = (pid_k * tl.num_programs(2) + bh) * SP + t_s
-    tl.store(KDK + part, tl.sum(k32 * dk, axis=1))
-    tl.store(KDK_OFF + part, tl.sum(k32 * dk_gate, axis=1))
+    tl.store(KDK + part, kdk_inter + kdk_off + kdk_diag)
+    tl.store(KDK_INTER + part, kdk_inter)
+    tl.store(KDK_OFF + part, kdk_off)
 
 
 @triton.jit

@@ -9,7 +9,7 @@ with ``return_last_states=True``, also ``MLSTMStates`` (fp32 ``C, n, m``). The m
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +20,7 @@ from kernels.mlstm.chunk_bw import (
     bw_chunk_dq_kernel,
     bw_chunk_dv_kernel,
     bw_chunk_state_grads_kernel,
+    row_dot_kernel,
 )
 from kernels.mlstm.chunk_fw import fw_chunk_output_kernel, fw_chunk_states_kernel
 from kernels.mlstm.reference import VARIANTS, MLSTMStates
@@ -29,34 +30,86 @@ MIN_CHUNK, MAX_HEAD_DIM = 16, 1024
 
 
 @dataclass(frozen=True)
-class Tiles:
-    """Tile sizes (tokens: ``BQ`` queries, ``BKV`` keys, ``BL`` recurrence slice; head dims ``BK, BV``)."""
+class KernelTiles:
+    """Launch shape of one kernel: token tiles ``BQ`` (queries; the token slice of the state kernels) and
+    ``BKV`` (keys), head-dim tiles ``BK`` (q/k) and ``BV`` (v/h), warps and pipeline stages."""
 
-    BQ: int
-    BKV: int
-    BL: int
-    BK: int
-    BV: int
-    num_warps: int
-    num_stages: int
+    BQ: int = 64
+    BKV: int = 64
+    BK: int = 64
+    BV: int = 64
+    num_warps: int = 4
+    num_stages: int = 2
+
+    def fit(self, chunk_size: int, dhqk: int, dhhv: int) -> KernelTiles:
+        """Clamp to the problem: token tiles at most the chunk, head-dim tiles at most the padded head dim."""
+        return replace(
+            self,
+            BQ=min(self.BQ, chunk_size),
+            BKV=min(self.BKV, chunk_size),
+            BK=min(self.BK, triton.next_power_of_2(dhqk)),
+            BV=min(self.BV, triton.next_power_of_2(dhhv)),
+        )
+
+    def launch(self) -> dict[str, int]:
+        return {"num_warps": self.num_warps, "num_stages": self.num_stages}
 
 
-def choose_tiles(chunk_size: int, dhqk: int, dhhv: int, interpret: bool) -> Tiles:
-    """Heuristic tile table: small tiles for the interpreter, tensor-core sized tiles on the GPU."""
+KERNELS = ("fw_states", "fw_output", "bw_states", "bw_dq", "bw_dk", "bw_dv")
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """One ``KernelTiles`` per kernel (names as in ``KERNELS``)."""
+
+    fw_states: KernelTiles
+    fw_output: KernelTiles
+    bw_states: KernelTiles
+    bw_dq: KernelTiles
+    bw_dk: KernelTiles
+    bw_dv: KernelTiles
+
+    @classmethod
+    def uniform(cls, tiles: KernelTiles) -> TileConfig:
+        return cls(**{name: tiles for name in KERNELS})
+
+    def fit(self, chunk_size: int, dhqk: int, dhhv: int) -> TileConfig:
+        return TileConfig(**{n: getattr(self, n).fit(chunk_size, dhqk, dhhv) for n in KERNELS})
+
+
+# Measured on the H100 (scripts/tune_tiles.py, bf16, chunk 128, at DHQK/DHHV 128/256 and 256/512; see
+# docs/performance.md): each kernel splits its grid over one head dim (the wide tile) and loops over the
+# other, so a wide split tile cuts the recomputed inner products.
+GPU_TILES = TileConfig(
+    fw_states=KernelTiles(BK=64, BV=128, num_warps=4, num_stages=3),
+    fw_output=KernelTiles(BK=64, BV=256, num_warps=4, num_stages=2),
+    bw_states=KernelTiles(BK=64, BV=128, num_warps=4, num_stages=3),
+    bw_dq=KernelTiles(BK=128, BV=64, num_warps=4, num_stages=3),
+    bw_dk=KernelTiles(BK=128, BV=64, num_warps=4, num_stages=3),
+    bw_dv=KernelTiles(BK=64, BV=256, num_warps=4, num_stages=2),
+)
+# mLSTMexp's output kernel carries the running max as well: a 128-wide inner tile and 8 warps win there.
+GPU_TILES_EXP_OUTPUT = KernelTiles(BK=128, BV=256, num_warps=8, num_stages=2)
+INTERPRETER_TILES = TileConfig.uniform(KernelTiles(BQ=16, BKV=16, BK=32, BV=32))
+
+
+def _halve_for_fp32(t: KernelTiles) -> KernelTiles:
+    """fp32 operands take twice the shared memory per stage: cap head-dim tiles at 128 and use 2 stages."""
+    return replace(t, BK=min(t.BK, 64), BV=min(t.BV, 128), num_stages=2)
+
+
+def choose_tiles(
+    chunk_size: int, dhqk: int, dhhv: int, interpret: bool, variant: str = "sig", dtype: torch.dtype = torch.bfloat16
+) -> TileConfig:
+    """Tile table: small tiles for the interpreter, the tuned table on the GPU (clamped to the problem)."""
     if interpret:
-        cap_t, cap_d = 16, 32
-    else:
-        cap_t, cap_d = 64, 64
-    bt = min(cap_t, chunk_size)
-    return Tiles(
-        BQ=bt,
-        BKV=bt,
-        BL=bt,
-        BK=min(cap_d, triton.next_power_of_2(dhqk)),
-        BV=min(cap_d, triton.next_power_of_2(dhhv)),
-        num_warps=4,
-        num_stages=2,
-    )
+        return INTERPRETER_TILES.fit(chunk_size, dhqk, dhhv)
+    config = GPU_TILES
+    if variant == "exp":
+        config = replace(config, fw_output=GPU_TILES_EXP_OUTPUT)
+    if dtype == torch.float32:
+        config = TileConfig(**{n: _halve_for_fp32(getattr(config, n)) for n in KERNELS})
+    return config.fit(chunk_size, dhqk, dhhv)
 
 
 def interpreting() -> bool:
@@ -124,6 +177,22 @@ def check_inputs(
                 raise ValueError(f"initial state {name} is on {t.device}, q on {q.device}")
 
 
+def check_tiles(tiles: TileConfig) -> None:
+    """Raise ``ValueError`` naming the field when a tile override cannot be launched."""
+    if not isinstance(tiles, TileConfig):
+        raise ValueError(f"tiles must be a TileConfig, got {type(tiles).__name__}")
+    for kernel in KERNELS:
+        t = getattr(tiles, kernel)
+        for field in ("BQ", "BKV", "BK", "BV"):
+            size = getattr(t, field)
+            if not isinstance(size, int) or size < 16 or size & (size - 1):
+                raise ValueError(f"tiles.{kernel}.{field} must be a power of two >= 16, got {size!r}")
+        if t.num_warps not in (1, 2, 4, 8, 16):
+            raise ValueError(f"tiles.{kernel}.num_warps must be one of 1, 2, 4, 8, 16, got {t.num_warps!r}")
+        if not isinstance(t.num_stages, int) or t.num_stages < 1:
+            raise ValueError(f"tiles.{kernel}.num_stages must be a positive int, got {t.num_stages!r}")
+
+
 def _dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
@@ -140,26 +209,64 @@ def _gate_arrays(i: torch.Tensor, f: torch.Tensor, variant: str, chunk_size: int
     return gate_b.contiguous(), log_i.contiguous()
 
 
+def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """fp32 ``(a * b).sum(-1)`` of two contiguous tensors of equal shape, flattened to rows."""
+    d = a.shape[-1]
+    out = torch.empty(a.numel() // d, dtype=torch.float32, device=a.device)
+    br = 16 if interpreting() else 64
+    row_dot_kernel[(triton.cdiv(out.numel(), br),)](
+        a, b, out, out.numel(), d, BR=br, BD=min(64, triton.next_power_of_2(d))
+    )
+    return out
+
+
+def _tile_args(t: KernelTiles) -> dict[str, int]:
+    """Keyword arguments of a token-tiled kernel launch: tile sizes, warps and stages."""
+    return {"BQ": t.BQ, "BKV": t.BKV, "BK": t.BK, "BV": t.BV, **t.launch()}
+
+
+def _forget_gate_grad(
+    qdq: torch.Tensor, kdk_off: torch.Tensor, kdk_inter: torch.Tensor, x_part: torch.Tensor, chunk_size: int
+) -> torch.Tensor:
+    """Gradient of each log forget gate ``(BH, SP)`` from the per-token fp32 sums of the backward kernels.
+
+    ``d log f_r`` sums the gate-matrix gradient over all pairs (query ``t >= r``, key ``s < r``). Split by
+    where ``t`` and ``s`` lie relative to ``r``'s chunk ``c``: both inside (reverse cumsum of the off-diagonal
+    ``q.dq`` minus ``k.dk`` intra terms, which cancel to fp32 accuracy), ``s`` before ``c`` (the inter part
+    of ``qdq``, ``t >= r``), ``t`` after ``c`` (``kdk_inter`` over ``s < r``) and both outside (``x_part``,
+    ``(BH, NC)``). No term is a difference of rounded sums, so the result stays accurate in fp16 / bf16.
+    """
+    bh, sp = qdq.shape
+    shape = (bh, sp // chunk_size, chunk_size)
+    inside = (qdq - kdk_off).reshape(shape)
+    after = kdk_inter.reshape(shape).cumsum(-1)
+    before_r = F.pad(after[..., :-1], (1, 0))
+    d_log_f = inside.flip(-1).cumsum(-1).flip(-1) + before_r + x_part[..., None]
+    return d_log_f.reshape(bh, sp)
+
+
 class _TFLAFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, i, f, C0, n0, m0, variant, normalize, chunk_size, eps):  # type: ignore[override]
+    def forward(ctx, q, k, v, i, f, C0, n0, m0, variant, normalize, chunk_size, eps, tiles):  # type: ignore[override]
         B, NH, S, DHQK = q.shape
         DHHV = v.shape[-1]
         BH, L = B * NH, chunk_size
         NC = triton.cdiv(S, L)
         SP = NC * L
-        tiles = choose_tiles(L, DHQK, DHHV, interpreting())
+        tiles = (tiles or choose_tiles(L, DHQK, DHHV, interpreting(), variant, q.dtype)).fit(L, DHQK, DHHV)
+        ts, to = tiles.fw_states, tiles.fw_output
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         gate_b, gate_i = _gate_arrays(i, f, variant, L)
         has_init = C0 is not None
         f32 = dict(dtype=torch.float32, device=q.device)
-        c_st = torch.empty(BH, NC + 1, DHQK, DHHV, **f32)
+        c_st = torch.empty(BH, NC + 1, DHQK, DHHV, dtype=q.dtype, device=q.device)
+        c_last = torch.empty(BH, DHQK, DHHV, **f32)
         n_st = torch.empty(BH, NC + 1, DHQK, **f32)
         m_st = torch.empty(BH, NC + 1, **f32)
         exp = variant == "exp"
         prec = _dot_precision(q.dtype)
         init = (C0.contiguous(), n0.contiguous(), m0.contiguous()) if has_init else (c_st, n_st, m_st)
-        fw_chunk_states_kernel[(triton.cdiv(DHQK, tiles.BK), triton.cdiv(DHHV, tiles.BV), BH)](
+        fw_chunk_states_kernel[(triton.cdiv(DHQK, ts.BK), triton.cdiv(DHHV, ts.BV), BH)](
             k,
             v,
             gate_b,
@@ -168,25 +275,25 @@ class _TFLAFunction(torch.autograd.Function):
             c_st,
             n_st,
             m_st,
+            c_last,
             S,
             SP,
             NC,
             DHQK,
             DHHV,
             L=L,
-            BL=tiles.BL,
-            BK=tiles.BK,
-            BV=tiles.BV,
+            BL=ts.BQ,
+            BK=ts.BK,
+            BV=ts.BV,
             EXP=exp,
             HAS_INIT=has_init,
             DOT_PREC=prec,
-            num_warps=tiles.num_warps,
-            num_stages=tiles.num_stages,
+            **ts.launch(),
         )
         h = torch.empty(B, NH, S, DHHV, dtype=q.dtype, device=q.device)
         m_tok = torch.empty(BH, SP, **f32)
         z_tok = torch.empty(BH, SP, **f32)
-        fw_chunk_output_kernel[(triton.cdiv(DHHV, tiles.BV), NC * (L // tiles.BQ), BH)](
+        fw_chunk_output_kernel[(triton.cdiv(DHHV, to.BV), NC * (L // to.BQ), BH)](
             q,
             k,
             v,
@@ -206,22 +313,21 @@ class _TFLAFunction(torch.autograd.Function):
             DHQK**-0.5,
             eps,
             L=L,
-            BQ=tiles.BQ,
-            BKV=tiles.BKV,
-            BK=tiles.BK,
-            BV=tiles.BV,
+            BQ=to.BQ,
+            BKV=to.BKV,
+            BK=to.BK,
+            BV=to.BV,
             EXP=exp,
             NORMALIZE=normalize,
             DOT_PREC=prec,
-            num_warps=tiles.num_warps,
-            num_stages=tiles.num_stages,
+            **to.launch(),
         )
         ctx.save_for_backward(
             q, k, v, i, f, h, gate_b, gate_i, c_st, n_st, m_st, m_tok, z_tok, *((C0, n0, m0) if has_init else ())
         )
         ctx.config = (variant, normalize, L, eps, has_init, tiles)
         ctx.set_materialize_grads(False)
-        return h, c_st[:, NC].reshape(B, NH, DHQK, DHHV), n_st[:, NC].reshape(B, NH, DHQK), m_st[:, NC].reshape(B, NH)
+        return h, c_last.reshape(B, NH, DHQK, DHHV), n_st[:, NC].reshape(B, NH, DHQK), m_st[:, NC].reshape(B, NH)
 
     @staticmethod
     def backward(ctx, dh, dC_last, dn_last, dm_last):  # type: ignore[override]
@@ -237,7 +343,7 @@ class _TFLAFunction(torch.autograd.Function):
         if normalize:
             den = torch.maximum(z_tok.abs(), torch.exp(-m_tok)) + eps
             inv_den = 1.0 / den
-            dhh = F.pad((dh.float() * h.float()).sum(-1).reshape(BH, S), (0, SP - S))
+            dhh = F.pad(_row_dot(dh, h).reshape(BH, S), (0, SP - S))
             selected = (z_tok.abs() > torch.exp(-m_tok)).float()
             dz = -dhh * inv_den * torch.sign(z_tok) * selected
             inv_den = inv_den * (torch.arange(SP, device=q.device) < S)
@@ -247,19 +353,13 @@ class _TFLAFunction(torch.autograd.Function):
         has_dlast = dC_last is not None or dn_last is not None
         dC_last = torch.zeros(B, NH, DHQK, DHHV, **f32) if dC_last is None else dC_last.float().contiguous()
         dn_last = torch.zeros(B, NH, DHQK, **f32) if dn_last is None else dn_last.float().contiguous()
-        dc_st = torch.empty(BH, NC + 1, DHQK, DHHV, **f32)
+        dc_st = torch.empty(BH, NC + 1, DHQK, DHHV, dtype=q.dtype, device=q.device)
+        dc_first = torch.empty(BH, DHQK, DHHV, **f32)
         dn_st = torch.empty(BH, NC + 1, DHQK, **f32)
-        common = dict(
-            L=L,
-            BK=tiles.BK,
-            BV=tiles.BV,
-            EXP=exp,
-            DOT_PREC=prec,
-            num_warps=tiles.num_warps,
-            num_stages=tiles.num_stages,
-        )
-        state_grid = (triton.cdiv(DHQK, tiles.BK), triton.cdiv(DHHV, tiles.BV), BH)
-        t_part = torch.zeros(state_grid[0] * state_grid[1], BH, NC + 1, **f32)
+        ts, tq, tk, tv = tiles.bw_states, tiles.bw_dq, tiles.bw_dk, tiles.bw_dv
+        common = dict(L=L, EXP=exp, DOT_PREC=prec)
+        state_grid = (triton.cdiv(DHQK, ts.BK), triton.cdiv(DHHV, ts.BV), BH)
+        x_part = torch.empty(state_grid[0] * state_grid[1], BH, NC, **f32)
         bw_chunk_state_grads_kernel[state_grid](
             q,
             dh,
@@ -274,22 +374,25 @@ class _TFLAFunction(torch.autograd.Function):
             dn_last,
             dc_st,
             dn_st,
-            t_part,
+            dc_first,
+            x_part,
             S,
             SP,
             NC,
             DHQK,
             DHHV,
             scale,
-            BL=tiles.BL,
+            BL=ts.BQ,
+            BK=ts.BK,
+            BV=ts.BV,
             HAS_DLAST=has_dlast,
             **common,
+            **ts.launch(),
         )
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        qdq = torch.empty(triton.cdiv(DHQK, tiles.BK), BH, SP, **f32)
-        kdk, kdk_off = torch.empty_like(qdq), torch.empty_like(qdq)
-        tok = dict(BQ=tiles.BQ, BKV=tiles.BKV, **common)
-        bw_chunk_dq_kernel[(triton.cdiv(DHQK, tiles.BK), NC * (L // tiles.BQ), BH)](
+        qdq = torch.empty(triton.cdiv(DHQK, tq.BK), BH, SP, **f32)
+        kdk, kdk_inter, kdk_off = (torch.empty(triton.cdiv(DHQK, tk.BK), BH, SP, **f32) for _ in range(3))
+        bw_chunk_dq_kernel[(triton.cdiv(DHQK, tq.BK), NC * (L // tq.BQ), BH)](
             q,
             k,
             v,
@@ -310,9 +413,10 @@ class _TFLAFunction(torch.autograd.Function):
             DHQK,
             DHHV,
             scale,
-            **tok,
+            **_tile_args(tq),
+            **common,
         )
-        bw_chunk_dk_kernel[(triton.cdiv(DHQK, tiles.BK), NC * (L // tiles.BKV), BH)](
+        bw_chunk_dk_kernel[(triton.cdiv(DHQK, tk.BK), NC * (L // tk.BKV), BH)](
             q,
             k,
             v,
@@ -327,6 +431,7 @@ class _TFLAFunction(torch.autograd.Function):
             m_tok,
             dk,
             kdk,
+            kdk_inter,
             kdk_off,
             S,
             SP,
@@ -334,9 +439,10 @@ class _TFLAFunction(torch.autograd.Function):
             DHQK,
             DHHV,
             scale,
-            **tok,
+            **_tile_args(tk),
+            **common,
         )
-        bw_chunk_dv_kernel[(triton.cdiv(DHHV, tiles.BV), NC * (L // tiles.BKV), BH)](
+        bw_chunk_dv_kernel[(triton.cdiv(DHHV, tv.BV), NC * (L // tv.BKV), BH)](
             q,
             k,
             dh,
@@ -353,28 +459,26 @@ class _TFLAFunction(torch.autograd.Function):
             DHQK,
             DHHV,
             scale,
-            **tok,
+            **_tile_args(tv),
+            **common,
         )
-        # Gate gradients: d(log input gate)_s = k_s . dk_s; d(cumulative log forget)_t = q_t . dq_t - k_t . dk_t;
-        # d(log forget)_r sums the latter over t >= r: inside r's chunk here, beyond it through T (exact).
-        d_log_i = kdk.sum(0)
-        d_cum = (qdq.sum(0) - kdk_off.sum(0)).reshape(BH, NC, L)  # both sums leave out the diagonal
-        d_log_f = d_cum.flip(-1).cumsum(-1).flip(-1) + t_part.sum(0)[:, 1:, None]
-        d_log_f = d_log_f.reshape(BH, SP)[:, :S].reshape(B, NH, S)
+        d_log_i = kdk.sum(0)  # d(log input gate)_s = k_s . dk_s
+        d_log_f = _forget_gate_grad(qdq.sum(0), kdk_off.sum(0), kdk_inter.sum(0), x_part.sum(0), L)
+        d_log_f = d_log_f[:, :S].reshape(B, NH, S)
         d_log_i = d_log_i[:, :S].reshape(B, NH, S)
         df = (d_log_f * torch.sigmoid(-f.float())).to(f.dtype)
         di = (d_log_i if exp else d_log_i * torch.sigmoid(-i.float())).to(i.dtype)
         dC0 = dn0 = dm0 = None
         if has_init:
             C0, n0, m0 = init
-            dC0 = dc_st[:, 0].reshape(C0.shape)
+            dC0 = dc_first.reshape(C0.shape)
             dn0 = dn_st[:, 0].reshape(n0.shape)
             if exp:
                 dm0 = ((C0.float() * dC0).sum((-1, -2)) + (n0.float() * dn0).sum(-1)).to(m0.dtype)
             else:
                 dm0 = torch.zeros_like(m0)
             dC0, dn0 = dC0.to(C0.dtype), dn0.to(n0.dtype)
-        return dq, dk, dv, di, df, dC0, dn0, dm0, None, None, None, None
+        return dq, dk, dv, di, df, dC0, dn0, dm0, None, None, None, None, None
 
 
 def mlstm_tfla(
@@ -390,11 +494,17 @@ def mlstm_tfla(
     initial: MLSTMStates | None = None,
     return_last_states: bool = False,
     eps: float = 1e-6,
+    tiles: TileConfig | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, MLSTMStates]:
-    """Chunkwise mLSTM with two levels of tiling. Differentiable in every tensor argument."""
+    """Chunkwise mLSTM with two levels of tiling. Differentiable in every tensor argument.
+
+    ``tiles`` overrides the tile table of ``choose_tiles`` (for tuning; clamped to the problem).
+    """
     check_inputs(q, k, v, i, f, initial, variant, chunk_size)
+    if tiles is not None:
+        check_tiles(tiles)
     C0, n0, m0 = (initial.C, initial.n, initial.m) if initial is not None else (None, None, None)
-    h, C, n, m = _TFLAFunction.apply(q, k, v, i, f, C0, n0, m0, variant, normalize, chunk_size, eps)
+    h, C, n, m = _TFLAFunction.apply(q, k, v, i, f, C0, n0, m0, variant, normalize, chunk_size, eps, tiles)
     if return_last_states:
         return h, MLSTMStates(C, n, m)
     return h

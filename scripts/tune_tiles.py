@@ -1,0 +1,184 @@
+"""Tile tuning for the TFLA kernels on the GPU: per-kernel times of one fwbw pass for candidate tiles.
+
+For each kernel (``kernels.mlstm.tfla.KERNELS``) and each candidate ``KernelTiles`` the other kernels keep
+the current table (``choose_tiles``); every kernel's CUDA time is read from ``torch.profiler`` over a few
+fwbw passes, and the outputs are compared with the current table's (bf16: must agree to 2e-2). Compiles
+run first in ``--jobs`` spawned processes on small inputs (same specialization), so the timing pass only
+hits Triton's cache. Prints the best candidate per kernel and writes every row to ``--out`` (CSV).
+Usage: ``python scripts/tune_tiles.py --shape 8,8,8192,256,512 [--chunk 128] [--variant sig] [--out t.csv]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import multiprocessing as mp
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, replace
+
+import torch
+
+from kernels.mlstm.tfla import KERNELS, KernelTiles, TileConfig, choose_tiles, mlstm_tfla
+
+# Kernel -> (the head-dim tile its grid is split over, the one it loops over inside).
+SPLIT = {
+    "fw_states": ("BK", "BV"),
+    "fw_output": ("BV", "BK"),
+    "bw_states": ("BK", "BV"),
+    "bw_dq": ("BK", "BV"),
+    "bw_dk": ("BK", "BV"),
+    "bw_dv": ("BV", "BK"),
+}
+PROFILE_NAMES = {
+    "fw_states": "fw_chunk_states_kernel",
+    "fw_output": "fw_chunk_output_kernel",
+    "bw_states": "bw_chunk_state_grads_kernel",
+    "bw_dq": "bw_chunk_dq_kernel",
+    "bw_dk": "bw_chunk_dk_kernel",
+    "bw_dv": "bw_chunk_dv_kernel",
+}
+
+
+def candidates(kernel: str) -> list[KernelTiles]:
+    """Head-dim tiles 64..256 on the split dim, 64/128 inside; 4/8 warps; 2/3 stages; token tiles 64 (and 128)."""
+    split, inner = SPLIT[kernel]
+    out = []
+    for s, i, w, st in itertools.product((64, 128, 256), (64, 128), (4, 8), (2, 3)):
+        out.append(KernelTiles(**{split: s, inner: i}, num_warps=w, num_stages=st))
+    for s in (64, 128):
+        out.append(KernelTiles(BQ=128, BKV=128, **{split: s, inner: 64}, num_warps=8, num_stages=2))
+    if kernel in ("fw_output", "bw_dq"):
+        out.append(KernelTiles(BQ=128, BKV=64, **{split: 64, inner: 64}, num_warps=8, num_stages=2))
+    if kernel in ("bw_dk", "bw_dv"):
+        out.append(KernelTiles(BQ=64, BKV=128, **{split: 64, inner: 64}, num_warps=8, num_stages=2))
+    return out
+
+
+def make_inputs(shape: tuple[int, ...], seed: int = 0) -> list[torch.Tensor]:
+    B, NH, S, DK, DV = shape
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    kw = dict(device="cuda", generator=g)
+    q = torch.randn(B, NH, S, DK, **kw).bfloat16()
+    k = torch.randn(B, NH, S, DK, **kw).bfloat16()
+    v = torch.randn(B, NH, S, DV, **kw).bfloat16()
+    i = torch.randn(B, NH, S, **kw) * 2
+    f = torch.randn(B, NH, S, **kw) * 2 + 3
+    return [x.requires_grad_() for x in (q, k, v, i, f)]
+
+
+def fwbw(
+    inputs: list[torch.Tensor], dh: torch.Tensor, variant: str, chunk: int, tiles: TileConfig
+) -> list[torch.Tensor]:
+    for x in inputs:
+        x.grad = None
+    h = mlstm_tfla(*inputs, variant=variant, chunk_size=chunk, tiles=tiles)
+    h.backward(dh)
+    return [h.detach()] + [x.grad for x in inputs]
+
+
+def compile_one(shape: tuple[int, ...], variant: str, chunk: int, tiles: TileConfig) -> str:
+    """Run once on a (1, 1, S, ...) problem so Triton compiles this config; '' or the error."""
+    try:
+        small = (1, 1, *shape[2:])
+        inputs = make_inputs(small)
+        fwbw(inputs, torch.randn_like(inputs[2]), variant, chunk, tiles)
+        torch.cuda.synchronize()
+        return ""
+    except Exception as e:  # noqa: BLE001 - reported per candidate
+        return f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+
+
+def kernel_times(run: callable, iters: int) -> dict[str, float]:
+    """Mean CUDA time per call (us) of every kernel launched by ``run`` over ``iters`` calls."""
+    run()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            run()
+        torch.cuda.synchronize()
+    out: dict[str, float] = {}
+    for e in prof.key_averages():
+        total = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0.0)
+        out[e.key] = out.get(e.key, 0.0) + total / iters
+    return out
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--shape", default="8,8,8192,256,512", help="B,NH,S,DHQK,DHHV")
+    p.add_argument("--chunk", type=int, default=128)
+    p.add_argument("--variant", default="sig")
+    p.add_argument("--kernels", default=",".join(KERNELS))
+    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--jobs", type=int, default=12)
+    p.add_argument("--out", default="")
+    a = p.parse_args()
+    shape = tuple(int(x) for x in a.shape.split(","))
+    base = choose_tiles(a.chunk, shape[3], shape[4], interpret=False, variant=a.variant)
+    trials = [
+        (kernel, cand)
+        for kernel in a.kernels.split(",")
+        for cand in candidates(kernel)
+        if cand.fit(a.chunk, shape[3], shape[4]) == cand
+    ]
+    configs = [replace(base, **{kernel: cand}) for kernel, cand in trials]
+    t0 = time.time()
+    with ProcessPoolExecutor(a.jobs, mp_context=mp.get_context("spawn")) as pool:
+        errors = list(pool.map(compile_one, *zip(*[(shape, a.variant, a.chunk, c) for c in [base, *configs]])))
+    print(f"compiled {len(configs) + 1} configs in {time.time() - t0:.0f}s", flush=True)
+    if errors[0]:
+        print(f"current table fails: {errors[0]}")
+        return 1
+    inputs = make_inputs(shape)
+    dh = torch.randn_like(inputs[2])
+    ref = fwbw(inputs, dh, a.variant, a.chunk, base)
+    base_times = kernel_times(lambda: fwbw(inputs, dh, a.variant, a.chunk, base), a.iters)
+    rows = []
+    for (kernel, cand), cfg, err in zip(trials, configs, errors[1:]):
+        row = {"shape": a.shape, "chunk": a.chunk, "variant": a.variant, "kernel": kernel, **asdict(cand)}
+        if err:
+            rows.append({**row, "status": err, "us": float("nan"), "base_us": float("nan"), "max_rel": float("nan")})
+            continue
+        out = fwbw(inputs, dh, a.variant, a.chunk, cfg)
+        worst = max(rel(x, y) for x, y in zip(out, ref))
+        times = kernel_times(lambda cfg=cfg: fwbw(inputs, dh, a.variant, a.chunk, cfg), a.iters)
+        name = next((key for key in base_times if PROFILE_NAMES[kernel] in key), PROFILE_NAMES[kernel])
+        status = "ok" if worst < 2e-2 else "wrong"
+        rows.append(
+            {
+                **row,
+                "status": status,
+                "us": times.get(name, float("nan")),
+                "base_us": base_times.get(name, float("nan")),
+                "max_rel": worst,
+            }
+        )
+    if a.out:
+        with open(a.out, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    print(f"shape {a.shape} chunk {a.chunk} {a.variant}: best per kernel (us; current table in brackets)")
+    total_base = total_best = 0.0
+    for kernel in a.kernels.split(","):
+        ok = [r for r in rows if r["kernel"] == kernel and r["status"] == "ok"]
+        fails = sum(r["kernel"] == kernel and r["status"] != "ok" for r in rows)
+        if not ok:
+            continue
+        best = min(ok, key=lambda r: r["us"])
+        total_base += best["base_us"]
+        total_best += min(best["us"], best["base_us"])
+        tiles = {k: best[k] for k in ("BQ", "BKV", "BK", "BV", "num_warps", "num_stages")}
+        print(f"  {kernel:10s} {best['us']:9.1f} [{best['base_us']:9.1f}] {tiles} (failed: {fails})")
+    print(f"  total      {total_best:9.1f} [{total_base:9.1f}] us")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
