@@ -29,7 +29,7 @@ def signature(kernel: triton.JITFunction, dtype: str, constexprs: dict[str, obje
             sig[name] = "fp32"
         elif name in ints:
             sig[name] = "i32"
-        elif name in {"Q", "K", "V", "H", "DH", "DQ", "DK", "DV", "A", "B", "C_ST", "DC_ST"}:
+        elif name in {"Q", "K", "V", "H", "DH", "DQ", "DK", "DV", "A", "B", "DC_ST"}:
             sig[name] = f"*{dtype}"
         else:
             sig[name] = "*fp32"

@@ -3,10 +3,8 @@
 Layout shared by all kernels (``BH = B * NH``; ``SP = NC * L`` is S padded to whole chunks):
 ``q, k: (BH, S, DHQK)``, ``v, h: (BH, S, DHHV)`` in the input dtype; fp32 gate arrays ``gate_b (BH, SP)``
 (``logsigmoid(f)`` summed inside each chunk, inclusive) and ``gate_i (BH, SP)`` (log input gate, ``-inf`` on
-padding); chunk states ``C (BH, NC+1, DHQK, DHHV)`` in the input dtype (every consumer feeds them to
-``tl.dot`` in that dtype anyway; the last state also goes out in fp32), fp32 ``n (BH, NC+1, DHQK)`` and
-``m (BH, NC+1)``, where index ``c`` is the state before chunk ``c``; per-token fp32 ``m_tok, z_tok (BH, SP)``
-kept for the backward.
+padding); fp32 chunk states ``C (BH, NC+1, DHQK, DHHV)``, ``n (BH, NC+1, DHQK)``, ``m (BH, NC+1)``, where
+index ``c`` is the state before chunk ``c``; per-token fp32 ``m_tok, z_tok (BH, SP)`` kept for the backward.
 ``EXP`` selects mLSTMexp (max-state stabilizer); otherwise mLSTMsig (``m = 0``).
 """
 
@@ -28,7 +26,6 @@ def fw_chunk_states_kernel(
     C_ST,
     N_ST,
     M_ST,
-    C_LAST,
     S,
     SP,
     NC,
@@ -46,8 +43,7 @@ def fw_chunk_states_kernel(
 
     Grid ``(cdiv(DHQK, BK), cdiv(DHHV, BV), BH)``. A program owns a ``BK x BV`` tile of ``C`` (and the
     ``BK`` slice of ``n``) for one head, walks the chunks in order and reads each chunk's ``k`` and ``v``
-    in ``BL``-token slices. Writes ``C_ST, N_ST, M_ST`` at indices ``0..NC`` and the last ``C`` in fp32 to
-    ``C_LAST (BH, DHQK, DHHV)``.
+    in ``BL``-token slices. Writes ``C_ST, N_ST, M_ST`` at indices ``0..NC``.
     """
     pid_k, pid_v, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_k = pid_k * BK + tl.arange(0, BK)
@@ -67,7 +63,7 @@ def fw_chunk_states_kernel(
     dtype = K.dtype.element_ty
     for c in range(NC):
         st = bh * (NC + 1) + c
-        tl.store(C_ST + st * DHQK * DHHV + c_tile_off, C.to(C_ST.dtype.element_ty), mask=mask_kv)
+        tl.store(C_ST + st * DHQK * DHHV + c_tile_off, C, mask=mask_kv)
         if pid_v == 0:
             tl.store(N_ST + st * DHQK + offs_k, n, mask=mask_k)
             if pid_k == 0:
@@ -98,8 +94,7 @@ def fw_chunk_states_kernel(
             n += tl.sum(kw, axis=0)
         m = m_new
     st = bh * (NC + 1) + NC
-    tl.store(C_ST + st * DHQK * DHHV + c_tile_off, C.to(C_ST.dtype.element_ty), mask=mask_kv)
-    tl.store(C_LAST + bh * DHQK * DHHV + c_tile_off, C, mask=mask_kv)
+    tl.store(C_ST + st * DHQK * DHHV + c_tile_off, C, mask=mask_kv)
     if pid_v == 0:
         tl.store(N_ST + st * DHQK + offs_k, n, mask=mask_k)
         if pid_k == 0:

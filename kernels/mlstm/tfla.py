@@ -259,8 +259,7 @@ class _TFLAFunction(torch.autograd.Function):
         gate_b, gate_i = _gate_arrays(i, f, variant, L)
         has_init = C0 is not None
         f32 = dict(dtype=torch.float32, device=q.device)
-        c_st = torch.empty(BH, NC + 1, DHQK, DHHV, dtype=q.dtype, device=q.device)
-        c_last = torch.empty(BH, DHQK, DHHV, **f32)
+        c_st = torch.empty(BH, NC + 1, DHQK, DHHV, **f32)
         n_st = torch.empty(BH, NC + 1, DHQK, **f32)
         m_st = torch.empty(BH, NC + 1, **f32)
         exp = variant == "exp"
@@ -275,7 +274,6 @@ class _TFLAFunction(torch.autograd.Function):
             c_st,
             n_st,
             m_st,
-            c_last,
             S,
             SP,
             NC,
@@ -327,7 +325,7 @@ class _TFLAFunction(torch.autograd.Function):
         )
         ctx.config = (variant, normalize, L, eps, has_init, tiles)
         ctx.set_materialize_grads(False)
-        return h, c_last.reshape(B, NH, DHQK, DHHV), n_st[:, NC].reshape(B, NH, DHQK), m_st[:, NC].reshape(B, NH)
+        return h, c_st[:, NC].reshape(B, NH, DHQK, DHHV), n_st[:, NC].reshape(B, NH, DHQK), m_st[:, NC].reshape(B, NH)
 
     @staticmethod
     def backward(ctx, dh, dC_last, dn_last, dm_last):  # type: ignore[override]
@@ -353,6 +351,9 @@ class _TFLAFunction(torch.autograd.Function):
         has_dlast = dC_last is not None or dn_last is not None
         dC_last = torch.zeros(B, NH, DHQK, DHHV, **f32) if dC_last is None else dC_last.float().contiguous()
         dn_last = torch.zeros(B, NH, DHQK, **f32) if dn_last is None else dn_last.float().contiguous()
+        # State gradients in the input dtype: the dk / dv kernels feed them to tl.dot in that dtype anyway.
+        # (The forward states stay fp32: bf16 C_ST loads in the output kernel miscompiled with some tile
+        # configs on Triton 3.6 / H100, see docs/performance.md.)
         dc_st = torch.empty(BH, NC + 1, DHQK, DHHV, dtype=q.dtype, device=q.device)
         dc_first = torch.empty(BH, DHQK, DHHV, **f32)
         dn_st = torch.empty(BH, NC + 1, DHQK, **f32)
