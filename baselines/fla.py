@@ -77,7 +77,9 @@ def _register(name: str, module: str, function: str, gate: str) -> None:
     def supports(p: Problem) -> str | None:
         if p.head_dim_qk > 256 or p.head_dim_v > 512:
             return "FLA kernels support head dims up to 256 (qk) and 512 (v)"
-        return hopper_triton_bw_reason(p) if gate != "delta" else None
+        # The gated delta rule's backward goes through the same gated chunk_bwd_dqkwg kernel (seen on the
+        # H100: it raises the same RuntimeError), so the Hopper/Triton caveat holds for every FLA kernel here.
+        return hopper_triton_bw_reason(p)
 
     register(
         KernelSpec(
@@ -95,7 +97,7 @@ def _register(name: str, module: str, function: str, gate: str) -> None:
             available=lambda: first_reason(lambda: package_reason("fla"), available),
             params=lambda p: {"chunk_size": FLA_CHUNK, "gate": gate, "layout": "BSHD"},
             reference=gla_reference if gate != "delta" else None,
-            caveat=hopper_triton_bw_caveat if gate != "delta" else (lambda: None),
+            caveat=hopper_triton_bw_caveat,
             description=f"FLA {function} ({module})",
         )
     )

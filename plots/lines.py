@@ -52,15 +52,36 @@ def _scale(y: str) -> float:
     return 1e9 if y == "peak_mem_bytes" else 1.0
 
 
-def draw(ax: plt.Axes, frame: pd.DataFrame, x: str, y: str, hue: str, reference: pd.DataFrame | None = None) -> None:
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+
+
+def line_styles(keys: Sequence[object]) -> dict[object, dict[str, object]]:
+    """One colour and marker per key (``tab20`` colours, markers cycling), the same in every panel."""
+    palette = plt.get_cmap("tab20").colors
+    ordered = sorted(set(keys), key=str)
+    return {
+        key: {"color": palette[(2 * n) % 20 + (n // 10) % 2], "marker": MARKERS[n % len(MARKERS)]}
+        for n, key in enumerate(ordered)
+    }
+
+
+def draw(
+    ax: plt.Axes,
+    frame: pd.DataFrame,
+    x: str,
+    y: str,
+    hue: str,
+    reference: pd.DataFrame | None = None,
+    styles: dict[object, dict[str, object]] | None = None,
+) -> None:
     """Lines of ``y`` against ``x`` per ``hue``; OOM and other failures as crosses at the top of the axis."""
     scale = _scale(y)
     ok = frame[frame.status == "ok"].dropna(subset=[y])
-    colors: dict[object, object] = {}
+    styles = styles or line_styles(frame[hue].unique())
+    colors = {key: style["color"] for key, style in styles.items()}
     for key, group in ok.groupby(hue, sort=True):
         g = group.groupby(x)[y].median().sort_index() / scale
-        (line,) = ax.plot(g.index, g.values, marker="o", ms=3, label=str(key))
-        colors[key] = line.get_color()
+        ax.plot(g.index, g.values, ms=3.5, label=str(key), **styles[key])
     if reference is not None and y in reference:
         for key, group in reference.dropna(subset=[y]).groupby(hue, sort=True):
             g = group.groupby(x)[y].median().sort_index() / scale
@@ -105,12 +126,13 @@ def plot_lines(
         raise ValueError("no rows to plot")
     panels = sorted(frame[col].unique()) if col else [None]
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.8), squeeze=False)
+    styles = line_styles(frame[hue].unique())
     for ax, value in zip(axes[0], panels):
         sub = frame if value is None else frame[frame[col] == value]
         ref = None
         if reference is not None:
             ref = reference if value is None or col not in reference else reference[reference[col] == value]
-        draw(ax, sub, x, y, hue, ref)
+        draw(ax, sub, x, y, hue, ref, styles)
         if value is not None:
             ax.set_title(f"{col} = {value}")
     seen: dict[str, object] = {}

@@ -121,9 +121,11 @@ def test_fla_caveat_on_hopper_with_old_triton(monkeypatch) -> None:  # noqa: ANN
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
     monkeypatch.setattr(triton, "__version__", "3.6.0")
-    spec = get("fla.chunk_simple_gla")
-    assert "known broken" in spec.caveat()
-    assert "known broken" in spec.supports(PAPER.with_(mode="fwbw"))
-    assert spec.supports(PAPER.with_(mode="fw")) is None
+    names = ("fla.chunk_simple_gla", "fla.chunk_gla", "fla.chunk_gated_delta_rule")
+    for spec in map(get, names):
+        assert "known broken" in spec.caveat()
+        assert "known broken" in spec.supports(PAPER.with_(mode="fwbw"))
+        assert spec.supports(PAPER.with_(mode="fw")) is None
     monkeypatch.setattr(triton, "__version__", "3.7.1")
-    assert spec.caveat() is None
+    for spec in map(get, names):
+        assert spec.caveat() is None

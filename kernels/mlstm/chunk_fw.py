@@ -135,7 +135,9 @@ def fw_chunk_output_kernel(
     Grid ``(cdiv(DHHV, BV), NC * L / BQ, BH)``. A program owns ``BQ`` queries of one chunk and a ``BV``
     slice of the output: it adds the inter-chunk term ``q C_c`` (looping over ``BK`` slices of the head
     dim), then loops over the ``BKV`` key blocks up to the diagonal with an online max (mLSTMexp).
-    Writes ``H``; the ``pid 0`` slice also writes ``M_TOK`` and ``Z_TOK`` (the normalizer before abs).
+    ``M_TOK`` (mLSTMexp) holds each query's stabilizer, computed beforehand by ``stabilizer_per_token``, so
+    the key loop needs no running max and no rescaling. Writes ``H``; the ``pid 0`` slice also writes
+    ``Z_TOK`` (the normalizer before abs).
     """
     pid_v, pid_cq, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     c = pid_cq // (L // BQ)
@@ -164,13 +166,13 @@ def fw_chunk_output_kernel(
         n_tile = tl.load(N_ST + st * DHQK + offs_k, mask=mask_k, other=0.0)
         z += tl.sum(q_tile.to(tl.float32) * n_tile[None, :], axis=1)
     if EXP:
-        m_run = b_q + tl.load(M_ST + st)
-        acc = acc * qk_scale
-        z = z * qk_scale
+        m_run = tl.load(M_TOK + bh * SP + t_q)
+        w_inter = qk_scale * tl.exp(b_q + tl.load(M_ST + st) - m_run)
     else:
         m_run = tl.zeros((BQ,), dtype=tl.float32)
-        acc = acc * (qk_scale * tl.exp(b_q))[:, None]
-        z = z * qk_scale * tl.exp(b_q)
+        w_inter = qk_scale * tl.exp(b_q)
+    acc = acc * w_inter[:, None]
+    z = z * w_inter
 
     for s0 in range(0, q_start + BQ, BKV):
         t_s = c * L + s0 + tl.arange(0, BKV)
@@ -188,12 +190,6 @@ def fw_chunk_output_kernel(
             scores += tl.dot(q_tile, tl.trans(k_tile), input_precision=DOT_PREC)
         log_d = b_q[:, None] - tl.load(GATE_B + bh * SP + t_s)[None, :] + tl.load(GATE_I + bh * SP + t_s)[None, :]
         log_d = tl.where(t_s[None, :] <= t_q[:, None], log_d, -float("inf"))
-        if EXP:
-            m_new = tl.maximum(m_run, tl.max(log_d, axis=1))
-            alpha = tl.exp(m_run - m_new)
-            acc = acc * alpha[:, None]
-            z = z * alpha
-            m_run = m_new
         p = tl.exp(log_d - m_run[:, None]) * scores * qk_scale
         z += tl.sum(p, axis=1)
         v_tile = tl.load(
@@ -209,5 +205,4 @@ def fw_chunk_output_kernel(
         mask=mask_q[:, None] & mask_v[None, :],
     )
     if pid_v == 0:
-        tl.store(M_TOK + bh * SP + t_q, m_run)
         tl.store(Z_TOK + bh * SP + t_q, z)

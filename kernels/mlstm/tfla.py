@@ -209,6 +209,21 @@ def _gate_arrays(i: torch.Tensor, f: torch.Tensor, variant: str, chunk_size: int
     return gate_b.contiguous(), log_i.contiguous()
 
 
+def stabilizer_per_token(
+    gate_b: torch.Tensor, gate_i: torch.Tensor, m_st: torch.Tensor, chunk_size: int
+) -> torch.Tensor:
+    """mLSTMexp's max state of every token ``(BH, SP)``: ``m_t = max(b_t + m_c, max_{s <= t in c}(b_t - b_s + i_s))``.
+
+    ``gate_b, gate_i (BH, SP)`` as in ``_gate_arrays``, ``m_st (BH, NC+1)`` the chunk states' stabilizers.
+    A cumulative max inside each chunk, so the output kernel needs no running max.
+    """
+    bh, sp = gate_b.shape
+    shape = (bh, sp // chunk_size, chunk_size)
+    b = gate_b.reshape(shape)
+    intra = (gate_i.reshape(shape) - b).cummax(-1).values + b
+    return torch.maximum(b + m_st[:, :-1, None], intra).reshape(bh, sp)
+
+
 def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """fp32 ``(a * b).sum(-1)`` of two contiguous tensors of equal shape, flattened to rows."""
     d = a.shape[-1]
@@ -289,7 +304,7 @@ class _TFLAFunction(torch.autograd.Function):
             **ts.launch(),
         )
         h = torch.empty(B, NH, S, DHHV, dtype=q.dtype, device=q.device)
-        m_tok = torch.empty(BH, SP, **f32)
+        m_tok = stabilizer_per_token(gate_b, gate_i, m_st, L) if exp else torch.zeros(BH, SP, **f32)
         z_tok = torch.empty(BH, SP, **f32)
         fw_chunk_output_kernel[(triton.cdiv(DHHV, to.BV), NC * (L // to.BQ), BH)](
             q,
