@@ -44,6 +44,32 @@ def speedups(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+ENV_KEYS = (
+    "gpu_name",
+    "driver",
+    "cuda",
+    "torch",
+    "triton",
+    "git_commit",
+    "host",
+    "timestamp",
+    "peak_tflops",
+    "peak_bandwidth_gbs",
+)
+
+
+def _distinct(values: pd.Series) -> str:
+    """The one value of a metadata column, or every distinct value (a file merged from several runs);
+    numbers and timestamps as their range."""
+    present = values.dropna()
+    if present.nunique() > 1 and pd.api.types.is_numeric_dtype(present):
+        return f"{present.min():.4g} .. {present.max():.4g}"
+    uniq = [str(v) for v in present.unique()]
+    if values.name == "timestamp" and len(uniq) > 1:
+        return f"{min(uniq)} .. {max(uniq)}"
+    return ", ".join(sorted(uniq)) if len(uniq) > 1 else (uniq[0] if uniq else "")
+
+
 def _md_table(frame: pd.DataFrame, floatfmt: str = ".3g") -> str:
     if frame.empty:
         return "(none)\n"
@@ -66,21 +92,7 @@ def write_report(frame: pd.DataFrame, source: str, out: str | Path) -> Path:
             paths = save(plot_lines(frame, x, metric, hue="kernel", col="mode"), fig_dir, f"{metric}_vs_{x}")
             figures.append((metric, paths[0]))
     meta = frame.iloc[0]
-    env = {
-        k: meta[k]
-        for k in (
-            "gpu_name",
-            "driver",
-            "cuda",
-            "torch",
-            "triton",
-            "git_commit",
-            "host",
-            "timestamp",
-            "peak_tflops",
-            "peak_bandwidth_gbs",
-        )
-    }
+    env = {k: _distinct(frame[k]) for k in ENV_KEYS}
     env["packages"] = ", ".join(f"{k} {v}" for k, v in json.loads(meta.packages or "{}").items())
     ok = frame[frame.status == "ok"]
     pivot = ok.pivot_table(index=["kernel", "chunk_size"], columns=["mode", x], values="runtime_ms").round(3)

@@ -152,6 +152,22 @@ def test_report_has_environment_figures_and_speedups(consttoken_file: Path, tmp_
     text = path.read_text()
     assert "NVIDIA H100" in text and "![runtime_ms]" in text and "mlstm_kernels.xl_chunk_siging" in text
     assert "oom" in text
+    # A file merged from two runs names both commits and the range of the measured peaks.
+    frame.loc[frame.kernel == "sdpa.cudnn", ["git_commit", "peak_tflops"]] = ["abc1234", 700.0]
+    frame.loc[frame.kernel != "sdpa.cudnn", ["git_commit", "peak_tflops"]] = ["def5678", 780.0]
+    text = write_report(frame, "fixture", tmp_path / "merged.md").read_text()
+    assert "| git_commit | abc1234, def5678 |" in text and "| peak_tflops | 700 .. 780 |" in text
+
+
+def test_line_styles_are_the_same_in_every_panel(consttoken_file: Path) -> None:
+    """A kernel with no fwbw rows must not shift the colours of the others between the panels."""
+    frame = store.load(consttoken_file)
+    frame = frame[~((frame.kernel == "sdpa.cudnn") & (frame["mode"] == "fwbw"))]
+    fig = plot_lines(frame, "seq_len", "runtime_ms", hue="kernel", col="mode")
+    fw, fwbw = ({line.get_label(): line.get_color() for line in ax.get_lines()} for ax in fig.axes[:2])
+    assert "sdpa.cudnn" in fw and "sdpa.cudnn" not in fwbw
+    assert all(fwbw[k] == fw[k] for k in fwbw)
+    assert len(set(fw.values())) == len(fw)
 
 
 def test_cli_plot_and_bad_options(consttoken_file: Path, tmp_path: Path) -> None:

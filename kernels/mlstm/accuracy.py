@@ -1,0 +1,112 @@
+"""Accuracy of the TFLA kernels against the float64 recurrent reference, one random draw at a time.
+
+Used by the kernel tests (bounds per output) and by ``scripts/precision_stats.py`` (worst case over many
+draws). Errors are relative, ``||out - ref|| / ||ref||``; the reference runs on the inputs already rounded
+to the kernel dtype, so only the kernel's own arithmetic is measured.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from kernels.mlstm.reference import MLSTMStates, mlstm_recurrent
+from kernels.mlstm.tfla import TileConfig, mlstm_tfla
+
+GRADIENTS = ("q", "k", "v", "i", "f", "C0", "n0", "m0")
+
+
+@dataclass(frozen=True)
+class AccuracyCase:
+    """One problem and input distribution: ``q, k ~ N(qk_mean, 1)`` (``|.|`` with ``positive_qk``),
+    ``v ~ N(0, 1)``, ``i ~ N(0, i_scale^2)``, ``f ~ N(f_shift, 9)``; with states ``C0, m0 ~ N(0, 1)`` and
+    ``n0 ~ N(qk_mean, 1)``. ``qk_mean`` defaults to 1 with the normalizer (so ``q.n`` stays away from 0,
+    where ``h = N / |q.n|`` is ill-conditioned in any precision) and 0 without. ``tiles`` overrides the
+    kernels' tile table."""
+
+    variant: str
+    normalize: bool
+    S: int
+    DK: int
+    DV: int
+    L: int
+    dtype: torch.dtype
+    with_states: bool
+    i_scale: float = 3.0
+    f_shift: float = 2.0
+    B: int = 1
+    NH: int = 2
+    positive_qk: bool = False
+    qk_mean: float | None = None
+    tiles: TileConfig | None = None
+
+    def inputs(self) -> list[torch.Tensor]:
+        """``[q, k, v, i, f]`` plus ``[C0, n0, m0]`` with states; CPU tensors."""
+        B, NH, S = self.B, self.NH, self.S
+        mean = self.qk_mean if self.qk_mean is not None else float(self.normalize)
+        q = (torch.randn(B, NH, S, self.DK) + mean).to(self.dtype)
+        k = (torch.randn(B, NH, S, self.DK) + mean).to(self.dtype)
+        if self.positive_qk:
+            q, k = q.abs(), k.abs()
+        v = torch.randn(B, NH, S, self.DV).to(self.dtype)
+        i = torch.randn(B, NH, S) * self.i_scale
+        f = torch.randn(B, NH, S) * 3.0 + self.f_shift
+        out = [q, k, v, i, f]
+        if self.with_states:
+            n0 = torch.randn(B, NH, self.DK) + mean
+            out += [torch.randn(B, NH, self.DK, self.DV), n0.abs() if self.positive_qk else n0, torch.randn(B, NH)]
+        return out
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    """``||a - b|| / ||b||`` in float64; ``inf`` when ``a`` holds NaN or Inf."""
+    a, b = a.double(), b.double()
+    if not torch.isfinite(a).all():
+        return math.inf
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def relative_errors(case: AccuracyCase, device: str = "cpu") -> dict[str, float]:
+    """One fresh draw: errors of ``h``, the last states (``last_C``, ``last_n``, ``last_m``) and every gradient.
+
+    The loss is ``<h, dh> + <C_last, dC> + <n_last, dn>`` with random ``dh, dC, dn``. ``m0``'s gradient
+    ``<C0, dC0> + <n0, dn0>`` is ~0 once the initial state is forgotten, so its error is measured against
+    the size of the terms it sums. Gradients that do not exist (``m0`` of mLSTMsig) are left out, after
+    checking the kernel returns none or zeros there.
+    """
+    inputs = [x.to(device) for x in case.inputs()]
+    ref_in = [x.double().requires_grad_() for x in inputs]
+    ker_in = [x.clone().requires_grad_() for x in inputs]
+    ref_init = MLSTMStates(*ref_in[5:]) if case.with_states else None
+    ker_init = MLSTMStates(*ker_in[5:]) if case.with_states else None
+    kw = dict(variant=case.variant, normalize=case.normalize)
+    h_ref, last_ref = mlstm_recurrent(*ref_in[:5], initial=ref_init, **kw)
+    h, last = mlstm_tfla(
+        *ker_in[:5], chunk_size=case.L, initial=ker_init, return_last_states=True, tiles=case.tiles, **kw
+    )
+    if h.dtype != case.dtype or h.shape != h_ref.shape:
+        raise AssertionError(f"h is {h.dtype} {tuple(h.shape)}, expected {case.dtype} {tuple(h_ref.shape)}")
+    errors = {"h": relative_error(h, h_ref)}
+    for name in ("C", "n") + (("m",) if case.variant == "exp" else ()):
+        errors[f"last_{name}"] = relative_error(getattr(last, name), getattr(last_ref, name))
+    dh = torch.randn_like(h_ref)
+    dC, dn = torch.randn_like(last_ref.C), torch.randn_like(last_ref.n)
+    loss_ref = (h_ref * dh).sum() + (last_ref.C * dC).sum() + (last_ref.n * dn).sum()
+    loss = (h.double() * dh).sum() + (last.C.double() * dC).sum() + (last.n.double() * dn).sum()
+    g_ref = torch.autograd.grad(loss_ref, ref_in, allow_unused=True)
+    g = torch.autograd.grad(loss, ker_in, allow_unused=True)
+    for name, a, b in zip(GRADIENTS, g, g_ref):
+        if b is None:
+            if a is not None and a.abs().any():
+                raise AssertionError(f"gradient of {name} should be absent or zero")
+            continue
+        if a is None or a.shape != b.shape:
+            raise AssertionError(f"gradient of {name} missing or of the wrong shape")
+        if name == "m0":
+            terms = (ref_in[5].detach() * g_ref[5]).abs().sum((-1, -2)) + (ref_in[6].detach() * g_ref[6]).abs().sum(-1)
+            errors[name] = ((a.double() - b).norm() / torch.maximum(b.norm(), terms.norm())).item()
+        else:
+            errors[name] = relative_error(a, b)
+    return errors
