@@ -98,10 +98,24 @@ def test_every_chunk_size_up_to_s(L: int) -> None:
     _check("exp", True, 128, 16, 16, L, torch.float32, with_states=False)
 
 
+# fp16 with gate extremes, worst of 15 draws per case (i within +-20 as the issue asks): everything
+# <= 5.6e-3 except q (1.3e-2), n0 (9.9e-3) and C0 (6.3e-3 once in ~15 runs). With f = -10 every token sees only itself and the state is
+# forgotten after one token, so these gradients are the terms of one or two tokens, small differences of
+# fp16-rounded products (the normalized output of a lone token does not depend on q's scale), with no
+# averaging of the rounding. fp32 meets 1e-4 there, with input gates up to 60.
+EXTREME_FP16_BOUNDS = {"q": 2e-2, "n0": 2e-2, "C0": 2e-2}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("variant", ["exp", "sig"])
 @pytest.mark.parametrize("f_shift,i_scale", [(-10.0, 20.0), (10.0, 20.0), (-10.0, 1.0), (10.0, 1.0)])
-def test_gate_extremes_stay_finite_and_correct(variant: str, f_shift: float, i_scale: float) -> None:
-    """Forget pre-activations around -10 and +10, input gates up to about +20 * 3 sigma for mLSTMexp."""
+def test_gate_extremes_stay_finite_and_correct(
+    variant: str, f_shift: float, i_scale: float, dtype: torch.dtype
+) -> None:
+    """Forget pre-activations around -10 and +10; input gates N(0, 20^2) in fp32 (up to ~60 for mLSTMexp),
+    N(0, 6.7^2) in fp16 (up to ~20, the issue's range). The fp16 case also checks that the gradient of a
+    forgotten initial state (weights e^-30 and less) does not flush to zero."""
+    fp16 = dtype == torch.float16
     _check(
         variant,
         True,
@@ -109,9 +123,10 @@ def test_gate_extremes_stay_finite_and_correct(variant: str, f_shift: float, i_s
         16,
         16,
         16,
-        torch.float32,
+        dtype,
         with_states=True,
-        i_scale=i_scale,
+        bounds=EXTREME_FP16_BOUNDS if fp16 else None,
+        i_scale=min(i_scale, 20.0 / 3) if fp16 else i_scale,
         f_shift=f_shift,
         positive_qk=True,
     )

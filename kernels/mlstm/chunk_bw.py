@@ -118,7 +118,14 @@ def bw_chunk_state_grads_kernel(
             )
             qw = q_tile.to(tl.float32) * w[:, None]
             d_num = dh_tile.to(tl.float32) * tl.load(INV_DEN + bh * SP + t)[:, None]
-            dC += tl.dot(tl.trans(qw.to(dtype)), d_num.to(dtype), input_precision=DOT_PREC)
+            if dtype == tl.float16:
+                # fp16's exponent range: weights of a forgotten state (e^-30 and less) would flush to 0 in
+                # the operand, so the slice is scaled to its largest weight and scaled back in fp32.
+                w_max = tl.max(w, axis=0)
+                w_max = tl.where(w_max > 0, w_max, 1.0)
+                dC += tl.dot(tl.trans((qw / w_max).to(dtype)), d_num.to(dtype), input_precision=DOT_PREC) * w_max
+            else:
+                dC += tl.dot(tl.trans(qw.to(dtype)), d_num.to(dtype), input_precision=DOT_PREC)
             dn += tl.sum(qw * tl.load(DZ + bh * SP + t)[:, None], axis=0)
     st = bh * (NC + 1)
     tl.store(DC_FIRST + bh * DHQK * DHHV + c_tile_off, dC, mask=mask_kv)
