@@ -11,13 +11,12 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from dataclasses import replace
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import torch  # noqa: E402
 
-from kernels.mlstm.accuracy import AccuracyCase, relative_errors  # noqa: E402
+from kernels.mlstm.accuracy import GATE_EXTREMES, AccuracyCase, gate_extreme_case, relative_errors  # noqa: E402
 
 SHAPES = [  # variant, normalize, S, DK, DV, L, with_states (as in test_forward_and_gradients)
     ("exp", True, 64, 32, 32, 16, False),
@@ -32,10 +31,8 @@ SHAPES = [  # variant, normalize, S, DK, DV, L, with_states (as in test_forward_
 def cases(dtype: torch.dtype, extra: bool) -> list[AccuracyCase]:
     out = [AccuracyCase(*shape[:6], dtype, shape[6]) for shape in SHAPES]
     if extra:
-        base = AccuracyCase("exp", True, 48, 16, 16, 16, dtype, True, positive_qk=True)
         for variant in ("exp", "sig"):
-            for f_shift, i_scale in [(-10.0, 20.0), (10.0, 20.0), (-10.0, 1.0), (10.0, 1.0)]:
-                out.append(replace(base, variant=variant, f_shift=f_shift, i_scale=i_scale))
+            out += [gate_extreme_case(variant, f_shift, i_scale, dtype) for f_shift, i_scale in GATE_EXTREMES]
             out.append(AccuracyCase(variant, True, 64, 32, 32, 16, dtype, True, qk_mean=0.0))
     return out
 

@@ -15,13 +15,14 @@ import pytest
 import torch
 
 import kernels.mlstm.tfla as tfla
-from kernels.mlstm.accuracy import GRADIENTS, AccuracyCase, relative_errors
+from kernels.mlstm.accuracy import GATE_EXTREMES, GRADIENTS, AccuracyCase, gate_extreme_case, relative_errors
 from kernels.mlstm.reference import MLSTMStates
 from kernels.mlstm.tfla import KernelTiles, TileConfig, mlstm_tfla
 
 # The issue's bounds hold for every output, the forget gate included. Worst of 25 fresh draws per case over
 # the shapes of test_forward_and_gradients (`python scripts/precision_stats.py`): fp32 4.1e-6 (any output);
-# fp16 h 3.4e-4, q 2.9e-3, n0 2.8e-3, f 1.6e-3, others <= 1.4e-3. The forget-gate gradient is summed from
+# fp16 h 3.4e-4, q 2.9e-3, n0 2.8e-3, f 1.6e-3, others <= 1.4e-3; 60 more fp16 draws per shape gave the same
+# (q 2.8e-3, n0 2.8e-3, f 1.6e-3). q's error is narrow there (1.5e-3..2.8e-3), not heavy-tailed. The forget-gate gradient is summed from
 # exact fp32 per-token terms (kernels.mlstm.tfla._forget_gate_grad); before that it reached 1.3e-2 in fp16.
 TOL = {torch.float32: 1e-4, torch.float16: 5e-3}
 # Extreme gates (f = -10 or +10, input gates of spread 20, so m reaches ~60) are tested with non-negative
@@ -98,41 +99,28 @@ def test_every_chunk_size_up_to_s(L: int) -> None:
     _check("exp", True, 128, 16, 16, L, torch.float32, with_states=False)
 
 
-# fp16 with gate extremes, worst of 15 draws per case (i within +-20 as the issue asks): everything
-# <= 5.6e-3 except q (1.3e-2), n0 (9.9e-3) and C0 (6.3e-3 once in ~15 runs). With f = -10 every token sees only itself and the state is
-# forgotten after one token, so these gradients are the terms of one or two tokens, small differences of
-# fp16-rounded products (the normalized output of a lone token does not depend on q's scale), with no
-# averaging of the rounding. fp32 meets 1e-4 there, with input gates up to 60.
-# q there is worse still: the lone token's normalized output does not depend on q's scale, so its exact dq
-# is near 0 and a relative error of 0.17 was seen (fp16 CI run); for q that case checks finiteness and that
-# the error stays below the gradient's own size.
-EXTREME_FP16_BOUNDS = {"q": 1.0, "n0": 2e-2, "C0": 2e-2}
-
-
+# fp16 with f = -10: every token sees only itself (or one neighbour) and the initial state is forgotten
+# after one token, which makes plain relative errors of some gradients ill-conditioned (not the kernel):
+# - a lone token's normalized output does not depend on q's scale or on its gates, so the numerator and
+#   normalizer shares of dq, di, df cancel to ~0; what is left is the fp16 rounding of the stored h that
+#   the backward uses in dh . h (f reached 6.3e-3 in a CI run, q 0.17);
+# - dn0 is one token's dh . h times a vector: when that dot product is ~0 by chance, its error is relative
+#   to ~0 (0.25 in one of 450 draws).
+# So fp16 measures these cases against the size of the terms before they cancel (AccuracyCase.term_scale);
+# on the same draws f 6.0e-3 -> 4.5e-4, n0 0.25 -> 8e-5. A real underflow found on the way is fixed in the
+# kernel: dC0 lost precision (0.04..0.13) when dh / normalizer fell into fp16 subnormals (bw_states).
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("variant", ["exp", "sig"])
-@pytest.mark.parametrize("f_shift,i_scale", [(-10.0, 20.0), (10.0, 20.0), (-10.0, 1.0), (10.0, 1.0)])
+@pytest.mark.parametrize("f_shift,i_scale", GATE_EXTREMES)
 def test_gate_extremes_stay_finite_and_correct(
     variant: str, f_shift: float, i_scale: float, dtype: torch.dtype
 ) -> None:
     """Forget pre-activations around -10 and +10; input gates N(0, 20^2) in fp32 (up to ~60 for mLSTMexp),
     N(0, 6.7^2) in fp16 (up to ~20, the issue's range). The fp16 case also checks that the gradient of a
     forgotten initial state (weights e^-30 and less) does not flush to zero."""
-    fp16 = dtype == torch.float16
-    _check(
-        variant,
-        True,
-        48,
-        16,
-        16,
-        16,
-        dtype,
-        with_states=True,
-        bounds=EXTREME_FP16_BOUNDS if fp16 else None,
-        i_scale=min(i_scale, 20.0 / 3) if fp16 else i_scale,
-        f_shift=f_shift,
-        positive_qk=True,
-    )
+    errors = relative_errors(gate_extreme_case(variant, f_shift, i_scale, dtype))
+    for name, err in errors.items():
+        assert err < TOL[dtype], f"{name}: relative error {err:.2e} >= {TOL[dtype]}"
 
 
 @pytest.mark.parametrize("variant", ["exp", "sig"])

@@ -117,14 +117,19 @@ def bw_chunk_state_grads_kernel(
                 DH + (bh * S + t[:, None]) * DHHV + offs_v[None, :], mask=mask_t[:, None] & mask_v[None, :], other=0.0
             )
             qw = q_tile.to(tl.float32) * w[:, None]
-            d_num = dh_tile.to(tl.float32) * tl.load(INV_DEN + bh * SP + t)[:, None]
+            inv_den = tl.load(INV_DEN + bh * SP + t)
             if dtype == tl.float16:
-                # fp16's exponent range: weights of a forgotten state (e^-30 and less) would flush to 0 in
-                # the operand, so the slice is scaled to its largest weight and scaled back in fp32.
-                w_max = tl.max(w, axis=0)
-                w_max = tl.where(w_max > 0, w_max, 1.0)
-                dC += tl.dot(tl.trans((qw / w_max).to(dtype)), d_num.to(dtype), input_precision=DOT_PREC) * w_max
+                # fp16's exponent range: a forgotten state's weights (e^-30 and less) and the inverse
+                # normalizer of a token whose stabilizer is far below 0 (e^-12 and less) would flush to 0 or to
+                # subnormals in the operands. Both per-token factors go onto q, scaled to the slice's largest
+                # product and scaled back in fp32; dh enters as it is.
+                a = w * inv_den
+                a_max = tl.max(a, axis=0)
+                a_max = tl.where(a_max > 0, a_max, 1.0)
+                qa = q_tile.to(tl.float32) * (a / a_max)[:, None]
+                dC += tl.dot(tl.trans(qa.to(dtype)), dh_tile, input_precision=DOT_PREC) * a_max
             else:
+                d_num = dh_tile.to(tl.float32) * inv_den[:, None]
                 dC += tl.dot(tl.trans(qw.to(dtype)), d_num.to(dtype), input_precision=DOT_PREC)
             dn += tl.sum(qw * tl.load(DZ + bh * SP + t)[:, None], axis=0)
     st = bh * (NC + 1)

@@ -70,8 +70,13 @@ def mlstm_recurrent(
     normalize: bool = True,
     initial: MLSTMStates | None = None,
     eps: float = 1e-6,
+    detach_normalizer: bool = False,
 ) -> tuple[torch.Tensor, MLSTMStates]:
-    """Step-by-step form. Returns ``h (B, NH, S, DHHV)`` and the last states (in the promoted input dtype)."""
+    """Step-by-step form. Returns ``h (B, NH, S, DHHV)`` and the last states (in the promoted input dtype).
+
+    ``detach_normalizer=True`` lets no gradient flow through the normalizer ``max(|Z_t|, exp(-m_t))``: the
+    numerator's share of each gradient, the size of the terms that the normalizer's share cancels.
+    """
     q, k, v, i, f = _common(q, k, v, i, f)
     S, DHQK = q.shape[2], q.shape[3]
     log_i = _log_input_gate(i, variant)
@@ -94,7 +99,8 @@ def mlstm_recurrent(
         num = (q_t[..., None, :] @ C)[..., 0, :]
         if normalize:
             qn = (q_t * n).sum(-1, keepdim=True)
-            num = num / (torch.maximum(qn.abs(), torch.exp(-m)[..., None]) + eps)
+            den = torch.maximum(qn.abs(), torch.exp(-m)[..., None]) + eps
+            num = num / (den.detach() if detach_normalizer else den)
         outs.append(num)
     return torch.stack(outs, dim=2), MLSTMStates(C, n, m)
 
