@@ -28,7 +28,7 @@ TOL = {torch.float32: 1e-4, torch.float16: 5e-3}
 # Extreme gates (f = -10 or +10, input gates of spread 20, so m reaches ~60) are tested with non-negative
 # q, k: with signed random q, k the normalizer q.n of a token can land near 0, where h = N / |q.n| is
 # ill-conditioned in any precision (see test_normalizer_with_signed_inputs). m0's gradient is ~0 once the
-# initial state is forgotten, so it is measured against the size of the terms it sums (see _check).
+# initial state is forgotten, so it is measured against the size of the terms it sums (see relative_errors).
 
 
 @pytest.fixture(autouse=True)
