@@ -16,16 +16,14 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import torch  # noqa: E402
 
-from kernels.mlstm.accuracy import GATE_EXTREMES, AccuracyCase, gate_extreme_case, relative_errors  # noqa: E402
-
-SHAPES = [  # variant, normalize, S, DK, DV, L, with_states (as in test_forward_and_gradients)
-    ("exp", True, 64, 32, 32, 16, False),
-    ("exp", True, 45, 16, 48, 16, True),
-    ("exp", True, 100, 48, 16, 128, False),
-    ("sig", True, 37, 32, 16, 32, True),
-    ("sig", False, 80, 16, 32, 16, True),
-    ("sig", False, 64, 64, 64, 64, False),
-]
+from kernels.mlstm.accuracy import (  # noqa: E402
+    GATE_EXTREMES,
+    SHAPES,
+    AccuracyCase,
+    gate_extreme_case,
+    relative_errors,
+    signed_input_case,
+)
 
 
 def cases(dtype: torch.dtype, extra: bool) -> list[AccuracyCase]:
@@ -33,7 +31,7 @@ def cases(dtype: torch.dtype, extra: bool) -> list[AccuracyCase]:
     if extra:
         for variant in ("exp", "sig"):
             out += [gate_extreme_case(variant, f_shift, i_scale, dtype) for f_shift, i_scale in GATE_EXTREMES]
-            out.append(AccuracyCase(variant, True, 64, 32, 32, 16, dtype, True, qk_mean=0.0))
+            out.append(signed_input_case(variant, dtype))
     return out
 
 

@@ -63,7 +63,22 @@ class AccuracyCase:
         return out
 
 
+# (variant, normalize, S, DK, DV, L, with_states): the shapes of the kernel tests and of precision_stats.
+SHAPES = (
+    ("exp", True, 64, 32, 32, 16, False),  # S a multiple of L, several chunks
+    ("exp", True, 45, 16, 48, 16, True),  # S not a multiple of L, DHQK != DHHV, initial/last states
+    ("exp", True, 100, 48, 16, 128, False),  # one partial chunk, chunk > S (next power of two)
+    ("sig", True, 37, 32, 16, 32, True),
+    ("sig", False, 80, 16, 32, 16, True),
+    ("sig", False, 64, 64, 64, 64, False),  # chunk == S
+)
 GATE_EXTREMES = ((-10.0, 20.0), (10.0, 20.0), (-10.0, 1.0), (10.0, 1.0))  # (f_shift, i_scale)
+
+
+def signed_input_case(variant: str, dtype: torch.dtype) -> AccuracyCase:
+    """Mean-zero q, k: both signs of ``q.n``, so some token's normalizer can land near 0 (S = 64, chunks of 16,
+    initial states)."""
+    return AccuracyCase(variant, True, 64, 32, 32, 16, dtype, True, qk_mean=0.0)
 
 
 def gate_extreme_case(variant: str, f_shift: float, i_scale: float, dtype: torch.dtype) -> AccuracyCase:

@@ -134,7 +134,7 @@ def fw_chunk_output_kernel(
 
     Grid ``(cdiv(DHHV, BV), NC * L / BQ, BH)``. A program owns ``BQ`` queries of one chunk and a ``BV``
     slice of the output: it adds the inter-chunk term ``q C_c`` (looping over ``BK`` slices of the head
-    dim), then loops over the ``BKV`` key blocks up to the diagonal with an online max (mLSTMexp).
+    dim), then loops over the ``BKV`` key blocks up to the diagonal.
     ``M_TOK`` (mLSTMexp) holds each query's stabilizer, computed beforehand by ``stabilizer_per_token``, so
     the key loop needs no running max and no rescaling. Writes ``H``; the ``pid 0`` slice also writes
     ``Z_TOK`` (the normalizer before abs).

@@ -269,7 +269,7 @@ class _TFLAFunction(torch.autograd.Function):
         BH, L = B * NH, chunk_size
         NC = triton.cdiv(S, L)
         SP = NC * L
-        tiles = (tiles or choose_tiles(L, DHQK, DHHV, interpreting(), variant, q.dtype)).fit(L, DHQK, DHHV)
+        tiles = tiles.fit(L, DHQK, DHHV) if tiles else choose_tiles(L, DHQK, DHHV, interpreting(), variant, q.dtype)
         ts, to = tiles.fw_states, tiles.fw_output
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         gate_b, gate_i = _gate_arrays(i, f, variant, L)
