@@ -1,12 +1,17 @@
 """Compile every TFLA kernel for sm_90 without a GPU (Triton front end, LLVM and ptxas run on the CPU).
 
-Catches typing and lowering errors that the interpreter (which runs plain Python) cannot see.
-Usage: ``python scripts/compile_check.py`` (exit 1 on the first kernel that does not compile).
+Catches typing and lowering errors that the interpreter (which runs plain Python) cannot see. ``--spills``
+also runs Triton's bundled ``ptxas -v`` on each kernel's PTX and prints its register spills (bytes per thread).
+Usage: ``python scripts/compile_check.py [--spills]`` (exit 1 on the first kernel that does not compile).
 """
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
 import sys
+import tempfile
 
 import triton
 from triton.backends.compiler import GPUTarget
@@ -36,7 +41,21 @@ def signature(kernel: triton.JITFunction, dtype: str, constexprs: dict[str, obje
     return sig
 
 
+def spills(ptx: str) -> str:
+    """``ptxas -v`` on ``ptx`` for sm_90a: registers and spill bytes per thread."""
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    with tempfile.NamedTemporaryFile("w", suffix=".ptx") as fh:
+        fh.write(ptx)
+        fh.flush()
+        out = subprocess.run([ptxas, "-arch=sm_90a", "-v", fh.name, "-o", os.devnull], capture_output=True, text=True)
+    text = out.stdout + out.stderr
+    regs = re.search(r"Used (\d+) registers", text)
+    stores = re.search(r"(\d+) bytes spill stores", text)
+    return f"regs={regs.group(1) if regs else '?'} spill_stores={stores.group(1) if stores else '?'}"
+
+
 def main() -> int:
+    show_spills = "--spills" in sys.argv[1:]
     tiles = dict(BQ=64, BKV=64, BK=64, BV=64)
     cases = []
     for exp in (True, False):
@@ -59,7 +78,10 @@ def main() -> int:
         except Exception as err:  # noqa: BLE001 - report which kernel failed, then stop
             print(f"FAIL {kernel.__name__} {dtype} EXP={constexprs.get('EXP')}: {err}")
             return 1
-        print(f"ok   {kernel.__name__:32s} {dtype} EXP={constexprs.get('EXP')!s:5s} shared={compiled.metadata.shared}")
+        extra = f" {spills(compiled.asm['ptx'])}" if show_spills else ""
+        print(
+            f"ok   {kernel.__name__:32s} {dtype} EXP={constexprs.get('EXP')!s:5s} shared={compiled.metadata.shared}{extra}"
+        )
     return 0
 
 
