@@ -7,6 +7,7 @@ Usage: ``python scripts/compile_check.py [--spills]`` (exit 1 on the first kerne
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import subprocess
@@ -55,7 +56,9 @@ def spills(ptx: str) -> str:
 
 
 def main() -> int:
-    show_spills = "--spills" in sys.argv[1:]
+    parser = argparse.ArgumentParser(description="Compile every TFLA kernel for sm_90 on the CPU.")
+    parser.add_argument("--spills", action="store_true", help="print registers and spilled bytes per thread (ptxas)")
+    show_spills = parser.parse_args().spills
     tiles = dict(BQ=64, BKV=64, BK=64, BV=64)
     cases = []
     for exp in (True, False):
