@@ -52,6 +52,8 @@ def bw_chunk_state_grads_kernel(
     NC,
     DHQK,
     DHHV,
+    C_SK,
+    C_SV,
     qk_scale,
     L: tl.constexpr,
     BL: tl.constexpr,
@@ -100,7 +102,11 @@ def bw_chunk_state_grads_kernel(
             decay = tl.exp(g)
         dC = dC * decay
         dn = dn * decay
-        c_tile = tl.load(C_ST + (st - 1) * DHQK * DHHV + c_tile_off, mask=mask_kv, other=0.0).to(tl.float32)
+        c_tile = tl.load(
+            C_ST + (bh * NC + c) * DHQK * DHHV + offs_k[:, None] * C_SK + offs_v[None, :] * C_SV,
+            mask=mask_kv,
+            other=0.0,
+        ).to(tl.float32)
         x_sum = tl.sum(tl.sum(dC * c_tile, axis=1), axis=0)
         if pid_v == 0:
             x_sum += tl.sum(dn * tl.load(N_ST + (st - 1) * DHQK + offs_k, mask=mask_k, other=0.0), axis=0)
@@ -159,6 +165,8 @@ def bw_chunk_dq_kernel(
     NC,
     DHQK,
     DHHV,
+    C_SK,
+    C_SV,
     qk_scale,
     L: tl.constexpr,
     BQ: tl.constexpr,
@@ -204,7 +212,7 @@ def bw_chunk_dq_kernel(
         )
         d_num = (dh_tile.to(tl.float32) * inv_den[:, None]).to(dtype)
         c_tile = tl.load(
-            C_ST + st * DHQK * DHHV + offs_k[:, None] * DHHV + offs_v[None, :],
+            C_ST + (bh * NC + c) * DHQK * DHHV + offs_k[:, None] * C_SK + offs_v[None, :] * C_SV,
             mask=mask_k[:, None] & mask_v[None, :],
             other=0.0,
         )

@@ -3,8 +3,10 @@
 Layout shared by all kernels (``BH = B * NH``; ``SP = NC * L`` is S padded to whole chunks):
 ``q, k: (BH, S, DHQK)``, ``v, h: (BH, S, DHHV)`` in the input dtype; fp32 gate arrays ``gate_b (BH, SP)``
 (``logsigmoid(f)`` summed inside each chunk, inclusive) and ``gate_i (BH, SP)`` (log input gate, ``-inf`` on
-padding); fp32 chunk states ``C (BH, NC+1, DHQK, DHHV)``, ``n (BH, NC+1, DHQK)``, ``m (BH, NC+1)``, where
-index ``c`` is the state before chunk ``c``; per-token fp32 ``m_tok, z_tok (BH, SP)`` kept for the backward.
+padding); chunk states ``C (BH, NC, DHQK, DHHV)`` in the state dtype (the input dtype for 16-bit inputs:
+the kernels feed them to ``tl.dot`` in that dtype), fp32 ``n (BH, NC+1, DHQK)`` and ``m (BH, NC+1)``, where
+index ``c`` is the state before chunk ``c`` (the last state ``C_NC`` goes to its own fp32 array); per-token fp32
+``m_tok, z_tok (BH, SP)`` kept for the backward.
 ``EXP`` selects mLSTMexp (max-state stabilizer); otherwise mLSTMsig (``m = 0``).
 """
 
@@ -26,11 +28,14 @@ def fw_chunk_states_kernel(
     C_ST,
     N_ST,
     M_ST,
+    C_LAST,
     S,
     SP,
     NC,
     DHQK,
     DHHV,
+    C_SK,
+    C_SV,
     L: tl.constexpr,
     BL: tl.constexpr,
     BK: tl.constexpr,
@@ -43,7 +48,8 @@ def fw_chunk_states_kernel(
 
     Grid ``(cdiv(DHQK, BK), cdiv(DHHV, BV), BH)``. A program owns a ``BK x BV`` tile of ``C`` (and the
     ``BK`` slice of ``n``) for one head, walks the chunks in order and reads each chunk's ``k`` and ``v``
-    in ``BL``-token slices. Writes ``C_ST, N_ST, M_ST`` at indices ``0..NC``.
+    in ``BL``-token slices. Writes ``C_ST`` at ``0..NC-1`` (in its own dtype, element strides ``C_SK, C_SV``
+    inside one state), ``N_ST, M_ST`` at ``0..NC`` and the last state to ``C_LAST (BH, DHQK, DHHV)`` in fp32.
     """
     pid_k, pid_v, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_k = pid_k * BK + tl.arange(0, BK)
@@ -51,6 +57,7 @@ def fw_chunk_states_kernel(
     mask_k, mask_v = offs_k < DHQK, offs_v < DHHV
     mask_kv = mask_k[:, None] & mask_v[None, :]
     c_tile_off = offs_k[:, None] * DHHV + offs_v[None, :]
+    c_st_off = offs_k[:, None] * C_SK + offs_v[None, :] * C_SV
     if HAS_INIT:
         C = tl.load(C0 + bh * DHQK * DHHV + c_tile_off, mask=mask_kv, other=0.0).to(tl.float32)
         n = tl.load(N0 + bh * DHQK + offs_k, mask=mask_k, other=0.0).to(tl.float32)
@@ -63,7 +70,7 @@ def fw_chunk_states_kernel(
     dtype = K.dtype.element_ty
     for c in range(NC):
         st = bh * (NC + 1) + c
-        tl.store(C_ST + st * DHQK * DHHV + c_tile_off, C, mask=mask_kv)
+        tl.store(C_ST + (bh * NC + c) * DHQK * DHHV + c_st_off, C.to(C_ST.dtype.element_ty), mask=mask_kv)
         if pid_v == 0:
             tl.store(N_ST + st * DHQK + offs_k, n, mask=mask_k)
             if pid_k == 0:
@@ -94,7 +101,7 @@ def fw_chunk_states_kernel(
             n += tl.sum(kw, axis=0)
         m = m_new
     st = bh * (NC + 1) + NC
-    tl.store(C_ST + st * DHQK * DHHV + c_tile_off, C, mask=mask_kv)
+    tl.store(C_LAST + bh * DHQK * DHHV + c_tile_off, C, mask=mask_kv)
     if pid_v == 0:
         tl.store(N_ST + st * DHQK + offs_k, n, mask=mask_k)
         if pid_k == 0:
@@ -119,6 +126,8 @@ def fw_chunk_output_kernel(
     NC,
     DHQK,
     DHHV,
+    C_SK,
+    C_SV,
     qk_scale,
     eps,
     L: tl.constexpr,
@@ -158,7 +167,7 @@ def fw_chunk_output_kernel(
             Q + (bh * S + t_q[:, None]) * DHQK + offs_k[None, :], mask=mask_q[:, None] & mask_k[None, :], other=0.0
         )
         c_tile = tl.load(
-            C_ST + st * DHQK * DHHV + offs_k[:, None] * DHHV + offs_v[None, :],
+            C_ST + (bh * NC + c) * DHQK * DHHV + offs_k[:, None] * C_SK + offs_v[None, :] * C_SV,
             mask=mask_k[:, None] & mask_v[None, :],
             other=0.0,
         )

@@ -198,6 +198,21 @@ def _dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
+def state_dtype(dtype: torch.dtype) -> torch.dtype:
+    """dtype of the stored chunk states ``C_c``: the input dtype for 16-bit inputs (the output and ``dq``
+    kernels feed them to ``tl.dot`` in that dtype, so storing them wider only doubles their HBM traffic),
+    fp32 for fp32 inputs. The running state itself is always accumulated in fp32."""
+    return torch.float32 if dtype == torch.float32 else dtype
+
+
+# Element strides (within one DHQK x DHHV state) of the stored chunk states: row-major (DHQK, DHHV).
+def _state_strides(dhqk: int, dhhv: int) -> tuple[int, int]:
+    return (1, dhqk) if STATES_TRANSPOSED else (dhhv, 1)
+
+
+STATES_TRANSPOSED = False
+
+
 def _gate_arrays(i: torch.Tensor, f: torch.Tensor, variant: str, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token fp32 ``(gate_b, gate_i)`` of shape ``(BH, SP)``: in-chunk cumulative log forget gate, log input gate."""
     B, NH, S = f.shape
@@ -275,12 +290,14 @@ class _TFLAFunction(torch.autograd.Function):
         gate_b, gate_i = _gate_arrays(i, f, variant, L)
         has_init = C0 is not None
         f32 = dict(dtype=torch.float32, device=q.device)
-        c_st = torch.empty(BH, NC + 1, DHQK, DHHV, **f32)
+        c_st = torch.empty(BH, NC, DHQK, DHHV, dtype=state_dtype(q.dtype), device=q.device)
+        c_last = torch.empty(BH, DHQK, DHHV, **f32)
+        c_strides = _state_strides(DHQK, DHHV)
         n_st = torch.empty(BH, NC + 1, DHQK, **f32)
         m_st = torch.empty(BH, NC + 1, **f32)
         exp = variant == "exp"
         prec = _dot_precision(q.dtype)
-        init = (C0.contiguous(), n0.contiguous(), m0.contiguous()) if has_init else (c_st, n_st, m_st)
+        init = (C0.contiguous(), n0.contiguous(), m0.contiguous()) if has_init else (c_last, n_st, m_st)
         fw_chunk_states_kernel[(triton.cdiv(DHQK, ts.BK), triton.cdiv(DHHV, ts.BV), BH)](
             k,
             v,
@@ -290,11 +307,13 @@ class _TFLAFunction(torch.autograd.Function):
             c_st,
             n_st,
             m_st,
+            c_last,
             S,
             SP,
             NC,
             DHQK,
             DHHV,
+            *c_strides,
             L=L,
             BL=ts.BQ,
             BK=ts.BK,
@@ -324,6 +343,7 @@ class _TFLAFunction(torch.autograd.Function):
             NC,
             DHQK,
             DHHV,
+            *c_strides,
             DHQK**-0.5,
             eps,
             L=L,
@@ -341,7 +361,7 @@ class _TFLAFunction(torch.autograd.Function):
         )
         ctx.config = (variant, normalize, L, eps, has_init, tiles)
         ctx.set_materialize_grads(False)
-        return h, c_st[:, NC].reshape(B, NH, DHQK, DHHV), n_st[:, NC].reshape(B, NH, DHQK), m_st[:, NC].reshape(B, NH)
+        return h, c_last.reshape(B, NH, DHQK, DHHV), n_st[:, NC].reshape(B, NH, DHQK), m_st[:, NC].reshape(B, NH)
 
     @staticmethod
     def backward(ctx, dh, dC_last, dn_last, dm_last):  # type: ignore[override]
@@ -349,7 +369,8 @@ class _TFLAFunction(torch.autograd.Function):
         q, k, v, i, f, h, gate_b, gate_i, c_st, n_st, m_st, m_tok, z_tok, *init = ctx.saved_tensors
         B, NH, S, DHQK = q.shape
         DHHV = v.shape[-1]
-        BH, NC = B * NH, c_st.shape[1] - 1
+        BH, NC = B * NH, c_st.shape[1]
+        c_strides = _state_strides(DHQK, DHHV)
         SP = NC * L
         exp, prec, scale = variant == "exp", _dot_precision(q.dtype), DHQK**-0.5
         f32 = dict(dtype=torch.float32, device=q.device)
@@ -368,8 +389,6 @@ class _TFLAFunction(torch.autograd.Function):
         dC_last = torch.zeros(B, NH, DHQK, DHHV, **f32) if dC_last is None else dC_last.float().contiguous()
         dn_last = torch.zeros(B, NH, DHQK, **f32) if dn_last is None else dn_last.float().contiguous()
         # State gradients in the input dtype: the dk / dv kernels feed them to tl.dot in that dtype anyway.
-        # (The forward states stay fp32: bf16 C_ST loads in the output kernel miscompiled with some tile
-        # configs on Triton 3.6 / H100, see docs/performance.md.)
         dc_st = torch.empty(BH, NC + 1, DHQK, DHHV, dtype=q.dtype, device=q.device)
         dc_first = torch.empty(BH, DHQK, DHHV, **f32)
         dn_st = torch.empty(BH, NC + 1, DHQK, **f32)
@@ -398,6 +417,7 @@ class _TFLAFunction(torch.autograd.Function):
             NC,
             DHQK,
             DHHV,
+            *c_strides,
             scale,
             BL=ts.BQ,
             BK=ts.BK,
@@ -429,6 +449,7 @@ class _TFLAFunction(torch.autograd.Function):
             NC,
             DHQK,
             DHHV,
+            *c_strides,
             scale,
             **_tile_args(tq),
             **common,
