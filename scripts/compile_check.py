@@ -26,7 +26,7 @@ TARGET = GPUTarget("cuda", 90, 32)
 def signature(kernel: triton.JITFunction, dtype: str, constexprs: dict[str, object]) -> dict[str, str]:
     """Pointer args get ``*dtype`` (inputs) or ``*fp32`` (gates/states); scalars are i32 / fp32."""
     fp_scalars = {"qk_scale", "eps"}
-    ints = {"S", "SP", "NC", "DHQK", "DHHV", "R", "D"}
+    ints = {"S", "SP", "NC", "DHQK", "DHHV", "R", "D", "C_SK", "C_SV"}
     sig: dict[str, str] = {}
     for name in kernel.arg_names:
         if name in constexprs:
@@ -35,7 +35,7 @@ def signature(kernel: triton.JITFunction, dtype: str, constexprs: dict[str, obje
             sig[name] = "fp32"
         elif name in ints:
             sig[name] = "i32"
-        elif name in {"Q", "K", "V", "H", "DH", "DQ", "DK", "DV", "A", "B", "DC_ST"}:
+        elif name in {"Q", "K", "V", "H", "DH", "DQ", "DK", "DV", "A", "B", "DC_ST", "C_ST"}:
             sig[name] = f"*{dtype}"
         else:
             sig[name] = "*fp32"
