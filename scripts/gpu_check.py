@@ -15,6 +15,7 @@ import sys
 import torch
 import triton.testing
 
+import kernels.mlstm.tfla as tfla
 from kernels.mlstm.reference import mlstm_parallel
 from kernels.mlstm.tfla import mlstm_tfla
 
@@ -35,7 +36,11 @@ def main() -> int:
     p.add_argument("--chunks", default="64,128,256,512,1024")
     p.add_argument("--tol", type=float, default=2e-2)
     p.add_argument("--out", default="")
+    p.add_argument(
+        "--states-layout", choices=("row", "transposed"), default="row", help="memory layout of the chunk states"
+    )
     a = p.parse_args()
+    tfla.STATES_TRANSPOSED = a.states_layout == "transposed"
     B, NH, S, DK, DV = a.batch, a.heads, a.seq_len, a.dqk, a.dv
     dev, dt = "cuda", torch.bfloat16
     torch.manual_seed(0)
@@ -158,7 +163,9 @@ def main() -> int:
     if a.out:
         with open(a.out, "w") as fh:
             fh.write("\n".join(lines) + "\n")
-    print(f"B={B} NH={NH} S={S} DHQK={DK} DHHV={DV} bf16 on {torch.cuda.get_device_name()}, tolerance {a.tol}")
+    print(
+        f"states {tfla.state_dtype(dt)} {a.states_layout}; B={B} NH={NH} S={S} DHQK={DK} DHHV={DV} bf16 on {torch.cuda.get_device_name()}, tolerance {a.tol}"
+    )
     print("\n".join(lines))
     return 1 if failed else 0
 
