@@ -3,7 +3,9 @@
 Runs the full problem (default B=8, NH=8, S=8192, DHQK=256, DHHV=512) through our kernels for each
 chunk size and compares two (batch, head) slices with the float64 parallel reference (heads are
 independent). Also compares mLSTMsig with the official ``mlstm_kernels`` ``xl_chunk_siging`` kernel when
-it is importable, and prints fw / fwbw times (``triton.testing.do_bench``, median ms).
+it is importable, and prints fw / fwbw times (``triton.testing.do_bench``, median ms). Chunks up to
+``FUSED_MAX_CHUNK`` also run the fused inference forward (``err_h_fused``, ``fw_fused_ms``; ``fw_ms`` is the
+two-kernel forward).
 Usage: ``python scripts/gpu_check.py [--seq-len 8192] [--chunks 64,128,256,512,1024] [--out results.csv]``.
 """
 
@@ -15,9 +17,8 @@ import sys
 import torch
 import triton.testing
 
-import kernels.mlstm.tfla as tfla
 from kernels.mlstm.reference import mlstm_parallel
-from kernels.mlstm.tfla import mlstm_tfla
+from kernels.mlstm.tfla import fused_supported, mlstm_tfla
 
 NAMES = ("h", "dq", "dk", "dv", "di", "df")
 
@@ -36,11 +37,7 @@ def main() -> int:
     p.add_argument("--chunks", default="64,128,256,512,1024")
     p.add_argument("--tol", type=float, default=2e-2)
     p.add_argument("--out", default="")
-    p.add_argument(
-        "--states-layout", choices=("row", "transposed"), default="row", help="memory layout of the chunk states"
-    )
     a = p.parse_args()
-    tfla.STATES_TRANSPOSED = a.states_layout == "transposed"
     B, NH, S, DK, DV = a.batch, a.heads, a.seq_len, a.dqk, a.dv
     dev, dt = "cuda", torch.bfloat16
     torch.manual_seed(0)
@@ -70,9 +67,21 @@ def main() -> int:
             ]
             nan = any(not torch.isfinite(g).all() for g in got)
             fw_ms = triton.testing.do_bench(
-                lambda: mlstm_tfla(q, k, v, i, f, variant=variant, chunk_size=L),
+                lambda: mlstm_tfla(q, k, v, i, f, variant=variant, chunk_size=L, fused=False),
                 return_mode="median",
             )
+            err_fused, fused_ms = float("nan"), float("nan")
+            if fused_supported(L, DK) is None:
+                with torch.no_grad():
+                    h_fused = mlstm_tfla(q, k, v, i, f, variant=variant, chunk_size=L, fused=True)
+                    nan |= not torch.isfinite(h_fused).all()
+                    err_fused = max(rel(h_fused[bi : bi + 1, hi : hi + 1], r[0]) for (bi, hi), r in zip(slices, refs))
+                    errs.append(err_fused)
+                    fused_ms = triton.testing.do_bench(
+                        lambda: mlstm_tfla(q, k, v, i, f, variant=variant, chunk_size=L, fused=True),
+                        return_mode="median",
+                    )
+                    del h_fused
 
             def fwbw() -> None:
                 xs = [x.detach().requires_grad_() for x in (q, k, v, i, f)]
@@ -85,8 +94,10 @@ def main() -> int:
                 (
                     f"tfla.mlstm_{variant}",
                     L,
-                    *errs,
+                    *errs[: len(NAMES)],
+                    err_fused,
                     fw_ms,
+                    fused_ms,
                     fwbw_ms,
                     "ok" if ok else "FAIL",
                 )
@@ -142,7 +153,9 @@ def main() -> int:
                         "official xl_chunk_siging (err: ours vs it)",
                         L,
                         *errs,
+                        float("nan"),
                         fw_ms,
+                        float("nan"),
                         triton.testing.do_bench(fwbw_off, return_mode="median"),
                         "info",
                     )
@@ -155,7 +168,9 @@ def main() -> int:
         "kernel",
         "chunk",
         *[f"err_{n}" for n in NAMES],
+        "err_h_fused",
         "fw_ms",
+        "fw_fused_ms",
         "fwbw_ms",
         "status",
     )
@@ -163,9 +178,7 @@ def main() -> int:
     if a.out:
         with open(a.out, "w") as fh:
             fh.write("\n".join(lines) + "\n")
-    print(
-        f"states {tfla.state_dtype(dt)} {a.states_layout}; B={B} NH={NH} S={S} DHQK={DK} DHHV={DV} bf16 on {torch.cuda.get_device_name()}, tolerance {a.tol}"
-    )
+    print(f"B={B} NH={NH} S={S} DHQK={DK} DHHV={DV} bf16 on {torch.cuda.get_device_name()}, tolerance {a.tol}")
     print("\n".join(lines))
     return 1 if failed else 0
 

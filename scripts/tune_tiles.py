@@ -20,7 +20,6 @@ from dataclasses import asdict, replace
 
 import torch
 
-import kernels.mlstm.tfla as tfla
 from kernels.mlstm.tfla import KERNELS, KernelTiles, TileConfig, choose_tiles, mlstm_tfla
 
 # Kernel -> (the head-dim tile its grid is split over, the one it loops over inside).
@@ -79,9 +78,8 @@ def fwbw(
     return [h.detach()] + [x.grad for x in inputs]
 
 
-def compile_one(shape: tuple[int, ...], variant: str, chunk: int, tiles: TileConfig, transposed: bool) -> str:
+def compile_one(shape: tuple[int, ...], variant: str, chunk: int, tiles: TileConfig) -> str:
     """Run once on a (1, 1, S, ...) problem so Triton compiles this config; '' or the error."""
-    tfla.STATES_TRANSPOSED = transposed
     try:
         small = (1, 1, *shape[2:])
         inputs = make_inputs(small)
@@ -120,11 +118,7 @@ def main() -> int:
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--jobs", type=int, default=12)
     p.add_argument("--out", default="")
-    p.add_argument(
-        "--states-layout", choices=("row", "transposed"), default="row", help="memory layout of the chunk states"
-    )
     a = p.parse_args()
-    tfla.STATES_TRANSPOSED = a.states_layout == "transposed"
     shape = tuple(int(x) for x in a.shape.split(","))
     base = choose_tiles(a.chunk, shape[3], shape[4], interpret=False, variant=a.variant)
     trials = [
@@ -136,8 +130,7 @@ def main() -> int:
     configs = [replace(base, **{kernel: cand}) for kernel, cand in trials]
     t0 = time.time()
     with ProcessPoolExecutor(a.jobs, mp_context=mp.get_context("spawn")) as pool:
-        jobs = [(shape, a.variant, a.chunk, c, tfla.STATES_TRANSPOSED) for c in [base, *configs]]
-        errors = list(pool.map(compile_one, *zip(*jobs)))
+        errors = list(pool.map(compile_one, *zip(*[(shape, a.variant, a.chunk, c) for c in [base, *configs]])))
     print(f"compiled {len(configs) + 1} configs in {time.time() - t0:.0f}s", flush=True)
     if errors[0]:
         print(f"current table fails: {errors[0]}")

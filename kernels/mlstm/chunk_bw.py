@@ -52,8 +52,6 @@ def bw_chunk_state_grads_kernel(
     NC,
     DHQK,
     DHHV,
-    C_SK,
-    C_SV,
     qk_scale,
     L: tl.constexpr,
     BL: tl.constexpr,
@@ -103,7 +101,7 @@ def bw_chunk_state_grads_kernel(
         dC = dC * decay
         dn = dn * decay
         c_tile = tl.load(
-            C_ST + (bh * NC + c) * DHQK * DHHV + offs_k[:, None] * C_SK + offs_v[None, :] * C_SV,
+            C_ST + (bh * NC + c) * DHQK * DHHV + offs_k[:, None] * DHHV + offs_v[None, :],
             mask=mask_kv,
             other=0.0,
         ).to(tl.float32)
@@ -165,8 +163,6 @@ def bw_chunk_dq_kernel(
     NC,
     DHQK,
     DHHV,
-    C_SK,
-    C_SV,
     qk_scale,
     L: tl.constexpr,
     BQ: tl.constexpr,
@@ -212,7 +208,7 @@ def bw_chunk_dq_kernel(
         )
         d_num = (dh_tile.to(tl.float32) * inv_den[:, None]).to(dtype)
         c_tile = tl.load(
-            C_ST + (bh * NC + c) * DHQK * DHHV + offs_k[:, None] * C_SK + offs_v[None, :] * C_SV,
+            C_ST + (bh * NC + c) * DHQK * DHHV + offs_k[:, None] * DHHV + offs_v[None, :],
             mask=mask_k[:, None] & mask_v[None, :],
             other=0.0,
         )

@@ -34,8 +34,6 @@ def fw_chunk_states_kernel(
     NC,
     DHQK,
     DHHV,
-    C_SK,
-    C_SV,
     L: tl.constexpr,
     BL: tl.constexpr,
     BK: tl.constexpr,
@@ -48,8 +46,7 @@ def fw_chunk_states_kernel(
 
     Grid ``(cdiv(DHQK, BK), cdiv(DHHV, BV), BH)``. A program owns a ``BK x BV`` tile of ``C`` (and the
     ``BK`` slice of ``n``) for one head, walks the chunks in order and reads each chunk's ``k`` and ``v``
-    in ``BL``-token slices. Writes ``C_ST`` at ``0..NC-1`` (in its own dtype, element strides ``C_SK, C_SV``
-    inside one state), ``N_ST, M_ST`` at ``0..NC`` and the last state to ``C_LAST (BH, DHQK, DHHV)`` in fp32.
+    in ``BL``-token slices. Writes ``C_ST`` at ``0..NC-1`` (in its own dtype), ``N_ST, M_ST`` at ``0..NC`` and the last state to ``C_LAST (BH, DHQK, DHHV)`` in fp32.
     """
     pid_k, pid_v, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_k = pid_k * BK + tl.arange(0, BK)
@@ -57,7 +54,6 @@ def fw_chunk_states_kernel(
     mask_k, mask_v = offs_k < DHQK, offs_v < DHHV
     mask_kv = mask_k[:, None] & mask_v[None, :]
     c_tile_off = offs_k[:, None] * DHHV + offs_v[None, :]
-    c_st_off = offs_k[:, None] * C_SK + offs_v[None, :] * C_SV
     if HAS_INIT:
         C = tl.load(C0 + bh * DHQK * DHHV + c_tile_off, mask=mask_kv, other=0.0).to(tl.float32)
         n = tl.load(N0 + bh * DHQK + offs_k, mask=mask_k, other=0.0).to(tl.float32)
@@ -70,7 +66,7 @@ def fw_chunk_states_kernel(
     dtype = K.dtype.element_ty
     for c in range(NC):
         st = bh * (NC + 1) + c
-        tl.store(C_ST + (bh * NC + c) * DHQK * DHHV + c_st_off, C.to(C_ST.dtype.element_ty), mask=mask_kv)
+        tl.store(C_ST + (bh * NC + c) * DHQK * DHHV + c_tile_off, C.to(C_ST.dtype.element_ty), mask=mask_kv)
         if pid_v == 0:
             tl.store(N_ST + st * DHQK + offs_k, n, mask=mask_k)
             if pid_k == 0:
@@ -126,8 +122,6 @@ def fw_chunk_output_kernel(
     NC,
     DHQK,
     DHHV,
-    C_SK,
-    C_SV,
     qk_scale,
     eps,
     L: tl.constexpr,
@@ -167,7 +161,7 @@ def fw_chunk_output_kernel(
             Q + (bh * S + t_q[:, None]) * DHQK + offs_k[None, :], mask=mask_q[:, None] & mask_k[None, :], other=0.0
         )
         c_tile = tl.load(
-            C_ST + (bh * NC + c) * DHQK * DHHV + offs_k[:, None] * C_SK + offs_v[None, :] * C_SV,
+            C_ST + (bh * NC + c) * DHQK * DHHV + offs_k[:, None] * DHHV + offs_v[None, :],
             mask=mask_k[:, None] & mask_v[None, :],
             other=0.0,
         )

@@ -1,0 +1,130 @@
+"""Device check of 16-bit chunk states, per tile config: the store path (fw_states writing bf16 vs fp32 states
+cast afterwards: must be bit-identical) and the load path (fw_output reading bf16 states vs the same values
+stored as fp32: must give the same h). On Triton 3.6 / H100 the load path is wrong with 2 pipeline stages for
+some tiles (results/h100/bf16_state_loads.log); rerun after a Triton upgrade before allowing 2 stages
+(``kernels.mlstm.tfla.STATE_READERS``). Usage: ``python scripts/check_state_loads.py`` (CUDA only)."""
+
+from __future__ import annotations
+
+import itertools
+import sys
+
+import torch
+import triton
+
+import kernels.mlstm.tfla as T
+from kernels.mlstm.chunk_fw import fw_chunk_output_kernel, fw_chunk_states_kernel
+
+B, NH, S, DK, DV, L = 2, 4, 2048, 256, 512, 128
+dev, dt = "cuda", torch.bfloat16
+torch.manual_seed(0)
+q = torch.randn(B * NH, S, DK, device=dev, dtype=dt)
+k = torch.randn(B * NH, S, DK, device=dev, dtype=dt)
+v = torch.randn(B * NH, S, DV, device=dev, dtype=dt)
+i = torch.randn(B, NH, S, device=dev) * 2
+f = torch.randn(B, NH, S, device=dev) * 2 + 3
+BH, NC = B * NH, S // L
+SP = NC * L
+f32 = dict(dtype=torch.float32, device=dev)
+
+
+def states(variant: str, sdt: torch.dtype, tiles: T.KernelTiles):
+    gb, gi = T._gate_arrays(i, f, variant, L)
+    c = torch.full((BH, NC, DK, DV), float("nan"), dtype=sdt, device=dev)
+    last = torch.empty(BH, DK, DV, **f32)
+    n = torch.empty(BH, NC + 1, DK, **f32)
+    m = torch.empty(BH, NC + 1, **f32)
+    fw_chunk_states_kernel[(triton.cdiv(DK, tiles.BK), triton.cdiv(DV, tiles.BV), BH)](
+        k,
+        v,
+        gb,
+        gi,
+        last,
+        n,
+        m,
+        c,
+        n,
+        m,
+        last,
+        S,
+        SP,
+        NC,
+        DK,
+        DV,
+        L=L,
+        BL=tiles.BQ,
+        BK=tiles.BK,
+        BV=tiles.BV,
+        EXP=variant == "exp",
+        HAS_INIT=False,
+        DOT_PREC="tf32",
+        **tiles.launch(),
+    )
+    return gb, gi, c, n, m
+
+
+def output(variant, gb, gi, c, n, m, tiles):
+    h = torch.full((BH, S, DV), float("nan"), dtype=dt, device=dev)
+    m_tok = T.stabilizer_per_token(gb, gi, m, L) if variant == "exp" else torch.zeros(BH, SP, **f32)
+    z = torch.empty(BH, SP, **f32)
+    fw_chunk_output_kernel[(triton.cdiv(DV, tiles.BV), NC * (L // tiles.BQ), BH)](
+        q,
+        k,
+        v,
+        gb,
+        gi,
+        c,
+        n,
+        m,
+        h,
+        m_tok,
+        z,
+        S,
+        SP,
+        NC,
+        DK,
+        DV,
+        DK**-0.5,
+        1e-6,
+        L=L,
+        BQ=tiles.BQ,
+        BKV=tiles.BKV,
+        BK=tiles.BK,
+        BV=tiles.BV,
+        EXP=variant == "exp",
+        NORMALIZE=True,
+        DOT_PREC="tf32",
+        **tiles.launch(),
+    )
+    torch.cuda.synchronize()
+    return h
+
+
+def rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+for variant in ("sig", "exp"):
+    print(f"== {variant}: store path (fw_states bf16 vs fp32 cast), per tile")
+    ref32 = states(variant, torch.float32, T.GPU_TILES.fw_states)
+    for bk, bv, w, st in itertools.product((64, 128), (64, 128), (4, 8), (1, 2, 3)):
+        t = T.KernelTiles(BK=bk, BV=bv, num_warps=w, num_stages=st)
+        c16 = states(variant, dt, t)[2]
+        d = (c16.float() - ref32[2].to(dt).float()).abs().max().item()
+        print(f"  states BK{bk} BV{bv} w{w} s{st}: max|bf16 - fp32.to(bf16)| = {d:.3g} nan={c16.isnan().any().item()}")
+    gb, gi, c32, n, m = ref32
+    cb = c32.to(dt)
+    h_ref = output(variant, gb, gi, cb.float(), n, m, T.GPU_TILES.fw_output)
+    print(f"== {variant}: load path (fw_output, bf16 C vs the same values in fp32)")
+    for bk, bv, w, st in itertools.product((64, 128), (64, 128, 256), (4, 8), (1, 2, 3)):
+        t = T.KernelTiles(BK=bk, BV=bv, num_warps=w, num_stages=st)
+        try:
+            hb = output(variant, gb, gi, cb, n, m, t)
+            hf = output(variant, gb, gi, cb.float(), n, m, t)
+        except Exception as e:  # noqa: BLE001
+            print(f"  out BK{bk} BV{bv} w{w} s{st}: {type(e).__name__}")
+            continue
+        print(
+            f"  out BK{bk} BV{bv} w{w} s{st}: bf16 vs fp32 states {rel(hb, hf):.3g}, vs the table's tiles {rel(hf, h_ref):.3g}"
+        )
+sys.stdout.flush()
