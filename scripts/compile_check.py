@@ -73,7 +73,7 @@ def main() -> int:
                 (chunk_bw.bw_chunk_dq_kernel, dtype, dict(base, **tiles)),
                 (chunk_bw.bw_chunk_dk_kernel, dtype, dict(base, **tiles)),
                 (chunk_bw.bw_chunk_dv_kernel, dtype, dict(base, **tiles)),
-                (fused_fw.fw_fused_kernel, dtype, dict(base, BQ=32, BKF=256, BV=64, NORMALIZE=exp, **fused_flags)),
+                (fused_fw.fw_fused_kernel, dtype, dict(base, BQ=32, BKF=128, BV=64, NORMALIZE=exp, **fused_flags)),
             ]
     cases += [(chunk_bw.row_dot_kernel, dtype, dict(BR=64, BD=64)) for dtype in ("bf16", "fp16", "fp32")]
     for kernel, dtype, constexprs in cases:

@@ -621,7 +621,8 @@ def mlstm_tfla(
     ``tiles`` overrides the tile table of ``choose_tiles`` (for tuning; clamped to the problem).
     ``fused`` picks the forward: ``True`` the one-kernel inference forward (``fused_fw``: chunk states stay
     on chip, nothing is kept for a backward), ``False`` the two-kernel TFLA forward that materializes the
-    chunk states, ``None`` (default) the fused one when no gradient is needed and ``fused_supported``.
+    chunk states, ``None`` (default) the fused one for 16-bit inputs when no gradient is needed and
+    ``fused_supported``.
     """
     check_inputs(q, k, v, i, f, initial, variant, chunk_size)
     if tiles is not None:
@@ -629,8 +630,8 @@ def mlstm_tfla(
     states = (initial.C, initial.n, initial.m) if initial is not None else ()
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, i, f, *states))
     why_not = fused_supported(chunk_size, q.shape[-1])
-    if fused is None:
-        fused = not needs_grad and tiles is None and why_not is None
+    if fused is None:  # fp32 inputs keep the two-kernel forward: fp32 tiles spill heavily in the fused kernel
+        fused = not needs_grad and tiles is None and why_not is None and q.dtype != torch.float32
     elif fused and (needs_grad or why_not):
         reason = why_not or "it computes no gradients: run it under torch.no_grad() or on inputs without requires_grad"
         raise ValueError(f"fused=True is not possible here: {reason}")
