@@ -2,12 +2,14 @@
 cast afterwards: must be bit-identical) and the load path (fw_output reading bf16 states vs the same values
 stored as fp32: must give the same h). On Triton 3.6 / H100 the load path is wrong with 2 pipeline stages for
 some tiles (results/h100/bf16_state_loads.log); rerun after a Triton upgrade before allowing 2 stages
-(``kernels.mlstm.tfla.STATE_READERS``). Usage: ``python scripts/check_state_loads.py`` (CUDA only)."""
+(``kernels.mlstm.tfla.STATE_READERS``). Usage: ``python scripts/check_state_loads.py [--chunk 128] [--variants sig,exp]`` (CUDA only)."""
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import sys
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -15,20 +17,35 @@ import triton
 import kernels.mlstm.tfla as T
 from kernels.mlstm.chunk_fw import fw_chunk_output_kernel, fw_chunk_states_kernel
 
-B, NH, S, DK, DV, L = 2, 4, 2048, 256, 512, 128
 dev, dt = "cuda", torch.bfloat16
-torch.manual_seed(0)
-q = torch.randn(B * NH, S, DK, device=dev, dtype=dt)
-k = torch.randn(B * NH, S, DK, device=dev, dtype=dt)
-v = torch.randn(B * NH, S, DV, device=dev, dtype=dt)
-i = torch.randn(B, NH, S, device=dev) * 2
-f = torch.randn(B, NH, S, device=dev) * 2 + 3
-BH, NC = B * NH, S // L
-SP = NC * L
 f32 = dict(dtype=torch.float32, device=dev)
 
 
-def states(variant: str, sdt: torch.dtype, tiles: T.KernelTiles):
+@dataclass
+class Problem:
+    """Random bf16 inputs: q, k (BH, S, DK), v (BH, S, DV), gates (B, NH, S); chunk size L."""
+
+    L: int
+    B: int = 2
+    NH: int = 4
+    S: int = 2048
+    DK: int = 256
+    DV: int = 512
+
+    def __post_init__(self) -> None:
+        torch.manual_seed(0)
+        self.BH, self.NC = self.B * self.NH, self.S // self.L
+        self.SP = self.NC * self.L
+        self.q = torch.randn(self.BH, self.S, self.DK, device=dev, dtype=dt)
+        self.k = torch.randn(self.BH, self.S, self.DK, device=dev, dtype=dt)
+        self.v = torch.randn(self.BH, self.S, self.DV, device=dev, dtype=dt)
+        self.i = torch.randn(self.B, self.NH, self.S, device=dev) * 2
+        self.f = torch.randn(self.B, self.NH, self.S, device=dev) * 2 + 3
+
+
+def states(P: Problem, variant: str, sdt: torch.dtype, tiles: T.KernelTiles):
+    S, DK, DV, L, BH, NC, SP = P.S, P.DK, P.DV, P.L, P.BH, P.NC, P.SP
+    i, f, k, v = P.i, P.f, P.k, P.v
     gb, gi = T._gate_arrays(i, f, variant, L)
     c = torch.full((BH, NC, DK, DV), float("nan"), dtype=sdt, device=dev)
     last = torch.empty(BH, DK, DV, **f32)
@@ -63,7 +80,9 @@ def states(variant: str, sdt: torch.dtype, tiles: T.KernelTiles):
     return gb, gi, c, n, m
 
 
-def output(variant, gb, gi, c, n, m, tiles):
+def output(P: Problem, variant, gb, gi, c, n, m, tiles):
+    S, DK, DV, L, BH, NC, SP = P.S, P.DK, P.DV, P.L, P.BH, P.NC, P.SP
+    q, k, v = P.q, P.k, P.v
     h = torch.full((BH, S, DV), float("nan"), dtype=dt, device=dev)
     m_tok = T.stabilizer_per_token(gb, gi, m, L) if variant == "exp" else torch.zeros(BH, SP, **f32)
     z = torch.empty(BH, SP, **f32)
@@ -104,27 +123,41 @@ def rel(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
-for variant in ("sig", "exp"):
-    print(f"== {variant}: store path (fw_states bf16 vs fp32 cast), per tile")
-    ref32 = states(variant, torch.float32, T.GPU_TILES.fw_states)
-    for bk, bv, w, st in itertools.product((64, 128), (64, 128), (4, 8), (1, 2, 3)):
-        t = T.KernelTiles(BK=bk, BV=bv, num_warps=w, num_stages=st)
-        c16 = states(variant, dt, t)[2]
-        d = (c16.float() - ref32[2].to(dt).float()).abs().max().item()
-        print(f"  states BK{bk} BV{bv} w{w} s{st}: max|bf16 - fp32.to(bf16)| = {d:.3g} nan={c16.isnan().any().item()}")
-    gb, gi, c32, n, m = ref32
-    cb = c32.to(dt)
-    h_ref = output(variant, gb, gi, cb.float(), n, m, T.GPU_TILES.fw_output)
-    print(f"== {variant}: load path (fw_output, bf16 C vs the same values in fp32)")
-    for bk, bv, w, st in itertools.product((64, 128), (64, 128, 256), (4, 8), (1, 2, 3)):
-        t = T.KernelTiles(BK=bk, BV=bv, num_warps=w, num_stages=st)
-        try:
-            hb = output(variant, gb, gi, cb, n, m, t)
-            hf = output(variant, gb, gi, cb.float(), n, m, t)
-        except Exception as e:  # noqa: BLE001
-            print(f"  out BK{bk} BV{bv} w{w} s{st}: {type(e).__name__}")
-            continue
-        print(
-            f"  out BK{bk} BV{bv} w{w} s{st}: bf16 vs fp32 states {rel(hb, hf):.3g}, vs the table's tiles {rel(hf, h_ref):.3g}"
-        )
-sys.stdout.flush()
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--chunk", type=int, default=128)
+    p.add_argument("--variants", default="sig,exp")
+    a = p.parse_args()
+    P = Problem(a.chunk)
+    print(f"B={P.B} NH={P.NH} S={P.S} DHQK={P.DK} DHHV={P.DV} chunk {P.L}")
+    for variant in a.variants.split(","):
+        print(f"== {variant}: store path (fw_states bf16 vs fp32 cast), per tile")
+        ref32 = states(P, variant, torch.float32, T.GPU_TILES.fw_states)
+        for bk, bv, w, st in itertools.product((64, 128), (64, 128), (4, 8), (1, 2, 3)):
+            t = T.KernelTiles(BK=bk, BV=bv, num_warps=w, num_stages=st)
+            c16 = states(P, variant, dt, t)[2]
+            d = (c16.float() - ref32[2].to(dt).float()).abs().max().item()
+            print(
+                f"  states BK{bk} BV{bv} w{w} s{st}: max|bf16 - fp32.to(bf16)| = {d:.3g} nan={c16.isnan().any().item()}"
+            )
+        gb, gi, c32, n, m = ref32
+        cb = c32.to(dt)
+        h_ref = output(P, variant, gb, gi, cb.float(), n, m, T.GPU_TILES.fw_output)
+        print(f"== {variant}: load path (fw_output, bf16 C vs the same values in fp32)")
+        for bk, bv, w, st in itertools.product((64, 128), (64, 128, 256), (4, 8), (1, 2, 3)):
+            t = T.KernelTiles(BK=bk, BV=bv, num_warps=w, num_stages=st)
+            try:
+                hb = output(P, variant, gb, gi, cb, n, m, t)
+                hf = output(P, variant, gb, gi, cb.float(), n, m, t)
+            except Exception as e:  # noqa: BLE001
+                print(f"  out BK{bk} BV{bv} w{w} s{st}: {type(e).__name__}")
+                continue
+            print(
+                f"  out BK{bk} BV{bv} w{w} s{st}: bf16 vs fp32 states {rel(hb, hf):.3g}, vs the table's tiles {rel(hf, h_ref):.3g}"
+            )
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -18,7 +18,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from kernels.mlstm import chunk_bw, chunk_fw, fused_fw
+from kernels.mlstm import chunk_bw, chunk_fw
 
 TARGET = GPUTarget("cuda", 90, 32)
 
@@ -60,7 +60,6 @@ def main() -> int:
     parser.add_argument("--spills", action="store_true", help="print registers and spilled bytes per thread (ptxas)")
     show_spills = parser.parse_args().spills
     tiles = dict(BQ=64, BKV=64, BK=64, BV=64)
-    fused_flags = dict(HAS_INIT=True, LAST_STATES=True)
     cases = []
     for exp in (True, False):
         for dtype in ("bf16", "fp16", "fp32"):
@@ -73,7 +72,6 @@ def main() -> int:
                 (chunk_bw.bw_chunk_dq_kernel, dtype, dict(base, **tiles)),
                 (chunk_bw.bw_chunk_dk_kernel, dtype, dict(base, **tiles)),
                 (chunk_bw.bw_chunk_dv_kernel, dtype, dict(base, **tiles)),
-                (fused_fw.fw_fused_kernel, dtype, dict(base, BQ=32, BKF=128, BV=64, NORMALIZE=exp, **fused_flags)),
             ]
     cases += [(chunk_bw.row_dot_kernel, dtype, dict(BR=64, BD=64)) for dtype in ("bf16", "fp16", "fp32")]
     for kernel, dtype, constexprs in cases:

@@ -3,9 +3,8 @@
 Runs the full problem (default B=8, NH=8, S=8192, DHQK=256, DHHV=512) through our kernels for each
 chunk size and compares two (batch, head) slices with the float64 parallel reference (heads are
 independent). Also compares mLSTMsig with the official ``mlstm_kernels`` ``xl_chunk_siging`` kernel when
-it is importable, and prints fw / fwbw times (``triton.testing.do_bench``, median ms). Chunks up to
-``FUSED_MAX_CHUNK`` also run the fused inference forward (``err_h_fused``, ``fw_fused_ms``; ``fw_ms`` is the
-two-kernel forward).
+it is importable, and prints fw / fwbw times (``triton.testing.do_bench``, median ms). ``--reader-stages N``
+runs the kernels that read the 16-bit chunk states (``STATE_READERS``) with N pipeline stages.
 Usage: ``python scripts/gpu_check.py [--seq-len 8192] [--chunks 64,128,256,512,1024] [--out results.csv]``.
 """
 
@@ -13,18 +12,27 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 
 import torch
 import triton.testing
 
 from kernels.mlstm.reference import mlstm_parallel
-from kernels.mlstm.tfla import fused_supported, mlstm_tfla
+from kernels.mlstm.tfla import STATE_READERS, TileConfig, choose_tiles, mlstm_tfla
 
 NAMES = ("h", "dq", "dk", "dv", "di", "df")
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def reader_tiles(chunk: int, dhqk: int, dhhv: int, variant: str, stages: int) -> TileConfig | None:
+    """The GPU tile table with ``stages`` pipeline stages for the ``STATE_READERS`` (None for 0: the default)."""
+    if stages == 0:
+        return None
+    tiles = choose_tiles(chunk, dhqk, dhhv, interpret=False, variant=variant)
+    return replace(tiles, **{n: replace(getattr(tiles, n), num_stages=stages) for n in STATE_READERS})
 
 
 def main() -> int:
@@ -36,6 +44,7 @@ def main() -> int:
     p.add_argument("--dv", type=int, default=512)
     p.add_argument("--chunks", default="64,128,256,512,1024")
     p.add_argument("--tol", type=float, default=2e-2)
+    p.add_argument("--reader-stages", type=int, default=0, help="stages of the STATE_READERS (0: the table's)")
     p.add_argument("--out", default="")
     a = p.parse_args()
     B, NH, S, DK, DV = a.batch, a.heads, a.seq_len, a.dqk, a.dv
@@ -59,7 +68,8 @@ def main() -> int:
             del h_ref, grads, ins
         for L in [int(c) for c in a.chunks.split(",")]:
             ins = [x.clone().requires_grad_() for x in (q, k, v, i, f)]
-            h = mlstm_tfla(*ins, variant=variant, chunk_size=L)
+            tiles = reader_tiles(L, DK, DV, variant, a.reader_stages)
+            h = mlstm_tfla(*ins, variant=variant, chunk_size=L, tiles=tiles)
             got = (h, *torch.autograd.grad(h, ins, dh))
             errs = [
                 max(rel(g[bi : bi + 1, hi : hi + 1], r[j]) for (bi, hi), r in zip(slices, refs))
@@ -67,25 +77,13 @@ def main() -> int:
             ]
             nan = any(not torch.isfinite(g).all() for g in got)
             fw_ms = triton.testing.do_bench(
-                lambda: mlstm_tfla(q, k, v, i, f, variant=variant, chunk_size=L, fused=False),
+                lambda: mlstm_tfla(q, k, v, i, f, variant=variant, chunk_size=L, tiles=tiles),
                 return_mode="median",
             )
-            err_fused, fused_ms = float("nan"), float("nan")
-            if fused_supported(L, DK) is None:
-                with torch.no_grad():
-                    h_fused = mlstm_tfla(q, k, v, i, f, variant=variant, chunk_size=L, fused=True)
-                    nan |= not torch.isfinite(h_fused).all()
-                    err_fused = max(rel(h_fused[bi : bi + 1, hi : hi + 1], r[0]) for (bi, hi), r in zip(slices, refs))
-                    errs.append(err_fused)
-                    fused_ms = triton.testing.do_bench(
-                        lambda: mlstm_tfla(q, k, v, i, f, variant=variant, chunk_size=L, fused=True),
-                        return_mode="median",
-                    )
-                    del h_fused
 
             def fwbw() -> None:
                 xs = [x.detach().requires_grad_() for x in (q, k, v, i, f)]
-                mlstm_tfla(*xs, variant=variant, chunk_size=L).backward(dh)
+                mlstm_tfla(*xs, variant=variant, chunk_size=L, tiles=tiles).backward(dh)
 
             fwbw_ms = triton.testing.do_bench(fwbw, return_mode="median")
             ok = not nan and max(errs) < a.tol
@@ -94,10 +92,8 @@ def main() -> int:
                 (
                     f"tfla.mlstm_{variant}",
                     L,
-                    *errs[: len(NAMES)],
-                    err_fused,
+                    *errs,
                     fw_ms,
-                    fused_ms,
                     fwbw_ms,
                     "ok" if ok else "FAIL",
                 )
@@ -153,9 +149,7 @@ def main() -> int:
                         "official xl_chunk_siging (err: ours vs it)",
                         L,
                         *errs,
-                        float("nan"),
                         fw_ms,
-                        float("nan"),
                         triton.testing.do_bench(fwbw_off, return_mode="median"),
                         "info",
                     )
@@ -168,9 +162,7 @@ def main() -> int:
         "kernel",
         "chunk",
         *[f"err_{n}" for n in NAMES],
-        "err_h_fused",
         "fw_ms",
-        "fw_fused_ms",
         "fwbw_ms",
         "status",
     )

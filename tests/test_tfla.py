@@ -21,7 +21,6 @@ from kernels.mlstm.accuracy import (
     SHAPES,
     AccuracyCase,
     gate_extreme_case,
-    inference_errors,
     relative_errors,
     signed_input_case,
 )
@@ -145,75 +144,18 @@ def test_bad_tiles_name_the_field(field: str, value: int, message: str) -> None:
         mlstm_tfla(q, k, v, i, f, chunk_size=32, tiles={"BQ": 64})
 
 
-def _check_inference(case: AccuracyCase) -> None:
-    errors = inference_errors(case)
-    assert set(errors) == {"h", "last_C", "last_n"} | ({"last_m"} if case.variant == "exp" else set())
-    for name, err in errors.items():
-        assert err < TOL[case.dtype], f"fused forward {name}: relative error {err:.2e} >= {TOL[case.dtype]}"
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "-".join(map(str, s)))
-def test_fused_inference_forward(shape: tuple, dtype: torch.dtype) -> None:
-    _check_inference(AccuracyCase(*shape[:6], dtype, shape[6]))
-
-
-@pytest.mark.parametrize("variant", ["exp", "sig"])
-@pytest.mark.parametrize("f_shift,i_scale", GATE_EXTREMES)
-def test_fused_inference_forward_with_extreme_gates(f_shift: float, i_scale: float, variant: str) -> None:
-    for dtype in (torch.float32, torch.float16):
-        _check_inference(gate_extreme_case(variant, f_shift, i_scale, dtype))
-
-
-def test_forward_dispatch(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The fused forward runs for 16-bit inputs when no gradient is needed and the chunk fits; the TFLA path
-    otherwise (fp32 inputs, gradients, chunks over 128), and ``fused=True`` says why it cannot run."""
-    calls = []
-    fused_forward = tfla._fused_forward
-    monkeypatch.setattr(tfla, "_fused_forward", lambda *a: calls.append(a) or fused_forward(*a))
-    x32 = _good()
-    q, k, v, i, f = [t.half() for t in x32[:3]] + x32[3:]
-    with torch.no_grad():
-        h_fused = mlstm_tfla(q, k, v, i, f, chunk_size=16)
-        assert len(calls) == 1
-        h_tfla = mlstm_tfla(q, k, v, i, f, chunk_size=16, fused=False)
-        mlstm_tfla(*x32, chunk_size=16)
-        assert len(calls) == 1
-    assert (h_fused.float() - h_tfla.float()).abs().max() < 5e-3 * h_tfla.float().abs().max()
-    q.requires_grad_()
-    mlstm_tfla(q, k, v, i, f, chunk_size=16).float().sum().backward()
-    assert len(calls) == 1 and q.grad is not None
-    with pytest.raises(ValueError, match="fused=True is not possible here: it computes no gradients"):
-        mlstm_tfla(q, k, v, i, f, chunk_size=16, fused=True)
-    long = [torch.randn(1, 1, 300, 16).half() for _ in range(3)] + [torch.randn(1, 1, 300), torch.randn(1, 1, 300)]
-    with torch.no_grad(), pytest.raises(ValueError, match="chunk_size must be at most 128 for the fused forward"):
-        mlstm_tfla(*long, chunk_size=256, fused=True)
-    with torch.no_grad():
-        mlstm_tfla(*long, chunk_size=256)
-    assert len(calls) == 1
-
-
-def test_16bit_states_never_load_in_a_two_stage_pipeline() -> None:
-    """Triton 3.6 on the H100 miscompiles 16-bit chunk-state loads with 2 stages (docs/performance.md, v2)."""
-    tiles = replace(
-        TileConfig.uniform(KernelTiles(num_stages=2)),
-        fw_states=KernelTiles(num_stages=3),
-        bw_dq=KernelTiles(num_stages=3),
-    )
+def test_16bit_states_load_without_software_pipelining() -> None:
+    """Triton 3.6 on the H100 miscompiles pipelined 16-bit chunk-state loads (docs/performance.md, v2)."""
+    tiles = replace(TileConfig.uniform(KernelTiles(num_stages=2)), fw_states=KernelTiles(num_stages=3))
     for dtype in (torch.bfloat16, torch.float16):
-        fixed = tfla.without_two_stage_state_loads(tiles, dtype)
-        assert {n: getattr(fixed, n).num_stages for n in tfla.KERNELS} == {
-            "fw_states": 3,
-            "fw_output": 1,
-            "bw_states": 1,
-            "bw_dq": 3,
-            "bw_dk": 2,
-            "bw_dv": 2,
-        }
-    assert tfla.without_two_stage_state_loads(tiles, torch.float32) == tiles
-    for dtype in (torch.bfloat16, torch.float16, torch.float32):
-        table = tfla.choose_tiles(128, 256, 512, interpret=False, dtype=dtype)
-        assert tfla.without_two_stage_state_loads(table, dtype) == table, "the tuned table needs no fix-up"
+        for chunk in (64, 128, 1024):
+            table = tfla.choose_tiles(chunk, 256, 512, interpret=False, dtype=dtype)
+            for config in (tiles, table):
+                fixed = tfla.single_stage_state_loads(config, dtype)
+                stages = {n: getattr(fixed, n).num_stages for n in tfla.KERNELS}
+                assert {n: stages[n] for n in tfla.STATE_READERS} == dict.fromkeys(tfla.STATE_READERS, 1)
+                assert all(stages[n] == getattr(config, n).num_stages for n in stages if n not in tfla.STATE_READERS)
+    assert tfla.single_stage_state_loads(tiles, torch.float32) == tiles
 
 
 def test_multiple_batches_and_heads() -> None:

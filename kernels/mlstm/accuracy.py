@@ -123,35 +123,6 @@ def _term_scales(
     return norms
 
 
-def _run_kernel(case: AccuracyCase, inputs: list[torch.Tensor], fused: bool | None) -> tuple[torch.Tensor, MLSTMStates]:
-    initial = MLSTMStates(*inputs[5:]) if case.with_states else None
-    kw = dict(variant=case.variant, normalize=case.normalize, chunk_size=case.L, tiles=case.tiles, fused=fused)
-    return mlstm_tfla(*inputs[:5], initial=initial, return_last_states=True, **kw)
-
-
-def _forward_errors(
-    case: AccuracyCase, got: tuple[torch.Tensor, MLSTMStates], ref: tuple[torch.Tensor, MLSTMStates]
-) -> dict[str, float]:
-    """Errors of ``h`` and of the last states (``last_C``, ``last_n``, ``last_m`` for mLSTMexp)."""
-    (h, last), (h_ref, last_ref) = got, ref
-    if h.dtype != case.dtype or h.shape != h_ref.shape:
-        raise AssertionError(f"h is {h.dtype} {tuple(h.shape)}, expected {case.dtype} {tuple(h_ref.shape)}")
-    errors = {"h": relative_error(h, h_ref)}
-    for name in ("C", "n") + (("m",) if case.variant == "exp" else ()):
-        errors[f"last_{name}"] = relative_error(getattr(last, name), getattr(last_ref, name))
-    return errors
-
-
-def inference_errors(case: AccuracyCase, device: str = "cpu") -> dict[str, float]:
-    """One fresh draw through the fused inference forward (no autograd): errors of ``h`` and the last states."""
-    inputs = [x.to(device) for x in case.inputs()]
-    initial = MLSTMStates(*[x.double() for x in inputs[5:]]) if case.with_states else None
-    kw = dict(variant=case.variant, normalize=case.normalize)
-    with torch.no_grad():
-        ref = mlstm_recurrent(*[x.double() for x in inputs[:5]], initial=initial, **kw)
-        return _forward_errors(case, _run_kernel(case, inputs, fused=True), ref)
-
-
 def relative_errors(case: AccuracyCase, device: str = "cpu") -> dict[str, float]:
     """One fresh draw: errors of ``h``, the last states (``last_C``, ``last_n``, ``last_m``) and every gradient.
 
@@ -171,10 +142,17 @@ def relative_errors(case: AccuracyCase, device: str = "cpu") -> dict[str, float]
     ref_in = [x.double().requires_grad_() for x in inputs]
     ker_in = [x.clone().requires_grad_() for x in inputs]
     ref_init = MLSTMStates(*ref_in[5:]) if case.with_states else None
+    ker_init = MLSTMStates(*ker_in[5:]) if case.with_states else None
     kw = dict(variant=case.variant, normalize=case.normalize)
     h_ref, last_ref = mlstm_recurrent(*ref_in[:5], initial=ref_init, **kw)
-    h, last = _run_kernel(case, ker_in, fused=False)
-    errors = _forward_errors(case, (h, last), (h_ref, last_ref))
+    h, last = mlstm_tfla(
+        *ker_in[:5], chunk_size=case.L, initial=ker_init, return_last_states=True, tiles=case.tiles, **kw
+    )
+    if h.dtype != case.dtype or h.shape != h_ref.shape:
+        raise AssertionError(f"h is {h.dtype} {tuple(h.shape)}, expected {case.dtype} {tuple(h_ref.shape)}")
+    errors = {"h": relative_error(h, h_ref)}
+    for name in ("C", "n") + (("m",) if case.variant == "exp" else ()):
+        errors[f"last_{name}"] = relative_error(getattr(last, name), getattr(last_ref, name))
     dh = torch.randn_like(h_ref)
     dC, dn = torch.randn_like(last_ref.C), torch.randn_like(last_ref.n)
     loss_ref = (h_ref * dh).sum() + (last_ref.C * dC).sum() + (last_ref.n * dn).sum()

@@ -23,7 +23,6 @@ from kernels.mlstm.chunk_bw import (
     row_dot_kernel,
 )
 from kernels.mlstm.chunk_fw import fw_chunk_output_kernel, fw_chunk_states_kernel
-from kernels.mlstm.fused_fw import fw_fused_kernel
 from kernels.mlstm.reference import VARIANTS, MLSTMStates
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -80,19 +79,20 @@ class TileConfig:
 
 # Measured on the H100 (scripts/tune_tiles.py, bf16, chunk 128, at DHQK/DHHV 128/256 and 256/512; see
 # docs/performance.md): each kernel splits its grid over one head dim (the wide tile) and loops over the
-# other, so a wide split tile cuts the recomputed inner products. The kernels that read the 16-bit chunk
-# states use 3 stages (see STATE_READERS).
+# other, so a wide split tile cuts the recomputed inner products. The kernels that read 16-bit chunk
+# states run with 1 stage (see STATE_READERS).
 GPU_TILES = TileConfig(
     fw_states=KernelTiles(BK=64, BV=128, num_warps=4, num_stages=3),
-    fw_output=KernelTiles(BK=64, BV=256, num_warps=4, num_stages=3),
+    fw_output=KernelTiles(BK=64, BV=256, num_warps=4, num_stages=2),
     bw_states=KernelTiles(BK=64, BV=128, num_warps=4, num_stages=3),
     bw_dq=KernelTiles(BK=128, BV=64, num_warps=4, num_stages=3),
     bw_dk=KernelTiles(BK=128, BV=64, num_warps=4, num_stages=3),
     bw_dv=KernelTiles(BK=64, BV=256, num_warps=4, num_stages=2),
 )
 # Kernels that load the stored chunk states C_ST. With 16-bit states, Triton 3.6 on the H100 miscompiles
-# those loads in a 2-stage software pipeline for some tiles (h off by 1e-2..1e-1 while the same values
-# stored as fp32 give exact results; 1 and 3 stages exact for every tile tried: docs/performance.md, v2).
+# those loads in a software pipeline (2 stages at chunk 128, 2 and 3 stages at chunk 64, for some tiles:
+# h off by 1e-2..1e-1 while the same values stored as fp32 give exact results). With 1 stage they were
+# exact for every tile and chunk size tried (docs/performance.md, v2; scripts/check_state_loads.py).
 STATE_READERS = ("fw_output", "bw_states", "bw_dq")
 INTERPRETER_TILES = TileConfig.uniform(KernelTiles(BQ=16, BKV=16, BK=32, BV=32))
 
@@ -114,12 +114,11 @@ def choose_tiles(
     return config.fit(chunk_size, dhqk, dhhv)
 
 
-def without_two_stage_state_loads(tiles: TileConfig, dtype: torch.dtype) -> TileConfig:
-    """For 16-bit states, run the ``STATE_READERS`` with 1 stage where a tile asks for 2 (see ``STATE_READERS``)."""
+def single_stage_state_loads(tiles: TileConfig, dtype: torch.dtype) -> TileConfig:
+    """For 16-bit states, run the ``STATE_READERS`` without software pipelining (1 stage; see ``STATE_READERS``)."""
     if state_dtype(dtype) == torch.float32:
         return tiles
-    fixed = {n: replace(getattr(tiles, n), num_stages=1) for n in STATE_READERS if getattr(tiles, n).num_stages == 2}
-    return replace(tiles, **fixed)
+    return replace(tiles, **{n: replace(getattr(tiles, n), num_stages=1) for n in STATE_READERS})
 
 
 def interpreting() -> bool:
@@ -286,7 +285,7 @@ class _TFLAFunction(torch.autograd.Function):
         NC = triton.cdiv(S, L)
         SP = NC * L
         tiles = tiles.fit(L, DHQK, DHHV) if tiles else choose_tiles(L, DHQK, DHHV, interpreting(), variant, q.dtype)
-        tiles = without_two_stage_state_loads(tiles, q.dtype)
+        tiles = single_stage_state_loads(tiles, q.dtype)
         ts, to = tiles.fw_states, tiles.fw_output
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         gate_b, gate_i = _gate_arrays(i, f, variant, L)
@@ -515,91 +514,6 @@ class _TFLAFunction(torch.autograd.Function):
         return dq, dk, dv, di, df, dC0, dn0, dm0, None, None, None, None, None
 
 
-# The fused inference forward holds a chunk's L x L scores and a (padded DHQK) x BV state in registers.
-FUSED_MAX_CHUNK, FUSED_MAX_HEAD_DIM_QK = 128, 256
-
-
-def fused_supported(chunk_size: int, dhqk: int) -> str | None:
-    """Why the fused inference forward cannot run this problem, or None."""
-    if chunk_size > FUSED_MAX_CHUNK:
-        return f"chunk_size must be at most {FUSED_MAX_CHUNK} for the fused forward, got {chunk_size}"
-    if dhqk > FUSED_MAX_HEAD_DIM_QK:
-        return f"the q/k head dim must be at most {FUSED_MAX_HEAD_DIM_QK} for the fused forward, got {dhqk}"
-    return None
-
-
-def fused_tiles(chunk_size: int, dhqk: int, dhhv: int, interpret: bool) -> KernelTiles:
-    """Tiles of the fused forward: ``BQ`` the query / key blocks inside a chunk, ``BV`` the value slice of a
-    program, ``BK`` the whole padded DHQK (the carried state is ``BK x BV`` fp32 in registers)."""
-    bk = triton.next_power_of_2(dhqk)
-    # Not yet timed on the H100: blocks of 32 tokens are the widest without register spills at BK 128 / 256
-    # (ptxas -v for sm_90: 64-token blocks spill 20..800 bytes per thread); 8 warps hold a 256 x 64 state.
-    tiles = KernelTiles(BQ=16, BV=32) if interpret else KernelTiles(BQ=32, BV=64, num_warps=4 if bk <= 128 else 8)
-    return replace(tiles, BK=bk).fit(chunk_size, dhqk, dhhv)
-
-
-def _fused_forward(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    i: torch.Tensor,
-    f: torch.Tensor,
-    initial: MLSTMStates | None,
-    variant: str,
-    normalize: bool,
-    chunk_size: int,
-    eps: float,
-    last_states: bool,
-) -> tuple[torch.Tensor, MLSTMStates | None]:
-    """``h`` and (with ``last_states``) the fp32 last states from ``fw_fused_kernel`` (no autograd graph)."""
-    B, NH, S, DHQK = q.shape
-    DHHV = v.shape[-1]
-    BH, L = B * NH, chunk_size
-    NC = triton.cdiv(S, L)
-    t = fused_tiles(L, DHQK, DHHV, interpreting())
-    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    gate_b, gate_i = _gate_arrays(i, f, variant, L)
-    f32 = dict(dtype=torch.float32, device=q.device)
-    h = torch.empty(B, NH, S, DHHV, dtype=q.dtype, device=q.device)
-    shapes = ((B, NH, DHQK, DHHV), (B, NH, DHQK), (B, NH)) if last_states else ((1,), (1,), (1,))
-    c_last, n_last, m_last = (torch.empty(shape, **f32) for shape in shapes)
-    init = (
-        (initial.C.contiguous(), initial.n.contiguous(), initial.m.contiguous())
-        if initial
-        else (c_last, n_last, m_last)
-    )
-    fw_fused_kernel[(triton.cdiv(DHHV, t.BV), BH)](
-        q,
-        k,
-        v,
-        gate_b,
-        gate_i,
-        *init,
-        h,
-        c_last,
-        n_last,
-        m_last,
-        S,
-        NC * L,
-        NC,
-        DHQK,
-        DHHV,
-        DHQK**-0.5,
-        eps,
-        L=L,
-        BQ=t.BQ,
-        BKF=t.BK,
-        BV=t.BV,
-        EXP=variant == "exp",
-        NORMALIZE=normalize,
-        HAS_INIT=initial is not None,
-        LAST_STATES=last_states,
-        DOT_PREC=_dot_precision(q.dtype),
-        **t.launch(),
-    )
-    return h, MLSTMStates(c_last, n_last, m_last) if last_states else None
-
-
 def mlstm_tfla(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -614,31 +528,15 @@ def mlstm_tfla(
     return_last_states: bool = False,
     eps: float = 1e-6,
     tiles: TileConfig | None = None,
-    fused: bool | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, MLSTMStates]:
     """Chunkwise mLSTM with two levels of tiling. Differentiable in every tensor argument.
 
     ``tiles`` overrides the tile table of ``choose_tiles`` (for tuning; clamped to the problem).
-    ``fused`` picks the forward: ``True`` the one-kernel inference forward (``fused_fw``: chunk states stay
-    on chip, nothing is kept for a backward), ``False`` the two-kernel TFLA forward that materializes the
-    chunk states, ``None`` (default) the fused one for 16-bit inputs when no gradient is needed and
-    ``fused_supported``.
     """
     check_inputs(q, k, v, i, f, initial, variant, chunk_size)
     if tiles is not None:
         check_tiles(tiles)
-    states = (initial.C, initial.n, initial.m) if initial is not None else ()
-    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, i, f, *states))
-    why_not = fused_supported(chunk_size, q.shape[-1])
-    if fused is None:  # fp32 inputs keep the two-kernel forward: fp32 tiles spill heavily in the fused kernel
-        fused = not needs_grad and tiles is None and why_not is None and q.dtype != torch.float32
-    elif fused and (needs_grad or why_not):
-        reason = why_not or "it computes no gradients: run it under torch.no_grad() or on inputs without requires_grad"
-        raise ValueError(f"fused=True is not possible here: {reason}")
-    if fused:
-        h, last = _fused_forward(q, k, v, i, f, initial, variant, normalize, chunk_size, eps, return_last_states)
-        return (h, last) if return_last_states else h
-    C0, n0, m0 = states or (None, None, None)
+    C0, n0, m0 = (initial.C, initial.n, initial.m) if initial is not None else (None, None, None)
     h, C, n, m = _TFLAFunction.apply(q, k, v, i, f, C0, n0, m0, variant, normalize, chunk_size, eps, tiles)
     if return_last_states:
         return h, MLSTMStates(C, n, m)
