@@ -20,7 +20,7 @@ from dataclasses import asdict, replace
 
 import torch
 
-from kernels.mlstm.tfla import KERNELS, KernelTiles, TileConfig, choose_tiles, mlstm_tfla
+from kernels.mlstm.tfla import KERNELS, STATE_READERS, KernelTiles, TileConfig, choose_tiles, mlstm_tfla
 
 # Kernel -> (the head-dim tile its grid is split over, the one it loops over inside).
 SPLIT = {
@@ -42,17 +42,19 @@ PROFILE_NAMES = {
 
 
 def candidates(kernel: str) -> list[KernelTiles]:
-    """Head-dim tiles 64..256 on the split dim, 64/128 inside; 4/8 warps; 2/3 stages; token tiles 64 (and 128)."""
+    """Head-dim tiles 64..256 on the split dim, 64/128 inside; 4/8 warps; 2/3 stages (1 for the kernels that
+    read the bf16 chunk states: ``STATE_READERS`` never pipeline them); token tiles 64 (and 128)."""
     split, inner = SPLIT[kernel]
+    stages = (1,) if kernel in STATE_READERS else (2, 3)
     out = []
-    for s, i, w, st in itertools.product((64, 128, 256), (64, 128), (4, 8), (2, 3)):
+    for s, i, w, st in itertools.product((64, 128, 256), (64, 128), (4, 8), stages):
         out.append(KernelTiles(**{split: s, inner: i}, num_warps=w, num_stages=st))
     for s in (64, 128):
-        out.append(KernelTiles(BQ=128, BKV=128, **{split: s, inner: 64}, num_warps=8, num_stages=2))
+        out.append(KernelTiles(BQ=128, BKV=128, **{split: s, inner: 64}, num_warps=8, num_stages=stages[0]))
     if kernel in ("fw_output", "bw_dq"):
-        out.append(KernelTiles(BQ=128, BKV=64, **{split: 64, inner: 64}, num_warps=8, num_stages=2))
+        out.append(KernelTiles(BQ=128, BKV=64, **{split: 64, inner: 64}, num_warps=8, num_stages=stages[0]))
     if kernel in ("bw_dk", "bw_dv"):
-        out.append(KernelTiles(BQ=64, BKV=128, **{split: 64, inner: 64}, num_warps=8, num_stages=2))
+        out.append(KernelTiles(BQ=64, BKV=128, **{split: 64, inner: 64}, num_warps=8, num_stages=stages[0]))
     return out
 
 
