@@ -2,7 +2,8 @@
 cast afterwards: must be bit-identical) and the load path (fw_output reading bf16 states vs the same values
 stored as fp32: must give the same h). On Triton 3.6 / H100 the load path is wrong with 2 pipeline stages for
 some tiles (results/h100/bf16_state_loads.log); rerun after a Triton upgrade before allowing 2 stages
-(``kernels.mlstm.tfla.STATE_READERS``). Usage: ``python scripts/check_state_loads.py [--chunk 128] [--variants sig,exp]`` (CUDA only)."""
+(``kernels.mlstm.tfla.STATE_READERS``).
+Usage: ``python scripts/check_state_loads.py [--chunk 128] [--variants sig,exp]`` (CUDA only)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,9 @@ import sys
 from dataclasses import dataclass
 
 import torch
-import triton
 
 import kernels.mlstm.tfla as T
-from kernels.mlstm.chunk_fw import fw_chunk_output_kernel, fw_chunk_states_kernel
+from kernels.mlstm.accuracy import relative_error as rel
 
 dev, dt = "cuda", torch.bfloat16
 f32 = dict(dtype=torch.float32, device=dev)
@@ -44,83 +44,25 @@ class Problem:
 
 
 def states(P: Problem, variant: str, sdt: torch.dtype, tiles: T.KernelTiles):
-    S, DK, DV, L, BH, NC, SP = P.S, P.DK, P.DV, P.L, P.BH, P.NC, P.SP
-    i, f, k, v = P.i, P.f, P.k, P.v
-    gb, gi = T._gate_arrays(i, f, variant, L)
-    c = torch.full((BH, NC, DK, DV), float("nan"), dtype=sdt, device=dev)
-    last = torch.empty(BH, DK, DV, **f32)
-    n = torch.empty(BH, NC + 1, DK, **f32)
-    m = torch.empty(BH, NC + 1, **f32)
-    fw_chunk_states_kernel[(triton.cdiv(DK, tiles.BK), triton.cdiv(DV, tiles.BV), BH)](
-        k,
-        v,
-        gb,
-        gi,
-        last,
-        n,
-        m,
-        c,
-        n,
-        m,
-        last,
-        S,
-        SP,
-        NC,
-        DK,
-        DV,
-        L=L,
-        BL=tiles.BQ,
-        BK=tiles.BK,
-        BV=tiles.BV,
-        EXP=variant == "exp",
-        HAS_INIT=False,
-        DOT_PREC="tf32",
-        **tiles.launch(),
-    )
+    """Chunk states of fw_states with ``tiles``, stored in ``sdt``: ``gate_b, gate_i, C, n, m``."""
+    gb, gi = T._gate_arrays(P.i, P.f, variant, P.L)
+    c = torch.full((P.BH, P.NC, P.DK, P.DV), float("nan"), dtype=sdt, device=dev)
+    last = torch.empty(P.BH, P.DK, P.DV, **f32)
+    n = torch.empty(P.BH, P.NC + 1, P.DK, **f32)
+    m = torch.empty(P.BH, P.NC + 1, **f32)
+    T.launch_fw_states(P.k, P.v, gb, gi, None, c, n, m, last, P.L, variant == "exp", tiles)
     return gb, gi, c, n, m
 
 
 def output(P: Problem, variant, gb, gi, c, n, m, tiles):
-    S, DK, DV, L, BH, NC, SP = P.S, P.DK, P.DV, P.L, P.BH, P.NC, P.SP
-    q, k, v = P.q, P.k, P.v
-    h = torch.full((BH, S, DV), float("nan"), dtype=dt, device=dev)
-    m_tok = T.stabilizer_per_token(gb, gi, m, L) if variant == "exp" else torch.zeros(BH, SP, **f32)
-    z = torch.empty(BH, SP, **f32)
-    fw_chunk_output_kernel[(triton.cdiv(DV, tiles.BV), NC * (L // tiles.BQ), BH)](
-        q,
-        k,
-        v,
-        gb,
-        gi,
-        c,
-        n,
-        m,
-        h,
-        m_tok,
-        z,
-        S,
-        SP,
-        NC,
-        DK,
-        DV,
-        DK**-0.5,
-        1e-6,
-        L=L,
-        BQ=tiles.BQ,
-        BKV=tiles.BKV,
-        BK=tiles.BK,
-        BV=tiles.BV,
-        EXP=variant == "exp",
-        NORMALIZE=True,
-        DOT_PREC="tf32",
-        **tiles.launch(),
-    )
+    """``h`` of fw_output with ``tiles`` from the chunk states ``c`` (bf16 or fp32), ``n``, ``m``."""
+    h = torch.full((P.BH, P.S, P.DV), float("nan"), dtype=dt, device=dev)
+    exp = variant == "exp"
+    m_tok = T.stabilizer_per_token(gb, gi, m, P.L) if exp else torch.zeros(P.BH, P.SP, **f32)
+    z = torch.empty(P.BH, P.SP, **f32)
+    T.launch_fw_output(P.q, P.k, P.v, gb, gi, c, n, m, h, m_tok, z, P.L, exp, True, 1e-6, tiles)
     torch.cuda.synchronize()
     return h
-
-
-def rel(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
 def main() -> int:

@@ -17,14 +17,11 @@ from dataclasses import replace
 import torch
 import triton.testing
 
+from kernels.mlstm.accuracy import relative_error as rel
 from kernels.mlstm.reference import mlstm_parallel
 from kernels.mlstm.tfla import STATE_READERS, TileConfig, choose_tiles, mlstm_tfla
 
 NAMES = ("h", "dq", "dk", "dv", "di", "df")
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
 def reader_tiles(chunk: int, dhqk: int, dhhv: int, variant: str, stages: int) -> TileConfig | None:

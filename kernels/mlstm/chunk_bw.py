@@ -100,11 +100,7 @@ def bw_chunk_state_grads_kernel(
             decay = tl.exp(g)
         dC = dC * decay
         dn = dn * decay
-        c_tile = tl.load(
-            C_ST + (bh * NC + c) * DHQK * DHHV + offs_k[:, None] * DHHV + offs_v[None, :],
-            mask=mask_kv,
-            other=0.0,
-        ).to(tl.float32)
+        c_tile = tl.load(C_ST + (bh * NC + c) * DHQK * DHHV + c_tile_off, mask=mask_kv, other=0.0).to(tl.float32)
         x_sum = tl.sum(tl.sum(dC * c_tile, axis=1), axis=0)
         if pid_v == 0:
             x_sum += tl.sum(dn * tl.load(N_ST + (st - 1) * DHQK + offs_k, mask=mask_k, other=0.0), axis=0)

@@ -46,7 +46,8 @@ def fw_chunk_states_kernel(
 
     Grid ``(cdiv(DHQK, BK), cdiv(DHHV, BV), BH)``. A program owns a ``BK x BV`` tile of ``C`` (and the
     ``BK`` slice of ``n``) for one head, walks the chunks in order and reads each chunk's ``k`` and ``v``
-    in ``BL``-token slices. Writes ``C_ST`` at ``0..NC-1`` (in its own dtype), ``N_ST, M_ST`` at ``0..NC`` and the last state to ``C_LAST (BH, DHQK, DHHV)`` in fp32.
+    in ``BL``-token slices. Writes ``C_ST`` at ``0..NC-1`` (in its own dtype), ``N_ST, M_ST`` at ``0..NC``
+    and the last state to ``C_LAST (BH, DHQK, DHHV)`` in fp32.
     """
     pid_k, pid_v, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_k = pid_k * BK + tl.arange(0, BK)

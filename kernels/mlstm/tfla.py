@@ -276,6 +276,105 @@ def _forget_gate_grad(
     return d_log_f.reshape(bh, sp)
 
 
+def launch_fw_states(
+    k: torch.Tensor,
+    v: torch.Tensor,
+    gate_b: torch.Tensor,
+    gate_i: torch.Tensor,
+    init: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
+    c_st: torch.Tensor,
+    n_st: torch.Tensor,
+    m_st: torch.Tensor,
+    c_last: torch.Tensor,
+    chunk_size: int,
+    exp: bool,
+    t: KernelTiles,
+) -> None:
+    """``fw_chunk_states_kernel``: fills ``c_st (BH, NC, DHQK, DHHV)`` (its dtype is the state dtype), fp32
+    ``n_st (BH, NC+1, DHQK)``, ``m_st (BH, NC+1)`` and ``c_last (BH, DHQK, DHHV)`` from contiguous ``k, v``
+    (``BH`` heads of ``S`` tokens, any leading shape), ``gate_b, gate_i (BH, SP)`` and the optional initial
+    states ``(C0, n0, m0)``."""
+    S, DHQK, DHHV = k.shape[-2], k.shape[-1], v.shape[-1]
+    BH, NC = c_st.shape[:2]
+    fw_chunk_states_kernel[(triton.cdiv(DHQK, t.BK), triton.cdiv(DHHV, t.BV), BH)](
+        k,
+        v,
+        gate_b,
+        gate_i,
+        *(init or (c_last, n_st, m_st)),
+        c_st,
+        n_st,
+        m_st,
+        c_last,
+        S,
+        NC * chunk_size,
+        NC,
+        DHQK,
+        DHHV,
+        L=chunk_size,
+        BL=t.BQ,
+        BK=t.BK,
+        BV=t.BV,
+        EXP=exp,
+        HAS_INIT=init is not None,
+        DOT_PREC=_dot_precision(k.dtype),
+        **t.launch(),
+    )
+
+
+def launch_fw_output(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    gate_b: torch.Tensor,
+    gate_i: torch.Tensor,
+    c_st: torch.Tensor,
+    n_st: torch.Tensor,
+    m_st: torch.Tensor,
+    h: torch.Tensor,
+    m_tok: torch.Tensor,
+    z_tok: torch.Tensor,
+    chunk_size: int,
+    exp: bool,
+    normalize: bool,
+    eps: float,
+    t: KernelTiles,
+) -> None:
+    """``fw_chunk_output_kernel``: writes ``h`` (shaped like ``v``) and fp32 ``z_tok (BH, SP)`` from the
+    chunk states of ``launch_fw_states`` and mLSTMexp's per-token stabilizer ``m_tok (BH, SP)``."""
+    S, DHQK, DHHV = q.shape[-2], q.shape[-1], v.shape[-1]
+    BH, NC = c_st.shape[:2]
+    fw_chunk_output_kernel[(triton.cdiv(DHHV, t.BV), NC * (chunk_size // t.BQ), BH)](
+        q,
+        k,
+        v,
+        gate_b,
+        gate_i,
+        c_st,
+        n_st,
+        m_st,
+        h,
+        m_tok,
+        z_tok,
+        S,
+        NC * chunk_size,
+        NC,
+        DHQK,
+        DHHV,
+        DHQK**-0.5,
+        eps,
+        L=chunk_size,
+        BQ=t.BQ,
+        BKV=t.BKV,
+        BK=t.BK,
+        BV=t.BV,
+        EXP=exp,
+        NORMALIZE=normalize,
+        DOT_PREC=_dot_precision(q.dtype),
+        **t.launch(),
+    )
+
+
 class _TFLAFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, i, f, C0, n0, m0, variant, normalize, chunk_size, eps, tiles):  # type: ignore[override]
@@ -296,64 +395,12 @@ class _TFLAFunction(torch.autograd.Function):
         n_st = torch.empty(BH, NC + 1, DHQK, **f32)
         m_st = torch.empty(BH, NC + 1, **f32)
         exp = variant == "exp"
-        prec = _dot_precision(q.dtype)
-        init = (C0.contiguous(), n0.contiguous(), m0.contiguous()) if has_init else (c_last, n_st, m_st)
-        fw_chunk_states_kernel[(triton.cdiv(DHQK, ts.BK), triton.cdiv(DHHV, ts.BV), BH)](
-            k,
-            v,
-            gate_b,
-            gate_i,
-            *init,
-            c_st,
-            n_st,
-            m_st,
-            c_last,
-            S,
-            SP,
-            NC,
-            DHQK,
-            DHHV,
-            L=L,
-            BL=ts.BQ,
-            BK=ts.BK,
-            BV=ts.BV,
-            EXP=exp,
-            HAS_INIT=has_init,
-            DOT_PREC=prec,
-            **ts.launch(),
-        )
+        init = (C0.contiguous(), n0.contiguous(), m0.contiguous()) if has_init else None
+        launch_fw_states(k, v, gate_b, gate_i, init, c_st, n_st, m_st, c_last, L, exp, ts)
         h = torch.empty(B, NH, S, DHHV, dtype=q.dtype, device=q.device)
         m_tok = stabilizer_per_token(gate_b, gate_i, m_st, L) if exp else torch.zeros(BH, SP, **f32)
         z_tok = torch.empty(BH, SP, **f32)
-        fw_chunk_output_kernel[(triton.cdiv(DHHV, to.BV), NC * (L // to.BQ), BH)](
-            q,
-            k,
-            v,
-            gate_b,
-            gate_i,
-            c_st,
-            n_st,
-            m_st,
-            h,
-            m_tok,
-            z_tok,
-            S,
-            SP,
-            NC,
-            DHQK,
-            DHHV,
-            DHQK**-0.5,
-            eps,
-            L=L,
-            BQ=to.BQ,
-            BKV=to.BKV,
-            BK=to.BK,
-            BV=to.BV,
-            EXP=exp,
-            NORMALIZE=normalize,
-            DOT_PREC=prec,
-            **to.launch(),
-        )
+        launch_fw_output(q, k, v, gate_b, gate_i, c_st, n_st, m_st, h, m_tok, z_tok, L, exp, normalize, eps, to)
         ctx.save_for_backward(
             q, k, v, i, f, h, gate_b, gate_i, c_st, n_st, m_st, m_tok, z_tok, *((C0, n0, m0) if has_init else ())
         )
