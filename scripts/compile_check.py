@@ -67,9 +67,9 @@ def main() -> int:
             base = dict(L=128, EXP=exp, DOT_PREC=prec)
             cases += [
                 (chunk_fw.fw_chunk_states_kernel, dtype, dict(base, BL=64, BK=64, BV=64, HAS_INIT=True)),
-                (chunk_fw.fw_chunk_output_kernel, dtype, dict(base, NORMALIZE=True, **tiles)),
+                (chunk_fw.fw_chunk_output_kernel, dtype, dict(base, NORMALIZE=True, STATE_STAGES=1, **tiles)),
                 (chunk_bw.bw_chunk_state_grads_kernel, dtype, dict(base, BL=64, BK=64, BV=64, HAS_DLAST=True)),
-                (chunk_bw.bw_chunk_dq_kernel, dtype, dict(base, **tiles)),
+                (chunk_bw.bw_chunk_dq_kernel, dtype, dict(base, STATE_STAGES=1, **tiles)),
                 (chunk_bw.bw_chunk_dk_kernel, dtype, dict(base, **tiles)),
                 (chunk_bw.bw_chunk_dv_kernel, dtype, dict(base, **tiles)),
             ]

@@ -4,7 +4,8 @@ Runs the full problem (default B=8, NH=8, S=8192, DHQK=256, DHHV=512) through ou
 chunk size and compares two (batch, head) slices with the float64 parallel reference (heads are
 independent). Also compares mLSTMsig with the official ``mlstm_kernels`` ``xl_chunk_siging`` kernel when
 it is importable, and prints fw / fwbw times (``triton.testing.do_bench``, median ms). ``--reader-stages N``
-runs the kernels that read the 16-bit chunk states (``STATE_READERS``) with N pipeline stages.
+runs the kernels that read the 16-bit chunk states (``STATE_READERS``) with N pipeline stages, ``--state-stages N``
+only their state-loading loop.
 Usage: ``python scripts/gpu_check.py [--seq-len 8192] [--chunks 64,128,256,512,1024] [--out results.csv]``.
 """
 
@@ -24,12 +25,18 @@ from kernels.mlstm.tfla import STATE_READERS, TileConfig, choose_tiles, mlstm_tf
 NAMES = ("h", "dq", "dk", "dv", "di", "df")
 
 
-def reader_tiles(chunk: int, dhqk: int, dhhv: int, variant: str, stages: int) -> TileConfig | None:
-    """The GPU tile table with ``stages`` pipeline stages for the ``STATE_READERS`` (None for 0: the default)."""
-    if stages == 0:
+def reader_tiles(
+    chunk: int, dhqk: int, dhhv: int, variant: str, stages: int, state_stages: int, batch_heads: int
+) -> TileConfig | None:
+    """The GPU tile table with ``stages`` pipeline stages for the ``STATE_READERS`` and ``state_stages`` for
+    their state-loading loop (0: the table's; None when both are 0)."""
+    if stages == 0 and state_stages == 0:
         return None
-    tiles = choose_tiles(chunk, dhqk, dhhv, interpret=False, variant=variant)
-    return replace(tiles, **{n: replace(getattr(tiles, n), num_stages=stages) for n in STATE_READERS})
+    tiles = choose_tiles(chunk, dhqk, dhhv, interpret=False, variant=variant, batch_heads=batch_heads)
+    override = {"num_stages": stages} if stages else {}
+    if state_stages:
+        override["state_stages"] = state_stages
+    return replace(tiles, **{n: replace(getattr(tiles, n), **override) for n in STATE_READERS})
 
 
 def main() -> int:
@@ -42,6 +49,7 @@ def main() -> int:
     p.add_argument("--chunks", default="64,128,256,512,1024")
     p.add_argument("--tol", type=float, default=2e-2)
     p.add_argument("--reader-stages", type=int, default=0, help="stages of the STATE_READERS (0: the table's)")
+    p.add_argument("--state-stages", type=int, default=0, help="stages of their state loop (0: 1 for 16-bit states)")
     p.add_argument("--out", default="")
     a = p.parse_args()
     B, NH, S, DK, DV = a.batch, a.heads, a.seq_len, a.dqk, a.dv
@@ -65,7 +73,7 @@ def main() -> int:
             del h_ref, grads, ins
         for L in [int(c) for c in a.chunks.split(",")]:
             ins = [x.clone().requires_grad_() for x in (q, k, v, i, f)]
-            tiles = reader_tiles(L, DK, DV, variant, a.reader_stages)
+            tiles = reader_tiles(L, DK, DV, variant, a.reader_stages, a.state_stages, B * NH)
             h = mlstm_tfla(*ins, variant=variant, chunk_size=L, tiles=tiles)
             got = (h, *torch.autograd.grad(h, ins, dh))
             errs = [

@@ -20,6 +20,7 @@ from dataclasses import asdict, replace
 
 import torch
 
+from kernels.mlstm.accuracy import relative_error as rel
 from kernels.mlstm.tfla import KERNELS, STATE_READERS, KernelTiles, TileConfig, choose_tiles, mlstm_tfla
 
 # Kernel -> (the head-dim tile its grid is split over, the one it loops over inside).
@@ -42,19 +43,19 @@ PROFILE_NAMES = {
 
 
 def candidates(kernel: str) -> list[KernelTiles]:
-    """Head-dim tiles 64..256 on the split dim, 64/128 inside; 4/8 warps; 2/3 stages (1 for the kernels that
-    read the bf16 chunk states: ``STATE_READERS`` never pipeline them); token tiles 64 (and 128)."""
+    """Head-dim tiles 64..256 on the split dim, 64/128 inside; 4/8 warps; 2/3 stages (1 as well for the
+    ``STATE_READERS``, whose state-loading loop always runs 1 stage for 16-bit states); token tiles 64 (and 128)."""
     split, inner = SPLIT[kernel]
-    stages = (1,) if kernel in STATE_READERS else (2, 3)
+    stages = (1, 2, 3) if kernel in STATE_READERS else (2, 3)
     out = []
     for s, i, w, st in itertools.product((64, 128, 256), (64, 128), (4, 8), stages):
         out.append(KernelTiles(**{split: s, inner: i}, num_warps=w, num_stages=st))
     for s in (64, 128):
-        out.append(KernelTiles(BQ=128, BKV=128, **{split: s, inner: 64}, num_warps=8, num_stages=stages[0]))
+        out.append(KernelTiles(BQ=128, BKV=128, **{split: s, inner: 64}, num_warps=8, num_stages=2))
     if kernel in ("fw_output", "bw_dq"):
-        out.append(KernelTiles(BQ=128, BKV=64, **{split: 64, inner: 64}, num_warps=8, num_stages=stages[0]))
+        out.append(KernelTiles(BQ=128, BKV=64, **{split: 64, inner: 64}, num_warps=8, num_stages=2))
     if kernel in ("bw_dk", "bw_dv"):
-        out.append(KernelTiles(BQ=64, BKV=128, **{split: 64, inner: 64}, num_warps=8, num_stages=stages[0]))
+        out.append(KernelTiles(BQ=64, BKV=128, **{split: 64, inner: 64}, num_warps=8, num_stages=2))
     return out
 
 
@@ -107,10 +108,6 @@ def kernel_times(run: callable, iters: int) -> dict[str, float]:
     return out
 
 
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
-
-
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--shape", default="8,8,8192,256,512", help="B,NH,S,DHQK,DHHV")
@@ -122,7 +119,9 @@ def main() -> int:
     p.add_argument("--out", default="")
     a = p.parse_args()
     shape = tuple(int(x) for x in a.shape.split(","))
-    base = choose_tiles(a.chunk, shape[3], shape[4], interpret=False, variant=a.variant)
+    base = choose_tiles(
+        a.chunk, shape[3], shape[4], interpret=False, variant=a.variant, batch_heads=shape[0] * shape[1]
+    )
     trials = [
         (kernel, cand)
         for kernel in a.kernels.split(",")

@@ -133,6 +133,7 @@ def test_every_kernel_with_other_tiles(variant: str) -> None:
     [
         ("BQ", 24, "tiles.fw_output.BQ must be a power of two >= 16, got 24"),
         ("num_warps", 3, "tiles.fw_output.num_warps"),
+        ("state_stages", 0, "tiles.fw_output.state_stages must be None or a positive int, got 0"),
     ],
 )
 def test_bad_tiles_name_the_field(field: str, value: int, message: str) -> None:
@@ -144,18 +145,38 @@ def test_bad_tiles_name_the_field(field: str, value: int, message: str) -> None:
         mlstm_tfla(q, k, v, i, f, chunk_size=32, tiles={"BQ": 64})
 
 
-def test_16bit_states_load_without_software_pipelining() -> None:
-    """Triton 3.6 on the H100 miscompiles pipelined 16-bit chunk-state loads (docs/performance.md, v2)."""
+def test_16bit_state_loops_run_without_software_pipelining() -> None:
+    """Triton 3.6 on the H100 miscompiles pipelined 16-bit chunk-state loads (docs/performance.md, v2): the
+    state-loading loop of each reader runs 1 stage, every other loop keeps the kernel's stages."""
     tiles = replace(TileConfig.uniform(KernelTiles(num_stages=2)), fw_states=KernelTiles(num_stages=3))
     for dtype in (torch.bfloat16, torch.float16):
         for chunk in (64, 128, 1024):
             table = tfla.choose_tiles(chunk, 256, 512, interpret=False, dtype=dtype)
             for config in (tiles, table):
-                fixed = tfla.single_stage_state_loads(config, dtype)
-                stages = {n: getattr(fixed, n).num_stages for n in tfla.KERNELS}
-                assert {n: stages[n] for n in tfla.STATE_READERS} == dict.fromkeys(tfla.STATE_READERS, 1)
-                assert all(stages[n] == getattr(config, n).num_stages for n in stages if n not in tfla.STATE_READERS)
-    assert tfla.single_stage_state_loads(tiles, torch.float32) == tiles
+                fixed = tfla.unpipelined_state_loads(config, dtype)
+                for name in tfla.KERNELS:
+                    before, after = getattr(config, name), getattr(fixed, name)
+                    assert after.num_stages == before.num_stages
+                    assert after.state_loop_stages == (1 if name in tfla.STATE_READERS else before.num_stages)
+    assert tfla.unpipelined_state_loads(tiles, torch.float32) == tiles
+    explicit = replace(tiles, fw_output=KernelTiles(num_stages=2, state_stages=3))
+    assert tfla.unpipelined_state_loads(explicit, torch.bfloat16).fw_output.state_loop_stages == 3
+
+
+@pytest.mark.parametrize(
+    ("dhqk", "dhhv", "batch_heads", "bk"),
+    [(128, 256, 128, 128), (128, 256, 64, 64), (128, 256, 32, 64), (256, 512, 64, 128), (256, 512, 16, 64)],
+)
+def test_state_tiles_keep_the_grid_occupied(dhqk: int, dhhv: int, batch_heads: int, bk: int) -> None:
+    """fw_states' BK = 128 tile only where its grid has MIN_STATE_PROGRAMS programs (the shapes measured on the
+    H100: paper config and 7B at B * NH = 128 / 64 / 32 and 64 / 16); the other kernels keep the table."""
+    table = tfla.choose_tiles(128, dhqk, dhhv, interpret=False)
+    tiles = tfla.choose_tiles(128, dhqk, dhhv, interpret=False, batch_heads=batch_heads)
+    assert table.fw_states.BK == 128
+    assert tiles.fw_states == replace(table.fw_states, BK=bk)
+    assert replace(tiles, fw_states=table.fw_states) == table
+    grid = -(-dhqk // bk) * -(-dhhv // tiles.fw_states.BV) * batch_heads
+    assert grid >= tfla.MIN_STATE_PROGRAMS or bk == 64
 
 
 def test_multiple_batches_and_heads() -> None:

@@ -167,6 +167,7 @@ def bw_chunk_dq_kernel(
     BV: tl.constexpr,
     EXP: tl.constexpr,
     DOT_PREC: tl.constexpr,
+    STATE_STAGES: tl.constexpr,
 ):
     """``dq`` for ``BQ`` queries of one chunk and a ``BK`` slice of the head dim.
 
@@ -176,6 +177,7 @@ def bw_chunk_dq_kernel(
     ``QDQ (cdiv(DHQK, BK), BH, SP)``; its intra-chunk part is summed in fp32 from the gate matrix and the
     slice's scores (not from the ``dq`` tile, whose operands are rounded to the input dtype), so that it
     cancels against the same sum of the ``dk`` kernel to fp32 accuracy in the forget-gate gradient.
+    ``STATE_STAGES``: pipeline stages of the loop that loads ``C_ST``.
     """
     pid_k, pid_cq, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     c = pid_cq // (L // BQ)
@@ -196,7 +198,7 @@ def bw_chunk_dq_kernel(
         w_inter = tl.exp(b_q)
 
     dq = tl.zeros((BQ, BK), dtype=tl.float32)
-    for vv in range(0, DHHV, BV):
+    for vv in tl.range(0, DHHV, BV, num_stages=STATE_STAGES):
         offs_v = vv + tl.arange(0, BV)
         mask_v = offs_v < DHHV
         dh_tile = tl.load(

@@ -133,6 +133,7 @@ def fw_chunk_output_kernel(
     EXP: tl.constexpr,
     NORMALIZE: tl.constexpr,
     DOT_PREC: tl.constexpr,
+    STATE_STAGES: tl.constexpr,
 ):
     """Intra-chunk parallel part, tiled a second time (TFLA): the chunk size is not bounded by SRAM.
 
@@ -141,7 +142,7 @@ def fw_chunk_output_kernel(
     dim), then loops over the ``BKV`` key blocks up to the diagonal.
     ``M_TOK`` (mLSTMexp) holds each query's stabilizer, computed beforehand by ``stabilizer_per_token``, so
     the key loop needs no running max and no rescaling. Writes ``H``; the ``pid 0`` slice also writes
-    ``Z_TOK`` (the normalizer before abs).
+    ``Z_TOK`` (the normalizer before abs). ``STATE_STAGES``: pipeline stages of the loop that loads ``C_ST``.
     """
     pid_v, pid_cq, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     c = pid_cq // (L // BQ)
@@ -155,7 +156,7 @@ def fw_chunk_output_kernel(
 
     acc = tl.zeros((BQ, BV), dtype=tl.float32)
     z = tl.zeros((BQ,), dtype=tl.float32)
-    for kk in range(0, DHQK, BK):
+    for kk in tl.range(0, DHQK, BK, num_stages=STATE_STAGES):
         offs_k = kk + tl.arange(0, BK)
         mask_k = offs_k < DHQK
         q_tile = tl.load(

@@ -32,7 +32,9 @@ MIN_CHUNK, MAX_HEAD_DIM = 16, 1024
 @dataclass(frozen=True)
 class KernelTiles:
     """Launch shape of one kernel: token tiles ``BQ`` (queries; the token slice of the state kernels) and
-    ``BKV`` (keys), head-dim tiles ``BK`` (q/k) and ``BV`` (v/h), warps and pipeline stages."""
+    ``BKV`` (keys), head-dim tiles ``BK`` (q/k) and ``BV`` (v/h), warps and pipeline stages.
+    ``state_stages`` (``STATE_READERS`` only) pipelines the loop that loads the stored chunk states on its
+    own; ``None`` gives it ``num_stages`` like every other loop."""
 
     BQ: int = 64
     BKV: int = 64
@@ -40,6 +42,7 @@ class KernelTiles:
     BV: int = 64
     num_warps: int = 4
     num_stages: int = 2
+    state_stages: int | None = None
 
     def fit(self, chunk_size: int, dhqk: int, dhhv: int) -> KernelTiles:
         """Clamp to the problem: token tiles at most the chunk, head-dim tiles at most the padded head dim."""
@@ -53,6 +56,11 @@ class KernelTiles:
 
     def launch(self) -> dict[str, int]:
         return {"num_warps": self.num_warps, "num_stages": self.num_stages}
+
+    @property
+    def state_loop_stages(self) -> int:
+        """Pipeline stages of the state-loading loop: ``state_stages``, else ``num_stages``."""
+        return self.num_stages if self.state_stages is None else self.state_stages
 
 
 KERNELS = ("fw_states", "fw_output", "bw_states", "bw_dq", "bw_dk", "bw_dv")
@@ -78,23 +86,31 @@ class TileConfig:
 
 
 # Measured on the H100 (scripts/tune_tiles.py, bf16, chunk 128, at DHQK/DHHV 128/256 and 256/512; see
-# docs/performance.md): each kernel splits its grid over one head dim (the wide tile) and loops over the
-# other, so a wide split tile cuts the recomputed inner products. The kernels that read 16-bit chunk
-# states run with 1 stage (see STATE_READERS).
+# docs/performance.md, v3 for fw_states, fw_output and bw_dq): each kernel splits its grid over one head
+# dim (the wide tile) and loops over the other, so a wide split tile cuts the recomputed inner products.
+# The loops that read 16-bit chunk states run with 1 stage (see STATE_READERS); bw_dq is fastest with
+# no pipelining at all.
 GPU_TILES = TileConfig(
-    fw_states=KernelTiles(BK=64, BV=128, num_warps=4, num_stages=3),
-    fw_output=KernelTiles(BK=64, BV=256, num_warps=4, num_stages=2),
+    fw_states=KernelTiles(BK=128, BV=128, num_warps=4, num_stages=3),
+    fw_output=KernelTiles(BK=64, BV=256, num_warps=4, num_stages=3),
     bw_states=KernelTiles(BK=64, BV=128, num_warps=4, num_stages=3),
-    bw_dq=KernelTiles(BK=128, BV=64, num_warps=4, num_stages=3),
+    bw_dq=KernelTiles(BK=128, BV=128, num_warps=4, num_stages=1),
     bw_dk=KernelTiles(BK=128, BV=64, num_warps=4, num_stages=3),
     bw_dv=KernelTiles(BK=64, BV=256, num_warps=4, num_stages=2),
 )
-# Kernels that load the stored chunk states C_ST. With 16-bit states, Triton 3.6 on the H100 miscompiles
-# those loads in a software pipeline (2 stages at chunk 128, 2 and 3 stages at chunk 64, for some tiles:
-# h off by 1e-2..1e-1 while the same values stored as fp32 give exact results). With 1 stage they were
-# exact for every tile and chunk size tried (docs/performance.md, v2; scripts/check_state_loads.py).
-STATE_READERS = ("fw_output", "bw_states", "bw_dq")
+# Kernels that load the stored chunk states C_ST in a loop that feeds tl.dot. With 16-bit states, Triton 3.6
+# on the H100 miscompiles those loads in a software pipeline (2 stages at chunk 128, 2 and 3 stages at
+# chunk 64, for some tiles: h off by 1e-2..1e-1 while the same values stored as fp32 give exact results).
+# With 1 stage they were exact for every tile and chunk size tried (docs/performance.md, v2 and v3;
+# scripts/check_state_loads.py). Only that loop runs 1 stage (``KernelTiles.state_stages``); bw_states
+# reads C_ST outside any pipelined loop and was exact with 3 stages (dk, dv at chunks 64..256).
+STATE_READERS = ("fw_output", "bw_dq")
 INTERPRETER_TILES = TileConfig.uniform(KernelTiles(BQ=16, BKV=16, BK=32, BV=32))
+# fw_states runs one program per (BK x BV state tile, head) through all chunks in order, so its parallelism is
+# fixed by the tiles and B * NH. Below this many programs (about 2 per SM on the H100) the BK = 128 tile is slower
+# than BK = 64 (tune_tiles.py, sig, chunk 128: 895 vs 708 us at B*NH = 64 with DHQK 128, 1798 vs 1385 us at
+# B*NH = 16 with DHQK 256; faster with 256 and more programs: 661 vs 696 us, 1203 vs 1331 us).
+MIN_STATE_PROGRAMS = 256
 
 
 def _halve_for_fp32(t: KernelTiles) -> KernelTiles:
@@ -102,23 +118,43 @@ def _halve_for_fp32(t: KernelTiles) -> KernelTiles:
     return replace(t, BK=min(t.BK, 64), BV=min(t.BV, 128), num_stages=2)
 
 
+def state_tiles_for_occupancy(t: KernelTiles, dhqk: int, dhhv: int, batch_heads: int) -> KernelTiles:
+    """fw_states tiles with ``BK`` halved (down to 64) while the grid has fewer than ``MIN_STATE_PROGRAMS``."""
+    while t.BK > 64 and triton.cdiv(dhqk, t.BK) * triton.cdiv(dhhv, t.BV) * batch_heads < MIN_STATE_PROGRAMS:
+        t = replace(t, BK=t.BK // 2)
+    return t
+
+
 def choose_tiles(
-    chunk_size: int, dhqk: int, dhhv: int, interpret: bool, variant: str = "sig", dtype: torch.dtype = torch.bfloat16
+    chunk_size: int,
+    dhqk: int,
+    dhhv: int,
+    interpret: bool,
+    variant: str = "sig",
+    dtype: torch.dtype = torch.bfloat16,
+    batch_heads: int | None = None,
 ) -> TileConfig:
-    """Tile table: small tiles for the interpreter, the tuned table on the GPU (clamped to the problem)."""
+    """Tile table: small tiles for the interpreter, the tuned table on the GPU (clamped to the problem; with
+    ``batch_heads = B * NH`` also fw_states' tiles sized for its grid, see ``MIN_STATE_PROGRAMS``)."""
     if interpret:
         return INTERPRETER_TILES.fit(chunk_size, dhqk, dhhv)
     config = GPU_TILES
     if dtype == torch.float32:
         config = TileConfig(**{n: _halve_for_fp32(getattr(config, n)) for n in KERNELS})
-    return config.fit(chunk_size, dhqk, dhhv)
+    config = config.fit(chunk_size, dhqk, dhhv)
+    if batch_heads is not None:
+        config = replace(config, fw_states=state_tiles_for_occupancy(config.fw_states, dhqk, dhhv, batch_heads))
+    return config
 
 
-def single_stage_state_loads(tiles: TileConfig, dtype: torch.dtype) -> TileConfig:
-    """For 16-bit states, run the ``STATE_READERS`` without software pipelining (1 stage; see ``STATE_READERS``)."""
+def unpipelined_state_loads(tiles: TileConfig, dtype: torch.dtype) -> TileConfig:
+    """For 16-bit states, give the state-loading loop of each ``STATE_READERS`` kernel 1 stage (no software
+    pipelining; see ``STATE_READERS``) unless its ``state_stages`` is set. The kernels' other loops keep
+    ``num_stages``."""
     if state_dtype(dtype) == torch.float32:
         return tiles
-    return replace(tiles, **{n: replace(getattr(tiles, n), num_stages=1) for n in STATE_READERS})
+    readers = {n: getattr(tiles, n) for n in STATE_READERS}
+    return replace(tiles, **{n: replace(t, state_stages=1) for n, t in readers.items() if t.state_stages is None})
 
 
 def interpreting() -> bool:
@@ -200,6 +236,8 @@ def check_tiles(tiles: TileConfig) -> None:
             raise ValueError(f"tiles.{kernel}.num_warps must be one of 1, 2, 4, 8, 16, got {t.num_warps!r}")
         if not isinstance(t.num_stages, int) or t.num_stages < 1:
             raise ValueError(f"tiles.{kernel}.num_stages must be a positive int, got {t.num_stages!r}")
+        if t.state_stages is not None and (not isinstance(t.state_stages, int) or t.state_stages < 1):
+            raise ValueError(f"tiles.{kernel}.state_stages must be None or a positive int, got {t.state_stages!r}")
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
@@ -371,6 +409,7 @@ def launch_fw_output(
         EXP=exp,
         NORMALIZE=normalize,
         DOT_PREC=_dot_precision(q.dtype),
+        STATE_STAGES=t.state_loop_stages,
         **t.launch(),
     )
 
@@ -383,8 +422,11 @@ class _TFLAFunction(torch.autograd.Function):
         BH, L = B * NH, chunk_size
         NC = triton.cdiv(S, L)
         SP = NC * L
-        tiles = tiles.fit(L, DHQK, DHHV) if tiles else choose_tiles(L, DHQK, DHHV, interpreting(), variant, q.dtype)
-        tiles = single_stage_state_loads(tiles, q.dtype)
+        if tiles:
+            tiles = tiles.fit(L, DHQK, DHHV)
+        else:
+            tiles = choose_tiles(L, DHQK, DHHV, interpreting(), variant, q.dtype, batch_heads=BH)
+        tiles = unpipelined_state_loads(tiles, q.dtype)
         ts, to = tiles.fw_states, tiles.fw_output
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         gate_b, gate_i = _gate_arrays(i, f, variant, L)
@@ -493,6 +535,7 @@ class _TFLAFunction(torch.autograd.Function):
             DHQK,
             DHHV,
             scale,
+            STATE_STAGES=tq.state_loop_stages,
             **_tile_args(tq),
             **common,
         )
