@@ -119,9 +119,7 @@ def main() -> int:
     p.add_argument("--out", default="")
     a = p.parse_args()
     shape = tuple(int(x) for x in a.shape.split(","))
-    base = choose_tiles(
-        a.chunk, shape[3], shape[4], interpret=False, variant=a.variant, batch_heads=shape[0] * shape[1]
-    )
+    base = choose_tiles(a.chunk, shape[3], shape[4], interpret=False, batch_heads=shape[0] * shape[1])
     trials = [
         (kernel, cand)
         for kernel in a.kernels.split(",")

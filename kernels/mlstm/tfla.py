@@ -130,7 +130,6 @@ def choose_tiles(
     dhqk: int,
     dhhv: int,
     interpret: bool,
-    variant: str = "sig",
     dtype: torch.dtype = torch.bfloat16,
     batch_heads: int | None = None,
 ) -> TileConfig:
@@ -425,7 +424,7 @@ class _TFLAFunction(torch.autograd.Function):
         if tiles:
             tiles = tiles.fit(L, DHQK, DHHV)
         else:
-            tiles = choose_tiles(L, DHQK, DHHV, interpreting(), variant, q.dtype, batch_heads=BH)
+            tiles = choose_tiles(L, DHQK, DHHV, interpreting(), q.dtype, batch_heads=BH)
         tiles = unpipelined_state_loads(tiles, q.dtype)
         ts, to = tiles.fw_states, tiles.fw_output
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
