@@ -23,14 +23,31 @@ from kernels.mlstm import chunk_bw, chunk_fw
 TARGET = GPUTarget("cuda", 90, 32)
 
 
+# TMA descriptor args -> the tile constexprs of their blocks [1, rows, cols].
+DESCRIPTOR_BLOCKS = {
+    ("fw_chunk_states_kernel", "K_D"): ("BL", "BK"),
+    ("fw_chunk_states_kernel", "V_D"): ("BL", "BV"),
+    ("fw_chunk_states_kernel", "C_D"): ("BK", "BV"),
+    ("fw_chunk_output_kernel", "Q_D"): ("BQ", "BK"),
+    ("fw_chunk_output_kernel", "K_D"): ("BKV", "BK"),
+    ("fw_chunk_output_kernel", "V_D"): ("BKV", "BV"),
+    ("fw_chunk_output_kernel", "C_D"): ("BK", "BV"),
+    ("fw_chunk_output_kernel", "H_D"): ("BQ", "BV"),
+}
+
+
 def signature(kernel: triton.JITFunction, dtype: str, constexprs: dict[str, object]) -> dict[str, str]:
-    """Pointer args get ``*dtype`` (inputs) or ``*fp32`` (gates/states); scalars are i32 / fp32."""
+    """Pointer args get ``*dtype`` (inputs) or ``*fp32`` (gates/states), TMA descriptors (``*_D``) the input
+    dtype and their tiles; scalars are i32 / fp32."""
     fp_scalars = {"qk_scale", "eps"}
     ints = {"S", "SP", "NC", "DHQK", "DHHV", "R", "D"}
     sig: dict[str, str] = {}
     for name in kernel.arg_names:
+        block = DESCRIPTOR_BLOCKS.get((kernel.__name__, name))
         if name in constexprs:
             sig[name] = "constexpr"
+        elif block:
+            sig[name] = f"tensordesc<{dtype}[1,{constexprs[block[0]]},{constexprs[block[1]]}]>"
         elif name in fp_scalars:
             sig[name] = "fp32"
         elif name in ints:
@@ -66,7 +83,8 @@ def main() -> int:
             prec = "ieee" if dtype == "fp32" else "tf32"
             base = dict(L=128, EXP=exp, DOT_PREC=prec)
             cases += [
-                (chunk_fw.fw_chunk_states_kernel, dtype, dict(base, BL=64, BK=64, BV=64, HAS_INIT=True)),
+                (chunk_fw.fw_chunk_states_kernel, dtype, dict(base, BL=64, BK=64, BV=64, HAS_INIT=True, UNROLL=True)),
+                (chunk_fw.fw_chunk_states_kernel, dtype, dict(base, BL=64, BK=64, BV=64, HAS_INIT=True, UNROLL=False)),
                 (chunk_fw.fw_chunk_output_kernel, dtype, dict(base, NORMALIZE=True, STATE_STAGES=1, **tiles)),
                 (chunk_bw.bw_chunk_state_grads_kernel, dtype, dict(base, BL=64, BK=64, BV=64, HAS_DLAST=True)),
                 (chunk_bw.bw_chunk_dq_kernel, dtype, dict(base, STATE_STAGES=1, **tiles)),

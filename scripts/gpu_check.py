@@ -25,14 +25,12 @@ from kernels.mlstm.tfla import STATE_READERS, TileConfig, choose_tiles, mlstm_tf
 NAMES = ("h", "dq", "dk", "dv", "di", "df")
 
 
-def reader_tiles(
-    chunk: int, dhqk: int, dhhv: int, stages: int, state_stages: int, batch_heads: int
-) -> TileConfig | None:
+def reader_tiles(chunk: int, dhqk: int, dhhv: int, stages: int, state_stages: int) -> TileConfig | None:
     """The GPU tile table with ``stages`` pipeline stages for the ``STATE_READERS`` and ``state_stages`` for
     their state-loading loop (0: the table's; None when both are 0)."""
     if stages == 0 and state_stages == 0:
         return None
-    tiles = choose_tiles(chunk, dhqk, dhhv, interpret=False, batch_heads=batch_heads)
+    tiles = choose_tiles(chunk, dhqk, dhhv, interpret=False)
     override = {"num_stages": stages} if stages else {}
     if state_stages:
         override["state_stages"] = state_stages
@@ -73,7 +71,7 @@ def main() -> int:
             del h_ref, grads, ins
         for L in [int(c) for c in a.chunks.split(",")]:
             ins = [x.clone().requires_grad_() for x in (q, k, v, i, f)]
-            tiles = reader_tiles(L, DK, DV, a.reader_stages, a.state_stages, B * NH)
+            tiles = reader_tiles(L, DK, DV, a.reader_stages, a.state_stages)
             h = mlstm_tfla(*ins, variant=variant, chunk_size=L, tiles=tiles)
             got = (h, *torch.autograd.grad(h, ins, dh))
             errs = [

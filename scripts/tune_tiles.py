@@ -42,16 +42,22 @@ PROFILE_NAMES = {
 }
 
 
-def candidates(kernel: str) -> list[KernelTiles]:
+def candidates(kernel: str, pipelined_states: bool = False) -> list[KernelTiles]:
     """Head-dim tiles 64..256 on the split dim, 64/128 inside; 4/8 warps; 2/3 stages (1 as well for the
-    ``STATE_READERS``, whose state-loading loop always runs 1 stage for 16-bit states); token tiles 64 (and 128)."""
+    kernels that read the chunk states; the ``STATE_READERS``' state-loading loop runs 1 stage for 16-bit states
+    unless ``pipelined_states`` gives it the kernel's stages); token tiles 64 (and 128; fw_states also 32)."""
     split, inner = SPLIT[kernel]
-    stages = (1, 2, 3) if kernel in STATE_READERS else (2, 3)
+    reader = kernel in STATE_READERS
+    stages = (1, 2, 3) if kernel in ("fw_output", "bw_dq") else (2, 3)
     out = []
     for s, i, w, st in itertools.product((64, 128, 256), (64, 128), (4, 8), stages):
-        out.append(KernelTiles(**{split: s, inner: i}, num_warps=w, num_stages=st))
+        state_stages = st if reader and pipelined_states else None
+        out.append(KernelTiles(**{split: s, inner: i}, num_warps=w, num_stages=st, state_stages=state_stages))
     for s in (64, 128):
         out.append(KernelTiles(BQ=128, BKV=128, **{split: s, inner: 64}, num_warps=8, num_stages=2))
+    if kernel == "fw_states":  # token slices of 32 and 128 (one slice per chunk at chunk 128)
+        for bq, s, w in itertools.product((32, 128), (64, 128), (4, 8)):
+            out.append(KernelTiles(BQ=bq, BKV=bq, BK=s, BV=128, num_warps=w, num_stages=2))
     if kernel in ("fw_output", "bw_dq"):
         out.append(KernelTiles(BQ=128, BKV=64, **{split: 64, inner: 64}, num_warps=8, num_stages=2))
     if kernel in ("bw_dk", "bw_dv"):
@@ -117,13 +123,18 @@ def main() -> int:
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--jobs", type=int, default=12)
     p.add_argument("--out", default="")
+    p.add_argument(
+        "--pipelined-states",
+        action="store_true",
+        help="the readers' state loops run the candidate's stages (check with check_state_loads.py first)",
+    )
     a = p.parse_args()
     shape = tuple(int(x) for x in a.shape.split(","))
-    base = choose_tiles(a.chunk, shape[3], shape[4], interpret=False, batch_heads=shape[0] * shape[1])
+    base = choose_tiles(a.chunk, shape[3], shape[4], interpret=False)
     trials = [
         (kernel, cand)
         for kernel in a.kernels.split(",")
-        for cand in candidates(kernel)
+        for cand in candidates(kernel, a.pipelined_states)
         if cand.fit(a.chunk, shape[3], shape[4]) == cand
     ]
     configs = [replace(base, **{kernel: cand}) for kernel, cand in trials]
@@ -173,7 +184,7 @@ def main() -> int:
         best = min(ok, key=lambda r: r["us"])
         total_base += best["base_us"]
         total_best += min(best["us"], best["base_us"])
-        tiles = {k: best[k] for k in ("BQ", "BKV", "BK", "BV", "num_warps", "num_stages")}
+        tiles = {k: best[k] for k in ("BQ", "BKV", "BK", "BV", "num_warps", "num_stages", "state_stages")}
         print(f"  {kernel:10s} {best['us']:9.1f} [{best['base_us']:9.1f}] {tiles} (failed: {fails})")
     print(f"  total      {total_best:9.1f} [{total_base:9.1f}] us")
     return 0

@@ -164,19 +164,26 @@ def test_16bit_state_loops_run_without_software_pipelining() -> None:
 
 
 @pytest.mark.parametrize(
-    ("dhqk", "dhhv", "batch_heads", "bk"),
-    [(128, 256, 128, 128), (128, 256, 64, 64), (128, 256, 32, 64), (256, 512, 64, 128), (256, 512, 16, 64)],
+    ("dtype", "chunk", "pipelined"),
+    [(torch.bfloat16, 64, True), (torch.bfloat16, 128, True), (torch.bfloat16, 256, False)]
+    + [(torch.bfloat16, 1024, False), (torch.float32, 64, True), (torch.float32, 128, False)],
 )
-def test_state_tiles_keep_the_grid_occupied(dhqk: int, dhhv: int, batch_heads: int, bk: int) -> None:
-    """fw_states' BK = 128 tile only where its grid has MIN_STATE_PROGRAMS programs (the shapes measured on the
-    H100: paper config and 7B at B * NH = 128 / 64 / 32 and 64 / 16); the other kernels keep the table."""
-    table = tfla.choose_tiles(128, dhqk, dhhv, interpret=False)
-    tiles = tfla.choose_tiles(128, dhqk, dhhv, interpret=False, batch_heads=batch_heads)
-    assert table.fw_states.BK == 128
-    assert tiles.fw_states == replace(table.fw_states, BK=bk)
-    assert replace(tiles, fw_states=table.fw_states) == table
-    grid = -(-dhqk // bk) * -(-dhhv // tiles.fw_states.BV) * batch_heads
-    assert grid >= tfla.MIN_STATE_PROGRAMS or bk == 64
+def test_state_chunk_loop_is_pipelined_only_where_it_fits(dtype: torch.dtype, chunk: int, pipelined: bool) -> None:
+    """fw_states unrolls a chunk's token slices, so that Triton pipelines its chunk loop, only while
+    ``num_stages`` whole chunks of k and v fit ``STATE_PIPELINE_SMEM``: with the GPU table up to chunk 128 in
+    bf16 and 64 in fp32, at the 7B head dims. The estimate is an upper bound: for sm_90 at bf16 chunk 128 Triton
+    allocated 99 KiB (106 KiB with 64-token slices), against 112 KiB estimated and 227 KiB available."""
+    tiles = tfla.choose_tiles(chunk, 256, 512, interpret=False, dtype=dtype).fw_states
+    smem = tfla.pipelined_chunk_smem(tiles, chunk, dtype.itemsize, tfla.state_dtype(dtype).itemsize)
+    assert (smem <= tfla.STATE_PIPELINE_SMEM) is pipelined
+    assert tfla.STATE_PIPELINE_SMEM < 227 * 1024
+
+
+@pytest.mark.parametrize("variant", ["exp", "sig"])
+def test_state_kernel_with_a_loop_over_token_slices(monkeypatch: pytest.MonkeyPatch, variant: str) -> None:
+    """Chunks too large to pipeline whole take fw_states' loop over token slices (here 4 slices of 16)."""
+    monkeypatch.setattr(tfla, "STATE_PIPELINE_SMEM", 0)
+    _check(AccuracyCase(variant, True, 150, 32, 48, 64, torch.float32, with_states=True))
 
 
 def test_multiple_batches_and_heads() -> None:

@@ -17,19 +17,49 @@ import triton.language as tl
 
 
 @triton.jit
+def _add_token_slice(
+    C,
+    n,
+    K_D,
+    V_D,
+    GATE_B,
+    GATE_I,
+    bh,
+    SP,
+    t0,
+    g_minus_m,
+    k0,
+    v0,
+    BL: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    """One ``BL``-token slice (from token ``t0``) of a chunk added to the state tile: ``C += (k w)^T v``,
+    ``n += sum(k w)`` with ``w_t = exp(g - b_t + i_t - m_new)`` (``g_minus_m = g - m_new``). Returns ``C, n``."""
+    t = t0 + tl.arange(0, BL)
+    w = tl.exp(g_minus_m - tl.load(GATE_B + bh * SP + t) + tl.load(GATE_I + bh * SP + t))
+    k_tile = K_D.load([bh, t0, k0]).reshape(BL, BK)
+    v_tile = V_D.load([bh, t0, v0]).reshape(BL, BV)
+    kw = k_tile.to(tl.float32) * w[:, None]
+    C += tl.dot(tl.trans(kw.to(K_D.dtype)), v_tile, input_precision=DOT_PREC)
+    n += tl.sum(kw, axis=0)
+    return C, n
+
+
+@triton.jit
 def fw_chunk_states_kernel(
-    K,
-    V,
+    K_D,
+    V_D,
     GATE_B,
     GATE_I,
     C0,
     N0,
     M0,
-    C_ST,
+    C_D,
     N_ST,
     M_ST,
     C_LAST,
-    S,
     SP,
     NC,
     DHQK,
@@ -41,13 +71,19 @@ def fw_chunk_states_kernel(
     EXP: tl.constexpr,
     HAS_INIT: tl.constexpr,
     DOT_PREC: tl.constexpr,
+    UNROLL: tl.constexpr,
 ):
     """Inter-chunk recurrence: materialize the states every ``L`` tokens.
 
     Grid ``(cdiv(DHQK, BK), cdiv(DHHV, BV), BH)``. A program owns a ``BK x BV`` tile of ``C`` (and the
     ``BK`` slice of ``n``) for one head, walks the chunks in order and reads each chunk's ``k`` and ``v``
-    in ``BL``-token slices. Writes ``C_ST`` at ``0..NC-1`` (in its own dtype), ``N_ST, M_ST`` at ``0..NC``
-    and the last state to ``C_LAST (BH, DHQK, DHHV)`` in fp32.
+    in ``BL``-token slices through the TMA descriptors ``K_D [BH, S, DHQK]`` (block ``[1, BL, BK]``) and
+    ``V_D [BH, S, DHHV]`` (``[1, BL, BV]``); tokens past ``S`` read as zeros. Writes the states through
+    ``C_D [BH * NC, DHQK, DHHV]`` (block ``[1, BK, BV]``, the state dtype) at ``0..NC-1``, ``N_ST, M_ST`` at
+    ``0..NC`` and the last state to ``C_LAST (BH, DHQK, DHHV)`` in fp32. ``UNROLL`` unrolls the slices of a
+    chunk: the chunk loop is then the innermost loop, which Triton software-pipelines (the next chunks' TMA
+    loads run during this chunk's product), at the cost of ``num_stages`` whole chunks of ``k, v`` in shared
+    memory.
     """
     pid_k, pid_v, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_k = pid_k * BK + tl.arange(0, BK)
@@ -64,10 +100,10 @@ def fw_chunk_states_kernel(
     m = tl.full([], 0.0, tl.float32)
     if EXP and HAS_INIT:
         m = tl.load(M0 + bh).to(tl.float32)
-    dtype = K.dtype.element_ty
+    k0, v0 = pid_k * BK, pid_v * BV
     for c in range(NC):
         st = bh * (NC + 1) + c
-        tl.store(C_ST + (bh * NC + c) * DHQK * DHHV + c_tile_off, C.to(C_ST.dtype.element_ty), mask=mask_kv)
+        C_D.store([bh * NC + c, k0, v0], C.to(C_D.dtype).reshape(1, BK, BV))
         if pid_v == 0:
             tl.store(N_ST + st * DHQK + offs_k, n, mask=mask_k)
             if pid_k == 0:
@@ -75,27 +111,21 @@ def fw_chunk_states_kernel(
         g = tl.load(GATE_B + bh * SP + c * L + L - 1)
         m_new = tl.full([], 0.0, tl.float32)
         if EXP:
-            m_new = g + m
-            for j in range(0, L, BL):
-                offs_t = bh * SP + c * L + j + tl.arange(0, BL)
-                w_log = g - tl.load(GATE_B + offs_t) + tl.load(GATE_I + offs_t)
-                m_new = tl.maximum(m_new, tl.max(w_log, axis=0))
+            offs_t = bh * SP + c * L + tl.arange(0, L)
+            m_new = tl.maximum(g + m, tl.max(g - tl.load(GATE_B + offs_t) + tl.load(GATE_I + offs_t), axis=0))
         decay = tl.exp(g + m - m_new)
         C = C * decay
         n = n * decay
-        for j in range(0, L, BL):
-            t = c * L + j + tl.arange(0, BL)
-            w = tl.exp(g - tl.load(GATE_B + bh * SP + t) + tl.load(GATE_I + bh * SP + t) - m_new)
-            mask_t = t < S
-            k_tile = tl.load(
-                K + (bh * S + t[:, None]) * DHQK + offs_k[None, :], mask=mask_t[:, None] & mask_k[None, :], other=0.0
-            )
-            v_tile = tl.load(
-                V + (bh * S + t[:, None]) * DHHV + offs_v[None, :], mask=mask_t[:, None] & mask_v[None, :], other=0.0
-            )
-            kw = k_tile.to(tl.float32) * w[:, None]
-            C += tl.dot(tl.trans(kw.to(dtype)), v_tile, input_precision=DOT_PREC)
-            n += tl.sum(kw, axis=0)
+        if UNROLL:
+            for j in tl.static_range(0, L, BL):
+                C, n = _add_token_slice(
+                    C, n, K_D, V_D, GATE_B, GATE_I, bh, SP, c * L + j, g - m_new, k0, v0, BL, BK, BV, DOT_PREC
+                )
+        else:
+            for j in range(0, L, BL):
+                C, n = _add_token_slice(
+                    C, n, K_D, V_D, GATE_B, GATE_I, bh, SP, c * L + j, g - m_new, k0, v0, BL, BK, BV, DOT_PREC
+                )
         m = m_new
     st = bh * (NC + 1) + NC
     tl.store(C_LAST + bh * DHQK * DHHV + c_tile_off, C, mask=mask_kv)
@@ -107,18 +137,17 @@ def fw_chunk_states_kernel(
 
 @triton.jit
 def fw_chunk_output_kernel(
-    Q,
-    K,
-    V,
+    Q_D,
+    K_D,
+    V_D,
     GATE_B,
     GATE_I,
-    C_ST,
+    C_D,
     N_ST,
     M_ST,
-    H,
+    H_D,
     M_TOK,
     Z_TOK,
-    S,
     SP,
     NC,
     DHQK,
@@ -141,16 +170,18 @@ def fw_chunk_output_kernel(
     slice of the output: it adds the inter-chunk term ``q C_c`` (looping over ``BK`` slices of the head
     dim), then loops over the ``BKV`` key blocks up to the diagonal.
     ``M_TOK`` (mLSTMexp) holds each query's stabilizer, computed beforehand by ``stabilizer_per_token``, so
-    the key loop needs no running max and no rescaling. Writes ``H``; the ``pid 0`` slice also writes
-    ``Z_TOK`` (the normalizer before abs). ``STATE_STAGES``: pipeline stages of the loop that loads ``C_ST``.
+    the key loop needs no running max and no rescaling. Tiles move through TMA descriptors: ``Q_D, K_D
+    [BH, S, DHQK]`` (blocks ``[1, BQ, BK]``, ``[1, BKV, BK]``), ``V_D, H_D [BH, S, DHHV]`` (``[1, BKV, BV]``,
+    ``[1, BQ, BV]``) and the states ``C_D [BH * NC, DHQK, DHHV]`` (``[1, BK, BV]``); tokens past ``S`` read as
+    zeros and are not written. Writes ``H``; the ``pid 0`` slice also writes ``Z_TOK`` (the normalizer before
+    abs). ``STATE_STAGES``: pipeline stages of the loop that loads the states.
     """
     pid_v, pid_cq, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     c = pid_cq // (L // BQ)
     q_start = (pid_cq % (L // BQ)) * BQ
     t_q = c * L + q_start + tl.arange(0, BQ)
-    offs_v = pid_v * BV + tl.arange(0, BV)
-    mask_q, mask_v = t_q < S, offs_v < DHHV
-    dtype = Q.dtype.element_ty
+    v0 = pid_v * BV
+    dtype = Q_D.dtype
     b_q = tl.load(GATE_B + bh * SP + t_q)
     st = bh * (NC + 1) + c
 
@@ -158,17 +189,10 @@ def fw_chunk_output_kernel(
     z = tl.zeros((BQ,), dtype=tl.float32)
     for kk in tl.range(0, DHQK, BK, num_stages=STATE_STAGES):
         offs_k = kk + tl.arange(0, BK)
-        mask_k = offs_k < DHQK
-        q_tile = tl.load(
-            Q + (bh * S + t_q[:, None]) * DHQK + offs_k[None, :], mask=mask_q[:, None] & mask_k[None, :], other=0.0
-        )
-        c_tile = tl.load(
-            C_ST + (bh * NC + c) * DHQK * DHHV + offs_k[:, None] * DHHV + offs_v[None, :],
-            mask=mask_k[:, None] & mask_v[None, :],
-            other=0.0,
-        )
+        q_tile = Q_D.load([bh, c * L + q_start, kk]).reshape(BQ, BK)
+        c_tile = C_D.load([bh * NC + c, kk, v0]).reshape(BK, BV)
         acc += tl.dot(q_tile, c_tile.to(dtype), input_precision=DOT_PREC)
-        n_tile = tl.load(N_ST + st * DHQK + offs_k, mask=mask_k, other=0.0)
+        n_tile = tl.load(N_ST + st * DHQK + offs_k, mask=offs_k < DHQK, other=0.0)
         z += tl.sum(q_tile.to(tl.float32) * n_tile[None, :], axis=1)
     if EXP:
         m_run = tl.load(M_TOK + bh * SP + t_q)
@@ -181,33 +205,20 @@ def fw_chunk_output_kernel(
 
     for s0 in range(0, q_start + BQ, BKV):
         t_s = c * L + s0 + tl.arange(0, BKV)
-        mask_s = t_s < S
         scores = tl.zeros((BQ, BKV), dtype=tl.float32)
         for kk in range(0, DHQK, BK):
-            offs_k = kk + tl.arange(0, BK)
-            mask_k = offs_k < DHQK
-            q_tile = tl.load(
-                Q + (bh * S + t_q[:, None]) * DHQK + offs_k[None, :], mask=mask_q[:, None] & mask_k[None, :], other=0.0
-            )
-            k_tile = tl.load(
-                K + (bh * S + t_s[:, None]) * DHQK + offs_k[None, :], mask=mask_s[:, None] & mask_k[None, :], other=0.0
-            )
+            q_tile = Q_D.load([bh, c * L + q_start, kk]).reshape(BQ, BK)
+            k_tile = K_D.load([bh, c * L + s0, kk]).reshape(BKV, BK)
             scores += tl.dot(q_tile, tl.trans(k_tile), input_precision=DOT_PREC)
         log_d = b_q[:, None] - tl.load(GATE_B + bh * SP + t_s)[None, :] + tl.load(GATE_I + bh * SP + t_s)[None, :]
         log_d = tl.where(t_s[None, :] <= t_q[:, None], log_d, -float("inf"))
         p = tl.exp(log_d - m_run[:, None]) * scores * qk_scale
         z += tl.sum(p, axis=1)
-        v_tile = tl.load(
-            V + (bh * S + t_s[:, None]) * DHHV + offs_v[None, :], mask=mask_s[:, None] & mask_v[None, :], other=0.0
-        )
+        v_tile = V_D.load([bh, c * L + s0, v0]).reshape(BKV, BV)
         acc += tl.dot(p.to(dtype), v_tile, input_precision=DOT_PREC)
 
     if NORMALIZE:
         acc = acc / (tl.maximum(tl.abs(z), tl.exp(-m_run)) + eps)[:, None]
-    tl.store(
-        H + (bh * S + t_q[:, None]) * DHHV + offs_v[None, :],
-        acc.to(H.dtype.element_ty),
-        mask=mask_q[:, None] & mask_v[None, :],
-    )
+    H_D.store([bh, c * L + q_start, v0], acc.to(H_D.dtype).reshape(1, BQ, BV))
     if pid_v == 0:
         tl.store(Z_TOK + bh * SP + t_q, z)

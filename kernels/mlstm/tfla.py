@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 import triton
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from kernels.mlstm.chunk_bw import (
     bw_chunk_dk_kernel,
@@ -33,8 +34,8 @@ MIN_CHUNK, MAX_HEAD_DIM = 16, 1024
 class KernelTiles:
     """Launch shape of one kernel: token tiles ``BQ`` (queries; the token slice of the state kernels) and
     ``BKV`` (keys), head-dim tiles ``BK`` (q/k) and ``BV`` (v/h), warps and pipeline stages.
-    ``state_stages`` (``STATE_READERS`` only) pipelines the loop that loads the stored chunk states on its
-    own; ``None`` gives it ``num_stages`` like every other loop."""
+    ``state_stages`` (fw_output and bw_dq) pipelines the loop that loads the stored chunk states on its own;
+    ``None`` gives it ``num_stages`` like every other loop (except in the ``STATE_READERS``, see there)."""
 
     BQ: int = 64
     BKV: int = 64
@@ -86,43 +87,37 @@ class TileConfig:
 
 
 # Measured on the H100 (scripts/tune_tiles.py, bf16, chunk 128, at DHQK/DHHV 128/256 and 256/512; see
-# docs/performance.md, v3 for fw_states, fw_output and bw_dq): each kernel splits its grid over one head
+# docs/performance.md, v4 for fw_states and fw_output, v3 for bw_dq): each kernel splits its grid over one head
 # dim (the wide tile) and loops over the other, so a wide split tile cuts the recomputed inner products.
-# The loops that read 16-bit chunk states run with 1 stage (see STATE_READERS); bw_dq is fastest with
-# no pipelining at all.
+# fw_states reads whole 128-token chunks (BQ) so that its chunk loop is pipelined (STATE_PIPELINE_SMEM).
+# The pointer-based loops that read 16-bit chunk states run with 1 stage (see STATE_READERS); bw_dq is fastest
+# with no pipelining at all.
 GPU_TILES = TileConfig(
-    fw_states=KernelTiles(BK=128, BV=128, num_warps=4, num_stages=3),
-    fw_output=KernelTiles(BK=64, BV=256, num_warps=4, num_stages=3),
+    fw_states=KernelTiles(BQ=128, BKV=128, BK=64, BV=128, num_warps=4, num_stages=2),
+    fw_output=KernelTiles(BK=128, BV=256, num_warps=4, num_stages=2),
     bw_states=KernelTiles(BK=64, BV=128, num_warps=4, num_stages=3),
     bw_dq=KernelTiles(BK=128, BV=128, num_warps=4, num_stages=1),
     bw_dk=KernelTiles(BK=128, BV=64, num_warps=4, num_stages=3),
     bw_dv=KernelTiles(BK=64, BV=256, num_warps=4, num_stages=2),
 )
-# Kernels that load the stored chunk states C_ST in a loop that feeds tl.dot. With 16-bit states, Triton 3.6
-# on the H100 miscompiles those loads in a software pipeline (2 stages at chunk 128, 2 and 3 stages at
-# chunk 64, for some tiles: h off by 1e-2..1e-1 while the same values stored as fp32 give exact results).
-# With 1 stage they were exact for every tile and chunk size tried (docs/performance.md, v2 and v3;
-# scripts/check_state_loads.py). Only that loop runs 1 stage (``KernelTiles.state_stages``); bw_states
-# reads C_ST outside any pipelined loop and was exact with 3 stages (dk, dv at chunks 64..256).
+# Kernels that load the stored chunk states C_ST with plain pointer loads in a loop that feeds tl.dot. With
+# 16-bit states, Triton 3.6 on the H100 miscompiles those loads in a software pipeline (2 stages at chunk 128,
+# 2 and 3 stages at chunk 64, for some tiles: h off by 1e-2..1e-1 while the same values stored as fp32 give
+# exact results). With 1 stage they were exact for every tile and chunk size tried (docs/performance.md, v2
+# and v3; scripts/check_state_loads.py). Only that loop runs 1 stage (``KernelTiles.state_stages``); bw_states
+# reads C_ST outside any pipelined loop and was exact with 3 stages (dk, dv at chunks 64..256). fw_output
+# loads them through a TMA descriptor (v4): 23 of 24 tiles pipeline exactly, but BK 64 x BV 256 with 4 warps
+# and 3 stages still gives a different h (4e-4 relative, 7B shape, chunks 64 and 128), so it stays on the list.
 STATE_READERS = ("fw_output", "bw_dq")
 INTERPRETER_TILES = TileConfig.uniform(KernelTiles(BQ=16, BKV=16, BK=32, BV=32))
-# fw_states runs one program per (BK x BV state tile, head) through all chunks in order, so its parallelism is
-# fixed by the tiles and B * NH. Below this many programs (about 2 per SM on the H100) the BK = 128 tile is slower
-# than BK = 64 (tune_tiles.py, sig, chunk 128: 895 vs 708 us at B*NH = 64 with DHQK 128, 1798 vs 1385 us at
-# B*NH = 16 with DHQK 256; faster with 256 and more programs: 661 vs 696 us, 1203 vs 1331 us).
-MIN_STATE_PROGRAMS = 256
+# fw_states pipelines its chunk loop (whole chunks of k and v in flight) while that fits in this much shared memory
+# (bytes; the H100 has 227 KiB per block): chunks up to 128 tokens with the bf16 table, up to 64 in fp32.
+STATE_PIPELINE_SMEM = 200 * 1024
 
 
 def _halve_for_fp32(t: KernelTiles) -> KernelTiles:
     """fp32 operands take twice the shared memory per stage: cap BK at 64, BV at 128 and use 2 stages."""
     return replace(t, BK=min(t.BK, 64), BV=min(t.BV, 128), num_stages=2)
-
-
-def state_tiles_for_occupancy(t: KernelTiles, dhqk: int, dhhv: int, batch_heads: int) -> KernelTiles:
-    """fw_states tiles with ``BK`` halved (down to 64) while the grid has fewer than ``MIN_STATE_PROGRAMS``."""
-    while t.BK > 64 and triton.cdiv(dhqk, t.BK) * triton.cdiv(dhhv, t.BV) * batch_heads < MIN_STATE_PROGRAMS:
-        t = replace(t, BK=t.BK // 2)
-    return t
 
 
 def choose_tiles(
@@ -131,19 +126,14 @@ def choose_tiles(
     dhhv: int,
     interpret: bool,
     dtype: torch.dtype = torch.bfloat16,
-    batch_heads: int | None = None,
 ) -> TileConfig:
-    """Tile table: small tiles for the interpreter, the tuned table on the GPU (clamped to the problem; with
-    ``batch_heads = B * NH`` also fw_states' tiles sized for its grid, see ``MIN_STATE_PROGRAMS``)."""
+    """Tile table: small tiles for the interpreter, the tuned table on the GPU (clamped to the problem)."""
     if interpret:
         return INTERPRETER_TILES.fit(chunk_size, dhqk, dhhv)
     config = GPU_TILES
     if dtype == torch.float32:
         config = TileConfig(**{n: _halve_for_fp32(getattr(config, n)) for n in KERNELS})
-    config = config.fit(chunk_size, dhqk, dhhv)
-    if batch_heads is not None:
-        config = replace(config, fw_states=state_tiles_for_occupancy(config.fw_states, dhqk, dhhv, batch_heads))
-    return config
+    return config.fit(chunk_size, dhqk, dhhv)
 
 
 def unpipelined_state_loads(tiles: TileConfig, dtype: torch.dtype) -> TileConfig:
@@ -313,6 +303,20 @@ def _forget_gate_grad(
     return d_log_f.reshape(bh, sp)
 
 
+def pipelined_chunk_smem(t: KernelTiles, chunk_size: int, input_bytes: int, state_bytes: int) -> int:
+    """Shared memory (bytes, an upper estimate) of fw_states with its chunk loop pipelined: ``num_stages``
+    chunks of ``k`` and ``v`` slices plus the staged state tile."""
+    return t.num_stages * chunk_size * (t.BK + t.BV) * input_bytes + t.BK * t.BV * state_bytes
+
+
+def head_tiles(x: torch.Tensor, rows: int, cols: int) -> TensorDescriptor:
+    """TMA descriptor of a contiguous ``x`` seen as ``(heads, R, D)`` (its last two dims; ``q, k, v, h``:
+    ``R = S`` tokens; chunk states: ``R = DHQK``) that moves ``rows x cols`` tiles of one head, as blocks
+    ``[1, rows, cols]``. Reads past ``R`` or ``D`` give zeros, and stores there are dropped."""
+    r, d = x.shape[-2:]
+    return TensorDescriptor(x, shape=[x.numel() // (r * d), r, d], strides=[r * d, d, 1], block_shape=[1, rows, cols])
+
+
 def launch_fw_states(
     k: torch.Tensor,
     v: torch.Tensor,
@@ -331,19 +335,18 @@ def launch_fw_states(
     ``n_st (BH, NC+1, DHQK)``, ``m_st (BH, NC+1)`` and ``c_last (BH, DHQK, DHHV)`` from contiguous ``k, v``
     (``BH`` heads of ``S`` tokens, any leading shape), ``gate_b, gate_i (BH, SP)`` and the optional initial
     states ``(C0, n0, m0)``."""
-    S, DHQK, DHHV = k.shape[-2], k.shape[-1], v.shape[-1]
+    DHQK, DHHV = k.shape[-1], v.shape[-1]
     BH, NC = c_st.shape[:2]
     fw_chunk_states_kernel[(triton.cdiv(DHQK, t.BK), triton.cdiv(DHHV, t.BV), BH)](
-        k,
-        v,
+        head_tiles(k, t.BQ, t.BK),
+        head_tiles(v, t.BQ, t.BV),
         gate_b,
         gate_i,
         *(init or (c_last, n_st, m_st)),
-        c_st,
+        head_tiles(c_st, t.BK, t.BV),
         n_st,
         m_st,
         c_last,
-        S,
         NC * chunk_size,
         NC,
         DHQK,
@@ -355,6 +358,7 @@ def launch_fw_states(
         EXP=exp,
         HAS_INIT=init is not None,
         DOT_PREC=_dot_precision(k.dtype),
+        UNROLL=pipelined_chunk_smem(t, chunk_size, k.element_size(), c_st.element_size()) <= STATE_PIPELINE_SMEM,
         **t.launch(),
     )
 
@@ -379,21 +383,20 @@ def launch_fw_output(
 ) -> None:
     """``fw_chunk_output_kernel``: writes ``h`` (shaped like ``v``) and fp32 ``z_tok (BH, SP)`` from the
     chunk states of ``launch_fw_states`` and mLSTMexp's per-token stabilizer ``m_tok (BH, SP)``."""
-    S, DHQK, DHHV = q.shape[-2], q.shape[-1], v.shape[-1]
+    DHQK, DHHV = q.shape[-1], v.shape[-1]
     BH, NC = c_st.shape[:2]
     fw_chunk_output_kernel[(triton.cdiv(DHHV, t.BV), NC * (chunk_size // t.BQ), BH)](
-        q,
-        k,
-        v,
+        head_tiles(q, t.BQ, t.BK),
+        head_tiles(k, t.BKV, t.BK),
+        head_tiles(v, t.BKV, t.BV),
         gate_b,
         gate_i,
-        c_st,
+        head_tiles(c_st, t.BK, t.BV),
         n_st,
         m_st,
-        h,
+        head_tiles(h, t.BQ, t.BV),
         m_tok,
         z_tok,
-        S,
         NC * chunk_size,
         NC,
         DHQK,
@@ -424,7 +427,7 @@ class _TFLAFunction(torch.autograd.Function):
         if tiles:
             tiles = tiles.fit(L, DHQK, DHHV)
         else:
-            tiles = choose_tiles(L, DHQK, DHHV, interpreting(), q.dtype, batch_heads=BH)
+            tiles = choose_tiles(L, DHQK, DHHV, interpreting(), q.dtype)
         tiles = unpipelined_state_loads(tiles, q.dtype)
         ts, to = tiles.fw_states, tiles.fw_output
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
