@@ -186,6 +186,14 @@ def test_state_kernel_with_a_loop_over_token_slices(monkeypatch: pytest.MonkeyPa
     _check(AccuracyCase(variant, True, 150, 32, 48, 64, torch.float32, with_states=True))
 
 
+def test_inputs_off_a_16_byte_boundary() -> None:
+    """TMA descriptors need 16-byte aligned tensors: views that start mid-way get copied, not refused."""
+    q, k, v, i, f = _good()
+    shifted = [torch.randn(x.numel() + 1)[1:].view(x.shape).copy_(x) for x in (q, k, v)]
+    assert all(x.data_ptr() % 16 for x in shifted)
+    torch.testing.assert_close(mlstm_tfla(*shifted, i, f, chunk_size=16), mlstm_tfla(q, k, v, i, f, chunk_size=16))
+
+
 def test_multiple_batches_and_heads() -> None:
     _check(AccuracyCase("sig", True, 40, 16, 32, 16, torch.float32, with_states=False, B=2, NH=3))
 

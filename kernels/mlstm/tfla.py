@@ -309,6 +309,13 @@ def pipelined_chunk_smem(t: KernelTiles, chunk_size: int, input_bytes: int, stat
     return t.num_stages * chunk_size * (t.BK + t.BV) * input_bytes + t.BK * t.BV * state_bytes
 
 
+def tma_ready(x: torch.Tensor) -> torch.Tensor:
+    """``x`` contiguous and starting on a 16-byte boundary, as TMA descriptors need (a view into a larger
+    tensor may start anywhere; then it is copied)."""
+    x = x.contiguous()
+    return x if x.data_ptr() % 16 == 0 else x.clone()
+
+
 def head_tiles(x: torch.Tensor, rows: int, cols: int) -> TensorDescriptor:
     """TMA descriptor of a contiguous ``x`` seen as ``(heads, R, D)`` (its last two dims; ``q, k, v, h``:
     ``R = S`` tokens; chunk states: ``R = DHQK``) that moves ``rows x cols`` tiles of one head, as blocks
@@ -430,7 +437,7 @@ class _TFLAFunction(torch.autograd.Function):
             tiles = choose_tiles(L, DHQK, DHHV, interpreting(), q.dtype)
         tiles = unpipelined_state_loads(tiles, q.dtype)
         ts, to = tiles.fw_states, tiles.fw_output
-        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        q, k, v = tma_ready(q), tma_ready(k), tma_ready(v)
         gate_b, gate_i = _gate_arrays(i, f, variant, L)
         has_init = C0 is not None
         f32 = dict(dtype=torch.float32, device=q.device)
