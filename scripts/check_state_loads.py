@@ -105,7 +105,9 @@ def main() -> int:
             t = T.KernelTiles(BK=bk, BV=bv, num_warps=w, num_stages=st, state_stages=state_stages)
             try:
                 hb = output(P, variant, gb, gi, cb, n, m, t)
-                h1 = output(P, variant, gb, gi, cb, n, m, replace(t, state_stages=1))
+                h1 = (
+                    hb if t.state_loop_stages == 1 else output(P, variant, gb, gi, cb, n, m, replace(t, state_stages=1))
+                )
             except Exception as e:  # noqa: BLE001
                 print(f"  out BK{bk} BV{bv} w{w} s{st}: {type(e).__name__}")
                 continue

@@ -48,7 +48,7 @@ def candidates(kernel: str, pipelined_states: bool = False) -> list[KernelTiles]
     unless ``pipelined_states`` gives it the kernel's stages); token tiles 64 (and 128; fw_states also 32)."""
     split, inner = SPLIT[kernel]
     reader = kernel in STATE_READERS
-    stages = (1, 2, 3) if kernel in ("fw_output", "bw_dq") else (2, 3)
+    stages = (1, 2, 3) if reader else (2, 3)
     out = []
     for s, i, w, st in itertools.product((64, 128, 256), (64, 128), (4, 8), stages):
         state_stages = st if reader and pipelined_states else None
