@@ -33,6 +33,27 @@ DESCRIPTOR_BLOCKS = {
     ("fw_chunk_output_kernel", "V_D"): ("BKV", "BV"),
     ("fw_chunk_output_kernel", "C_D"): ("BK", "BV"),
     ("fw_chunk_output_kernel", "H_D"): ("BQ", "BV"),
+    ("bw_chunk_state_grads_kernel", "Q_D"): ("BL", "BK"),
+    ("bw_chunk_state_grads_kernel", "DH_D"): ("BL", "BV"),
+    ("bw_chunk_state_grads_kernel", "C_D"): ("BK", "BV"),
+    ("bw_chunk_state_grads_kernel", "DC_D"): ("BK", "BV"),
+    ("bw_chunk_dq_kernel", "Q_D"): ("BQ", "BK"),
+    ("bw_chunk_dq_kernel", "K_D"): ("BKV", "BK"),
+    ("bw_chunk_dq_kernel", "V_D"): ("BKV", "BV"),
+    ("bw_chunk_dq_kernel", "DH_D"): ("BQ", "BV"),
+    ("bw_chunk_dq_kernel", "C_D"): ("BK", "BV"),
+    ("bw_chunk_dq_kernel", "DQ_D"): ("BQ", "BK"),
+    ("bw_chunk_dk_kernel", "Q_D"): ("BQ", "BK"),
+    ("bw_chunk_dk_kernel", "K_D"): ("BKV", "BK"),
+    ("bw_chunk_dk_kernel", "V_D"): ("BKV", "BV"),
+    ("bw_chunk_dk_kernel", "DH_D"): ("BQ", "BV"),
+    ("bw_chunk_dk_kernel", "DC_D"): ("BK", "BV"),
+    ("bw_chunk_dk_kernel", "DK_D"): ("BKV", "BK"),
+    ("bw_chunk_dv_kernel", "Q_D"): ("BQ", "BK"),
+    ("bw_chunk_dv_kernel", "K_D"): ("BKV", "BK"),
+    ("bw_chunk_dv_kernel", "DH_D"): ("BQ", "BV"),
+    ("bw_chunk_dv_kernel", "DC_D"): ("BK", "BV"),
+    ("bw_chunk_dv_kernel", "DV_D"): ("BKV", "BV"),
 }
 
 
@@ -86,7 +107,14 @@ def main() -> int:
                 (chunk_fw.fw_chunk_states_kernel, dtype, dict(base, BL=64, BK=64, BV=64, HAS_INIT=True, UNROLL=True)),
                 (chunk_fw.fw_chunk_states_kernel, dtype, dict(base, BL=64, BK=64, BV=64, HAS_INIT=True, UNROLL=False)),
                 (chunk_fw.fw_chunk_output_kernel, dtype, dict(base, NORMALIZE=True, STATE_STAGES=1, **tiles)),
-                (chunk_bw.bw_chunk_state_grads_kernel, dtype, dict(base, BL=64, BK=64, BV=64, HAS_DLAST=True)),
+                *(
+                    (
+                        chunk_bw.bw_chunk_state_grads_kernel,
+                        dtype,
+                        dict(base, BL=64, BK=64, BV=64, HAS_DLAST=True, UNROLL=u),
+                    )
+                    for u in (True, False)
+                ),
                 (chunk_bw.bw_chunk_dq_kernel, dtype, dict(base, STATE_STAGES=1, **tiles)),
                 (chunk_bw.bw_chunk_dk_kernel, dtype, dict(base, **tiles)),
                 (chunk_bw.bw_chunk_dv_kernel, dtype, dict(base, **tiles)),

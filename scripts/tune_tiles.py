@@ -19,9 +19,10 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, replace
 
 import torch
+from profile_passes import kernel_times
 
 from kernels.mlstm.accuracy import relative_error as rel
-from kernels.mlstm.tfla import KERNELS, STATE_READERS, KernelTiles, TileConfig, choose_tiles, mlstm_tfla
+from kernels.mlstm.tfla import KERNELS, STATE_READERS, KernelTiles, TileConfig, choose_tiles, mlstm_tfla, sm_count
 
 # Kernel -> (the head-dim tile its grid is split over, the one it loops over inside).
 SPLIT = {
@@ -42,10 +43,12 @@ PROFILE_NAMES = {
 }
 
 
-def candidates(kernel: str, pipelined_states: bool = False) -> list[KernelTiles]:
+def candidates(kernel: str, pipelined_states: bool = False, chunk: int = 128) -> list[KernelTiles]:
     """Head-dim tiles 64..256 on the split dim, 64/128 inside; 4/8 warps; 2/3 stages (1 as well for the
     kernels that read the chunk states; the ``STATE_READERS``' state-loading loop runs 1 stage for 16-bit states
-    unless ``pipelined_states`` gives it the kernel's stages); token tiles 64 (and 128; fw_states also 32)."""
+    unless ``pipelined_states`` gives it the kernel's stages); token tiles 64 (and 128; fw_states also 32).
+    From chunk 256 on, where the intra-chunk products dominate, also token tiles of 128 x 64, 64 x 128 and
+    128 x 128 with 8 warps, and for fw_output the whole-width BV 512 (no recomputed q k^T at DHHV 512)."""
     split, inner = SPLIT[kernel]
     reader = kernel in STATE_READERS
     stages = (1, 2, 3) if reader else (2, 3)
@@ -55,14 +58,20 @@ def candidates(kernel: str, pipelined_states: bool = False) -> list[KernelTiles]
         out.append(KernelTiles(**{split: s, inner: i}, num_warps=w, num_stages=st, state_stages=state_stages))
     for s in (64, 128):
         out.append(KernelTiles(BQ=128, BKV=128, **{split: s, inner: 64}, num_warps=8, num_stages=2))
-    if kernel == "fw_states":  # token slices of 32 and 128 (one slice per chunk at chunk 128)
+    if kernel in ("fw_states", "bw_states"):  # token slices of 32 and 128 (one slice per chunk at chunk 128)
         for bq, s, w in itertools.product((32, 128), (64, 128), (4, 8)):
             out.append(KernelTiles(BQ=bq, BKV=bq, BK=s, BV=128, num_warps=w, num_stages=2))
     if kernel in ("fw_output", "bw_dq"):
         out.append(KernelTiles(BQ=128, BKV=64, **{split: 64, inner: 64}, num_warps=8, num_stages=2))
     if kernel in ("bw_dk", "bw_dv"):
         out.append(KernelTiles(BQ=64, BKV=128, **{split: 64, inner: 64}, num_warps=8, num_stages=2))
-    return out
+    if chunk >= 256 and kernel not in ("fw_states", "bw_states"):
+        for (bq, bkv), s, i in itertools.product(((128, 64), (64, 128), (128, 128)), (128, 256), (64, 128)):
+            out.append(KernelTiles(BQ=bq, BKV=bkv, **{split: s, inner: i}, num_warps=8, num_stages=2))
+        if kernel == "fw_output":
+            for i, w in itertools.product((64, 128), (4, 8)):
+                out.append(KernelTiles(BV=512, BK=i, num_warps=w, num_stages=2))
+    return list(dict.fromkeys(out))
 
 
 def make_inputs(shape: tuple[int, ...], seed: int = 0) -> list[torch.Tensor]:
@@ -99,21 +108,6 @@ def compile_one(shape: tuple[int, ...], variant: str, chunk: int, tiles: TileCon
         return f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
 
 
-def kernel_times(run: callable, iters: int) -> dict[str, float]:
-    """Mean CUDA time per call (us) of every kernel launched by ``run`` over ``iters`` calls."""
-    run()
-    torch.cuda.synchronize()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        for _ in range(iters):
-            run()
-        torch.cuda.synchronize()
-    out: dict[str, float] = {}
-    for e in prof.key_averages():
-        total = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0.0)
-        out[e.key] = out.get(e.key, 0.0) + total / iters
-    return out
-
-
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--shape", default="8,8,8192,256,512", help="B,NH,S,DHQK,DHHV")
@@ -130,11 +124,13 @@ def main() -> int:
     )
     a = p.parse_args()
     shape = tuple(int(x) for x in a.shape.split(","))
-    base = choose_tiles(a.chunk, shape[3], shape[4], interpret=False)
+    base = choose_tiles(
+        a.chunk, shape[3], shape[4], False, torch.bfloat16, shape[0] * shape[1], sm_count(torch.device("cuda"))
+    )
     trials = [
         (kernel, cand)
         for kernel in a.kernels.split(",")
-        for cand in candidates(kernel, a.pipelined_states)
+        for cand in candidates(kernel, a.pipelined_states, a.chunk)
         if cand.fit(a.chunk, shape[3], shape[4]) == cand
     ]
     configs = [replace(base, **{kernel: cand}) for kernel, cand in trials]

@@ -179,9 +179,34 @@ def test_state_chunk_loop_is_pipelined_only_where_it_fits(dtype: torch.dtype, ch
     assert tfla.STATE_PIPELINE_SMEM < 227 * 1024
 
 
+@pytest.mark.parametrize("chunk", [128, 256, 512, 4096])
+def test_large_chunks_take_wider_token_tiles(chunk: int) -> None:
+    """From LARGE_CHUNK on, the kernels of LARGE_CHUNK_TILES take their own tiles (clamped to the problem);
+    below it, and for every other kernel, the table is unchanged."""
+    tiles = tfla.choose_tiles(chunk, 256, 512, interpret=False)
+    large = chunk >= tfla.LARGE_CHUNK
+    for name in tfla.KERNELS:
+        expected = tfla.LARGE_CHUNK_TILES.get(name) if large else None
+        expected = expected or getattr(tfla.GPU_TILES, name)
+        assert getattr(tiles, name) == expected.fit(chunk, 256, 512)
+    assert large == (tiles.bw_dk.BKV == 128)
+
+
+@pytest.mark.parametrize("batch_heads,warps", [(32, tfla.SMALL_GRID_STATE_WARPS), (64, 4), (0, 4)])
+def test_state_kernel_warps_follow_its_grid(batch_heads: int, warps: int) -> None:
+    """Paper head dims (128 / 256) on 132 SMs: 32 heads give fw_states 128 programs, one per SM, so it runs
+    more warps; 64 heads (256 programs) and an unknown head count keep the table's 4. No other kernel changes."""
+    table = tfla.choose_tiles(128, 128, 256, interpret=False)
+    tiles = tfla.choose_tiles(128, 128, 256, False, torch.bfloat16, batch_heads, 132)
+    assert table.fw_states.num_warps == 4
+    assert tiles.fw_states.num_warps == warps
+    assert replace(tiles, fw_states=table.fw_states) == table
+
+
 @pytest.mark.parametrize("variant", ["exp", "sig"])
 def test_state_kernel_with_a_loop_over_token_slices(monkeypatch: pytest.MonkeyPatch, variant: str) -> None:
-    """Chunks too large to pipeline whole take fw_states' loop over token slices (here 4 slices of 16)."""
+    """Chunks too large to pipeline whole take the state kernels' loop over token slices (fw_states and
+    bw_states; here 4 slices of 16)."""
     monkeypatch.setattr(tfla, "STATE_PIPELINE_SMEM", 0)
     _check(AccuracyCase(variant, True, 150, 32, 48, 64, torch.float32, with_states=True))
 
@@ -192,6 +217,13 @@ def test_inputs_off_a_16_byte_boundary() -> None:
     shifted = [torch.randn(x.numel() + 1)[1:].view(x.shape).copy_(x) for x in (q, k, v)]
     assert all(x.data_ptr() % 16 for x in shifted)
     torch.testing.assert_close(mlstm_tfla(*shifted, i, f, chunk_size=16), mlstm_tfla(q, k, v, i, f, chunk_size=16))
+    dh = torch.randn_like(v)
+    grads = []
+    for out_grad in (dh, torch.randn(dh.numel() + 1)[1:].view(dh.shape).copy_(dh)):
+        x = q.clone().requires_grad_()
+        mlstm_tfla(x, k, v, i, f, chunk_size=16).backward(out_grad)
+        grads.append(x.grad)
+    torch.testing.assert_close(grads[1], grads[0])
 
 
 def test_multiple_batches_and_heads() -> None:

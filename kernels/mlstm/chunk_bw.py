@@ -31,23 +31,73 @@ def row_dot_kernel(A, B, OUT, R, D, BR: tl.constexpr, BD: tl.constexpr):
 
 
 @triton.jit
-def bw_chunk_state_grads_kernel(
-    Q,
-    DH,
+def _add_grad_slice(
+    dC,
+    dn,
+    Q_D,
+    DH_D,
     GATE_B,
     INV_DEN,
     DZ,
-    C_ST,
+    M_TOK,
+    bh,
+    SP,
+    t0,
+    m_c,
+    k0,
+    v0,
+    qk_scale,
+    BL: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    EXP: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    """One ``BL``-token slice (from token ``t0``) of a chunk added to the state-gradient tile:
+    ``dC += (q w)^T (dh / den)``, ``dn += sum(q w dz)`` with ``w_t = exp(b_t + m_c - m_t) * qk_scale``.
+    Returns ``dC, dn``."""
+    t = t0 + tl.arange(0, BL)
+    dtype = Q_D.dtype
+    m_t = tl.load(M_TOK + bh * SP + t) if EXP else 0.0
+    w = tl.exp(tl.load(GATE_B + bh * SP + t) + m_c - m_t) * qk_scale
+    q_tile = Q_D.load([bh, t0, k0]).reshape(BL, BK)
+    dh_tile = DH_D.load([bh, t0, v0]).reshape(BL, BV)
+    qw = q_tile.to(tl.float32) * w[:, None]
+    inv_den = tl.load(INV_DEN + bh * SP + t)
+    if dtype == tl.float16:
+        # fp16's exponent range: a forgotten state's weights (e^-30 and less) and the inverse normalizer of a
+        # token whose stabilizer is far below 0 (e^-12 and less) would flush to 0 or to subnormals in the
+        # operands. Both per-token factors go onto q, scaled to the slice's largest product and scaled back in
+        # fp32; dh enters as it is.
+        a = w * inv_den
+        a_max = tl.max(a, axis=0)
+        a_max = tl.where(a_max > 0, a_max, 1.0)
+        qa = q_tile.to(tl.float32) * (a / a_max)[:, None]
+        dC += tl.dot(tl.trans(qa.to(dtype)), dh_tile, input_precision=DOT_PREC) * a_max
+    else:
+        qa = qw * inv_den[:, None]
+        dC += tl.dot(tl.trans(qa.to(dtype)), dh_tile, input_precision=DOT_PREC)
+    dn += tl.sum(qw * tl.load(DZ + bh * SP + t)[:, None], axis=0)
+    return dC, dn
+
+
+@triton.jit
+def bw_chunk_state_grads_kernel(
+    Q_D,
+    DH_D,
+    GATE_B,
+    INV_DEN,
+    DZ,
+    C_D,
     N_ST,
     M_ST,
     M_TOK,
     DC_LAST,
     DN_LAST,
-    DC_ST,
+    DC_D,
     DN_ST,
     DC_FIRST,
     X_PART,
-    S,
     SP,
     NC,
     DHQK,
@@ -60,16 +110,20 @@ def bw_chunk_state_grads_kernel(
     EXP: tl.constexpr,
     HAS_DLAST: tl.constexpr,
     DOT_PREC: tl.constexpr,
+    UNROLL: tl.constexpr,
 ):
     """Reverse inter-chunk recurrence for the state gradients.
 
-    Grid ``(cdiv(DHQK, BK), cdiv(DHHV, BV), BH)``. ``DC_ST[c]`` (``BH, NC+1, DHQK, DHHV``, input dtype, written
-    for ``c = 1..NC``) is the gradient of the state before chunk ``c`` from every later query and the last
-    state; ``DN_ST`` (fp32) likewise, ``c = 0..NC``. The gradient of the initial state goes to ``DC_FIRST
-    (BH, DHQK, DHHV)`` in fp32.
+    Grid ``(cdiv(DHQK, BK), cdiv(DHHV, BV), BH)``. Reads ``q`` and ``dh`` in ``BL``-token slices through
+    the TMA descriptors ``Q_D [BH, S, DHQK]`` (block ``[1, BL, BK]``) and ``DH_D [BH, S, DHHV]``
+    (``[1, BL, BV]``), and the forward's states through ``C_D [BH * NC, DHQK, DHHV]`` (``[1, BK, BV]``).
+    Writes through ``DC_D [BH * (NC+1), DHQK, DHHV]`` (``[1, BK, BV]``, input dtype) at ``c = 1..NC`` the
+    gradient of the state before chunk ``c`` from every later query and the last state; ``DN_ST`` (fp32)
+    likewise, ``c = 0..NC``. The gradient of the initial state goes to ``DC_FIRST (BH, DHQK, DHHV)`` in fp32.
     ``X_PART (cdiv(DHQK, BK) * cdiv(DHHV, BV), BH, NC)`` gets this tile's part of
     ``<dC_{c+1}, a_c C_c> + <dn_{c+1}, a_c n_c>`` (``a_c`` the decay over chunk ``c``): the forget-gate
     gradient of every (query after chunk ``c``, key before it) pair, summed exactly in fp32.
+    ``UNROLL`` unrolls a chunk's slices so that Triton pipelines the chunk loop (as in ``fw_chunk_states_kernel``).
     """
     pid_k, pid_v, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_k = pid_k * BK + tl.arange(0, BK)
@@ -83,12 +137,12 @@ def bw_chunk_state_grads_kernel(
     else:
         dC = tl.zeros((BK, BV), dtype=tl.float32)
         dn = tl.zeros((BK,), dtype=tl.float32)
-    dtype = Q.dtype.element_ty
+    k0, v0 = pid_k * BK, pid_v * BV
     x_part = X_PART + ((pid_k * tl.num_programs(1) + pid_v) * tl.num_programs(2) + bh) * NC
     for c_rev in range(NC):
         c = NC - 1 - c_rev
         st = bh * (NC + 1) + c + 1
-        tl.store(DC_ST + st * DHQK * DHHV + c_tile_off, dC.to(DC_ST.dtype.element_ty), mask=mask_kv)
+        DC_D.store([st, k0, v0], dC.to(DC_D.dtype).reshape(1, BK, BV))
         if pid_v == 0:
             tl.store(DN_ST + st * DHQK + offs_k, dn, mask=mask_k)
         g = tl.load(GATE_B + bh * SP + c * L + L - 1)
@@ -100,38 +154,23 @@ def bw_chunk_state_grads_kernel(
             decay = tl.exp(g)
         dC = dC * decay
         dn = dn * decay
-        c_tile = tl.load(C_ST + (bh * NC + c) * DHQK * DHHV + c_tile_off, mask=mask_kv, other=0.0).to(tl.float32)
+        c_tile = C_D.load([bh * NC + c, k0, v0]).reshape(BK, BV).to(tl.float32)
         x_sum = tl.sum(tl.sum(dC * c_tile, axis=1), axis=0)
         if pid_v == 0:
             x_sum += tl.sum(dn * tl.load(N_ST + (st - 1) * DHQK + offs_k, mask=mask_k, other=0.0), axis=0)
         tl.store(x_part + c, x_sum)
-        for j in range(0, L, BL):
-            t = c * L + j + tl.arange(0, BL)
-            mask_t = t < S
-            m_t = tl.load(M_TOK + bh * SP + t) if EXP else 0.0
-            w = tl.exp(tl.load(GATE_B + bh * SP + t) + m_c - m_t) * qk_scale
-            q_tile = tl.load(
-                Q + (bh * S + t[:, None]) * DHQK + offs_k[None, :], mask=mask_t[:, None] & mask_k[None, :], other=0.0
-            )
-            dh_tile = tl.load(
-                DH + (bh * S + t[:, None]) * DHHV + offs_v[None, :], mask=mask_t[:, None] & mask_v[None, :], other=0.0
-            )
-            qw = q_tile.to(tl.float32) * w[:, None]
-            inv_den = tl.load(INV_DEN + bh * SP + t)
-            if dtype == tl.float16:
-                # fp16's exponent range: a forgotten state's weights (e^-30 and less) and the inverse
-                # normalizer of a token whose stabilizer is far below 0 (e^-12 and less) would flush to 0 or to
-                # subnormals in the operands. Both per-token factors go onto q, scaled to the slice's largest
-                # product and scaled back in fp32; dh enters as it is.
-                a = w * inv_den
-                a_max = tl.max(a, axis=0)
-                a_max = tl.where(a_max > 0, a_max, 1.0)
-                qa = q_tile.to(tl.float32) * (a / a_max)[:, None]
-                dC += tl.dot(tl.trans(qa.to(dtype)), dh_tile, input_precision=DOT_PREC) * a_max
-            else:
-                d_num = dh_tile.to(tl.float32) * inv_den[:, None]
-                dC += tl.dot(tl.trans(qw.to(dtype)), d_num.to(dtype), input_precision=DOT_PREC)
-            dn += tl.sum(qw * tl.load(DZ + bh * SP + t)[:, None], axis=0)
+        if UNROLL:
+            for j in tl.static_range(0, L, BL):
+                dC, dn = _add_grad_slice(
+                    dC, dn, Q_D, DH_D, GATE_B, INV_DEN, DZ, M_TOK, bh, SP, c * L + j, m_c, k0, v0, qk_scale,
+                    BL, BK, BV, EXP, DOT_PREC,
+                )  # fmt: skip
+        else:
+            for j in range(0, L, BL):
+                dC, dn = _add_grad_slice(
+                    dC, dn, Q_D, DH_D, GATE_B, INV_DEN, DZ, M_TOK, bh, SP, c * L + j, m_c, k0, v0, qk_scale,
+                    BL, BK, BV, EXP, DOT_PREC,
+                )  # fmt: skip
     st = bh * (NC + 1)
     tl.store(DC_FIRST + bh * DHQK * DHHV + c_tile_off, dC, mask=mask_kv)
     if pid_v == 0:
@@ -140,21 +179,20 @@ def bw_chunk_state_grads_kernel(
 
 @triton.jit
 def bw_chunk_dq_kernel(
-    Q,
-    K,
-    V,
-    DH,
+    Q_D,
+    K_D,
+    V_D,
+    DH_D,
     GATE_B,
     GATE_I,
     INV_DEN,
     DZ,
-    C_ST,
+    C_D,
     N_ST,
     M_ST,
     M_TOK,
-    DQ,
+    DQ_D,
     QDQ,
-    S,
     SP,
     NC,
     DHQK,
@@ -172,20 +210,24 @@ def bw_chunk_dq_kernel(
     """``dq`` for ``BQ`` queries of one chunk and a ``BK`` slice of the head dim.
 
     Grid ``(cdiv(DHQK, BK), NC * L / BQ, BH)``. Inter term ``dN C_c^T + dz n_c``, then key blocks up to
-    the diagonal: ``dq += (P * (dN v^T + dz)) k`` with ``P`` the gate matrix; ``dN`` is built over ``BV`` slices.
+    the diagonal: ``dq += (P * (dN v^T + dz)) k`` with ``P`` the gate matrix and ``dN = dh / den`` (the
+    row scale is applied to ``dh v^T`` in fp32, built over ``BV`` slices).
     Also writes this slice's part of ``q . dq`` without the diagonal (``s == t``) terms to
     ``QDQ (cdiv(DHQK, BK), BH, SP)``; its intra-chunk part is summed in fp32 from the gate matrix and the
     slice's scores (not from the ``dq`` tile, whose operands are rounded to the input dtype), so that it
     cancels against the same sum of the ``dk`` kernel to fp32 accuracy in the forget-gate gradient.
-    ``STATE_STAGES``: pipeline stages of the loop that loads ``C_ST``.
+    Tiles move through TMA descriptors ``Q_D, K_D, DQ_D [BH, S, DHQK]`` (blocks ``[1, BQ, BK]``,
+    ``[1, BKV, BK]``, ``[1, BQ, BK]``), ``V_D, DH_D [BH, S, DHHV]`` (``[1, BKV, BV]``, ``[1, BQ, BV]``) and
+    ``C_D [BH * NC, DHQK, DHHV]`` (``[1, BK, BV]``). ``STATE_STAGES``: pipeline stages of the loop that loads
+    the states.
     """
     pid_k, pid_cq, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     c = pid_cq // (L // BQ)
     q_start = (pid_cq % (L // BQ)) * BQ
     t_q = c * L + q_start + tl.arange(0, BQ)
-    offs_k = pid_k * BK + tl.arange(0, BK)
-    mask_q, mask_k = t_q < S, offs_k < DHQK
-    dtype = Q.dtype.element_ty
+    q0, k0 = c * L + q_start, pid_k * BK
+    offs_k = k0 + tl.arange(0, BK)
+    dtype = Q_D.dtype
     st = bh * (NC + 1) + c
     b_q = tl.load(GATE_B + bh * SP + t_q)
     inv_den = tl.load(INV_DEN + bh * SP + t_q)
@@ -199,76 +241,50 @@ def bw_chunk_dq_kernel(
 
     dq = tl.zeros((BQ, BK), dtype=tl.float32)
     for vv in tl.range(0, DHHV, BV, num_stages=STATE_STAGES):
-        offs_v = vv + tl.arange(0, BV)
-        mask_v = offs_v < DHHV
-        dh_tile = tl.load(
-            DH + (bh * S + t_q[:, None]) * DHHV + offs_v[None, :], mask=mask_q[:, None] & mask_v[None, :], other=0.0
-        )
-        d_num = (dh_tile.to(tl.float32) * inv_den[:, None]).to(dtype)
-        c_tile = tl.load(
-            C_ST + (bh * NC + c) * DHQK * DHHV + offs_k[:, None] * DHHV + offs_v[None, :],
-            mask=mask_k[:, None] & mask_v[None, :],
-            other=0.0,
-        )
-        dq += tl.dot(d_num, tl.trans(c_tile.to(dtype)), input_precision=DOT_PREC)
-    n_tile = tl.load(N_ST + st * DHQK + offs_k, mask=mask_k, other=0.0)
-    dq = (dq + dz[:, None] * n_tile[None, :]) * w_inter[:, None]
-    q_tile = tl.load(
-        Q + (bh * S + t_q[:, None]) * DHQK + offs_k[None, :], mask=mask_q[:, None] & mask_k[None, :], other=0.0
-    )
+        dh_tile = DH_D.load([bh, q0, vv]).reshape(BQ, BV)
+        c_tile = C_D.load([bh * NC + c, k0, vv]).reshape(BK, BV)
+        dq += tl.dot(dh_tile, tl.trans(c_tile.to(dtype)), input_precision=DOT_PREC)
+    n_tile = tl.load(N_ST + st * DHQK + offs_k, mask=offs_k < DHQK, other=0.0)
+    dq = (dq * inv_den[:, None] + dz[:, None] * n_tile[None, :]) * w_inter[:, None]
+    q_tile = Q_D.load([bh, q0, k0]).reshape(BQ, BK)
     qdq = tl.sum(q_tile.to(tl.float32) * dq, axis=1)
 
     for s0 in range(0, q_start + BQ, BKV):
         t_s = c * L + s0 + tl.arange(0, BKV)
-        mask_s = t_s < S
         dp = tl.zeros((BQ, BKV), dtype=tl.float32)
         for vv in range(0, DHHV, BV):
-            offs_v = vv + tl.arange(0, BV)
-            mask_v = offs_v < DHHV
-            dh_tile = tl.load(
-                DH + (bh * S + t_q[:, None]) * DHHV + offs_v[None, :], mask=mask_q[:, None] & mask_v[None, :], other=0.0
-            )
-            d_num = (dh_tile.to(tl.float32) * inv_den[:, None]).to(dtype)
-            v_tile = tl.load(
-                V + (bh * S + t_s[:, None]) * DHHV + offs_v[None, :], mask=mask_s[:, None] & mask_v[None, :], other=0.0
-            )
-            dp += tl.dot(d_num, tl.trans(v_tile), input_precision=DOT_PREC)
+            dh_tile = DH_D.load([bh, q0, vv]).reshape(BQ, BV)
+            v_tile = V_D.load([bh, c * L + s0, vv]).reshape(BKV, BV)
+            dp += tl.dot(dh_tile, tl.trans(v_tile), input_precision=DOT_PREC)
         log_d = b_q[:, None] - tl.load(GATE_B + bh * SP + t_s)[None, :] + tl.load(GATE_I + bh * SP + t_s)[None, :]
         log_d = tl.where(t_s[None, :] <= t_q[:, None], log_d, -float("inf"))
-        a = tl.exp(log_d - m_q[:, None]) * (dp + dz[:, None])
-        k_tile = tl.load(
-            K + (bh * S + t_s[:, None]) * DHQK + offs_k[None, :], mask=mask_s[:, None] & mask_k[None, :], other=0.0
-        )
+        a = tl.exp(log_d - m_q[:, None]) * (dp * inv_den[:, None] + dz[:, None])
+        k_tile = K_D.load([bh, c * L + s0, k0]).reshape(BKV, BK)
         dq += tl.dot(a.to(dtype), k_tile, input_precision=DOT_PREC)
         scores = tl.dot(q_tile, tl.trans(k_tile), input_precision=DOT_PREC)
         qdq += tl.sum(tl.where(t_s[None, :] < t_q[:, None], a * scores, 0.0), axis=1)
-    tl.store(
-        DQ + (bh * S + t_q[:, None]) * DHQK + offs_k[None, :],
-        (dq * qk_scale).to(DQ.dtype.element_ty),
-        mask=mask_q[:, None] & mask_k[None, :],
-    )
+    DQ_D.store([bh, q0, k0], (dq * qk_scale).to(DQ_D.dtype).reshape(1, BQ, BK))
     tl.store(QDQ + (pid_k * tl.num_programs(2) + bh) * SP + t_q, qdq * qk_scale)
 
 
 @triton.jit
 def bw_chunk_dk_kernel(
-    Q,
-    K,
-    V,
-    DH,
+    Q_D,
+    K_D,
+    V_D,
+    DH_D,
     GATE_B,
     GATE_I,
     INV_DEN,
     DZ,
-    DC_ST,
+    DC_D,
     DN_ST,
     M_ST,
     M_TOK,
-    DK,
+    DK_D,
     KDK,
     KDK_INTER,
     KDK_OFF,
-    S,
     SP,
     NC,
     DHQK,
@@ -289,14 +305,17 @@ def bw_chunk_dk_kernel(
     Also writes this slice's parts of ``k . dk`` (each ``(cdiv(DHQK, BK), BH, SP)``, fp32): ``KDK`` all of
     it, ``KDK_INTER`` the term from later chunks, ``KDK_OFF`` the intra-chunk term without the diagonal
     (``t == s``), summed from the gate matrix and the slice's scores as in the ``dq`` kernel.
+    Descriptors: ``Q_D, K_D, DK_D [BH, S, DHQK]`` (blocks ``[1, BQ, BK]``, ``[1, BKV, BK]``, ``[1, BKV, BK]``),
+    ``V_D, DH_D [BH, S, DHHV]`` (``[1, BKV, BV]``, ``[1, BQ, BV]``), ``DC_D [BH * (NC+1), DHQK, DHHV]``
+    (``[1, BK, BV]``).
     """
     pid_k, pid_cs, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     c = pid_cs // (L // BKV)
     s_start = (pid_cs % (L // BKV)) * BKV
     t_s = c * L + s_start + tl.arange(0, BKV)
-    offs_k = pid_k * BK + tl.arange(0, BK)
-    mask_s, mask_k = t_s < S, offs_k < DHQK
-    dtype = Q.dtype.element_ty
+    s0, k0 = c * L + s_start, pid_k * BK
+    offs_k = k0 + tl.arange(0, BK)
+    dtype = Q_D.dtype
     st = bh * (NC + 1) + c + 1
     b_s = tl.load(GATE_B + bh * SP + t_s)
     i_s = tl.load(GATE_I + bh * SP + t_s)
@@ -306,58 +325,35 @@ def bw_chunk_dk_kernel(
 
     dk = tl.zeros((BKV, BK), dtype=tl.float32)
     for vv in range(0, DHHV, BV):
-        offs_v = vv + tl.arange(0, BV)
-        mask_v = offs_v < DHHV
-        v_tile = tl.load(
-            V + (bh * S + t_s[:, None]) * DHHV + offs_v[None, :], mask=mask_s[:, None] & mask_v[None, :], other=0.0
-        )
-        dc_tile = tl.load(
-            DC_ST + st * DHQK * DHHV + offs_k[:, None] * DHHV + offs_v[None, :],
-            mask=mask_k[:, None] & mask_v[None, :],
-            other=0.0,
-        )
+        v_tile = V_D.load([bh, s0, vv]).reshape(BKV, BV)
+        dc_tile = DC_D.load([st, k0, vv]).reshape(BK, BV)
         dk += tl.dot(v_tile, tl.trans(dc_tile.to(dtype)), input_precision=DOT_PREC)
-    dn_tile = tl.load(DN_ST + st * DHQK + offs_k, mask=mask_k, other=0.0)
+    dn_tile = tl.load(DN_ST + st * DHQK + offs_k, mask=offs_k < DHQK, other=0.0)
     dk = (dk + dn_tile[None, :]) * w_inter[:, None]
-    k_tile = tl.load(
-        K + (bh * S + t_s[:, None]) * DHQK + offs_k[None, :], mask=mask_s[:, None] & mask_k[None, :], other=0.0
-    )
+    k_tile = K_D.load([bh, s0, k0]).reshape(BKV, BK)
     kdk_inter = tl.sum(k_tile.to(tl.float32) * dk, axis=1)
     kdk_diag = tl.zeros((BKV,), dtype=tl.float32)
     kdk_off = tl.zeros((BKV,), dtype=tl.float32)
 
-    for q0 in range((s_start // BQ) * BQ, L, BQ):
-        t_q = c * L + q0 + tl.arange(0, BQ)
-        mask_q = t_q < S
+    for q_off in range((s_start // BQ) * BQ, L, BQ):
+        t_q = c * L + q_off + tl.arange(0, BQ)
         inv_den = tl.load(INV_DEN + bh * SP + t_q)
         dpt = tl.zeros((BKV, BQ), dtype=tl.float32)
         for vv in range(0, DHHV, BV):
-            offs_v = vv + tl.arange(0, BV)
-            mask_v = offs_v < DHHV
-            v_tile = tl.load(
-                V + (bh * S + t_s[:, None]) * DHHV + offs_v[None, :], mask=mask_s[:, None] & mask_v[None, :], other=0.0
-            )
-            dh_tile = tl.load(
-                DH + (bh * S + t_q[:, None]) * DHHV + offs_v[None, :], mask=mask_q[:, None] & mask_v[None, :], other=0.0
-            )
-            d_num = (dh_tile.to(tl.float32) * inv_den[:, None]).to(dtype)
-            dpt += tl.dot(v_tile, tl.trans(d_num), input_precision=DOT_PREC)
+            v_tile = V_D.load([bh, s0, vv]).reshape(BKV, BV)
+            dh_tile = DH_D.load([bh, c * L + q_off, vv]).reshape(BQ, BV)
+            dpt += tl.dot(v_tile, tl.trans(dh_tile), input_precision=DOT_PREC)
         m_q = tl.load(M_TOK + bh * SP + t_q) if EXP else tl.zeros((BQ,), dtype=tl.float32)
         log_dt = tl.load(GATE_B + bh * SP + t_q)[None, :] - b_s[:, None] + i_s[:, None] - m_q[None, :]
         log_dt = tl.where(t_q[None, :] >= t_s[:, None], log_dt, -float("inf"))
-        at = tl.exp(log_dt) * (dpt + tl.load(DZ + bh * SP + t_q)[None, :]) * qk_scale
-        q_tile = tl.load(
-            Q + (bh * S + t_q[:, None]) * DHQK + offs_k[None, :], mask=mask_q[:, None] & mask_k[None, :], other=0.0
-        )
+        dz_q = tl.load(DZ + bh * SP + t_q)
+        at = tl.exp(log_dt) * (dpt * inv_den[None, :] + dz_q[None, :]) * qk_scale
+        q_tile = Q_D.load([bh, c * L + q_off, k0]).reshape(BQ, BK)
         dk += tl.dot(at.to(dtype), q_tile, input_precision=DOT_PREC)
         d_gate = at * tl.dot(k_tile, tl.trans(q_tile), input_precision=DOT_PREC)
         kdk_off += tl.sum(tl.where(t_q[None, :] > t_s[:, None], d_gate, 0.0), axis=1)
         kdk_diag += tl.sum(tl.where(t_q[None, :] == t_s[:, None], d_gate, 0.0), axis=1)
-    tl.store(
-        DK + (bh * S + t_s[:, None]) * DHQK + offs_k[None, :],
-        dk.to(DK.dtype.element_ty),
-        mask=mask_s[:, None] & mask_k[None, :],
-    )
+    DK_D.store([bh, s0, k0], dk.to(DK_D.dtype).reshape(1, BKV, BK))
     part = (pid_k * tl.num_programs(2) + bh) * SP + t_s
     tl.store(KDK + part, kdk_inter + kdk_off + kdk_diag)
     tl.store(KDK_INTER + part, kdk_inter)
@@ -366,17 +362,16 @@ def bw_chunk_dk_kernel(
 
 @triton.jit
 def bw_chunk_dv_kernel(
-    Q,
-    K,
-    DH,
+    Q_D,
+    K_D,
+    DH_D,
     GATE_B,
     GATE_I,
     INV_DEN,
-    DC_ST,
+    DC_D,
     M_ST,
     M_TOK,
-    DV,
-    S,
+    DV_D,
     SP,
     NC,
     DHQK,
@@ -393,15 +388,17 @@ def bw_chunk_dv_kernel(
     """``dv`` for ``BKV`` keys of one chunk and a ``BV`` slice of the value head dim.
 
     Grid ``(cdiv(DHHV, BV), NC * L / BKV, BH)``. Inter term ``w_s dC_{c+1}^T k_s``, then query blocks from
-    the diagonal: ``dv += (P * q k^T)^T dN`` with the scores built over ``BK`` slices.
+    the diagonal: ``dv += (P * q k^T / den)^T dh`` with the scores built over ``BK`` slices (the inverse
+    normalizer scales the gate matrix's query columns in fp32, not ``dh``).
+    Descriptors: ``Q_D, K_D [BH, S, DHQK]`` (blocks ``[1, BQ, BK]``, ``[1, BKV, BK]``), ``DH_D, DV_D
+    [BH, S, DHHV]`` (``[1, BQ, BV]``, ``[1, BKV, BV]``), ``DC_D [BH * (NC+1), DHQK, DHHV]`` (``[1, BK, BV]``).
     """
     pid_v, pid_cs, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     c = pid_cs // (L // BKV)
     s_start = (pid_cs % (L // BKV)) * BKV
     t_s = c * L + s_start + tl.arange(0, BKV)
-    offs_v = pid_v * BV + tl.arange(0, BV)
-    mask_s, mask_v = t_s < S, offs_v < DHHV
-    dtype = Q.dtype.element_ty
+    s0, v0 = c * L + s_start, pid_v * BV
+    dtype = Q_D.dtype
     st = bh * (NC + 1) + c + 1
     b_s = tl.load(GATE_B + bh * SP + t_s)
     i_s = tl.load(GATE_I + bh * SP + t_s)
@@ -411,44 +408,23 @@ def bw_chunk_dv_kernel(
 
     dv = tl.zeros((BKV, BV), dtype=tl.float32)
     for kk in range(0, DHQK, BK):
-        offs_k = kk + tl.arange(0, BK)
-        mask_k = offs_k < DHQK
-        k_tile = tl.load(
-            K + (bh * S + t_s[:, None]) * DHQK + offs_k[None, :], mask=mask_s[:, None] & mask_k[None, :], other=0.0
-        )
-        dc_tile = tl.load(
-            DC_ST + st * DHQK * DHHV + offs_k[:, None] * DHHV + offs_v[None, :],
-            mask=mask_k[:, None] & mask_v[None, :],
-            other=0.0,
-        )
+        k_tile = K_D.load([bh, s0, kk]).reshape(BKV, BK)
+        dc_tile = DC_D.load([st, kk, v0]).reshape(BK, BV)
         dv += tl.dot(k_tile, dc_tile.to(dtype), input_precision=DOT_PREC)
     dv = dv * w_inter[:, None]
 
-    for q0 in range((s_start // BQ) * BQ, L, BQ):
-        t_q = c * L + q0 + tl.arange(0, BQ)
-        mask_q = t_q < S
+    for q_off in range((s_start // BQ) * BQ, L, BQ):
+        t_q = c * L + q_off + tl.arange(0, BQ)
         st_scores = tl.zeros((BKV, BQ), dtype=tl.float32)
         for kk in range(0, DHQK, BK):
-            offs_k = kk + tl.arange(0, BK)
-            mask_k = offs_k < DHQK
-            k_tile = tl.load(
-                K + (bh * S + t_s[:, None]) * DHQK + offs_k[None, :], mask=mask_s[:, None] & mask_k[None, :], other=0.0
-            )
-            q_tile = tl.load(
-                Q + (bh * S + t_q[:, None]) * DHQK + offs_k[None, :], mask=mask_q[:, None] & mask_k[None, :], other=0.0
-            )
+            k_tile = K_D.load([bh, s0, kk]).reshape(BKV, BK)
+            q_tile = Q_D.load([bh, c * L + q_off, kk]).reshape(BQ, BK)
             st_scores += tl.dot(k_tile, tl.trans(q_tile), input_precision=DOT_PREC)
         m_q = tl.load(M_TOK + bh * SP + t_q) if EXP else tl.zeros((BQ,), dtype=tl.float32)
         log_dt = tl.load(GATE_B + bh * SP + t_q)[None, :] - b_s[:, None] + i_s[:, None] - m_q[None, :]
         log_dt = tl.where(t_q[None, :] >= t_s[:, None], log_dt, -float("inf"))
-        pt = tl.exp(log_dt) * st_scores * qk_scale
-        dh_tile = tl.load(
-            DH + (bh * S + t_q[:, None]) * DHHV + offs_v[None, :], mask=mask_q[:, None] & mask_v[None, :], other=0.0
-        )
-        d_num = (dh_tile.to(tl.float32) * tl.load(INV_DEN + bh * SP + t_q)[:, None]).to(dtype)
-        dv += tl.dot(pt.to(dtype), d_num, input_precision=DOT_PREC)
-    tl.store(
-        DV + (bh * S + t_s[:, None]) * DHHV + offs_v[None, :],
-        dv.to(DV.dtype.element_ty),
-        mask=mask_s[:, None] & mask_v[None, :],
-    )
+        col = tl.load(INV_DEN + bh * SP + t_q) * qk_scale
+        pt = tl.exp(log_dt) * st_scores * col[None, :]
+        dh_tile = DH_D.load([bh, c * L + q_off, v0]).reshape(BQ, BV)
+        dv += tl.dot(pt.to(dtype), dh_tile, input_precision=DOT_PREC)
+    DV_D.store([bh, s0, v0], dv.to(DV_D.dtype).reshape(1, BKV, BV))

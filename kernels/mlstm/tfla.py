@@ -87,32 +87,41 @@ class TileConfig:
 
 
 # Measured on the H100 (scripts/tune_tiles.py, bf16, chunk 128, at DHQK/DHHV 128/256 and 256/512; see
-# docs/performance.md, v4 for fw_states and fw_output, v3 for bw_dq): each kernel splits its grid over one head
-# dim (the wide tile) and loops over the other, so a wide split tile cuts the recomputed inner products.
+# docs/performance.md, v4 for fw_states and fw_output, v5 for the backward): each kernel splits its grid over one
+# head dim (the wide tile) and loops over the other, so a wide split tile cuts the recomputed inner products
+# (bw_dq's BK 256 covers the 7B q/k head dim whole: no dh v^T is computed twice).
 # fw_states reads whole 128-token chunks (BQ) so that its chunk loop is pipelined (STATE_PIPELINE_SMEM).
-# The pointer-based loops that read 16-bit chunk states run with 1 stage (see STATE_READERS); bw_dq is fastest
-# with no pipelining at all.
+# The loops that read 16-bit chunk states in the STATE_READERS run with 1 stage.
 GPU_TILES = TileConfig(
     fw_states=KernelTiles(BQ=128, BKV=128, BK=64, BV=128, num_warps=4, num_stages=2),
     fw_output=KernelTiles(BK=128, BV=256, num_warps=4, num_stages=2),
     bw_states=KernelTiles(BK=64, BV=128, num_warps=4, num_stages=3),
-    bw_dq=KernelTiles(BK=128, BV=128, num_warps=4, num_stages=1),
+    bw_dq=KernelTiles(BK=256, BV=128, num_warps=4, num_stages=2),
     bw_dk=KernelTiles(BK=128, BV=64, num_warps=4, num_stages=3),
     bw_dv=KernelTiles(BK=64, BV=256, num_warps=4, num_stages=2),
 )
-# Kernels that load the stored chunk states C_ST with plain pointer loads in a loop that feeds tl.dot. With
-# 16-bit states, Triton 3.6 on the H100 miscompiles those loads in a software pipeline (2 stages at chunk 128,
-# 2 and 3 stages at chunk 64, for some tiles: h off by 1e-2..1e-1 while the same values stored as fp32 give
-# exact results). With 1 stage they were exact for every tile and chunk size tried (docs/performance.md, v2
-# and v3; scripts/check_state_loads.py). Only that loop runs 1 stage (``KernelTiles.state_stages``); bw_states
-# reads C_ST outside any pipelined loop and was exact with 3 stages (dk, dv at chunks 64..256). fw_output
-# loads them through a TMA descriptor (v4): 23 of 24 tiles pipeline exactly, but BK 64 x BV 256 with 4 warps
-# and 3 stages still gives a different h (4e-4 relative, 7B shape, chunks 64 and 128), so it stays on the list.
+# From LARGE_CHUNK tokens on, the intra-chunk products dominate: these kernels take wider token tiles there
+# (tune_tiles.py at the 7B shape, chunks 512 and 1024; docs/performance.md, v5).
+LARGE_CHUNK = 512
+LARGE_CHUNK_TILES = {"bw_dk": KernelTiles(BQ=64, BKV=128, BK=256, BV=128, num_warps=8, num_stages=2)}
+# Kernels that load the stored chunk states C_ST in a loop that feeds tl.dot. With 16-bit states, Triton 3.6 on
+# the H100 miscompiled those loads (then plain pointer loads) in a software pipeline (2 stages at chunk 128, 2 and
+# 3 stages at chunk 64, for some tiles: h off by 1e-2..1e-1 while the same values stored as fp32 give exact
+# results). With 1 stage they were exact for every tile and chunk size tried (docs/performance.md, v2 and v3;
+# scripts/check_state_loads.py). Only that loop runs 1 stage (``KernelTiles.state_stages``); bw_states reads C_ST
+# outside any pipelined loop and was exact with 3 stages (dk, dv at chunks 64..256). fw_output loads them through
+# a TMA descriptor (v4): 23 of 24 tiles pipeline exactly, but BK 64 x BV 256 with 4 warps and 3 stages still gives
+# a different h (4e-4 relative, 7B shape, chunks 64 and 128), so it stays on the list; bw_dq reads them through
+# TMA since v5 and was not re-checked pipelined, so it stays too.
 STATE_READERS = ("fw_output", "bw_dq")
 INTERPRETER_TILES = TileConfig.uniform(KernelTiles(BQ=16, BKV=16, BK=32, BV=32))
 # fw_states pipelines its chunk loop (whole chunks of k and v in flight) while that fits in this much shared memory
 # (bytes; the H100 has 227 KiB per block): chunks up to 128 tokens with the bf16 table, up to 64 in fp32.
 STATE_PIPELINE_SMEM = 200 * 1024
+# fw_states where its grid has at most one program per SM (paper config at S = 32768: B * NH = 32, 128 programs on
+# 132 SMs): 719 us with 8 warps against 779 with 4 (tune_tiles.py; docs/performance.md, v5). At two programs per SM
+# (7B, S = 32768: 256 programs) 4 warps stay faster (907 against 1092 us).
+SMALL_GRID_STATE_WARPS = 8
 
 
 def _halve_for_fp32(t: KernelTiles) -> KernelTiles:
@@ -126,14 +135,32 @@ def choose_tiles(
     dhhv: int,
     interpret: bool,
     dtype: torch.dtype = torch.bfloat16,
+    batch_heads: int = 0,
+    sm_count: int = 0,
 ) -> TileConfig:
-    """Tile table: small tiles for the interpreter, the tuned table on the GPU (clamped to the problem)."""
+    """Tile table: small tiles for the interpreter, the tuned table on the GPU (clamped to the problem).
+
+    With ``batch_heads`` (``B * NH``) and the GPU's ``sm_count`` given, a fw_states grid of at most one
+    program per SM runs ``SMALL_GRID_STATE_WARPS`` warps (each program is then alone on its SM)."""
     if interpret:
         return INTERPRETER_TILES.fit(chunk_size, dhqk, dhhv)
     config = GPU_TILES
+    if chunk_size >= LARGE_CHUNK:
+        config = replace(config, **LARGE_CHUNK_TILES)
     if dtype == torch.float32:
         config = TileConfig(**{n: _halve_for_fp32(getattr(config, n)) for n in KERNELS})
-    return config.fit(chunk_size, dhqk, dhhv)
+    config = config.fit(chunk_size, dhqk, dhhv)
+    ts = config.fw_states
+    if batch_heads and sm_count and triton.cdiv(dhqk, ts.BK) * triton.cdiv(dhhv, ts.BV) * batch_heads <= sm_count:
+        config = replace(config, fw_states=replace(ts, num_warps=SMALL_GRID_STATE_WARPS))
+    return config
+
+
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA ``device``; 0 elsewhere."""
+    if device.type != "cuda":
+        return 0
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def unpipelined_state_loads(tiles: TileConfig, dtype: torch.dtype) -> TileConfig:
@@ -303,10 +330,14 @@ def _forget_gate_grad(
     return d_log_f.reshape(bh, sp)
 
 
-def pipelined_chunk_smem(t: KernelTiles, chunk_size: int, input_bytes: int, state_bytes: int) -> int:
-    """Shared memory (bytes, an upper estimate) of fw_states with its chunk loop pipelined: ``num_stages``
-    chunks of ``k`` and ``v`` slices plus the staged state tile."""
-    return t.num_stages * chunk_size * (t.BK + t.BV) * input_bytes + t.BK * t.BV * state_bytes
+def pipelined_chunk_smem(
+    t: KernelTiles, chunk_size: int, input_bytes: int, state_bytes: int, state_loads: int = 0
+) -> int:
+    """Shared memory (bytes, an upper estimate) of a state kernel (fw_states, bw_states) with its chunk loop
+    pipelined: ``num_stages`` chunks of the two token-indexed inputs' slices (``BK`` and ``BV`` wide) and of
+    ``state_loads`` state tiles read per chunk, plus the staged state tile that is stored."""
+    per_stage = chunk_size * (t.BK + t.BV) * input_bytes + state_loads * t.BK * t.BV * state_bytes
+    return t.num_stages * per_stage + t.BK * t.BV * state_bytes
 
 
 def tma_ready(x: torch.Tensor) -> torch.Tensor:
@@ -434,7 +465,7 @@ class _TFLAFunction(torch.autograd.Function):
         if tiles:
             tiles = tiles.fit(L, DHQK, DHHV)
         else:
-            tiles = choose_tiles(L, DHQK, DHHV, interpreting(), q.dtype)
+            tiles = choose_tiles(L, DHQK, DHHV, interpreting(), q.dtype, BH, sm_count(q.device))
         tiles = unpipelined_state_loads(tiles, q.dtype)
         ts, to = tiles.fw_states, tiles.fw_output
         q, k, v = tma_ready(q), tma_ready(k), tma_ready(v)
@@ -469,7 +500,7 @@ class _TFLAFunction(torch.autograd.Function):
         SP = NC * L
         exp, prec, scale = variant == "exp", _dot_precision(q.dtype), DHQK**-0.5
         f32 = dict(dtype=torch.float32, device=q.device)
-        dh = torch.zeros_like(h) if dh is None else dh.contiguous()
+        dh = torch.zeros_like(h) if dh is None else tma_ready(dh)
         if normalize:
             den = torch.maximum(z_tok.abs(), torch.exp(-m_tok)) + eps
             inv_den = 1.0 / den
@@ -492,22 +523,21 @@ class _TFLAFunction(torch.autograd.Function):
         state_grid = (triton.cdiv(DHQK, ts.BK), triton.cdiv(DHHV, ts.BV), BH)
         x_part = torch.empty(state_grid[0] * state_grid[1], BH, NC, **f32)
         bw_chunk_state_grads_kernel[state_grid](
-            q,
-            dh,
+            head_tiles(q, ts.BQ, ts.BK),
+            head_tiles(dh, ts.BQ, ts.BV),
             gate_b,
             inv_den,
             dz,
-            c_st,
+            head_tiles(c_st, ts.BK, ts.BV),
             n_st,
             m_st,
             m_tok,
             dC_last,
             dn_last,
-            dc_st,
+            head_tiles(dc_st, ts.BK, ts.BV),
             dn_st,
             dc_first,
             x_part,
-            S,
             SP,
             NC,
             DHQK,
@@ -517,6 +547,8 @@ class _TFLAFunction(torch.autograd.Function):
             BK=ts.BK,
             BV=ts.BV,
             HAS_DLAST=has_dlast,
+            UNROLL=pipelined_chunk_smem(ts, L, q.element_size(), c_st.element_size(), state_loads=1)
+            <= STATE_PIPELINE_SMEM,
             **common,
             **ts.launch(),
         )
@@ -524,21 +556,20 @@ class _TFLAFunction(torch.autograd.Function):
         qdq = torch.empty(triton.cdiv(DHQK, tq.BK), BH, SP, **f32)
         kdk, kdk_inter, kdk_off = (torch.empty(triton.cdiv(DHQK, tk.BK), BH, SP, **f32) for _ in range(3))
         bw_chunk_dq_kernel[(triton.cdiv(DHQK, tq.BK), NC * (L // tq.BQ), BH)](
-            q,
-            k,
-            v,
-            dh,
+            head_tiles(q, tq.BQ, tq.BK),
+            head_tiles(k, tq.BKV, tq.BK),
+            head_tiles(v, tq.BKV, tq.BV),
+            head_tiles(dh, tq.BQ, tq.BV),
             gate_b,
             gate_i,
             inv_den,
             dz,
-            c_st,
+            head_tiles(c_st, tq.BK, tq.BV),
             n_st,
             m_st,
             m_tok,
-            dq,
+            head_tiles(dq, tq.BQ, tq.BK),
             qdq,
-            S,
             SP,
             NC,
             DHQK,
@@ -549,23 +580,22 @@ class _TFLAFunction(torch.autograd.Function):
             **common,
         )
         bw_chunk_dk_kernel[(triton.cdiv(DHQK, tk.BK), NC * (L // tk.BKV), BH)](
-            q,
-            k,
-            v,
-            dh,
+            head_tiles(q, tk.BQ, tk.BK),
+            head_tiles(k, tk.BKV, tk.BK),
+            head_tiles(v, tk.BKV, tk.BV),
+            head_tiles(dh, tk.BQ, tk.BV),
             gate_b,
             gate_i,
             inv_den,
             dz,
-            dc_st,
+            head_tiles(dc_st, tk.BK, tk.BV),
             dn_st,
             m_st,
             m_tok,
-            dk,
+            head_tiles(dk, tk.BKV, tk.BK),
             kdk,
             kdk_inter,
             kdk_off,
-            S,
             SP,
             NC,
             DHQK,
@@ -575,17 +605,16 @@ class _TFLAFunction(torch.autograd.Function):
             **common,
         )
         bw_chunk_dv_kernel[(triton.cdiv(DHHV, tv.BV), NC * (L // tv.BKV), BH)](
-            q,
-            k,
-            dh,
+            head_tiles(q, tv.BQ, tv.BK),
+            head_tiles(k, tv.BKV, tv.BK),
+            head_tiles(dh, tv.BQ, tv.BV),
             gate_b,
             gate_i,
             inv_den,
-            dc_st,
+            head_tiles(dc_st, tv.BK, tv.BV),
             m_st,
             m_tok,
-            dv,
-            S,
+            head_tiles(dv, tv.BKV, tv.BV),
             SP,
             NC,
             DHQK,
