@@ -190,6 +190,8 @@ def test_large_chunks_take_wider_token_tiles(chunk: int) -> None:
         expected = expected or getattr(tfla.GPU_TILES, name)
         assert getattr(tiles, name) == expected.fit(chunk, 256, 512)
     assert large == (tiles.bw_dk.BKV == 128)
+    # tuned in bf16 only: fp32 keeps its halved table at every chunk size
+    assert tfla.choose_tiles(chunk, 256, 512, interpret=False, dtype=torch.float32).bw_dk.BKV == 64
 
 
 @pytest.mark.parametrize("batch_heads,warps", [(32, tfla.SMALL_GRID_STATE_WARPS), (64, 4), (0, 4)])
