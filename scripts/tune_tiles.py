@@ -22,7 +22,7 @@ import torch
 from profile_passes import kernel_times
 
 from kernels.mlstm.accuracy import relative_error as rel
-from kernels.mlstm.tfla import KERNELS, STATE_READERS, KernelTiles, TileConfig, choose_tiles, mlstm_tfla, sm_count
+from kernels.mlstm.tfla import KERNELS, STATE_READERS, KernelTiles, TileConfig, choose_tiles, gpu_sm_count, mlstm_tfla
 
 # Kernel -> (the head-dim tile its grid is split over, the one it loops over inside).
 SPLIT = {
@@ -125,7 +125,7 @@ def main() -> int:
     a = p.parse_args()
     shape = tuple(int(x) for x in a.shape.split(","))
     base = choose_tiles(
-        a.chunk, shape[3], shape[4], False, torch.bfloat16, shape[0] * shape[1], sm_count(torch.device("cuda"))
+        a.chunk, shape[3], shape[4], False, torch.bfloat16, shape[0] * shape[1], gpu_sm_count(torch.device("cuda"))
     )
     trials = [
         (kernel, cand)

@@ -156,7 +156,7 @@ def choose_tiles(
     return config
 
 
-def sm_count(device: torch.device) -> int:
+def gpu_sm_count(device: torch.device) -> int:
     """Streaming multiprocessors of a CUDA ``device``; 0 elsewhere."""
     if device.type != "cuda":
         return 0
@@ -465,7 +465,7 @@ class _TFLAFunction(torch.autograd.Function):
         if tiles:
             tiles = tiles.fit(L, DHQK, DHHV)
         else:
-            tiles = choose_tiles(L, DHQK, DHHV, interpreting(), q.dtype, BH, sm_count(q.device))
+            tiles = choose_tiles(L, DHQK, DHHV, interpreting(), q.dtype, BH, gpu_sm_count(q.device))
         tiles = unpipelined_state_loads(tiles, q.dtype)
         ts, to = tiles.fw_states, tiles.fw_output
         q, k, v = tma_ready(q), tma_ready(k), tma_ready(v)
