@@ -176,6 +176,7 @@ def test_state_chunk_loop_is_pipelined_only_where_it_fits(dtype: torch.dtype, ch
     tiles = tfla.choose_tiles(chunk, 256, 512, interpret=False, dtype=dtype).fw_states
     smem = tfla.pipelined_chunk_smem(tiles, chunk, dtype.itemsize, tfla.state_dtype(dtype).itemsize)
     assert (smem <= tfla.STATE_PIPELINE_SMEM) is pipelined
+    assert tfla.unrolls_chunk_slices(tiles, chunk, dtype.itemsize, tfla.state_dtype(dtype).itemsize) is pipelined
     assert tfla.STATE_PIPELINE_SMEM < 227 * 1024
 
 

@@ -115,8 +115,9 @@ LARGE_CHUNK_TILES = {"bw_dk": KernelTiles(BQ=64, BKV=128, BK=256, BV=128, num_wa
 # TMA since v5 and was not re-checked pipelined, so it stays too.
 STATE_READERS = ("fw_output", "bw_dq")
 INTERPRETER_TILES = TileConfig.uniform(KernelTiles(BQ=16, BKV=16, BK=32, BV=32))
-# fw_states pipelines its chunk loop (whole chunks of k and v in flight) while that fits in this much shared memory
-# (bytes; the H100 has 227 KiB per block): chunks up to 128 tokens with the bf16 table, up to 64 in fp32.
+# The state kernels pipeline their chunk loop (whole chunks of k and v, or q and dh, in flight) while that fits in
+# this much shared memory (bytes; the H100 has 227 KiB per block; unrolls_chunk_slices): fw_states up to 128-token
+# chunks with the bf16 table, up to 64 in fp32.
 STATE_PIPELINE_SMEM = 200 * 1024
 # fw_states where its grid has at most one program per SM (paper config at S = 32768: B * NH = 32, 128 programs on
 # 132 SMs): 719 us with 8 warps against 779 with 4 (tune_tiles.py; docs/performance.md, v5). At two programs per SM
@@ -340,6 +341,14 @@ def pipelined_chunk_smem(
     return t.num_stages * per_stage + t.BK * t.BV * state_bytes
 
 
+def unrolls_chunk_slices(
+    t: KernelTiles, chunk_size: int, input_bytes: int, state_bytes: int, state_loads: int = 0
+) -> bool:
+    """The state kernels' ``UNROLL``: whether a chunk's token slices are unrolled so that the chunk loop is
+    pipelined, i.e. whether ``pipelined_chunk_smem`` fits ``STATE_PIPELINE_SMEM``."""
+    return pipelined_chunk_smem(t, chunk_size, input_bytes, state_bytes, state_loads) <= STATE_PIPELINE_SMEM
+
+
 def tma_ready(x: torch.Tensor) -> torch.Tensor:
     """``x`` contiguous and starting on a 16-byte boundary, as TMA descriptors need (a view into a larger
     tensor may start anywhere; then it is copied)."""
@@ -396,7 +405,7 @@ def launch_fw_states(
         EXP=exp,
         HAS_INIT=init is not None,
         DOT_PREC=_dot_precision(k.dtype),
-        UNROLL=pipelined_chunk_smem(t, chunk_size, k.element_size(), c_st.element_size()) <= STATE_PIPELINE_SMEM,
+        UNROLL=unrolls_chunk_slices(t, chunk_size, k.element_size(), c_st.element_size()),
         **t.launch(),
     )
 
@@ -547,8 +556,7 @@ class _TFLAFunction(torch.autograd.Function):
             BK=ts.BK,
             BV=ts.BV,
             HAS_DLAST=has_dlast,
-            UNROLL=pipelined_chunk_smem(ts, L, q.element_size(), c_st.element_size(), state_loads=1)
-            <= STATE_PIPELINE_SMEM,
+            UNROLL=unrolls_chunk_slices(ts, L, q.element_size(), c_st.element_size(), state_loads=1),
             **common,
             **ts.launch(),
         )
