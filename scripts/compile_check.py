@@ -21,6 +21,12 @@ from triton.compiler import ASTSource
 from kernels.mlstm import chunk_bw, chunk_fw
 
 TARGET = GPUTarget("cuda", 90, 32)
+# The intra-chunk kernels' head-dim slice loops: rolled, unrolled, and one slice (its operand loaded once).
+SLICE_LOOPS = (
+    {"UNROLL": False, "NSLICE": 2, "BS": 64},
+    {"UNROLL": True, "NSLICE": 2, "BS": 64},
+    {"UNROLL": True, "NSLICE": 1, "BS": 32},
+)
 
 
 # TMA descriptor args -> the tile constexprs of their blocks [1, rows, cols].
@@ -31,7 +37,8 @@ DESCRIPTOR_BLOCKS = {
     ("fw_chunk_output_kernel", "Q_D"): ("BQ", "BK"),
     ("fw_chunk_output_kernel", "K_D"): ("BKV", "BK"),
     ("fw_chunk_output_kernel", "V_D"): ("BKV", "BV"),
-    ("fw_chunk_output_kernel", "C_D"): ("BK", "BV"),
+    ("fw_chunk_output_kernel", "QS_D"): ("BQ", "BS"),
+    ("fw_chunk_output_kernel", "C_D"): ("BS", "BV"),
     ("fw_chunk_output_kernel", "H_D"): ("BQ", "BV"),
     ("bw_chunk_state_grads_kernel", "Q_D"): ("BL", "BK"),
     ("bw_chunk_state_grads_kernel", "DH_D"): ("BL", "BV"),
@@ -41,18 +48,21 @@ DESCRIPTOR_BLOCKS = {
     ("bw_chunk_dq_kernel", "K_D"): ("BKV", "BK"),
     ("bw_chunk_dq_kernel", "V_D"): ("BKV", "BV"),
     ("bw_chunk_dq_kernel", "DH_D"): ("BQ", "BV"),
-    ("bw_chunk_dq_kernel", "C_D"): ("BK", "BV"),
+    ("bw_chunk_dq_kernel", "DHS_D"): ("BQ", "BS"),
+    ("bw_chunk_dq_kernel", "C_D"): ("BK", "BS"),
     ("bw_chunk_dq_kernel", "DQ_D"): ("BQ", "BK"),
     ("bw_chunk_dk_kernel", "Q_D"): ("BQ", "BK"),
     ("bw_chunk_dk_kernel", "K_D"): ("BKV", "BK"),
     ("bw_chunk_dk_kernel", "V_D"): ("BKV", "BV"),
     ("bw_chunk_dk_kernel", "DH_D"): ("BQ", "BV"),
-    ("bw_chunk_dk_kernel", "DC_D"): ("BK", "BV"),
+    ("bw_chunk_dk_kernel", "VS_D"): ("BKV", "BS"),
+    ("bw_chunk_dk_kernel", "DC_D"): ("BK", "BS"),
     ("bw_chunk_dk_kernel", "DK_D"): ("BKV", "BK"),
     ("bw_chunk_dv_kernel", "Q_D"): ("BQ", "BK"),
     ("bw_chunk_dv_kernel", "K_D"): ("BKV", "BK"),
     ("bw_chunk_dv_kernel", "DH_D"): ("BQ", "BV"),
-    ("bw_chunk_dv_kernel", "DC_D"): ("BK", "BV"),
+    ("bw_chunk_dv_kernel", "KS_D"): ("BKV", "BS"),
+    ("bw_chunk_dv_kernel", "DC_D"): ("BS", "BV"),
     ("bw_chunk_dv_kernel", "DV_D"): ("BKV", "BV"),
 }
 
@@ -106,7 +116,10 @@ def main() -> int:
             cases += [
                 (chunk_fw.fw_chunk_states_kernel, dtype, dict(base, BL=64, BK=64, BV=64, HAS_INIT=True, UNROLL=True)),
                 (chunk_fw.fw_chunk_states_kernel, dtype, dict(base, BL=64, BK=64, BV=64, HAS_INIT=True, UNROLL=False)),
-                (chunk_fw.fw_chunk_output_kernel, dtype, dict(base, NORMALIZE=True, STATE_STAGES=1, **tiles)),
+                *(
+                    (chunk_fw.fw_chunk_output_kernel, dtype, dict(base, NORMALIZE=True, STATE_STAGES=1, **tiles, **u))
+                    for u in SLICE_LOOPS
+                ),
                 *(
                     (
                         chunk_bw.bw_chunk_state_grads_kernel,
@@ -115,9 +128,9 @@ def main() -> int:
                     )
                     for u in (True, False)
                 ),
-                (chunk_bw.bw_chunk_dq_kernel, dtype, dict(base, STATE_STAGES=1, **tiles)),
-                (chunk_bw.bw_chunk_dk_kernel, dtype, dict(base, **tiles)),
-                (chunk_bw.bw_chunk_dv_kernel, dtype, dict(base, **tiles)),
+                *((chunk_bw.bw_chunk_dq_kernel, dtype, dict(base, STATE_STAGES=1, **tiles, **u)) for u in SLICE_LOOPS),
+                *((chunk_bw.bw_chunk_dk_kernel, dtype, dict(base, **tiles, **u)) for u in SLICE_LOOPS),
+                *((chunk_bw.bw_chunk_dv_kernel, dtype, dict(base, **tiles, **u)) for u in SLICE_LOOPS),
             ]
     cases += [(chunk_bw.row_dot_kernel, dtype, dict(BR=64, BD=64)) for dtype in ("bf16", "fp16", "fp32")]
     for kernel, dtype, constexprs in cases:
@@ -129,7 +142,8 @@ def main() -> int:
             return 1
         extra = f" {spills(compiled.asm['ptx'])}" if show_spills else ""
         print(
-            f"ok   {kernel.__name__:32s} {dtype} EXP={constexprs.get('EXP')!s:5s} shared={compiled.metadata.shared}{extra}"
+            f"ok   {kernel.__name__:32s} {dtype} EXP={constexprs.get('EXP')!s:5s} UNROLL={constexprs.get('UNROLL')!s:5s}"
+            f" shared={compiled.metadata.shared}{extra}"
         )
     return 0
 

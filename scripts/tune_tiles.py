@@ -19,10 +19,21 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, replace
 
 import torch
+import triton
 from profile_passes import kernel_times
 
 from kernels.mlstm.accuracy import relative_error as rel
-from kernels.mlstm.tfla import KERNELS, STATE_READERS, KernelTiles, TileConfig, choose_tiles, gpu_sm_count, mlstm_tfla
+from kernels.mlstm.tfla import (
+    INTRA_CHUNK,
+    KERNELS,
+    STATE_READERS,
+    KernelTiles,
+    TileConfig,
+    choose_tiles,
+    gpu_sm_count,
+    mlstm_tfla,
+    unrolls_head_slices,
+)
 
 # Kernel -> (the head-dim tile its grid is split over, the one it loops over inside).
 SPLIT = {
@@ -74,6 +85,33 @@ def candidates(kernel: str, pipelined_states: bool = False, chunk: int = 128) ->
     return list(dict.fromkeys(out))
 
 
+def unrolled_candidates(kernel: str, dhqk: int, dhhv: int) -> list[KernelTiles]:
+    """``unroll_slices`` tiles of an intra-chunk kernel: the sliced head dim whole (its operand loads once) or in
+    halves, split tiles 128..512, fixed x streamed token tiles 64 x 32, 64 x 64, 128 x 64; 4/8 warps, 2/3 stages;
+    kept where the fp32 accumulator takes at most 128 registers a thread and the bf16 tiles fit
+    (``unrolls_head_slices``)."""
+    if kernel not in INTRA_CHUNK:
+        return []
+    split, inner, streamed = INTRA_CHUNK[kernel]
+    d, other = (dhqk, dhhv) if inner == "BK" else (dhhv, dhqk)
+    fixed = "BQ" if streamed == "BKV" else "BKV"
+    out = []
+    whole = triton.next_power_of_2(d)
+    for s, i, (f, st), w, stages in itertools.product(
+        (128, 256, 512), (whole, whole // 2), ((64, 32), (64, 64), (128, 64)), (4, 8), (2, 3)
+    ):
+        t = KernelTiles(
+            **{split: s, inner: i, fixed: f, streamed: st}, num_warps=w, num_stages=stages, unroll_slices=True
+        )
+        if (
+            s <= triton.next_power_of_2(other)
+            and f * s <= 4096 * w
+            and unrolls_head_slices(kernel, t, dhqk, dhhv, input_bytes=2)
+        ):
+            out.append(t)
+    return out
+
+
 def make_inputs(shape: tuple[int, ...], seed: int = 0) -> list[torch.Tensor]:
     B, NH, S, DK, DV = shape
     g = torch.Generator(device="cuda").manual_seed(seed)
@@ -118,6 +156,12 @@ def main() -> int:
     p.add_argument("--jobs", type=int, default=12)
     p.add_argument("--out", default="")
     p.add_argument(
+        "--family",
+        choices=("rolled", "unrolled", "all"),
+        default="all",
+        help="candidates: rolled head-dim slices (candidates), unroll_slices ones (unrolled_candidates), or both",
+    )
+    p.add_argument(
         "--pipelined-states",
         action="store_true",
         help="the readers' state loops run the candidate's stages (check with check_state_loads.py first)",
@@ -127,10 +171,15 @@ def main() -> int:
     base = choose_tiles(
         a.chunk, shape[3], shape[4], False, torch.bfloat16, shape[0] * shape[1], gpu_sm_count(torch.device("cuda"))
     )
+
+    def family(kernel: str) -> list[KernelTiles]:
+        rolled = candidates(kernel, a.pipelined_states, a.chunk) if a.family != "unrolled" else []
+        return rolled + (unrolled_candidates(kernel, shape[3], shape[4]) if a.family != "rolled" else [])
+
     trials = [
         (kernel, cand)
         for kernel in a.kernels.split(",")
-        for cand in candidates(kernel, a.pipelined_states, a.chunk)
+        for cand in family(kernel)
         if cand.fit(a.chunk, shape[3], shape[4]) == cand
     ]
     configs = [replace(base, **{kernel: cand}) for kernel, cand in trials]
@@ -180,7 +229,8 @@ def main() -> int:
         best = min(ok, key=lambda r: r["us"])
         total_base += best["base_us"]
         total_best += min(best["us"], best["base_us"])
-        tiles = {k: best[k] for k in ("BQ", "BKV", "BK", "BV", "num_warps", "num_stages", "state_stages")}
+        fields = ("BQ", "BKV", "BK", "BV", "num_warps", "num_stages", "state_stages", "unroll_slices")
+        tiles = {k: best[k] for k in fields}
         print(f"  {kernel:10s} {best['us']:9.1f} [{best['base_us']:9.1f}] {tiles} (failed: {fails})")
     print(f"  total      {total_best:9.1f} [{total_base:9.1f}] us")
     return 0

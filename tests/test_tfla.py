@@ -128,6 +128,29 @@ def test_every_kernel_with_other_tiles(variant: str) -> None:
     _check(AccuracyCase(variant, True, 70, 32, 48, 32, torch.float32, with_states=True, tiles=tiles))
 
 
+@pytest.mark.parametrize("whole", [True, False], ids=["one-slice", "three-slices"])
+def test_unrolled_head_dim_slices(whole: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``unroll_slices`` in the four intra-chunk kernels: the token loop's first product over unrolled head-dim
+    slices (DHQK 32 in two, DHHV 48 in three), or over one slice covering the head dim, whose operand then loads
+    once while the inter-chunk term takes ``STATE_SLICE``-wide slices (16 here, so it loops)."""
+    monkeypatch.setattr(tfla, "STATE_SLICE", 16)
+    qk_slice, v_slice = (32, 64) if whole else (16, 16)
+    over_qk = KernelTiles(BQ=16, BKV=32, BK=qk_slice, BV=16, unroll_slices=True)
+    over_v = KernelTiles(BQ=32, BKV=16, BK=16, BV=v_slice, unroll_slices=True)
+    tiles = TileConfig(
+        fw_states=KernelTiles(BQ=16, BK=16, BV=32),
+        fw_output=over_qk,
+        bw_states=KernelTiles(BQ=32, BK=32, BV=16),
+        bw_dq=over_v,
+        bw_dk=over_v,
+        bw_dv=over_qk,
+    )
+    if whole:  # the inter-chunk term's slices: STATE_SLICE, not the whole-width tile
+        assert tfla.state_slice(over_qk, 32, 32) == 16
+        assert tfla.state_slice(over_v.fit(32, 32, 48), 64, 48) == 16
+    _check(AccuracyCase("exp", True, 70, 32, 48, 32, torch.float32, with_states=True, tiles=tiles))
+
+
 @pytest.mark.parametrize(
     "field,value,message",
     [
@@ -190,9 +213,33 @@ def test_large_chunks_take_wider_token_tiles(chunk: int) -> None:
         expected = tfla.LARGE_CHUNK_TILES.get(name) if large else None
         expected = expected or getattr(tfla.GPU_TILES, name)
         assert getattr(tiles, name) == expected.fit(chunk, 256, 512)
-    assert large == (tiles.bw_dk.BKV == 128)
+    assert large == tiles.fw_output.unroll_slices
     # tuned in bf16 only: fp32 keeps its halved table at every chunk size
-    assert tfla.choose_tiles(chunk, 256, 512, interpret=False, dtype=torch.float32).bw_dk.BKV == 64
+    assert not tfla.choose_tiles(chunk, 256, 512, interpret=False, dtype=torch.float32).fw_output.unroll_slices
+
+
+@pytest.mark.parametrize(
+    "dhqk,dhhv,dtype,unrolled",
+    [
+        (256, 512, torch.bfloat16, {"fw_output", "bw_dk", "bw_dv"}),  # 7B: the tuned shape
+        (128, 256, torch.bfloat16, {"fw_output", "bw_dk", "bw_dv"}),  # paper: the tiles clamp to whole head dims
+        (512, 1024, torch.bfloat16, set()),  # headdim preset's widest: two slices per stage would not fit
+        (256, 512, torch.float32, set()),  # 4-byte tiles
+        (64, 128, torch.float32, {"bw_dk", "bw_dv"}),  # fp32 keeps fw_output's rolled table entry
+    ],
+)
+def test_unrolled_slices_only_where_they_fit(dhqk: int, dhhv: int, dtype: torch.dtype, unrolled: set) -> None:
+    """The table's unroll_slices tiles run unrolled only where ``unrolled_smem`` fits ``UNROLLED_SMEM`` (under the
+    H100's 227 KiB per block); elsewhere the rolled loop, which needs no more than one stage of slices."""
+    tiles = tfla.choose_tiles(1024, dhqk, dhhv, interpret=False, dtype=dtype)
+    runs = {n for n in tfla.INTRA_CHUNK if tfla.unrolls_head_slices(n, getattr(tiles, n), dhqk, dhhv, dtype.itemsize)}
+    assert runs == unrolled
+    # Triton allocated up to 5.6 KiB more than estimated for the tuner's 168 unrolled candidates (sm_90)
+    assert tfla.UNROLLED_SMEM + 6 * 1024 <= 227 * 1024
+    for name in tfla.INTRA_CHUNK:
+        t = getattr(tiles, name)
+        fits = tfla.unrolled_smem(name, t, dhqk, dhhv, dtype.itemsize) <= tfla.UNROLLED_SMEM
+        assert (t.unroll_slices and fits) == (name in runs)
 
 
 @pytest.mark.parametrize("batch_heads,warps", [(32, tfla.SMALL_GRID_STATE_WARPS), (64, 4), (0, 4)])

@@ -11,6 +11,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from kernels.mlstm.chunk_fw import head_dim_products
+
 
 @triton.jit
 def row_dot_kernel(A, B, OUT, R, D, BR: tl.constexpr, BD: tl.constexpr):
@@ -183,6 +185,7 @@ def bw_chunk_dq_kernel(
     K_D,
     V_D,
     DH_D,
+    DHS_D,
     GATE_B,
     GATE_I,
     INV_DEN,
@@ -203,9 +206,12 @@ def bw_chunk_dq_kernel(
     BKV: tl.constexpr,
     BK: tl.constexpr,
     BV: tl.constexpr,
+    BS: tl.constexpr,
     EXP: tl.constexpr,
     DOT_PREC: tl.constexpr,
     STATE_STAGES: tl.constexpr,
+    NSLICE: tl.constexpr,
+    UNROLL: tl.constexpr,
 ):
     """``dq`` for ``BQ`` queries of one chunk and a ``BK`` slice of the head dim.
 
@@ -217,9 +223,11 @@ def bw_chunk_dq_kernel(
     slice's scores (not from the ``dq`` tile, whose operands are rounded to the input dtype), so that it
     cancels against the same sum of the ``dk`` kernel to fp32 accuracy in the forget-gate gradient.
     Tiles move through TMA descriptors ``Q_D, K_D, DQ_D [BH, S, DHQK]`` (blocks ``[1, BQ, BK]``,
-    ``[1, BKV, BK]``, ``[1, BQ, BK]``), ``V_D, DH_D [BH, S, DHHV]`` (``[1, BKV, BV]``, ``[1, BQ, BV]``) and
-    ``C_D [BH * NC, DHQK, DHHV]`` (``[1, BK, BV]``). ``STATE_STAGES``: pipeline stages of the loop that loads
-    the states.
+    ``[1, BKV, BK]``, ``[1, BQ, BK]``), ``V_D, DH_D [BH, S, DHHV]`` (``[1, BKV, BV]``, ``[1, BQ, BV]``); the
+    inter term loops over ``BS`` slices through ``DHS_D`` (``dh``, ``[1, BQ, BS]``) and ``C_D [BH * NC, DHQK,
+    DHHV]`` (``[1, BK, BS]``). ``STATE_STAGES``: pipeline stages of the loop that loads
+    the states. ``NSLICE = cdiv(DHHV, BV)``; ``UNROLL`` unrolls the ``dh v^T`` slices so that the key loop is
+    pipelined (``head_dim_products``), and with one slice loads the ``dh`` tile once.
     """
     pid_k, pid_cq, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     c = pid_cq // (L // BQ)
@@ -240,22 +248,24 @@ def bw_chunk_dq_kernel(
         w_inter = tl.exp(b_q)
 
     dq = tl.zeros((BQ, BK), dtype=tl.float32)
-    for vv in tl.range(0, DHHV, BV, num_stages=STATE_STAGES):
-        dh_tile = DH_D.load([bh, q0, vv]).reshape(BQ, BV)
-        c_tile = C_D.load([bh * NC + c, k0, vv]).reshape(BK, BV)
+    for vv in tl.range(0, DHHV, BS, num_stages=STATE_STAGES):
+        dh_tile = DHS_D.load([bh, q0, vv]).reshape(BQ, BS)
+        c_tile = C_D.load([bh * NC + c, k0, vv]).reshape(BK, BS)
         dq += tl.dot(dh_tile, tl.trans(c_tile.to(dtype)), input_precision=DOT_PREC)
     n_tile = tl.load(N_ST + st * DHQK + offs_k, mask=offs_k < DHQK, other=0.0)
     dq = (dq * inv_den[:, None] + dz[:, None] * n_tile[None, :]) * w_inter[:, None]
     q_tile = Q_D.load([bh, q0, k0]).reshape(BQ, BK)
     qdq = tl.sum(q_tile.to(tl.float32) * dq, axis=1)
 
+    if UNROLL and NSLICE == 1:  # one slice covers DHHV: the dh tile loads once
+        dh_whole = DH_D.load([bh, q0, 0]).reshape(BQ, BV)
     for s0 in range(0, q_start + BQ, BKV):
         t_s = c * L + s0 + tl.arange(0, BKV)
-        dp = tl.zeros((BQ, BKV), dtype=tl.float32)
-        for vv in range(0, DHHV, BV):
-            dh_tile = DH_D.load([bh, q0, vv]).reshape(BQ, BV)
-            v_tile = V_D.load([bh, c * L + s0, vv]).reshape(BKV, BV)
-            dp += tl.dot(dh_tile, tl.trans(v_tile), input_precision=DOT_PREC)
+        if UNROLL and NSLICE == 1:
+            v_tile = V_D.load([bh, c * L + s0, 0]).reshape(BKV, BV)
+            dp = tl.dot(dh_whole, tl.trans(v_tile), input_precision=DOT_PREC)
+        else:
+            dp = head_dim_products(DH_D, q0, V_D, c * L + s0, bh, DHHV, BQ, BKV, BV, NSLICE, UNROLL, DOT_PREC)
         log_d = b_q[:, None] - tl.load(GATE_B + bh * SP + t_s)[None, :] + tl.load(GATE_I + bh * SP + t_s)[None, :]
         log_d = tl.where(t_s[None, :] <= t_q[:, None], log_d, -float("inf"))
         a = tl.exp(log_d - m_q[:, None]) * (dp * inv_den[:, None] + dz[:, None])
@@ -272,6 +282,7 @@ def bw_chunk_dk_kernel(
     Q_D,
     K_D,
     V_D,
+    VS_D,
     DH_D,
     GATE_B,
     GATE_I,
@@ -295,8 +306,11 @@ def bw_chunk_dk_kernel(
     BKV: tl.constexpr,
     BK: tl.constexpr,
     BV: tl.constexpr,
+    BS: tl.constexpr,
     EXP: tl.constexpr,
     DOT_PREC: tl.constexpr,
+    NSLICE: tl.constexpr,
+    UNROLL: tl.constexpr,
 ):
     """``dk`` for ``BKV`` keys of one chunk and a ``BK`` slice of the head dim.
 
@@ -306,8 +320,9 @@ def bw_chunk_dk_kernel(
     it, ``KDK_INTER`` the term from later chunks, ``KDK_OFF`` the intra-chunk term without the diagonal
     (``t == s``), summed from the gate matrix and the slice's scores as in the ``dq`` kernel.
     Descriptors: ``Q_D, K_D, DK_D [BH, S, DHQK]`` (blocks ``[1, BQ, BK]``, ``[1, BKV, BK]``, ``[1, BKV, BK]``),
-    ``V_D, DH_D [BH, S, DHHV]`` (``[1, BKV, BV]``, ``[1, BQ, BV]``), ``DC_D [BH * (NC+1), DHQK, DHHV]``
-    (``[1, BK, BV]``).
+    ``V_D, DH_D [BH, S, DHHV]`` (``[1, BKV, BV]``, ``[1, BQ, BV]``); the inter term loops over ``BS`` slices
+    through ``VS_D`` (``v``, ``[1, BKV, BS]``) and ``DC_D [BH * (NC+1), DHQK, DHHV]`` (``[1, BK, BS]``). ``NSLICE = cdiv(DHHV, BV)``; ``UNROLL`` unrolls the ``v dh^T`` slices so that the query
+    loop is pipelined, and with one slice loads the value tile once.
     """
     pid_k, pid_cs, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     c = pid_cs // (L // BKV)
@@ -324,9 +339,9 @@ def bw_chunk_dk_kernel(
     w_inter = tl.exp(g - b_s + i_s - m_next)
 
     dk = tl.zeros((BKV, BK), dtype=tl.float32)
-    for vv in range(0, DHHV, BV):
-        v_tile = V_D.load([bh, s0, vv]).reshape(BKV, BV)
-        dc_tile = DC_D.load([st, k0, vv]).reshape(BK, BV)
+    for vv in range(0, DHHV, BS):
+        v_tile = VS_D.load([bh, s0, vv]).reshape(BKV, BS)
+        dc_tile = DC_D.load([st, k0, vv]).reshape(BK, BS)
         dk += tl.dot(v_tile, tl.trans(dc_tile.to(dtype)), input_precision=DOT_PREC)
     dn_tile = tl.load(DN_ST + st * DHQK + offs_k, mask=offs_k < DHQK, other=0.0)
     dk = (dk + dn_tile[None, :]) * w_inter[:, None]
@@ -335,14 +350,16 @@ def bw_chunk_dk_kernel(
     kdk_diag = tl.zeros((BKV,), dtype=tl.float32)
     kdk_off = tl.zeros((BKV,), dtype=tl.float32)
 
+    if UNROLL and NSLICE == 1:  # one slice covers DHHV: the value tile loads once
+        v_whole = V_D.load([bh, s0, 0]).reshape(BKV, BV)
     for q_off in range((s_start // BQ) * BQ, L, BQ):
         t_q = c * L + q_off + tl.arange(0, BQ)
         inv_den = tl.load(INV_DEN + bh * SP + t_q)
-        dpt = tl.zeros((BKV, BQ), dtype=tl.float32)
-        for vv in range(0, DHHV, BV):
-            v_tile = V_D.load([bh, s0, vv]).reshape(BKV, BV)
-            dh_tile = DH_D.load([bh, c * L + q_off, vv]).reshape(BQ, BV)
-            dpt += tl.dot(v_tile, tl.trans(dh_tile), input_precision=DOT_PREC)
+        if UNROLL and NSLICE == 1:
+            dh_tile = DH_D.load([bh, c * L + q_off, 0]).reshape(BQ, BV)
+            dpt = tl.dot(v_whole, tl.trans(dh_tile), input_precision=DOT_PREC)
+        else:
+            dpt = head_dim_products(V_D, s0, DH_D, c * L + q_off, bh, DHHV, BKV, BQ, BV, NSLICE, UNROLL, DOT_PREC)
         m_q = tl.load(M_TOK + bh * SP + t_q) if EXP else tl.zeros((BQ,), dtype=tl.float32)
         log_dt = tl.load(GATE_B + bh * SP + t_q)[None, :] - b_s[:, None] + i_s[:, None] - m_q[None, :]
         log_dt = tl.where(t_q[None, :] >= t_s[:, None], log_dt, -float("inf"))
@@ -364,6 +381,7 @@ def bw_chunk_dk_kernel(
 def bw_chunk_dv_kernel(
     Q_D,
     K_D,
+    KS_D,
     DH_D,
     GATE_B,
     GATE_I,
@@ -382,8 +400,11 @@ def bw_chunk_dv_kernel(
     BKV: tl.constexpr,
     BK: tl.constexpr,
     BV: tl.constexpr,
+    BS: tl.constexpr,
     EXP: tl.constexpr,
     DOT_PREC: tl.constexpr,
+    NSLICE: tl.constexpr,
+    UNROLL: tl.constexpr,
 ):
     """``dv`` for ``BKV`` keys of one chunk and a ``BV`` slice of the value head dim.
 
@@ -391,7 +412,9 @@ def bw_chunk_dv_kernel(
     the diagonal: ``dv += (P * q k^T / den)^T dh`` with the scores built over ``BK`` slices (the inverse
     normalizer scales the gate matrix's query columns in fp32, not ``dh``).
     Descriptors: ``Q_D, K_D [BH, S, DHQK]`` (blocks ``[1, BQ, BK]``, ``[1, BKV, BK]``), ``DH_D, DV_D
-    [BH, S, DHHV]`` (``[1, BQ, BV]``, ``[1, BKV, BV]``), ``DC_D [BH * (NC+1), DHQK, DHHV]`` (``[1, BK, BV]``).
+    [BH, S, DHHV]`` (``[1, BQ, BV]``, ``[1, BKV, BV]``); the inter term loops over ``BS`` slices through
+    ``KS_D`` (``k``, ``[1, BKV, BS]``) and ``DC_D [BH * (NC+1), DHQK, DHHV]`` (``[1, BS, BV]``). ``NSLICE = cdiv(DHQK, BK)``; ``UNROLL`` unrolls the ``k q^T`` slices so that the query loop is pipelined,
+    and with one slice loads the key tile once.
     """
     pid_v, pid_cs, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     c = pid_cs // (L // BKV)
@@ -407,19 +430,21 @@ def bw_chunk_dv_kernel(
     w_inter = tl.exp(g - b_s + i_s - m_next)
 
     dv = tl.zeros((BKV, BV), dtype=tl.float32)
-    for kk in range(0, DHQK, BK):
-        k_tile = K_D.load([bh, s0, kk]).reshape(BKV, BK)
-        dc_tile = DC_D.load([st, kk, v0]).reshape(BK, BV)
+    for kk in range(0, DHQK, BS):
+        k_tile = KS_D.load([bh, s0, kk]).reshape(BKV, BS)
+        dc_tile = DC_D.load([st, kk, v0]).reshape(BS, BV)
         dv += tl.dot(k_tile, dc_tile.to(dtype), input_precision=DOT_PREC)
     dv = dv * w_inter[:, None]
 
+    if UNROLL and NSLICE == 1:  # one slice covers DHQK: the key tile loads once
+        k_whole = K_D.load([bh, s0, 0]).reshape(BKV, BK)
     for q_off in range((s_start // BQ) * BQ, L, BQ):
         t_q = c * L + q_off + tl.arange(0, BQ)
-        st_scores = tl.zeros((BKV, BQ), dtype=tl.float32)
-        for kk in range(0, DHQK, BK):
-            k_tile = K_D.load([bh, s0, kk]).reshape(BKV, BK)
-            q_tile = Q_D.load([bh, c * L + q_off, kk]).reshape(BQ, BK)
-            st_scores += tl.dot(k_tile, tl.trans(q_tile), input_precision=DOT_PREC)
+        if UNROLL and NSLICE == 1:
+            q_tile = Q_D.load([bh, c * L + q_off, 0]).reshape(BQ, BK)
+            st_scores = tl.dot(k_whole, tl.trans(q_tile), input_precision=DOT_PREC)
+        else:
+            st_scores = head_dim_products(K_D, s0, Q_D, c * L + q_off, bh, DHQK, BKV, BQ, BK, NSLICE, UNROLL, DOT_PREC)
         m_q = tl.load(M_TOK + bh * SP + t_q) if EXP else tl.zeros((BQ,), dtype=tl.float32)
         log_dt = tl.load(GATE_B + bh * SP + t_q)[None, :] - b_s[:, None] + i_s[:, None] - m_q[None, :]
         log_dt = tl.where(t_q[None, :] >= t_s[:, None], log_dt, -float("inf"))

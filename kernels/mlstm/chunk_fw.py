@@ -48,6 +48,39 @@ def _add_token_slice(
 
 
 @triton.jit
+def head_dim_products(
+    A_D,
+    a_row,
+    B_D,
+    b_row,
+    bh,
+    D,
+    BA: tl.constexpr,
+    BB: tl.constexpr,
+    BD: tl.constexpr,
+    NSLICE: tl.constexpr,
+    UNROLL: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    """``A[a_row : a_row + BA] B[b_row : b_row + BB]^T`` summed over the head dim ``D`` in ``BD`` slices:
+    fp32 ``(BA, BB)``, for two descriptors ``[BH, S, D]`` with blocks ``[1, BA, BD]`` and ``[1, BB, BD]``.
+    ``UNROLL`` unrolls the ``NSLICE = cdiv(D, BD)`` slices, so that the caller's token loop is the innermost
+    loop, which Triton software-pipelines (the next token block's tiles load during this one's products)."""
+    acc = tl.zeros((BA, BB), dtype=tl.float32)
+    if UNROLL:
+        for j in tl.static_range(NSLICE):
+            a = A_D.load([bh, a_row, j * BD]).reshape(BA, BD)
+            b = B_D.load([bh, b_row, j * BD]).reshape(BB, BD)
+            acc += tl.dot(a, tl.trans(b), input_precision=DOT_PREC)
+    else:
+        for d0 in range(0, D, BD):
+            a = A_D.load([bh, a_row, d0]).reshape(BA, BD)
+            b = B_D.load([bh, b_row, d0]).reshape(BB, BD)
+            acc += tl.dot(a, tl.trans(b), input_precision=DOT_PREC)
+    return acc
+
+
+@triton.jit
 def fw_chunk_states_kernel(
     K_D,
     V_D,
@@ -138,6 +171,7 @@ def fw_chunk_states_kernel(
 @triton.jit
 def fw_chunk_output_kernel(
     Q_D,
+    QS_D,
     K_D,
     V_D,
     GATE_B,
@@ -159,22 +193,28 @@ def fw_chunk_output_kernel(
     BKV: tl.constexpr,
     BK: tl.constexpr,
     BV: tl.constexpr,
+    BS: tl.constexpr,
     EXP: tl.constexpr,
     NORMALIZE: tl.constexpr,
     DOT_PREC: tl.constexpr,
     STATE_STAGES: tl.constexpr,
+    NSLICE: tl.constexpr,
+    UNROLL: tl.constexpr,
 ):
     """Intra-chunk parallel part, tiled a second time (TFLA): the chunk size is not bounded by SRAM.
 
     Grid ``(cdiv(DHHV, BV), NC * L / BQ, BH)``. A program owns ``BQ`` queries of one chunk and a ``BV``
-    slice of the output: it adds the inter-chunk term ``q C_c`` (looping over ``BK`` slices of the head
-    dim), then loops over the ``BKV`` key blocks up to the diagonal.
+    slice of the output: it adds the inter-chunk term ``q C_c`` (looping over ``BS`` slices of the head
+    dim, through ``QS_D`` (block ``[1, BQ, BS]``) and ``C_D``), then loops over the ``BKV`` key blocks up to the
+    diagonal.
     ``M_TOK`` (mLSTMexp) holds each query's stabilizer, computed beforehand by ``stabilizer_per_token``, so
     the key loop needs no running max and no rescaling. Tiles move through TMA descriptors: ``Q_D, K_D
     [BH, S, DHQK]`` (blocks ``[1, BQ, BK]``, ``[1, BKV, BK]``), ``V_D, H_D [BH, S, DHHV]`` (``[1, BKV, BV]``,
-    ``[1, BQ, BV]``) and the states ``C_D [BH * NC, DHQK, DHHV]`` (``[1, BK, BV]``); tokens past ``S`` read as
+    ``[1, BQ, BV]``) and the states ``C_D [BH * NC, DHQK, DHHV]`` (``[1, BS, BV]``); tokens past ``S`` read as
     zeros and are not written. Writes ``H``; the ``pid 0`` slice also writes ``Z_TOK`` (the normalizer before
-    abs). ``STATE_STAGES``: pipeline stages of the loop that loads the states.
+    abs). ``STATE_STAGES``: pipeline stages of the loop that loads the states. ``NSLICE = cdiv(DHQK, BK)``;
+    ``UNROLL`` unrolls the ``q k^T`` slices (``head_dim_products``) so that the key loop is pipelined, and with
+    one slice loads the query tile once.
     """
     pid_v, pid_cq, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     c = pid_cq // (L // BQ)
@@ -187,10 +227,10 @@ def fw_chunk_output_kernel(
 
     acc = tl.zeros((BQ, BV), dtype=tl.float32)
     z = tl.zeros((BQ,), dtype=tl.float32)
-    for kk in tl.range(0, DHQK, BK, num_stages=STATE_STAGES):
-        offs_k = kk + tl.arange(0, BK)
-        q_tile = Q_D.load([bh, c * L + q_start, kk]).reshape(BQ, BK)
-        c_tile = C_D.load([bh * NC + c, kk, v0]).reshape(BK, BV)
+    for kk in tl.range(0, DHQK, BS, num_stages=STATE_STAGES):
+        offs_k = kk + tl.arange(0, BS)
+        q_tile = QS_D.load([bh, c * L + q_start, kk]).reshape(BQ, BS)
+        c_tile = C_D.load([bh * NC + c, kk, v0]).reshape(BS, BV)
         acc += tl.dot(q_tile, c_tile.to(dtype), input_precision=DOT_PREC)
         n_tile = tl.load(N_ST + st * DHQK + offs_k, mask=offs_k < DHQK, other=0.0)
         z += tl.sum(q_tile.to(tl.float32) * n_tile[None, :], axis=1)
@@ -203,13 +243,17 @@ def fw_chunk_output_kernel(
     acc = acc * w_inter[:, None]
     z = z * w_inter
 
+    if UNROLL and NSLICE == 1:  # one slice covers the head dim: the query tile loads once
+        q_whole = Q_D.load([bh, c * L + q_start, 0]).reshape(BQ, BK)
     for s0 in range(0, q_start + BQ, BKV):
         t_s = c * L + s0 + tl.arange(0, BKV)
-        scores = tl.zeros((BQ, BKV), dtype=tl.float32)
-        for kk in range(0, DHQK, BK):
-            q_tile = Q_D.load([bh, c * L + q_start, kk]).reshape(BQ, BK)
-            k_tile = K_D.load([bh, c * L + s0, kk]).reshape(BKV, BK)
-            scores += tl.dot(q_tile, tl.trans(k_tile), input_precision=DOT_PREC)
+        if UNROLL and NSLICE == 1:
+            k_tile = K_D.load([bh, c * L + s0, 0]).reshape(BKV, BK)
+            scores = tl.dot(q_whole, tl.trans(k_tile), input_precision=DOT_PREC)
+        else:
+            scores = head_dim_products(
+                Q_D, c * L + q_start, K_D, c * L + s0, bh, DHQK, BQ, BKV, BK, NSLICE, UNROLL, DOT_PREC
+            )
         log_d = b_q[:, None] - tl.load(GATE_B + bh * SP + t_s)[None, :] + tl.load(GATE_I + bh * SP + t_s)[None, :]
         log_d = tl.where(t_s[None, :] <= t_q[:, None], log_d, -float("inf"))
         p = tl.exp(log_d - m_run[:, None]) * scores * qk_scale

@@ -35,7 +35,10 @@ class KernelTiles:
     """Launch shape of one kernel: token tiles ``BQ`` (queries; the token slice of the state kernels) and
     ``BKV`` (keys), head-dim tiles ``BK`` (q/k) and ``BV`` (v/h), warps and pipeline stages.
     ``state_stages`` (fw_output and bw_dq) pipelines the loop that loads the stored chunk states on its own;
-    ``None`` gives it ``num_stages`` like every other loop (except in the ``STATE_READERS``, see there)."""
+    ``None`` gives it ``num_stages`` like every other loop (except in the ``STATE_READERS``, see there).
+    ``unroll_slices`` (the intra-chunk kernels fw_output, bw_dq, bw_dk, bw_dv) unrolls the head-dim slices of the
+    token loop's first product, so that the token loop is the innermost loop and Triton pipelines it; with one
+    slice over the whole head dim, the loop-invariant operand loads once."""
 
     BQ: int = 64
     BKV: int = 64
@@ -44,6 +47,7 @@ class KernelTiles:
     num_warps: int = 4
     num_stages: int = 2
     state_stages: int | None = None
+    unroll_slices: bool = False
 
     def fit(self, chunk_size: int, dhqk: int, dhhv: int) -> KernelTiles:
         """Clamp to the problem: token tiles at most the chunk, head-dim tiles at most the padded head dim."""
@@ -92,18 +96,24 @@ class TileConfig:
 # (bw_dq's BK 256 covers the 7B q/k head dim whole: no dh v^T is computed twice).
 # fw_states reads whole 128-token chunks (BQ) so that its chunk loop is pipelined (STATE_PIPELINE_SMEM).
 # The loops that read 16-bit chunk states in the STATE_READERS run with 1 stage.
+# bw_dk and bw_dv (v6) stream 32-query tiles through a pipelined query loop (unroll_slices) against a key tile
+# whose sliced head dim loads once (whole up to DHHV 512 / DHQK 256): at the 7B shape bw_dk 3148 -> 2301 us and
+# bw_dv 2375 -> 1676 at chunk 1024, and no slower at chunk 128 or at the paper shape.
 GPU_TILES = TileConfig(
     fw_states=KernelTiles(BQ=128, BKV=128, BK=64, BV=128, num_warps=4, num_stages=2),
     fw_output=KernelTiles(BK=128, BV=256, num_warps=4, num_stages=2),
     bw_states=KernelTiles(BK=64, BV=128, num_warps=4, num_stages=3),
     bw_dq=KernelTiles(BK=256, BV=128, num_warps=4, num_stages=2),
-    bw_dk=KernelTiles(BK=128, BV=64, num_warps=4, num_stages=3),
-    bw_dv=KernelTiles(BK=64, BV=256, num_warps=4, num_stages=2),
+    bw_dk=KernelTiles(BQ=32, BKV=64, BK=256, BV=512, num_warps=4, num_stages=2, unroll_slices=True),
+    bw_dv=KernelTiles(BQ=32, BKV=64, BK=256, BV=256, num_warps=4, num_stages=2, unroll_slices=True),
 )
-# From LARGE_CHUNK tokens on, the intra-chunk products dominate: these kernels take wider token tiles there
-# (tune_tiles.py at the 7B shape, chunks 512 and 1024; docs/performance.md, v5).
-LARGE_CHUNK = 512
-LARGE_CHUNK_TILES = {"bw_dk": KernelTiles(BQ=64, BKV=128, BK=256, BV=128, num_warps=8, num_stages=2)}
+# From LARGE_CHUNK tokens on, the intra-chunk products dominate: fw_output pipelines its key loop over 32-key
+# tiles there (7B shape: 2576 -> 2006 us at chunk 1024, 1269 -> 1227 at 256; 5 % slower than the rolled loop at
+# chunk 128; tune_tiles.py --family unrolled, docs/performance.md, v6).
+LARGE_CHUNK = 256
+LARGE_CHUNK_TILES = {
+    "fw_output": KernelTiles(BQ=64, BKV=32, BK=256, BV=256, num_warps=4, num_stages=2, unroll_slices=True)
+}
 # Kernels that load the stored chunk states C_ST in a loop that feeds tl.dot. With 16-bit states, Triton 3.6 on
 # the H100 miscompiled those loads (then plain pointer loads) in a software pipeline (2 stages at chunk 128, 2 and
 # 3 stages at chunk 64, for some tiles: h off by 1e-2..1e-1 while the same values stored as fp32 give exact
@@ -123,6 +133,12 @@ STATE_PIPELINE_SMEM = 200 * 1024
 # 132 SMs): 719 us with 8 warps against 779 with 4 (tune_tiles.py; docs/performance.md, v5). At two programs per SM
 # (7B, S = 32768: 256 programs) 4 warps stay faster (907 against 1092 us).
 SMALL_GRID_STATE_WARPS = 8
+# Slice width of the inter-chunk term of an intra-chunk kernel whose token loop covers a head dim in one unrolled
+# slice (state_slice).
+STATE_SLICE = 64
+# Shared memory an unrolled intra-chunk kernel may take by unrolled_smem: the H100's 227 KiB per block less the
+# estimate's largest error (5.6 KiB under Triton's allocation); above it the kernel runs its rolled loop.
+UNROLLED_SMEM = 220 * 1024
 
 
 def _halve_for_fp32(t: KernelTiles) -> KernelTiles:
@@ -255,6 +271,8 @@ def check_tiles(tiles: TileConfig) -> None:
             raise ValueError(f"tiles.{kernel}.num_stages must be a positive int, got {t.num_stages!r}")
         if t.state_stages is not None and (not isinstance(t.state_stages, int) or t.state_stages < 1):
             raise ValueError(f"tiles.{kernel}.state_stages must be None or a positive int, got {t.state_stages!r}")
+        if not isinstance(t.unroll_slices, bool):
+            raise ValueError(f"tiles.{kernel}.unroll_slices must be True or False, got {t.unroll_slices!r}")
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
@@ -304,6 +322,49 @@ def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         a, b, out, out.numel(), d, BR=br, BD=min(64, triton.next_power_of_2(d))
     )
     return out
+
+
+# The intra-chunk kernels: (the head-dim tile their grid is split over, the one their token loop's first product
+# slices, the token tile that loop streams; the other token tile is fixed per program).
+INTRA_CHUNK = {
+    "fw_output": ("BV", "BK", "BKV"),
+    "bw_dq": ("BK", "BV", "BKV"),
+    "bw_dk": ("BK", "BV", "BQ"),
+    "bw_dv": ("BV", "BK", "BQ"),
+}
+
+
+def unrolled_smem(kernel: str, t: KernelTiles, dhqk: int, dhhv: int, input_bytes: int) -> int:
+    """Shared memory (bytes, estimated) of an intra-chunk kernel whose token loop runs ``unroll_slices``: per
+    pipeline stage the streamed token tile's rows over the sliced head dim ``D`` and the split tile (plus the fixed
+    operand's ``D`` slices, reloaded each block unless one slice covers ``D`` and it loads once), and the output
+    tile staged for its TMA store. Triton 3.6 allocated 0.75..1.05x this (at most 5.6 KiB more) for the 168
+    unrolled candidates of scripts/tune_tiles.py at the paper and 7B head dims (compiled for sm_90)."""
+    split, sliced, streamed = INTRA_CHUNK[kernel]
+    d = dhqk if sliced == "BK" else dhhv
+    rows = getattr(t, streamed)
+    fixed = t.BQ if streamed == "BKV" else t.BKV
+    per_stage = rows * (d + getattr(t, split))
+    once = fixed * d if getattr(t, sliced) >= d else 0
+    if not once:
+        per_stage += fixed * d
+    return input_bytes * (once + t.num_stages * per_stage + fixed * getattr(t, split))
+
+
+def unrolls_head_slices(kernel: str, t: KernelTiles, dhqk: int, dhhv: int, input_bytes: int) -> bool:
+    """An intra-chunk kernel's ``UNROLL``: ``unroll_slices`` where ``unrolled_smem`` fits ``UNROLLED_SMEM``
+    (a tile tuned at one head dim may not fit at a larger one; it then runs its rolled loop)."""
+    return t.unroll_slices and unrolled_smem(kernel, t, dhqk, dhhv, input_bytes) <= UNROLLED_SMEM
+
+
+def state_slice(unrolled: bool, slice_tile: int, head_dim: int) -> int:
+    """``BS`` of an intra-chunk kernel: the slices of its inter-chunk term (the product with the stored chunk
+    state), over the head dim its token loop slices by ``slice_tile``. That tile itself, except where one
+    ``unrolled`` slice covers the head dim: then a whole-width state tile next to the loop's buffers would not fit
+    in shared memory, and the term takes ``STATE_SLICE``-wide slices."""
+    if unrolled and slice_tile >= head_dim:
+        return min(slice_tile, STATE_SLICE)
+    return slice_tile
 
 
 def _tile_args(t: KernelTiles) -> dict[str, int]:
@@ -432,13 +493,16 @@ def launch_fw_output(
     chunk states of ``launch_fw_states`` and mLSTMexp's per-token stabilizer ``m_tok (BH, SP)``."""
     DHQK, DHHV = q.shape[-1], v.shape[-1]
     BH, NC = c_st.shape[:2]
+    unroll = unrolls_head_slices("fw_output", t, DHQK, DHHV, q.element_size())
+    bs = state_slice(unroll, t.BK, DHQK)
     fw_chunk_output_kernel[(triton.cdiv(DHHV, t.BV), NC * (chunk_size // t.BQ), BH)](
         head_tiles(q, t.BQ, t.BK),
+        head_tiles(q, t.BQ, bs),
         head_tiles(k, t.BKV, t.BK),
         head_tiles(v, t.BKV, t.BV),
         gate_b,
         gate_i,
-        head_tiles(c_st, t.BK, t.BV),
+        head_tiles(c_st, bs, t.BV),
         n_st,
         m_st,
         head_tiles(h, t.BQ, t.BV),
@@ -455,10 +519,13 @@ def launch_fw_output(
         BKV=t.BKV,
         BK=t.BK,
         BV=t.BV,
+        BS=bs,
         EXP=exp,
         NORMALIZE=normalize,
         DOT_PREC=_dot_precision(q.dtype),
         STATE_STAGES=t.state_loop_stages,
+        NSLICE=triton.cdiv(DHQK, t.BK),
+        UNROLL=unroll,
         **t.launch(),
     )
 
@@ -563,16 +630,21 @@ class _TFLAFunction(torch.autograd.Function):
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         qdq = torch.empty(triton.cdiv(DHQK, tq.BK), BH, SP, **f32)
         kdk, kdk_inter, kdk_off = (torch.empty(triton.cdiv(DHQK, tk.BK), BH, SP, **f32) for _ in range(3))
+        unroll = {n: unrolls_head_slices(n, getattr(tiles, n), DHQK, DHHV, q.element_size()) for n in INTRA_CHUNK}
+        bs_q = state_slice(unroll["bw_dq"], tq.BV, DHHV)
+        bs_k = state_slice(unroll["bw_dk"], tk.BV, DHHV)
+        bs_v = state_slice(unroll["bw_dv"], tv.BK, DHQK)
         bw_chunk_dq_kernel[(triton.cdiv(DHQK, tq.BK), NC * (L // tq.BQ), BH)](
             head_tiles(q, tq.BQ, tq.BK),
             head_tiles(k, tq.BKV, tq.BK),
             head_tiles(v, tq.BKV, tq.BV),
             head_tiles(dh, tq.BQ, tq.BV),
+            head_tiles(dh, tq.BQ, bs_q),
             gate_b,
             gate_i,
             inv_den,
             dz,
-            head_tiles(c_st, tq.BK, tq.BV),
+            head_tiles(c_st, tq.BK, bs_q),
             n_st,
             m_st,
             m_tok,
@@ -584,6 +656,9 @@ class _TFLAFunction(torch.autograd.Function):
             DHHV,
             scale,
             STATE_STAGES=tq.state_loop_stages,
+            NSLICE=triton.cdiv(DHHV, tq.BV),
+            BS=bs_q,
+            UNROLL=unroll["bw_dq"],
             **_tile_args(tq),
             **common,
         )
@@ -591,12 +666,13 @@ class _TFLAFunction(torch.autograd.Function):
             head_tiles(q, tk.BQ, tk.BK),
             head_tiles(k, tk.BKV, tk.BK),
             head_tiles(v, tk.BKV, tk.BV),
+            head_tiles(v, tk.BKV, bs_k),
             head_tiles(dh, tk.BQ, tk.BV),
             gate_b,
             gate_i,
             inv_den,
             dz,
-            head_tiles(dc_st, tk.BK, tk.BV),
+            head_tiles(dc_st, tk.BK, bs_k),
             dn_st,
             m_st,
             m_tok,
@@ -609,17 +685,21 @@ class _TFLAFunction(torch.autograd.Function):
             DHQK,
             DHHV,
             scale,
+            NSLICE=triton.cdiv(DHHV, tk.BV),
+            BS=bs_k,
+            UNROLL=unroll["bw_dk"],
             **_tile_args(tk),
             **common,
         )
         bw_chunk_dv_kernel[(triton.cdiv(DHHV, tv.BV), NC * (L // tv.BKV), BH)](
             head_tiles(q, tv.BQ, tv.BK),
             head_tiles(k, tv.BKV, tv.BK),
+            head_tiles(k, tv.BKV, bs_v),
             head_tiles(dh, tv.BQ, tv.BV),
             gate_b,
             gate_i,
             inv_den,
-            head_tiles(dc_st, tv.BK, tv.BV),
+            head_tiles(dc_st, bs_v, tv.BV),
             m_st,
             m_tok,
             head_tiles(dv, tv.BKV, tv.BV),
@@ -628,6 +708,9 @@ class _TFLAFunction(torch.autograd.Function):
             DHQK,
             DHHV,
             scale,
+            NSLICE=triton.cdiv(DHQK, tv.BK),
+            BS=bs_v,
+            UNROLL=unroll["bw_dv"],
             **_tile_args(tv),
             **common,
         )
