@@ -204,42 +204,43 @@ def test_state_chunk_loop_is_pipelined_only_where_it_fits(dtype: torch.dtype, ch
 
 
 @pytest.mark.parametrize("chunk", [128, 256, 512, 4096])
-def test_large_chunks_take_wider_token_tiles(chunk: int) -> None:
-    """From LARGE_CHUNK on, the kernels of LARGE_CHUNK_TILES take their own tiles (clamped to the problem);
-    below it, and for every other kernel, the table is unchanged."""
+def test_large_chunks_take_their_own_tiles(chunk: int) -> None:
+    """At the 7B head dims in bf16: UNROLLED_TILES at every chunk size, LARGE_CHUNK_TILES from LARGE_CHUNK on
+    (clamped to the problem); every other kernel keeps GPU_TILES. fp32 keeps the rolled table at every chunk."""
     tiles = tfla.choose_tiles(chunk, 256, 512, interpret=False)
     large = chunk >= tfla.LARGE_CHUNK
     for name in tfla.KERNELS:
-        expected = tfla.LARGE_CHUNK_TILES.get(name) if large else None
+        expected = (tfla.LARGE_CHUNK_TILES.get(name) if large else None) or tfla.UNROLLED_TILES.get(name)
         expected = expected or getattr(tfla.GPU_TILES, name)
         assert getattr(tiles, name) == expected.fit(chunk, 256, 512)
     assert large == tiles.fw_output.unroll_slices
-    # tuned in bf16 only: fp32 keeps its halved table at every chunk size
-    assert not tfla.choose_tiles(chunk, 256, 512, interpret=False, dtype=torch.float32).fw_output.unroll_slices
+    fp32 = tfla.choose_tiles(chunk, 256, 512, interpret=False, dtype=torch.float32)
+    assert not any(getattr(fp32, name).unroll_slices for name in tfla.KERNELS)
 
 
 @pytest.mark.parametrize(
     "dhqk,dhhv,dtype,unrolled",
     [
         (256, 512, torch.bfloat16, {"fw_output", "bw_dk", "bw_dv"}),  # 7B: the tuned shape
-        (128, 256, torch.bfloat16, {"fw_output", "bw_dk", "bw_dv"}),  # paper: the tiles clamp to whole head dims
+        (128, 256, torch.float16, {"fw_output", "bw_dk", "bw_dv"}),  # paper: the tiles clamp to whole head dims
+        (32, 64, torch.bfloat16, {"fw_output", "bw_dk", "bw_dv"}),
         (512, 1024, torch.bfloat16, set()),  # headdim preset's widest: two slices per stage would not fit
-        (256, 512, torch.float32, set()),  # 4-byte tiles
-        (64, 128, torch.float32, {"bw_dk", "bw_dv"}),  # fp32 keeps fw_output's rolled table entry
+        (256, 1024, torch.bfloat16, {"fw_output", "bw_dv"}),  # bw_dk's DHHV 1024 would not
+        (64, 128, torch.float32, set()),  # tuned in bf16: fp32 keeps the rolled table
     ],
 )
-def test_unrolled_slices_only_where_they_fit(dhqk: int, dhhv: int, dtype: torch.dtype, unrolled: set) -> None:
-    """The table's unroll_slices tiles run unrolled only where ``unrolled_smem`` fits ``UNROLLED_SMEM`` (under the
-    H100's 227 KiB per block); elsewhere the rolled loop, which needs no more than one stage of slices."""
+def test_unrolled_tiles_only_where_they_fit(dhqk: int, dhhv: int, dtype: torch.dtype, unrolled: set) -> None:
+    """choose_tiles takes an unrolled entry only where ``unrolled_smem`` fits ``UNROLLED_SMEM`` (under the H100's
+    227 KiB per block), else the rolled GPU_TILES entry: every chosen tile launches unrolled as chosen."""
     tiles = tfla.choose_tiles(1024, dhqk, dhhv, interpret=False, dtype=dtype)
-    runs = {n for n in tfla.INTRA_CHUNK if tfla.unrolls_head_slices(n, getattr(tiles, n), dhqk, dhhv, dtype.itemsize)}
-    assert runs == unrolled
-    # Triton allocated up to 5.6 KiB more than estimated for the tuner's 168 unrolled candidates (sm_90)
-    assert tfla.UNROLLED_SMEM + 6 * 1024 <= 227 * 1024
     for name in tfla.INTRA_CHUNK:
         t = getattr(tiles, name)
-        fits = tfla.unrolled_smem(name, t, dhqk, dhhv, dtype.itemsize) <= tfla.UNROLLED_SMEM
-        assert (t.unroll_slices and fits) == (name in runs)
+        assert t.unroll_slices == (name in unrolled)
+        assert tfla.unrolls_head_slices(name, t, dhqk, dhhv, dtype.itemsize) == t.unroll_slices
+        if not t.unroll_slices and dtype != torch.float32:
+            assert t == getattr(tfla.GPU_TILES, name).fit(1024, dhqk, dhhv)
+    # Triton allocated up to 5.6 KiB more than estimated for the tuner's 168 unrolled candidates (sm_90)
+    assert tfla.UNROLLED_SMEM + 6 * 1024 <= 227 * 1024
 
 
 @pytest.mark.parametrize("batch_heads,warps", [(32, tfla.SMALL_GRID_STATE_WARPS), (64, 4), (0, 4)])

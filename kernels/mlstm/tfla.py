@@ -96,20 +96,26 @@ class TileConfig:
 # (bw_dq's BK 256 covers the 7B q/k head dim whole: no dh v^T is computed twice).
 # fw_states reads whole 128-token chunks (BQ) so that its chunk loop is pipelined (STATE_PIPELINE_SMEM).
 # The loops that read 16-bit chunk states in the STATE_READERS run with 1 stage.
-# bw_dk and bw_dv (v6) stream 32-query tiles through a pipelined query loop (unroll_slices) against a key tile
-# whose sliced head dim loads once (whole up to DHHV 512 / DHQK 256): at the 7B shape bw_dk 3148 -> 2301 us and
-# bw_dv 2375 -> 1676 at chunk 1024, and no slower at chunk 128 or at the paper shape.
 GPU_TILES = TileConfig(
     fw_states=KernelTiles(BQ=128, BKV=128, BK=64, BV=128, num_warps=4, num_stages=2),
     fw_output=KernelTiles(BK=128, BV=256, num_warps=4, num_stages=2),
     bw_states=KernelTiles(BK=64, BV=128, num_warps=4, num_stages=3),
     bw_dq=KernelTiles(BK=256, BV=128, num_warps=4, num_stages=2),
-    bw_dk=KernelTiles(BQ=32, BKV=64, BK=256, BV=512, num_warps=4, num_stages=2, unroll_slices=True),
-    bw_dv=KernelTiles(BQ=32, BKV=64, BK=256, BV=256, num_warps=4, num_stages=2, unroll_slices=True),
+    bw_dk=KernelTiles(BK=128, BV=64, num_warps=4, num_stages=3),
+    bw_dv=KernelTiles(BK=64, BV=256, num_warps=4, num_stages=2),
 )
-# From LARGE_CHUNK tokens on, the intra-chunk products dominate: fw_output pipelines its key loop over 32-key
-# tiles there (7B shape: 2576 -> 2006 us at chunk 1024, 1269 -> 1227 at 256; 5 % slower than the rolled loop at
-# chunk 128; tune_tiles.py --family unrolled, docs/performance.md, v6).
+# 16-bit inputs (v6, tune_tiles.py --family unrolled; docs/performance.md): bw_dk and bw_dv stream 32-query tiles
+# through a pipelined query loop (unroll_slices) against a key tile whose sliced head dim loads once. 7B shape:
+# bw_dk 3148 -> 2301 us and bw_dv 2375 -> 1676 at chunk 1024, 1346 -> 1354 and 1064 -> 953 at chunk 128; paper
+# shape, chunk 128: 1011 -> 955 and 790 -> 734. They replace GPU_TILES' entries only where they fit in shared
+# memory (unrolls_head_slices: up to DHHV 512 / DHQK 256); larger head dims keep the rolled entries.
+UNROLLED_TILES = {
+    "bw_dk": KernelTiles(BQ=32, BKV=64, BK=256, BV=512, num_warps=4, num_stages=2, unroll_slices=True),
+    "bw_dv": KernelTiles(BQ=32, BKV=64, BK=256, BV=256, num_warps=4, num_stages=2, unroll_slices=True),
+}
+# From LARGE_CHUNK tokens on, where the intra-chunk products dominate, fw_output pipelines its key loop over 32-key
+# tiles as well (7B shape: 2576 -> 2006 us at chunk 1024, 1269 -> 1227 at 256; 5 % slower than the rolled loop at
+# chunk 128). Same conditions as UNROLLED_TILES.
 LARGE_CHUNK = 256
 LARGE_CHUNK_TILES = {
     "fw_output": KernelTiles(BQ=64, BKV=32, BK=256, BV=256, num_warps=4, num_stages=2, unroll_slices=True)
@@ -155,15 +161,20 @@ def choose_tiles(
     batch_heads: int = 0,
     sm_count: int = 0,
 ) -> TileConfig:
-    """Tile table: small tiles for the interpreter, the tuned table on the GPU (clamped to the problem).
+    """Tile table: small tiles for the interpreter, the tuned table on the GPU (clamped to the problem; for
+    16-bit inputs with the ``UNROLLED_TILES`` and, from ``LARGE_CHUNK`` on, ``LARGE_CHUNK_TILES`` that fit).
 
     With ``batch_heads`` (``B * NH``) and the GPU's ``sm_count`` given, a fw_states grid of at most one
     program per SM runs ``SMALL_GRID_STATE_WARPS`` warps (each program is then alone on its SM)."""
     if interpret:
         return INTERPRETER_TILES.fit(chunk_size, dhqk, dhhv)
     config = GPU_TILES
-    if chunk_size >= LARGE_CHUNK and dtype != torch.float32:  # tuned in bf16; fp32 keeps the halved table
-        config = replace(config, **LARGE_CHUNK_TILES)
+    if dtype != torch.float32:  # tuned in bf16; fp32 keeps the halved rolled table
+        tuned = {**UNROLLED_TILES, **(LARGE_CHUNK_TILES if chunk_size >= LARGE_CHUNK else {})}
+        fit = {n: t.fit(chunk_size, dhqk, dhhv) for n, t in tuned.items()}
+        config = replace(
+            config, **{n: t for n, t in fit.items() if unrolls_head_slices(n, t, dhqk, dhhv, dtype.itemsize)}
+        )
     if dtype == torch.float32:
         config = TileConfig(**{n: _halve_for_fp32(getattr(config, n)) for n in KERNELS})
     config = config.fit(chunk_size, dhqk, dhhv)
