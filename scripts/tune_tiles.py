@@ -5,7 +5,8 @@ the current table (``choose_tiles``); every kernel's CUDA time is read from ``to
 fwbw passes, and the outputs are compared with the current table's (bf16: must agree to 2e-2). Compiles
 run first in ``--jobs`` spawned processes on small inputs (same specialization), so the timing pass only
 hits Triton's cache. Prints the best candidate per kernel and writes every row to ``--out`` (CSV).
-Usage: ``python scripts/tune_tiles.py --shape 8,8,8192,256,512 [--chunk 128] [--variant sig] [--out t.csv]``.
+Usage: ``python scripts/tune_tiles.py --shape 8,8,8192,256,512 [--chunk 128] [--variant sig] [--out t.csv]
+[--family rolled|unrolled|all]`` (``unrolled``: the ``unroll_slices`` tiles of the intra-chunk kernels).
 """
 
 from __future__ import annotations
