@@ -37,14 +37,7 @@ from kernels.mlstm.tfla import (
 )
 
 # Kernel -> (the head-dim tile its grid is split over, the one it loops over inside).
-SPLIT = {
-    "fw_states": ("BK", "BV"),
-    "fw_output": ("BV", "BK"),
-    "bw_states": ("BK", "BV"),
-    "bw_dq": ("BK", "BV"),
-    "bw_dk": ("BK", "BV"),
-    "bw_dv": ("BV", "BK"),
-}
+SPLIT = {"fw_states": ("BK", "BV"), "bw_states": ("BK", "BV"), **{k: v[:2] for k, v in INTRA_CHUNK.items()}}
 PROFILE_NAMES = {
     "fw_states": "fw_chunk_states_kernel",
     "fw_output": "fw_chunk_output_kernel",

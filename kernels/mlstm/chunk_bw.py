@@ -11,7 +11,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from kernels.mlstm.chunk_fw import head_dim_products
+from kernels.mlstm.chunk_fw import head_dim_products, operand_once
 
 
 @triton.jit
@@ -257,15 +257,10 @@ def bw_chunk_dq_kernel(
     q_tile = Q_D.load([bh, q0, k0]).reshape(BQ, BK)
     qdq = tl.sum(q_tile.to(tl.float32) * dq, axis=1)
 
-    if UNROLL and NSLICE == 1:  # one slice covers DHHV: the dh tile loads once
-        dh_whole = DH_D.load([bh, q0, 0]).reshape(BQ, BV)
+    dh_once = operand_once(DH_D, q0, bh, BQ, BV, NSLICE, UNROLL)
     for s0 in range(0, q_start + BQ, BKV):
         t_s = c * L + s0 + tl.arange(0, BKV)
-        if UNROLL and NSLICE == 1:
-            v_tile = V_D.load([bh, c * L + s0, 0]).reshape(BKV, BV)
-            dp = tl.dot(dh_whole, tl.trans(v_tile), input_precision=DOT_PREC)
-        else:
-            dp = head_dim_products(DH_D, q0, V_D, c * L + s0, bh, DHHV, BQ, BKV, BV, NSLICE, UNROLL, DOT_PREC)
+        dp = head_dim_products(DH_D, q0, dh_once, V_D, c * L + s0, bh, DHHV, BQ, BKV, BV, NSLICE, UNROLL, DOT_PREC)
         log_d = b_q[:, None] - tl.load(GATE_B + bh * SP + t_s)[None, :] + tl.load(GATE_I + bh * SP + t_s)[None, :]
         log_d = tl.where(t_s[None, :] <= t_q[:, None], log_d, -float("inf"))
         a = tl.exp(log_d - m_q[:, None]) * (dp * inv_den[:, None] + dz[:, None])
@@ -350,16 +345,11 @@ def bw_chunk_dk_kernel(
     kdk_diag = tl.zeros((BKV,), dtype=tl.float32)
     kdk_off = tl.zeros((BKV,), dtype=tl.float32)
 
-    if UNROLL and NSLICE == 1:  # one slice covers DHHV: the value tile loads once
-        v_whole = V_D.load([bh, s0, 0]).reshape(BKV, BV)
+    v_once = operand_once(V_D, s0, bh, BKV, BV, NSLICE, UNROLL)
     for q_off in range((s_start // BQ) * BQ, L, BQ):
         t_q = c * L + q_off + tl.arange(0, BQ)
         inv_den = tl.load(INV_DEN + bh * SP + t_q)
-        if UNROLL and NSLICE == 1:
-            dh_tile = DH_D.load([bh, c * L + q_off, 0]).reshape(BQ, BV)
-            dpt = tl.dot(v_whole, tl.trans(dh_tile), input_precision=DOT_PREC)
-        else:
-            dpt = head_dim_products(V_D, s0, DH_D, c * L + q_off, bh, DHHV, BKV, BQ, BV, NSLICE, UNROLL, DOT_PREC)
+        dpt = head_dim_products(V_D, s0, v_once, DH_D, c * L + q_off, bh, DHHV, BKV, BQ, BV, NSLICE, UNROLL, DOT_PREC)
         m_q = tl.load(M_TOK + bh * SP + t_q) if EXP else tl.zeros((BQ,), dtype=tl.float32)
         log_dt = tl.load(GATE_B + bh * SP + t_q)[None, :] - b_s[:, None] + i_s[:, None] - m_q[None, :]
         log_dt = tl.where(t_q[None, :] >= t_s[:, None], log_dt, -float("inf"))
@@ -436,15 +426,12 @@ def bw_chunk_dv_kernel(
         dv += tl.dot(k_tile, dc_tile.to(dtype), input_precision=DOT_PREC)
     dv = dv * w_inter[:, None]
 
-    if UNROLL and NSLICE == 1:  # one slice covers DHQK: the key tile loads once
-        k_whole = K_D.load([bh, s0, 0]).reshape(BKV, BK)
+    k_once = operand_once(K_D, s0, bh, BKV, BK, NSLICE, UNROLL)
     for q_off in range((s_start // BQ) * BQ, L, BQ):
         t_q = c * L + q_off + tl.arange(0, BQ)
-        if UNROLL and NSLICE == 1:
-            q_tile = Q_D.load([bh, c * L + q_off, 0]).reshape(BQ, BK)
-            st_scores = tl.dot(k_whole, tl.trans(q_tile), input_precision=DOT_PREC)
-        else:
-            st_scores = head_dim_products(K_D, s0, Q_D, c * L + q_off, bh, DHQK, BKV, BQ, BK, NSLICE, UNROLL, DOT_PREC)
+        st_scores = head_dim_products(
+            K_D, s0, k_once, Q_D, c * L + q_off, bh, DHQK, BKV, BQ, BK, NSLICE, UNROLL, DOT_PREC
+        )
         m_q = tl.load(M_TOK + bh * SP + t_q) if EXP else tl.zeros((BQ,), dtype=tl.float32)
         log_dt = tl.load(GATE_B + bh * SP + t_q)[None, :] - b_s[:, None] + i_s[:, None] - m_q[None, :]
         log_dt = tl.where(t_q[None, :] >= t_s[:, None], log_dt, -float("inf"))

@@ -48,9 +48,29 @@ def _add_token_slice(
 
 
 @triton.jit
+def operand_once(
+    A_D,
+    a_row,
+    bh,
+    BA: tl.constexpr,
+    BD: tl.constexpr,
+    NSLICE: tl.constexpr,
+    UNROLL: tl.constexpr,
+):
+    """The loop-invariant operand ``A[a_row : a_row + BA]`` of ``head_dim_products``, loaded once before the token
+    loop where one unrolled slice covers the head dim (a placeholder, never read, otherwise)."""
+    if UNROLL and NSLICE == 1:
+        tile = A_D.load([bh, a_row, 0]).reshape(BA, BD)
+    else:
+        tile = tl.zeros((BA, BD), dtype=A_D.dtype)
+    return tile
+
+
+@triton.jit
 def head_dim_products(
     A_D,
     a_row,
+    a_once,
     B_D,
     b_row,
     bh,
@@ -65,18 +85,23 @@ def head_dim_products(
     """``A[a_row : a_row + BA] B[b_row : b_row + BB]^T`` summed over the head dim ``D`` in ``BD`` slices:
     fp32 ``(BA, BB)``, for two descriptors ``[BH, S, D]`` with blocks ``[1, BA, BD]`` and ``[1, BB, BD]``.
     ``UNROLL`` unrolls the ``NSLICE = cdiv(D, BD)`` slices, so that the caller's token loop is the innermost
-    loop, which Triton software-pipelines (the next token block's tiles load during this one's products)."""
-    acc = tl.zeros((BA, BB), dtype=tl.float32)
-    if UNROLL:
-        for j in tl.static_range(NSLICE):
-            a = A_D.load([bh, a_row, j * BD]).reshape(BA, BD)
-            b = B_D.load([bh, b_row, j * BD]).reshape(BB, BD)
-            acc += tl.dot(a, tl.trans(b), input_precision=DOT_PREC)
+    loop, which Triton software-pipelines (the next token block's tiles load during this one's products); with one
+    slice, ``A`` is ``a_once`` (``operand_once``, loaded before the loop)."""
+    if UNROLL and NSLICE == 1:
+        b = B_D.load([bh, b_row, 0]).reshape(BB, BD)
+        acc = tl.dot(a_once, tl.trans(b), input_precision=DOT_PREC)
     else:
-        for d0 in range(0, D, BD):
-            a = A_D.load([bh, a_row, d0]).reshape(BA, BD)
-            b = B_D.load([bh, b_row, d0]).reshape(BB, BD)
-            acc += tl.dot(a, tl.trans(b), input_precision=DOT_PREC)
+        acc = tl.zeros((BA, BB), dtype=tl.float32)
+        if UNROLL:
+            for j in tl.static_range(NSLICE):
+                a = A_D.load([bh, a_row, j * BD]).reshape(BA, BD)
+                b = B_D.load([bh, b_row, j * BD]).reshape(BB, BD)
+                acc += tl.dot(a, tl.trans(b), input_precision=DOT_PREC)
+        else:
+            for d0 in range(0, D, BD):
+                a = A_D.load([bh, a_row, d0]).reshape(BA, BD)
+                b = B_D.load([bh, b_row, d0]).reshape(BB, BD)
+                acc += tl.dot(a, tl.trans(b), input_precision=DOT_PREC)
     return acc
 
 
@@ -243,17 +268,12 @@ def fw_chunk_output_kernel(
     acc = acc * w_inter[:, None]
     z = z * w_inter
 
-    if UNROLL and NSLICE == 1:  # one slice covers the head dim: the query tile loads once
-        q_whole = Q_D.load([bh, c * L + q_start, 0]).reshape(BQ, BK)
+    q_once = operand_once(Q_D, c * L + q_start, bh, BQ, BK, NSLICE, UNROLL)
     for s0 in range(0, q_start + BQ, BKV):
         t_s = c * L + s0 + tl.arange(0, BKV)
-        if UNROLL and NSLICE == 1:
-            k_tile = K_D.load([bh, c * L + s0, 0]).reshape(BKV, BK)
-            scores = tl.dot(q_whole, tl.trans(k_tile), input_precision=DOT_PREC)
-        else:
-            scores = head_dim_products(
-                Q_D, c * L + q_start, K_D, c * L + s0, bh, DHQK, BQ, BKV, BK, NSLICE, UNROLL, DOT_PREC
-            )
+        scores = head_dim_products(
+            Q_D, c * L + q_start, q_once, K_D, c * L + s0, bh, DHQK, BQ, BKV, BK, NSLICE, UNROLL, DOT_PREC
+        )
         log_d = b_q[:, None] - tl.load(GATE_B + bh * SP + t_s)[None, :] + tl.load(GATE_I + bh * SP + t_s)[None, :]
         log_d = tl.where(t_s[None, :] <= t_q[:, None], log_d, -float("inf"))
         p = tl.exp(log_d - m_run[:, None]) * scores * qk_scale

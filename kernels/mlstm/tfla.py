@@ -378,6 +378,15 @@ def state_slice(unrolled: bool, slice_tile: int, head_dim: int) -> int:
     return slice_tile
 
 
+def slice_args(kernel: str, t: KernelTiles, dhqk: int, dhhv: int, input_bytes: int) -> dict[str, int | bool]:
+    """Constexprs of an intra-chunk kernel's head-dim slices (``INTRA_CHUNK``): ``NSLICE`` of its token loop's
+    first product, ``BS`` of its inter-chunk term (``state_slice``) and ``UNROLL`` (``unrolls_head_slices``)."""
+    sliced = INTRA_CHUNK[kernel][1]
+    tile, head_dim = (t.BK, dhqk) if sliced == "BK" else (t.BV, dhhv)
+    unroll = unrolls_head_slices(kernel, t, dhqk, dhhv, input_bytes)
+    return {"NSLICE": triton.cdiv(head_dim, tile), "BS": state_slice(unroll, tile, head_dim), "UNROLL": unroll}
+
+
 def _tile_args(t: KernelTiles) -> dict[str, int]:
     """Keyword arguments of a token-tiled kernel launch: tile sizes, warps and stages."""
     return {"BQ": t.BQ, "BKV": t.BKV, "BK": t.BK, "BV": t.BV, **t.launch()}
@@ -504,8 +513,8 @@ def launch_fw_output(
     chunk states of ``launch_fw_states`` and mLSTMexp's per-token stabilizer ``m_tok (BH, SP)``."""
     DHQK, DHHV = q.shape[-1], v.shape[-1]
     BH, NC = c_st.shape[:2]
-    unroll = unrolls_head_slices("fw_output", t, DHQK, DHHV, q.element_size())
-    bs = state_slice(unroll, t.BK, DHQK)
+    slices = slice_args("fw_output", t, DHQK, DHHV, q.element_size())
+    bs = slices["BS"]
     fw_chunk_output_kernel[(triton.cdiv(DHHV, t.BV), NC * (chunk_size // t.BQ), BH)](
         head_tiles(q, t.BQ, t.BK),
         head_tiles(q, t.BQ, bs),
@@ -530,13 +539,11 @@ def launch_fw_output(
         BKV=t.BKV,
         BK=t.BK,
         BV=t.BV,
-        BS=bs,
         EXP=exp,
         NORMALIZE=normalize,
         DOT_PREC=_dot_precision(q.dtype),
         STATE_STAGES=t.state_loop_stages,
-        NSLICE=triton.cdiv(DHQK, t.BK),
-        UNROLL=unroll,
+        **slices,
         **t.launch(),
     )
 
@@ -641,10 +648,10 @@ class _TFLAFunction(torch.autograd.Function):
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         qdq = torch.empty(triton.cdiv(DHQK, tq.BK), BH, SP, **f32)
         kdk, kdk_inter, kdk_off = (torch.empty(triton.cdiv(DHQK, tk.BK), BH, SP, **f32) for _ in range(3))
-        unroll = {n: unrolls_head_slices(n, getattr(tiles, n), DHQK, DHHV, q.element_size()) for n in INTRA_CHUNK}
-        bs_q = state_slice(unroll["bw_dq"], tq.BV, DHHV)
-        bs_k = state_slice(unroll["bw_dk"], tk.BV, DHHV)
-        bs_v = state_slice(unroll["bw_dv"], tv.BK, DHQK)
+        sq, sk, sv = (
+            slice_args(n, t, DHQK, DHHV, q.element_size()) for n, t in (("bw_dq", tq), ("bw_dk", tk), ("bw_dv", tv))
+        )
+        bs_q, bs_k, bs_v = sq["BS"], sk["BS"], sv["BS"]
         bw_chunk_dq_kernel[(triton.cdiv(DHQK, tq.BK), NC * (L // tq.BQ), BH)](
             head_tiles(q, tq.BQ, tq.BK),
             head_tiles(k, tq.BKV, tq.BK),
@@ -667,9 +674,7 @@ class _TFLAFunction(torch.autograd.Function):
             DHHV,
             scale,
             STATE_STAGES=tq.state_loop_stages,
-            NSLICE=triton.cdiv(DHHV, tq.BV),
-            BS=bs_q,
-            UNROLL=unroll["bw_dq"],
+            **sq,
             **_tile_args(tq),
             **common,
         )
@@ -696,9 +701,7 @@ class _TFLAFunction(torch.autograd.Function):
             DHQK,
             DHHV,
             scale,
-            NSLICE=triton.cdiv(DHHV, tk.BV),
-            BS=bs_k,
-            UNROLL=unroll["bw_dk"],
+            **sk,
             **_tile_args(tk),
             **common,
         )
@@ -719,9 +722,7 @@ class _TFLAFunction(torch.autograd.Function):
             DHQK,
             DHHV,
             scale,
-            NSLICE=triton.cdiv(DHQK, tv.BK),
-            BS=bs_v,
-            UNROLL=unroll["bw_dv"],
+            **sv,
             **_tile_args(tv),
             **common,
         )
