@@ -157,6 +157,7 @@ def test_unrolled_head_dim_slices(whole: bool, monkeypatch: pytest.MonkeyPatch) 
         ("BQ", 24, "tiles.fw_output.BQ must be a power of two >= 16, got 24"),
         ("num_warps", 3, "tiles.fw_output.num_warps"),
         ("state_stages", 0, "tiles.fw_output.state_stages must be None or a positive int, got 0"),
+        ("unroll_slices", 1, "tiles.fw_output.unroll_slices must be True or False, got 1"),
     ],
 )
 def test_bad_tiles_name_the_field(field: str, value: int, message: str) -> None:
