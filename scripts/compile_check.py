@@ -29,6 +29,9 @@ SLICE_LOOPS = (
 )
 
 
+PIPED = {"UNROLL": True, "NSLICE": 1, "BS": 32}
+
+
 # TMA descriptor args -> the tile constexprs of their blocks [1, rows, cols].
 DESCRIPTOR_BLOCKS = {
     ("fw_chunk_states_kernel", "K_D"): ("BL", "BK"),
@@ -129,6 +132,9 @@ def main() -> int:
                     for u in (True, False)
                 ),
                 *((chunk_bw.bw_chunk_dq_kernel, dtype, dict(base, STATE_STAGES=1, **tiles, **u)) for u in SLICE_LOOPS),
+                # the pipelined state loop of the tables' large-chunk fw_output and wide-q/k bw_dq (narrower slices)
+                (chunk_fw.fw_chunk_output_kernel, dtype, dict(base, NORMALIZE=True, STATE_STAGES=2, **tiles, **PIPED)),
+                (chunk_bw.bw_chunk_dq_kernel, dtype, dict(base, STATE_STAGES=2, **tiles, **PIPED)),
                 *((chunk_bw.bw_chunk_dk_kernel, dtype, dict(base, **tiles, **u)) for u in SLICE_LOOPS),
                 *((chunk_bw.bw_chunk_dv_kernel, dtype, dict(base, **tiles, **u)) for u in SLICE_LOOPS),
             ]

@@ -146,8 +146,8 @@ def test_unrolled_head_dim_slices(whole: bool, monkeypatch: pytest.MonkeyPatch) 
         bw_dv=over_qk,
     )
     if whole:  # the inter-chunk term's slices: STATE_SLICE, not the whole-width tile
-        assert tfla.state_slice(over_qk, 32, 32) == 16
-        assert tfla.state_slice(over_v.fit(32, 32, 48), 64, 48) == 16
+        assert tfla.state_slice(over_qk, True, 32, 32) == 16
+        assert tfla.state_slice(over_v, True, 64, 48) == 16
     _check(AccuracyCase("exp", True, 70, 32, 48, 32, torch.float32, with_states=True, tiles=tiles))
 
 
@@ -158,6 +158,7 @@ def test_unrolled_head_dim_slices(whole: bool, monkeypatch: pytest.MonkeyPatch) 
         ("num_warps", 3, "tiles.fw_output.num_warps"),
         ("state_stages", 0, "tiles.fw_output.state_stages must be None or a positive int, got 0"),
         ("unroll_slices", 1, "tiles.fw_output.unroll_slices must be True or False, got 1"),
+        ("state_slice", 24, "tiles.fw_output.state_slice must be None or a power of two >= 16, got 24"),
     ],
 )
 def test_bad_tiles_name_the_field(field: str, value: int, message: str) -> None:
@@ -170,8 +171,9 @@ def test_bad_tiles_name_the_field(field: str, value: int, message: str) -> None:
 
 
 def test_16bit_state_loops_run_without_software_pipelining() -> None:
-    """Triton 3.6 on the H100 miscompiles pipelined 16-bit chunk-state loads (docs/performance.md, v2): the
-    state-loading loop of each reader runs 1 stage, every other loop keeps the kernel's stages."""
+    """Triton 3.6 on the H100 miscompiled pipelined 16-bit chunk-state loads (docs/performance.md, v2): the
+    state-loading loop of each reader runs 1 stage unless its tiles set ``state_stages`` (the GPU table does,
+    after a bit-exact check, v7); every other loop keeps the kernel's stages."""
     tiles = replace(TileConfig.uniform(KernelTiles(num_stages=2)), fw_states=KernelTiles(num_stages=3))
     for dtype in (torch.bfloat16, torch.float16):
         for chunk in (64, 128, 1024):
@@ -181,10 +183,47 @@ def test_16bit_state_loops_run_without_software_pipelining() -> None:
                 for name in tfla.KERNELS:
                     before, after = getattr(config, name), getattr(fixed, name)
                     assert after.num_stages == before.num_stages
-                    assert after.state_loop_stages == (1 if name in tfla.STATE_READERS else before.num_stages)
+                    unset = 1 if name in tfla.STATE_READERS else before.num_stages
+                    assert after.state_loop_stages == (before.state_stages or unset)
+            launched = tfla.unpipelined_state_loads(table, dtype)
+            assert launched.fw_output.state_loop_stages == (2 if chunk >= tfla.LARGE_CHUNK else 1)
+            assert launched.bw_dq.state_loop_stages == 2
     assert tfla.unpipelined_state_loads(tiles, torch.float32) == tiles
     explicit = replace(tiles, fw_output=KernelTiles(num_stages=2, state_stages=3))
     assert tfla.unpipelined_state_loads(explicit, torch.bfloat16).fw_output.state_loop_stages == 3
+
+
+@pytest.mark.parametrize("variant", ["exp", "sig"])
+def test_state_slices_apart_from_the_head_dim_tiles(variant: str) -> None:
+    """``state_slice`` sets the inter-chunk term's slices apart from the tile the token loop slices by: wider
+    (fw_output: 32 over BK 16), narrower (bw_dq: 16 over BV 32) and past the head dim's end (bw_dk, bw_dv: 32
+    over DHHV 48, DHQK 32 in one slice), with pipelined state loops."""
+    piped = {"state_stages": 2}
+    tiles = TileConfig(
+        fw_states=KernelTiles(BQ=16, BK=16, BV=32),
+        fw_output=KernelTiles(BQ=32, BKV=16, BK=16, BV=64, state_slice=32, **piped),
+        bw_states=KernelTiles(BQ=32, BK=32, BV=16),
+        bw_dq=KernelTiles(BQ=16, BKV=32, BK=64, BV=32, state_slice=16, **piped),
+        bw_dk=KernelTiles(BQ=32, BKV=16, BK=64, BV=16, state_slice=32),
+        bw_dv=KernelTiles(BQ=32, BKV=16, BK=16, BV=64, state_slice=32),
+    )
+    assert tfla.slice_args("fw_output", tiles.fw_output, 32, 48, 4)["BS"] == 32
+    assert tfla.slice_args("bw_dq", tiles.bw_dq, 32, 48, 4)["BS"] == 16
+    assert tfla.slice_args("bw_dk", tiles.bw_dk, 32, 48, 4)["BS"] == 32
+    _check(AccuracyCase(variant, True, 70, 32, 48, 32, torch.float32, with_states=True, tiles=tiles))
+
+
+def test_wide_qk_head_dims_pipeline_the_dq_state_loop() -> None:
+    """bw_dq takes WIDE_QK_TILES (a pipelined state loop) from DHQK 256 on in 16-bit, where it was faster on the
+    H100; at the paper's DHQK 128 and in fp32 it keeps the GPU_TILES entry (1-stage state loop for 16-bit)."""
+    for chunk in (128, 1024):
+        wide = tfla.choose_tiles(chunk, 256, 512, interpret=False).bw_dq
+        assert wide == tfla.WIDE_QK_TILES["bw_dq"].fit(chunk, 256, 512)
+        assert tfla.slice_args("bw_dq", wide, 256, 512, 2)["BS"] == 64
+        paper = tfla.choose_tiles(chunk, 128, 256, interpret=False).bw_dq
+        assert paper == tfla.GPU_TILES.bw_dq.fit(chunk, 128, 256)
+        assert tfla.slice_args("bw_dq", paper, 128, 256, 2)["BS"] == paper.BV
+        assert tfla.choose_tiles(chunk, 256, 512, interpret=False, dtype=torch.float32).bw_dq.state_slice is None
 
 
 @pytest.mark.parametrize(
@@ -207,12 +246,12 @@ def test_state_chunk_loop_is_pipelined_only_where_it_fits(dtype: torch.dtype, ch
 @pytest.mark.parametrize("chunk", [128, 256, 512, 4096])
 def test_large_chunks_take_their_own_tiles(chunk: int) -> None:
     """At the 7B head dims in bf16: UNROLLED_TILES at every chunk size, LARGE_CHUNK_TILES from LARGE_CHUNK on
-    (clamped to the problem); every other kernel keeps GPU_TILES. fp32 keeps the rolled table at every chunk."""
+    (clamped to the problem), WIDE_QK_TILES (DHQK 256); every other kernel keeps GPU_TILES. fp32 keeps the rolled table at every chunk."""
     tiles = tfla.choose_tiles(chunk, 256, 512, interpret=False)
     large = chunk >= tfla.LARGE_CHUNK
     for name in tfla.KERNELS:
         expected = (tfla.LARGE_CHUNK_TILES.get(name) if large else None) or tfla.UNROLLED_TILES.get(name)
-        expected = expected or getattr(tfla.GPU_TILES, name)
+        expected = expected or tfla.WIDE_QK_TILES.get(name) or getattr(tfla.GPU_TILES, name)
         assert getattr(tiles, name) == expected.fit(chunk, 256, 512)
     assert large == tiles.fw_output.unroll_slices
     fp32 = tfla.choose_tiles(chunk, 256, 512, interpret=False, dtype=torch.float32)
@@ -239,7 +278,8 @@ def test_unrolled_tiles_only_where_they_fit(dhqk: int, dhhv: int, dtype: torch.d
         assert t.unroll_slices == (name in unrolled)
         assert tfla.unrolls_head_slices(name, t, dhqk, dhhv, dtype.itemsize) == t.unroll_slices
         if not t.unroll_slices and dtype != torch.float32:
-            assert t == getattr(tfla.GPU_TILES, name).fit(1024, dhqk, dhhv)
+            rolled = tfla.WIDE_QK_TILES.get(name) if dhqk >= tfla.WIDE_QK else None
+            assert t == (rolled or getattr(tfla.GPU_TILES, name)).fit(1024, dhqk, dhhv)
     # Triton allocated up to 5.6 KiB more than estimated for the tuner's 168 unrolled candidates (sm_90)
     assert tfla.UNROLLED_SMEM + 6 * 1024 <= 227 * 1024
 

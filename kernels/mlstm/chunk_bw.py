@@ -11,7 +11,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from kernels.mlstm.chunk_fw import head_dim_products, operand_once
+from kernels.mlstm.chunk_fw import LOG2E, gate_matrix, head_dim_products, operand_once
 
 
 @triton.jit
@@ -258,12 +258,12 @@ def bw_chunk_dq_kernel(
     qdq = tl.sum(q_tile.to(tl.float32) * dq, axis=1)
 
     dh_once = operand_once(DH_D, q0, bh, BQ, BV, NSLICE, UNROLL)
+    row = (b_q - m_q) * LOG2E
     for s0 in range(0, q_start + BQ, BKV):
         t_s = c * L + s0 + tl.arange(0, BKV)
         dp = head_dim_products(DH_D, q0, dh_once, V_D, c * L + s0, bh, DHHV, BQ, BKV, BV, NSLICE, UNROLL, DOT_PREC)
-        log_d = b_q[:, None] - tl.load(GATE_B + bh * SP + t_s)[None, :] + tl.load(GATE_I + bh * SP + t_s)[None, :]
-        log_d = tl.where(t_s[None, :] <= t_q[:, None], log_d, -float("inf"))
-        a = tl.exp(log_d - m_q[:, None]) * (dp * inv_den[:, None] + dz[:, None])
+        col = (tl.load(GATE_I + bh * SP + t_s) - tl.load(GATE_B + bh * SP + t_s)) * LOG2E
+        a = gate_matrix(row, col, t_s[None, :] <= t_q[:, None]) * (dp * inv_den[:, None] + dz[:, None])
         k_tile = K_D.load([bh, c * L + s0, k0]).reshape(BKV, BK)
         dq += tl.dot(a.to(dtype), k_tile, input_precision=DOT_PREC)
         scores = tl.dot(q_tile, tl.trans(k_tile), input_precision=DOT_PREC)
@@ -346,15 +346,15 @@ def bw_chunk_dk_kernel(
     kdk_off = tl.zeros((BKV,), dtype=tl.float32)
 
     v_once = operand_once(V_D, s0, bh, BKV, BV, NSLICE, UNROLL)
+    row = (i_s - b_s) * LOG2E  # the same two parts as the dq kernel's, so the gate matrices agree bit for bit
     for q_off in range((s_start // BQ) * BQ, L, BQ):
         t_q = c * L + q_off + tl.arange(0, BQ)
         inv_den = tl.load(INV_DEN + bh * SP + t_q)
         dpt = head_dim_products(V_D, s0, v_once, DH_D, c * L + q_off, bh, DHHV, BKV, BQ, BV, NSLICE, UNROLL, DOT_PREC)
         m_q = tl.load(M_TOK + bh * SP + t_q) if EXP else tl.zeros((BQ,), dtype=tl.float32)
-        log_dt = tl.load(GATE_B + bh * SP + t_q)[None, :] - b_s[:, None] + i_s[:, None] - m_q[None, :]
-        log_dt = tl.where(t_q[None, :] >= t_s[:, None], log_dt, -float("inf"))
+        col = (tl.load(GATE_B + bh * SP + t_q) - m_q) * LOG2E
         dz_q = tl.load(DZ + bh * SP + t_q)
-        at = tl.exp(log_dt) * (dpt * inv_den[None, :] + dz_q[None, :]) * qk_scale
+        at = gate_matrix(row, col, t_q[None, :] >= t_s[:, None]) * (dpt * inv_den[None, :] + dz_q[None, :]) * qk_scale
         q_tile = Q_D.load([bh, c * L + q_off, k0]).reshape(BQ, BK)
         dk += tl.dot(at.to(dtype), q_tile, input_precision=DOT_PREC)
         d_gate = at * tl.dot(k_tile, tl.trans(q_tile), input_precision=DOT_PREC)
@@ -427,16 +427,16 @@ def bw_chunk_dv_kernel(
     dv = dv * w_inter[:, None]
 
     k_once = operand_once(K_D, s0, bh, BKV, BK, NSLICE, UNROLL)
+    row = (i_s - b_s) * LOG2E + tl.log2(qk_scale)
     for q_off in range((s_start // BQ) * BQ, L, BQ):
         t_q = c * L + q_off + tl.arange(0, BQ)
         st_scores = head_dim_products(
             K_D, s0, k_once, Q_D, c * L + q_off, bh, DHQK, BKV, BQ, BK, NSLICE, UNROLL, DOT_PREC
         )
         m_q = tl.load(M_TOK + bh * SP + t_q) if EXP else tl.zeros((BQ,), dtype=tl.float32)
-        log_dt = tl.load(GATE_B + bh * SP + t_q)[None, :] - b_s[:, None] + i_s[:, None] - m_q[None, :]
-        log_dt = tl.where(t_q[None, :] >= t_s[:, None], log_dt, -float("inf"))
-        col = tl.load(INV_DEN + bh * SP + t_q) * qk_scale
-        pt = tl.exp(log_dt) * st_scores * col[None, :]
+        col = (tl.load(GATE_B + bh * SP + t_q) - m_q) * LOG2E
+        inv_den = tl.load(INV_DEN + bh * SP + t_q)
+        pt = gate_matrix(row, col, t_q[None, :] >= t_s[:, None]) * st_scores * inv_den[None, :]
         dh_tile = DH_D.load([bh, c * L + q_off, v0]).reshape(BQ, BV)
         dv += tl.dot(pt.to(dtype), dh_tile, input_precision=DOT_PREC)
     DV_D.store([bh, s0, v0], dv.to(DV_D.dtype).reshape(1, BKV, BV))

@@ -15,6 +15,16 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
+
+
+@triton.jit
+def gate_matrix(row, col, keep):
+    """A block of the gate matrix: ``exp2(row[i] + col[j])`` where ``keep[i, j]`` (the causal mask), else 0, from
+    its per-row and per-column log2 parts (fp32 vectors; ``LOG2E`` times the natural-log gates). The sum of two
+    vectors is the one full-size operation before ``exp2``."""
+    return tl.exp2(tl.where(keep, row[:, None] + col[None, :], -float("inf")))
+
 
 @triton.jit
 def _add_token_slice(
@@ -269,14 +279,14 @@ def fw_chunk_output_kernel(
     z = z * w_inter
 
     q_once = operand_once(Q_D, c * L + q_start, bh, BQ, BK, NSLICE, UNROLL)
+    row = (b_q - m_run) * LOG2E + tl.log2(qk_scale)
     for s0 in range(0, q_start + BQ, BKV):
         t_s = c * L + s0 + tl.arange(0, BKV)
         scores = head_dim_products(
             Q_D, c * L + q_start, q_once, K_D, c * L + s0, bh, DHQK, BQ, BKV, BK, NSLICE, UNROLL, DOT_PREC
         )
-        log_d = b_q[:, None] - tl.load(GATE_B + bh * SP + t_s)[None, :] + tl.load(GATE_I + bh * SP + t_s)[None, :]
-        log_d = tl.where(t_s[None, :] <= t_q[:, None], log_d, -float("inf"))
-        p = tl.exp(log_d - m_run[:, None]) * scores * qk_scale
+        col = (tl.load(GATE_I + bh * SP + t_s) - tl.load(GATE_B + bh * SP + t_s)) * LOG2E
+        p = gate_matrix(row, col, t_s[None, :] <= t_q[:, None]) * scores
         z += tl.sum(p, axis=1)
         v_tile = V_D.load([bh, c * L + s0, v0]).reshape(BKV, BV)
         acc += tl.dot(p.to(dtype), v_tile, input_precision=DOT_PREC)

@@ -8,6 +8,7 @@ with ``return_last_states=True``, also ``MLSTMStates`` (fp32 ``C, n, m``). The m
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, replace
 
@@ -38,7 +39,9 @@ class KernelTiles:
     ``None`` gives it ``num_stages`` like every other loop (except in the ``STATE_READERS``, see there).
     ``unroll_slices`` (the intra-chunk kernels fw_output, bw_dq, bw_dk, bw_dv) unrolls the head-dim slices of the
     token loop's first product, so that the token loop is the innermost loop and Triton pipelines it; with one
-    slice over the whole head dim, the loop-invariant operand loads once."""
+    slice over the whole head dim, the loop-invariant operand loads once.
+    ``state_slice`` (the intra-chunk kernels) is the width of the head-dim slices of the inter-chunk term (the
+    product with the stored chunk state); ``None`` leaves it to ``state_slice`` (the function)."""
 
     BQ: int = 64
     BKV: int = 64
@@ -48,6 +51,7 @@ class KernelTiles:
     num_stages: int = 2
     state_stages: int | None = None
     unroll_slices: bool = False
+    state_slice: int | None = None
 
     def fit(self, chunk_size: int, dhqk: int, dhhv: int) -> KernelTiles:
         """Clamp to the problem: token tiles at most the chunk, head-dim tiles at most the padded head dim."""
@@ -95,7 +99,7 @@ class TileConfig:
 # head dim (the wide tile) and loops over the other, so a wide split tile cuts the recomputed inner products
 # (bw_dq's BK 256 covers the 7B q/k head dim whole: no dh v^T is computed twice).
 # fw_states reads whole 128-token chunks (BQ) so that its chunk loop is pipelined (STATE_PIPELINE_SMEM).
-# The loops that read 16-bit chunk states in the STATE_READERS run with 1 stage.
+# The STATE_READERS' state loops run 1 stage here; LARGE_CHUNK_TILES and WIDE_QK_TILES pipeline them (v7).
 GPU_TILES = TileConfig(
     fw_states=KernelTiles(BQ=128, BKV=128, BK=64, BV=128, num_warps=4, num_stages=2),
     fw_output=KernelTiles(BK=128, BV=256, num_warps=4, num_stages=2),
@@ -118,8 +122,18 @@ UNROLLED_TILES = {
 # chunk 128). Same conditions as UNROLLED_TILES.
 LARGE_CHUNK = 256
 LARGE_CHUNK_TILES = {
-    "fw_output": KernelTiles(BQ=64, BKV=32, BK=256, BV=256, num_warps=4, num_stages=2, unroll_slices=True)
+    "fw_output": KernelTiles(
+        BQ=64, BKV=32, BK=256, BV=256, num_warps=4, num_stages=2, state_stages=2, state_slice=64, unroll_slices=True
+    )
 }
+# v7: the large-chunk fw_output above and WIDE_QK_TILES' bw_dq pipeline their state loop in 64-wide slices, 2 stages,
+# in the shared memory that one whole-width stage took before (7B shape: fw_output 1960 -> 1790 us at chunk 1024,
+# 1219 -> 1018 at 256), so that its TMA loads overlap (see STATE_READERS).
+# bw_dq where the q/k head dim is at least WIDE_QK (16-bit inputs): its state loop pipelined as fw_output's. 7B
+# shape: 1329 -> 1247 us at chunk 128, 2247 -> 1952 at 1024; at DHQK 128 (paper shape) it was slower (997 -> 1025,
+# 2237 -> 2484), so there the v6 entry stays (results/h100/state_loop_pipelined_v7.log).
+WIDE_QK = 256
+WIDE_QK_TILES = {"bw_dq": KernelTiles(BK=256, BV=128, num_warps=4, num_stages=2, state_stages=2, state_slice=64)}
 # Kernels that load the stored chunk states C_ST in a loop that feeds tl.dot. With 16-bit states, Triton 3.6 on
 # the H100 miscompiled those loads (then plain pointer loads) in a software pipeline (2 stages at chunk 128, 2 and
 # 3 stages at chunk 64, for some tiles: h off by 1e-2..1e-1 while the same values stored as fp32 give exact
@@ -128,7 +142,12 @@ LARGE_CHUNK_TILES = {
 # outside any pipelined loop and was exact with 3 stages (dk, dv at chunks 64..256). fw_output loads them through
 # a TMA descriptor (v4): 23 of 24 tiles pipeline exactly, but BK 64 x BV 256 with 4 warps and 3 stages still gives
 # a different h (4e-4 relative, 7B shape, chunks 64 and 128), so it stays on the list; bw_dq reads them through
-# TMA since v5 and was not re-checked pipelined, so it stays too.
+# TMA since v5 and was not re-checked pipelined, so it stays too. v7: LARGE_CHUNK_TILES' fw_output and
+# WIDE_QK_TILES' bw_dq pipeline that loop explicitly (state_stages 2, 64-wide slices); on the H100 (7B shape,
+# chunks 256..1024 for both, 128 for bw_dq) every output and gradient was bit-identical to the same slices in 1
+# stage, and repeated runs were identical (results/h100/state_loop_pipelined_v7.log). The rolled chunk-128
+# fw_output with the same pipelined loop gave run-to-run differences in h (mLSTMexp, 7e-6 relative): it keeps 1
+# stage. Tiles that leave state_stages unset get 1 stage.
 STATE_READERS = ("fw_output", "bw_dq")
 INTERPRETER_TILES = TileConfig.uniform(KernelTiles(BQ=16, BKV=16, BK=32, BV=32))
 # The state kernels pipeline their chunk loop (whole chunks of k and v, or q and dh, in flight) while that fits in
@@ -152,6 +171,7 @@ def _halve_for_fp32(t: KernelTiles) -> KernelTiles:
     return replace(t, BK=min(t.BK, 64), BV=min(t.BV, 128), num_stages=2)
 
 
+@functools.lru_cache(maxsize=256)
 def choose_tiles(
     chunk_size: int,
     dhqk: int,
@@ -162,10 +182,13 @@ def choose_tiles(
     sm_count: int = 0,
 ) -> TileConfig:
     """Tile table: small tiles for the interpreter, the tuned table on the GPU (clamped to the problem; for
-    16-bit inputs with the ``UNROLLED_TILES`` and, from ``LARGE_CHUNK`` on, ``LARGE_CHUNK_TILES`` that fit).
+    16-bit inputs with the ``UNROLLED_TILES`` and, from ``LARGE_CHUNK`` on, ``LARGE_CHUNK_TILES`` that fit, and
+    from a q/k head dim of ``WIDE_QK`` on the ``WIDE_QK_TILES``).
 
     With ``batch_heads`` (``B * NH``) and the GPU's ``sm_count`` given, a fw_states grid of at most one
-    program per SM runs ``SMALL_GRID_STATE_WARPS`` warps (each program is then alone on its SM)."""
+    program per SM runs ``SMALL_GRID_STATE_WARPS`` warps (each program is then alone on its SM).
+    Cached: a pure function of its arguments, and 0.2 ms of host time per call on the H100's host, as much as the
+    kernels of a small forward take (docs/performance.md, v7)."""
     if interpret:
         return INTERPRETER_TILES.fit(chunk_size, dhqk, dhhv)
     config = GPU_TILES
@@ -175,6 +198,8 @@ def choose_tiles(
         config = replace(
             config, **{n: t for n, t in fit.items() if unrolls_head_slices(n, t, dhqk, dhhv, dtype.itemsize)}
         )
+        if dhqk >= WIDE_QK:
+            config = replace(config, **WIDE_QK_TILES)
     if dtype == torch.float32:
         config = TileConfig(**{n: _halve_for_fp32(getattr(config, n)) for n in KERNELS})
     config = config.fit(chunk_size, dhqk, dhhv)
@@ -282,6 +307,10 @@ def check_tiles(tiles: TileConfig) -> None:
             raise ValueError(f"tiles.{kernel}.num_stages must be a positive int, got {t.num_stages!r}")
         if t.state_stages is not None and (not isinstance(t.state_stages, int) or t.state_stages < 1):
             raise ValueError(f"tiles.{kernel}.state_stages must be None or a positive int, got {t.state_stages!r}")
+        if t.state_slice is not None and (
+            not isinstance(t.state_slice, int) or t.state_slice < 16 or t.state_slice & (t.state_slice - 1)
+        ):
+            raise ValueError(f"tiles.{kernel}.state_slice must be None or a power of two >= 16, got {t.state_slice!r}")
         if not isinstance(t.unroll_slices, bool):
             raise ValueError(f"tiles.{kernel}.unroll_slices must be True or False, got {t.unroll_slices!r}")
 
@@ -368,11 +397,14 @@ def unrolls_head_slices(kernel: str, t: KernelTiles, dhqk: int, dhhv: int, input
     return t.unroll_slices and unrolled_smem(kernel, t, dhqk, dhhv, input_bytes) <= UNROLLED_SMEM
 
 
-def state_slice(unrolled: bool, slice_tile: int, head_dim: int) -> int:
+def state_slice(t: KernelTiles, unrolled: bool, slice_tile: int, head_dim: int) -> int:
     """``BS`` of an intra-chunk kernel: the slices of its inter-chunk term (the product with the stored chunk
-    state), over the head dim its token loop slices by ``slice_tile``. That tile itself, except where one
-    ``unrolled`` slice covers the head dim: then a whole-width state tile next to the loop's buffers would not fit
-    in shared memory, and the term takes ``STATE_SLICE``-wide slices."""
+    state), over the head dim its token loop slices by ``slice_tile``. The tiles' ``state_slice`` where set (at
+    most the padded head dim); else that tile itself, except where one ``unrolled`` slice covers the head dim: then
+    a whole-width state tile next to the loop's buffers would not fit in shared memory, and the term takes
+    ``STATE_SLICE``-wide slices."""
+    if t.state_slice is not None:
+        return min(t.state_slice, triton.next_power_of_2(head_dim))
     if unrolled and slice_tile >= head_dim:
         return min(slice_tile, STATE_SLICE)
     return slice_tile
@@ -384,7 +416,7 @@ def slice_args(kernel: str, t: KernelTiles, dhqk: int, dhhv: int, input_bytes: i
     sliced = INTRA_CHUNK[kernel][1]
     tile, head_dim = (t.BK, dhqk) if sliced == "BK" else (t.BV, dhhv)
     unroll = unrolls_head_slices(kernel, t, dhqk, dhhv, input_bytes)
-    return {"NSLICE": triton.cdiv(head_dim, tile), "BS": state_slice(unroll, tile, head_dim), "UNROLL": unroll}
+    return {"NSLICE": triton.cdiv(head_dim, tile), "BS": state_slice(t, unroll, tile, head_dim), "UNROLL": unroll}
 
 
 def _tile_args(t: KernelTiles) -> dict[str, int]:

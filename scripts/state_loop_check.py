@@ -1,0 +1,63 @@
+"""Device check of the pipelined state loops (``KernelTiles.state_stages``) of the ``STATE_READERS``: runs one
+fwbw pass with the GPU tile table three times (every output and gradient must be bit-identical: no race) and once
+with each reader's state loop in 1 stage over the same slices (must be bit-identical too), per variant and chunk.
+Usage: ``python scripts/state_loop_check.py [--shape 8,8,8192,256,512] [--chunks 128,256,512,1024]`` (CUDA only;
+exit 1 on a difference). Results: ``results/h100/state_loop_pipelined_v7.log``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+
+import torch
+
+import kernels.mlstm.tfla as T
+from kernels.mlstm.accuracy import relative_error as rel
+
+NAMES = ("h", "dq", "dk", "dv", "di", "df")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--shape", default="8,8,8192,256,512", help="B,NH,S,DHQK,DHHV")
+    p.add_argument("--chunks", default="128,256,512,1024")
+    a = p.parse_args()
+    B, NH, S, DK, DV = (int(x) for x in a.shape.split(","))
+    g = torch.Generator(device="cuda").manual_seed(0)
+    kw = dict(device="cuda", generator=g)
+    q, k = (torch.randn(B, NH, S, DK, **kw).bfloat16() for _ in range(2))
+    v = torch.randn(B, NH, S, DV, **kw).bfloat16()
+    i, f = torch.randn(B, NH, S, **kw) * 2, torch.randn(B, NH, S, **kw) * 2 + 3
+    ins = [x.requires_grad_() for x in (q, k, v, i, f)]
+    dh = torch.randn(v.shape, **kw).bfloat16()
+    sm = T.gpu_sm_count(q.device)
+    failed = False
+    for variant in ("exp", "sig"):
+        for chunk in (int(c) for c in a.chunks.split(",")):
+            table = T.choose_tiles(chunk, DK, DV, False, torch.bfloat16, B * NH, sm)
+
+            def outputs(tiles: T.TileConfig) -> list[torch.Tensor]:
+                for x in ins:
+                    x.grad = None
+                h = T.mlstm_tfla(*ins, variant=variant, chunk_size=chunk, tiles=tiles)
+                h.backward(dh)
+                return [h.detach().clone()] + [x.grad.clone() for x in ins]
+
+            ref = outputs(table)
+            runs = {f"table, run {r}": table for r in (2, 3)}
+            for name in T.STATE_READERS:
+                runs[f"{name} state loop in 1 stage"] = replace(
+                    table, **{name: replace(getattr(table, name), state_stages=1)}
+                )
+            for label, tiles in runs.items():
+                got = outputs(tiles)
+                same = [torch.equal(x, y) for x, y in zip(got, ref)]
+                failed |= not all(same)
+                diffs = " ".join(f"{n}={'=' if s else f'{rel(x, y):.1e}'}" for n, s, x, y in zip(NAMES, same, got, ref))
+                print(f"{variant} chunk {chunk:5d} {label:34s} {diffs}", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
