@@ -346,7 +346,7 @@ def bw_chunk_dk_kernel(
     kdk_off = tl.zeros((BKV,), dtype=tl.float32)
 
     v_once = operand_once(V_D, s0, bh, BKV, BV, NSLICE, UNROLL)
-    row = (i_s - b_s) * LOG2E  # the same two parts as the dq kernel's, so the gate matrices agree bit for bit
+    row = (i_s - b_s) * LOG2E  # the dq kernel adds the same two parts: both form the same gate matrix
     for q_off in range((s_start // BQ) * BQ, L, BQ):
         t_q = c * L + q_off + tl.arange(0, BQ)
         inv_den = tl.load(INV_DEN + bh * SP + t_q)
