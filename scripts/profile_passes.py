@@ -11,7 +11,8 @@ or the per-kernel split of one fwbw pass over chunk sizes::
 
     python3 scripts/profile_passes.py --mode fwbw --chunk 128,256,512,1024 --times
 
-``--shape B,NH,S,DHQK,DHHV``; inputs are bf16 random with forget gates near 1 (as in ``tune_tiles.py``).
+``--shape B,NH,S,DHQK,DHHV``; inputs from ``make_inputs`` (bf16 random, forget gates near 1), also used by
+``tune_tiles.py`` and ``state_loop_check.py``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import argparse
 
 import torch
 
-from kernels.mlstm.tfla import mlstm_tfla
+from kernels.mlstm.tfla import TileConfig, mlstm_tfla
 
 
 def kernel_times(run: callable, passes: int) -> dict[str, float]:
@@ -38,6 +39,32 @@ def kernel_times(run: callable, passes: int) -> dict[str, float]:
     return out
 
 
+def make_inputs(shape: tuple[int, ...], seed: int = 0, grad: bool = True) -> list[torch.Tensor]:
+    """bf16 ``q, k (B, NH, S, DHQK)``, ``v (B, NH, S, DHHV)`` and fp32 gates ``i, f (B, NH, S)`` (forget gates
+    near 1), drawn from a CUDA generator seeded with ``seed``; ``grad``: as leaves that require gradients."""
+    B, NH, S, DK, DV = shape
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    kw = dict(device="cuda", generator=g)
+    q = torch.randn(B, NH, S, DK, **kw).bfloat16()
+    k = torch.randn(B, NH, S, DK, **kw).bfloat16()
+    v = torch.randn(B, NH, S, DV, **kw).bfloat16()
+    i = torch.randn(B, NH, S, **kw) * 2
+    f = torch.randn(B, NH, S, **kw) * 2 + 3
+    return [x.requires_grad_(grad) for x in (q, k, v, i, f)]
+
+
+def fwbw(
+    inputs: list[torch.Tensor], dh: torch.Tensor, variant: str, chunk: int, tiles: TileConfig | None = None
+) -> list[torch.Tensor]:
+    """One forward and backward pass (``tiles``: the table's when ``None``): ``[h, dq, dk, dv, di, df]``.
+    Gradients are reset first, as the harness does (no accumulation kernels in the pass)."""
+    for x in inputs:
+        x.grad = None
+    h = mlstm_tfla(*inputs, variant=variant, chunk_size=chunk, tiles=tiles)
+    h.backward(dh)
+    return [h.detach()] + [x.grad for x in inputs]
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--shape", default="8,8,8192,256,512", help="B,NH,S,DHQK,DHHV")
@@ -47,24 +74,15 @@ def main() -> int:
     p.add_argument("--passes", type=int, default=2)
     p.add_argument("--times", action="store_true", help="print each kernel's CUDA time per pass (us)")
     a = p.parse_args()
-    B, NH, S, DK, DV = (int(x) for x in a.shape.split(","))
     chunks = [int(c) for c in a.chunk.split(",")]
-    g = torch.Generator(device="cuda").manual_seed(0)
-    kw = dict(device="cuda", generator=g)
-    q, k = (torch.randn(B, NH, S, DK, **kw).bfloat16() for _ in range(2))
-    v = torch.randn(B, NH, S, DV, **kw).bfloat16()
-    i, f = torch.randn(B, NH, S, **kw) * 2, torch.randn(B, NH, S, **kw) * 2 + 3
-    inputs = [q, k, v, i, f]
-    if a.mode == "fwbw":
-        inputs = [x.requires_grad_() for x in inputs]
-    dh = torch.randn_like(v)
+    inputs = make_inputs(tuple(int(x) for x in a.shape.split(",")), grad=a.mode == "fwbw")
+    dh = torch.randn_like(inputs[2])
 
     def one_pass(chunk: int) -> None:
-        for x in inputs:
-            x.grad = None  # as the harness does: no accumulation kernels in the pass
-        h = mlstm_tfla(*inputs, variant=a.variant, chunk_size=chunk)
         if a.mode == "fwbw":
-            h.backward(dh)
+            fwbw(inputs, dh, a.variant, chunk)
+        else:
+            mlstm_tfla(*inputs, variant=a.variant, chunk_size=chunk)
 
     if not a.times:
         for _ in range(a.passes):

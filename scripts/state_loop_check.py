@@ -11,6 +11,7 @@ import argparse
 from dataclasses import replace
 
 import torch
+from profile_passes import fwbw, make_inputs
 
 import kernels.mlstm.tfla as T
 from kernels.mlstm.accuracy import relative_error as rel
@@ -23,35 +24,23 @@ def main() -> int:
     p.add_argument("--shape", default="8,8,8192,256,512", help="B,NH,S,DHQK,DHHV")
     p.add_argument("--chunks", default="128,256,512,1024")
     a = p.parse_args()
-    B, NH, S, DK, DV = (int(x) for x in a.shape.split(","))
-    g = torch.Generator(device="cuda").manual_seed(0)
-    kw = dict(device="cuda", generator=g)
-    q, k = (torch.randn(B, NH, S, DK, **kw).bfloat16() for _ in range(2))
-    v = torch.randn(B, NH, S, DV, **kw).bfloat16()
-    i, f = torch.randn(B, NH, S, **kw) * 2, torch.randn(B, NH, S, **kw) * 2 + 3
-    ins = [x.requires_grad_() for x in (q, k, v, i, f)]
-    dh = torch.randn(v.shape, **kw).bfloat16()
-    sm = T.gpu_sm_count(q.device)
+    shape = tuple(int(x) for x in a.shape.split(","))
+    B, NH, _, DK, DV = shape
+    inputs = make_inputs(shape)
+    dh = torch.randn_like(inputs[2])
+    sm = T.gpu_sm_count(inputs[0].device)
     failed = False
     for variant in ("exp", "sig"):
         for chunk in (int(c) for c in a.chunks.split(",")):
             table = T.choose_tiles(chunk, DK, DV, False, torch.bfloat16, B * NH, sm)
-
-            def outputs(tiles: T.TileConfig) -> list[torch.Tensor]:
-                for x in ins:
-                    x.grad = None
-                h = T.mlstm_tfla(*ins, variant=variant, chunk_size=chunk, tiles=tiles)
-                h.backward(dh)
-                return [h.detach().clone()] + [x.grad.clone() for x in ins]
-
-            ref = outputs(table)
+            ref = fwbw(inputs, dh, variant, chunk, table)
             runs = {f"table, run {r}": table for r in (2, 3)}
             for name in T.STATE_READERS:
                 runs[f"{name} state loop in 1 stage"] = replace(
                     table, **{name: replace(getattr(table, name), state_stages=1)}
                 )
             for label, tiles in runs.items():
-                got = outputs(tiles)
+                got = fwbw(inputs, dh, variant, chunk, tiles)
                 same = [torch.equal(x, y) for x, y in zip(got, ref)]
                 failed |= not all(same)
                 diffs = " ".join(f"{n}={'=' if s else f'{rel(x, y):.1e}'}" for n, s, x, y in zip(NAMES, same, got, ref))

@@ -21,7 +21,7 @@ from dataclasses import asdict, replace
 
 import torch
 import triton
-from profile_passes import kernel_times
+from profile_passes import fwbw, kernel_times, make_inputs
 
 from kernels.mlstm.accuracy import relative_error as rel
 from kernels.mlstm.tfla import (
@@ -32,7 +32,6 @@ from kernels.mlstm.tfla import (
     TileConfig,
     choose_tiles,
     gpu_sm_count,
-    mlstm_tfla,
     unrolls_head_slices,
 )
 
@@ -104,28 +103,6 @@ def unrolled_candidates(kernel: str, dhqk: int, dhhv: int) -> list[KernelTiles]:
         ):
             out.append(t)
     return out
-
-
-def make_inputs(shape: tuple[int, ...], seed: int = 0) -> list[torch.Tensor]:
-    B, NH, S, DK, DV = shape
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    kw = dict(device="cuda", generator=g)
-    q = torch.randn(B, NH, S, DK, **kw).bfloat16()
-    k = torch.randn(B, NH, S, DK, **kw).bfloat16()
-    v = torch.randn(B, NH, S, DV, **kw).bfloat16()
-    i = torch.randn(B, NH, S, **kw) * 2
-    f = torch.randn(B, NH, S, **kw) * 2 + 3
-    return [x.requires_grad_() for x in (q, k, v, i, f)]
-
-
-def fwbw(
-    inputs: list[torch.Tensor], dh: torch.Tensor, variant: str, chunk: int, tiles: TileConfig
-) -> list[torch.Tensor]:
-    for x in inputs:
-        x.grad = None
-    h = mlstm_tfla(*inputs, variant=variant, chunk_size=chunk, tiles=tiles)
-    h.backward(dh)
-    return [h.detach()] + [x.grad for x in inputs]
 
 
 def compile_one(shape: tuple[int, ...], variant: str, chunk: int, tiles: TileConfig) -> str:

@@ -126,11 +126,10 @@ LARGE_CHUNK_TILES = {
         BQ=64, BKV=32, BK=256, BV=256, num_warps=4, num_stages=2, state_stages=2, state_slice=64, unroll_slices=True
     )
 }
-# v7: the large-chunk fw_output above and WIDE_QK_TILES' bw_dq pipeline their state loop in 64-wide slices, 2 stages,
-# in the shared memory that one whole-width stage took before (7B shape: fw_output 1960 -> 1790 us at chunk 1024,
-# 1219 -> 1018 at 256), so that its TMA loads overlap (see STATE_READERS).
-# bw_dq where the q/k head dim is at least WIDE_QK (16-bit inputs): its state loop pipelined as fw_output's. 7B
-# shape: 1329 -> 1247 us at chunk 128, 2247 -> 1952 at 1024; at DHQK 128 (paper shape) it was slower (997 -> 1025,
+# v7: the large-chunk fw_output above pipelines its state loop in 64-wide slices, 2 stages, in the shared memory that
+# one whole-width stage took before, so that its TMA loads overlap (see STATE_READERS; 7B shape: 1960 -> 1790 us at
+# chunk 1024, 1219 -> 1018 at 256). bw_dq does the same where the q/k head dim is at least WIDE_QK (16-bit inputs;
+# 7B: 1329 -> 1247 us at chunk 128, 2247 -> 1952 at 1024); at DHQK 128 (paper shape) it was slower (997 -> 1025,
 # 2237 -> 2484), so there the v6 entry stays (results/h100/state_loop_pipelined_v7.log).
 WIDE_QK = 256
 WIDE_QK_TILES = {"bw_dq": KernelTiles(BK=256, BV=128, num_warps=4, num_stages=2, state_stages=2, state_slice=64)}
@@ -200,7 +199,7 @@ def choose_tiles(
         )
         if dhqk >= WIDE_QK:
             config = replace(config, **WIDE_QK_TILES)
-    if dtype == torch.float32:
+    else:
         config = TileConfig(**{n: _halve_for_fp32(getattr(config, n)) for n in KERNELS})
     config = config.fit(chunk_size, dhqk, dhhv)
     ts = config.fw_states
@@ -291,6 +290,11 @@ def check_inputs(
                 raise ValueError(f"initial state {name} is on {t.device}, q on {q.device}")
 
 
+def _tile_size(size: object) -> bool:
+    """A tile size Triton can launch: an int power of two, at least 16."""
+    return isinstance(size, int) and size >= 16 and not size & (size - 1)
+
+
 def check_tiles(tiles: TileConfig) -> None:
     """Raise ``ValueError`` naming the field when a tile override cannot be launched."""
     if not isinstance(tiles, TileConfig):
@@ -299,7 +303,7 @@ def check_tiles(tiles: TileConfig) -> None:
         t = getattr(tiles, kernel)
         for field in ("BQ", "BKV", "BK", "BV"):
             size = getattr(t, field)
-            if not isinstance(size, int) or size < 16 or size & (size - 1):
+            if not _tile_size(size):
                 raise ValueError(f"tiles.{kernel}.{field} must be a power of two >= 16, got {size!r}")
         if t.num_warps not in (1, 2, 4, 8, 16):
             raise ValueError(f"tiles.{kernel}.num_warps must be one of 1, 2, 4, 8, 16, got {t.num_warps!r}")
@@ -307,9 +311,7 @@ def check_tiles(tiles: TileConfig) -> None:
             raise ValueError(f"tiles.{kernel}.num_stages must be a positive int, got {t.num_stages!r}")
         if t.state_stages is not None and (not isinstance(t.state_stages, int) or t.state_stages < 1):
             raise ValueError(f"tiles.{kernel}.state_stages must be None or a positive int, got {t.state_stages!r}")
-        if t.state_slice is not None and (
-            not isinstance(t.state_slice, int) or t.state_slice < 16 or t.state_slice & (t.state_slice - 1)
-        ):
+        if t.state_slice is not None and not _tile_size(t.state_slice):
             raise ValueError(f"tiles.{kernel}.state_slice must be None or a power of two >= 16, got {t.state_slice!r}")
         if not isinstance(t.unroll_slices, bool):
             raise ValueError(f"tiles.{kernel}.unroll_slices must be True or False, got {t.unroll_slices!r}")
