@@ -18,6 +18,7 @@ import torch
 
 import kernels.mlstm.tfla as T
 from kernels.mlstm.accuracy import relative_error as rel
+from kernels.mlstm.gates import gate_arrays, stabilizer_per_token
 
 dev, dt = "cuda", torch.bfloat16
 f32 = dict(dtype=torch.float32, device=dev)
@@ -47,7 +48,7 @@ class Problem:
 
 def states(P: Problem, variant: str, sdt: torch.dtype, tiles: T.KernelTiles):
     """Chunk states of fw_states with ``tiles``, stored in ``sdt``: ``gate_b, gate_i, C, n, m``."""
-    gb, gi = T._gate_arrays(P.i, P.f, variant, P.L)
+    gb, gi = gate_arrays(P.i, P.f, variant, P.L)
     c = torch.full((P.BH, P.NC, P.DK, P.DV), float("nan"), dtype=sdt, device=dev)
     last = torch.empty(P.BH, P.DK, P.DV, **f32)
     n = torch.empty(P.BH, P.NC + 1, P.DK, **f32)
@@ -60,7 +61,7 @@ def output(P: Problem, variant, gb, gi, c, n, m, tiles):
     """``h`` of fw_output with ``tiles`` from the chunk states ``c`` (bf16 or fp32), ``n``, ``m``."""
     h = torch.full((P.BH, P.S, P.DV), float("nan"), dtype=dt, device=dev)
     exp = variant == "exp"
-    m_tok = T.stabilizer_per_token(gb, gi, m, P.L) if exp else torch.zeros(P.BH, P.SP, **f32)
+    m_tok = stabilizer_per_token(gb, gi, m, P.L) if exp else torch.zeros(P.BH, P.SP, **f32)
     z = torch.empty(P.BH, P.SP, **f32)
     T.launch_fw_output(P.q, P.k, P.v, gb, gi, c, n, m, h, m_tok, z, P.L, exp, True, 1e-6, tiles)
     torch.cuda.synchronize()

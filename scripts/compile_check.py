@@ -18,7 +18,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from kernels.mlstm import chunk_bw, chunk_fw
+from kernels.mlstm import chunk_bw, chunk_fw, gates
 
 TARGET = GPUTarget("cuda", 90, 32)
 # The intra-chunk kernels' head-dim slice loops: rolled, unrolled, and one slice (its operand loaded once).
@@ -74,7 +74,7 @@ def signature(kernel: triton.JITFunction, dtype: str, constexprs: dict[str, obje
     """Pointer args get ``*dtype`` (inputs) or ``*fp32`` (gates/states), TMA descriptors (``*_D``) the input
     dtype and their tiles; scalars are i32 / fp32."""
     fp_scalars = {"qk_scale", "eps"}
-    ints = {"S", "SP", "NC", "DHQK", "DHHV", "R", "D"}
+    ints = {"S", "SP", "NC", "DHQK", "DHHV", "R", "D", "BH", "NQ", "NK", "NX"}
     sig: dict[str, str] = {}
     for name in kernel.arg_names:
         block = DESCRIPTOR_BLOCKS.get((kernel.__name__, name))
@@ -138,7 +138,17 @@ def main() -> int:
                 *((chunk_bw.bw_chunk_dk_kernel, dtype, dict(base, **tiles, **u)) for u in SLICE_LOOPS),
                 *((chunk_bw.bw_chunk_dv_kernel, dtype, dict(base, **tiles, **u)) for u in SLICE_LOOPS),
             ]
-    cases += [(chunk_bw.row_dot_kernel, dtype, dict(BR=64, BD=64)) for dtype in ("bf16", "fp16", "fp32")]
+    for exp in (True, False):  # the per-token gate kernels (a chunk of two scan blocks in gate_grads_kernel)
+        cases += [
+            (gates.gate_arrays_kernel, "fp32", dict(L=128, BT=128, EXP=exp)),
+            (gates.gate_grads_kernel, "fp32", dict(L=2048, BT=1024, EXP=exp)),
+        ]
+    cases.append((gates.stabilizer_kernel, "fp32", dict(L=2048, BT=1024)))
+    cases += [
+        (gates.normalizer_grads_kernel, dtype, dict(BT=64, BD=64, NORMALIZE=normalize))
+        for dtype in ("bf16", "fp16", "fp32")
+        for normalize in (True, False)
+    ]
     for kernel, dtype, constexprs in cases:
         src = ASTSource(fn=kernel, signature=signature(kernel, dtype, constexprs), constexprs=constexprs)
         try:

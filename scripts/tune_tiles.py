@@ -6,7 +6,8 @@ fwbw passes, and the outputs are compared with the current table's (bf16: must a
 run first in ``--jobs`` spawned processes on small inputs (same specialization), so the timing pass only
 hits Triton's cache. Prints the best candidate per kernel and writes every row to ``--out`` (CSV).
 Usage: ``python scripts/tune_tiles.py --shape 8,8,8192,256,512 [--chunk 128] [--variant sig] [--out t.csv]
-[--family rolled|unrolled|all]`` (``unrolled``: the ``unroll_slices`` tiles of the intra-chunk kernels).
+[--family rolled|unrolled|all|small]`` (``unrolled``: the ``unroll_slices`` tiles of the intra-chunk kernels;
+``small``: whole head-dim tiles for head dims up to 128).
 """
 
 from __future__ import annotations
@@ -105,6 +106,22 @@ def unrolled_candidates(kernel: str, dhqk: int, dhhv: int) -> list[KernelTiles]:
     return out
 
 
+def small_candidates(kernel: str, dhqk: int, dhhv: int) -> list[KernelTiles]:
+    """Tiles for small head dims (both at most 128): each head dim in one tile, so the token tiles carry the work:
+    32..128 query and key tokens, 2/4/8 warps, 2/3 stages, intra-chunk kernels rolled and ``unroll_slices``."""
+    if max(dhqk, dhhv) > 128:
+        return []
+    heads = {"BK": triton.next_power_of_2(dhqk), "BV": triton.next_power_of_2(dhhv)}
+    tokens = ((64, 64), (128, 64), (64, 128), (128, 128), (32, 64), (64, 32))
+    if kernel in ("fw_states", "bw_states"):  # BQ is their token slice
+        tokens = ((32, 32), (64, 64), (128, 128))
+    unroll = (False, True) if kernel in INTRA_CHUNK else (False,)
+    return [
+        KernelTiles(BQ=bq, BKV=bkv, **heads, num_warps=w, num_stages=st, unroll_slices=u)
+        for (bq, bkv), w, st, u in itertools.product(tokens, (2, 4, 8), (2, 3), unroll)
+    ]
+
+
 def compile_one(shape: tuple[int, ...], variant: str, chunk: int, tiles: TileConfig) -> str:
     """Run once on a (1, 1, S, ...) problem so Triton compiles this config; '' or the error."""
     try:
@@ -128,9 +145,10 @@ def main() -> int:
     p.add_argument("--out", default="")
     p.add_argument(
         "--family",
-        choices=("rolled", "unrolled", "all"),
+        choices=("rolled", "unrolled", "all", "small"),
         default="all",
-        help="candidates: rolled head-dim slices (candidates), unroll_slices ones (unrolled_candidates), or both",
+        help="candidates: rolled head-dim slices (candidates), unroll_slices ones (unrolled_candidates), both, or"
+        " whole head-dim tiles for head dims up to 128 (small_candidates)",
     )
     p.add_argument(
         "--pipelined-states",
@@ -144,6 +162,8 @@ def main() -> int:
     )
 
     def family(kernel: str) -> list[KernelTiles]:
+        if a.family == "small":
+            return small_candidates(kernel, shape[3], shape[4])
         rolled = candidates(kernel, a.pipelined_states, a.chunk) if a.family != "unrolled" else []
         return rolled + (unrolled_candidates(kernel, shape[3], shape[4]) if a.family != "rolled" else [])
 

@@ -14,6 +14,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+import kernels.mlstm.gates as gates
 import kernels.mlstm.tfla as tfla
 from kernels.mlstm.accuracy import (
     GATE_EXTREMES,
@@ -31,7 +32,7 @@ from kernels.mlstm.tfla import KernelTiles, TileConfig, mlstm_tfla
 # the shapes of test_forward_and_gradients (`python scripts/precision_stats.py`): fp32 4.1e-6 (any output);
 # fp16 h 3.4e-4, q 2.9e-3, n0 2.8e-3, f 1.6e-3, others <= 1.4e-3; 60 more fp16 draws per shape gave the same
 # (q 2.8e-3, n0 2.8e-3, f 1.6e-3). q's error is narrow there (1.5e-3..2.8e-3), not heavy-tailed. The
-# forget-gate gradient is summed from exact fp32 per-token terms (kernels.mlstm.tfla._forget_gate_grad);
+# forget-gate gradient is summed from exact fp32 per-token terms (kernels.mlstm.gates.gate_grads_kernel);
 # before that it reached 1.3e-2 in fp16.
 TOL = {torch.float32: 1e-4, torch.float16: 5e-3}
 # Extreme gates (f = -10 or +10, input gates of spread 20, so m reaches ~60) are tested with non-negative
@@ -58,6 +59,7 @@ def poison_allocations(monkeypatch: pytest.MonkeyPatch) -> None:
     proxy = types.SimpleNamespace(**{n: getattr(torch, n) for n in dir(torch) if not n.startswith("__")})
     proxy.empty, proxy.empty_like = empty, empty_like
     monkeypatch.setattr(tfla, "torch", proxy)
+    monkeypatch.setattr(gates, "torch", proxy)
 
 
 def _check(case: AccuracyCase, bounds: dict[str, float] | None = None) -> None:
@@ -149,6 +151,36 @@ def test_unrolled_head_dim_slices(whole: bool, monkeypatch: pytest.MonkeyPatch) 
         assert tfla.state_slice(over_qk, True, 32, 32) == 16
         assert tfla.state_slice(over_v, True, 64, 48) == 16
     _check(AccuracyCase("exp", True, 70, 32, 48, 32, torch.float32, with_states=True, tiles=tiles))
+
+
+@pytest.mark.parametrize("variant", ["exp", "sig"])
+def test_gate_scans_over_several_blocks(variant: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gate kernels scan a chunk in ``GATE_BLOCK``-token blocks with a running carry (the forward's cumulative
+    log forget gate, the forget-gate gradient's prefix and reverse sums): 16-token blocks in 64-token chunks, the
+    last chunk padded (S = 150), against float64 on every output and gradient."""
+    monkeypatch.setattr(gates, "GATE_BLOCK", 16)
+    _check(AccuracyCase(variant, True, 150, 32, 32, 64, torch.float32, with_states=True))
+
+
+@pytest.mark.parametrize("block", [16, 64])
+def test_stabilizer_is_the_running_max_state(block: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """mLSTMexp's per-token max state, which cancels in ``h`` up to the normalizer's floor (so the accuracy tests
+    barely see it), against its definition ``m_t = max(b_t + m_c, max_{s <= t in c}(b_t - b_s + i_s))`` in
+    float64: 64-token chunks scanned in one block or four, padding (``i = -inf``) in the last chunk."""
+    monkeypatch.setattr(gates, "GATE_BLOCK", block)
+    L, S, bh = 64, 150, 3
+    nc = -(-S // L)
+    i = torch.randn(bh, nc * L) * 5
+    i[:, S:] = -torch.inf
+    gate_b = torch.nn.functional.logsigmoid(torch.randn(bh, nc * L) + 2).reshape(bh, nc, L).cumsum(-1)
+    m_st = torch.randn(bh, nc + 1) * 5
+    got = gates.stabilizer_per_token(gate_b.reshape(bh, -1).contiguous(), i, m_st, L).reshape(bh, nc, L)
+    b, ii = gate_b.double(), i.reshape(bh, nc, L).double()
+    pairs = b[..., :, None] - b[..., None, :] + ii[..., None, :]  # [t, s]
+    causal = torch.ones(L, L, dtype=torch.bool).tril()
+    intra = pairs.masked_fill(~causal, -torch.inf).amax(-1)
+    want = torch.maximum(b + m_st[:, :-1, None].double(), intra)
+    torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -263,7 +295,7 @@ def test_large_chunks_take_their_own_tiles(chunk: int) -> None:
     [
         (256, 512, torch.bfloat16, {"fw_output", "bw_dk", "bw_dv"}),  # 7B: the tuned shape
         (128, 256, torch.float16, {"fw_output", "bw_dk", "bw_dv"}),  # paper: the tiles clamp to whole head dims
-        (32, 64, torch.bfloat16, {"fw_output", "bw_dk", "bw_dv"}),
+        (32, 64, torch.bfloat16, set(tfla.INTRA_CHUNK)),  # SMALL_HEAD_TILES: all four unrolled
         (512, 1024, torch.bfloat16, set()),  # headdim preset's widest: two slices per stage would not fit
         (256, 1024, torch.bfloat16, {"fw_output", "bw_dv"}),  # bw_dk's DHHV 1024 would not
         (64, 128, torch.float32, set()),  # tuned in bf16: fp32 keeps the rolled table
@@ -277,11 +309,33 @@ def test_unrolled_tiles_only_where_they_fit(dhqk: int, dhhv: int, dtype: torch.d
         t = getattr(tiles, name)
         assert t.unroll_slices == (name in unrolled)
         assert tfla.unrolls_head_slices(name, t, dhqk, dhhv, dtype.itemsize) == t.unroll_slices
-        if not t.unroll_slices and dtype != torch.float32:
+        if not t.unroll_slices and dtype != torch.float32 and max(dhqk, dhhv) > max(tfla.SMALL_HEAD_TILES):
             rolled = tfla.WIDE_QK_TILES.get(name) if dhqk >= tfla.WIDE_QK else None
             assert t == (rolled or getattr(tfla.GPU_TILES, name)).fit(1024, dhqk, dhhv)
     # Triton allocated up to 5.6 KiB more than estimated for the tuner's 168 unrolled candidates (sm_90)
     assert tfla.UNROLLED_SMEM + 6 * 1024 <= 227 * 1024
+
+
+@pytest.mark.parametrize(
+    "dhqk,dhhv,width",
+    [(16, 32, 32), (32, 32, 32), (32, 64, 64), (64, 64, 64), (64, 128, 128), (128, 128, 128), (128, 256, None)],
+)
+@pytest.mark.parametrize("chunk", [64, 128, 1024])
+def test_small_head_dims_take_their_own_table(dhqk: int, dhhv: int, width: int | None, chunk: int) -> None:
+    """16-bit inputs whose head dims are both at most 128 take the ``SMALL_HEAD_TILES`` entry of the narrowest
+    width that holds them (clamped to the problem), at every chunk size, and every unrolled tile there fits its
+    shared memory; the paper's 128 / 256 and fp32 inputs do not."""
+    for dtype in (torch.bfloat16, torch.float16):
+        tiles = tfla.choose_tiles(chunk, dhqk, dhhv, interpret=False, dtype=dtype)
+        if width is None:
+            assert all(tiles != t.fit(chunk, dhqk, dhhv) for t in tfla.SMALL_HEAD_TILES.values())
+            continue
+        assert tiles == tfla.SMALL_HEAD_TILES[width].fit(chunk, dhqk, dhhv)
+        assert (tiles.fw_output.BK, tiles.fw_output.BV) == (dhqk, dhhv)  # whole head dims in one tile
+        for name in tfla.INTRA_CHUNK:
+            assert tfla.unrolls_head_slices(name, getattr(tiles, name), dhqk, dhhv, dtype.itemsize)
+    fp32 = tfla.choose_tiles(chunk, dhqk, dhhv, interpret=False, dtype=torch.float32)
+    assert not any(getattr(fp32, name).unroll_slices for name in tfla.KERNELS)
 
 
 @pytest.mark.parametrize("batch_heads,warps", [(32, tfla.SMALL_GRID_STATE_WARPS), (64, 4), (0, 4)])
@@ -366,8 +420,10 @@ def test_cpu_tensors_without_interpreter_are_refused(monkeypatch: pytest.MonkeyP
 
 
 @pytest.mark.gpu
-def test_gpu_bf16_against_float64_reference() -> None:
-    """On the device: ``pytest -m gpu`` (the full-size check is ``scripts/gpu_check.py``)."""
+@pytest.mark.parametrize("dqk,dv", [(256, 512), (16, 32), (32, 64)], ids=["7B", "small-16-32", "small-32-64"])
+def test_gpu_bf16_against_float64_reference(dqk: int, dv: int) -> None:
+    """On the device: ``pytest -m gpu`` (the full-size check is ``scripts/gpu_check.py``), at the 7B head dims and
+    at two of the ``SMALL_HEAD_TILES`` shapes."""
     import os
     import subprocess
     import sys
@@ -385,6 +441,10 @@ def test_gpu_bf16_against_float64_reference() -> None:
             "2",
             "--chunks",
             "64,256",
+            "--dqk",
+            str(dqk),
+            "--dv",
+            str(dv),
         ],
         capture_output=True,
         text=True,

@@ -15,24 +15,6 @@ from kernels.mlstm.chunk_fw import LOG2E, gate_matrix, head_dim_products, operan
 
 
 @triton.jit
-def row_dot_kernel(A, B, OUT, R, D, BR: tl.constexpr, BD: tl.constexpr):
-    """``OUT[r] = sum_d A[r, d] * B[r, d]`` in fp32 for row-major ``A, B (R, D)``; grid ``cdiv(R, BR)``.
-
-    Used for ``dh . h`` per token (the normalizer's gradient) without fp32 copies of ``dh`` and ``h``.
-    """
-    rows = tl.program_id(0) * BR + tl.arange(0, BR)
-    mask_r = rows < R
-    acc = tl.zeros((BR,), dtype=tl.float32)
-    for d0 in range(0, D, BD):
-        offs = d0 + tl.arange(0, BD)
-        mask = mask_r[:, None] & (offs < D)[None, :]
-        a = tl.load(A + rows[:, None] * D + offs[None, :], mask=mask, other=0.0).to(tl.float32)
-        b = tl.load(B + rows[:, None] * D + offs[None, :], mask=mask, other=0.0).to(tl.float32)
-        acc += tl.sum(a * b, axis=1)
-    tl.store(OUT + rows, acc, mask=mask_r)
-
-
-@triton.jit
 def _add_grad_slice(
     dC,
     dn,

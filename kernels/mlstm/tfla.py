@@ -13,7 +13,6 @@ import os
 from dataclasses import dataclass, replace
 
 import torch
-import torch.nn.functional as F
 import triton
 from triton.tools.tensor_descriptor import TensorDescriptor
 
@@ -22,9 +21,9 @@ from kernels.mlstm.chunk_bw import (
     bw_chunk_dq_kernel,
     bw_chunk_dv_kernel,
     bw_chunk_state_grads_kernel,
-    row_dot_kernel,
 )
 from kernels.mlstm.chunk_fw import fw_chunk_output_kernel, fw_chunk_states_kernel
+from kernels.mlstm.gates import gate_arrays, gate_grads, normalizer_grads, stabilizer_per_token
 from kernels.mlstm.reference import VARIANTS, MLSTMStates
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -133,6 +132,33 @@ LARGE_CHUNK_TILES = {
 # 2237 -> 2484), so there the v6 entry stays (results/h100/state_loop_pipelined_v7.log).
 WIDE_QK = 256
 WIDE_QK_TILES = {"bw_dq": KernelTiles(BK=256, BV=128, num_warps=4, num_stages=2, state_stages=2, state_slice=64)}
+# Head dims up to 128 (v8, tune_tiles.py --family small at the headdim preset's DHQK / DHHV 16 / 32, 32 / 64 and
+# 64 / 128, chunk 128; docs/performance.md): each head dim in one tile and little work per token, so the token tiles
+# and the warps set the rate. Keyed by the widest head dim they serve (the first key at least max(DHQK, DHHV)); the
+# other 16-bit tables do not apply there. H100, sig, us per fwbw pass, at 16 / 32: fw_output 1015 -> 443, bw_dq 884
+# -> 592, fw_states 319 -> 180; at 32 / 64: fw_output 497 -> 382, bw_dq 527 -> 434; at 64 / 128: fw_output 406 -> 335,
+# bw_states 438 -> 376.
+_WHOLE = {"BK": 128, "BV": 128}  # head-dim tiles: clamped to the problem's whole head dims
+_SMALL_HEAD_64 = TileConfig(
+    fw_states=KernelTiles(**_WHOLE, BQ=128, BKV=128, num_warps=8, num_stages=3),
+    fw_output=KernelTiles(**_WHOLE, BQ=64, BKV=32, num_warps=4, num_stages=3, unroll_slices=True),
+    bw_states=KernelTiles(**_WHOLE, BQ=128, BKV=128, num_warps=8, num_stages=2),
+    bw_dq=KernelTiles(**_WHOLE, BQ=64, BKV=32, num_warps=4, num_stages=3, unroll_slices=True),
+    bw_dk=KernelTiles(**_WHOLE, BQ=32, BKV=64, num_warps=4, num_stages=3, unroll_slices=True),
+    bw_dv=KernelTiles(**_WHOLE, BQ=32, BKV=64, num_warps=2, num_stages=3, unroll_slices=True),
+)
+SMALL_HEAD_TILES = {
+    32: TileConfig(
+        fw_states=KernelTiles(**_WHOLE, BQ=128, BKV=128, num_warps=2, num_stages=2),
+        fw_output=KernelTiles(**_WHOLE, BQ=64, BKV=32, num_warps=2, num_stages=3, unroll_slices=True),
+        bw_states=KernelTiles(**_WHOLE, BQ=128, BKV=128, num_warps=2, num_stages=2),
+        bw_dq=KernelTiles(**_WHOLE, BQ=64, BKV=32, num_warps=2, num_stages=2, unroll_slices=True),
+        bw_dk=KernelTiles(**_WHOLE, BQ=32, BKV=64, num_warps=2, num_stages=3, unroll_slices=True),
+        bw_dv=KernelTiles(**_WHOLE, BQ=32, BKV=64, num_warps=2, num_stages=2, unroll_slices=True),
+    ),
+    64: _SMALL_HEAD_64,
+    128: replace(_SMALL_HEAD_64, bw_dq=replace(_SMALL_HEAD_64.bw_dq, num_stages=2)),
+}
 # Kernels that load the stored chunk states C_ST in a loop that feeds tl.dot. With 16-bit states, Triton 3.6 on
 # the H100 miscompiled those loads (then plain pointer loads) in a software pipeline (2 stages at chunk 128, 2 and
 # 3 stages at chunk 64, for some tiles: h off by 1e-2..1e-1 while the same values stored as fp32 give exact
@@ -182,7 +208,8 @@ def choose_tiles(
 ) -> TileConfig:
     """Tile table: small tiles for the interpreter, the tuned table on the GPU (clamped to the problem; for
     16-bit inputs with the ``UNROLLED_TILES`` and, from ``LARGE_CHUNK`` on, ``LARGE_CHUNK_TILES`` that fit, and
-    from a q/k head dim of ``WIDE_QK`` on the ``WIDE_QK_TILES``).
+    from a q/k head dim of ``WIDE_QK`` on the ``WIDE_QK_TILES``; with head dims up to 128 the
+    ``SMALL_HEAD_TILES`` instead).
 
     With ``batch_heads`` (``B * NH``) and the GPU's ``sm_count`` given, a fw_states grid of at most one
     program per SM runs ``SMALL_GRID_STATE_WARPS`` warps (each program is then alone on its SM).
@@ -191,7 +218,10 @@ def choose_tiles(
     if interpret:
         return INTERPRETER_TILES.fit(chunk_size, dhqk, dhhv)
     config = GPU_TILES
-    if dtype != torch.float32:  # tuned in bf16; fp32 keeps the halved rolled table
+    small = next((t for width, t in SMALL_HEAD_TILES.items() if max(dhqk, dhhv) <= width), None)
+    if dtype != torch.float32 and small is not None:
+        config = small
+    elif dtype != torch.float32:  # tuned in bf16; fp32 keeps the halved rolled table
         tuned = {**UNROLLED_TILES, **(LARGE_CHUNK_TILES if chunk_size >= LARGE_CHUNK else {})}
         fit = {n: t.fit(chunk_size, dhqk, dhhv) for n, t in tuned.items()}
         config = replace(
@@ -328,44 +358,6 @@ def state_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype == torch.float32 else dtype
 
 
-def _gate_arrays(i: torch.Tensor, f: torch.Tensor, variant: str, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token fp32 ``(gate_b, gate_i)`` of shape ``(BH, SP)``: in-chunk cumulative log forget gate, log input gate."""
-    B, NH, S = f.shape
-    nc = triton.cdiv(S, chunk_size)
-    pad = nc * chunk_size - S
-    log_f = F.pad(F.logsigmoid(f.float()).reshape(B * NH, S), (0, pad), value=0.0)
-    log_i = i.float() if variant == "exp" else F.logsigmoid(i.float())
-    log_i = F.pad(log_i.reshape(B * NH, S), (0, pad), value=-torch.inf)
-    gate_b = log_f.reshape(B * NH, nc, chunk_size).cumsum(-1).reshape(B * NH, nc * chunk_size)
-    return gate_b.contiguous(), log_i.contiguous()
-
-
-def stabilizer_per_token(
-    gate_b: torch.Tensor, gate_i: torch.Tensor, m_st: torch.Tensor, chunk_size: int
-) -> torch.Tensor:
-    """mLSTMexp's max state of every token ``(BH, SP)``: ``m_t = max(b_t + m_c, max_{s <= t in c}(b_t - b_s + i_s))``.
-
-    ``gate_b, gate_i (BH, SP)`` as in ``_gate_arrays``, ``m_st (BH, NC+1)`` the chunk states' stabilizers.
-    A cumulative max inside each chunk, so the output kernel needs no running max.
-    """
-    bh, sp = gate_b.shape
-    shape = (bh, sp // chunk_size, chunk_size)
-    b = gate_b.reshape(shape)
-    intra = (gate_i.reshape(shape) - b).cummax(-1).values + b
-    return torch.maximum(b + m_st[:, :-1, None], intra).reshape(bh, sp)
-
-
-def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """fp32 ``(a * b).sum(-1)`` of two contiguous tensors of equal shape, flattened to rows."""
-    d = a.shape[-1]
-    out = torch.empty(a.numel() // d, dtype=torch.float32, device=a.device)
-    br = 16 if interpreting() else 64
-    row_dot_kernel[(triton.cdiv(out.numel(), br),)](
-        a, b, out, out.numel(), d, BR=br, BD=min(64, triton.next_power_of_2(d))
-    )
-    return out
-
-
 # The intra-chunk kernels: (the head-dim tile their grid is split over, the one their token loop's first product
 # slices, the token tile that loop streams; the other token tile is fixed per program).
 INTRA_CHUNK = {
@@ -424,26 +416,6 @@ def slice_args(kernel: str, t: KernelTiles, dhqk: int, dhhv: int, input_bytes: i
 def _tile_args(t: KernelTiles) -> dict[str, int]:
     """Keyword arguments of a token-tiled kernel launch: tile sizes, warps and stages."""
     return {"BQ": t.BQ, "BKV": t.BKV, "BK": t.BK, "BV": t.BV, **t.launch()}
-
-
-def _forget_gate_grad(
-    qdq: torch.Tensor, kdk_off: torch.Tensor, kdk_inter: torch.Tensor, x_part: torch.Tensor, chunk_size: int
-) -> torch.Tensor:
-    """Gradient of each log forget gate ``(BH, SP)`` from the per-token fp32 sums of the backward kernels.
-
-    ``d log f_r`` sums the gate-matrix gradient over all pairs (query ``t >= r``, key ``s < r``). Split by
-    where ``t`` and ``s`` lie relative to ``r``'s chunk ``c``: both inside (reverse cumsum of the off-diagonal
-    ``q.dq`` minus ``k.dk`` intra terms, which cancel to fp32 accuracy), ``s`` before ``c`` (the inter part
-    of ``qdq``, ``t >= r``), ``t`` after ``c`` (``kdk_inter`` over ``s < r``) and both outside (``x_part``,
-    ``(BH, NC)``). No term is a difference of rounded sums, so the result stays accurate in fp16 / bf16.
-    """
-    bh, sp = qdq.shape
-    shape = (bh, sp // chunk_size, chunk_size)
-    inside = (qdq - kdk_off).reshape(shape)
-    after = kdk_inter.reshape(shape).cumsum(-1)
-    before_r = F.pad(after[..., :-1], (1, 0))
-    d_log_f = inside.flip(-1).cumsum(-1).flip(-1) + before_r + x_part[..., None]
-    return d_log_f.reshape(bh, sp)
 
 
 def pipelined_chunk_smem(
@@ -597,7 +569,7 @@ class _TFLAFunction(torch.autograd.Function):
         tiles = unpipelined_state_loads(tiles, q.dtype)
         ts, to = tiles.fw_states, tiles.fw_output
         q, k, v = tma_ready(q), tma_ready(k), tma_ready(v)
-        gate_b, gate_i = _gate_arrays(i, f, variant, L)
+        gate_b, gate_i = gate_arrays(i, f, variant, L)
         has_init = C0 is not None
         f32 = dict(dtype=torch.float32, device=q.device)
         c_st = torch.empty(BH, NC, DHQK, DHHV, dtype=state_dtype(q.dtype), device=q.device)
@@ -629,16 +601,7 @@ class _TFLAFunction(torch.autograd.Function):
         exp, prec, scale = variant == "exp", _dot_precision(q.dtype), DHQK**-0.5
         f32 = dict(dtype=torch.float32, device=q.device)
         dh = torch.zeros_like(h) if dh is None else tma_ready(dh)
-        if normalize:
-            den = torch.maximum(z_tok.abs(), torch.exp(-m_tok)) + eps
-            inv_den = 1.0 / den
-            dhh = F.pad(_row_dot(dh, h).reshape(BH, S), (0, SP - S))
-            selected = (z_tok.abs() > torch.exp(-m_tok)).float()
-            dz = -dhh * inv_den * torch.sign(z_tok) * selected
-            inv_den = inv_den * (torch.arange(SP, device=q.device) < S)
-        else:
-            inv_den = F.pad(torch.ones(BH, S, **f32), (0, SP - S))
-            dz = torch.zeros(BH, SP, **f32)
+        inv_den, dz = normalizer_grads(dh, h, z_tok, m_tok, eps, normalize)
         has_dlast = dC_last is not None or dn_last is not None
         dC_last = torch.zeros(B, NH, DHQK, DHHV, **f32) if dC_last is None else dC_last.float().contiguous()
         dn_last = torch.zeros(B, NH, DHQK, **f32) if dn_last is None else dn_last.float().contiguous()
@@ -760,12 +723,7 @@ class _TFLAFunction(torch.autograd.Function):
             **_tile_args(tv),
             **common,
         )
-        d_log_i = kdk.sum(0)  # d(log input gate)_s = k_s . dk_s
-        d_log_f = _forget_gate_grad(qdq.sum(0), kdk_off.sum(0), kdk_inter.sum(0), x_part.sum(0), L)
-        d_log_f = d_log_f[:, :S].reshape(B, NH, S)
-        d_log_i = d_log_i[:, :S].reshape(B, NH, S)
-        df = (d_log_f * torch.sigmoid(-f.float())).to(f.dtype)
-        di = (d_log_i if exp else d_log_i * torch.sigmoid(-i.float())).to(i.dtype)
+        di, df = gate_grads(qdq, kdk, kdk_off, kdk_inter, x_part, i, f, L, variant)
         dC0 = dn0 = dm0 = None
         if has_init:
             C0, n0, m0 = init
