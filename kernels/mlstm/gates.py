@@ -209,10 +209,9 @@ def stabilizer_per_token(
     """mLSTMexp's max state of every token, fp32 ``(BH, SP)`` (``stabilizer_kernel``), from ``gate_arrays``' output
     and the chunk states' stabilizers ``m_st (BH, NC+1)``."""
     bh, sp = gate_b.shape
+    nc = sp // chunk_size
     m_tok = torch.empty_like(gate_b)
-    stabilizer_kernel[(bh, sp // chunk_size)](
-        gate_b, gate_i, m_st, m_tok, sp, sp // chunk_size, L=chunk_size, BT=_block(chunk_size)
-    )
+    stabilizer_kernel[(bh, nc)](gate_b, gate_i, m_st, m_tok, sp, nc, L=chunk_size, BT=_block(chunk_size))
     return m_tok
 
 

@@ -132,32 +132,51 @@ LARGE_CHUNK_TILES = {
 # 2237 -> 2484), so there the v6 entry stays (results/h100/state_loop_pipelined_v7.log).
 WIDE_QK = 256
 WIDE_QK_TILES = {"bw_dq": KernelTiles(BK=256, BV=128, num_warps=4, num_stages=2, state_stages=2, state_slice=64)}
+# The intra-chunk kernels: (the head-dim tile their grid is split over, the one their token loop's first product
+# slices, the token tile that loop streams; the other token tile is fixed per program).
+INTRA_CHUNK = {
+    "fw_output": ("BV", "BK", "BKV"),
+    "bw_dq": ("BK", "BV", "BKV"),
+    "bw_dk": ("BK", "BV", "BQ"),
+    "bw_dv": ("BV", "BK", "BQ"),
+}
 # Head dims up to 128 (v8, tune_tiles.py --family small at the headdim preset's DHQK / DHHV 16 / 32, 32 / 64 and
 # 64 / 128, chunk 128; docs/performance.md): each head dim in one tile and little work per token, so the token tiles
 # and the warps set the rate. Keyed by the widest head dim they serve (the first key at least max(DHQK, DHHV)); the
 # other 16-bit tables do not apply there. H100, sig, us per fwbw pass, at 16 / 32: fw_output 1015 -> 443, bw_dq 884
 # -> 592, fw_states 319 -> 180; at 32 / 64: fw_output 497 -> 382, bw_dq 527 -> 434; at 64 / 128: fw_output 406 -> 335,
 # bw_states 438 -> 376.
-_WHOLE = {"BK": 128, "BV": 128}  # head-dim tiles: clamped to the problem's whole head dims
-_SMALL_HEAD_64 = TileConfig(
-    fw_states=KernelTiles(**_WHOLE, BQ=128, BKV=128, num_warps=8, num_stages=3),
-    fw_output=KernelTiles(**_WHOLE, BQ=64, BKV=32, num_warps=4, num_stages=3, unroll_slices=True),
-    bw_states=KernelTiles(**_WHOLE, BQ=128, BKV=128, num_warps=8, num_stages=2),
-    bw_dq=KernelTiles(**_WHOLE, BQ=64, BKV=32, num_warps=4, num_stages=3, unroll_slices=True),
-    bw_dk=KernelTiles(**_WHOLE, BQ=32, BKV=64, num_warps=4, num_stages=3, unroll_slices=True),
-    bw_dv=KernelTiles(**_WHOLE, BQ=32, BKV=64, num_warps=2, num_stages=3, unroll_slices=True),
-)
+# One token-tile layout for every width, whole head dims (clamped to the problem); the widths differ in warps and stages.
+_SMALL_HEAD_LAYOUT = {
+    name: KernelTiles(BK=128, BV=128, BQ=bq, BKV=bkv, unroll_slices=name in INTRA_CHUNK)
+    for name, (bq, bkv) in {
+        "fw_states": (128, 128),
+        "fw_output": (64, 32),
+        "bw_states": (128, 128),
+        "bw_dq": (64, 32),
+        "bw_dk": (32, 64),
+        "bw_dv": (32, 64),
+    }.items()
+}
+
+
+def _small_head_table(**launch: tuple[int, int]) -> TileConfig:
+    """``_SMALL_HEAD_LAYOUT`` with ``(num_warps, num_stages)`` per kernel."""
+    return TileConfig(
+        **{name: replace(_SMALL_HEAD_LAYOUT[name], num_warps=w, num_stages=st) for name, (w, st) in launch.items()}
+    )
+
+
 SMALL_HEAD_TILES = {
-    32: TileConfig(
-        fw_states=KernelTiles(**_WHOLE, BQ=128, BKV=128, num_warps=2, num_stages=2),
-        fw_output=KernelTiles(**_WHOLE, BQ=64, BKV=32, num_warps=2, num_stages=3, unroll_slices=True),
-        bw_states=KernelTiles(**_WHOLE, BQ=128, BKV=128, num_warps=2, num_stages=2),
-        bw_dq=KernelTiles(**_WHOLE, BQ=64, BKV=32, num_warps=2, num_stages=2, unroll_slices=True),
-        bw_dk=KernelTiles(**_WHOLE, BQ=32, BKV=64, num_warps=2, num_stages=3, unroll_slices=True),
-        bw_dv=KernelTiles(**_WHOLE, BQ=32, BKV=64, num_warps=2, num_stages=2, unroll_slices=True),
+    32: _small_head_table(
+        fw_states=(2, 2), fw_output=(2, 3), bw_states=(2, 2), bw_dq=(2, 2), bw_dk=(2, 3), bw_dv=(2, 2)
     ),
-    64: _SMALL_HEAD_64,
-    128: replace(_SMALL_HEAD_64, bw_dq=replace(_SMALL_HEAD_64.bw_dq, num_stages=2)),
+    64: _small_head_table(
+        fw_states=(8, 3), fw_output=(4, 3), bw_states=(8, 2), bw_dq=(4, 3), bw_dk=(4, 3), bw_dv=(2, 3)
+    ),
+    128: _small_head_table(
+        fw_states=(8, 3), fw_output=(4, 3), bw_states=(8, 2), bw_dq=(4, 2), bw_dk=(4, 3), bw_dv=(2, 3)
+    ),
 }
 # Kernels that load the stored chunk states C_ST in a loop that feeds tl.dot. With 16-bit states, Triton 3.6 on
 # the H100 miscompiled those loads (then plain pointer loads) in a software pipeline (2 stages at chunk 128, 2 and
@@ -217,20 +236,19 @@ def choose_tiles(
     kernels of a small forward take (docs/performance.md, v7)."""
     if interpret:
         return INTERPRETER_TILES.fit(chunk_size, dhqk, dhhv)
-    config = GPU_TILES
     small = next((t for width, t in SMALL_HEAD_TILES.items() if max(dhqk, dhhv) <= width), None)
-    if dtype != torch.float32 and small is not None:
+    if dtype == torch.float32:  # the tables are tuned in bf16; fp32 keeps the halved rolled table
+        config = TileConfig(**{n: _halve_for_fp32(getattr(GPU_TILES, n)) for n in KERNELS})
+    elif small is not None:
         config = small
-    elif dtype != torch.float32:  # tuned in bf16; fp32 keeps the halved rolled table
+    else:
         tuned = {**UNROLLED_TILES, **(LARGE_CHUNK_TILES if chunk_size >= LARGE_CHUNK else {})}
         fit = {n: t.fit(chunk_size, dhqk, dhhv) for n, t in tuned.items()}
         config = replace(
-            config, **{n: t for n, t in fit.items() if unrolls_head_slices(n, t, dhqk, dhhv, dtype.itemsize)}
+            GPU_TILES, **{n: t for n, t in fit.items() if unrolls_head_slices(n, t, dhqk, dhhv, dtype.itemsize)}
         )
         if dhqk >= WIDE_QK:
             config = replace(config, **WIDE_QK_TILES)
-    else:
-        config = TileConfig(**{n: _halve_for_fp32(getattr(config, n)) for n in KERNELS})
     config = config.fit(chunk_size, dhqk, dhhv)
     ts = config.fw_states
     if batch_heads and sm_count and triton.cdiv(dhqk, ts.BK) * triton.cdiv(dhhv, ts.BV) * batch_heads <= sm_count:
@@ -356,16 +374,6 @@ def state_dtype(dtype: torch.dtype) -> torch.dtype:
     kernels feed them to ``tl.dot`` in that dtype, so storing them wider only doubles their HBM traffic),
     fp32 for fp32 inputs. The running state itself is always accumulated in fp32."""
     return torch.float32 if dtype == torch.float32 else dtype
-
-
-# The intra-chunk kernels: (the head-dim tile their grid is split over, the one their token loop's first product
-# slices, the token tile that loop streams; the other token tile is fixed per program).
-INTRA_CHUNK = {
-    "fw_output": ("BV", "BK", "BKV"),
-    "bw_dq": ("BK", "BV", "BKV"),
-    "bw_dk": ("BK", "BV", "BQ"),
-    "bw_dv": ("BV", "BK", "BQ"),
-}
 
 
 def unrolled_smem(kernel: str, t: KernelTiles, dhqk: int, dhhv: int, input_bytes: int) -> int:
