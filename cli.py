@@ -16,6 +16,10 @@ app = typer.Typer(
 )
 console = Console() if sys.stdout.isatty() else Console(width=160)
 err = Console(stderr=True)
+TIMER_HELP = (
+    "GPU timer: events (CUDA events per call, launch overhead included where the host is slower) or "
+    "cudagraph (the calls replayed from a CUDA graph: kernel time alone)"
+)
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -83,6 +87,7 @@ def sweep(
     force: Annotated[bool, typer.Option(help="re-measure configs already in the file")] = False,
     verify: Annotated[bool, typer.Option(help="also record the relative error against the family's reference")] = False,
     timeout: Annotated[float, typer.Option(help="seconds per config before the worker is killed")] = 300.0,
+    timer: Annotated[str, typer.Option(help=TIMER_HELP)] = "events",
 ) -> None:
     """Run a grid of configs (preset and/or flags; flags override) and append the rows to a Parquet file."""
     from bench.grid import default_preset, load_preset
@@ -90,6 +95,7 @@ def sweep(
     from bench.runner import sweep as run_sweep
 
     name = preset or default_preset()
+    _check_timer(timer)
     try:
         grid = load_preset(name).with_overrides(
             kernels=_strs(kernels),
@@ -110,7 +116,7 @@ def sweep(
         _fail(str(e))
     path = out or Path("results") / f"{Path(name).stem}.parquet"
     err.print(f"preset [bold]{name}[/bold]: {len(configs)} configs -> {path}")
-    rows = run_sweep(configs, path, force=force, verify=verify, timeout_s=timeout)
+    rows = run_sweep(configs, path, force=force, verify=verify, timeout_s=timeout, timer=timer)
     console.print(summary_table(rows, title=f"{name}: {len(rows)} new rows in {path}"))
 
 
@@ -166,6 +172,7 @@ def check(
     allow_different_device: Annotated[bool, typer.Option(help="compare runs from different GPUs")] = False,
     run: Annotated[Optional[str], typer.Option(help="run this preset first, then check its results")] = None,
     out: Annotated[Optional[Path], typer.Option(help="with --run: where the new results go")] = None,
+    timer: Annotated[str, typer.Option(help="with --run: " + TIMER_HELP)] = "events",
 ) -> None:
     """Compare a run with a baseline; exit 0 when nothing regressed, 1 on a regression, 2 on unusable input."""
     from bench import check as chk
@@ -177,11 +184,12 @@ def check(
     except ValueError as e:
         _fail(str(e))
     metrics = tuple(_strs(metric) or [])
+    _check_timer(timer)
     if run is not None:
         if not baseline.is_file():  # refuse before spending minutes on the run
             _fail(f"results file {str(baseline)!r} does not exist (--baseline)")
         current = out or Path("results") / f"{Path(run).stem}-check.parquet"
-        _run_preset(run, current, force=True)
+        _run_preset(run, current, force=True, timer=timer)
     if current is None:
         _fail("give the CURRENT results file or --run PRESET")
     try:
@@ -215,7 +223,7 @@ def check(
         raise typer.Exit(1)
 
 
-def _run_preset(preset: str, out: Path, force: bool = False) -> None:
+def _run_preset(preset: str, out: Path, force: bool = False, timer: str = "events") -> None:
     """Sweep a preset into ``out`` (for ``check --run`` and ``figures --run``); exit 2 on a bad preset."""
     from bench.grid import load_preset
     from bench.runner import sweep as run_sweep
@@ -224,7 +232,17 @@ def _run_preset(preset: str, out: Path, force: bool = False) -> None:
         configs = load_preset(preset).configs()
     except ValueError as e:
         _fail(str(e))
-    run_sweep(configs, out, force=force)
+    run_sweep(configs, out, force=force, timer=timer)
+
+
+def _check_timer(timer: str) -> None:
+    """Exit 2 with the allowed timers unless ``timer`` is one."""
+    from bench.measure import check_timer
+
+    try:
+        check_timer(timer)
+    except ValueError as e:
+        _fail(f"--{e}")
 
 
 def _load_results(path: Path):  # noqa: ANN202

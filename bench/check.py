@@ -4,7 +4,9 @@ Rows are matched by kernel and problem. Per metric, the verdict of a pair is
 ``faster`` / ``same`` / ``slower`` / ``regression``, or ``new`` (only in the current run), ``missing``
 (only in the baseline), ``failed`` (not ``ok`` in either run). A runtime regression is a slow-down beyond
 the threshold whose noise bands (p20..p80) of the two runs do not overlap; for memory (no noise band)
-the threshold alone decides. A config that was ``ok`` and now fails is a regression too.
+the threshold alone decides. A config that was ``ok`` and now fails is a regression too. Runs timed by different
+timers are not compared; a runtime that is host-bound in either run (``bench.measure.host_bound``) keeps its
+verdict with a note (its change may be the host's, e.g. launch overhead, not the kernels').
 Exit codes: 0 nothing regressed, 1 regression, 2 unusable input.
 """
 
@@ -18,11 +20,13 @@ from pathlib import Path
 import pandas as pd
 
 from bench import store
+from bench.measure import host_bound
 from bench.problem import KEY_FIELDS
 
 METRICS = ("runtime_ms", "peak_mem_bytes", "tflops")
 HIGHER_IS_BETTER = {"tflops"}
 NOISE_BANDS = {"runtime_ms": ("runtime_p20_ms", "runtime_p80_ms")}
+TIMED = ("runtime_ms", "tflops")  # metrics read off the timer: a host-bound runtime gets a note
 VERDICTS = ("faster", "same", "slower", "regression", "new", "missing", "failed")
 
 
@@ -79,7 +83,28 @@ def load_pair(
             f"the runs are from different devices (current: {', '.join(sorted(gpus_cur))}; baseline: "
             f"{', '.join(sorted(gpus_base))}); pass --allow-different-device to compare anyway"
         )
+    timers_cur, timers_base = _gpu_timers(cur), _gpu_timers(base)
+    if timers_cur and timers_base and timers_cur != timers_base:
+        raise CheckInputError(
+            f"the runs were timed differently (current: {', '.join(sorted(timers_cur))}; baseline: "
+            f"{', '.join(sorted(timers_base))}); measure the current run with the baseline's --timer"
+        )
     return cur, base
+
+
+def _gpu_timers(frame: pd.DataFrame) -> set[str]:
+    """The timers of a run's measured GPU rows."""
+    return set(frame.timer[(frame.device == "cuda") & (frame.status == "ok")].dropna())
+
+
+def _host_note(b: pd.Series, c: pd.Series) -> str:
+    """A note for runtime metrics where either run's runtime is host-bound (``bench.measure.host_bound``)."""
+    bound = [
+        f"{name} host-bound ({_num(r.host_ms):.3g} ms/call on the host)"
+        for name, r in (("baseline", b), ("current", c))
+        if host_bound(_num(r.runtime_ms), _num(r.host_ms), r.timer)
+    ]
+    return "; ".join(bound)
 
 
 def _latest(frame: pd.DataFrame) -> dict[tuple[object, ...], pd.Series]:
@@ -108,18 +133,20 @@ def _verdict_pair(metric: str, b: pd.Series, c: pd.Series, threshold: float) -> 
     if base is None or cur is None or base == 0:
         return Comparison(kernel, config, metric, base, cur, None, "same", "not measured in one of the runs")
     ratio = cur / base
+    host = _host_note(b, c) if metric in TIMED else ""
     worse = ratio < 1 - threshold if metric in HIGHER_IS_BETTER else ratio > 1 + threshold
     better = ratio > 1 + threshold if metric in HIGHER_IS_BETTER else ratio < 1 - threshold
     if better:
-        return Comparison(kernel, config, metric, base, cur, ratio, "faster")
+        return Comparison(kernel, config, metric, base, cur, ratio, "faster", host)
     if not worse:
-        return Comparison(kernel, config, metric, base, cur, ratio, "same")
+        return Comparison(kernel, config, metric, base, cur, ratio, "same", host)
     if metric in NOISE_BANDS:
         lo, hi = NOISE_BANDS[metric]
         b_hi, c_lo = _num(b[hi]), _num(c[lo])
         if b_hi is not None and c_lo is not None and c_lo <= b_hi:
-            return Comparison(kernel, config, metric, base, cur, ratio, "slower", "noise bands overlap")
-    return Comparison(kernel, config, metric, base, cur, ratio, "regression")
+            note = "; ".join(n for n in ("noise bands overlap", host) if n)
+            return Comparison(kernel, config, metric, base, cur, ratio, "slower", note)
+    return Comparison(kernel, config, metric, base, cur, ratio, "regression", host)
 
 
 def compare(

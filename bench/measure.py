@@ -1,9 +1,14 @@
-"""Measure one kernel on one problem: runtime quantiles, peak memory, FLOPs, TFLOP/s, optional error.
+"""Measure one kernel on one problem: runtime quantiles, host time, peak memory, FLOPs, TFLOP/s, optional error.
 
-Runs inside a worker process (``bench.worker``). GPU timing uses ``triton.testing.do_bench`` (CUDA
-events, warm-up, L2 flush between repetitions, a minimum measured time); CPU timing uses
-``time.perf_counter``. Peak memory is the CUDA allocator's peak above what was allocated before the
-timed step (inputs, and for ``bw`` the saved forward graph, are not counted); ``None`` on the CPU.
+Runs inside a worker process (``bench.worker``). GPU timers (``TIMERS``): ``events`` is
+``triton.testing.do_bench`` (CUDA events around each call, warm-up, L2 flush between repetitions, a minimum
+measured time): what an eager training step sees, launch overhead included where the host is slower than the
+kernels. ``cudagraph`` is ``triton.testing.do_bench_cudagraph`` (the calls captured in one CUDA graph and
+replayed): the kernels alone, without host overhead or L2 flush. CPU timing is ``time.perf_counter`` (``wall``).
+``host_ms`` is the host's time per call without synchronizing (launches queue behind running kernels): where it
+reaches the ``events`` runtime (``host_bound``), that runtime measures the host, not the kernels. Peak memory is
+the CUDA allocator's peak above what was allocated before the timed step (inputs, and for ``bw`` the saved
+forward graph, are not counted); ``None`` on the CPU.
 """
 
 from __future__ import annotations
@@ -20,6 +25,13 @@ from bench.registry import KernelSpec
 
 STATUSES = ("ok", "unsupported", "unavailable", "oom", "error", "crash", "timeout")
 VERIFY_MAX_ELEMENTS = 1 << 27  # heads * seq_len**2 of the float64 reference
+TIMERS = ("events", "cudagraph")  # GPU timers; CPU rows are timed by the wall clock ("wall")
+CPU_TIMER = "wall"
+# An events runtime is host-bound when the host's time per call reaches this fraction of it: the GPU then idles
+# between launches, and repeated runs of such a config differed by up to 50 % on the H100 (docs/performance.md, v8).
+HOST_BOUND_FRACTION = 0.8
+HOST_SAMPLES = (3, 10)  # calls timed on the host: at least, at most (fewer for long calls: HOST_BUDGET_MS)
+HOST_BUDGET_MS = 200.0
 
 
 @dataclass(frozen=True)
@@ -46,6 +58,21 @@ class Measurement:
     tflops: float | None = None
     pct_peak: float | None = None
     error: float | None = None
+    timer: str | None = None
+    host_ms: float | None = None
+
+
+def check_timer(timer: object) -> None:
+    """Raise ``ValueError`` naming the timer and the allowed ones unless ``timer`` is one of ``TIMERS``."""
+    if timer not in TIMERS:
+        raise ValueError(f"timer must be one of {', '.join(TIMERS)}; got {timer!r}")
+
+
+def host_bound(runtime_ms: float | None, host_ms: float | None, timer: str | None) -> bool:
+    """An ``events`` runtime that measures the host: its time per call is at least ``HOST_BOUND_FRACTION`` of it."""
+    if timer != "events" or runtime_ms is None or host_ms is None:
+        return False
+    return host_ms >= HOST_BOUND_FRACTION * runtime_ms
 
 
 def first_output(out: Any) -> Any:
@@ -90,13 +117,43 @@ def build_step(spec: KernelSpec, inputs: tuple[Any, ...], mode: str) -> tuple[Ca
     return bw, leaves
 
 
-def time_cuda(step: Callable[[], None], grad_to_none: list[Any], warmup_ms: int = 25, rep_ms: int = 100) -> Timing:
+def time_cuda(
+    step: Callable[[], None], grad_to_none: list[Any], timer: str = "events", warmup_ms: int = 25, rep_ms: int = 100
+) -> Timing:
+    """Runtime quantiles of ``step`` by ``timer`` (``TIMERS``). ``cudagraph`` raises what the capture raised (a
+    step that synchronizes with the host, e.g. ``.item()``, cannot be captured)."""
     import triton.testing
 
-    med, p20, p80 = triton.testing.do_bench(
-        step, warmup=warmup_ms, rep=rep_ms, grad_to_none=grad_to_none or None, quantiles=[0.5, 0.2, 0.8]
-    )
+    check_timer(timer)
+    quantiles = [0.5, 0.2, 0.8]
+    if timer == "cudagraph":
+        med, p20, p80 = triton.testing.do_bench_cudagraph(
+            step, rep=rep_ms, grad_to_none=grad_to_none or None, quantiles=quantiles
+        )
+    else:
+        med, p20, p80 = triton.testing.do_bench(
+            step, warmup=warmup_ms, rep=rep_ms, grad_to_none=grad_to_none or None, quantiles=quantiles
+        )
     return Timing(med, p20, p80)
+
+
+def host_time_cuda(step: Callable[[], None], grad_to_none: list[Any], runtime_ms: float) -> float:
+    """Median host time of one call of ``step`` (ms), not synchronized: the launches queue behind the kernels
+    still running. ``HOST_SAMPLES`` calls, fewer where they would take more than ``HOST_BUDGET_MS`` of GPU time."""
+    import torch
+
+    low, high = HOST_SAMPLES
+    n = max(low, min(high, int(HOST_BUDGET_MS / max(runtime_ms, 1e-3))))
+    torch.cuda.synchronize()
+    samples = []
+    for _ in range(n):
+        for x in grad_to_none:
+            x.grad = None
+        t0 = time.perf_counter()
+        step()
+        samples.append((time.perf_counter() - t0) * 1e3)
+    torch.cuda.synchronize()
+    return statistics.median(samples)
 
 
 def time_cpu(step: Callable[[], None], grad_to_none: list[Any], min_reps: int = 3, min_time_s: float = 0.2) -> Timing:
@@ -160,39 +217,68 @@ def _is_float(x: Any) -> bool:
     return isinstance(x, torch.Tensor) and x.is_floating_point()
 
 
+def _time_gpu(step: Callable[[], None], leaves: list[Any], timer: str) -> tuple[Timing, str, str]:
+    """``time_cuda`` by ``timer``; a step that cannot be captured in a CUDA graph is timed by ``events`` instead.
+    Returns the timing, the timer used and a note (why the timer changed, else empty)."""
+    import torch
+
+    try:
+        return time_cuda(step, leaves, timer), timer, ""
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except Exception as err:
+        if timer != "cudagraph":
+            raise
+        torch.cuda.synchronize()
+        note = f"cudagraph capture failed ({type(err).__name__}: {str(err)[:300]}); timed by events"
+        return time_cuda(step, leaves, "events"), "events", note
+
+
 def measure(
-    spec: KernelSpec, problem: Problem, *, check: bool = False, peak_tflops: float | None = None
+    spec: KernelSpec,
+    problem: Problem,
+    *,
+    check: bool = False,
+    peak_tflops: float | None = None,
+    timer: str = "events",
 ) -> Measurement:
-    """Run ``spec`` on ``problem``; out-of-memory and exceptions become a status, never a raise."""
+    """Run ``spec`` on ``problem`` (GPU problems timed by ``timer``, one of ``TIMERS``); out-of-memory and
+    exceptions become a status, never a raise."""
     import torch
 
     n_flops, n_bytes = spec.flops(problem), spec.bytes(problem)
+    host_ms, used, notes = None, CPU_TIMER, []
     try:
         torch.manual_seed(0)
         inputs = spec.make_inputs(problem)
         step, leaves = build_step(spec, inputs, problem.mode)
         if problem.device == "cuda":
-            timing = time_cuda(step, leaves)
+            timing, used, note = _time_gpu(step, leaves, timer)
+            notes.append(note)
+            host_ms = host_time_cuda(step, leaves, timing.median_ms)
             peak = peak_memory_cuda(step, leaves)
         else:
             timing, peak = time_cpu(step, leaves), None
         del step, leaves, inputs
         error, note = verify(spec, problem) if check else (None, "")
+        notes.append(note)
     except torch.cuda.OutOfMemoryError as err:
         return Measurement("oom", str(err).splitlines()[0], flops=n_flops, bytes=n_bytes)
     except Exception as err:  # noqa: BLE001 - every failure of a kernel becomes a row
         return Measurement("error", f"{type(err).__name__}: {err}"[:2000], flops=n_flops, bytes=n_bytes)
     achieved = tflops(n_flops, timing.median_ms)
     return Measurement(
-        "ok",
-        note,
-        timing.median_ms,
-        timing.p20_ms,
-        timing.p80_ms,
-        peak,
-        n_flops,
-        n_bytes,
-        achieved,
-        100.0 * achieved / peak_tflops if peak_tflops else None,
-        error,
+        status="ok",
+        message="; ".join(n for n in notes if n),
+        runtime_ms=timing.median_ms,
+        runtime_p20_ms=timing.p20_ms,
+        runtime_p80_ms=timing.p80_ms,
+        peak_mem_bytes=peak,
+        flops=n_flops,
+        bytes=n_bytes,
+        tflops=achieved,
+        pct_peak=100.0 * achieved / peak_tflops if peak_tflops else None,
+        error=error,
+        timer=used,
+        host_ms=host_ms,
     )

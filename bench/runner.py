@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from bench import envinfo, store
-from bench.measure import Measurement
+from bench.measure import Measurement, check_timer, host_bound
 from bench.problem import Problem
 from bench.registry import KernelSpec
 from bench.worker import KernelWorker, Task
@@ -56,16 +56,20 @@ def sweep(
     force: bool = False,
     verify: bool = False,
     timeout_s: float = 300.0,
+    timer: str = "events",
     console: Console | None = None,
     on_row: Callable[[dict[str, object]], None] | None = None,
 ) -> list[dict[str, object]]:
-    """Measure every config not yet in ``out`` (all of them with ``force``); returns the new rows.
+    """Measure every config not yet in ``out`` (all of them with ``force``); returns the new rows. GPU configs
+    are timed by ``timer`` (one of ``bench.measure.TIMERS``).
 
     Each row is appended to ``out`` as soon as it is measured, so an interrupted sweep keeps its rows
-    and the same call resumes it. ``unavailable`` rows are tried again on resume.
+    and the same call resumes it. ``unavailable`` rows, and GPU rows timed by another timer, are measured
+    again on resume.
     """
+    check_timer(timer)
     console = console or Console(stderr=True)
-    done = set() if force else store.existing_keys(out)
+    done = set() if force else store.existing_keys(out, timer=timer)
     todo = [(s, p) for s, p in configs if (s.name, *p.as_dict().values()) not in done]
     skipped = len(configs) - len(todo)
     if skipped:
@@ -96,7 +100,7 @@ def sweep(
                     )
                     worker = workers.setdefault(problem.device, KernelWorker(problem.device))
                     t0 = time.perf_counter()
-                    m = worker.run(Task(spec.name, problem, verify, peak[0]), timeout_s)
+                    m = worker.run(Task(spec.name, problem, verify, peak[0], timer), timeout_s)
                     if m.status in ("crash", "timeout"):
                         console.print(
                             f"[yellow]{spec.name} {problem}: {m.status} after {time.perf_counter() - t0:.0f} s[/yellow]"
@@ -127,8 +131,11 @@ def fmt(value: object, spec: str = ".3g") -> str:
 
 
 def summary_table(rows: list[dict[str, object]], title: str = "sweep") -> Table:
-    table = Table(title=title)
-    for col in ("kernel", "mode", "dtype", "B", "H", "S", "L", "status", "ms", "TFLOP/s", "mem GB", "err"):
+    """One line per row; host ms marked ``*`` where the runtime is host-bound (``bench.measure.host_bound``)."""
+    bound = any(_host_bound(r) for r in rows)
+    caption = "* host-bound: the host's time per call reaches the runtime (try --timer cudagraph)" if bound else None
+    table = Table(title=title, caption=caption)
+    for col in ("kernel", "mode", "dtype", "B", "H", "S", "L", "status", "ms", "host ms", "TFLOP/s", "mem GB", "err"):
         table.add_column(col, justify="right" if col not in ("kernel", "status", "mode", "dtype") else "left")
     for r in rows:
         mem = r["peak_mem_bytes"]
@@ -142,8 +149,19 @@ def summary_table(rows: list[dict[str, object]], title: str = "sweep") -> Table:
             str(r["chunk_size"] or "-"),
             str(r["status"]) if r["status"] == "ok" else f"[red]{r['status']}[/red]",
             fmt(r["runtime_ms"]),
+            _host_cell(r),
             fmt(r["tflops"]),
             fmt(mem / 1e9 if isinstance(mem, (int, float)) else None),
             fmt(r["error"], ".1e"),
         )
     return table
+
+
+def _host_bound(row: dict[str, object]) -> bool:
+    return host_bound(row["runtime_ms"], row.get("host_ms"), row.get("timer"))  # type: ignore[arg-type]
+
+
+def _host_cell(row: dict[str, object]) -> str:
+    """The row's host ms per call, in yellow with a ``*`` where its runtime is host-bound."""
+    host = fmt(row.get("host_ms"))
+    return f"[yellow]{host}*[/yellow]" if _host_bound(row) else host

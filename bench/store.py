@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bench.problem import KEY_FIELDS
@@ -35,6 +36,8 @@ SCHEMA = pa.schema(
         ("runtime_ms", pa.float64()),
         ("runtime_p20_ms", pa.float64()),
         ("runtime_p80_ms", pa.float64()),
+        ("timer", pa.string()),  # events, cudagraph (GPU) or wall (CPU): bench.measure.TIMERS
+        ("host_ms", pa.float64()),  # host time per call, not synchronized (GPU rows)
         ("peak_mem_bytes", pa.int64()),
         ("flops", pa.float64()),
         ("bytes", pa.float64()),
@@ -58,6 +61,9 @@ SCHEMA = pa.schema(
     ]
 )
 COLUMNS = tuple(SCHEMA.names)
+# Columns added after the first results were written; files without them load with these filled in (every
+# earlier GPU row was timed by CUDA events, every CPU row by the wall clock; no host time was recorded).
+ADDED_COLUMNS = ("timer", "host_ms")
 
 
 class SchemaError(ValueError):
@@ -78,10 +84,21 @@ def load(path: str | Path) -> pd.DataFrame:
         table = pq.read_table(path)
     except (pa.ArrowInvalid, OSError) as err:
         raise SchemaError(f"{path} is not a Parquet file: {err}") from err
+    return _complete(table, path).to_pandas()
+
+
+def _complete(table: pa.Table, path: Path) -> pa.Table:
+    """``table`` in ``SCHEMA``'s columns, with ``ADDED_COLUMNS`` filled in for files written before them;
+    ``SchemaError`` when any other column is missing."""
     missing = [c for c in COLUMNS if c not in table.column_names]
-    if missing:
+    if [c for c in missing if c not in ADDED_COLUMNS]:
         raise SchemaError(f"{path} lacks the columns {', '.join(missing)}: not a tfla-bench results file")
-    return table.select(list(COLUMNS)).to_pandas()
+    if "timer" in missing:
+        timers = pc.if_else(pc.equal(table["device"], "cuda"), "events", "wall")
+        table = table.append_column("timer", timers.cast(pa.string()))
+    if "host_ms" in missing:
+        table = table.append_column("host_ms", pa.nulls(len(table), pa.float64()))
+    return table.select(list(COLUMNS)).cast(SCHEMA)
 
 
 def key_of(row: dict[str, object] | pd.Series) -> tuple[object, ...]:
@@ -91,14 +108,20 @@ def key_of(row: dict[str, object] | pd.Series) -> tuple[object, ...]:
 RETRY_STATUSES = ("unavailable",)
 
 
-def existing_keys(path: str | Path, retry: tuple[str, ...] = RETRY_STATUSES) -> set[tuple[object, ...]]:
+def existing_keys(
+    path: str | Path, retry: tuple[str, ...] = RETRY_STATUSES, timer: str | None = None
+) -> set[tuple[object, ...]]:
     """Config keys already in ``path``, except rows whose status is in ``retry`` (tried again on resume:
-    a package installed since then turns an ``unavailable`` row into a measurement)."""
+    a package installed since then turns an ``unavailable`` row into a measurement) and, with ``timer``, GPU rows
+    timed by another timer (a sweep with another timer measures them again; a row whose CUDA-graph capture
+    failed, timed by events, is tried again too)."""
     path = Path(path)
     if not path.exists():
         return set()
     frame = load(path)
     frame = frame[~frame.status.isin(retry)]
+    if timer is not None:
+        frame = frame[(frame.device != "cuda") | (frame.timer == timer) | (frame.status != "ok")]
     return {tuple(r) for r in frame[list(KEY_FIELDS)].itertuples(index=False, name=None)}
 
 
@@ -112,7 +135,7 @@ def append(path: str | Path, rows: list[dict[str, object]], replace: bool = Fals
     path.parent.mkdir(parents=True, exist_ok=True)
     new = to_table(rows)
     if path.exists():
-        old = pq.read_table(path).select(list(COLUMNS)).cast(SCHEMA)
+        old = _complete(pq.read_table(path), path)
         if replace:
             frame = old.to_pandas()
             keys = pd.MultiIndex.from_tuples([key_of(r) for r in rows], names=KEY_FIELDS)

@@ -25,6 +25,7 @@ class Task:
     problem: Problem
     verify: bool = False
     peak_tflops: float | None = None
+    timer: str = "events"
 
 
 def _serve(conn: Connection, log_path: str, env: dict[str, str]) -> None:  # pragma: no cover - child process
@@ -43,7 +44,7 @@ def _serve(conn: Connection, log_path: str, env: dict[str, str]) -> None:  # pra
         if task is None:
             return
         spec = registry.get(task.kernel)
-        conn.send(measure(spec, task.problem, check=task.verify, peak_tflops=task.peak_tflops))
+        conn.send(measure(spec, task.problem, check=task.verify, peak_tflops=task.peak_tflops, timer=task.timer))
 
 
 def worker_env(device: str) -> dict[str, str]:

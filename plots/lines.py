@@ -38,10 +38,14 @@ def check_columns(x: str, y: str, hue: str, col: str | None) -> None:
             raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
 
 
+TITLE_FIELDS = ("dtype", "batch", "heads", "seq_len", "head_dim_qk", "head_dim_v", "chunk_size", "tokens", "mode")
+
+
 def fixed_parameters(frame: pd.DataFrame, varying: Sequence[str]) -> str:
-    """``name=value`` for every problem field that has one value in ``frame`` and is not plotted."""
+    """``name=value`` for every problem field that has one value in ``frame`` and is not plotted, and the timer
+    of the runtimes (``bench.measure.TIMERS``) where there is one."""
     parts = []
-    for name in ("dtype", "batch", "heads", "seq_len", "head_dim_qk", "head_dim_v", "chunk_size", "tokens", "mode"):
+    for name in (*TITLE_FIELDS, "timer"):
         if name in frame and name not in varying and frame[name].nunique() == 1:
             parts.append(f"{name}={frame[name].iloc[0]}")
     return ", ".join(parts)

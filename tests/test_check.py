@@ -17,7 +17,14 @@ runner = CliRunner()
 
 
 def _row(
-    seq_len: int, ms: float, band: float = 0.01, mem: int = 1000, status: str = "ok", gpu: str = "NVIDIA H100 80GB HBM3"
+    seq_len: int,
+    ms: float,
+    band: float = 0.01,
+    mem: int = 1000,
+    status: str = "ok",
+    gpu: str = "NVIDIA H100 80GB HBM3",
+    timer: str = "events",
+    host_ms: float | None = None,
 ) -> dict[str, object]:
     if status != "ok":
         return result_row(seq_len=seq_len, tokens=seq_len, status=status, message="boom", gpu_name=gpu)
@@ -29,6 +36,8 @@ def _row(
         runtime_p80_ms=ms * (1 + band),
         peak_mem_bytes=mem,
         gpu_name=gpu,
+        timer=timer,
+        host_ms=ms / 10 if host_ms is None else host_ms,
     )
 
 
@@ -101,6 +110,8 @@ def test_cli_exit_codes_and_formats(pair: tuple[Path, Path]) -> None:
         (["CUR", "--metric", "speed"], "--metric must be among"),
         (["CUR", "--format", "xml"], "--format must be one of table, markdown, json"),
         (["OTHERGPU"], "different devices"),
+        (["GRAPHS"], "the runs were timed differently (current: cudagraph; baseline: events)"),
+        (["CUR", "--run", "cpu", "--timer", "cuda"], "--timer must be one of events, cudagraph; got 'cuda'"),
         ([], "give the CURRENT results file or --run PRESET"),
     ],
 )
@@ -110,7 +121,15 @@ def test_unusable_input_exits_2(pair: tuple[Path, Path], tmp_path: Path, args: l
     pd.DataFrame({"x": [1]}).to_parquet(wrong)
     other = tmp_path / "other.parquet"
     store.append(other, [_row(1, 10.0, gpu="NVIDIA A100")])
-    mapping = {"CUR": str(cur), "WRONG": str(wrong), "OTHERGPU": str(other), "missing.parquet": str(tmp_path / "m.pq")}
+    graphs = tmp_path / "graphs.parquet"
+    store.append(graphs, [_row(1, 10.0, timer="cudagraph")])
+    mapping = {
+        "CUR": str(cur),
+        "WRONG": str(wrong),
+        "OTHERGPU": str(other),
+        "GRAPHS": str(graphs),
+        "missing.parquet": str(tmp_path / "m.pq"),
+    }
     result = runner.invoke(app, ["check", *[mapping.get(a, a) for a in args], "--baseline", str(base)])
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split())
@@ -157,3 +176,18 @@ def test_check_run_preset_on_cpu(tmp_path: Path) -> None:
     )
     assert second.exit_code == 0, second.output
     assert "sdpa.math" in second.output
+
+
+def test_host_bound_runtimes_keep_their_verdict_with_a_note() -> None:
+    """A runtime whose host time per call reaches it (events timer) may have changed with the host: the
+    comparison says so; memory and runs timed by CUDA graphs get no note."""
+    base = pd.DataFrame([_row(1, 1.0, host_ms=0.95), _row(2, 10.0), _row(3, 1.0, host_ms=0.95, timer="cudagraph")])
+    cur = pd.DataFrame([_row(1, 1.5, host_ms=1.4), _row(2, 10.0), _row(3, 1.0, host_ms=0.95, timer="cudagraph")])
+    runtime, memory = check.compare(cur, base, 0.05, ("runtime_ms", "peak_mem_bytes"))[:2]
+    assert runtime.verdict == "regression"
+    assert (
+        runtime.note == "baseline host-bound (0.95 ms/call on the host); current host-bound (1.4 ms/call on the host)"
+    )
+    assert memory.note == ""
+    rest = check.compare(cur, base, 0.05, ("runtime_ms",))[1:]
+    assert [(r.verdict, r.note) for r in rest] == [("same", ""), ("same", "")]

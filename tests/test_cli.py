@@ -24,6 +24,7 @@ runner = CliRunner()
         (["--dtype", "fp8"], "dtype must be one of float32, float16, bfloat16"),
         (["--mode", "back"], "mode must be one of fw, bw, fwbw"),
         (["--preset", "nope"], "unknown preset 'nope'; allowed:"),
+        (["--timer", "wall"], "--timer must be one of events, cudagraph; got 'wall'"),
     ],
 )
 def test_sweep_refuses_bad_input_before_any_work(args: list[str], message: str, tmp_path: Path) -> None:
@@ -76,6 +77,7 @@ def test_small_sweep_writes_parquet_and_resumes(tmp_path: Path) -> None:
     frame = store.load(out)
     assert sorted(frame.kernel) == ["reference.mlstm_exp_parallel", "sdpa.math"]
     assert (frame.status == "ok").all()
+    assert (frame.timer == "wall").all() and frame.host_ms.isna().all()  # CPU rows: wall clock, no host split
     again = runner.invoke(app, args)
     assert again.exit_code == 0 and len(store.load(out)) == 2
 

@@ -58,6 +58,7 @@ def _row(
         runtime_ms=ms,
         runtime_p20_ms=ms,
         runtime_p80_ms=ms,
+        timer="cudagraph",
         peak_mem_bytes=int(mem),
         tflops=1e12 / (ms * 1e-3) / 1e12,
     )
@@ -91,7 +92,8 @@ def test_lines_plot_one_line_per_kernel_and_failures_marked(consttoken_file: Pat
     crosses = [c for c in ax_fw.collections if c.get_label() == "sdpa.math: oom"]
     assert crosses and crosses[0].get_offsets()[0][0] == 4096  # the OOM sits at its x, on top
     assert crosses[0].get_offsets()[0][1] > 4.0
-    assert "H100" in fig._suptitle.get_text() and "tokens=65536" in fig._suptitle.get_text()
+    title = fig._suptitle.get_text()
+    assert "H100" in title and "tokens=65536" in title and "timer=cudagraph" in title  # the one timer of the rows
 
 
 def test_every_figure_renders(consttoken_file: Path, tmp_path: Path) -> None:

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from bench import store
+from bench import measure, store
 from bench.grid import Grid
+from bench.measure import host_bound
 from bench.runner import sweep
 
 
@@ -109,3 +110,30 @@ def test_resume_retries_unavailable_rows(tmp_path: Path, monkeypatch: pytest.Mon
     assert [(r["kernel"], r["status"]) for r in again] == [("fake.unavailable", "ok")]
     frame = store.load(out)
     assert sorted(zip(frame.kernel, frame.status)) == [("fake.ok", "ok"), ("fake.unavailable", "ok")]
+
+
+def test_host_bound_needs_the_events_timer_and_a_host_near_the_runtime() -> None:
+    assert host_bound(1.0, 0.8, "events") and host_bound(1.0, 2.0, "events")
+    assert not host_bound(1.0, 0.5, "events")
+    assert not host_bound(1.0, 2.0, "cudagraph")  # graph replays leave the host out
+    assert not host_bound(1.0, None, "events") and not host_bound(None, 1.0, "events")
+
+
+def test_a_graph_capture_failure_falls_back_to_events_with_a_note(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A step that cannot be captured (e.g. it synchronizes with the host) is timed by events, and the row
+    says which timer measured it and why."""
+    import torch
+
+    with pytest.raises(ValueError, match="timer must be one of events, cudagraph; got 'wall'"):
+        measure.time_cuda(lambda: None, [], "wall")
+
+    def fake_time_cuda(step, leaves, timer):  # noqa: ANN001, ANN202
+        if timer == "cudagraph":
+            raise RuntimeError("operation not permitted when stream is capturing")
+        return measure.Timing(2.0, 1.9, 2.1)
+
+    monkeypatch.setattr(measure, "time_cuda", fake_time_cuda)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    timing, used, note = measure._time_gpu(lambda: None, [], "cudagraph")
+    assert (timing.median_ms, used) == (2.0, "events")
+    assert note.startswith("cudagraph capture failed (RuntimeError: operation not permitted")

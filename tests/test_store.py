@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from bench import store
@@ -61,3 +62,26 @@ def test_load_errors_name_the_file(tmp_path: Path) -> None:
     text.write_text("not parquet")
     with pytest.raises(SchemaError, match="not a Parquet file"):
         store.load(text)
+
+
+def test_files_written_before_the_timer_columns_load_and_take_appends(tmp_path: Path) -> None:
+    """A file without ``timer`` and ``host_ms`` (written before they existed): GPU rows read as timed by
+    events, CPU rows by the wall clock, no host time; appending a new row keeps the old ones."""
+    path = tmp_path / "old.parquet"
+    rows = [_row(64), {**_row(128), "device": "cuda"}]
+    pq.write_table(store.to_table(rows).drop(list(store.ADDED_COLUMNS)), path)
+    frame = store.load(path)
+    assert list(frame.columns) == list(COLUMNS)
+    assert frame.timer.tolist() == ["wall", "events"]
+    assert frame.host_ms.isna().all()
+    store.append(path, [{**_row(256), "timer": "wall"}])
+    assert store.load(path).seq_len.tolist() == [64, 128, 256]
+
+
+def test_resume_with_another_timer_measures_gpu_rows_again(tmp_path: Path) -> None:
+    path = tmp_path / "r.parquet"
+    gpu = {"device": "cuda", "timer": "events"}
+    store.append(path, [_row(64) | {"timer": "wall"}, _row(128) | gpu, _row(256, status="error") | gpu])
+    seq_lens = {key[3] for key in store.existing_keys(path, timer="cudagraph")}
+    assert seq_lens == {64, 256}  # the CPU row and the failed row stay done; the events row is measured again
+    assert {key[3] for key in store.existing_keys(path, timer="events")} == {64, 128, 256}

@@ -107,6 +107,30 @@ def test_gate_extremes_stay_finite_and_correct(
     _check(gate_extreme_case(variant, f_shift, i_scale, dtype))
 
 
+MIXED_TOKEN_TILES = TileConfig(
+    fw_states=KernelTiles(BQ=16, BK=16, BV=16),
+    fw_output=KernelTiles(BQ=32, BKV=16, BK=16, BV=16),
+    bw_states=KernelTiles(BQ=16, BK=16, BV=16),
+    bw_dq=KernelTiles(BQ=16, BKV=32, BK=16, BV=16),
+    bw_dk=KernelTiles(BQ=16, BKV=32, BK=16, BV=16),
+    bw_dv=KernelTiles(BQ=32, BKV=16, BK=16, BV=16),
+)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("variant", ["exp", "sig"])
+@pytest.mark.parametrize("f_shift,i_scale", GATE_EXTREMES[:2], ids=["forgetting", "remembering"])
+def test_mixed_token_tiles_in_long_chunks_with_extreme_gates(
+    variant: str, f_shift: float, i_scale: float, dtype: torch.dtype
+) -> None:
+    """64-token chunks of 16- and 32-token tiles: query tiles wider and narrower than the key tiles, so that the
+    blocks on the diagonal start and end off the other tile's grid and most blocks lie wholly below it, under
+    extreme gates (f = -10: a decay of e^-10 per token; f = +10 with input gates of spread 20: the stabilizer far
+    above 0), S = 150 (the last chunk padded)."""
+    case = replace(gate_extreme_case(variant, f_shift, i_scale, dtype), S=150, L=64, tiles=MIXED_TOKEN_TILES)
+    _check(case)
+
+
 @pytest.mark.parametrize("variant", ["exp", "sig"])
 def test_normalizer_with_signed_inputs(variant: str) -> None:
     """Mean-zero q, k: both signs of q.n. Worst of 200 fp32 draws: 2.9e-3 (a token with q.n near 0)."""
