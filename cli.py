@@ -31,14 +31,44 @@ def _ints(value: Optional[str], name: str) -> Optional[list[int]]:
     if value is None:
         return None
     try:
-        return [int(x) for x in value.split(",") if x.strip()]
+        values = [int(x) for x in value.split(",") if x.strip()]
     except ValueError:
         _fail(f"--{name} takes comma-separated integers, got {value!r}")
-    return None
+    if not values:
+        _fail(f"--{name} needs at least one integer, got {value!r}")
+    return values
 
 
-def _strs(value: Optional[str]) -> Optional[list[str]]:
-    return None if value is None else [x.strip() for x in value.split(",") if x.strip()]
+def _strs(value: Optional[str], name: str) -> Optional[list[str]]:
+    if value is None:
+        return None
+    values = [x.strip() for x in value.split(",") if x.strip()]
+    if not values:
+        _fail(f"--{name} needs at least one value, got {value!r}")
+    return values
+
+
+def _output_folder(out: Path, name: str = "--out") -> None:
+    """Exit 2 unless ``out`` is a folder or can become one."""
+    if out.exists() and not out.is_dir():
+        _fail(f"{name} must be a folder for the figures; {str(out)!r} is a file")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                _fail(f"{name} {str(out)!r} cannot be made: {str(parent)!r} is a file")
+            break
+
+
+@app.callback()
+def _startup() -> None:
+    """Loads the plugins named in TFLA_BENCH_PLUGINS first, so that a bad one is an exit 2 before any work."""
+    from bench.registry import PluginError, check_plugins, plugin_modules
+
+    if plugin_modules():
+        try:
+            check_plugins()
+        except PluginError as e:
+            _fail(str(e))
 
 
 @app.command("list")
@@ -92,21 +122,21 @@ def sweep(
     """Run a grid of configs (preset and/or flags; flags override) and append the rows to a Parquet file."""
     from bench.grid import default_preset, load_preset
     from bench.runner import summary_table
-    from bench.runner import sweep as run_sweep
 
     name = preset or default_preset()
     _check_timer(timer)
+    _check_timeout(timeout)
     try:
         grid = load_preset(name).with_overrides(
-            kernels=_strs(kernels),
+            kernels=_strs(kernels, "kernels"),
             seq_len=_ints(seq_len, "seq-len"),
             chunk_size=_ints(chunk_size, "chunk-size"),
             head_dim_qk=_ints(head_dim_qk, "head-dim-qk"),
             head_dim_v=_ints(head_dim_v, "head-dim-v"),
             batch=_ints(batch, "batch"),
             heads=_ints(heads, "heads"),
-            dtype=_strs(dtype),
-            mode=_strs(mode),
+            dtype=_strs(dtype, "dtype"),
+            mode=_strs(mode, "mode"),
             device=device,
             tokens=tokens,
             width=width,
@@ -115,9 +145,41 @@ def sweep(
     except ValueError as e:
         _fail(str(e))
     path = out or Path("results") / f"{Path(name).stem}.parquet"
+    _check_out(path)
     err.print(f"preset [bold]{name}[/bold]: {len(configs)} configs -> {path}")
-    rows = run_sweep(configs, path, force=force, verify=verify, timeout_s=timeout, timer=timer)
+    rows = _sweep_or_exit(configs, path, force=force, verify=verify, timeout_s=timeout, timer=timer)
     console.print(summary_table(rows, title=f"{name}: {len(rows)} new rows in {path}"))
+
+
+def _check_out(path: Path, name: str = "--out") -> None:
+    """Exit 2 unless rows can be appended to ``path`` (checked before any config is measured)."""
+    from bench.store import SchemaError, StoreError, check_writable
+
+    try:
+        check_writable(path)
+    except (StoreError, SchemaError) as e:
+        _fail(f"{name}: {e}")
+
+
+def _check_timeout(timeout: float) -> None:
+    from bench.runner import check_timeout
+
+    try:
+        check_timeout(timeout)
+    except ValueError as e:
+        _fail(f"--{e}")
+
+
+def _sweep_or_exit(configs: list, path: Path, **options: object) -> list[dict[str, object]]:
+    """``bench.runner.sweep``; on SIGINT / SIGTERM / SIGHUP the rows kept so far and the signal's exit code."""
+    from bench.runner import SweepInterrupted
+    from bench.runner import sweep as run_sweep
+
+    try:
+        return run_sweep(configs, path, **options)  # type: ignore[arg-type]
+    except SweepInterrupted as stop:
+        err.print(f"[yellow]{stop}[/yellow]")
+        raise typer.Exit(stop.exit_code) from None
 
 
 @app.command()
@@ -143,18 +205,30 @@ def verify(
     kernels: Annotated[Optional[str], typer.Option(help="kernel names or globs (default: all available)")] = None,
     device: Annotated[Optional[str], typer.Option(help="cuda or cpu (default: cuda if present)")] = None,
     dtype: Annotated[Optional[str], typer.Option(help="default: bfloat16 on cuda, float32 on cpu")] = None,
+    allow_skipped: Annotated[
+        bool, typer.Option(help="pass when every kernel was skipped (by default that fails: nothing was verified)")
+    ] = False,
 ) -> None:
-    """Run each kernel at small shapes against its reference; exit 1 when an error exceeds its dtype's tolerance."""
+    """Run each kernel at small shapes against its reference; exit 1 when an error exceeds its dtype's tolerance
+    or nothing could be verified, 2 on unusable input (e.g. --device cuda without a GPU)."""
+    from bench.problem import DEVICES
     from bench.registry import cuda_reason
-    from bench.verify import run_verify, verify_table
+    from bench.verify import gate_failures, run_verify, verify_table
 
+    if device is not None and device not in DEVICES:
+        _fail(f"--device must be one of {', '.join(DEVICES)}; got {device!r}")
+    if device == "cuda" and (reason := cuda_reason()):
+        _fail(f"--device cuda: {reason}")
     dev = device or ("cuda" if cuda_reason() is None else "cpu")
+    names = _strs(kernels, "kernels") or ["*"]
     try:
-        results = run_verify(_strs(kernels) or ["*"], dev, dtype or ("bfloat16" if dev == "cuda" else "float32"))
+        results = run_verify(names, dev, dtype or ("bfloat16" if dev == "cuda" else "float32"))
     except ValueError as e:
         _fail(str(e))
     console.print(verify_table(results))
-    if any(r.status == "fail" for r in results):
+    failures = gate_failures(results, allow_skipped)
+    if failures:
+        err.print(f"[red]verify failed:[/red] {'; '.join(failures)}")
         raise typer.Exit(1)
 
 
@@ -170,11 +244,15 @@ def check(
     ] = "runtime_ms,peak_mem_bytes",
     format: Annotated[str, typer.Option("--format", help="table, markdown or json")] = "table",
     allow_different_device: Annotated[bool, typer.Option(help="compare runs from different GPUs")] = False,
+    allow_missing: Annotated[
+        bool, typer.Option(help="pass a partial run (by default a baseline config missing from the run fails)")
+    ] = False,
     run: Annotated[Optional[str], typer.Option(help="run this preset first, then check its results")] = None,
     out: Annotated[Optional[Path], typer.Option(help="with --run: where the new results go")] = None,
     timer: Annotated[str, typer.Option(help="with --run: " + TIMER_HELP)] = "events",
 ) -> None:
-    """Compare a run with a baseline; exit 0 when nothing regressed, 1 on a regression, 2 on unusable input."""
+    """Compare a run with a baseline; exit 0 when it passes, 1 on a regression, a missing config or nothing compared,
+    2 on unusable input."""
     from bench import check as chk
 
     if format not in ("table", "markdown", "json"):
@@ -183,12 +261,19 @@ def check(
         limit = chk.parse_threshold(threshold)
     except ValueError as e:
         _fail(str(e))
-    metrics = tuple(_strs(metric) or [])
+    metrics = tuple(x.strip() for x in metric.split(",") if x.strip())
+    if not metrics:
+        _fail(f"--metric must name at least one of {', '.join(chk.METRICS)}; got {metric!r}")
+    if bad := [m for m in metrics if m not in chk.METRICS]:
+        _fail(f"--metric must be among {', '.join(chk.METRICS)}; got {', '.join(bad)}")
     _check_timer(timer)
     if run is not None:
-        if not baseline.is_file():  # refuse before spending minutes on the run
-            _fail(f"results file {str(baseline)!r} does not exist (--baseline)")
+        try:  # refuse before spending minutes on the run
+            chk.load_pair(baseline, baseline, allow_different_device=True)
+        except chk.CheckInputError as e:
+            _fail(f"--baseline: {e}")
         current = out or Path("results") / f"{Path(run).stem}-check.parquet"
+        _check_out(current)
         _run_preset(run, current, force=True, timer=timer)
     if current is None:
         _fail("give the CURRENT results file or --run PRESET")
@@ -197,8 +282,9 @@ def check(
         results = chk.compare(cur, base, limit, metrics)
     except chk.CheckInputError as e:
         _fail(str(e))
+    failures = chk.gate_failures(results, allow_missing)
     if format == "json":
-        typer.echo(chk.to_json(results))
+        typer.echo(chk.to_json(results, allow_missing))
     elif format == "markdown":
         typer.echo(chk.to_markdown(results))
     else:
@@ -219,20 +305,22 @@ def check(
                 r.note[:60],
             )
         console.print(table)
-    if chk.has_regression(results):
+    if failures:
+        if format != "json":  # JSON carries them in "failures"
+            err.print(f"[red]check failed:[/red] {'; '.join(failures)}")
         raise typer.Exit(1)
 
 
 def _run_preset(preset: str, out: Path, force: bool = False, timer: str = "events") -> None:
     """Sweep a preset into ``out`` (for ``check --run`` and ``figures --run``); exit 2 on a bad preset."""
     from bench.grid import load_preset
-    from bench.runner import sweep as run_sweep
 
     try:
         configs = load_preset(preset).configs()
     except ValueError as e:
         _fail(str(e))
-    run_sweep(configs, out, force=force, timer=timer)
+    _check_out(out)
+    _sweep_or_exit(configs, out, force=force, timer=timer)
 
 
 def _check_timer(timer: str) -> None:
@@ -268,6 +356,7 @@ def plot(
     """Line plot of a results file (PNG and SVG); failed configs are crosses at the top of the axis."""
     from plots.lines import plot_lines, save
 
+    _output_folder(out)
     frame = _load_results(results)
     try:
         fig = plot_lines(frame, x, y, hue=hue, col=col or None)
@@ -296,6 +385,7 @@ def figures(
         _fail(str(e))
     if run == (from_ is not None):
         _fail("give exactly one of --run or --from RESULTS")
+    _output_folder(out)
     if run:
         from_ = Path("results") / f"{recipe.preset}.parquet"
         _run_preset(recipe.preset, from_)
@@ -316,9 +406,30 @@ def report(
     """One Markdown page: environment, figures, runtime table, speed-ups of our kernels, failed configs."""
     from plots.report import write_report
 
+    target = out or results.with_suffix(".md")
+    _check_report_target(results, target)
     frame = _load_results(results)
-    path = write_report(frame, str(results), out or results.with_suffix(".md"))
+    path = write_report(frame, str(results), target)
     console.print(str(path))
+
+
+def _is_parquet(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    with path.open("rb") as fh:
+        return fh.read(4) == b"PAR1"
+
+
+def _check_report_target(results: Path, target: Path) -> None:
+    """Exit 2 when the report would write over its input, over any Parquet file, or onto a folder."""
+    if target.exists() and target.resolve() == results.resolve():
+        _fail(
+            f"--out {str(target)!r} is the results file itself; give a Markdown path such as {str(results.with_suffix('.md'))!r}"
+        )
+    if target.is_dir():
+        _fail(f"--out {str(target)!r} is a folder; give a Markdown file path")
+    if target.suffix == ".parquet" or _is_parquet(target):
+        _fail(f"--out {str(target)!r} is a Parquet file: the report never writes over results; give a .md path")
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -7,7 +7,8 @@ the threshold whose noise bands (p20..p80) of the two runs do not overlap; for m
 the threshold alone decides. A config that was ``ok`` and now fails is a regression too. Runs timed by different
 timers are not compared; a runtime that is host-bound in either run (``bench.measure.host_bound``) keeps its
 verdict with a note (its change may be the host's, e.g. launch overhead, not the kernels').
-Exit codes: 0 nothing regressed, 1 regression, 2 unusable input.
+The gate (``gate_failures``) also fails when a baseline config is missing from the current run (unless a partial
+run is allowed) or when no config was measured in both. Exit codes: 0 passed, 1 failed, 2 unusable input.
 """
 
 from __future__ import annotations
@@ -77,6 +78,9 @@ def load_pair(
         cur, base = store.load(current), store.load(baseline)
     except (FileNotFoundError, store.SchemaError) as err:
         raise CheckInputError(str(err)) from err
+    for name, frame, path in (("current run", cur, current), ("baseline", base, baseline)):
+        if frame.empty:
+            raise CheckInputError(f"the {name} {str(path)!r} has no rows: nothing to compare")
     gpus_cur, gpus_base = set(cur.gpu_name.dropna()), set(base.gpu_name.dropna())
     if gpus_cur and gpus_base and gpus_cur != gpus_base and not allow_different_device:
         raise CheckInputError(
@@ -157,6 +161,8 @@ def compare(
 ) -> list[Comparison]:
     """Every (config, metric) pair of the two runs with its verdict."""
     bad = [m for m in metrics if m not in METRICS]
+    if not metrics:
+        raise CheckInputError(f"--metric must name at least one of {', '.join(METRICS)}; got none")
     if bad:
         raise CheckInputError(f"--metric must be among {', '.join(METRICS)}; got {', '.join(bad)}")
     cur, base = _latest(current), _latest(baseline)
@@ -176,6 +182,26 @@ def compare(
 
 def has_regression(results: list[Comparison]) -> bool:
     return any(r.verdict == "regression" for r in results)
+
+
+COMPARED = ("faster", "same", "slower", "regression")
+
+
+def gate_failures(results: list[Comparison], allow_missing: bool = False) -> list[str]:
+    """Why the gate fails (empty: it passes): a regression; a baseline config the current run lacks (unless
+    ``allow_missing``, for a partial run); or no pair measured in both runs, so that nothing was checked."""
+    reasons = []
+    if n := sum(r.verdict == "regression" for r in results):
+        reasons.append(f"{n} regression{'s' if n > 1 else ''}")
+    missing = {(r.kernel, r.config) for r in results if r.verdict == "missing"}
+    if missing and not allow_missing:
+        reasons.append(
+            f"{len(missing)} baseline config{'s' if len(missing) > 1 else ''} missing from the current run "
+            "(--allow-missing accepts a partial run)"
+        )
+    if not any(r.verdict in COMPARED for r in results):
+        reasons.append("no config was measured in both runs: nothing was compared")
+    return reasons
 
 
 def _fmt(x: float | None, digits: str = ".4g") -> str:
@@ -199,5 +225,14 @@ def to_markdown(results: list[Comparison]) -> str:
     return "\n".join(lines)
 
 
-def to_json(results: list[Comparison]) -> str:
-    return json.dumps({"regression": has_regression(results), "comparisons": [asdict(r) for r in results]}, indent=1)
+def to_json(results: list[Comparison], allow_missing: bool = False) -> str:
+    failures = gate_failures(results, allow_missing)
+    return json.dumps(
+        {
+            "passed": not failures,
+            "failures": failures,
+            "regression": has_regression(results),
+            "comparisons": [asdict(r) for r in results],
+        },
+        indent=1,
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import importlib.metadata
 import json
+import os
 import platform
 import socket
 import subprocess
@@ -127,3 +128,21 @@ def measure_peaks(dtype: str) -> tuple[float, float]:
     peaks = _matmul_tflops(dtype), _copy_gbs()
     torch.cuda.empty_cache()  # this runs in the sweep's parent: leave the memory to the workers
     return peaks
+
+
+def device_memory_bytes(device: str) -> int | None:
+    """The memory of ``device``: the GPU's total for ``cuda`` (``None`` without a GPU), the machine's physical
+    memory (or its cgroup limit, when lower) for ``cpu``."""
+    if device == "cuda":
+        import torch
+
+        return int(torch.cuda.get_device_properties(0).total_memory) if torch.cuda.is_available() else None
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+    except OSError:
+        limit = "max"
+    return min(total, int(limit)) if limit.isdigit() else total

@@ -70,3 +70,10 @@ def sequence_mixer_bytes(
 def tflops(flops: float, runtime_ms: float) -> float:
     """TFLOP/s from a FLOP count and a runtime in milliseconds."""
     return flops / (runtime_ms * 1e-3) / 1e12 if runtime_ms > 0 else float("nan")
+
+
+def min_input_bytes(batch: int, heads: int, seq_len: int, dqk: int, dv: int, itemsize: int, mode: str) -> float:
+    """A lower bound on the device memory a problem's tensors take: q, k and v, and for ``bw`` / ``fwbw`` their
+    gradients of the same size (any kernel of the problem allocates at least these)."""
+    qkv = batch * heads * seq_len * (2 * dqk + dv) * itemsize
+    return float(qkv if mode == "fw" else 2 * qkv)

@@ -22,6 +22,43 @@ from bench.registry import KernelSpec, resolve
 
 PRESET_DIR = Path(__file__).parent / "presets"
 LIST_FIELDS = ("seq_len", "batch", "heads", "head_dim_qk", "head_dim_v", "chunk_size", "dtype", "mode")
+INT_LISTS = ("seq_len", "batch", "heads", "head_dim_qk", "head_dim_v", "chunk_size")
+STR_LISTS = ("kernels", "dtype", "mode")
+OPTIONAL_INTS = ("tokens", "width")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_value(name: str, value: object) -> object:
+    """``value`` for grid key ``name`` (lists as tuples), or ``ValueError`` naming the key, what it takes and an
+    example: presets and flags are checked by type before any config is built."""
+    if name in INT_LISTS or name in STR_LISTS:
+        kind, ok, example = ("integers", _is_int, "[64]") if name in INT_LISTS else ("names", _is_str, '["a"]')
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{name} must be a list of {kind}, e.g. {name} = {example}; got {value!r}")
+        if not value:
+            raise ValueError(f"{name} must name at least one value; got an empty list")
+        bad = [v for v in value if not ok(v)]
+        if bad:
+            raise ValueError(f"{name} must be a list of {kind}; got {bad[0]!r} in {list(value)!r}")
+        return tuple(value)
+    if name in OPTIONAL_INTS:
+        if value is not None and (not _is_int(value) or value < 1):
+            raise ValueError(f"{name} must be a positive integer; got {value!r}")
+        return value
+    if name == "qk_ratio":
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
+            raise ValueError(f"qk_ratio must be a number above 0; got {value!r}")
+        return value
+    if name in ("device", "description") and not isinstance(value, str):
+        raise ValueError(f"{name} must be a string; got {value!r}")
+    return value
+
+
+def _is_str(value: object) -> bool:
+    return isinstance(value, str) and bool(value.strip())
 
 
 @dataclass(frozen=True)
@@ -45,11 +82,11 @@ class Grid:
 
     def with_overrides(self, **overrides: object) -> Grid:
         """A copy with every non-``None`` override applied (lists become tuples)."""
-        changes = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items() if v is not None}
+        changes = {k: v for k, v in overrides.items() if v is not None}
         unknown = set(changes) - {f.name for f in fields(self)}
         if unknown:
             raise ValueError(f"unknown grid keys {sorted(unknown)}; allowed: {[f.name for f in fields(self)]}")
-        return replace(self, **changes)
+        return replace(self, **{k: check_value(k, v) for k, v in changes.items()})
 
     def problems(self) -> list[Problem]:
         """Every validated problem of the grid (const-token and const-width rules applied)."""
@@ -92,9 +129,17 @@ def load_preset(name_or_path: str) -> Grid:
         path = PRESET_DIR / f"{name_or_path}.toml"
     if not path.is_file():
         raise ValueError(f"unknown preset {name_or_path!r}; allowed: {', '.join(preset_names())} or a TOML path")
-    with path.open("rb") as fh:
-        data = tomllib.load(fh)
-    return Grid().with_overrides(**data)
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"preset {str(path)!r} is not valid TOML: {err}") from err
+    except OSError as err:
+        raise ValueError(f"preset {str(path)!r} cannot be read: {err.strerror or err}") from err
+    try:
+        return Grid().with_overrides(**data)
+    except ValueError as err:
+        raise ValueError(f"preset {str(path)!r}: {err}") from err
 
 
 def default_preset() -> str:

@@ -211,6 +211,20 @@ def verify(spec: KernelSpec, problem: Problem) -> tuple[float | None, str]:
     return relative_error(out, ref), ""
 
 
+# What PyTorch's CPU allocator raises (as a RuntimeError) when an allocation fails.
+CPU_OOM_TEXT = ("DefaultCPUAllocator: can't allocate memory", "DefaultCPUAllocator: not enough memory")
+
+
+def is_cpu_oom(err: BaseException) -> bool:
+    """An exception that is a failed host allocation (``oom``, not ``error``)."""
+    return isinstance(err, RuntimeError) and any(t in str(err) for t in CPU_OOM_TEXT)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return (text.splitlines()[0] if text else type(err).__name__)[:2000]
+
+
 def _is_float(x: Any) -> bool:
     import torch
 
@@ -262,9 +276,11 @@ def measure(
         del step, leaves, inputs
         error, note = verify(spec, problem) if check else (None, "")
         notes.append(note)
-    except torch.cuda.OutOfMemoryError as err:
-        return Measurement("oom", str(err).splitlines()[0], flops=n_flops, bytes=n_bytes)
+    except (torch.cuda.OutOfMemoryError, MemoryError) as err:
+        return Measurement("oom", _first_line(err), flops=n_flops, bytes=n_bytes)
     except Exception as err:  # noqa: BLE001 - every failure of a kernel becomes a row
+        if is_cpu_oom(err):
+            return Measurement("oom", _first_line(err), flops=n_flops, bytes=n_bytes)
         return Measurement("error", f"{type(err).__name__}: {err}"[:2000], flops=n_flops, bytes=n_bytes)
     achieved = tflops(n_flops, timing.median_ms)
     return Measurement(

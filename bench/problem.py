@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, replace
 DTYPES = ("float32", "float16", "bfloat16")
 MODES = ("fw", "bw", "fwbw")
 DEVICES = ("cuda", "cpu")
+# Every size is stored as int64 and becomes a tensor dimension: larger values are input errors, refused before work.
+MAX_SIZE = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -31,11 +33,12 @@ class Problem:
         """Return self, or raise ``ValueError`` naming the bad field and the allowed values."""
         for name in ("batch", "heads", "seq_len", "head_dim_qk", "head_dim_v"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_SIZE:
+                raise ValueError(f"{name} must be a positive integer up to {MAX_SIZE}, got {value!r}")
         if (
             not isinstance(self.chunk_size, int)
-            or self.chunk_size < 0
+            or isinstance(self.chunk_size, bool)
+            or not 0 <= self.chunk_size <= MAX_SIZE
             or (self.chunk_size and self.chunk_size & (self.chunk_size - 1))
         ):
             raise ValueError(f"chunk_size must be a power of two (or 0 for none), got {self.chunk_size!r}")

@@ -49,6 +49,7 @@ class KernelSpec:
 
 _REGISTRY: dict[str, KernelSpec] = {}
 _LOADED = False
+_PLUGIN_ERROR: Exception | None = None
 
 
 def register(spec: KernelSpec) -> KernelSpec:
@@ -70,8 +71,10 @@ def _load() -> None:
     ``TFLA_BENCH_PLUGINS`` is a comma-separated list of importable modules with more ``register`` calls
     (your own kernels, or the test suite's fakes); worker processes inherit it.
     """
-    global _LOADED
+    global _LOADED, _PLUGIN_ERROR
     if _LOADED:
+        if _PLUGIN_ERROR is not None:
+            raise _PLUGIN_ERROR
         return
     _LOADED = True
     importlib.import_module("kernels.specs")
@@ -79,8 +82,28 @@ def _load() -> None:
 
     for mod in pkgutil.iter_modules(baselines.__path__):
         importlib.import_module(f"baselines.{mod.name}")
-    for name in filter(None, (m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(","))):
-        importlib.import_module(name)
+    for name in plugin_modules():
+        try:
+            importlib.import_module(name)
+        except Exception as err:  # noqa: BLE001 - any failure of a user's module is named, never a traceback
+            _PLUGIN_ERROR = PluginError(
+                f"{PLUGINS_ENV}: module {name!r} cannot be imported ({type(err).__name__}: {err})"
+            )
+            raise _PLUGIN_ERROR from err
+
+
+class PluginError(ValueError):
+    """A module named in ``TFLA_BENCH_PLUGINS`` that does not import or registers a bad spec."""
+
+
+def plugin_modules() -> list[str]:
+    """The modules named in ``$TFLA_BENCH_PLUGINS``."""
+    return [m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(",") if m.strip()]
+
+
+def check_plugins() -> None:
+    """Load the registry now; ``PluginError`` naming the variable and the module that fails."""
+    _load()
 
 
 def all_specs() -> list[KernelSpec]:

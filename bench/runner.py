@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -13,10 +17,79 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from bench import envinfo, store
+from bench.flops import min_input_bytes
 from bench.measure import Measurement, check_timer, host_bound
 from bench.problem import Problem
 from bench.registry import KernelSpec
-from bench.worker import KernelWorker, Task
+from bench.worker import KernelWorker, Task, remove_stale_logs
+
+
+class SweepInterrupted(Exception):
+    """A sweep stopped by SIGINT / SIGTERM / SIGHUP after its cleanup: every row measured before is in the file."""
+
+    def __init__(self, signum: int, rows_kept: int, out: Path) -> None:
+        self.signum, self.rows_kept, self.out = signum, rows_kept, out
+        super().__init__(f"interrupted: {rows_kept} rows kept in {out} ({signal.Signals(signum).name})")
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's code for a process ended by the signal (130 for SIGINT, 143 for SIGTERM)."""
+        return 128 + self.signum
+
+
+INTERRUPTS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class _Interrupts:
+    """Turns the interrupting signals into ``_Stop`` in the sweep's thread; inside ``writing()`` (a row being
+    appended) the signal waits until the row is written, so no measured row is lost."""
+
+    def __init__(self) -> None:
+        self.pending: int | None = None
+        self._writing = False
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> _Interrupts:
+        if threading.current_thread() is threading.main_thread():
+            for sig in INTERRUPTS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.pending = signum
+        if not self._writing:
+            raise _Stop(signum)
+
+    def hold(self) -> None:
+        """From now on, remember a signal instead of raising it."""
+        self._writing = True
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        self._writing = True
+        try:
+            yield
+        finally:
+            self._writing = False
+        if self.pending is not None:
+            raise _Stop(self.pending)
+
+
+class _Stop(BaseException):  # BaseException: no ``except Exception`` on the way swallows it
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+
+
+def check_timeout(timeout_s: object) -> None:
+    """``ValueError`` naming the timeout unless it is a finite number of seconds above zero."""
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not math.isfinite(timeout_s):
+        raise ValueError(f"timeout must be a finite number of seconds above 0; got {timeout_s!r}")
+    if timeout_s <= 0:
+        raise ValueError(f"timeout must be a finite number of seconds above 0; got {timeout_s!r}")
 
 
 def precheck(spec: KernelSpec, problem: Problem) -> Measurement | None:
@@ -27,8 +100,31 @@ def precheck(spec: KernelSpec, problem: Problem) -> Measurement | None:
         return Measurement("unavailable", reason)
     if reason := spec.available():
         return Measurement("unavailable", reason)
+    if reason := memory_reason(problem):
+        return Measurement("unsupported", reason)
     if reason := spec.supports(problem):
         return Measurement("unsupported", reason)
+    return None
+
+
+def memory_reason(problem: Problem, capacity: int | None = None) -> str | None:
+    """Why ``problem``'s tensors cannot fit the device's memory (``capacity`` bytes; default: this machine's), or
+    ``None``: refused before anything is allocated."""
+    capacity = envinfo.device_memory_bytes(problem.device) if capacity is None else capacity
+    need = min_input_bytes(
+        problem.batch,
+        problem.heads,
+        problem.seq_len,
+        problem.head_dim_qk,
+        problem.head_dim_v,
+        4 if problem.dtype == "float32" else 2,
+        problem.mode,
+    )
+    if capacity and need > capacity:
+        return (
+            f"the inputs{'' if problem.mode == 'fw' else ' and their gradients'} need at least {need / 1e9:.3g} GB; "
+            f"the {problem.device} device has {capacity / 1e9:.3g} GB"
+        )
     return None
 
 
@@ -64,26 +160,75 @@ def sweep(
     are timed by ``timer`` (one of ``bench.measure.TIMERS``).
 
     Each row is appended to ``out`` as soon as it is measured, so an interrupted sweep keeps its rows
-    and the same call resumes it. ``unavailable`` rows, and GPU rows timed by another timer, are measured
-    again on resume.
+    and the same call resumes it. ``unavailable`` rows, GPU rows timed by another timer and, with ``verify``,
+    ``ok`` rows without an error value are measured again on resume. ``out`` is checked before anything is
+    measured (``ValueError``: ``store.StoreError`` / ``store.SchemaError``). SIGINT, SIGTERM and SIGHUP stop the
+    workers and raise ``SweepInterrupted`` once the rows measured so far are in ``out``.
     """
     check_timer(timer)
+    check_timeout(timeout_s)
+    out = Path(out)
+    store.check_writable(out)
     console = console or Console(stderr=True)
-    done = set() if force else store.existing_keys(out, timer=timer)
-    todo = [(s, p) for s, p in configs if (s.name, *p.as_dict().values()) not in done]
-    skipped = len(configs) - len(todo)
-    if skipped:
-        console.print(f"[dim]resume: {skipped} of {len(configs)} configs already in {out}[/dim]")
+    remove_stale_logs()
+    rows: list[dict[str, object]] = []
+    with _Interrupts() as interrupts:
+        try:
+            try:
+                store.compact(out)
+                todo = _todo(configs, out, force, verify, timer)
+                skipped = len(configs) - len(todo)
+                if skipped:
+                    console.print(f"[dim]resume: {skipped} of {len(configs)} configs already in {out}[/dim]")
+                _run(todo, out, verify, timeout_s, timer, console, on_row, rows, interrupts)
+            finally:
+                interrupts.hold()  # a signal during the clean-up is remembered, not raised
+                with contextlib.suppress(OSError):
+                    store.compact(out)
+        except _Stop as stop:
+            raise SweepInterrupted(stop.signum, len(rows), out) from None
+        if interrupts.pending is not None:
+            raise SweepInterrupted(interrupts.pending, len(rows), out)
+    return rows
+
+
+def _todo(
+    configs: list[tuple[KernelSpec, Problem]], out: Path, force: bool, verify: bool, timer: str
+) -> list[tuple[KernelSpec, Problem]]:
+    """The configs to measure: those not in ``out`` (every one with ``force``); with ``verify`` also those whose
+    ``ok`` row has no error value, for kernels that have a reference."""
+    if force:
+        return list(configs)
+    done = store.existing_keys(out, timer=timer)
+    if verify:
+        verifiable = {s.name for s, _ in configs if s.reference is not None}
+        done -= {key for key in store.keys_without_error(out) if key[0] in verifiable}
+    return [(s, p) for s, p in configs if (s.name, *p.as_dict().values()) not in done]
+
+
+def _run(
+    todo: list[tuple[KernelSpec, Problem]],
+    out: Path,
+    verify: bool,
+    timeout_s: float,
+    timer: str,
+    console: Console,
+    on_row: Callable[[dict[str, object]], None] | None,
+    rows: list[dict[str, object]],
+    interrupts: _Interrupts,
+) -> None:
+    """Measure ``todo`` in workers (one per device, restarted per kernel), appending each row to ``out`` and to
+    ``rows`` as it is measured."""
     devices = {p.device for _, p in todo}
     meta = envinfo.collect(next(iter(devices)) if devices else "cpu")
     peaks: dict[str, tuple[float, float]] = {}
-    rows: list[dict[str, object]] = []
     workers: dict[str, KernelWorker] = {}
+    interrupted = True
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     try:
         with Progress(*columns, console=console, transient=False) as progress:
             bar = progress.add_task("sweep", total=len(todo))
-            for spec, problem in todo:
+            for index, (spec, problem) in enumerate(todo):
                 progress.update(
                     bar,
                     description=f"{spec.name} S={problem.seq_len} B={problem.batch} "
@@ -98,30 +243,29 @@ def sweep(
                     run_meta = envinfo.RunMetadata(
                         **{**meta.as_dict(), "peak_tflops": peak[0], "peak_bandwidth_gbs": peak[1]}
                     )
-                    worker = workers.setdefault(problem.device, KernelWorker(problem.device))
+                    if problem.device not in workers:
+                        workers[problem.device] = KernelWorker(problem.device)
+                    worker = workers[problem.device]
                     t0 = time.perf_counter()
                     m = worker.run(Task(spec.name, problem, verify, peak[0], timer), timeout_s)
                     if m.status in ("crash", "timeout"):
                         console.print(
                             f"[yellow]{spec.name} {problem}: {m.status} after {time.perf_counter() - t0:.0f} s[/yellow]"
                         )
-                    if m.status != "ok" or spec is not _next_spec(todo, spec, problem):
+                    following = todo[index + 1][0] if index + 1 < len(todo) else None
+                    if m.status != "ok" or spec is not following:
                         worker.stop(kill=m.status != "ok")  # a fresh process for the next kernel
                 row = make_row(spec, problem, m, run_meta)
-                store.append(out, [row], replace=True)  # one row per config: a retry replaces the old one
-                rows.append(row)
+                with interrupts.writing():
+                    store.append(out, [row], replace=True)  # one row per config: a retry replaces the old one
+                    rows.append(row)
                 if on_row:
                     on_row(row)
                 progress.advance(bar)
+        interrupted = False
     finally:
         for w in workers.values():
-            w.close()
-    return rows
-
-
-def _next_spec(todo: list[tuple[KernelSpec, Problem]], spec: KernelSpec, problem: Problem) -> KernelSpec | None:
-    idx = todo.index((spec, problem))
-    return todo[idx + 1][0] if idx + 1 < len(todo) else None
+            w.close(kill=interrupted)
 
 
 def fmt(value: object, spec: str = ".3g") -> str:

@@ -1,10 +1,22 @@
-"""The Parquet store: one schema, written down here; atomic appends; loading with a schema check."""
+"""The Parquet store: one schema, written down here; appends that any number of processes may make at once.
+
+A results file ``R.parquet`` holds the compacted rows. ``append`` never rewrites it: each call writes one immutable
+fragment into ``R.parquet.parts/`` (to a temporary name, then renamed, so a reader never sees half a fragment),
+so an append costs the same beside 10 rows or 10^5. ``load`` reads the file and its fragments as one table;
+``compact`` folds the fragments into the file (the sweep does so at its start and its end). A lock file beside
+the results (``.R.parquet.lock``, ``flock``) keeps the snapshot consistent: appends and reads share it, ``compact``
+takes it alone. A file with no fragments is read without the lock (it is only ever replaced by a rename), so
+results in a read-only place load as before.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import itertools
 import os
-import tempfile
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -64,10 +76,40 @@ COLUMNS = tuple(SCHEMA.names)
 # Columns added after the first results were written; files without them load with these filled in (every
 # earlier GPU row was timed by CUDA events, every CPU row by the wall clock; no host time was recorded).
 ADDED_COLUMNS = ("timer", "host_ms")
+# A fragment written by ``append(..., replace=True)`` says so in its Parquet metadata: its rows supersede every
+# earlier row with the same config key when the store is read or compacted.
+REPLACE_KEY = b"tfla_bench.replace"
+PARTS_SUFFIX = ".parts"
+_SEQUENCE = itertools.count()
 
 
 class SchemaError(ValueError):
-    """A file that is not a tfla-bench results file (missing columns)."""
+    """A file that is not a tfla-bench results file (missing columns, wrong types, not Parquet)."""
+
+
+class StoreError(ValueError):
+    """A results path that cannot be written (a folder, a folder that cannot be made or written)."""
+
+
+def parts_dir(path: str | Path) -> Path:
+    """The folder of ``path``'s fragments not yet compacted into it."""
+    path = Path(path)
+    return path.with_name(path.name + PARTS_SUFFIX)
+
+
+def lock_path(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_name(f".{path.name}.lock")
+
+
+@contextlib.contextmanager
+def _locked(path: Path, exclusive: bool) -> Iterator[None]:
+    with open(lock_path(path), "a+b") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def to_table(rows: Iterable[dict[str, object]]) -> pa.Table:
@@ -75,21 +117,20 @@ def to_table(rows: Iterable[dict[str, object]]) -> pa.Table:
     return pa.Table.from_pandas(frame, schema=SCHEMA, preserve_index=False)
 
 
-def load(path: str | Path) -> pd.DataFrame:
-    """Read a results file; ``FileNotFoundError`` or ``SchemaError`` with the path and what is wrong."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"results file {str(path)!r} does not exist")
+def _read_parquet(path: Path) -> pa.Table:
+    """One file read through one open handle (a second open could meet a file renamed over in between)."""
     try:
-        table = pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as err:
+        with open(path, "rb") as fh:
+            return pq.read_table(fh)
+    except (pa.ArrowException, OSError) as err:
+        if isinstance(err, FileNotFoundError):
+            raise
         raise SchemaError(f"{path} is not a Parquet file: {err}") from err
-    return _complete(table, path).to_pandas()
 
 
 def _complete(table: pa.Table, path: Path) -> pa.Table:
-    """``table`` in ``SCHEMA``'s columns, with ``ADDED_COLUMNS`` filled in for files written before them;
-    ``SchemaError`` when any other column is missing."""
+    """``table`` in ``SCHEMA``'s columns and types, with ``ADDED_COLUMNS`` filled in for files written before them;
+    ``SchemaError`` naming the column when one is missing or holds values of another type."""
     missing = [c for c in COLUMNS if c not in table.column_names]
     if [c for c in missing if c not in ADDED_COLUMNS]:
         raise SchemaError(f"{path} lacks the columns {', '.join(missing)}: not a tfla-bench results file")
@@ -98,7 +139,70 @@ def _complete(table: pa.Table, path: Path) -> pa.Table:
         table = table.append_column("timer", timers.cast(pa.string()))
     if "host_ms" in missing:
         table = table.append_column("host_ms", pa.nulls(len(table), pa.float64()))
-    return table.select(list(COLUMNS)).cast(SCHEMA)
+    columns = []
+    for field in SCHEMA:
+        column = table[field.name]
+        try:
+            columns.append(column.cast(field.type))
+        except (pa.ArrowException, ValueError) as err:
+            raise SchemaError(
+                f"{path}: column {field.name!r} holds {column.type}, expected {field.type} ({err})"
+            ) from err
+    return pa.Table.from_arrays(columns, schema=SCHEMA)
+
+
+def _fragments(path: Path) -> list[Path]:
+    parts = parts_dir(path)
+    if not parts.is_dir():
+        return []
+    return sorted(p for p in parts.iterdir() if p.suffix == ".parquet" and not p.name.startswith("."))
+
+
+def _fold(tables: list[tuple[pa.Table, bool]]) -> pa.Table:
+    """The tables in order as one; rows of a ``replace`` table drop the earlier rows with the same key."""
+    if not tables:
+        return SCHEMA.empty_table()
+    if not any(replace for _, replace in tables[1:]):
+        return pa.concat_tables([t for t, _ in tables])
+    frames = []
+    for seq, (table, replace) in enumerate(tables):
+        frame = table.to_pandas()
+        frames.append(frame.assign(_seq=seq, _replace=replace))
+    frame = pd.concat(frames, ignore_index=True)
+    keys = list(KEY_FIELDS)
+    cutoff = frame[frame._replace].groupby(keys, dropna=False)._seq.max().rename("_cutoff")
+    frame = frame.merge(cutoff, how="left", left_on=keys, right_index=True, sort=False)
+    keep = frame._cutoff.isna() | (frame._seq >= frame._cutoff)
+    frame = frame[keep].drop(columns=["_seq", "_replace", "_cutoff"])
+    return pa.Table.from_pandas(frame, schema=SCHEMA, preserve_index=False)
+
+
+def _snapshot(path: Path) -> tuple[pa.Table, list[Path]]:
+    """The compacted file and its fragments as one table, and the fragments read (call under the lock)."""
+    tables = [(_complete(_read_parquet(path), path), False)] if path.is_file() else []
+    fragments = _fragments(path)
+    for frag in fragments:
+        table = _read_parquet(frag)
+        replace = (table.schema.metadata or {}).get(REPLACE_KEY) == b"1"
+        tables.append((_complete(table, frag), replace))
+    return _fold(tables), fragments
+
+
+def load(path: str | Path) -> pd.DataFrame:
+    """Read a results file with its fragments; ``FileNotFoundError`` or ``SchemaError`` with the path and what is
+    wrong."""
+    path = Path(path)
+    if path.is_dir():
+        raise SchemaError(f"{str(path)!r} is a folder, not a results file")
+    if not path.is_file() and not parts_dir(path).is_dir():
+        raise FileNotFoundError(f"results file {str(path)!r} does not exist")
+    if not parts_dir(path).is_dir():
+        return _complete(_read_parquet(path), path).to_pandas()
+    try:
+        with _locked(path, exclusive=False):
+            return _snapshot(path)[0].to_pandas()
+    except PermissionError:  # a read-only place: nobody can be writing there
+        return _snapshot(path)[0].to_pandas()
 
 
 def key_of(row: dict[str, object] | pd.Series) -> tuple[object, ...]:
@@ -106,6 +210,12 @@ def key_of(row: dict[str, object] | pd.Series) -> tuple[object, ...]:
 
 
 RETRY_STATUSES = ("unavailable",)
+
+
+def exists(path: str | Path) -> bool:
+    """Whether ``path`` holds results: the file, or fragments not yet compacted into it."""
+    path = Path(path)
+    return path.is_file() or parts_dir(path).is_dir()
 
 
 def existing_keys(
@@ -116,7 +226,7 @@ def existing_keys(
     timed by another timer (a sweep with another timer measures them again; a row whose CUDA-graph capture
     failed, timed by events, is tried again too)."""
     path = Path(path)
-    if not path.exists():
+    if not exists(path):
         return set()
     frame = load(path)
     frame = frame[~frame.status.isin(retry)]
@@ -125,28 +235,87 @@ def existing_keys(
     return {tuple(r) for r in frame[list(KEY_FIELDS)].itertuples(index=False, name=None)}
 
 
-def append(path: str | Path, rows: list[dict[str, object]], replace: bool = False) -> None:
-    """Add ``rows`` to ``path`` atomically (write a temporary file, then rename over the old one).
+def keys_without_error(path: str | Path) -> set[tuple[object, ...]]:
+    """Config keys of ``ok`` rows in ``path`` that carry no error value because they were measured without
+    ``--verify`` (not those whose verification was skipped: their message says ``verify skipped``)."""
+    path = Path(path)
+    if not exists(path):
+        return set()
+    frame = load(path)
+    skipped = frame.message.fillna("").str.contains("verify skipped", regex=False)
+    frame = frame[(frame.status == "ok") & frame.error.isna() & ~skipped]
+    return {tuple(r) for r in frame[list(KEY_FIELDS)].itertuples(index=False, name=None)}
 
-    With ``replace``, earlier rows with the same config key are dropped first. A process killed at any
-    moment leaves either the old or the new file, both complete.
+
+def check_writable(path: str | Path) -> None:
+    """Raise ``StoreError`` (or ``SchemaError`` for a file that is not tfla-bench results) unless rows can be
+    appended to ``path``: checked before a sweep measures anything."""
+    path = Path(path)
+    if path.is_dir():
+        raise StoreError(f"{str(path)!r} is a folder; give a results file such as {str(path / 'results.parquet')!r}")
+    if exists(path):
+        load(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock_path(path), "a+b"):
+            pass
+        probe = path.with_name(f".{path.name}.{os.getpid()}.probe")
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise StoreError(f"cannot write results to {str(path)!r}: {err.strerror or err}") from err
+
+
+def _write_atomic(table: pa.Table, target: Path) -> None:
+    """Write ``table`` to a temporary name beside ``target`` and rename it over ``target``; the file's mode
+    follows the umask."""
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{next(_SEQUENCE)}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            pq.write_table(table, fh)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def append(path: str | Path, rows: list[dict[str, object]], replace: bool = False) -> None:
+    """Add ``rows`` to ``path`` as one new fragment; any number of processes may append at once.
+
+    With ``replace``, earlier rows with the same config key are superseded (dropped when read or compacted).
+    A process killed at any moment leaves every earlier append complete and this one either whole or absent.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    new = to_table(rows)
-    if path.exists():
-        old = _complete(pq.read_table(path), path)
-        if replace:
-            frame = old.to_pandas()
-            keys = pd.MultiIndex.from_tuples([key_of(r) for r in rows], names=KEY_FIELDS)
-            keep = ~pd.MultiIndex.from_frame(frame[list(KEY_FIELDS)]).isin(keys)
-            old = pa.Table.from_pandas(frame[keep], schema=SCHEMA, preserve_index=False)
-        new = pa.concat_tables([old, new])
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        pq.write_table(new, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    table = to_table(rows)
+    if not exists(path):  # the first rows become the file itself, so that it exists from the first append on
+        with _locked(path, exclusive=True):
+            if not exists(path):
+                _write_atomic(table, path)
+                return
+    table = table.replace_schema_metadata({REPLACE_KEY: b"1" if replace else b"0"})
+    with _locked(path, exclusive=False):
+        parts = parts_dir(path)
+        parts.mkdir(exist_ok=True)
+        name = f"{time.time_ns():020d}-{os.getpid()}-{next(_SEQUENCE):06d}.parquet"
+        _write_atomic(table, parts / name)
+
+
+def compact(path: str | Path) -> int:
+    """Fold ``path``'s fragments into the file itself (the file is replaced by a rename, the fragments removed);
+    returns how many fragments were folded. Waits for appends and reads in progress."""
+    path = Path(path)
+    if not parts_dir(path).is_dir():
+        return 0
+    with _locked(path, exclusive=True):
+        table, fragments = _snapshot(path)
+        if fragments:
+            _write_atomic(table, path)
+        parts = parts_dir(path)
+        for frag in fragments:
+            frag.unlink()
+        for stale in parts.glob(".*.tmp"):  # left by a writer killed mid-write; none can be writing now
+            stale.unlink()
+        with contextlib.suppress(OSError):
+            parts.rmdir()
+    return len(fragments)

@@ -70,6 +70,17 @@ def run_verify(kernels: list[str], device: str, dtype: str, timeout_s: float = 3
     return results
 
 
+def gate_failures(results: list[VerifyResult], allow_skipped: bool = False) -> list[str]:
+    """Why ``bench verify`` fails (empty: it passes): a kernel beyond its tolerance, or nothing verified at all
+    (every kernel skipped, unless ``allow_skipped``)."""
+    reasons = []
+    if failed := [r.kernel for r in results if r.status == "fail"]:
+        reasons.append(f"{len(failed)} failed ({', '.join(failed)})")
+    if not allow_skipped and not any(r.status == "pass" for r in results):
+        reasons.append("nothing was verified: every kernel was skipped (--allow-skipped accepts that)")
+    return reasons
+
+
 def verify_table(results: list[VerifyResult]) -> Table:
     table = Table(title="bench verify")
     for col in ("kernel", "dtype", "rel. error", "tolerance", "result", "message"):

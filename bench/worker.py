@@ -2,21 +2,31 @@
 
 One ``KernelWorker`` serves one kernel at a time in a spawned process (so CUDA and Triton state never
 leak between kernels) and is restarted after a crash or a timeout. The worker's stdout and stderr go
-to a log file; the tail of it becomes the message of a ``crash`` row.
+to a log file; the tail of it becomes the message of a ``crash`` row. A worker never outlives its sweep: it asks
+the kernel for ``SIGKILL`` when its parent dies (Linux ``PR_SET_PDEATHSIG``) and a watchdog thread exits when it
+finds itself orphaned (every POSIX system); Ctrl-C reaches the sweep, which stops its workers itself.
 """
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing as mp
 import os
 import signal
+import sys
 import tempfile
+import threading
+import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 
 from bench.measure import Measurement
 from bench.problem import Problem
+
+LOG_PREFIX = "bench-worker-"
+PR_SET_PDEATHSIG = 1
+WATCHDOG_PERIOD_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -28,7 +38,29 @@ class Task:
     timer: str = "events"
 
 
-def _serve(conn: Connection, log_path: str, env: dict[str, str]) -> None:  # pragma: no cover - child process
+def die_with_parent(parent_pid: int) -> None:  # pragma: no cover - child process
+    """Make this process end when ``parent_pid`` does: the kernel's parent-death signal where there is one, and a
+    watchdog thread that polls the parent (it also catches a parent that died before the signal was armed)."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(1)
+            time.sleep(WATCHDOG_PERIOD_S)
+
+    if os.getppid() != parent_pid:
+        os._exit(1)
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+
+
+def _serve(conn: Connection, log_path: str, env: dict[str, str], parent_pid: int) -> None:  # pragma: no cover
+    die_with_parent(parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the sweep handles Ctrl-C and stops its workers
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
@@ -63,6 +95,28 @@ def _signal_name(exitcode: int | None) -> str:
     return f"exit code {exitcode}"
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_logs(folder: str | Path | None = None) -> int:
+    """Delete worker logs whose sweep is gone (a sweep killed by ``SIGKILL`` cannot remove its own); returns how
+    many. A log is named ``bench-worker-<sweep pid>-<random>.log``."""
+    removed = 0
+    for log in Path(folder or tempfile.gettempdir()).glob(f"{LOG_PREFIX}*.log"):
+        pid = log.name[len(LOG_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            log.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 class KernelWorker:
     """A restartable worker process; ``run(task, timeout_s)`` always returns a ``Measurement``."""
 
@@ -71,12 +125,19 @@ class KernelWorker:
         self._ctx = mp.get_context("spawn")
         self._proc: mp.process.BaseProcess | None = None
         self._conn: Connection | None = None
-        self._log = Path(tempfile.mkstemp(prefix="bench-worker-", suffix=".log")[1])
+        fd, log = tempfile.mkstemp(prefix=f"{LOG_PREFIX}{os.getpid()}-", suffix=".log")
+        os.close(fd)
+        self._log = Path(log)
+
+    @property
+    def pid(self) -> int | None:
+        """The worker process's id while it runs."""
+        return self._proc.pid if self._proc is not None and self._proc.is_alive() else None
 
     def _start(self) -> None:
         parent, child = self._ctx.Pipe()
         self._proc = self._ctx.Process(
-            target=_serve, args=(child, str(self._log), worker_env(self.device)), daemon=True
+            target=_serve, args=(child, str(self._log), worker_env(self.device), os.getpid()), daemon=True
         )
         self._proc.start()
         child.close()
@@ -130,6 +191,7 @@ class KernelWorker:
             self._proc.join(5)
         self._proc = None
 
-    def close(self) -> None:
-        self.stop()
+    def close(self, kill: bool = False) -> None:
+        """Stop the worker (``kill``: at once, e.g. on an interrupt) and remove its log."""
+        self.stop(kill=kill)
         self._log.unlink(missing_ok=True)

@@ -21,13 +21,15 @@ def varying_axis(frame: pd.DataFrame) -> str:
 
 
 def speedups(frame: pd.DataFrame) -> pd.DataFrame:
-    """baseline runtime / our runtime for every shape both measured (> 1: ours is faster)."""
+    """baseline runtime / our runtime for every shape both measured, at the same chunk size where the baseline has
+    one (> 1: ours is faster)."""
     ok = frame[frame.status == "ok"]
     rows = []
     for ours in OURS:
         mine = ok[ok.kernel == ours]
         for _, m in mine.iterrows():
-            same = ok[(ok[SHAPE] == m[SHAPE]).all(axis=1) & ~ok.kernel.isin(OURS)]
+            same_chunk = (ok.chunk_size == m.chunk_size) | (ok.chunk_size == 0)  # chunkless kernels: any
+            same = ok[(ok[SHAPE] == m[SHAPE]).all(axis=1) & same_chunk & ~ok.kernel.isin(OURS)]
             for _, b in same.iterrows():
                 rows.append(
                     {
@@ -81,6 +83,16 @@ def _md_table(frame: pd.DataFrame, floatfmt: str = ".3g") -> str:
     return "\n".join(lines) + "\n"
 
 
+def runtime_table(ok: pd.DataFrame, x: str) -> pd.DataFrame:
+    """Median runtime per kernel (and chunk size, unless it is the x axis) and (mode, x) column; empty for no rows."""
+    if ok.empty:
+        return pd.DataFrame()
+    index = ["kernel"] if x == "chunk_size" else ["kernel", "chunk_size"]
+    pivot = ok.pivot_table(index=index, columns=["mode", x], values="runtime_ms").round(3)
+    pivot.columns = [f"{m} {x}={v}" for m, v in pivot.columns]
+    return pivot.reset_index()
+
+
 def write_report(frame: pd.DataFrame, source: str, out: str | Path) -> Path:
     """Write ``out`` (Markdown) and its figures beside it; returns the Markdown path."""
     out = Path(out)
@@ -91,12 +103,10 @@ def write_report(frame: pd.DataFrame, source: str, out: str | Path) -> Path:
         if frame[metric].notna().any():
             paths = save(plot_lines(frame, x, metric, hue="kernel", col="mode"), fig_dir, f"{metric}_vs_{x}")
             figures.append((metric, paths[0]))
-    meta = frame.iloc[0]
     env = {k: _distinct(frame[k]) for k in ENV_KEYS}
-    env["packages"] = ", ".join(f"{k} {v}" for k, v in json.loads(meta.packages or "{}").items())
+    packages = json.loads(frame.packages.dropna().iloc[0]) if frame.packages.notna().any() else {}
+    env["packages"] = ", ".join(f"{k} {v}" for k, v in packages.items())
     ok = frame[frame.status == "ok"]
-    pivot = ok.pivot_table(index=["kernel", "chunk_size"], columns=["mode", x], values="runtime_ms").round(3)
-    pivot.columns = [f"{m} {x}={v}" for m, v in pivot.columns]
     failures = frame[frame.status != "ok"][["kernel", "mode", x, "status", "message"]].drop_duplicates(
         ["kernel", "status"]
     )
@@ -117,7 +127,7 @@ def write_report(frame: pd.DataFrame, source: str, out: str | Path) -> Path:
         "",
         "## Runtime [ms] (median)",
         "",
-        _md_table(pivot.reset_index()),
+        _md_table(runtime_table(ok, x)),
         "## Our kernels against each baseline",
         "",
         "speed-up = baseline runtime / our runtime (> 1: ours is faster), same problem.",

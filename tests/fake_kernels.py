@@ -59,3 +59,12 @@ register(_spec("raise", _raise))
 register(_spec("oom", _oom))
 register(_spec("unsupported", _ok, supports=lambda p: "seq_len too long" if p.seq_len > 64 else None))
 register(_spec("unavailable", _ok, available=lambda: "package 'nothing' is not installed"))
+
+
+def _cpu_oom(x):  # noqa: ANN001, ANN202
+    import torch
+
+    return torch.empty(1 << 50, dtype=torch.uint8)  # 1 PiB: the host allocator refuses
+
+
+register(_spec("cpu_oom", _cpu_oom))

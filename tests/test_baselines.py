@@ -128,4 +128,34 @@ def test_fla_caveat_on_hopper_with_old_triton(monkeypatch) -> None:  # noqa: ANN
         assert spec.supports(PAPER.with_(mode="fw")) is None
     monkeypatch.setattr(triton, "__version__", "3.7.1")
     for spec in map(get, names):
-        assert spec.caveat() is None
+        assert spec.caveat() is None and spec.supports(PAPER.with_(mode="fwbw")) is None
+
+
+def test_flash_attention_rows_say_which_package_and_gpu_they_need(monkeypatch) -> None:  # noqa: ANN001
+    import sys
+    import types
+
+    from baselines import flash_attn
+
+    assert flash_attn.fa4_head_dims(128, 9, "fwbw") is None and flash_attn.fa4_head_dims(256, 9, "bw") is None
+    assert flash_attn.fa4_head_dims(512, 9, "fw") == "FlashAttention-4 supports head dims 8..256 on sm_90; got 512"
+    assert "8..128 and 256 on sm_100" in str(flash_attn.fa4_head_dims(192, 10, "fw"))
+    assert flash_attn.fa2_head_dims(128, 8, "fw") is None
+    fa3 = next(v for v in flash_attn.VERSIONS if v.name == "fa3")
+    monkeypatch.setattr(flash_attn, "_capability", lambda: 8)
+    assert flash_attn._gpu_reason(fa3) == "FA3 runs on sm_90; this GPU is sm_80"
+    monkeypatch.setattr(flash_attn, "_capability", lambda: 9)
+    assert flash_attn._gpu_reason(fa3) is None
+    assert (
+        get("flash_attn.fa4").supports(PAPER.with_(dtype="float32"))
+        == "FlashAttention supports float16 and bfloat16 only"
+    )
+    # FA3 and FA4 return (out, lse): the harness times and differentiates the first item
+    fake = types.ModuleType("flash_attn_interface")
+    fake.flash_attn_func = lambda q, k, v, causal: (q + k + v, torch.zeros(1))
+    monkeypatch.setitem(sys.modules, "flash_attn_interface", fake)
+    from bench.measure import first_output
+
+    x = torch.ones(1, 4, 2, 128)
+    assert torch.equal(first_output(get("flash_attn.fa3").fn(x, x, x)), 3 * x)
+    assert get("flash_attn.fa2").available() == "package 'flash_attn' is not installed"

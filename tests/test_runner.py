@@ -137,3 +137,63 @@ def test_a_graph_capture_failure_falls_back_to_events_with_a_note(monkeypatch: p
     timing, used, note = measure._time_gpu(lambda: None, [], "cudagraph")
     assert (timing.median_ms, used) == (2.0, "events")
     assert note.startswith("cudagraph capture failed (RuntimeError: operation not permitted")
+
+
+def test_verify_on_a_resume_fills_in_the_missing_errors(tmp_path: Path) -> None:
+    """Rows measured without --verify get their error on a --verify resume; rows that have one stay."""
+    out = tmp_path / "r.parquet"
+    configs = _grid("fake.ok", seq_len=(32, 64)).configs()
+    sweep(configs, out)
+    assert store.load(out).error.isna().all()
+    again = sweep(configs, out, verify=True)
+    assert [r["seq_len"] for r in again] == [32, 64]
+    frame = store.load(out)
+    assert len(frame) == 2 and (frame.error < 1e-6).all()
+    assert sweep(configs, out, verify=True) == []
+
+
+def test_one_worker_per_device_and_no_log_left(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
+    from bench import runner as runner_module
+    from bench.worker import KernelWorker
+
+    made: list[KernelWorker] = []
+
+    class Counted(KernelWorker):
+        def __init__(self, device: str) -> None:
+            super().__init__(device)
+            made.append(self)
+
+    monkeypatch.setattr(runner_module, "KernelWorker", Counted)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    rows = sweep(_grid("fake.ok", "fake.raise", seq_len=(32, 64)).configs(), tmp_path / "r.parquet")
+    assert [r["status"] for r in rows] == ["ok", "ok", "error", "error"]
+    assert len(made) == 1
+    assert not list(tmp_path.glob("bench-worker-*.log"))
+
+
+def test_a_failed_host_allocation_is_oom(tmp_path: Path) -> None:
+    rows = sweep(_grid("fake.cpu_oom").configs(), tmp_path / "r.parquet")
+    assert rows[0]["status"] == "oom", rows[0]["message"]
+    assert "can't allocate memory" in str(rows[0]["message"])
+
+
+def test_inputs_larger_than_the_device_are_refused_before_allocating(tmp_path: Path) -> None:
+    from bench.problem import Problem
+    from bench.runner import memory_reason
+
+    p = Problem(1, 2, 2**21, 32, 32, dtype="float32", device="cpu")  # q, k, v: 2 * 2**21 * 96 * 4 bytes
+    assert memory_reason(p, capacity=10**12) is None
+    assert memory_reason(p, capacity=10**9) == "the inputs need at least 1.61 GB; the cpu device has 1 GB"
+    fwbw = memory_reason(p.with_(mode="fwbw"), capacity=10**9)
+    assert fwbw == "the inputs and their gradients need at least 3.22 GB; the cpu device has 1 GB"
+    rows = sweep(_grid("fake.ok", seq_len=(2**30,)).configs(), tmp_path / "r.parquet")  # 206 GB of inputs
+    assert rows[0]["status"] == "unsupported" and "need at least" in str(rows[0]["message"])
+
+
+def test_a_bad_timeout_is_refused_before_any_work(tmp_path: Path) -> None:
+    for bad in (0, -1, float("nan"), float("inf"), "5"):
+        with pytest.raises(ValueError, match="timeout must be a finite number of seconds above 0"):
+            sweep(_grid("fake.ok").configs(), tmp_path / "r.parquet", timeout_s=bad)  # type: ignore[arg-type]
+    assert not (tmp_path / "r.parquet").exists()

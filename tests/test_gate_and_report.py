@@ -1,0 +1,143 @@
+"""The gate fails when it checked nothing; `bench report` on chunk-size, empty and all-failed files, never over
+its input; `bench verify` with nothing to verify."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from bench import store
+from bench.registry import cuda_reason
+from cli import app
+from tests.rows import result_row
+
+runner = CliRunner()
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _ok(seq_len: int, ms: float = 10.0, **fields: object) -> dict[str, object]:
+    return result_row(
+        seq_len=seq_len, tokens=seq_len, runtime_ms=ms, runtime_p20_ms=ms * 0.99, runtime_p80_ms=ms * 1.01,
+        peak_mem_bytes=1000, timer="events", **fields,
+    )  # fmt: skip
+
+
+@pytest.fixture()
+def baseline(tmp_path: Path) -> Path:
+    path = tmp_path / "base.parquet"
+    store.append(path, [_ok(s) for s in range(1, 21)])
+    return path
+
+
+def _check(current: Path, baseline: Path, *args: str):  # noqa: ANN202
+    return runner.invoke(app, ["check", str(current), "--baseline", str(baseline), *args])
+
+
+def test_an_empty_run_is_unusable_input(tmp_path: Path, baseline: Path) -> None:
+    empty = tmp_path / "empty.parquet"
+    store.append(empty, [])
+    result = _check(empty, baseline)
+    assert result.exit_code == 2, result.output
+    assert "has no rows: nothing to compare" in _flat(result.output)
+
+
+def test_a_partial_run_fails_unless_allowed(tmp_path: Path, baseline: Path) -> None:
+    partial = tmp_path / "partial.parquet"
+    store.append(partial, [_ok(1), _ok(2)])
+    result = _check(partial, baseline)
+    assert result.exit_code == 1, result.output
+    assert "18 baseline configs missing from the current run" in _flat(result.output)
+    assert _check(partial, baseline, "--allow-missing").exit_code == 0
+
+
+def test_a_run_sharing_no_config_with_the_baseline_fails(tmp_path: Path, baseline: Path) -> None:
+    other = tmp_path / "other.parquet"
+    store.append(other, [_ok(s) for s in (100, 200)])
+    result = _check(other, baseline, "--allow-missing")
+    assert result.exit_code == 1, result.output
+    assert "nothing was compared" in _flat(result.output)
+
+
+@pytest.mark.parametrize("metric", ["", ",", " "])
+def test_an_empty_metric_list_is_unusable_input(baseline: Path, metric: str) -> None:
+    result = _check(baseline, baseline, "--metric", metric)
+    assert result.exit_code == 2, result.output
+    assert "--metric must name at least one of runtime_ms, peak_mem_bytes, tflops" in _flat(result.output)
+
+
+def test_a_full_run_still_passes(baseline: Path) -> None:
+    assert _check(baseline, baseline).exit_code == 0
+
+
+@pytest.mark.skipif(cuda_reason() is None, reason="needs a machine without a GPU")
+def test_verify_on_cuda_without_a_gpu_is_unusable_input() -> None:
+    result = runner.invoke(app, ["verify", "--device", "cuda"])
+    assert result.exit_code == 2, result.output
+    assert "--device cuda: no CUDA GPU visible" in _flat(result.output)
+    bad = runner.invoke(app, ["verify", "--device", "tpu"])
+    assert bad.exit_code == 2 and "--device must be one of cuda, cpu; got 'tpu'" in _flat(bad.output)
+
+
+def test_verify_with_every_kernel_skipped_fails_unless_allowed() -> None:
+    args = ["verify", "--kernels", "sdpa.flash,sdpa.cudnn", "--device", "cpu"]  # both run on cuda only
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.output
+    assert "nothing was verified: every kernel was skipped" in _flat(result.output)
+    assert runner.invoke(app, [*args, "--allow-skipped"]).exit_code == 0
+
+
+def _chunk_rows() -> list[dict[str, object]]:
+    rows = []
+    for kernel in ("tfla.mlstm_sig", "mlstm_kernels.xl_chunk_siging"):
+        for mode in ("fw", "fwbw"):
+            for chunk in (64, 128, 256):
+                rows.append(_ok(8192, ms=chunk / 64, kernel=kernel, mode=mode, chunk_size=chunk, batch=8))
+    return rows
+
+
+def test_report_on_a_chunk_size_sweep(tmp_path: Path) -> None:
+    results = tmp_path / "chunksize.parquet"
+    store.append(results, _chunk_rows())
+    result = runner.invoke(app, ["report", str(results)])
+    assert result.exit_code == 0, result.output
+    page = results.with_suffix(".md").read_text()
+    assert "| kernel | fw chunk_size=64 | fw chunk_size=128 |" in page
+    assert "| tfla.mlstm_sig | 1 | 2 | 4 | 1 | 2 | 4 |" in page
+    assert "| tfla.mlstm_sig | mlstm_kernels.xl_chunk_siging | fw | 1 | 1 | 1 |" in page
+
+
+def test_report_on_an_empty_file_and_on_one_whose_rows_all_failed(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.parquet"
+    store.append(empty, [])
+    result = runner.invoke(app, ["report", str(empty)])
+    assert result.exit_code == 0, result.output
+    assert "0 rows, 0 ok." in empty.with_suffix(".md").read_text()
+    failed = tmp_path / "failed.parquet"
+    store.append(failed, [result_row(seq_len=s, status="oom", message="CUDA out of memory") for s in (1024, 2048)])
+    result = runner.invoke(app, ["report", str(failed)])
+    assert result.exit_code == 0, result.output
+    page = failed.with_suffix(".md").read_text()
+    assert "2 rows, 0 ok." in page and "CUDA out of memory" in page
+
+
+def test_report_never_writes_over_results(tmp_path: Path) -> None:
+    results = tmp_path / "r.parquet"
+    store.append(results, _chunk_rows())
+    other = tmp_path / "other.parquet"
+    store.append(other, _chunk_rows()[:1])
+    before = results.read_bytes(), other.read_bytes()
+    for out, message in (
+        (results, "is the results file itself"),
+        (other, "is a Parquet file"),
+        (tmp_path, "is a folder"),
+    ):
+        result = runner.invoke(app, ["report", str(results), "--out", str(out)])
+        assert result.exit_code == 2, result.output
+        assert message in _flat(result.output)
+    assert (results.read_bytes(), other.read_bytes()) == before
+    assert len(store.load(results)) == 12
