@@ -235,9 +235,7 @@ def verify(
 @app.command()
 def check(
     current: Annotated[Optional[Path], typer.Argument(help="results of the run to check (omit with --run)")] = None,
-    baseline: Annotated[Path, typer.Option(help="results of the reference run")] = Path(
-        "results/h100/ci-baseline.parquet"
-    ),
+    baseline: Annotated[Optional[Path], typer.Option(help="results of the reference run")] = None,
     threshold: Annotated[str, typer.Option(help="slow-down that counts, e.g. 5% or 0.05")] = "5%",
     metric: Annotated[
         str, typer.Option(help="comma-separated: runtime_ms, peak_mem_bytes, tflops")
@@ -267,6 +265,8 @@ def check(
     if bad := [m for m in metrics if m not in chk.METRICS]:
         _fail(f"--metric must be among {', '.join(chk.METRICS)}; got {', '.join(bad)}")
     _check_timer(timer)
+    if baseline is None:
+        _fail("give --baseline RESULTS: the reference run to compare with")
     if run is not None:
         try:  # refuse before spending minutes on the run
             chk.load_pair(baseline, baseline, allow_different_device=True)

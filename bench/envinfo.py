@@ -12,7 +12,17 @@ import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-PACKAGES = ("torch", "triton", "mlstm_kernels", "fla-core", "mamba_ssm", "flash_attn", "causal-conv1d")
+PACKAGES = (
+    "torch",
+    "triton",
+    "mlstm_kernels",
+    "fla-core",
+    "mamba_ssm",
+    "flash_attn",
+    "flash-attn-4",
+    "nvidia-cutlass-dsl",
+    "causal-conv1d",
+)
 ROOT = Path(__file__).resolve().parent.parent
 
 

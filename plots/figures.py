@@ -16,7 +16,7 @@ import pandas as pd
 
 from plots.lines import plot_lines, save
 from plots.paper import FIGURES as PAPER_FIGURES
-from plots.paper import load_paper
+from plots.paper import load_paper, same_shape
 
 
 def _label_chunks(frame: pd.DataFrame) -> pd.DataFrame:
@@ -32,6 +32,8 @@ def _match_reference(reference: pd.DataFrame | None, frame: pd.DataFrame) -> pd.
     if reference is None:
         return None
     ref = reference[reference.kernel.isin(frame[frame.status == "ok"].kernel.unique())]
+    if "paper_params" in ref:  # the paper's numbers: only the curves measured at the figure's shape
+        ref = ref[same_shape(ref, frame)]
     chunks = set(frame.chunk_size.unique())
     ref = ref[
         (ref.chunk_size == 0) | ref.chunk_size.isin(chunks) | ~ref.kernel.isin(frame[frame.chunk_size > 0].kernel)
@@ -150,7 +152,9 @@ def load_reference(spec: str | None, figure: str) -> pd.DataFrame | None:
         return pd.DataFrame(rows)
     from bench.store import load
 
-    return load(path)
+    frame = load(path)
+    gpus = ", ".join(sorted(frame.gpu_name.dropna().unique()))
+    return frame.assign(source_label=f"{path.name}, {gpus}" if gpus else path.name)
 
 
 def render(name: str, frame: pd.DataFrame, out: str | Path, reference: str | None = None) -> list[Path]:

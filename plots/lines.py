@@ -89,7 +89,8 @@ def draw(
     if reference is not None and y in reference:
         for key, group in reference.dropna(subset=[y]).groupby(hue, sort=True):
             g = group.groupby(x)[y].median().sort_index() / scale
-            ax.plot(g.index, g.values, ls="--", lw=1, color=colors.get(key), label=f"{key} (reference)")
+            source = group.source_label.iloc[0] if "source_label" in group else "reference"
+            ax.plot(g.index, g.values, ls="--", lw=1, color=colors.get(key), label=f"{key} ({source})")
     failed = frame[frame.status.isin(FAILED)]
     if len(ok) and len(failed):
         top = ok[y].max() / scale * 1.5

@@ -24,6 +24,7 @@ NAMES = {
     "mamba2_noconv": "mamba.mamba2_noconv",
 }
 FIGURES = {"consttoken": "seq_len", "headdim": "head_dim_v"}
+SOURCE_LABEL = "paper, H100"  # the legend's words for the overlay: whose numbers, measured on which GPU
 
 
 def parse_column(name: str) -> dict[str, object]:
@@ -66,4 +67,41 @@ def load_paper(figure: str, directory: Path = PAPER_DIR) -> pd.DataFrame:
     out.columns.name = None
     out["status"] = "ok"
     out["source"] = "paper"
+    out["source_label"] = SOURCE_LABEL
     return out
+
+
+def _shape_of(params: str) -> tuple[int, int, int] | None:
+    """``(nh, hdq, hdv)`` of a paper column's parameters, or ``None`` where the file does not record them."""
+    found = dict(re.findall(r"(nh|hdq|hdv)-(\d+)", params or ""))
+    return (int(found["nh"]), int(found["hdq"]), int(found["hdv"])) if len(found) == 3 else None
+
+
+def paper_shape(kernel: str, heads: int, head_dim_qk: int, head_dim_v: int) -> tuple[int, int, int]:
+    """The ``(nh, hdq, hdv)`` under which the paper lists ``kernel`` run on the mLSTM problem of this shape, with
+    this harness's mappings (``baselines/shapes.py``): attention heads of 128 at the same width, Mamba's d_inner
+    ``2 * width`` and state 16, Mamba2 heads of 64 with state 64; mLSTM and GLA kernels the problem's own heads."""
+    from baselines import shapes
+
+    width = heads * head_dim_v
+    if kernel.startswith(("sdpa.", "flash_attn.")):
+        d = shapes.ATTENTION_HEAD_DIM
+        return width // d, d, d
+    if kernel == "mamba.mamba":
+        return 1, shapes.MAMBA_STATE, shapes.MAMBA_EXPAND * width
+    if kernel.startswith("mamba.mamba2"):
+        d = shapes.MAMBA2_HEAD_DIM
+        return shapes.MAMBA_EXPAND * width // d, shapes.MAMBA2_STATE, d
+    return heads, head_dim_qk, head_dim_v
+
+
+def same_shape(reference: pd.DataFrame, frame: pd.DataFrame) -> pd.Series:
+    """For each paper row, whether the paper measured it at a shape of ``frame`` (rows whose file records no shape,
+    such as the head-dim sweep's, are matched by their x value alone and kept)."""
+    shapes = set(zip(frame.heads, frame.head_dim_qk, frame.head_dim_v)) if len(frame) else set()
+
+    def keep(row: pd.Series) -> bool:
+        recorded = _shape_of(row.get("paper_params", ""))
+        return recorded is None or any(recorded == paper_shape(row.kernel, *s) for s in shapes)
+
+    return reference.apply(keep, axis=1).astype(bool) if len(reference) else pd.Series([], dtype=bool)

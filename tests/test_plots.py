@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from bench import store
 from cli import app
-from plots.figures import RECIPES, render
+from plots.figures import RECIPES, _label_chunks, render
 from plots.lines import plot_lines
 from plots.paper import load_paper, parse_column
 from plots.report import speedups, write_report
@@ -186,3 +186,26 @@ def test_cli_plot_and_bad_options(consttoken_file: Path, tmp_path: Path) -> None
     assert fig.exit_code == 2 and "unknown figure 'nope'; allowed: consttoken" in " ".join(fig.output.split())
     both = runner.invoke(app, ["figures", "consttoken"])
     assert both.exit_code == 2 and "exactly one of --run or --from" in both.output
+
+
+def test_the_paper_overlay_draws_only_curves_of_the_figures_shape(consttoken_file: Path) -> None:
+    """The paper measured mLSTM and GLA kernels at NH 16, DHQK 128, DHHV 256: a figure at the 7B shape (NH 8,
+    DHQK 256, DHHV 512, the same width) overlays only the attention and Mamba curves, whose mapped shapes match;
+    the legend names the paper's H100."""
+    from plots.figures import _match_reference
+    from plots.paper import paper_shape
+
+    paper = load_paper("consttoken")
+    frame = store.load(consttoken_file)
+    b7 = frame.assign(heads=8, head_dim_qk=256, head_dim_v=512)
+    at_7b = _match_reference(paper, b7)
+    assert set(at_7b.kernel) == {"sdpa.cudnn"}  # of the run's kernels, only attention has the 7B shape's curve
+    at_paper = _match_reference(paper, frame)
+    assert set(at_paper.kernel) == {"sdpa.cudnn", "mlstm_kernels.xl_chunk_siging"}
+    assert set(at_paper.source_label) == {"paper, H100"}
+    assert paper_shape("mamba.mamba", 16, 128, 256) == (1, 16, 8192)  # the paper's d_inner 8192 curve, not 4096
+    assert paper_shape("mamba.mamba2", 8, 256, 512) == (128, 64, 64)
+    fig = plot_lines(_label_chunks(frame), "seq_len", "runtime_ms", hue="series", col="mode", reference=at_paper)
+    labels = {t.get_text() for ax in fig.axes for t in (ax.get_legend().get_texts() if ax.get_legend() else [])}
+    labels |= {t.get_text() for legend in fig.legends for t in legend.get_texts()}
+    assert any(label.endswith("(paper, H100)") for label in labels), labels
