@@ -248,9 +248,18 @@ def check(
     run: Annotated[Optional[str], typer.Option(help="run this preset first, then check its results")] = None,
     out: Annotated[Optional[Path], typer.Option(help="with --run: where the new results go")] = None,
     timer: Annotated[str, typer.Option(help="with --run: " + TIMER_HELP)] = "events",
+    against: Annotated[
+        Optional[str],
+        typer.Option(help="git ref: measure --run PRESET on that commit and on this tree, interleaved, and compare"),
+    ] = None,
+    rounds: Annotated[int, typer.Option(help="with --against: rounds per config and side (order A B, B A, ...)")] = 2,
+    kernels: Annotated[Optional[str], typer.Option(help="with --run: only these kernels (names or globs)")] = None,
+    timeout: Annotated[
+        float, typer.Option(help="with --against: seconds per measurement before its worker is killed")
+    ] = 300.0,
 ) -> None:
     """Compare a run with a baseline; exit 0 when it passes, 1 on a regression, a missing config or nothing compared,
-    2 on unusable input."""
+    2 on unusable input. ``--against REF --run PRESET`` measures both commits on this machine now instead."""
     from bench import check as chk
 
     if format not in ("table", "markdown", "json"):
@@ -265,20 +274,26 @@ def check(
     if bad := [m for m in metrics if m not in chk.METRICS]:
         _fail(f"--metric must be among {', '.join(chk.METRICS)}; got {', '.join(bad)}")
     _check_timer(timer)
-    if baseline is None:
-        _fail("give --baseline RESULTS: the reference run to compare with")
-    if run is not None:
+    if against is not None:
+        cur, base, current, baseline = _against(against, run, baseline, out, rounds, kernels, timeout, timer)
+    elif baseline is None:
+        _fail("give --baseline RESULTS (the reference run) or --against REF --run PRESET")
+    elif run is not None:
         try:  # refuse before spending minutes on the run
             chk.load_pair(baseline, baseline, allow_different_device=True)
         except chk.CheckInputError as e:
             _fail(f"--baseline: {e}")
         current = out or Path("results") / f"{Path(run).stem}-check.parquet"
         _check_out(current)
-        _run_preset(run, current, force=True, timer=timer)
-    if current is None:
-        _fail("give the CURRENT results file or --run PRESET")
+        _run_preset(run, current, force=True, timer=timer, kernels=kernels)
+    if against is None:
+        if current is None:
+            _fail("give the CURRENT results file or --run PRESET")
+        try:
+            cur, base = chk.load_pair(current, baseline, allow_different_device)
+        except chk.CheckInputError as e:
+            _fail(str(e))
     try:
-        cur, base = chk.load_pair(current, baseline, allow_different_device)
         results = chk.compare(cur, base, limit, metrics)
     except chk.CheckInputError as e:
         _fail(str(e))
@@ -311,16 +326,62 @@ def check(
         raise typer.Exit(1)
 
 
-def _run_preset(preset: str, out: Path, force: bool = False, timer: str = "events") -> None:
-    """Sweep a preset into ``out`` (for ``check --run`` and ``figures --run``); exit 2 on a bad preset."""
+def _preset_configs(preset: str, kernels: Optional[str] = None) -> list:
+    """The (spec, problem) pairs of ``preset`` (only ``kernels`` where given); exit 2 on a bad preset."""
     from bench.grid import load_preset
 
     try:
-        configs = load_preset(preset).configs()
+        return load_preset(preset).with_overrides(kernels=_strs(kernels, "kernels")).configs()
     except ValueError as e:
         _fail(str(e))
+    return []
+
+
+def _run_preset(
+    preset: str, out: Path, force: bool = False, timer: str = "events", kernels: Optional[str] = None
+) -> None:
+    """Sweep a preset into ``out`` (for ``check --run`` and ``figures --run``); exit 2 on a bad preset."""
+    configs = _preset_configs(preset, kernels)
     _check_out(out)
     _sweep_or_exit(configs, out, force=force, timer=timer)
+
+
+def _against(
+    ref: str,
+    run: Optional[str],
+    baseline: Optional[Path],
+    out: Optional[Path],
+    rounds: int,
+    kernels: Optional[str],
+    timeout: float,
+    timer: str,
+) -> tuple:
+    """``check --against``: A/B of ``ref`` (A) and this tree (B) on ``run``'s configs into ``out``; returns the
+    combined rows of B and A and their labels. Exit 2 on unusable input, before anything is measured."""
+    from bench import ab, envinfo, store
+
+    if run is None:
+        _fail("--against needs --run PRESET: the configs to measure on both commits")
+    if baseline is not None:
+        _fail("give --baseline or --against, not both")
+    if rounds < 1:
+        _fail(f"--rounds must be a positive integer; got {rounds}")
+    _check_timeout(timeout)
+    configs = _preset_configs(run, kernels)
+    path = out or Path("results") / f"{Path(run).stem}-ab.parquet"
+    if store.exists(path):
+        _fail(f"--out {str(path)!r} exists: an A/B run writes a new file (never over earlier rows)")
+    _check_out(path)
+    try:
+        commit = ab.resolve_ref(ref)
+        with ab.worktree(commit) as tree:
+            sides = (ab.Side("A", tree, commit), ab.Side("B", envinfo.ROOT, envinfo._git_commit()))
+            ab.ab_sweep(configs, sides, path, rounds=rounds, timeout_s=timeout, timer=timer)
+    except ValueError as e:
+        _fail(str(e))
+    frame = store.load(path)
+    err.print(f"A/B rows: {path} (A = {ref} {commit[:12]}, B = this tree)")
+    return ab.combine(frame, "B"), ab.combine(frame, "A"), f"this tree ({path})", f"{ref} ({commit[:12]})"
 
 
 def _check_timer(timer: str) -> None:

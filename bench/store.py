@@ -70,12 +70,17 @@ SCHEMA = pa.schema(
         ("packages", pa.string()),
         ("peak_tflops", pa.float64()),
         ("peak_bandwidth_gbs", pa.float64()),
+        # same-machine A/B (``bench check --against``): which tree measured the row (A: the ref, B: this tree), and
+        # in which round; empty for plain sweeps
+        ("side", pa.string()),
+        ("round", pa.int64()),
     ]
 )
 COLUMNS = tuple(SCHEMA.names)
 # Columns added after the first results were written; files without them load with these filled in (every
-# earlier GPU row was timed by CUDA events, every CPU row by the wall clock; no host time was recorded).
-ADDED_COLUMNS = ("timer", "host_ms")
+# earlier GPU row was timed by CUDA events, every CPU row by the wall clock; no host time was recorded; no row was
+# an A/B side).
+ADDED_COLUMNS = ("timer", "host_ms", "side", "round")
 # A fragment written by ``append(..., replace=True)`` says so in its Parquet metadata: its rows supersede every
 # earlier row with the same config key when the store is read or compacted.
 REPLACE_KEY = b"tfla_bench.replace"
@@ -137,8 +142,9 @@ def _complete(table: pa.Table, path: Path) -> pa.Table:
     if "timer" in missing:
         timers = pc.if_else(pc.equal(table["device"], "cuda"), "events", "wall")
         table = table.append_column("timer", timers.cast(pa.string()))
-    if "host_ms" in missing:
-        table = table.append_column("host_ms", pa.nulls(len(table), pa.float64()))
+    for name in ("host_ms", "side", "round"):
+        if name in missing:
+            table = table.append_column(name, pa.nulls(len(table), SCHEMA.field(name).type))
     columns = []
     for field in SCHEMA:
         column = table[field.name]

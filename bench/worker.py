@@ -10,6 +10,7 @@ finds itself orphaned (every POSIX system); Ctrl-C reaches the sweep, which stop
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import multiprocessing as mp
 import os
 import signal
@@ -79,9 +80,66 @@ def _serve(conn: Connection, log_path: str, env: dict[str, str], parent_pid: int
         conn.send(measure(spec, task.problem, check=task.verify, peak_tflops=task.peak_tflops, timer=task.timer))
 
 
+# Top-level packages of a tfla-bench tree: a worker serving another tree (``root``) imports these from there.
+TREE_PACKAGES = ("bench", "kernels", "baselines", "plots", "cli", "tests")
+
+
+def _serve_tree(conn: Connection, log_path: str, env: dict[str, str], parent_pid: int, root: str) -> None:
+    """``_serve`` for the tree at ``root`` (e.g. another commit's worktree): its registry, kernels and ``measure``
+    replace this tree's in the process. Tasks and results travel as plain dicts, so trees of other versions
+    (another ``Measurement`` or ``Task``) can serve."""  # pragma: no cover - child process
+    die_with_parent(parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.environ.update(env)
+    for name in [m for m in sys.modules if m.split(".")[0] in TREE_PACKAGES]:
+        del sys.modules[name]
+    sys.path.insert(0, root)
+    os.chdir(root)
+    import dataclasses
+
+    from bench import registry  # the tree's own
+    from bench.measure import measure
+    from bench.problem import Problem as TreeProblem
+
+    while True:
+        try:
+            task = conn.recv()
+        except EOFError:
+            return
+        if task is None:
+            return
+        spec = registry.get(task["kernel"])
+        problem = TreeProblem(**task["problem"])
+        options = {"check": task["verify"], "peak_tflops": task["peak_tflops"]}
+        try:
+            m = measure(spec, problem, timer=task["timer"], **options)
+        except TypeError:  # a tree from before the timer option
+            m = measure(spec, problem, **options)
+        conn.send(dataclasses.asdict(m))
+
+
 def worker_env(device: str) -> dict[str, str]:
     """Environment of a worker: Triton's interpreter for CPU problems."""
     return {"TRITON_INTERPRET": "1"} if device == "cpu" else {}
+
+
+def _task_dict(task: Task) -> dict[str, object]:
+    return {
+        "kernel": task.kernel,
+        "problem": task.problem.as_dict(),
+        "verify": task.verify,
+        "peak_tflops": task.peak_tflops,
+        "timer": task.timer,
+    }
+
+
+def _measurement(reply: dict[str, object]) -> Measurement:
+    """A ``Measurement`` from another tree's fields (fields it lacks stay ``None``; ones this tree lacks dropped)."""
+    known = {f.name for f in dataclasses.fields(Measurement)}
+    return Measurement(**{k: v for k, v in reply.items() if k in known})  # type: ignore[arg-type]
 
 
 def _signal_name(exitcode: int | None) -> str:
@@ -120,8 +178,9 @@ def remove_stale_logs(folder: str | Path | None = None) -> int:
 class KernelWorker:
     """A restartable worker process; ``run(task, timeout_s)`` always returns a ``Measurement``."""
 
-    def __init__(self, device: str) -> None:
+    def __init__(self, device: str, root: str | Path | None = None) -> None:
         self.device = device
+        self.root = None if root is None else str(root)  # serve another tree's kernels (``_serve_tree``)
         self._ctx = mp.get_context("spawn")
         self._proc: mp.process.BaseProcess | None = None
         self._conn: Connection | None = None
@@ -136,9 +195,11 @@ class KernelWorker:
 
     def _start(self) -> None:
         parent, child = self._ctx.Pipe()
-        self._proc = self._ctx.Process(
-            target=_serve, args=(child, str(self._log), worker_env(self.device), os.getpid()), daemon=True
-        )
+        args = (child, str(self._log), worker_env(self.device), os.getpid())
+        if self.root is None:
+            self._proc = self._ctx.Process(target=_serve, args=args, daemon=True)
+        else:
+            self._proc = self._ctx.Process(target=_serve_tree, args=(*args, self.root), daemon=True)
         self._proc.start()
         child.close()
         self._conn = parent
@@ -157,9 +218,10 @@ class KernelWorker:
         self._log.write_text("")
         pipe_closed = False
         try:
-            self._conn.send(task)
+            self._conn.send(task if self.root is None else _task_dict(task))
             if self._conn.poll(timeout_s):
-                return self._conn.recv()
+                reply = self._conn.recv()
+                return reply if isinstance(reply, Measurement) else _measurement(reply)
         except (EOFError, OSError):  # BrokenPipeError, ConnectionResetError included
             pipe_closed = True  # the worker died; it may still be exiting
         if not pipe_closed:

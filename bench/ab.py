@@ -1,0 +1,149 @@
+"""Same-machine A/B of two trees (``bench check --against REF``): both sides measured in one job, interleaved.
+
+Side A is ``REF`` checked out in a temporary git worktree, side B this tree. Each side has its own worker process
+that imports that side's registry and kernels (``bench.worker._serve_tree``). Per config the rounds alternate the
+order (A B, then B A, ...), so clock, thermal and background drift reach both sides alike. Every round of every
+side is one row (columns ``side``, ``round``, ``git_commit``; the timestamp of the row's own measurement), so the
+raw numbers and their order stay readable. ``combine`` folds the rounds of each side into one row per config for
+``bench.check.compare``: the median of the rounds' medians, and as noise band the widest p20..p80 over the rounds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from rich.console import Console
+
+from bench import envinfo, store
+from bench.problem import KEY_FIELDS, Problem
+from bench.registry import KernelSpec
+from bench.runner import make_row, precheck
+from bench.worker import KernelWorker, Task
+
+SIDES = ("A", "B")  # A: the ref (the baseline of the comparison), B: this tree
+
+
+@dataclass(frozen=True)
+class Side:
+    """One tree of an A/B: its name (``SIDES``), where it is checked out, and its commit."""
+
+    name: str
+    root: Path
+    commit: str
+
+
+def _git(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=120)
+
+
+def resolve_ref(ref: str, repo: Path = envinfo.ROOT) -> str:
+    """The commit of git ref ``ref`` in ``repo``; ``ValueError`` naming ``--against`` when there is none."""
+    done = _git(repo, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
+    if done.returncode != 0 or not done.stdout.strip():
+        raise ValueError(f"--against: {ref!r} is not a commit of the git repository {str(repo)!r}")
+    return done.stdout.strip()
+
+
+@contextlib.contextmanager
+def worktree(commit: str, repo: Path = envinfo.ROOT) -> Iterator[Path]:
+    """``commit`` checked out in a temporary, detached git worktree of ``repo``; removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="bench-ab-") as tmp:
+        path = Path(tmp) / "tree"
+        done = _git(repo, "worktree", "add", "--detach", str(path), commit)
+        if done.returncode != 0:
+            raise ValueError(f"--against: cannot check out {commit[:12]}: {done.stderr.strip()}")
+        try:
+            yield path
+        finally:
+            _git(repo, "worktree", "remove", "--force", str(path))
+            _git(repo, "worktree", "prune")
+
+
+def _row(spec: KernelSpec, problem: Problem, m: object, meta: envinfo.RunMetadata, side: Side, rnd: int) -> dict:
+    stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+    side_meta = envinfo.RunMetadata(**{**meta.as_dict(), "git_commit": side.commit, "timestamp": stamp})
+    return make_row(spec, problem, m, side_meta) | {"side": side.name, "round": rnd}  # type: ignore[arg-type]
+
+
+def ab_sweep(
+    configs: list[tuple[KernelSpec, Problem]],
+    sides: tuple[Side, Side],
+    out: str | Path,
+    *,
+    rounds: int = 2,
+    timeout_s: float = 300.0,
+    timer: str = "events",
+    console: Console | None = None,
+) -> list[dict[str, object]]:
+    """Measure every config ``rounds`` times on each side, the order alternating per round; each row appended to
+    ``out`` as it is measured. A config decided before launch (unavailable / unsupported) gets one row per side."""
+    if rounds < 1:
+        raise ValueError(f"--rounds must be a positive integer; got {rounds!r}")
+    console = console or Console(stderr=True)
+    out = Path(out)
+    store.check_writable(out)
+    devices = {p.device for _, p in configs}
+    meta = envinfo.collect(next(iter(devices)) if devices else "cpu")
+    peaks: dict[str, tuple[float, float]] = {}
+    workers: dict[tuple[str, str], KernelWorker] = {}
+    rows: list[dict[str, object]] = []
+    try:
+        for n, (spec, problem) in enumerate(configs, 1):
+            console.print(f"[dim]A/B {n}/{len(configs)}: {spec.name} {problem}[/dim]")
+            decided = precheck(spec, problem)
+            if decided is not None:
+                new = [_row(spec, problem, decided, meta, side, 0) for side in sides]
+                store.append(out, new)
+                rows += new
+                continue
+            if problem.device == "cuda" and problem.dtype not in peaks:
+                peaks[problem.dtype] = envinfo.measure_peaks(problem.dtype)
+            peak = peaks.get(problem.dtype, (None, None))
+            run_meta = envinfo.RunMetadata(**{**meta.as_dict(), "peak_tflops": peak[0], "peak_bandwidth_gbs": peak[1]})
+            for rnd in range(rounds):
+                for side in sides if rnd % 2 == 0 else sides[::-1]:
+                    key = (side.name, problem.device)
+                    if key not in workers:
+                        workers[key] = KernelWorker(problem.device, root=side.root)
+                    m = workers[key].run(Task(spec.name, problem, False, peak[0], timer), timeout_s)
+                    if m.status != "ok":
+                        workers[key].stop(kill=True)  # a fresh process for what follows
+                    row = _row(spec, problem, m, run_meta, side, rnd)
+                    store.append(out, [row])
+                    rows.append(row)
+            for side in sides:  # a fresh process per config and side: no state carried over
+                if (side.name, problem.device) in workers:
+                    workers[(side.name, problem.device)].stop()
+    finally:
+        for worker in workers.values():
+            worker.close(kill=True)
+        with contextlib.suppress(OSError):
+            store.compact(out)
+    return rows
+
+
+def combine(frame: pd.DataFrame, side: str) -> pd.DataFrame:
+    """One row per config of ``side``: the median of its rounds' median runtimes, the widest p20..p80 band of its
+    rounds, the largest peak memory; a config with any round not ``ok`` keeps that round's row (status, message)."""
+    rows = frame[frame.side == side]
+    out = []
+    for _, group in rows.groupby(list(KEY_FIELDS), sort=False, dropna=False):
+        failed = group[group.status != "ok"]
+        if len(failed):
+            out.append(failed.iloc[0])
+            continue
+        first = group.iloc[0].copy()
+        first["runtime_ms"] = group.runtime_ms.median()
+        first["runtime_p20_ms"] = group.runtime_p20_ms.min()
+        first["runtime_p80_ms"] = group.runtime_p80_ms.max()
+        first["peak_mem_bytes"] = group.peak_mem_bytes.max()
+        first["tflops"] = group.tflops.median()
+        out.append(first)
+    return pd.DataFrame(out, columns=frame.columns)
