@@ -257,6 +257,9 @@ def check(
     timeout: Annotated[
         float, typer.Option(help="with --against: seconds per measurement before its worker is killed")
     ] = 300.0,
+    strict: Annotated[
+        bool, typer.Option(help="fail (exit 1) when the committed baseline may be stale, instead of warning")
+    ] = False,
 ) -> None:
     """Compare a run with a baseline; exit 0 when it passes, 1 on a regression, a missing config or nothing compared,
     2 on unusable input. ``--against REF --run PRESET`` measures both commits on this machine now instead."""
@@ -298,8 +301,13 @@ def check(
     except chk.CheckInputError as e:
         _fail(str(e))
     failures = chk.gate_failures(results, allow_missing)
+    stale = [] if against is not None else chk.staleness(cur, base)  # an A/B measured both sides just now
+    for note in stale:
+        err.print(f"[yellow]warning: the baseline may be stale:[/yellow] {note}")
+    if stale and strict:
+        failures.append(f"the baseline may be stale ({len(stale)} reason{'s' if len(stale) > 1 else ''}; --strict)")
     if format == "json":
-        typer.echo(chk.to_json(results, allow_missing))
+        typer.echo(chk.to_json(results, allow_missing, failures))
     elif format == "markdown":
         typer.echo(chk.to_markdown(results))
     else:

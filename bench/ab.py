@@ -5,7 +5,7 @@ that imports that side's registry and kernels (``bench.worker._serve_tree``). Pe
 order (A B, then B A, ...), so clock, thermal and background drift reach both sides alike. Every round of every
 side is one row (columns ``side``, ``round``, ``git_commit``; the timestamp of the row's own measurement), so the
 raw numbers and their order stay readable. ``combine`` folds the rounds of each side into one row per config for
-``bench.check.compare``: the median of the rounds' medians, and as noise band the widest p20..p80 over the rounds.
+``bench.check.compare``: the median of the rounds' medians, p20s and p80s.
 """
 
 from __future__ import annotations
@@ -130,8 +130,9 @@ def ab_sweep(
 
 
 def combine(frame: pd.DataFrame, side: str) -> pd.DataFrame:
-    """One row per config of ``side``: the median of its rounds' median runtimes, the widest p20..p80 band of its
-    rounds, the largest peak memory; a config with any round not ``ok`` keeps that round's row (status, message)."""
+    """One row per config of ``side``: the median of its rounds' median runtimes, p20s and p80s (the noise band of a
+    typical round), the largest peak memory; a config with any round not ``ok`` keeps that round's row (status,
+    message)."""
     rows = frame[frame.side == side]
     out = []
     for _, group in rows.groupby(list(KEY_FIELDS), sort=False, dropna=False):
@@ -141,8 +142,8 @@ def combine(frame: pd.DataFrame, side: str) -> pd.DataFrame:
             continue
         first = group.iloc[0].copy()
         first["runtime_ms"] = group.runtime_ms.median()
-        first["runtime_p20_ms"] = group.runtime_p20_ms.min()
-        first["runtime_p80_ms"] = group.runtime_p80_ms.max()
+        first["runtime_p20_ms"] = group.runtime_p20_ms.median()
+        first["runtime_p80_ms"] = group.runtime_p80_ms.median()
         first["peak_mem_bytes"] = group.peak_mem_bytes.max()
         first["tflops"] = group.tflops.median()
         out.append(first)

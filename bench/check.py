@@ -225,8 +225,8 @@ def to_markdown(results: list[Comparison]) -> str:
     return "\n".join(lines)
 
 
-def to_json(results: list[Comparison], allow_missing: bool = False) -> str:
-    failures = gate_failures(results, allow_missing)
+def to_json(results: list[Comparison], allow_missing: bool = False, failures: list[str] | None = None) -> str:
+    failures = gate_failures(results, allow_missing) if failures is None else failures
     return json.dumps(
         {
             "passed": not failures,
@@ -236,3 +236,70 @@ def to_json(results: list[Comparison], allow_missing: bool = False) -> str:
         },
         indent=1,
     )
+
+
+def defining_paths(kernel: str) -> list[Path]:
+    """The files (relative to the repository) that define ``kernel``: the module of its callable and, for a kernel
+    whose module lives in ``kernels/``, that whole package (its launchers and Triton kernels)."""
+    import inspect
+    import sys
+
+    from bench.envinfo import ROOT
+    from bench.registry import get
+
+    module = sys.modules.get(get(kernel).fn.__module__)
+    source = inspect.getsourcefile(module) if module is not None else None
+    if source is None:
+        return []
+    path = Path(source).resolve()
+    try:
+        rel = path.relative_to(ROOT)
+    except ValueError:
+        return []  # defined outside the repository (a plugin, an installed package): no history to read
+    return [Path(rel.parts[0])] if rel.parts[0] == "kernels" else [rel]
+
+
+def staleness(current: pd.DataFrame, baseline: pd.DataFrame, repo: Path | None = None) -> list[str]:
+    """Why a committed baseline may no longer describe the code: a file that defines a compared kernel changed since
+    the baseline's ``git_commit`` (read with ``git diff`` against this tree), or the baseline was measured with
+    another Triton or torch than the run. Empty: nothing found."""
+    import subprocess
+
+    from bench.envinfo import ROOT
+
+    repo = repo or ROOT
+    notes = []
+    for column in ("triton", "torch"):
+        before, now = set(baseline[column].dropna()), set(current[column].dropna())
+        if before and now and before != now:
+            notes.append(
+                f"the baseline was measured with {column} {', '.join(sorted(before))}, the run with {', '.join(sorted(now))}"
+            )
+    ok = set(baseline.kernel[baseline.status == "ok"]) & set(current.kernel)
+    commits = {str(c).removesuffix("-dirty") for c in baseline.git_commit[baseline.kernel.isin(ok)].dropna() if c}
+    for commit in sorted(commits):
+        known = subprocess.run(["git", "-C", str(repo), "cat-file", "-e", f"{commit}^{{commit}}"], capture_output=True)
+        if known.returncode != 0:
+            notes.append(f"the baseline's commit {commit[:12]} is not in this repository: its staleness is unknown")
+            continue
+        for kernel in sorted(
+            k for k in ok if commit in set(baseline.git_commit[baseline.kernel == k].str.removesuffix("-dirty"))
+        ):
+            try:
+                paths = defining_paths(kernel)
+            except ValueError:
+                continue  # not registered here
+            if not paths:
+                continue
+            diff = subprocess.run(
+                ["git", "-C", str(repo), "diff", "--name-only", commit, "--", *map(str, paths)],
+                capture_output=True,
+                text=True,
+            )
+            changed = diff.stdout.split()
+            if changed:
+                notes.append(
+                    f"{kernel}: {', '.join(changed[:3])}{' ...' if len(changed) > 3 else ''} changed since the "
+                    f"baseline's commit {commit[:12]}"
+                )
+    return notes

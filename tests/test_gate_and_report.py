@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -141,3 +142,41 @@ def test_report_never_writes_over_results(tmp_path: Path) -> None:
         assert message in _flat(result.output)
     assert (results.read_bytes(), other.read_bytes()) == before
     assert len(store.load(results)) == 12
+
+
+def _commit(*args: str) -> str:
+    import subprocess
+
+    from bench.envinfo import ROOT
+
+    return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=True).stdout.split()[0]
+
+
+def test_a_committed_baseline_says_when_it_is_stale(tmp_path: Path) -> None:
+    """A file defining a compared kernel changed since the baseline's commit, another Triton, an unknown commit:
+    warnings; with --strict the gate fails. A baseline measured at this commit with the same stack: no warning."""
+    from bench import check
+
+    head, first = _commit("rev-parse", "HEAD"), _commit("rev-list", "--max-parents=0", "HEAD")
+    stack = dict(triton="3.6.0", torch="2.11.0")
+    cur = [
+        _ok(1, kernel="tfla.mlstm_sig", git_commit=head, **stack),
+        _ok(1, kernel="sdpa.math", git_commit=head, **stack),
+    ]
+    fresh = [{**r, "git_commit": head} for r in cur]
+    assert check.staleness(pd.DataFrame(cur), pd.DataFrame(fresh)) == []
+    old = [{**r, "git_commit": first, "triton": "3.4.0"} for r in cur]
+    notes = check.staleness(pd.DataFrame(cur), pd.DataFrame(old))
+    assert "the baseline was measured with triton 3.4.0, the run with 3.6.0" in notes
+    assert any(n.startswith("tfla.mlstm_sig: kernels/") and first[:12] in n for n in notes), notes
+    unknown = [{**r, "git_commit": "f" * 40} for r in cur]
+    assert any("is not in this repository" in n for n in check.staleness(pd.DataFrame(cur), pd.DataFrame(unknown)))
+    assert check.defining_paths("tfla.mlstm_sig") == [Path("kernels")]
+    assert check.defining_paths("sdpa.math") == [Path("baselines/sdpa.py")]
+    cur_path, base_path = tmp_path / "cur.parquet", tmp_path / "base.parquet"
+    store.append(cur_path, cur)
+    store.append(base_path, old)
+    warned = _check(cur_path, base_path)
+    assert warned.exit_code == 0 and "warning: the baseline may be stale" in _flat(warned.output)
+    strict = _check(cur_path, base_path, "--strict")
+    assert strict.exit_code == 1 and "the baseline may be stale" in _flat(strict.output)
