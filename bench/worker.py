@@ -18,9 +18,11 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 from bench.measure import Measurement
 from bench.problem import Problem
@@ -59,16 +61,19 @@ def die_with_parent(parent_pid: int) -> None:  # pragma: no cover - child proces
     threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
 
 
-def _serve(conn: Connection, log_path: str, env: dict[str, str], parent_pid: int) -> None:  # pragma: no cover
+def _prepare_child(log_path: str, env: dict[str, str], parent_pid: int) -> None:  # pragma: no cover
+    """A worker's first steps: end with its parent, leave Ctrl-C to the sweep (which stops its workers), write
+    stdout and stderr to the log, take the worker's environment."""
     die_with_parent(parent_pid)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the sweep handles Ctrl-C and stops its workers
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.environ.update(env)
-    from bench import registry
-    from bench.measure import measure
 
+
+def _tasks(conn: Connection) -> Iterator[Any]:  # pragma: no cover - child process
+    """The tasks sent to a worker, until the sweep sends ``None`` or closes the pipe."""
     while True:
         try:
             task = conn.recv()
@@ -76,6 +81,15 @@ def _serve(conn: Connection, log_path: str, env: dict[str, str], parent_pid: int
             return
         if task is None:
             return
+        yield task
+
+
+def _serve(conn: Connection, log_path: str, env: dict[str, str], parent_pid: int) -> None:  # pragma: no cover
+    _prepare_child(log_path, env, parent_pid)
+    from bench import registry
+    from bench.measure import measure
+
+    for task in _tasks(conn):
         spec = registry.get(task.kernel)
         conn.send(measure(spec, task.problem, check=task.verify, peak_tflops=task.peak_tflops, timer=task.timer))
 
@@ -88,12 +102,7 @@ def _serve_tree(conn: Connection, log_path: str, env: dict[str, str], parent_pid
     """``_serve`` for the tree at ``root`` (e.g. another commit's worktree): its registry, kernels and ``measure``
     replace this tree's in the process. Tasks and results travel as plain dicts, so trees of other versions
     (another ``Measurement`` or ``Task``) can serve."""  # pragma: no cover - child process
-    die_with_parent(parent_pid)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.environ.update(env)
+    _prepare_child(log_path, env, parent_pid)
     for name in [m for m in sys.modules if m.split(".")[0] in TREE_PACKAGES]:
         del sys.modules[name]
     sys.path.insert(0, root)
@@ -104,13 +113,7 @@ def _serve_tree(conn: Connection, log_path: str, env: dict[str, str], parent_pid
     from bench.measure import measure
     from bench.problem import Problem as TreeProblem
 
-    while True:
-        try:
-            task = conn.recv()
-        except EOFError:
-            return
-        if task is None:
-            return
+    for task in _tasks(conn):
         spec = registry.get(task["kernel"])
         problem = TreeProblem(**task["problem"])
         options = {"check": task["verify"], "peak_tflops": task["peak_tflops"]}
