@@ -208,6 +208,10 @@ def verify(
     allow_skipped: Annotated[
         bool, typer.Option(help="pass when every kernel was skipped (by default that fails: nothing was verified)")
     ] = False,
+    shape: Annotated[
+        Optional[str], typer.Option(help="B,NH,S,DHQK,DHHV instead of the small shape, e.g. 8,8,8192,256,512 (7B)")
+    ] = None,
+    chunk_size: Annotated[Optional[str], typer.Option(help="chunk sizes, e.g. 64,128,1024 (default 32)")] = None,
 ) -> None:
     """Run each kernel at small shapes against its reference; exit 1 when an error exceeds its dtype's tolerance
     or nothing could be verified, 2 on unusable input (e.g. --device cuda without a GPU)."""
@@ -221,8 +225,18 @@ def verify(
         _fail(f"--device cuda: {reason}")
     dev = device or ("cuda" if cuda_reason() is None else "cpu")
     names = _strs(kernels, "kernels") or ["*"]
+    dims = _ints(shape, "shape")
+    if dims is not None and len(dims) != 5:
+        _fail(f"--shape takes B,NH,S,DHQK,DHHV (five integers); got {shape!r}")
+    chunks = _ints(chunk_size, "chunk-size")
     try:
-        results = run_verify(names, dev, dtype or ("bfloat16" if dev == "cuda" else "float32"))
+        results = run_verify(
+            names,
+            dev,
+            dtype or ("bfloat16" if dev == "cuda" else "float32"),
+            shape=tuple(dims) if dims else None,
+            chunks=tuple(chunks) if chunks else None,
+        )
     except ValueError as e:
         _fail(str(e))
     console.print(verify_table(results))

@@ -97,6 +97,7 @@ def _register(name: str, module: str, function: str, gate: str) -> None:
             available=lambda: first_reason(lambda: package_reason("fla"), available),
             params=lambda p: {"chunk_size": FLA_CHUNK, "gate": gate, "layout": "BSHD"},
             reference=gla_reference if gate != "delta" else None,
+            input_names=("q", "k", "v", "g", "beta"),
             caveat=hopper_triton_bw_caveat,
             description=f"FLA {function} ({module})",
         )

@@ -101,6 +101,7 @@ def _register(version: FlashVersion) -> None:
             available=lambda: first_reason(lambda: package_reason(*version.requires), lambda: _gpu_reason(version)),
             params=attention_params,
             reference=reference,
+            input_names=("q", "k", "v"),
             description=f"FlashAttention ({version.name.upper()}) via {version.module}.flash_attn_func, causal",
         )
     )

@@ -10,7 +10,7 @@ import importlib
 
 from bench.problem import Problem
 from bench.registry import KernelSpec, package_reason, register
-from kernels.specs import mlstm_bytes, mlstm_flops, mlstm_inputs, mlstm_reference
+from kernels.specs import MLSTM_INPUTS, mlstm_bytes, mlstm_flops, mlstm_inputs, mlstm_reference
 
 MODULE = "mlstm_kernels.torch.chunkwise"
 LIMIT_CHUNK = 64
@@ -56,6 +56,7 @@ def _register(name: str, function: str, variant: str, normalize: bool, fixed_chu
                 "function": function,
             },
             reference=lambda q, k, v, i, f, _chunk=0: mlstm_reference(variant, normalize)(q, k, v, i, f),
+            input_names=MLSTM_INPUTS,
             uses_chunk_size=fixed_chunk is None,
             description=f"official TFLA {function} (mlstm_kernels)",
         )

@@ -68,6 +68,7 @@ def _register(name: str) -> None:
             supports=supports,
             params=attention_params,
             reference=sdpa_reference,
+            input_names=("q", "k", "v"),
             description=f"torch SDPA, {name} backend, causal",
             devices=("cuda", "cpu") if name == "math" else ("cuda",),
         )

@@ -13,6 +13,7 @@ forward graph, are not counted); ``None`` on the CPU.
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from bench.problem import Problem
 from bench.registry import KernelSpec
 
 STATUSES = ("ok", "unsupported", "unavailable", "oom", "error", "crash", "timeout")
-VERIFY_MAX_ELEMENTS = 1 << 27  # heads * seq_len**2 of the float64 reference
+VERIFY_MAX_ELEMENTS = 1 << 27  # heads * seq_len**2 of the float64 reference (CPU; GPUs: verify_max_elements)
 TIMERS = ("events", "cudagraph")  # GPU timers; CPU rows are timed by the wall clock ("wall")
 CPU_TIMER = "wall"
 # An events runtime is host-bound when the host's time per call reaches this fraction of it: the GPU then idles
@@ -57,7 +58,8 @@ class Measurement:
     bytes: float | None = None
     tflops: float | None = None
     pct_peak: float | None = None
-    error: float | None = None
+    error: float | None = None  # the worst of ``errors``
+    errors: str | None = None  # JSON: relative error per output ("out", "dq", ...), from ``verify``
     timer: str | None = None
     host_ms: float | None = None
 
@@ -195,20 +197,52 @@ def relative_error(out: Any, ref: Any) -> float:
     return ((out - ref).norm() / ref.norm().clamp_min(1e-300)).item()
 
 
-def verify(spec: KernelSpec, problem: Problem) -> tuple[float | None, str]:
-    """Relative error of the forward output against ``spec.reference`` at batch 1 (fresh inputs)."""
+def verify(spec: KernelSpec, problem: Problem) -> tuple[dict[str, float], str]:
+    """Relative errors against ``spec.reference`` (float64) at batch 1 with fresh inputs, per output: ``out`` (the
+    forward output) and, for ``bw`` / ``fwbw``, ``d<name>`` for the gradient of every floating-point input (names
+    from ``spec.input_names``), all under one random output gradient. Empty with a note when not checked."""
     import torch
 
     if spec.reference is None:
-        return None, "no reference"
+        return {}, "no reference"
     small = problem.with_(batch=1)
-    if small.heads * small.seq_len**2 > VERIFY_MAX_ELEMENTS:
-        return None, "verify skipped: the float64 reference would be too large"
+    if small.heads * small.seq_len**2 > verify_max_elements(problem.device):
+        return {}, "verify skipped: the float64 reference would be too large"
     inputs = spec.make_inputs(small)
-    with torch.no_grad():
-        out = first_output(spec.fn(*inputs))
-        ref = first_output(spec.reference(*[x.double() if _is_float(x) else x for x in inputs]))
-    return relative_error(out, ref), ""
+    names = [spec.input_names[n] if n < len(spec.input_names) else f"x{n}" for n in range(len(inputs))]
+    if problem.mode == "fw":
+        with torch.no_grad():
+            out = first_output(spec.fn(*inputs))
+            ref = first_output(spec.reference(*[x.double() if _is_float(x) else x for x in inputs]))
+        return {"out": relative_error(out, ref)}, ""
+    mine = [x.detach().clone().requires_grad_(True) if _is_float(x) else x for x in inputs]
+    theirs = [x.detach().double().requires_grad_(True) if _is_float(x) else x for x in inputs]
+    out = first_output(spec.fn(*mine))
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    ref = first_output(spec.reference(*theirs))
+    ref.backward(grad.double())
+    errors = {"out": relative_error(out.detach(), ref.detach())}
+    for name, x, r in zip(names, mine, theirs):
+        if not _is_float(x) or r.grad is None:
+            continue
+        errors[f"d{name}"] = float("inf") if x.grad is None else relative_error(x.grad, r.grad)
+    return errors, ""
+
+
+def verify_max_elements(device: str) -> int:
+    """The largest ``heads * seq_len**2`` whose float64 reference is computed: ``VERIFY_MAX_ELEMENTS`` on the CPU; on
+    a GPU what 16 float64 copies of the score matrix (the parallel reference and its backward) leave in memory."""
+    import torch
+
+    if device != "cuda" or not torch.cuda.is_available():
+        return VERIFY_MAX_ELEMENTS
+    return max(VERIFY_MAX_ELEMENTS, torch.cuda.get_device_properties(0).total_memory // (8 * 16))
+
+
+def worst(errors: dict[str, float]) -> float | None:
+    """The largest of the per-output errors (``None`` for none)."""
+    return max(errors.values()) if errors else None
 
 
 # What PyTorch's CPU allocator raises (as a RuntimeError) when an allocation fails.
@@ -274,7 +308,7 @@ def measure(
         else:
             timing, peak = time_cpu(step, leaves), None
         del step, leaves, inputs
-        error, note = verify(spec, problem) if check else (None, "")
+        errors, note = verify(spec, problem) if check else ({}, "")
         notes.append(note)
     except (torch.cuda.OutOfMemoryError, MemoryError) as err:
         return Measurement("oom", _first_line(err), flops=n_flops, bytes=n_bytes)
@@ -294,7 +328,8 @@ def measure(
         bytes=n_bytes,
         tflops=achieved,
         pct_peak=100.0 * achieved / peak_tflops if peak_tflops else None,
-        error=error,
+        error=worst(errors),
+        errors=json.dumps(errors, sort_keys=True) if errors else None,
         timer=used,
         host_ms=host_ms,
     )

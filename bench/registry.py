@@ -28,7 +28,8 @@ class KernelSpec:
     ``flops(problem)`` / ``bytes(problem)`` are analytical counts; ``supports(problem)`` and ``available()``
     return ``None`` or the reason why not; ``params(problem)`` records the shape mapping of the row;
     ``reference(*inputs)`` (optional) computes the same output in float64 for ``--verify``;
-    ``caveat()`` names a known problem on this machine that ``bench list`` shows (e.g. a broken backward).
+    ``caveat()`` names a known problem on this machine that ``bench list`` shows (e.g. a broken backward);
+    ``input_names`` name the inputs in ``bench verify``'s per-gradient errors (``dq``, ``dk``, ...).
     """
 
     name: str
@@ -42,6 +43,7 @@ class KernelSpec:
     params: Callable[[Problem], dict[str, Any]] = lambda p: {}
     reference: Callable[..., Any] | None = None
     caveat: Callable[[], str | None] = lambda: None
+    input_names: tuple[str, ...] = ()  # names of ``make_inputs``' items, for per-gradient errors (default x0, x1, ..)
     uses_chunk_size: bool = False
     description: str = ""
     devices: Sequence[str] = field(default=("cuda",))

@@ -55,7 +55,8 @@ SCHEMA = pa.schema(
         ("bytes", pa.float64()),
         ("tflops", pa.float64()),
         ("pct_peak", pa.float64()),
-        ("error", pa.float64()),
+        ("error", pa.float64()),  # the worst relative error of ``errors``
+        ("errors", pa.string()),  # JSON: relative error against the reference per output ("out", "dq", ...)
         # the run's metadata
         ("run_id", pa.string()),
         ("timestamp", pa.string()),
@@ -78,9 +79,9 @@ SCHEMA = pa.schema(
 )
 COLUMNS = tuple(SCHEMA.names)
 # Columns added after the first results were written; files without them load with these filled in (every
-# earlier GPU row was timed by CUDA events, every CPU row by the wall clock; no host time was recorded; no row was
-# an A/B side).
-ADDED_COLUMNS = ("timer", "host_ms", "side", "round")
+# earlier GPU row was timed by CUDA events, every CPU row by the wall clock; no host time, per-output error or A/B
+# side was recorded).
+ADDED_COLUMNS = ("timer", "host_ms", "errors", "side", "round")
 # A fragment written by ``append(..., replace=True)`` says so in its Parquet metadata: its rows supersede every
 # earlier row with the same config key when the store is read or compacted.
 REPLACE_KEY = b"tfla_bench.replace"
@@ -142,7 +143,7 @@ def _complete(table: pa.Table, path: Path) -> pa.Table:
     if "timer" in missing:
         timers = pc.if_else(pc.equal(table["device"], "cuda"), "events", "wall")
         table = table.append_column("timer", timers.cast(pa.string()))
-    for name in ("host_ms", "side", "round"):
+    for name in ("host_ms", "errors", "side", "round"):
         if name in missing:
             table = table.append_column(name, pa.nulls(len(table), SCHEMA.field(name).type))
     columns = []

@@ -1,9 +1,11 @@
-"""``bench verify``: each available kernel at a small shape against its family's float64 reference."""
+"""``bench verify``: each available kernel at a small shape against its family's float64 reference, forward and
+backward: the relative error of the output and of the gradient of every input (``bench.measure.verify``)."""
 
 from __future__ import annotations
 
+import json
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
@@ -20,33 +22,58 @@ TOLERANCE = {"float32": 1e-3, "float16": 5e-3, "bfloat16": 2e-2}
 class VerifyResult:
     kernel: str
     dtype: str
-    error: float | None
+    error: float | None  # the worst of ``errors``
     tolerance: float
     status: str  # pass, fail, skip
     message: str
+    mode: str = "fw"
+    errors: dict[str, float] = field(default_factory=dict)  # relative error per output: out, dq, dk, ...
 
 
-def verify_grid(kernels: list[str], device: str, dtype: str) -> Grid:
-    """Small shapes: S=128 (S=64 on the CPU), two heads, head dims 64 (32 on the CPU), chunk 32, forward."""
+SHAPE_FIELDS = ("batch", "heads", "seq_len", "head_dim_qk", "head_dim_v")
+
+
+def verify_grid(
+    kernels: list[str],
+    device: str,
+    dtype: str,
+    shape: tuple[int, ...] | None = None,
+    chunks: tuple[int, ...] | None = None,
+) -> Grid:
+    """Small shapes by default: S=256 (S=64 on the CPU), two heads, head dims 64 (32 on the CPU), chunk 32;
+    ``shape`` (``SHAPE_FIELDS``, e.g. the 7B shape on the GPU) and ``chunks`` replace them. Forward and
+    forward + backward; the errors are taken at batch 1 (``bench.measure.verify``)."""
     small = device == "cpu"
+    if shape is not None and len(shape) != len(SHAPE_FIELDS):
+        raise ValueError(f"--shape takes {','.join(SHAPE_FIELDS)} (five integers); got {shape!r}")
+    b, h, s, dqk, dv = shape or (1, 2, 64 if small else 256, 32 if small else 64, 32 if small else 64)
     return Grid(
         kernels=tuple(kernels),
-        seq_len=(64 if small else 256,),
-        batch=(1,),
-        heads=(2,),
-        head_dim_qk=(32 if small else 64,),
-        head_dim_v=(32 if small else 64,),
-        chunk_size=(32,),
+        seq_len=(s,),
+        batch=(b,),
+        heads=(h,),
+        head_dim_qk=(dqk,),
+        head_dim_v=(dv,),
+        chunk_size=chunks or (32,),
         dtype=(dtype,),
-        mode=("fw",),
+        mode=("fw", "fwbw"),
         device=device,
     )
 
 
-def run_verify(kernels: list[str], device: str, dtype: str, timeout_s: float = 300.0) -> list[VerifyResult]:
+def run_verify(
+    kernels: list[str],
+    device: str,
+    dtype: str,
+    timeout_s: float = 300.0,
+    shape: tuple[int, ...] | None = None,
+    chunks: tuple[int, ...] | None = None,
+) -> list[VerifyResult]:
+    """Every config of ``verify_grid`` measured with ``--verify`` in workers, each judged against its dtype's
+    tolerance (a backward that checked no gradient fails)."""
     if dtype not in TOLERANCE:
         raise ValueError(f"dtype must be one of {', '.join(TOLERANCE)}; got {dtype!r}")
-    configs = verify_grid(kernels, device, dtype).configs()
+    configs = verify_grid(kernels, device, dtype, shape, chunks).configs()
     with tempfile.TemporaryDirectory() as tmp:
         rows = sweep(
             configs,
@@ -66,7 +93,12 @@ def run_verify(kernels: list[str], device: str, dtype: str, timeout_s: float = 3
             status = "fail"
         else:
             status = "pass"
-        results.append(VerifyResult(str(r["kernel"]), dtype, err, tol, status, str(r["message"] or "")))
+        errors = json.loads(str(r["errors"])) if r.get("errors") else {}
+        if status == "pass" and r["mode"] != "fw" and len(errors) < 2:
+            status, r["message"] = "fail", "no gradient was checked"  # the backward gave no input a gradient
+        results.append(
+            VerifyResult(str(r["kernel"]), dtype, err, tol, status, str(r["message"] or ""), str(r["mode"]), errors)
+        )
     return results
 
 
@@ -83,16 +115,18 @@ def gate_failures(results: list[VerifyResult], allow_skipped: bool = False) -> l
 
 def verify_table(results: list[VerifyResult]) -> Table:
     table = Table(title="bench verify")
-    for col in ("kernel", "dtype", "rel. error", "tolerance", "result", "message"):
+    for col in ("kernel", "mode", "dtype", "worst rel. error", "per output", "tolerance", "result", "message"):
         table.add_column(col)
     colors = {"pass": "green", "fail": "red", "skip": "dim"}
     for r in results:
         table.add_row(
             r.kernel,
+            r.mode,
             r.dtype,
             "-" if r.error is None else f"{r.error:.2e}",
+            " ".join(f"{k} {v:.1e}" for k, v in r.errors.items()),
             f"{r.tolerance:.0e}",
             f"[{colors[r.status]}]{r.status}[/{colors[r.status]}]",
-            r.message[:80],
+            r.message[:60],
         )
     return table

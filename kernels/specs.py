@@ -8,6 +8,8 @@ from bench import flops
 from bench.problem import Problem
 from bench.registry import KernelSpec, package_reason, register
 
+MLSTM_INPUTS = ("q", "k", "v", "i", "f")  # the items of mlstm_inputs
+
 
 def mlstm_inputs(p: Problem, gate_dtype: Any = None) -> tuple[Any, ...]:
     """Random ``q, k, v`` in ``p.dtype`` and fp32 gate pre-activations ``i, f`` (forget gates biased open)."""
@@ -73,6 +75,7 @@ def _register_tfla(variant: str, normalize: bool, description: str) -> None:
             available=lambda: package_reason("triton"),
             params=lambda p: {"variant": variant, "normalize": normalize, "chunk_size": p.chunk_size},
             reference=lambda q, k, v, i, f, _chunk=0: mlstm_reference(variant, normalize)(q, k, v, i, f),
+            input_names=MLSTM_INPUTS,
             uses_chunk_size=True,
             description=description,
             devices=("cuda", "cpu"),
@@ -112,6 +115,7 @@ def _register_reference(variant: str, form: str) -> None:
             supports=supports,
             params=lambda p: {"variant": variant, "normalize": normalize, "form": form},
             reference=mlstm_reference(variant, normalize),
+            input_names=MLSTM_INPUTS,
             description=f"PyTorch mLSTM{variant} reference, {form} form (ground truth, not fast)",
             devices=("cuda", "cpu"),
         )

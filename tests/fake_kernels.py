@@ -68,3 +68,23 @@ def _cpu_oom(x):  # noqa: ANN001, ANN202
 
 
 register(_spec("cpu_oom", _cpu_oom))
+
+
+def _bad_grad(x):  # noqa: ANN001, ANN202
+    import torch
+
+    class Doubled(torch.autograd.Function):
+        """Forward ``2 x``; the backward is planted wrong: ``3 dy`` instead of ``2 dy``."""
+
+        @staticmethod
+        def forward(ctx, x):  # noqa: ANN001, ANN205
+            return x * 2.0
+
+        @staticmethod
+        def backward(ctx, dy):  # noqa: ANN001, ANN205
+            return dy * 3.0
+
+    return Doubled.apply(x)
+
+
+register(_spec("bad_grad", _bad_grad, input_names=("x",)))

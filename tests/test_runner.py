@@ -197,3 +197,14 @@ def test_a_bad_timeout_is_refused_before_any_work(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match="timeout must be a finite number of seconds above 0"):
             sweep(_grid("fake.ok").configs(), tmp_path / "r.parquet", timeout_s=bad)  # type: ignore[arg-type]
     assert not (tmp_path / "r.parquet").exists()
+
+
+def test_verify_catches_a_planted_wrong_gradient() -> None:
+    """The forward of fake.bad_grad is right, its backward 1.5x too large: verify passes fw, fails fwbw on dx."""
+    from bench.verify import gate_failures, run_verify
+
+    results = {r.mode: r for r in run_verify(["fake.bad_grad"], "cpu", "float32")}
+    assert results["fw"].status == "pass" and results["fw"].errors == {"out": pytest.approx(0.0, abs=1e-12)}
+    bad = results["fwbw"]
+    assert bad.status == "fail" and bad.errors["dx"] == pytest.approx(0.5) and bad.errors["out"] < 1e-12
+    assert gate_failures(list(results.values())) == ["1 failed (fake.bad_grad)"]

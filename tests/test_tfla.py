@@ -445,33 +445,16 @@ def test_cpu_tensors_without_interpreter_are_refused(monkeypatch: pytest.MonkeyP
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dqk,dv", [(256, 512), (16, 32), (32, 64)], ids=["7B", "small-16-32", "small-32-64"])
-def test_gpu_bf16_against_float64_reference(dqk: int, dv: int) -> None:
-    """On the device: ``pytest -m gpu`` (the full-size check is ``scripts/gpu_check.py``), at the 7B head dims and
-    at two of the ``SMALL_HEAD_TILES`` shapes."""
-    import os
-    import subprocess
-    import sys
+def test_gpu_bf16_against_float64_reference(dqk: int, dv: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the device (``pytest -m gpu``): ``bench verify``'s check, compiled kernels, bf16, forward and every
+    gradient against the float64 reference at the 7B head dims and at two of the ``SMALL_HEAD_TILES`` shapes."""
+    from bench.verify import run_verify
 
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # compiled kernels, not the interpreter
-    out = subprocess.run(
-        [
-            sys.executable,
-            "scripts/gpu_check.py",
-            "--seq-len",
-            "2048",
-            "--batch",
-            "2",
-            "--heads",
-            "2",
-            "--chunks",
-            "64,256",
-            "--dqk",
-            str(dqk),
-            "--dv",
-            str(dv),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # the workers run compiled kernels
+    results = run_verify(
+        ["tfla.mlstm_sig", "tfla.mlstm_exp"], "cuda", "bfloat16", shape=(2, 2, 2048, dqk, dv), chunks=(64, 256)
     )
-    assert out.returncode == 0, out.stdout + out.stderr
+    assert len(results) == 8
+    for r in results:
+        assert r.status == "pass", (r.kernel, r.mode, r.errors, r.message)
+        assert set(r.errors) == ({"out"} if r.mode == "fw" else {"out", "dq", "dk", "dv", "di", "df"})
