@@ -286,10 +286,10 @@ def check(
     except ValueError as e:
         _fail(str(e))
     metrics = tuple(x.strip() for x in metric.split(",") if x.strip())
-    if not metrics:
-        _fail(f"--metric must name at least one of {', '.join(chk.METRICS)}; got {metric!r}")
-    if bad := [m for m in metrics if m not in chk.METRICS]:
-        _fail(f"--metric must be among {', '.join(chk.METRICS)}; got {', '.join(bad)}")
+    try:  # before anything is measured
+        chk.check_metrics(metrics)
+    except chk.CheckInputError as e:
+        _fail(str(e))
     _check_timer(timer)
     if against is not None:
         cur, base, current, baseline = _against(against, run, baseline, out, rounds, kernels, timeout, timer)
@@ -297,11 +297,10 @@ def check(
         _fail("give --baseline RESULTS (the reference run) or --against REF --run PRESET")
     elif run is not None:
         try:  # refuse before spending minutes on the run
-            chk.load_pair(baseline, baseline, allow_different_device=True)
+            chk.load_run(baseline, "baseline")
         except chk.CheckInputError as e:
             _fail(f"--baseline: {e}")
         current = out or Path("results") / f"{Path(run).stem}-check.parquet"
-        _check_out(current)
         _run_preset(run, current, force=True, timer=timer, kernels=kernels)
     if against is None:
         if current is None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,9 +21,10 @@ import pandas as pd
 from rich.console import Console
 
 from bench import envinfo, store
+from bench.measure import check_timer
 from bench.problem import KEY_FIELDS, Problem
 from bench.registry import KernelSpec
-from bench.runner import make_row, precheck
+from bench.runner import check_timeout, make_row, precheck, with_peaks
 from bench.worker import KernelWorker, Task
 
 SIDES = ("A", "B")  # A: the ref (the baseline of the comparison), B: this tree
@@ -39,13 +39,9 @@ class Side:
     commit: str
 
 
-def _git(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=120)
-
-
 def resolve_ref(ref: str, repo: Path = envinfo.ROOT) -> str:
     """The commit of git ref ``ref`` in ``repo``; ``ValueError`` naming ``--against`` when there is none."""
-    done = _git(repo, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
+    done = envinfo.git("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", repo=repo)
     if done.returncode != 0 or not done.stdout.strip():
         raise ValueError(f"--against: {ref!r} is not a commit of the git repository {str(repo)!r}")
     return done.stdout.strip()
@@ -56,14 +52,14 @@ def worktree(commit: str, repo: Path = envinfo.ROOT) -> Iterator[Path]:
     """``commit`` checked out in a temporary, detached git worktree of ``repo``; removed afterwards."""
     with tempfile.TemporaryDirectory(prefix="bench-ab-") as tmp:
         path = Path(tmp) / "tree"
-        done = _git(repo, "worktree", "add", "--detach", str(path), commit)
+        done = envinfo.git("worktree", "add", "--detach", str(path), commit, repo=repo)
         if done.returncode != 0:
             raise ValueError(f"--against: cannot check out {commit[:12]}: {done.stderr.strip()}")
         try:
             yield path
         finally:
-            _git(repo, "worktree", "remove", "--force", str(path))
-            _git(repo, "worktree", "prune")
+            envinfo.git("worktree", "remove", "--force", str(path), repo=repo)
+            envinfo.git("worktree", "prune", repo=repo)
 
 
 def _row(spec: KernelSpec, problem: Problem, m: object, meta: envinfo.RunMetadata, side: Side, rnd: int) -> dict:
@@ -86,6 +82,8 @@ def ab_sweep(
     ``out`` as it is measured. A config decided before launch (unavailable / unsupported) gets one row per side."""
     if rounds < 1:
         raise ValueError(f"--rounds must be a positive integer; got {rounds!r}")
+    check_timer(timer)
+    check_timeout(timeout_s)
     console = console or Console(stderr=True)
     out = Path(out)
     store.check_writable(out)
@@ -103,16 +101,13 @@ def ab_sweep(
                 store.append(out, new)
                 rows += new
                 continue
-            if problem.device == "cuda" and problem.dtype not in peaks:
-                peaks[problem.dtype] = envinfo.measure_peaks(problem.dtype)
-            peak = peaks.get(problem.dtype, (None, None))
-            run_meta = envinfo.RunMetadata(**{**meta.as_dict(), "peak_tflops": peak[0], "peak_bandwidth_gbs": peak[1]})
+            run_meta = with_peaks(meta, peaks, problem)
             for rnd in range(rounds):
                 for side in sides if rnd % 2 == 0 else sides[::-1]:
                     key = (side.name, problem.device)
                     if key not in workers:
                         workers[key] = KernelWorker(problem.device, root=side.root)
-                    m = workers[key].run(Task(spec.name, problem, False, peak[0], timer), timeout_s)
+                    m = workers[key].run(Task(spec.name, problem, False, run_meta.peak_tflops, timer), timeout_s)
                     if m.status != "ok":
                         workers[key].stop(kill=True)  # a fresh process for what follows
                     row = _row(spec, problem, m, run_meta, side, rnd)

@@ -71,16 +71,22 @@ def _num(value: object) -> float | None:
     return None if math.isnan(value) else value
 
 
+def load_run(path: str | Path, name: str) -> pd.DataFrame:
+    """The rows of one side of a comparison (``name``: current run or baseline); ``CheckInputError`` when the file
+    is missing, not a results file, or has no rows."""
+    try:
+        frame = store.load(path)
+    except (FileNotFoundError, store.SchemaError) as err:
+        raise CheckInputError(str(err)) from err
+    if frame.empty:
+        raise CheckInputError(f"the {name} {str(path)!r} has no rows: nothing to compare")
+    return frame
+
+
 def load_pair(
     current: str | Path, baseline: str | Path, allow_different_device: bool
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    try:
-        cur, base = store.load(current), store.load(baseline)
-    except (FileNotFoundError, store.SchemaError) as err:
-        raise CheckInputError(str(err)) from err
-    for name, frame, path in (("current run", cur, current), ("baseline", base, baseline)):
-        if frame.empty:
-            raise CheckInputError(f"the {name} {str(path)!r} has no rows: nothing to compare")
+    cur, base = load_run(current, "current run"), load_run(baseline, "baseline")
     gpus_cur, gpus_base = set(cur.gpu_name.dropna()), set(base.gpu_name.dropna())
     if gpus_cur and gpus_base and gpus_cur != gpus_base and not allow_different_device:
         raise CheckInputError(
@@ -153,6 +159,14 @@ def _verdict_pair(metric: str, b: pd.Series, c: pd.Series, threshold: float) -> 
     return Comparison(kernel, config, metric, base, cur, ratio, "regression", host)
 
 
+def check_metrics(metrics: tuple[str, ...]) -> None:
+    """``CheckInputError`` naming ``--metric`` unless ``metrics`` is a non-empty selection of ``METRICS``."""
+    if not metrics:
+        raise CheckInputError(f"--metric must name at least one of {', '.join(METRICS)}; got none")
+    if bad := [m for m in metrics if m not in METRICS]:
+        raise CheckInputError(f"--metric must be among {', '.join(METRICS)}; got {', '.join(bad)}")
+
+
 def compare(
     current: pd.DataFrame,
     baseline: pd.DataFrame,
@@ -160,11 +174,7 @@ def compare(
     metrics: tuple[str, ...] = ("runtime_ms", "peak_mem_bytes"),
 ) -> list[Comparison]:
     """Every (config, metric) pair of the two runs with its verdict."""
-    bad = [m for m in metrics if m not in METRICS]
-    if not metrics:
-        raise CheckInputError(f"--metric must name at least one of {', '.join(METRICS)}; got none")
-    if bad:
-        raise CheckInputError(f"--metric must be among {', '.join(METRICS)}; got {', '.join(bad)}")
+    check_metrics(metrics)
     cur, base = _latest(current), _latest(baseline)
     out: list[Comparison] = []
     for key in list(dict.fromkeys([*base, *cur])):
@@ -263,9 +273,7 @@ def staleness(current: pd.DataFrame, baseline: pd.DataFrame, repo: Path | None =
     """Why a committed baseline may no longer describe the code: a file that defines a compared kernel changed since
     the baseline's ``git_commit`` (read with ``git diff`` against this tree), or the baseline was measured with
     another Triton or torch than the run. Empty: nothing found."""
-    import subprocess
-
-    from bench.envinfo import ROOT
+    from bench.envinfo import ROOT, git
 
     repo = repo or ROOT
     notes = []
@@ -275,31 +283,27 @@ def staleness(current: pd.DataFrame, baseline: pd.DataFrame, repo: Path | None =
             notes.append(
                 f"the baseline was measured with {column} {', '.join(sorted(before))}, the run with {', '.join(sorted(now))}"
             )
-    ok = set(baseline.kernel[baseline.status == "ok"]) & set(current.kernel)
-    commits = {str(c).removesuffix("-dirty") for c in baseline.git_commit[baseline.kernel.isin(ok)].dropna() if c}
-    for commit in sorted(commits):
-        known = subprocess.run(["git", "-C", str(repo), "cat-file", "-e", f"{commit}^{{commit}}"], capture_output=True)
-        if known.returncode != 0:
+    compared = baseline[(baseline.status == "ok") & baseline.kernel.isin(set(current.kernel))]
+    commits = compared.git_commit.fillna("").str.removesuffix("-dirty")
+    pairs = sorted({(c, k) for c, k in zip(commits, compared.kernel) if c})  # (commit, kernel) measured there
+    unknown: set[str] = set()
+    for commit, kernel in pairs:
+        if commit in unknown:
+            continue
+        if git("cat-file", "-e", f"{commit}^{{commit}}", repo=repo).returncode != 0:
+            unknown.add(commit)
             notes.append(f"the baseline's commit {commit[:12]} is not in this repository: its staleness is unknown")
             continue
-        for kernel in sorted(
-            k for k in ok if commit in set(baseline.git_commit[baseline.kernel == k].str.removesuffix("-dirty"))
-        ):
-            try:
-                paths = defining_paths(kernel)
-            except ValueError:
-                continue  # not registered here
-            if not paths:
-                continue
-            diff = subprocess.run(
-                ["git", "-C", str(repo), "diff", "--name-only", commit, "--", *map(str, paths)],
-                capture_output=True,
-                text=True,
+        try:
+            paths = defining_paths(kernel)
+        except ValueError:
+            continue  # not registered here
+        if not paths:
+            continue
+        changed = git("diff", "--name-only", commit, "--", *map(str, paths), repo=repo).stdout.split()
+        if changed:
+            notes.append(
+                f"{kernel}: {', '.join(changed[:3])}{' ...' if len(changed) > 3 else ''} changed since the "
+                f"baseline's commit {commit[:12]}"
             )
-            changed = diff.stdout.split()
-            if changed:
-                notes.append(
-                    f"{kernel}: {', '.join(changed[:3])}{' ...' if len(changed) > 3 else ''} changed since the "
-                    f"baseline's commit {commit[:12]}"
-                )
     return notes

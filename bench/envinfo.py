@@ -55,17 +55,20 @@ def _version(dist: str) -> str:
         return ""
 
 
+def git(*args: str, repo: Path = ROOT, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
+    """``git -C repo ARGS``, output captured; a missing ``git`` or a time-out is returncode 127 with the reason in
+    ``stderr`` (callers read the return code, never an exception)."""
+    try:
+        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=timeout_s)
+    except (OSError, subprocess.SubprocessError) as err:
+        return subprocess.CompletedProcess(["git", *args], 127, "", str(err))
+
+
 def _git_commit() -> str:
     """``git rev-parse HEAD`` (``-dirty`` with local changes), or ``$TFLA_BENCH_GIT_COMMIT`` without a git tree."""
-    import os
-
     if commit := os.environ.get("TFLA_BENCH_GIT_COMMIT"):
         return commit
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return ""
+    sha, dirty = git("rev-parse", "HEAD", timeout_s=5), git("status", "--porcelain", timeout_s=5)
     commit = sha.stdout.strip()
     if sha.returncode != 0 or len(commit) != 40:
         return ""

@@ -86,9 +86,8 @@ class _Stop(BaseException):  # BaseException: no ``except Exception`` on the way
 
 def check_timeout(timeout_s: object) -> None:
     """``ValueError`` naming the timeout unless it is a finite number of seconds above zero."""
-    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not math.isfinite(timeout_s):
-        raise ValueError(f"timeout must be a finite number of seconds above 0; got {timeout_s!r}")
-    if timeout_s <= 0:
+    number = isinstance(timeout_s, (int, float)) and not isinstance(timeout_s, bool)
+    if not number or not math.isfinite(timeout_s) or timeout_s <= 0:  # type: ignore[arg-type]
         raise ValueError(f"timeout must be a finite number of seconds above 0; got {timeout_s!r}")
 
 
@@ -126,6 +125,17 @@ def memory_reason(problem: Problem, capacity: int | None = None) -> str | None:
             f"the {problem.device} device has {capacity / 1e9:.3g} GB"
         )
     return None
+
+
+def with_peaks(
+    meta: envinfo.RunMetadata, peaks: dict[str, tuple[float, float]], problem: Problem
+) -> envinfo.RunMetadata:
+    """``meta`` with the device's measured peaks in ``problem``'s dtype, measured once per dtype of a GPU run (cached
+    in ``peaks``); no peaks on the CPU."""
+    if problem.device == "cuda" and problem.dtype not in peaks:
+        peaks[problem.dtype] = envinfo.measure_peaks(problem.dtype)
+    peak_tflops, peak_gbs = peaks.get(problem.dtype, (None, None))
+    return envinfo.RunMetadata(**{**meta.as_dict(), "peak_tflops": peak_tflops, "peak_bandwidth_gbs": peak_gbs})
 
 
 def _cuda_reason() -> str | None:
@@ -237,17 +247,12 @@ def _run(
                 m = precheck(spec, problem)
                 run_meta = meta
                 if m is None:
-                    if problem.device == "cuda" and problem.dtype not in peaks:
-                        peaks[problem.dtype] = envinfo.measure_peaks(problem.dtype)
-                    peak = peaks.get(problem.dtype, (None, None))
-                    run_meta = envinfo.RunMetadata(
-                        **{**meta.as_dict(), "peak_tflops": peak[0], "peak_bandwidth_gbs": peak[1]}
-                    )
+                    run_meta = with_peaks(meta, peaks, problem)
                     if problem.device not in workers:
                         workers[problem.device] = KernelWorker(problem.device)
                     worker = workers[problem.device]
                     t0 = time.perf_counter()
-                    m = worker.run(Task(spec.name, problem, verify, peak[0], timer), timeout_s)
+                    m = worker.run(Task(spec.name, problem, verify, run_meta.peak_tflops, timer), timeout_s)
                     if m.status in ("crash", "timeout"):
                         console.print(
                             f"[yellow]{spec.name} {problem}: {m.status} after {time.perf_counter() - t0:.0f} s[/yellow]"

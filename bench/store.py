@@ -143,8 +143,8 @@ def _complete(table: pa.Table, path: Path) -> pa.Table:
     if "timer" in missing:
         timers = pc.if_else(pc.equal(table["device"], "cuda"), "events", "wall")
         table = table.append_column("timer", timers.cast(pa.string()))
-    for name in ("host_ms", "errors", "side", "round"):
-        if name in missing:
+    for name in ADDED_COLUMNS:
+        if name in missing and name != "timer":  # timer: filled in by device above
             table = table.append_column(name, pa.nulls(len(table), SCHEMA.field(name).type))
     columns = []
     for field in SCHEMA:
@@ -201,7 +201,7 @@ def load(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if path.is_dir():
         raise SchemaError(f"{str(path)!r} is a folder, not a results file")
-    if not path.is_file() and not parts_dir(path).is_dir():
+    if not exists(path):
         raise FileNotFoundError(f"results file {str(path)!r} does not exist")
     if not parts_dir(path).is_dir():
         return _complete(_read_parquet(path), path).to_pandas()
@@ -239,6 +239,11 @@ def existing_keys(
     frame = frame[~frame.status.isin(retry)]
     if timer is not None:
         frame = frame[(frame.device != "cuda") | (frame.timer == timer) | (frame.status != "ok")]
+    return _keys(frame)
+
+
+def _keys(frame: pd.DataFrame) -> set[tuple[object, ...]]:
+    """The config keys (``KEY_FIELDS``) of ``frame``'s rows."""
     return {tuple(r) for r in frame[list(KEY_FIELDS)].itertuples(index=False, name=None)}
 
 
@@ -250,8 +255,7 @@ def keys_without_error(path: str | Path) -> set[tuple[object, ...]]:
         return set()
     frame = load(path)
     skipped = frame.message.fillna("").str.contains("verify skipped", regex=False)
-    frame = frame[(frame.status == "ok") & frame.error.isna() & ~skipped]
-    return {tuple(r) for r in frame[list(KEY_FIELDS)].itertuples(index=False, name=None)}
+    return _keys(frame[(frame.status == "ok") & frame.error.isna() & ~skipped])
 
 
 def check_writable(path: str | Path) -> None:
