@@ -113,9 +113,11 @@ def ab_sweep(
                     row = _row(spec, problem, m, run_meta, side, rnd)
                     store.append(out, [row])
                     rows.append(row)
-            for side in sides:  # a fresh process per config and side: no state carried over
-                if (side.name, problem.device) in workers:
-                    workers[(side.name, problem.device)].stop()
+            following = configs[n][0] if n < len(configs) else None
+            if spec is not following:  # a fresh process per kernel and side, as in a sweep
+                for side in sides:
+                    if (side.name, problem.device) in workers:
+                        workers[(side.name, problem.device)].stop()
     finally:
         for worker in workers.values():
             worker.close(kill=True)
