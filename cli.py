@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -170,16 +173,30 @@ def _check_timeout(timeout: float) -> None:
         _fail(f"--{e}")
 
 
-def _sweep_or_exit(configs: list, path: Path, **options: object) -> list[dict[str, object]]:
-    """``bench.runner.sweep``; on SIGINT / SIGTERM / SIGHUP the rows kept so far and the signal's exit code."""
+@contextlib.contextmanager
+def _exit_on_interrupt(what: str | None = None) -> Iterator[None]:
+    """A measurement stopped by SIGINT / SIGTERM / SIGHUP ends the command with the signal's exit code, saying
+    how many rows were kept where (or, for ``what`` measured into a temporary file, that nothing was judged)."""
     from bench.runner import SweepInterrupted
-    from bench.runner import sweep as run_sweep
 
     try:
-        return run_sweep(configs, path, **options)  # type: ignore[arg-type]
+        yield
     except SweepInterrupted as stop:
-        err.print(f"[yellow]{stop}[/yellow]")
+        if what is None:
+            err.print(f"[yellow]{stop}[/yellow]")
+        else:
+            name = signal.Signals(stop.signum).name
+            err.print(f"[yellow]{what} interrupted ({name}) after {stop.rows_kept} rows; nothing was judged[/yellow]")
         raise typer.Exit(stop.exit_code) from None
+
+
+def _sweep_or_exit(configs: list, path: Path, **options: object) -> list[dict[str, object]]:
+    """``bench.runner.sweep``; on SIGINT / SIGTERM / SIGHUP the rows kept so far and the signal's exit code."""
+    from bench.runner import sweep as run_sweep
+
+    with _exit_on_interrupt():
+        return run_sweep(configs, path, **options)  # type: ignore[arg-type]
+    return []
 
 
 @app.command()
@@ -230,13 +247,14 @@ def verify(
         _fail(f"--shape takes B,NH,S,DHQK,DHHV (five integers); got {shape!r}")
     chunks = _ints(chunk_size, "chunk-size")
     try:
-        results = run_verify(
-            names,
-            dev,
-            dtype or ("bfloat16" if dev == "cuda" else "float32"),
-            shape=tuple(dims) if dims else None,
-            chunks=tuple(chunks) if chunks else None,
-        )
+        with _exit_on_interrupt("verify"):
+            results = run_verify(
+                names,
+                dev,
+                dtype or ("bfloat16" if dev == "cuda" else "float32"),
+                shape=tuple(dims) if dims else None,
+                chunks=tuple(chunks) if chunks else None,
+            )
     except ValueError as e:
         _fail(str(e))
     console.print(verify_table(results))
@@ -250,7 +268,9 @@ def verify(
 def check(
     current: Annotated[Optional[Path], typer.Argument(help="results of the run to check (omit with --run)")] = None,
     baseline: Annotated[Optional[Path], typer.Option(help="results of the reference run")] = None,
-    threshold: Annotated[str, typer.Option(help="slow-down that counts, e.g. 5% or 0.05")] = "5%",
+    threshold: Annotated[
+        str, typer.Option(help="slow-down that counts, e.g. 10% or 0.1 (host-bound runtimes: at least 50%)")
+    ] = "10%",
     metric: Annotated[
         str, typer.Option(help="comma-separated: runtime_ms, peak_mem_bytes, tflops")
     ] = "runtime_ms,peak_mem_bytes",
@@ -276,7 +296,8 @@ def check(
     ] = False,
 ) -> None:
     """Compare a run with a baseline; exit 0 when it passes, 1 on a regression, a missing config or nothing compared,
-    2 on unusable input. ``--against REF --run PRESET`` measures both commits on this machine now instead."""
+    2 on unusable input. ``--against REF --run PRESET`` measures both commits on this machine now instead;
+    ``bench check AB_FILE`` judges the rows of such an A/B run again (side B against side A)."""
     from bench import check as chk
 
     if format not in ("table", "markdown", "json"):
@@ -291,10 +312,12 @@ def check(
     except chk.CheckInputError as e:
         _fail(str(e))
     _check_timer(timer)
+    measured_together = against is not None  # both sides measured in one job: no staleness to warn about
     if against is not None:
         cur, base, current, baseline = _against(against, run, baseline, out, rounds, kernels, timeout, timer)
     elif baseline is None:
-        _fail("give --baseline RESULTS (the reference run) or --against REF --run PRESET")
+        cur, base = _ab_file(current, run)
+        measured_together, baseline = True, Path(f"side A of {current}")
     elif run is not None:
         try:  # refuse before spending minutes on the run
             chk.load_run(baseline, "baseline")
@@ -302,7 +325,7 @@ def check(
             _fail(f"--baseline: {e}")
         current = out or Path("results") / f"{Path(run).stem}-check.parquet"
         _run_preset(run, current, force=True, timer=timer, kernels=kernels)
-    if against is None:
+    if not measured_together:
         if current is None:
             _fail("give the CURRENT results file or --run PRESET")
         try:
@@ -314,7 +337,7 @@ def check(
     except chk.CheckInputError as e:
         _fail(str(e))
     failures = chk.gate_failures(results, allow_missing)
-    stale = [] if against is not None else chk.staleness(cur, base)  # an A/B measured both sides just now
+    stale = [] if measured_together else chk.staleness(cur, base)
     for note in stale:
         err.print(f"[yellow]warning: the baseline may be stale:[/yellow] {note}")
     if stale and strict:
@@ -395,7 +418,7 @@ def _against(
     _check_out(path)
     try:
         commit = ab.resolve_ref(ref)
-        with ab.worktree(commit) as tree:
+        with _exit_on_interrupt(), ab.worktree(commit) as tree:  # the worktree is removed before the exit
             sides = (ab.Side("A", tree, commit), ab.Side("B", envinfo.ROOT, envinfo._git_commit()))
             ab.ab_sweep(configs, sides, path, rounds=rounds, timeout_s=timeout, timer=timer)
     except ValueError as e:
@@ -403,6 +426,24 @@ def _against(
     frame = store.load(path)
     err.print(f"A/B rows: {path} (A = {ref} {commit[:12]}, B = this tree)")
     return ab.combine(frame, "B"), ab.combine(frame, "A"), f"this tree ({path})", f"{ref} ({commit[:12]})"
+
+
+def _ab_file(current: Optional[Path], run: Optional[str]) -> tuple:
+    """``check AB_FILE``: the combined rows of side B and side A of an earlier ``--against`` run; exit 2 when
+    ``current`` is not such a file."""
+    from bench import ab
+    from bench.store import SchemaError
+
+    usage = "give --baseline RESULTS (the reference run), --against REF --run PRESET, or an A/B file of --against"
+    if current is None or run is not None:
+        _fail(usage)
+    try:
+        sides = ab.load_sides(current)  # type: ignore[arg-type]
+    except (FileNotFoundError, SchemaError) as e:
+        _fail(f"CURRENT: {e}")
+    if sides is None:
+        _fail(f"{current} holds no A/B rows (no sides A and B): {usage}")
+    return sides  # type: ignore[return-value]
 
 
 def _check_timer(timer: str) -> None:

@@ -24,7 +24,7 @@ from bench import envinfo, store
 from bench.measure import check_timer
 from bench.problem import KEY_FIELDS, Problem
 from bench.registry import KernelSpec
-from bench.runner import check_timeout, make_row, precheck, with_peaks
+from bench.runner import check_timeout, interruptible, make_row, precheck, with_peaks
 from bench.worker import KernelWorker, Task
 
 SIDES = ("A", "B")  # A: the ref (the baseline of the comparison), B: this tree
@@ -79,7 +79,8 @@ def ab_sweep(
     console: Console | None = None,
 ) -> list[dict[str, object]]:
     """Measure every config ``rounds`` times on each side, the order alternating per round; each row appended to
-    ``out`` as it is measured. A config decided before launch (unavailable / unsupported) gets one row per side."""
+    ``out`` as it is measured. A config decided before launch (unavailable / unsupported) gets one row per side.
+    SIGINT, SIGTERM and SIGHUP stop the workers and raise ``SweepInterrupted`` once the rows so far are in ``out``."""
     if rounds < 1:
         raise ValueError(f"--rounds must be a positive integer; got {rounds!r}")
     check_timer(timer)
@@ -92,37 +93,39 @@ def ab_sweep(
     peaks: dict[str, tuple[float, float]] = {}
     workers: dict[tuple[str, str], KernelWorker] = {}
     rows: list[dict[str, object]] = []
-    try:
-        for n, (spec, problem) in enumerate(configs, 1):
-            console.print(f"[dim]A/B {n}/{len(configs)}: {spec.name} {problem}[/dim]")
-            decided = precheck(spec, problem)
-            if decided is not None:
-                new = [_row(spec, problem, decided, meta, side, 0) for side in sides]
-                store.append(out, new)
-                rows += new
-                continue
-            run_meta = with_peaks(meta, peaks, problem)
-            for rnd in range(rounds):
-                for side in sides if rnd % 2 == 0 else sides[::-1]:
-                    key = (side.name, problem.device)
-                    if key not in workers:
-                        workers[key] = KernelWorker(problem.device, root=side.root)
-                    m = workers[key].run(Task(spec.name, problem, False, run_meta.peak_tflops, timer), timeout_s)
-                    if m.status != "ok":
-                        workers[key].stop(kill=True)  # a fresh process for what follows
-                    row = _row(spec, problem, m, run_meta, side, rnd)
-                    store.append(out, [row])
-                    rows.append(row)
-            following = configs[n][0] if n < len(configs) else None
-            if spec is not following:  # a fresh process per kernel and side, as in a sweep
-                for side in sides:
-                    if (side.name, problem.device) in workers:
-                        workers[(side.name, problem.device)].stop()
-    finally:
-        for worker in workers.values():
-            worker.close(kill=True)
-        with contextlib.suppress(OSError):
-            store.compact(out)
+    with interruptible(out, rows) as interrupts:
+        try:
+            for n, (spec, problem) in enumerate(configs, 1):
+                console.print(f"[dim]A/B {n}/{len(configs)}: {spec.name} {problem}[/dim]")
+                decided = precheck(spec, problem)
+                if decided is not None:
+                    new = [_row(spec, problem, decided, meta, side, 0) for side in sides]
+                    with interrupts.writing():
+                        store.append(out, new)
+                        rows += new
+                    continue
+                run_meta = with_peaks(meta, peaks, problem)
+                for rnd in range(rounds):
+                    for side in sides if rnd % 2 == 0 else sides[::-1]:
+                        key = (side.name, problem.device)
+                        if key not in workers:
+                            workers[key] = KernelWorker(problem.device, root=side.root)
+                        task = Task(spec.name, problem, False, run_meta.peak_tflops, timer)
+                        m = workers[key].run(task, timeout_s)
+                        if m.status != "ok":
+                            workers[key].stop(kill=True)  # a fresh process for what follows
+                        row = _row(spec, problem, m, run_meta, side, rnd)
+                        with interrupts.writing():
+                            store.append(out, [row])
+                            rows.append(row)
+                following = configs[n][0] if n < len(configs) else None
+                if spec is not following:  # a fresh process per kernel and side, as in a sweep
+                    for side in sides:
+                        if (side.name, problem.device) in workers:
+                            workers[(side.name, problem.device)].stop()
+        finally:
+            for worker in workers.values():
+                worker.close(kill=True)
     return rows
 
 
@@ -145,3 +148,12 @@ def combine(frame: pd.DataFrame, side: str) -> pd.DataFrame:
         first["tflops"] = group.tflops.median()
         out.append(first)
     return pd.DataFrame(out, columns=frame.columns)
+
+
+def load_sides(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """The combined rows of side B and side A of an A/B file (``combine``), to judge it again; ``None`` when
+    ``path`` holds no rows of both sides."""
+    frame = store.load(path)
+    if "side" not in frame or not set(SIDES) <= set(frame.side.dropna()):
+        return None
+    return combine(frame, "B"), combine(frame, "A")

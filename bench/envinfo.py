@@ -65,14 +65,14 @@ def git(*args: str, repo: Path = ROOT, timeout_s: float = 120) -> subprocess.Com
 
 
 def _git_commit() -> str:
-    """``git rev-parse HEAD`` (``-dirty`` with local changes), or ``$TFLA_BENCH_GIT_COMMIT`` without a git tree."""
-    if commit := os.environ.get("TFLA_BENCH_GIT_COMMIT"):
-        return commit
-    sha, dirty = git("rev-parse", "HEAD", timeout_s=5), git("status", "--porcelain", timeout_s=5)
+    """``git rev-parse HEAD`` (``-dirty`` with local changes), or ``$TFLA_BENCH_GIT_COMMIT`` without a git tree
+    (e.g. a copy of the tree on a GPU machine)."""
+    sha = git("rev-parse", "HEAD", timeout_s=5)
     commit = sha.stdout.strip()
     if sha.returncode != 0 or len(commit) != 40:
-        return ""
-    return f"{commit}-dirty" if commit and dirty.stdout.strip() else commit
+        return os.environ.get("TFLA_BENCH_GIT_COMMIT", "")
+    dirty = git("status", "--porcelain", timeout_s=5)
+    return f"{commit}-dirty" if dirty.stdout.strip() else commit
 
 
 def _driver() -> str:

@@ -182,15 +182,24 @@ def sweep(
     console = console or Console(stderr=True)
     remove_stale_logs()
     rows: list[dict[str, object]] = []
+    with interruptible(out, rows) as interrupts:
+        store.compact(out)
+        todo = _todo(configs, out, force, verify, timer)
+        skipped = len(configs) - len(todo)
+        if skipped:
+            console.print(f"[dim]resume: {skipped} of {len(configs)} configs already in {out}[/dim]")
+        _run(todo, out, verify, timeout_s, timer, console, on_row, rows, interrupts)
+    return rows
+
+
+@contextlib.contextmanager
+def interruptible(out: Path, rows: list[dict[str, object]]) -> Iterator[_Interrupts]:
+    """The block's SIGINT / SIGTERM / SIGHUP become ``SweepInterrupted`` once ``out`` is compacted; ``rows`` (the
+    rows measured so far) gives its count. Rows appended inside ``interrupts.writing()`` are never cut off."""
     with _Interrupts() as interrupts:
         try:
             try:
-                store.compact(out)
-                todo = _todo(configs, out, force, verify, timer)
-                skipped = len(configs) - len(todo)
-                if skipped:
-                    console.print(f"[dim]resume: {skipped} of {len(configs)} configs already in {out}[/dim]")
-                _run(todo, out, verify, timeout_s, timer, console, on_row, rows, interrupts)
+                yield interrupts
             finally:
                 interrupts.hold()  # a signal during the clean-up is remembered, not raised
                 with contextlib.suppress(OSError):
@@ -199,7 +208,6 @@ def sweep(
             raise SweepInterrupted(stop.signum, len(rows), out) from None
         if interrupts.pending is not None:
             raise SweepInterrupted(interrupts.pending, len(rows), out)
-    return rows
 
 
 def _todo(

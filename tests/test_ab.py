@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from bench import ab, store
-from tests.sweep_process import ROOT
+from tests.sweep_process import ROOT, wait_for
 
 PLUGIN = """
 import torch
@@ -60,12 +62,18 @@ def _git(repo: Path, *args: str) -> str:
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A clone of this repository with two more commits: the plugin kernel ``ab.work`` does 3x the work in the
-    second; ``ab.same`` is the same in both."""
+    """A clone of this repository holding this working tree, with two more commits: the plugin kernel ``ab.work``
+    does 3x the work in the second; ``ab.same`` is the same in both."""
     if shutil.which("git") is None or not (ROOT / ".git").exists():
         pytest.skip("needs git and this repository's history")
     path = tmp_path_factory.mktemp("ab") / "repo"
     subprocess.run(["git", "clone", "--quiet", "--no-hardlinks", str(ROOT), str(path)], check=True)
+    for name in _git(ROOT, "ls-files").splitlines():  # this working tree's code, uncommitted changes too
+        if (ROOT / name).is_file():
+            (path / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, path / name)
+    _git(path, "add", "-A")
+    _git(path, "commit", "-q", "--allow-empty", "-m", "the working tree")
     (path / "preset.toml").write_text(PRESET)
     for work in (1, 3):
         (path / "abplugin.py").write_text(PLUGIN.format(work=work))
@@ -74,11 +82,15 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _check(repo: Path, ref: str, out: str, threshold: str) -> subprocess.CompletedProcess[str]:
+def _cli(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "TFLA_BENCH_PLUGINS": "abplugin", "PYTHONPATH": str(repo)}
-    args = ["check", "--against", ref, "--run", "preset.toml", "--out", out, "--threshold", threshold]
-    cmd = [sys.executable, "-c", "from cli import app; app()", *args, "--metric", "runtime_ms", "--format", "json"]
+    cmd = [sys.executable, "-c", "from cli import app; app()", *args]
     return subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _check(repo: Path, ref: str, out: str, threshold: str) -> subprocess.CompletedProcess[str]:
+    args = ["check", "--against", ref, "--run", "preset.toml", "--out", out, "--threshold", threshold]
+    return _cli(repo, *args, "--metric", "runtime_ms", "--format", "json")
 
 
 def test_a_slower_commit_is_a_regression_and_only_its_kernel_is_marked(repo: Path) -> None:
@@ -98,6 +110,11 @@ def test_a_slower_commit_is_a_regression_and_only_its_kernel_is_marked(repo: Pat
         assert order["round"].tolist() == [0, 0, 1, 1]
         assert order.timestamp.is_unique
     assert len(_git(repo, "worktree", "list").splitlines()) == 1  # the temporary worktree is gone
+    again = _cli(repo, "check", "ab.parquet", "--threshold", "60%", "--metric", "runtime_ms", "--format", "json")
+    assert again.returncode == 1, again.stderr[-3000:]  # the stored rows, judged again: the same verdicts
+    assert {c["kernel"]: c["verdict"] for c in json.loads(again.stdout)["comparisons"]} == {
+        k: c["verdict"] for k, c in verdicts.items()
+    }
 
 
 def test_a_commit_against_itself_passes(repo: Path) -> None:
@@ -117,6 +134,9 @@ def test_bad_refs_and_existing_outputs_are_refused(repo: Path) -> None:
     again = _check(repo, "HEAD", "old.parquet", "5%")
     assert again.returncode == 2 and "exists: an A/B run writes a new file" in " ".join(again.stderr.split())
     assert len(store.load(repo / "old.parquet")) == 1
+    plain = _cli(repo, "check", "old.parquet")  # not an A/B file, and no --baseline
+    assert plain.returncode == 2 and "holds no A/B rows" in " ".join(plain.stderr.split())
+    assert _cli(repo, "check", "missing.parquet").returncode == 2
 
 
 def test_combine_takes_the_median_of_the_rounds() -> None:
@@ -133,3 +153,21 @@ def test_combine_takes_the_median_of_the_rounds() -> None:
     assert combined.iloc[0][["runtime_ms", "runtime_p20_ms", "runtime_p80_ms"]].tolist() == pytest.approx(
         [2.0, 1.9, 2.1]
     )
+
+
+def test_sigterm_stops_an_ab_run_keeps_its_rows_and_removes_the_worktree(repo: Path, tmp_path: Path) -> None:
+    preset = tmp_path / "hang.toml"
+    preset.write_text(PRESET.replace('["ab.work", "ab.same"]', '["ab.same", "fake.hang"]'))
+    out = tmp_path / "ab.parquet"
+    env = {**os.environ, "TFLA_BENCH_PLUGINS": "abplugin,tests.fake_kernels", "PYTHONPATH": str(repo)}
+    args = ["check", "--against", "HEAD", "--run", str(preset), "--out", str(out), "--timeout", "600"]
+    proc = subprocess.Popen([sys.executable, "-c", "from cli import app; app()", *args], cwd=repo, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    wait_for(lambda: store.exists(out) and len(store.load(out)) == 4, 300, "ab.same's 4 rows (2 rounds x 2 sides)")
+    time.sleep(2.0)  # fake.hang's first side is inside its kernel by now
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err[-3000:]
+    assert "interrupted: 4 rows kept" in " ".join(err.split()) and "Traceback" not in err
+    assert store.load(out).kernel.tolist() == ["ab.same"] * 4
+    assert len(_git(repo, "worktree", "list").splitlines()) == 1  # the temporary worktree is gone

@@ -191,3 +191,17 @@ def test_a_committed_baseline_says_when_it_is_stale(tmp_path: Path) -> None:
     assert warned.exit_code == 0 and "warning: the baseline may be stale" in _flat(warned.output)
     strict = _check(cur_path, base_path, "--strict")
     assert strict.exit_code == 1 and "the baseline may be stale" in _flat(strict.output)
+
+
+def test_the_commit_comes_from_git_and_the_variable_only_without_a_git_tree(monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    from bench import envinfo
+
+    monkeypatch.setenv("TFLA_BENCH_GIT_COMMIT", "abc1234")
+    if (envinfo.ROOT / ".git").exists():
+        head = subprocess.run(["git", "-C", str(envinfo.ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+        assert envinfo._git_commit().removesuffix("-dirty") == head.stdout.strip()  # git wins over the variable
+    no_repo = subprocess.CompletedProcess(["git"], 128, "", "fatal: not a git repository")
+    monkeypatch.setattr(envinfo, "git", lambda *a, **k: no_repo)  # a copy of the tree without .git
+    assert envinfo._git_commit() == "abc1234"

@@ -74,3 +74,16 @@ def test_logs_of_dead_sweeps_are_removed(tmp_path: Path) -> None:
         log.write_text("x")
     assert remove_stale_logs(tmp_path) == 1
     assert not dead.exists() and live.exists()
+
+
+def test_sigterm_stops_verify_with_its_exit_code_and_no_traceback() -> None:
+    proc = bench_process("verify", "--device", "cpu", "--kernels", "fake.ok,fake.hang")
+    wait_for(lambda: bool(workers_of(proc.pid)), 120, "verify's first worker")
+    worker = workers_of(proc.pid)[0]
+    time.sleep(1.0)
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err[-2000:]
+    assert "verify interrupted (SIGTERM)" in " ".join(err.split()) and "nothing was judged" in " ".join(err.split())
+    assert "Traceback" not in err
+    wait_for(lambda: not alive(worker), 10, f"worker {worker} to end with verify")
