@@ -76,7 +76,8 @@ def _startup() -> None:
 
 @app.command("list")
 def list_kernels() -> None:
-    """Every registered kernel: family, devices, availability here and the reason when unavailable.
+    """Every registered kernel: role (ours, baseline, reference), family, devices, availability here and the
+    reason when unavailable.
 
     ``yes*``: available with a known problem on this machine (e.g. a backward that is broken here).
     """
@@ -84,7 +85,7 @@ def list_kernels() -> None:
 
     gpu = cuda_reason()
     table = Table(title="registered kernels")
-    for col in ("kernel", "family", "devices", "available", "reason / description"):
+    for col in ("kernel", "role", "family", "devices", "available", "reason / description"):
         table.add_column(col)
     for spec in all_specs():
         reason = spec.available()
@@ -92,7 +93,8 @@ def list_kernels() -> None:
             reason = gpu
         caveat = spec.caveat() if reason is None else None
         available = "[red]no[/red]" if reason else ("[yellow]yes*[/yellow]" if caveat else "yes")
-        table.add_row(spec.name, spec.family, ",".join(spec.devices), available, reason or caveat or spec.description)
+        row = (spec.name, spec.role, spec.family, ",".join(spec.devices), available)
+        table.add_row(*row, reason or caveat or spec.description)
     console.print(table)
 
 

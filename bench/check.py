@@ -259,24 +259,24 @@ def to_json(results: list[Comparison], allow_missing: bool = False, failures: li
 
 
 def defining_paths(kernel: str) -> list[Path]:
-    """The files (relative to the repository) that define ``kernel``: the module of its callable and, for a kernel
-    whose module lives in ``kernels/``, that whole package (its launchers and Triton kernels)."""
+    """The files and folders (relative to the repository) that define ``kernel``: the module of its callable and
+    its spec's ``sources`` (for ours, the ``kernels/`` package it runs)."""
     import inspect
     import sys
 
     from bench.envinfo import ROOT
     from bench.registry import get
 
-    module = sys.modules.get(get(kernel).fn.__module__)
+    spec = get(kernel)
+    module = sys.modules.get(spec.fn.__module__)
     source = inspect.getsourcefile(module) if module is not None else None
     if source is None:
         return []
-    path = Path(source).resolve()
     try:
-        rel = path.relative_to(ROOT)
+        rel = Path(source).resolve().relative_to(ROOT)
     except ValueError:
         return []  # defined outside the repository (a plugin, an installed package): no history to read
-    return [Path(rel.parts[0])] if rel.parts[0] == "kernels" else [rel]
+    return [rel, *(Path(p) for p in spec.sources)]
 
 
 def staleness(current: pd.DataFrame, baseline: pd.DataFrame, repo: Path | None = None) -> list[str]:

@@ -1,8 +1,8 @@
-"""The kernel registry: one ``KernelSpec`` per benchmarked kernel, added with ``@register``.
+"""The kernel registry: one ``KernelSpec`` per benchmarked kernel, added with ``register``.
 
-Modules that register kernels: ``kernels.specs`` (ours) and every module of the ``baselines`` package
-(found automatically, so a new baseline is one new file). Specs import their libraries lazily, inside
-``available``/``make_inputs``/``fn``, so listing kernels never needs a GPU or the baseline packages.
+Every module of the ``specs`` package registers kernels on import (found automatically, so a new kernel family
+or baseline library is one new file), then the modules of ``$TFLA_BENCH_PLUGINS``. Specs import their libraries
+lazily, inside ``available``/``make_inputs``/``fn``, so listing kernels never needs a GPU or the baseline packages.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from typing import Any
 from bench.problem import Problem
 
 FAMILIES = ("mlstm", "attention", "linear_attention", "ssm")
+ROLES = ("ours", "baseline", "reference")  # what a kernel is in a comparison: reports and figures read it
+SPEC_PACKAGE = "specs"
 
 
 @dataclass(frozen=True)
@@ -29,7 +31,10 @@ class KernelSpec:
     return ``None`` or the reason why not; ``params(problem)`` records the shape mapping of the row;
     ``reference(*inputs)`` (optional) computes the same output in float64 for ``--verify``;
     ``caveat()`` names a known problem on this machine that ``bench list`` shows (e.g. a broken backward);
-    ``input_names`` name the inputs in ``bench verify``'s per-gradient errors (``dq``, ``dk``, ...).
+    ``input_names`` name the inputs in ``bench verify``'s per-gradient errors (``dq``, ``dk``, ...);
+    ``role`` (``ROLES``) says whether it is one of ours, a baseline or a reference; ``sources`` are the paths in
+    this repository (files or folders) of the code it runs besides its spec module, for ``bench check``'s
+    staleness warning (empty for installed libraries, whose version the rows record).
     """
 
     name: str
@@ -47,6 +52,8 @@ class KernelSpec:
     uses_chunk_size: bool = False
     description: str = ""
     devices: Sequence[str] = field(default=("cuda",))
+    role: str = "baseline"
+    sources: tuple[str, ...] = ()
 
 
 _REGISTRY: dict[str, KernelSpec] = {}
@@ -58,6 +65,8 @@ def register(spec: KernelSpec) -> KernelSpec:
     """Add ``spec`` to the registry (names are unique)."""
     if spec.family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, got {spec.family!r} for {spec.name}")
+    if spec.role not in ROLES:
+        raise ValueError(f"role must be one of {ROLES}, got {spec.role!r} for {spec.name}")
     if spec.name in _REGISTRY:
         raise ValueError(f"kernel {spec.name!r} is registered twice")
     _REGISTRY[spec.name] = spec
@@ -68,7 +77,7 @@ PLUGINS_ENV = "TFLA_BENCH_PLUGINS"
 
 
 def _load() -> None:
-    """Import the modules that register kernels: ours, every baseline, and ``$TFLA_BENCH_PLUGINS``.
+    """Import the modules that register kernels: every module of ``SPEC_PACKAGE``, then ``$TFLA_BENCH_PLUGINS``.
 
     ``TFLA_BENCH_PLUGINS`` is a comma-separated list of importable modules with more ``register`` calls
     (your own kernels, or the test suite's fakes); worker processes inherit it.
@@ -79,11 +88,9 @@ def _load() -> None:
             raise _PLUGIN_ERROR
         return
     _LOADED = True
-    importlib.import_module("kernels.specs")
-    import baselines
-
-    for mod in pkgutil.iter_modules(baselines.__path__):
-        importlib.import_module(f"baselines.{mod.name}")
+    package = importlib.import_module(SPEC_PACKAGE)
+    for mod in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{SPEC_PACKAGE}.{mod.name}")
     for name in plugin_modules():
         try:
             importlib.import_module(name)
@@ -119,6 +126,14 @@ def get(name: str) -> KernelSpec:
     if name not in _REGISTRY:
         raise ValueError(f"unknown kernel {name!r}; known kernels: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
+
+
+def role_of(name: str) -> str:
+    """The ``role`` of kernel ``name``; ``baseline`` for a name this tree does not register (a row from a plugin
+    or from another version of the tree)."""
+    _load()
+    spec = _REGISTRY.get(name)
+    return spec.role if spec is not None else "baseline"
 
 
 def resolve(patterns: Sequence[str]) -> list[KernelSpec]:

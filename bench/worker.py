@@ -94,8 +94,9 @@ def _serve(conn: Connection, log_path: str, env: dict[str, str], parent_pid: int
         conn.send(measure(spec, task.problem, check=task.verify, peak_tflops=task.peak_tflops, timer=task.timer))
 
 
-# Top-level packages of a tfla-bench tree: a worker serving another tree (``root``) imports these from there.
-TREE_PACKAGES = ("bench", "kernels", "baselines", "plots", "cli", "tests")
+# Top-level packages of a tfla-bench tree: a worker serving another tree (``root``) imports these from there
+# (``baselines`` is where older trees kept their registry entries).
+TREE_PACKAGES = ("bench", "kernels", "specs", "baselines", "plots", "cli", "tests")
 
 
 def _serve_tree(conn: Connection, log_path: str, env: dict[str, str], parent_pid: int, root: str) -> None:

@@ -79,9 +79,9 @@ def _shape_of(params: str) -> tuple[int, int, int] | None:
 
 def paper_shape(kernel: str, heads: int, head_dim_qk: int, head_dim_v: int) -> tuple[int, int, int]:
     """The ``(nh, hdq, hdv)`` under which the paper lists ``kernel`` run on the mLSTM problem of this shape, with
-    this harness's mappings (``baselines/shapes.py``): attention heads of 128 at the same width, Mamba's d_inner
+    this harness's mappings (``specs/shapes.py``): attention heads of 128 at the same width, Mamba's d_inner
     ``2 * width`` and state 16, Mamba2 heads of 64 with state 64; mLSTM and GLA kernels the problem's own heads."""
-    from baselines import shapes
+    from specs import shapes
 
     width = heads * head_dim_v
     if kernel.startswith(("sdpa.", "flash_attn.")):

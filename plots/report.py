@@ -8,9 +8,9 @@ from pathlib import Path
 import pandas as pd
 
 from bench.problem import KEY_FIELDS
+from bench.registry import role_of
 from plots.lines import AXES, plot_lines, save
 
-OURS = ("tfla.mlstm_sig", "tfla.mlstm_exp")
 SHAPE = [k for k in KEY_FIELDS if k not in ("kernel", "chunk_size")]
 
 
@@ -22,14 +22,16 @@ def varying_axis(frame: pd.DataFrame) -> str:
 
 def speedups(frame: pd.DataFrame) -> pd.DataFrame:
     """baseline runtime / our runtime for every shape both measured, at the same chunk size where the baseline has
-    one (> 1: ours is faster)."""
+    one (> 1: ours is faster). Ours and the baselines by their registry ``role``."""
     ok = frame[frame.status == "ok"]
+    roles = {name: role_of(name) for name in ok.kernel.unique()}
+    baselines = [name for name, role in roles.items() if role == "baseline"]
     rows = []
-    for ours in OURS:
+    for ours in sorted(name for name, role in roles.items() if role == "ours"):
         mine = ok[ok.kernel == ours]
         for _, m in mine.iterrows():
             same_chunk = (ok.chunk_size == m.chunk_size) | (ok.chunk_size == 0)  # chunkless kernels: any
-            same = ok[(ok[SHAPE] == m[SHAPE]).all(axis=1) & same_chunk & ~ok.kernel.isin(OURS)]
+            same = ok[(ok[SHAPE] == m[SHAPE]).all(axis=1) & same_chunk & ok.kernel.isin(baselines)]
             for _, b in same.iterrows():
                 rows.append(
                     {

@@ -2,7 +2,7 @@
 cast afterwards: must be bit-identical) and the load path (fw_output reading bf16 states vs the same values
 stored as fp32: must give the same h up to the tiles' rounding, ~1e-5). On Triton 3.6 / H100 the load path is
 wrong when the state loop is software-pipelined, for some tiles (results/h100/bf16_state_loads*.log); rerun
-after a Triton upgrade before pipelining it (``kernels.mlstm.tfla.STATE_READERS``).
+after a Triton upgrade before pipelining it (``kernels.mlstm.tiles.STATE_READERS``).
 Usage: ``python scripts/check_state_loads.py [--chunk 128] [--variants sig,exp] [--state-stages 1] [--skip-store]
 [--shape B,NH,S,DHQK,DHHV]`` (CUDA only). ``--state-stages 0`` pipelines the state loop like the rest of the kernel;
 each tile's h is then also compared with the same tiles' h with a 1-stage state loop, which must be identical."""

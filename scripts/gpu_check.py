@@ -20,7 +20,8 @@ import triton.testing
 
 from kernels.mlstm.accuracy import relative_error as rel
 from kernels.mlstm.reference import mlstm_parallel
-from kernels.mlstm.tfla import STATE_READERS, TileConfig, choose_tiles, mlstm_tfla
+from kernels.mlstm.tfla import mlstm_tfla
+from kernels.mlstm.tiles import STATE_READERS, TileConfig, choose_tiles
 
 NAMES = ("h", "dq", "dk", "dv", "di", "df")
 

@@ -21,7 +21,8 @@ import argparse
 
 import torch
 
-from kernels.mlstm.tfla import TileConfig, mlstm_tfla
+from kernels.mlstm.tfla import mlstm_tfla
+from kernels.mlstm.tiles import TileConfig
 
 
 def kernel_times(run: callable, passes: int) -> dict[str, float]:

@@ -1,6 +1,6 @@
 """Tile tuning for the TFLA kernels on the GPU: per-kernel times of one fwbw pass for candidate tiles.
 
-For each kernel (``kernels.mlstm.tfla.KERNELS``) and each candidate ``KernelTiles`` the other kernels keep
+For each kernel (``kernels.mlstm.tiles.KERNELS``) and each candidate ``KernelTiles`` the other kernels keep
 the current table (``choose_tiles``); every kernel's CUDA time is read from ``torch.profiler`` over a few
 fwbw passes, and the outputs are compared with the current table's (bf16: must agree to 2e-2). Compiles
 run first in ``--jobs`` spawned processes on small inputs (same specialization), so the timing pass only
@@ -25,14 +25,14 @@ import triton
 from profile_passes import fwbw, kernel_times, make_inputs
 
 from kernels.mlstm.accuracy import relative_error as rel
-from kernels.mlstm.tfla import (
+from kernels.mlstm.launch import gpu_sm_count
+from kernels.mlstm.tiles import (
     INTRA_CHUNK,
     KERNELS,
     STATE_READERS,
     KernelTiles,
     TileConfig,
     choose_tiles,
-    gpu_sm_count,
     unrolls_head_slices,
 )
 

@@ -6,10 +6,10 @@ import json
 
 import torch
 
-from baselines import mamba, sdpa, shapes
 from bench.problem import Problem
 from bench.registry import all_specs, get
 from bench.runner import precheck
+from specs import mamba, sdpa, shapes
 
 PAPER = Problem(batch=8, heads=16, seq_len=8192, head_dim_qk=128, head_dim_v=256, chunk_size=128)
 
@@ -85,7 +85,7 @@ def test_sdpa_math_matches_float64_reference() -> None:
 
 def test_gla_reference_matches_a_step_by_step_recurrence() -> None:
     """The FLA baselines' reference (used by --verify) against a plain recurrence, scalar and vector gates."""
-    from baselines.fla import gla_reference
+    from specs.fla import gla_reference
 
     B, S, H, DK, DV = 1, 12, 2, 8, 4
     q, k, v = (
@@ -135,7 +135,7 @@ def test_flash_attention_rows_say_which_package_and_gpu_they_need(monkeypatch) -
     import sys
     import types
 
-    from baselines import flash_attn
+    from specs import flash_attn
 
     assert flash_attn.fa4_head_dims(128, 9, "fwbw") is None and flash_attn.fa4_head_dims(256, 9, "bw") is None
     assert flash_attn.fa4_head_dims(512, 9, "fw") == "FlashAttention-4 supports head dims 8..256 on sm_90; got 512"

@@ -157,7 +157,7 @@ def _dirty() -> bool:
 
     from bench.envinfo import ROOT
 
-    status = ["git", "-C", str(ROOT), "status", "--porcelain", "--", "kernels", "baselines/sdpa.py"]
+    status = ["git", "-C", str(ROOT), "status", "--porcelain", "--", "kernels", "specs/tfla.py", "specs/sdpa.py"]
     return bool(subprocess.run(status, capture_output=True, text=True).stdout.strip())
 
 
@@ -173,17 +173,17 @@ def test_a_committed_baseline_says_when_it_is_stale(tmp_path: Path) -> None:
         _ok(1, kernel="sdpa.math", git_commit=head, **stack),
     ]
     fresh = [{**r, "git_commit": head} for r in cur]
-    dirty = _commit("status", "--porcelain", "--", "kernels", "baselines/sdpa.py") if _dirty() else ""
+    dirty = _commit("status", "--porcelain", "--", "kernels", "specs/tfla.py", "specs/sdpa.py") if _dirty() else ""
     fresh_notes = check.staleness(pd.DataFrame(cur), pd.DataFrame(fresh))
     assert fresh_notes == [] or dirty, fresh_notes  # a developer's uncommitted kernel change is a change too
     old = [{**r, "git_commit": first, "triton": "3.4.0"} for r in cur]
     notes = check.staleness(pd.DataFrame(cur), pd.DataFrame(old))
     assert "the baseline was measured with triton 3.4.0, the run with 3.6.0" in notes
-    assert any(n.startswith("tfla.mlstm_sig: kernels/") and first[:12] in n for n in notes), notes
+    assert any(n.startswith("tfla.mlstm_sig: ") and "kernels/" in n and first[:12] in n for n in notes), notes
     unknown = [{**r, "git_commit": "f" * 40} for r in cur]
     assert any("is not in this repository" in n for n in check.staleness(pd.DataFrame(cur), pd.DataFrame(unknown)))
-    assert check.defining_paths("tfla.mlstm_sig") == [Path("kernels")]
-    assert check.defining_paths("sdpa.math") == [Path("baselines/sdpa.py")]
+    assert check.defining_paths("tfla.mlstm_sig") == [Path("specs/tfla.py"), Path("kernels/mlstm")]
+    assert check.defining_paths("sdpa.math") == [Path("specs/sdpa.py")]
     cur_path, base_path = tmp_path / "cur.parquet", tmp_path / "base.parquet"
     store.append(cur_path, cur)
     store.append(base_path, old)

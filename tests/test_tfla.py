@@ -14,8 +14,10 @@ from dataclasses import replace
 import pytest
 import torch
 
+import kernels.mlstm.chunk_bw as chunk_bw
 import kernels.mlstm.gates as gates
 import kernels.mlstm.tfla as tfla
+import kernels.mlstm.tiles as tiling
 from kernels.mlstm.accuracy import (
     GATE_EXTREMES,
     GRADIENTS,
@@ -26,7 +28,8 @@ from kernels.mlstm.accuracy import (
     signed_input_case,
 )
 from kernels.mlstm.reference import MLSTMStates
-from kernels.mlstm.tfla import KernelTiles, TileConfig, mlstm_tfla
+from kernels.mlstm.tfla import mlstm_tfla
+from kernels.mlstm.tiles import KernelTiles, TileConfig
 
 # The issue's bounds hold for every output, the forget gate included. Worst of 25 fresh draws per case over
 # the shapes of test_forward_and_gradients (`python scripts/precision_stats.py`): fp32 4.1e-6 (any output);
@@ -58,8 +61,8 @@ def poison_allocations(monkeypatch: pytest.MonkeyPatch) -> None:
 
     proxy = types.SimpleNamespace(**{n: getattr(torch, n) for n in dir(torch) if not n.startswith("__")})
     proxy.empty, proxy.empty_like = empty, empty_like
-    monkeypatch.setattr(tfla, "torch", proxy)
-    monkeypatch.setattr(gates, "torch", proxy)
+    for module in (tfla, chunk_bw, gates):  # the modules that allocate buffers
+        monkeypatch.setattr(module, "torch", proxy)
 
 
 def _check(case: AccuracyCase, bounds: dict[str, float] | None = None) -> None:
@@ -167,7 +170,7 @@ def test_unrolled_head_dim_slices(whole: bool, monkeypatch: pytest.MonkeyPatch) 
     """``unroll_slices`` in the four intra-chunk kernels: the token loop's first product over unrolled head-dim
     slices (DHQK 32 in two, DHHV 48 in three), or over one slice covering the head dim, whose operand then loads
     once while the inter-chunk term takes ``STATE_SLICE``-wide slices (16 here, so it loops)."""
-    monkeypatch.setattr(tfla, "STATE_SLICE", 16)
+    monkeypatch.setattr(tiling, "STATE_SLICE", 16)
     qk_slice, v_slice = (32, 64) if whole else (16, 16)
     over_qk = KernelTiles(BQ=16, BKV=32, BK=qk_slice, BV=16, unroll_slices=True)
     over_v = KernelTiles(BQ=32, BKV=16, BK=16, BV=v_slice, unroll_slices=True)
@@ -180,8 +183,8 @@ def test_unrolled_head_dim_slices(whole: bool, monkeypatch: pytest.MonkeyPatch) 
         bw_dv=over_qk,
     )
     if whole:  # the inter-chunk term's slices: STATE_SLICE, not the whole-width tile
-        assert tfla.state_slice(over_qk, True, 32, 32) == 16
-        assert tfla.state_slice(over_v, True, 64, 48) == 16
+        assert tiling.state_slice(over_qk, True, 32, 32) == 16
+        assert tiling.state_slice(over_v, True, 64, 48) == 16
     _check(AccuracyCase("exp", True, 70, 32, 48, 32, torch.float32, with_states=True, tiles=tiles))
 
 
@@ -234,29 +237,6 @@ def test_bad_tiles_name_the_field(field: str, value: int, message: str) -> None:
         mlstm_tfla(q, k, v, i, f, chunk_size=32, tiles={"BQ": 64})
 
 
-def test_16bit_state_loops_run_without_software_pipelining() -> None:
-    """Triton 3.6 on the H100 miscompiled pipelined 16-bit chunk-state loads (docs/performance.md, v2): the
-    state-loading loop of each reader runs 1 stage unless its tiles set ``state_stages`` (the GPU table does,
-    after a bit-exact check, v7); every other loop keeps the kernel's stages."""
-    tiles = replace(TileConfig.uniform(KernelTiles(num_stages=2)), fw_states=KernelTiles(num_stages=3))
-    for dtype in (torch.bfloat16, torch.float16):
-        for chunk in (64, 128, 1024):
-            table = tfla.choose_tiles(chunk, 256, 512, interpret=False, dtype=dtype)
-            for config in (tiles, table):
-                fixed = tfla.unpipelined_state_loads(config, dtype)
-                for name in tfla.KERNELS:
-                    before, after = getattr(config, name), getattr(fixed, name)
-                    assert after.num_stages == before.num_stages
-                    unset = 1 if name in tfla.STATE_READERS else before.num_stages
-                    assert after.state_loop_stages == (before.state_stages or unset)
-            launched = tfla.unpipelined_state_loads(table, dtype)
-            assert launched.fw_output.state_loop_stages == (2 if chunk >= tfla.LARGE_CHUNK else 1)
-            assert launched.bw_dq.state_loop_stages == 2
-    assert tfla.unpipelined_state_loads(tiles, torch.float32) == tiles
-    explicit = replace(tiles, fw_output=KernelTiles(num_stages=2, state_stages=3))
-    assert tfla.unpipelined_state_loads(explicit, torch.bfloat16).fw_output.state_loop_stages == 3
-
-
 @pytest.mark.parametrize("variant", ["exp", "sig"])
 def test_state_slices_apart_from_the_head_dim_tiles(variant: str) -> None:
     """``state_slice`` sets the inter-chunk term's slices apart from the tile the token loop slices by: wider
@@ -271,121 +251,17 @@ def test_state_slices_apart_from_the_head_dim_tiles(variant: str) -> None:
         bw_dk=KernelTiles(BQ=32, BKV=16, BK=64, BV=16, state_slice=32),
         bw_dv=KernelTiles(BQ=32, BKV=16, BK=16, BV=64, state_slice=32),
     )
-    assert tfla.slice_args("fw_output", tiles.fw_output, 32, 48, 4)["BS"] == 32
-    assert tfla.slice_args("bw_dq", tiles.bw_dq, 32, 48, 4)["BS"] == 16
-    assert tfla.slice_args("bw_dk", tiles.bw_dk, 32, 48, 4)["BS"] == 32
+    assert tiling.slice_args("fw_output", tiles.fw_output, 32, 48, 4)["BS"] == 32
+    assert tiling.slice_args("bw_dq", tiles.bw_dq, 32, 48, 4)["BS"] == 16
+    assert tiling.slice_args("bw_dk", tiles.bw_dk, 32, 48, 4)["BS"] == 32
     _check(AccuracyCase(variant, True, 70, 32, 48, 32, torch.float32, with_states=True, tiles=tiles))
-
-
-def test_wide_qk_head_dims_pipeline_the_dq_state_loop() -> None:
-    """bw_dq takes WIDE_QK_TILES (a pipelined state loop) from DHQK 256 on in 16-bit, where it was faster on the
-    H100; at the paper's DHQK 128 and in fp32 it keeps the GPU_TILES entry (1-stage state loop for 16-bit)."""
-    for chunk in (128, 1024):
-        wide = tfla.choose_tiles(chunk, 256, 512, interpret=False).bw_dq
-        assert wide == tfla.WIDE_QK_TILES["bw_dq"].fit(chunk, 256, 512)
-        assert tfla.slice_args("bw_dq", wide, 256, 512, 2)["BS"] == 64
-        paper = tfla.choose_tiles(chunk, 128, 256, interpret=False).bw_dq
-        assert paper == tfla.GPU_TILES.bw_dq.fit(chunk, 128, 256)
-        assert tfla.slice_args("bw_dq", paper, 128, 256, 2)["BS"] == paper.BV
-        assert tfla.choose_tiles(chunk, 256, 512, interpret=False, dtype=torch.float32).bw_dq.state_slice is None
-
-
-@pytest.mark.parametrize(
-    ("dtype", "chunk", "pipelined"),
-    [(torch.bfloat16, 64, True), (torch.bfloat16, 128, True), (torch.bfloat16, 256, False)]
-    + [(torch.bfloat16, 1024, False), (torch.float32, 64, True), (torch.float32, 128, False)],
-)
-def test_state_chunk_loop_is_pipelined_only_where_it_fits(dtype: torch.dtype, chunk: int, pipelined: bool) -> None:
-    """fw_states unrolls a chunk's token slices, so that Triton pipelines its chunk loop, only while
-    ``num_stages`` whole chunks of k and v fit ``STATE_PIPELINE_SMEM``: with the GPU table up to chunk 128 in
-    bf16 and 64 in fp32, at the 7B head dims. The estimate is an upper bound: for sm_90 at bf16 chunk 128 Triton
-    allocated 99 KiB (106 KiB with 64-token slices), against 112 KiB estimated and 227 KiB available."""
-    tiles = tfla.choose_tiles(chunk, 256, 512, interpret=False, dtype=dtype).fw_states
-    smem = tfla.pipelined_chunk_smem(tiles, chunk, dtype.itemsize, tfla.state_dtype(dtype).itemsize)
-    assert (smem <= tfla.STATE_PIPELINE_SMEM) is pipelined
-    assert tfla.unrolls_chunk_slices(tiles, chunk, dtype.itemsize, tfla.state_dtype(dtype).itemsize) is pipelined
-    assert tfla.STATE_PIPELINE_SMEM < 227 * 1024
-
-
-@pytest.mark.parametrize("chunk", [128, 256, 512, 4096])
-def test_large_chunks_take_their_own_tiles(chunk: int) -> None:
-    """At the 7B head dims in bf16: UNROLLED_TILES at every chunk size, LARGE_CHUNK_TILES from LARGE_CHUNK on
-    (clamped to the problem), WIDE_QK_TILES (DHQK 256); every other kernel keeps GPU_TILES. fp32 keeps the rolled table at every chunk."""
-    tiles = tfla.choose_tiles(chunk, 256, 512, interpret=False)
-    large = chunk >= tfla.LARGE_CHUNK
-    for name in tfla.KERNELS:
-        expected = (tfla.LARGE_CHUNK_TILES.get(name) if large else None) or tfla.UNROLLED_TILES.get(name)
-        expected = expected or tfla.WIDE_QK_TILES.get(name) or getattr(tfla.GPU_TILES, name)
-        assert getattr(tiles, name) == expected.fit(chunk, 256, 512)
-    assert large == tiles.fw_output.unroll_slices
-    fp32 = tfla.choose_tiles(chunk, 256, 512, interpret=False, dtype=torch.float32)
-    assert not any(getattr(fp32, name).unroll_slices for name in tfla.KERNELS)
-
-
-@pytest.mark.parametrize(
-    "dhqk,dhhv,dtype,unrolled",
-    [
-        (256, 512, torch.bfloat16, {"fw_output", "bw_dk", "bw_dv"}),  # 7B: the tuned shape
-        (128, 256, torch.float16, {"fw_output", "bw_dk", "bw_dv"}),  # paper: the tiles clamp to whole head dims
-        (32, 64, torch.bfloat16, set(tfla.INTRA_CHUNK)),  # SMALL_HEAD_TILES: all four unrolled
-        (512, 1024, torch.bfloat16, set()),  # headdim preset's widest: two slices per stage would not fit
-        (256, 1024, torch.bfloat16, {"fw_output", "bw_dv"}),  # bw_dk's DHHV 1024 would not
-        (64, 128, torch.float32, set()),  # tuned in bf16: fp32 keeps the rolled table
-    ],
-)
-def test_unrolled_tiles_only_where_they_fit(dhqk: int, dhhv: int, dtype: torch.dtype, unrolled: set) -> None:
-    """choose_tiles takes an unrolled entry only where ``unrolled_smem`` fits ``UNROLLED_SMEM`` (under the H100's
-    227 KiB per block), else the rolled GPU_TILES entry: every chosen tile launches unrolled as chosen."""
-    tiles = tfla.choose_tiles(1024, dhqk, dhhv, interpret=False, dtype=dtype)
-    for name in tfla.INTRA_CHUNK:
-        t = getattr(tiles, name)
-        assert t.unroll_slices == (name in unrolled)
-        assert tfla.unrolls_head_slices(name, t, dhqk, dhhv, dtype.itemsize) == t.unroll_slices
-        if not t.unroll_slices and dtype != torch.float32 and max(dhqk, dhhv) > max(tfla.SMALL_HEAD_TILES):
-            rolled = tfla.WIDE_QK_TILES.get(name) if dhqk >= tfla.WIDE_QK else None
-            assert t == (rolled or getattr(tfla.GPU_TILES, name)).fit(1024, dhqk, dhhv)
-    # Triton allocated up to 5.6 KiB more than estimated for the tuner's 168 unrolled candidates (sm_90)
-    assert tfla.UNROLLED_SMEM + 6 * 1024 <= 227 * 1024
-
-
-@pytest.mark.parametrize(
-    "dhqk,dhhv,width",
-    [(16, 32, 32), (32, 32, 32), (32, 64, 64), (64, 64, 64), (64, 128, 128), (128, 128, 128), (128, 256, None)],
-)
-@pytest.mark.parametrize("chunk", [64, 128, 1024])
-def test_small_head_dims_take_their_own_table(dhqk: int, dhhv: int, width: int | None, chunk: int) -> None:
-    """16-bit inputs whose head dims are both at most 128 take the ``SMALL_HEAD_TILES`` entry of the narrowest
-    width that holds them (clamped to the problem), at every chunk size, and every unrolled tile there fits its
-    shared memory; the paper's 128 / 256 and fp32 inputs do not."""
-    for dtype in (torch.bfloat16, torch.float16):
-        tiles = tfla.choose_tiles(chunk, dhqk, dhhv, interpret=False, dtype=dtype)
-        if width is None:
-            assert all(tiles != t.fit(chunk, dhqk, dhhv) for t in tfla.SMALL_HEAD_TILES.values())
-            continue
-        assert tiles == tfla.SMALL_HEAD_TILES[width].fit(chunk, dhqk, dhhv)
-        assert (tiles.fw_output.BK, tiles.fw_output.BV) == (dhqk, dhhv)  # whole head dims in one tile
-        for name in tfla.INTRA_CHUNK:
-            assert tfla.unrolls_head_slices(name, getattr(tiles, name), dhqk, dhhv, dtype.itemsize)
-    fp32 = tfla.choose_tiles(chunk, dhqk, dhhv, interpret=False, dtype=torch.float32)
-    assert not any(getattr(fp32, name).unroll_slices for name in tfla.KERNELS)
-
-
-@pytest.mark.parametrize("batch_heads,warps", [(32, tfla.SMALL_GRID_STATE_WARPS), (64, 4), (0, 4)])
-def test_state_kernel_warps_follow_its_grid(batch_heads: int, warps: int) -> None:
-    """Paper head dims (128 / 256) on 132 SMs: 32 heads give fw_states 128 programs, one per SM, so it runs
-    more warps; 64 heads (256 programs) and an unknown head count keep the table's 4. No other kernel changes."""
-    table = tfla.choose_tiles(128, 128, 256, interpret=False)
-    tiles = tfla.choose_tiles(128, 128, 256, False, torch.bfloat16, batch_heads, 132)
-    assert table.fw_states.num_warps == 4
-    assert tiles.fw_states.num_warps == warps
-    assert replace(tiles, fw_states=table.fw_states) == table
 
 
 @pytest.mark.parametrize("variant", ["exp", "sig"])
 def test_state_kernel_with_a_loop_over_token_slices(monkeypatch: pytest.MonkeyPatch, variant: str) -> None:
     """Chunks too large to pipeline whole take the state kernels' loop over token slices (fw_states and
     bw_states; here 4 slices of 16)."""
-    monkeypatch.setattr(tfla, "STATE_PIPELINE_SMEM", 0)
+    monkeypatch.setattr(tiling, "STATE_PIPELINE_SMEM", 0)
     _check(AccuracyCase(variant, True, 150, 32, 48, 64, torch.float32, with_states=True))
 
 

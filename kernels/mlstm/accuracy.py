@@ -13,7 +13,8 @@ from dataclasses import dataclass, replace
 import torch
 
 from kernels.mlstm.reference import MLSTMStates, mlstm_recurrent
-from kernels.mlstm.tfla import TileConfig, mlstm_tfla
+from kernels.mlstm.tfla import mlstm_tfla
+from kernels.mlstm.tiles import TileConfig
 
 GRADIENTS = ("q", "k", "v", "i", "f", "C0", "n0", "m0")
 

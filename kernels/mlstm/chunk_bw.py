@@ -1,4 +1,4 @@
-"""TFLA backward kernels for the mLSTM (layout as in ``chunk_fw``).
+"""TFLA backward kernels for the mLSTM (layout as in ``chunk_fw``) and their launchers.
 
 The output gradient enters as ``dh (BH, S, DHHV)`` with two per-token fp32 arrays prepared by the
 wrapper: ``inv_den (BH, SP)`` (so that ``dN_t = dh_t * inv_den_t`` is the gradient of the numerator)
@@ -8,10 +8,13 @@ and ``dz (BH, SP)`` (the gradient of the normalizer ``Z_t``); both are 0 on padd
 
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 
-from kernels.mlstm.chunk_fw import LOG2E, gate_matrix, head_dim_products, operand_once
+from kernels.mlstm.chunk_common import LOG2E, gate_matrix, head_dim_products, operand_once
+from kernels.mlstm.launch import dot_precision, head_tiles
+from kernels.mlstm.tiles import KernelTiles, slice_args, tile_args, unrolls_chunk_slices
 
 
 @triton.jit
@@ -422,3 +425,227 @@ def bw_chunk_dv_kernel(
         dh_tile = DH_D.load([bh, c * L + q_off, v0]).reshape(BQ, BV)
         dv += tl.dot(pt.to(dtype), dh_tile, input_precision=DOT_PREC)
     DV_D.store([bh, s0, v0], dv.to(DV_D.dtype).reshape(1, BKV, BV))
+
+
+def launch_bw_states(
+    q: torch.Tensor,
+    dh: torch.Tensor,
+    gate_b: torch.Tensor,
+    inv_den: torch.Tensor,
+    dz: torch.Tensor,
+    c_st: torch.Tensor,
+    n_st: torch.Tensor,
+    m_st: torch.Tensor,
+    m_tok: torch.Tensor,
+    dc_last: torch.Tensor,
+    dn_last: torch.Tensor,
+    dc_st: torch.Tensor,
+    dn_st: torch.Tensor,
+    dc_first: torch.Tensor,
+    has_dlast: bool,
+    chunk_size: int,
+    exp: bool,
+    t: KernelTiles,
+) -> torch.Tensor:
+    """``bw_chunk_state_grads_kernel``: fills the state gradients ``dc_st (BH, NC+1, DHQK, DHHV)`` (input dtype),
+    fp32 ``dn_st (BH, NC+1, DHQK)`` and ``dc_first (BH, DHQK, DHHV)`` (the initial state's) from ``dh`` and the
+    forward's chunk states; returns the fp32 per-chunk partial sums ``x_part (tiles, BH, NC)`` of the forget
+    gates' gradient."""
+    DHQK, DHHV = q.shape[-1], dh.shape[-1]
+    BH, NC = c_st.shape[:2]
+    grid = (triton.cdiv(DHQK, t.BK), triton.cdiv(DHHV, t.BV), BH)
+    x_part = torch.empty(grid[0] * grid[1], BH, NC, dtype=torch.float32, device=q.device)
+    bw_chunk_state_grads_kernel[grid](
+        head_tiles(q, t.BQ, t.BK),
+        head_tiles(dh, t.BQ, t.BV),
+        gate_b,
+        inv_den,
+        dz,
+        head_tiles(c_st, t.BK, t.BV),
+        n_st,
+        m_st,
+        m_tok,
+        dc_last,
+        dn_last,
+        head_tiles(dc_st, t.BK, t.BV),
+        dn_st,
+        dc_first,
+        x_part,
+        NC * chunk_size,
+        NC,
+        DHQK,
+        DHHV,
+        DHQK**-0.5,
+        BL=t.BQ,
+        BK=t.BK,
+        BV=t.BV,
+        HAS_DLAST=has_dlast,
+        UNROLL=unrolls_chunk_slices(t, chunk_size, q.element_size(), c_st.element_size(), state_loads=1),
+        L=chunk_size,
+        EXP=exp,
+        DOT_PREC=dot_precision(q.dtype),
+        **t.launch(),
+    )
+    return x_part
+
+
+def launch_bw_dq(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    dh: torch.Tensor,
+    gate_b: torch.Tensor,
+    gate_i: torch.Tensor,
+    inv_den: torch.Tensor,
+    dz: torch.Tensor,
+    c_st: torch.Tensor,
+    n_st: torch.Tensor,
+    m_st: torch.Tensor,
+    m_tok: torch.Tensor,
+    dq: torch.Tensor,
+    chunk_size: int,
+    exp: bool,
+    t: KernelTiles,
+) -> torch.Tensor:
+    """``bw_chunk_dq_kernel``: writes ``dq`` (shaped like ``q``); returns the fp32 per-tile ``q . dq`` sums
+    ``qdq (tiles, BH, SP)`` for the gate gradients."""
+    DHQK, DHHV = q.shape[-1], v.shape[-1]
+    BH, NC = m_st.shape[0], m_st.shape[1] - 1
+    SP = NC * chunk_size
+    qdq = torch.empty(triton.cdiv(DHQK, t.BK), BH, SP, dtype=torch.float32, device=q.device)
+    slices = slice_args("bw_dq", t, DHQK, DHHV, q.element_size())
+    bs = slices["BS"]
+    bw_chunk_dq_kernel[(triton.cdiv(DHQK, t.BK), NC * (chunk_size // t.BQ), BH)](
+        head_tiles(q, t.BQ, t.BK),
+        head_tiles(k, t.BKV, t.BK),
+        head_tiles(v, t.BKV, t.BV),
+        head_tiles(dh, t.BQ, t.BV),
+        head_tiles(dh, t.BQ, bs),
+        gate_b,
+        gate_i,
+        inv_den,
+        dz,
+        head_tiles(c_st, t.BK, bs),
+        n_st,
+        m_st,
+        m_tok,
+        head_tiles(dq, t.BQ, t.BK),
+        qdq,
+        SP,
+        NC,
+        DHQK,
+        DHHV,
+        DHQK**-0.5,
+        STATE_STAGES=t.state_loop_stages,
+        **slices,
+        **tile_args(t),
+        L=chunk_size,
+        EXP=exp,
+        DOT_PREC=dot_precision(q.dtype),
+    )
+    return qdq
+
+
+def launch_bw_dk(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    dh: torch.Tensor,
+    gate_b: torch.Tensor,
+    gate_i: torch.Tensor,
+    inv_den: torch.Tensor,
+    dz: torch.Tensor,
+    dc_st: torch.Tensor,
+    dn_st: torch.Tensor,
+    m_st: torch.Tensor,
+    m_tok: torch.Tensor,
+    dk: torch.Tensor,
+    chunk_size: int,
+    exp: bool,
+    t: KernelTiles,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``bw_chunk_dk_kernel``: writes ``dk`` (shaped like ``k``); returns the fp32 per-tile sums ``kdk``,
+    ``kdk_inter`` and ``kdk_off`` (each ``(tiles, BH, SP)``) of ``k . dk`` for the gate gradients."""
+    DHQK, DHHV = q.shape[-1], v.shape[-1]
+    BH, NC = m_st.shape[0], m_st.shape[1] - 1
+    SP = NC * chunk_size
+    kdk, kdk_inter, kdk_off = (
+        torch.empty(triton.cdiv(DHQK, t.BK), BH, SP, dtype=torch.float32, device=q.device) for _ in range(3)
+    )
+    slices = slice_args("bw_dk", t, DHQK, DHHV, q.element_size())
+    bs = slices["BS"]
+    bw_chunk_dk_kernel[(triton.cdiv(DHQK, t.BK), NC * (chunk_size // t.BKV), BH)](
+        head_tiles(q, t.BQ, t.BK),
+        head_tiles(k, t.BKV, t.BK),
+        head_tiles(v, t.BKV, t.BV),
+        head_tiles(v, t.BKV, bs),
+        head_tiles(dh, t.BQ, t.BV),
+        gate_b,
+        gate_i,
+        inv_den,
+        dz,
+        head_tiles(dc_st, t.BK, bs),
+        dn_st,
+        m_st,
+        m_tok,
+        head_tiles(dk, t.BKV, t.BK),
+        kdk,
+        kdk_inter,
+        kdk_off,
+        SP,
+        NC,
+        DHQK,
+        DHHV,
+        DHQK**-0.5,
+        **slices,
+        **tile_args(t),
+        L=chunk_size,
+        EXP=exp,
+        DOT_PREC=dot_precision(q.dtype),
+    )
+    return kdk, kdk_inter, kdk_off
+
+
+def launch_bw_dv(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    dh: torch.Tensor,
+    gate_b: torch.Tensor,
+    gate_i: torch.Tensor,
+    inv_den: torch.Tensor,
+    dc_st: torch.Tensor,
+    m_st: torch.Tensor,
+    m_tok: torch.Tensor,
+    dv: torch.Tensor,
+    chunk_size: int,
+    exp: bool,
+    t: KernelTiles,
+) -> None:
+    """``bw_chunk_dv_kernel``: writes ``dv`` (shaped like ``v``)."""
+    DHQK, DHHV = q.shape[-1], dv.shape[-1]
+    BH, NC = m_st.shape[0], m_st.shape[1] - 1
+    slices = slice_args("bw_dv", t, DHQK, DHHV, q.element_size())
+    bs = slices["BS"]
+    bw_chunk_dv_kernel[(triton.cdiv(DHHV, t.BV), NC * (chunk_size // t.BKV), BH)](
+        head_tiles(q, t.BQ, t.BK),
+        head_tiles(k, t.BKV, t.BK),
+        head_tiles(k, t.BKV, bs),
+        head_tiles(dh, t.BQ, t.BV),
+        gate_b,
+        gate_i,
+        inv_den,
+        head_tiles(dc_st, bs, t.BV),
+        m_st,
+        m_tok,
+        head_tiles(dv, t.BKV, t.BV),
+        NC * chunk_size,
+        NC,
+        DHQK,
+        DHHV,
+        DHQK**-0.5,
+        **slices,
+        **tile_args(t),
+        L=chunk_size,
+        EXP=exp,
+        DOT_PREC=dot_precision(q.dtype),
+    )

@@ -1,4 +1,4 @@
-"""TFLA forward kernels for the mLSTM (both variants; plain pointer arithmetic, no block pointers).
+"""TFLA forward kernels for the mLSTM (both variants) and their launchers; tiles move through TMA descriptors.
 
 Layout shared by all kernels (``BH = B * NH``; ``SP = NC * L`` is S padded to whole chunks):
 ``q, k: (BH, S, DHQK)``, ``v, h: (BH, S, DHHV)`` in the input dtype; fp32 gate arrays ``gate_b (BH, SP)``
@@ -12,18 +12,13 @@ index ``c`` is the state before chunk ``c`` (the last state ``C_NC`` goes to its
 
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 
-LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
-
-
-@triton.jit
-def gate_matrix(row, col, keep):
-    """A block of the gate matrix: ``exp2(row[i] + col[j])`` where ``keep[i, j]`` (the causal mask), else 0, from
-    its per-row and per-column log2 parts (fp32 vectors; ``LOG2E`` times the natural-log gates). The sum of two
-    vectors is the one full-size operation before ``exp2``."""
-    return tl.exp2(tl.where(keep, row[:, None] + col[None, :], -float("inf")))
+from kernels.mlstm.chunk_common import LOG2E, gate_matrix, head_dim_products, operand_once
+from kernels.mlstm.launch import dot_precision, head_tiles
+from kernels.mlstm.tiles import KernelTiles, slice_args, unrolls_chunk_slices
 
 
 @triton.jit
@@ -55,64 +50,6 @@ def _add_token_slice(
     C += tl.dot(tl.trans(kw.to(K_D.dtype)), v_tile, input_precision=DOT_PREC)
     n += tl.sum(kw, axis=0)
     return C, n
-
-
-@triton.jit
-def operand_once(
-    A_D,
-    a_row,
-    bh,
-    BA: tl.constexpr,
-    BD: tl.constexpr,
-    NSLICE: tl.constexpr,
-    UNROLL: tl.constexpr,
-):
-    """The loop-invariant operand ``A[a_row : a_row + BA]`` of ``head_dim_products``, loaded once before the token
-    loop where one unrolled slice covers the head dim (a placeholder, never read, otherwise)."""
-    if UNROLL and NSLICE == 1:
-        tile = A_D.load([bh, a_row, 0]).reshape(BA, BD)
-    else:
-        tile = tl.zeros((BA, BD), dtype=A_D.dtype)
-    return tile
-
-
-@triton.jit
-def head_dim_products(
-    A_D,
-    a_row,
-    a_once,
-    B_D,
-    b_row,
-    bh,
-    D,
-    BA: tl.constexpr,
-    BB: tl.constexpr,
-    BD: tl.constexpr,
-    NSLICE: tl.constexpr,
-    UNROLL: tl.constexpr,
-    DOT_PREC: tl.constexpr,
-):
-    """``A[a_row : a_row + BA] B[b_row : b_row + BB]^T`` summed over the head dim ``D`` in ``BD`` slices:
-    fp32 ``(BA, BB)``, for two descriptors ``[BH, S, D]`` with blocks ``[1, BA, BD]`` and ``[1, BB, BD]``.
-    ``UNROLL`` unrolls the ``NSLICE = cdiv(D, BD)`` slices, so that the caller's token loop is the innermost
-    loop, which Triton software-pipelines (the next token block's tiles load during this one's products); with one
-    slice, ``A`` is ``a_once`` (``operand_once``, loaded before the loop)."""
-    if UNROLL and NSLICE == 1:
-        b = B_D.load([bh, b_row, 0]).reshape(BB, BD)
-        acc = tl.dot(a_once, tl.trans(b), input_precision=DOT_PREC)
-    else:
-        acc = tl.zeros((BA, BB), dtype=tl.float32)
-        if UNROLL:
-            for j in tl.static_range(NSLICE):
-                a = A_D.load([bh, a_row, j * BD]).reshape(BA, BD)
-                b = B_D.load([bh, b_row, j * BD]).reshape(BB, BD)
-                acc += tl.dot(a, tl.trans(b), input_precision=DOT_PREC)
-        else:
-            for d0 in range(0, D, BD):
-                a = A_D.load([bh, a_row, d0]).reshape(BA, BD)
-                b = B_D.load([bh, b_row, d0]).reshape(BB, BD)
-                acc += tl.dot(a, tl.trans(b), input_precision=DOT_PREC)
-    return acc
 
 
 @triton.jit
@@ -296,3 +233,106 @@ def fw_chunk_output_kernel(
     H_D.store([bh, c * L + q_start, v0], acc.to(H_D.dtype).reshape(1, BQ, BV))
     if pid_v == 0:
         tl.store(Z_TOK + bh * SP + t_q, z)
+
+
+def launch_fw_states(
+    k: torch.Tensor,
+    v: torch.Tensor,
+    gate_b: torch.Tensor,
+    gate_i: torch.Tensor,
+    init: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
+    c_st: torch.Tensor,
+    n_st: torch.Tensor,
+    m_st: torch.Tensor,
+    c_last: torch.Tensor,
+    chunk_size: int,
+    exp: bool,
+    t: KernelTiles,
+) -> None:
+    """``fw_chunk_states_kernel``: fills ``c_st (BH, NC, DHQK, DHHV)`` (its dtype is the state dtype), fp32
+    ``n_st (BH, NC+1, DHQK)``, ``m_st (BH, NC+1)`` and ``c_last (BH, DHQK, DHHV)`` from contiguous ``k, v``
+    (``BH`` heads of ``S`` tokens, any leading shape), ``gate_b, gate_i (BH, SP)`` and the optional initial
+    states ``(C0, n0, m0)``."""
+    DHQK, DHHV = k.shape[-1], v.shape[-1]
+    BH, NC = c_st.shape[:2]
+    fw_chunk_states_kernel[(triton.cdiv(DHQK, t.BK), triton.cdiv(DHHV, t.BV), BH)](
+        head_tiles(k, t.BQ, t.BK),
+        head_tiles(v, t.BQ, t.BV),
+        gate_b,
+        gate_i,
+        *(init or (c_last, n_st, m_st)),
+        head_tiles(c_st, t.BK, t.BV),
+        n_st,
+        m_st,
+        c_last,
+        NC * chunk_size,
+        NC,
+        DHQK,
+        DHHV,
+        L=chunk_size,
+        BL=t.BQ,
+        BK=t.BK,
+        BV=t.BV,
+        EXP=exp,
+        HAS_INIT=init is not None,
+        DOT_PREC=dot_precision(k.dtype),
+        UNROLL=unrolls_chunk_slices(t, chunk_size, k.element_size(), c_st.element_size()),
+        **t.launch(),
+    )
+
+
+def launch_fw_output(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    gate_b: torch.Tensor,
+    gate_i: torch.Tensor,
+    c_st: torch.Tensor,
+    n_st: torch.Tensor,
+    m_st: torch.Tensor,
+    h: torch.Tensor,
+    m_tok: torch.Tensor,
+    z_tok: torch.Tensor,
+    chunk_size: int,
+    exp: bool,
+    normalize: bool,
+    eps: float,
+    t: KernelTiles,
+) -> None:
+    """``fw_chunk_output_kernel``: writes ``h`` (shaped like ``v``) and fp32 ``z_tok (BH, SP)`` from the
+    chunk states of ``launch_fw_states`` and mLSTMexp's per-token stabilizer ``m_tok (BH, SP)``."""
+    DHQK, DHHV = q.shape[-1], v.shape[-1]
+    BH, NC = c_st.shape[:2]
+    slices = slice_args("fw_output", t, DHQK, DHHV, q.element_size())
+    bs = slices["BS"]
+    fw_chunk_output_kernel[(triton.cdiv(DHHV, t.BV), NC * (chunk_size // t.BQ), BH)](
+        head_tiles(q, t.BQ, t.BK),
+        head_tiles(q, t.BQ, bs),
+        head_tiles(k, t.BKV, t.BK),
+        head_tiles(v, t.BKV, t.BV),
+        gate_b,
+        gate_i,
+        head_tiles(c_st, bs, t.BV),
+        n_st,
+        m_st,
+        head_tiles(h, t.BQ, t.BV),
+        m_tok,
+        z_tok,
+        NC * chunk_size,
+        NC,
+        DHQK,
+        DHHV,
+        DHQK**-0.5,
+        eps,
+        L=chunk_size,
+        BQ=t.BQ,
+        BKV=t.BKV,
+        BK=t.BK,
+        BV=t.BV,
+        EXP=exp,
+        NORMALIZE=normalize,
+        DOT_PREC=dot_precision(q.dtype),
+        STATE_STAGES=t.state_loop_stages,
+        **slices,
+        **t.launch(),
+    )

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from baselines.shapes import (
+from bench import flops
+from bench.problem import Problem
+from bench.registry import KernelSpec, package_reason, register
+from specs.shapes import (
     MAMBA2_CHUNK,
     MAMBA2_HEAD_DIM,
     MAMBA2_STATE,
@@ -17,9 +20,6 @@ from baselines.shapes import (
     itemsize,
     width,
 )
-from bench import flops
-from bench.problem import Problem
-from bench.registry import KernelSpec, package_reason, register
 
 
 def _d_inner(p: Problem) -> int:

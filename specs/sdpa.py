@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from baselines.shapes import ATTENTION_HEAD_DIM, attention_heads, itemsize
 from bench import flops
 from bench.problem import Problem
 from bench.registry import KernelSpec, register
+from specs.shapes import ATTENTION_HEAD_DIM, attention_heads, itemsize
 
 BACKENDS = {"flash": "FLASH_ATTENTION", "cudnn": "CUDNN_ATTENTION", "efficient": "EFFICIENT_ATTENTION", "math": "MATH"}
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from baselines.shapes import hopper_triton_bw_caveat, hopper_triton_bw_reason, itemsize
 from bench import flops
 from bench.problem import Problem
 from bench.registry import KernelSpec, first_reason, package_reason, register
+from specs.shapes import hopper_triton_bw_caveat, hopper_triton_bw_reason, itemsize
 
 FLA_CHUNK = 64
 # name: (module, function, gate kind) with gate kind "scalar" (B, S, H), "vector" (B, S, H, DK) or "delta"

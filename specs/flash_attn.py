@@ -13,10 +13,10 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from baselines.sdpa import attention_bytes, attention_flops, attention_inputs, attention_params
-from baselines.shapes import ATTENTION_HEAD_DIM
 from bench.problem import Problem
 from bench.registry import KernelSpec, first_reason, package_reason, register
+from specs.sdpa import attention_bytes, attention_flops, attention_inputs, attention_params
+from specs.shapes import ATTENTION_HEAD_DIM
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ def _register(version: FlashVersion) -> None:
         return version.head_dim_reason(ATTENTION_HEAD_DIM, _capability() or 0, p.mode)
 
     def reference(q, k, v):  # noqa: ANN001, ANN202
-        from baselines.sdpa import sdpa_reference
+        from specs.sdpa import sdpa_reference
 
         return sdpa_reference(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
 

@@ -10,7 +10,7 @@ import importlib
 
 from bench.problem import Problem
 from bench.registry import KernelSpec, package_reason, register
-from kernels.specs import MLSTM_INPUTS, mlstm_bytes, mlstm_flops, mlstm_inputs, mlstm_reference
+from specs.mlstm import MLSTM_INPUTS, mlstm_bytes, mlstm_flops, mlstm_inputs, mlstm_reference
 
 MODULE = "mlstm_kernels.torch.chunkwise"
 LIMIT_CHUNK = 64

@@ -1,1 +1,0 @@
-"""Baseline adapters, one module per external library; each registers its kernels on import."""
