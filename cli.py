@@ -267,6 +267,80 @@ def verify(
 
 
 @app.command()
+def profile(
+    kernels: Annotated[str, typer.Option(help="kernel names or globs, e.g. tfla.mlstm_sig,fla.chunk_simple_gla")],
+    shape: Annotated[
+        Optional[str], typer.Option(help="B,NH,S,DHQK,DHHV (default: 8,8,8192,256,512 on cuda, 1,2,64,32,32 on cpu)")
+    ] = None,
+    chunk_size: Annotated[Optional[int], typer.Option(help="chunk size (default 128 on cuda, 32 on cpu)")] = None,
+    mode: Annotated[str, typer.Option(help="fw, bw or fwbw")] = "fwbw",
+    dtype: Annotated[Optional[str], typer.Option(help="default: bfloat16 on cuda, float32 on cpu")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cuda or cpu (default: cuda if present)")] = None,
+    passes: Annotated[int, typer.Option(help="passes profiled after one warm-up pass")] = 3,
+    top: Annotated[int, typer.Option(help="rows per kernel (the rest summed)")] = 15,
+) -> None:
+    """Where one pass of each kernel spends its time: device time per pass of every CUDA kernel it launches (on
+    the CPU: self time per operator); exit 1 when a kernel could not be profiled, 2 on unusable input."""
+    from bench import measure
+    from bench.problem import DEVICES, MODES, Problem
+    from bench.profile import profile as run_profile
+    from bench.registry import cuda_reason, resolve
+    from bench.runner import precheck
+
+    if device is not None and device not in DEVICES:
+        _fail(f"--device must be one of {', '.join(DEVICES)}; got {device!r}")
+    if device == "cuda" and (reason := cuda_reason()):
+        _fail(f"--device cuda: {reason}")
+    dev = device or ("cuda" if cuda_reason() is None else "cpu")
+    if mode not in MODES:
+        _fail(f"--mode must be one of {', '.join(MODES)}; got {mode!r}")
+    if passes < 1 or top < 1:
+        _fail(f"--passes and --top must be positive integers; got {passes} and {top}")
+    dims = _ints(shape, "shape") or ([8, 8, 8192, 256, 512] if dev == "cuda" else [1, 2, 64, 32, 32])
+    if len(dims) != 5:
+        _fail(f"--shape takes B,NH,S,DHQK,DHHV (five integers); got {shape!r}")
+    try:
+        specs = resolve(_strs(kernels, "kernels") or [])
+        problem = Problem(
+            *dims,
+            chunk_size=chunk_size or (128 if dev == "cuda" else 32),
+            dtype=dtype or ("bfloat16" if dev == "cuda" else "float32"),
+            mode=mode,
+            device=dev,
+        )
+    except ValueError as e:
+        _fail(str(e))
+    failed = []
+    for spec in specs:
+        run_on = problem if spec.uses_chunk_size else problem.with_(chunk_size=0)
+        if (decided := precheck(spec, run_on)) is not None:
+            err.print(f"[yellow]{spec.name}: {decided.status}: {decided.message}[/yellow]")
+            failed.append(spec.name)
+            continue
+        try:
+            times = run_profile(spec, run_on, passes)
+        except Exception as e:  # noqa: BLE001 - a kernel that fails is reported, the others still run
+            err.print(f"[red]{spec.name}: {type(e).__name__}: {measure._first_line(e)}[/red]")
+            failed.append(spec.name)
+            continue
+        unit = "CUDA kernel" if dev == "cuda" else "CPU operator (self time)"
+        table = Table(title=f"bench profile: {spec.name} {run_on}, {passes} passes")
+        for col in (unit, "calls / pass", "us / pass", "share"):
+            table.add_column(col)
+        total = sum(t.us for t in times) or 1.0
+        shown = times[:top]
+        rest = times[top:]
+        for t in shown:
+            table.add_row(t.name[:60], f"{t.calls:g}", f"{t.us:.1f}", f"{t.us / total:.0%}")
+        if rest:
+            table.add_row(f"({len(rest)} more)", "", f"{sum(t.us for t in rest):.1f}", "")
+        table.add_row("total", "", f"{total:.1f}", "100%")
+        console.print(table)
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
 def check(
     current: Annotated[Optional[Path], typer.Argument(help="results of the run to check (omit with --run)")] = None,
     baseline: Annotated[Optional[Path], typer.Option(help="results of the reference run")] = None,

@@ -16,17 +16,20 @@ from dataclasses import dataclass, replace
 
 import torch
 
-import kernels.mlstm.tfla as T
+import kernels.mlstm.chunk_fw as T
+from bench.profile import tfla_inputs
 from kernels.mlstm.accuracy import relative_error as rel
 from kernels.mlstm.gates import gate_arrays, stabilizer_per_token
+from kernels.mlstm.tiles import KernelTiles
 
 dev, dt = "cuda", torch.bfloat16
 f32 = dict(dtype=torch.float32, device=dev)
 
 
 @dataclass
-class Problem:
-    """Random bf16 inputs: q, k (BH, S, DK), v (BH, S, DV), gates (B, NH, S); chunk size L."""
+class StateLoadCase:
+    """Inputs of the spec's factory (``bench.profile.tfla_inputs``, seed 0) seen per head: q, k (BH, S, DK),
+    v (BH, S, DV), gates (B, NH, S); chunk size L."""
 
     L: int
     B: int = 2
@@ -36,17 +39,13 @@ class Problem:
     DV: int = 512
 
     def __post_init__(self) -> None:
-        torch.manual_seed(0)
         self.BH, self.NC = self.B * self.NH, self.S // self.L
         self.SP = self.NC * self.L
-        self.q = torch.randn(self.BH, self.S, self.DK, device=dev, dtype=dt)
-        self.k = torch.randn(self.BH, self.S, self.DK, device=dev, dtype=dt)
-        self.v = torch.randn(self.BH, self.S, self.DV, device=dev, dtype=dt)
-        self.i = torch.randn(self.B, self.NH, self.S, device=dev) * 2
-        self.f = torch.randn(self.B, self.NH, self.S, device=dev) * 2 + 3
+        q, k, v, self.i, self.f = tfla_inputs((self.B, self.NH, self.S, self.DK, self.DV), grad=False)
+        self.q, self.k, self.v = (x.reshape(self.BH, self.S, -1) for x in (q, k, v))
 
 
-def states(P: Problem, variant: str, sdt: torch.dtype, tiles: T.KernelTiles):
+def states(P: StateLoadCase, variant: str, sdt: torch.dtype, tiles: KernelTiles):
     """Chunk states of fw_states with ``tiles``, stored in ``sdt``: ``gate_b, gate_i, C, n, m``."""
     gb, gi = gate_arrays(P.i, P.f, variant, P.L)
     c = torch.full((P.BH, P.NC, P.DK, P.DV), float("nan"), dtype=sdt, device=dev)
@@ -57,7 +56,7 @@ def states(P: Problem, variant: str, sdt: torch.dtype, tiles: T.KernelTiles):
     return gb, gi, c, n, m
 
 
-def output(P: Problem, variant, gb, gi, c, n, m, tiles):
+def output(P: StateLoadCase, variant, gb, gi, c, n, m, tiles):
     """``h`` of fw_output with ``tiles`` from the chunk states ``c`` (bf16 or fp32), ``n``, ``m``."""
     h = torch.full((P.BH, P.S, P.DV), float("nan"), dtype=dt, device=dev)
     exp = variant == "exp"
@@ -77,15 +76,15 @@ def main() -> int:
     p.add_argument("--shape", default="2,4,2048,256,512", help="B,NH,S,DHQK,DHHV")
     a = p.parse_args()
     state_stages = a.state_stages or None
-    P = Problem(a.chunk, *(int(x) for x in a.shape.split(",")))
+    P = StateLoadCase(a.chunk, *(int(x) for x in a.shape.split(",")))
     print(f"B={P.B} NH={P.NH} S={P.S} DHQK={P.DK} DHHV={P.DV} chunk {P.L}")
     for variant in a.variants.split(","):
-        ref32 = states(P, variant, torch.float32, T.KernelTiles(BK=64, BV=64, num_stages=1))
+        ref32 = states(P, variant, torch.float32, KernelTiles(BK=64, BV=64, num_stages=1))
         store_tiles = [] if a.skip_store else list(itertools.product((64, 128), (64, 128), (4, 8), (1, 2, 3)))
         if store_tiles:
             print(f"== {variant}: store path (fw_states bf16 vs fp32 cast), per tile")
         for bk, bv, w, st in store_tiles:
-            t = T.KernelTiles(BK=bk, BV=bv, num_warps=w, num_stages=st)
+            t = KernelTiles(BK=bk, BV=bv, num_warps=w, num_stages=st)
             try:
                 c16 = states(P, variant, dt, t)[2]
             except Exception as e:  # noqa: BLE001
@@ -97,13 +96,13 @@ def main() -> int:
             )
         gb, gi, c32, n, m = ref32
         cb = c32.to(dt)
-        h_ref = output(P, variant, gb, gi, cb.float(), n, m, T.KernelTiles(BK=64, BV=128, num_stages=1))
+        h_ref = output(P, variant, gb, gi, cb.float(), n, m, KernelTiles(BK=64, BV=128, num_stages=1))
         print(
             f"== {variant}: load path (fw_output, bf16 C, state loop {a.state_stages or 'kernel'} stages): vs fp32 C"
             " (64 x 128 tiles, 1 stage); vs the same tiles with a 1-stage state loop (must be identical)"
         )
         for bk, bv, w, st in itertools.product((64, 128), (64, 128, 256), (4, 8), (2, 3)):
-            t = T.KernelTiles(BK=bk, BV=bv, num_warps=w, num_stages=st, state_stages=state_stages)
+            t = KernelTiles(BK=bk, BV=bv, num_warps=w, num_stages=st, state_stages=state_stages)
             try:
                 hb = output(P, variant, gb, gi, cb, n, m, t)
                 h1 = (

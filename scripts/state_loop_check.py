@@ -11,10 +11,11 @@ import argparse
 from dataclasses import replace
 
 import torch
-from profile_passes import fwbw, make_inputs
 
-import kernels.mlstm.tfla as T
+import kernels.mlstm.tiles as T
+from bench.profile import tfla_inputs, tfla_pass
 from kernels.mlstm.accuracy import relative_error as rel
+from kernels.mlstm.launch import gpu_sm_count
 
 NAMES = ("h", "dq", "dk", "dv", "di", "df")
 
@@ -26,21 +27,21 @@ def main() -> int:
     a = p.parse_args()
     shape = tuple(int(x) for x in a.shape.split(","))
     B, NH, _, DK, DV = shape
-    inputs = make_inputs(shape)
+    inputs = tfla_inputs(shape)
     dh = torch.randn_like(inputs[2])
-    sm = T.gpu_sm_count(inputs[0].device)
+    sm = gpu_sm_count(inputs[0].device)
     failed = False
     for variant in ("exp", "sig"):
         for chunk in (int(c) for c in a.chunks.split(",")):
             table = T.choose_tiles(chunk, DK, DV, False, torch.bfloat16, B * NH, sm)
-            ref = fwbw(inputs, dh, variant, chunk, table)
+            ref = tfla_pass(inputs, dh, variant, chunk, table)
             runs = {f"table, run {r}": table for r in (2, 3)}
             for name in T.STATE_READERS:
                 runs[f"{name} state loop in 1 stage"] = replace(
                     table, **{name: replace(getattr(table, name), state_stages=1)}
                 )
             for label, tiles in runs.items():
-                got = fwbw(inputs, dh, variant, chunk, tiles)
+                got = tfla_pass(inputs, dh, variant, chunk, tiles)
                 same = [torch.equal(x, y) for x, y in zip(got, ref)]
                 failed |= not all(same)
                 diffs = " ".join(f"{n}={'=' if s else f'{rel(x, y):.1e}'}" for n, s, x, y in zip(NAMES, same, got, ref))

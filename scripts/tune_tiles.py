@@ -22,8 +22,8 @@ from dataclasses import asdict, replace
 
 import torch
 import triton
-from profile_passes import fwbw, kernel_times, make_inputs
 
+from bench.profile import kernel_times, tfla_inputs, tfla_pass
 from kernels.mlstm.accuracy import relative_error as rel
 from kernels.mlstm.launch import gpu_sm_count
 from kernels.mlstm.tiles import (
@@ -126,12 +126,17 @@ def compile_one(shape: tuple[int, ...], variant: str, chunk: int, tiles: TileCon
     """Run once on a (1, 1, S, ...) problem so Triton compiles this config; '' or the error."""
     try:
         small = (1, 1, *shape[2:])
-        inputs = make_inputs(small)
-        fwbw(inputs, torch.randn_like(inputs[2]), variant, chunk, tiles)
+        inputs = tfla_inputs(small)
+        tfla_pass(inputs, torch.randn_like(inputs[2]), variant, chunk, tiles)
         torch.cuda.synchronize()
         return ""
     except Exception as e:  # noqa: BLE001 - reported per candidate
         return f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+
+
+def _times(run, passes: int) -> dict[str, float]:  # noqa: ANN001
+    """CUDA us per pass of every kernel ``run`` launches, by kernel name."""
+    return {t.name: t.us for t in kernel_times(run, passes)}
 
 
 def main() -> int:
@@ -181,19 +186,19 @@ def main() -> int:
     if errors[0]:
         print(f"current table fails: {errors[0]}")
         return 1
-    inputs = make_inputs(shape)
+    inputs = tfla_inputs(shape)
     dh = torch.randn_like(inputs[2])
-    ref = fwbw(inputs, dh, a.variant, a.chunk, base)
-    base_times = kernel_times(lambda: fwbw(inputs, dh, a.variant, a.chunk, base), a.iters)
+    ref = tfla_pass(inputs, dh, a.variant, a.chunk, base)
+    base_times = _times(lambda: tfla_pass(inputs, dh, a.variant, a.chunk, base), a.iters)
     rows = []
     for (kernel, cand), cfg, err in zip(trials, configs, errors[1:]):
         row = {"shape": a.shape, "chunk": a.chunk, "variant": a.variant, "kernel": kernel, **asdict(cand)}
         if err:
             rows.append({**row, "status": err, "us": float("nan"), "base_us": float("nan"), "max_rel": float("nan")})
             continue
-        out = fwbw(inputs, dh, a.variant, a.chunk, cfg)
+        out = tfla_pass(inputs, dh, a.variant, a.chunk, cfg)
         worst = max(rel(x, y) for x, y in zip(out, ref))
-        times = kernel_times(lambda cfg=cfg: fwbw(inputs, dh, a.variant, a.chunk, cfg), a.iters)
+        times = _times(lambda cfg=cfg: tfla_pass(inputs, dh, a.variant, a.chunk, cfg), a.iters)
         name = next((key for key in base_times if PROFILE_NAMES[kernel] in key), PROFILE_NAMES[kernel])
         status = "ok" if worst < 2e-2 else "wrong"
         rows.append(

@@ -53,3 +53,9 @@ def test_choose_tiles_returns_what_it_returned_before_the_move(pins: dict) -> No
 def test_the_registry_and_every_preset_are_unchanged(pins: dict) -> None:
     assert json.loads(json.dumps(layout_pins.registry_entries(), default=list)) == pins["registry"]
     assert json.loads(json.dumps(layout_pins.preset_configs())) == pins["presets"]
+
+
+def test_scripts_import_the_package_not_each_other() -> None:
+    scripts = {path.stem for path in (ROOT / "scripts").glob("*.py")}
+    for path in (ROOT / "scripts").glob("*.py"):
+        assert not _imports(path) & scripts, path

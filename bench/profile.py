@@ -1,0 +1,84 @@
+"""``bench profile``: where one pass of a kernel spends its time, kernel by kernel (``torch.profiler``).
+
+On a GPU the split is over the CUDA kernels a pass launches (device time per pass, in microseconds); on the CPU
+over the operators the pass runs (self CPU time per pass). The pass is the sweep's own step
+(``bench.measure.build_step``) on the spec's inputs, so a profile shows the same work as a row of a sweep.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from bench.measure import build_step
+from bench.problem import Problem
+from bench.registry import KernelSpec
+
+
+@dataclass(frozen=True)
+class KernelTime:
+    """One kernel (or CPU operator) of a pass: its name, calls per pass and time per pass (us)."""
+
+    name: str
+    calls: float
+    us: float
+
+
+def kernel_times(run: Callable[[], Any], passes: int, device: str = "cuda") -> list[KernelTime]:
+    """Time per pass of everything ``run`` launches, over ``passes`` calls after one warm-up call (which compiles),
+    largest first. ``device``: ``cuda`` splits by CUDA kernel, ``cpu`` by operator (self time)."""
+    import torch
+
+    if passes < 1:
+        raise ValueError(f"--passes must be a positive integer; got {passes!r}")
+    activity = torch.profiler.ProfilerActivity.CUDA if device == "cuda" else torch.profiler.ProfilerActivity.CPU
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    run()
+    sync()
+    with torch.profiler.profile(activities=[activity]) as prof:
+        for _ in range(passes):
+            run()
+        sync()
+    out = []
+    for e in prof.key_averages():
+        if device == "cuda":
+            total = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0.0)
+        else:
+            total = e.self_cpu_time_total
+        if total > 0:
+            out.append(KernelTime(e.key, e.count / passes, total / passes))
+    return sorted(out, key=lambda k: -k.us)
+
+
+def profile(spec: KernelSpec, problem: Problem, passes: int = 3) -> list[KernelTime]:
+    """``kernel_times`` of one sweep step of ``spec`` on ``problem`` (its mode: fw, bw or fwbw)."""
+    inputs = spec.make_inputs(problem)
+    step, _ = build_step(spec, inputs, problem.mode)
+    return kernel_times(step, passes, problem.device)
+
+
+def tfla_pass(inputs: list[Any], dh: Any, variant: str, chunk: int, tiles: Any = None) -> list[Any]:
+    """One forward and backward pass of our kernel with ``tiles`` (the table's when ``None``), for the tile
+    scripts: ``[h, dq, dk, dv, di, df]``. Gradients are reset first, as a sweep's step does."""
+    from kernels.mlstm.tfla import mlstm_tfla
+
+    for x in inputs:
+        x.grad = None
+    h = mlstm_tfla(*inputs, variant=variant, chunk_size=chunk, tiles=tiles)
+    h.backward(dh)
+    return [h.detach()] + [x.grad for x in inputs]
+
+
+def tfla_inputs(shape: tuple[int, ...], dtype: str = "bfloat16", seed: int = 0, grad: bool = True) -> list[Any]:
+    """``q, k, v, i, f`` of our kernel's spec (its ``make_inputs``) at ``shape`` (B, NH, S, DHQK, DHHV) on the
+    GPU, seeded; ``grad``: as leaves that require gradients."""
+    import torch
+
+    from bench.registry import get
+
+    torch.manual_seed(seed)
+    b, nh, s, dqk, dv = shape
+    problem = Problem(b, nh, s, dqk, dv, chunk_size=128, dtype=dtype, mode="fwbw" if grad else "fw")
+    q, k, v, i, f, _ = get("tfla.mlstm_sig").make_inputs(problem)
+    return [x.requires_grad_(grad) for x in (q, k, v, i, f)]
