@@ -123,6 +123,10 @@ def sweep(
     verify: Annotated[bool, typer.Option(help="also record the relative error against the family's reference")] = False,
     timeout: Annotated[float, typer.Option(help="seconds per config before the worker is killed")] = 300.0,
     timer: Annotated[str, typer.Option(help=TIMER_HELP)] = "events",
+    parallel: Annotated[
+        str,
+        typer.Option(help="workers measuring at once: N or all (every visible GPU, one worker each; CPU: every core)"),
+    ] = "1",
 ) -> None:
     """Run a grid of configs (preset and/or flags; flags override) and append the rows to a Parquet file."""
     from bench.grid import default_preset, load_preset
@@ -151,9 +155,27 @@ def sweep(
         _fail(str(e))
     path = out or Path("results") / f"{Path(name).stem}.parquet"
     _check_out(path)
+    workers = _check_parallel(parallel, configs)
     err.print(f"preset [bold]{name}[/bold]: {len(configs)} configs -> {path}")
-    rows = _sweep_or_exit(configs, path, force=force, verify=verify, timeout_s=timeout, timer=timer)
+    rows = _sweep_or_exit(configs, path, force=force, verify=verify, timeout_s=timeout, timer=timer, parallel=workers)
     console.print(summary_table(rows, title=f"{name}: {len(rows)} new rows in {path}"))
+
+
+def _check_parallel(value: str, configs: list) -> int | None:
+    """``--parallel`` as a worker count (``None``: all); exit 2 on a bad value, on more GPU workers than GPUs, or
+    on configs of several devices with more than one worker."""
+    from bench.executor import local_slots, parse_parallel
+
+    try:
+        workers = parse_parallel(value)
+        devices = {p.device for _, p in configs}
+        if len(devices) > 1 and workers != 1:
+            raise ValueError(f"--parallel needs the configs on one device; got {', '.join(sorted(devices))}")
+        if devices == {"cuda"} and workers != 1:
+            local_slots(workers, "cuda")  # refuses more workers than GPUs
+    except ValueError as e:
+        _fail(str(e))
+    return workers
 
 
 def _check_out(path: Path, name: str = "--out") -> None:

@@ -7,7 +7,6 @@ import json
 import math
 import signal
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -21,7 +20,7 @@ from bench.flops import min_input_bytes
 from bench.measure import Measurement, check_timer, host_bound
 from bench.problem import Problem
 from bench.registry import KernelSpec
-from bench.worker import KernelWorker, Task, remove_stale_logs
+from bench.worker import Task, remove_stale_logs
 
 
 class SweepInterrupted(Exception):
@@ -165,9 +164,11 @@ def sweep(
     timer: str = "events",
     console: Console | None = None,
     on_row: Callable[[dict[str, object]], None] | None = None,
+    parallel: int | None = 1,
 ) -> list[dict[str, object]]:
     """Measure every config not yet in ``out`` (all of them with ``force``); returns the new rows. GPU configs
-    are timed by ``timer`` (one of ``bench.measure.TIMERS``).
+    are timed by ``timer`` (one of ``bench.measure.TIMERS``). ``parallel`` workers measure at once, each on a GPU
+    of its own (``None``: every visible GPU, or every CPU core; ``bench.executor``).
 
     Each row is appended to ``out`` as soon as it is measured, so an interrupted sweep keeps its rows
     and the same call resumes it. ``unavailable`` rows, GPU rows timed by another timer and, with ``verify``,
@@ -188,7 +189,7 @@ def sweep(
         skipped = len(configs) - len(todo)
         if skipped:
             console.print(f"[dim]resume: {skipped} of {len(configs)} configs already in {out}[/dim]")
-        _run(todo, out, verify, timeout_s, timer, console, on_row, rows, interrupts)
+        _run(todo, out, verify, timeout_s, timer, console, on_row, rows, interrupts, parallel)
     return rows
 
 
@@ -234,51 +235,56 @@ def _run(
     on_row: Callable[[dict[str, object]], None] | None,
     rows: list[dict[str, object]],
     interrupts: _Interrupts,
+    parallel: int | None,
 ) -> None:
-    """Measure ``todo`` in workers (one per device, restarted per kernel), appending each row to ``out`` and to
-    ``rows`` as it is measured."""
+    """Measure ``todo`` in the slots of ``bench.executor.local_slots`` (one worker each, restarted per kernel),
+    appending each row to ``out`` and to ``rows`` as it arrives. Several slots take the configs longest-first."""
+    from bench.executor import LocalPool, local_slots, longest_first
+
     devices = {p.device for _, p in todo}
-    meta = envinfo.collect(next(iter(devices)) if devices else "cpu")
+    if len(devices) > 1 and parallel != 1:
+        raise ValueError(f"--parallel needs the configs on one device; got {', '.join(sorted(devices))}")
+    device = next(iter(devices)) if devices else "cpu"
+    slots = local_slots(parallel, device)
+    meta = envinfo.collect(device)
     peaks: dict[str, tuple[float, float]] = {}
-    workers: dict[str, KernelWorker] = {}
+    metas = {p.dtype: with_peaks(meta, peaks, p) for _, p in todo if precheck_device(p) is None}  # before any worker
+
+    def task(spec: KernelSpec, problem: Problem) -> Task:
+        return Task(spec.name, problem, verify, metas[problem.dtype].peak_tflops, timer)
+
+    pool = LocalPool(slots, task, lambda p: metas.get(p.dtype, meta), precheck, timeout_s)
+    order = longest_first(todo) if len(slots) > 1 else todo
     interrupted = True
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     try:
         with Progress(*columns, console=console, transient=False) as progress:
-            bar = progress.add_task("sweep", total=len(todo))
-            for index, (spec, problem) in enumerate(todo):
-                progress.update(
-                    bar,
-                    description=f"{spec.name} S={problem.seq_len} B={problem.batch} "
-                    f"H={problem.heads} L={problem.chunk_size} {problem.dtype} {problem.mode}",
-                )
-                m = precheck(spec, problem)
-                run_meta = meta
-                if m is None:
-                    run_meta = with_peaks(meta, peaks, problem)
-                    if problem.device not in workers:
-                        workers[problem.device] = KernelWorker(problem.device)
-                    worker = workers[problem.device]
-                    t0 = time.perf_counter()
-                    m = worker.run(Task(spec.name, problem, verify, run_meta.peak_tflops, timer), timeout_s)
-                    if m.status in ("crash", "timeout"):
-                        console.print(
-                            f"[yellow]{spec.name} {problem}: {m.status} after {time.perf_counter() - t0:.0f} s[/yellow]"
-                        )
-                    following = todo[index + 1][0] if index + 1 < len(todo) else None
-                    if m.status != "ok" or spec is not following:
-                        worker.stop(kill=m.status != "ok")  # a fresh process for the next kernel
-                row = make_row(spec, problem, m, run_meta)
+            label = "sweep" if len(slots) == 1 else f"sweep, {len(slots)} workers"
+            bar = progress.add_task(label, total=len(todo))
+            for result in pool.results(order):
+                spec, problem, m = result.spec, result.problem, result.measurement
+                if m.status in ("crash", "timeout"):
+                    console.print(f"[yellow]{spec.name} {problem}: {m.status} after {result.seconds:.0f} s[/yellow]")
+                row = make_row(spec, problem, m, result.meta) | {"gpu_index": result.slot.gpu}
                 with interrupts.writing():
                     store.append(out, [row], replace=True)  # one row per config: a retry replaces the old one
                     rows.append(row)
                 if on_row:
                     on_row(row)
-                progress.advance(bar)
+                progress.update(
+                    bar,
+                    advance=1,
+                    description=f"{label}: {spec.name} S={problem.seq_len} B={problem.batch} H={problem.heads} "
+                    f"L={problem.chunk_size} {problem.dtype} {problem.mode}",
+                )
         interrupted = False
     finally:
-        for w in workers.values():
-            w.close(kill=interrupted)
+        pool.close(kill=interrupted)
+
+
+def precheck_device(problem: Problem) -> str | None:
+    """Why ``problem``'s device cannot run anything here (no GPU for a CUDA problem), else ``None``."""
+    return _cuda_reason() if problem.device == "cuda" else None
 
 
 def fmt(value: object, spec: str = ".3g") -> str:

@@ -61,6 +61,7 @@ SCHEMA = pa.schema(
         ("run_id", pa.string()),
         ("timestamp", pa.string()),
         ("host", pa.string()),
+        ("gpu_index", pa.int64()),  # the GPU that measured the row, among those visible to the sweep; empty on the CPU
         ("gpu_name", pa.string()),
         ("driver", pa.string()),
         ("cuda", pa.string()),
@@ -80,8 +81,8 @@ SCHEMA = pa.schema(
 COLUMNS = tuple(SCHEMA.names)
 # Columns added after the first results were written; files without them load with these filled in (every
 # earlier GPU row was timed by CUDA events, every CPU row by the wall clock; no host time, per-output error or A/B
-# side was recorded).
-ADDED_COLUMNS = ("timer", "host_ms", "errors", "side", "round")
+# side or GPU index was recorded).
+ADDED_COLUMNS = ("timer", "host_ms", "errors", "side", "round", "gpu_index")
 # A fragment written by ``append(..., replace=True)`` says so in its Parquet metadata: its rows supersede every
 # earlier row with the same config key when the store is read or compacted.
 REPLACE_KEY = b"tfla_bench.replace"

@@ -9,6 +9,7 @@ finds itself orphaned (every POSIX system); Ctrl-C reaches the sweep, which stop
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import multiprocessing as mp
@@ -182,9 +183,10 @@ def remove_stale_logs(folder: str | Path | None = None) -> int:
 class KernelWorker:
     """A restartable worker process; ``run(task, timeout_s)`` always returns a ``Measurement``."""
 
-    def __init__(self, device: str, root: str | Path | None = None) -> None:
+    def __init__(self, device: str, root: str | Path | None = None, env: dict[str, str] | None = None) -> None:
         self.device = device
         self.root = None if root is None else str(root)  # serve another tree's kernels (``_serve_tree``)
+        self.env = dict(env or {})  # added to the worker's environment (e.g. the GPU it is pinned to)
         self._ctx = mp.get_context("spawn")
         self._proc: mp.process.BaseProcess | None = None
         self._conn: Connection | None = None
@@ -199,7 +201,7 @@ class KernelWorker:
 
     def _start(self) -> None:
         parent, child = self._ctx.Pipe()
-        args = (child, str(self._log), worker_env(self.device), os.getpid())
+        args = (child, str(self._log), {**worker_env(self.device), **self.env}, os.getpid())
         if self.root is None:
             self._proc = self._ctx.Process(target=_serve, args=args, daemon=True)
         else:
@@ -239,6 +241,14 @@ class KernelWorker:
         tail = self._log_tail()
         self._proc = None
         return Measurement("crash", f"{message}: {tail}" if tail else message)
+
+    def interrupt(self) -> None:
+        """SIGKILL the worker process now, from any thread: a ``run`` waiting in another thread returns a
+        ``crash``; the clean-up (``close``) is the owner's."""
+        proc = self._proc
+        if proc is not None and proc.pid is not None:
+            with contextlib.suppress(OSError):
+                os.kill(proc.pid, signal.SIGKILL)
 
     def stop(self, kill: bool = False) -> None:
         if self._proc is None:

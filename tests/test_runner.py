@@ -152,20 +152,20 @@ def test_verify_on_a_resume_fills_in_the_missing_errors(tmp_path: Path) -> None:
     assert sweep(configs, out, verify=True) == []
 
 
-def test_one_worker_per_device_and_no_log_left(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_one_worker_per_slot_and_no_log_left(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import tempfile
 
-    from bench import runner as runner_module
+    from bench import executor
     from bench.worker import KernelWorker
 
     made: list[KernelWorker] = []
 
     class Counted(KernelWorker):
-        def __init__(self, device: str) -> None:
-            super().__init__(device)
+        def __init__(self, device: str, env: dict[str, str] | None = None) -> None:
+            super().__init__(device, env=env)
             made.append(self)
 
-    monkeypatch.setattr(runner_module, "KernelWorker", Counted)
+    monkeypatch.setattr(executor, "KernelWorker", Counted)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     rows = sweep(_grid("fake.ok", "fake.raise", seq_len=(32, 64)).configs(), tmp_path / "r.parquet")
     assert [r["status"] for r in rows] == ["ok", "ok", "error", "error"]

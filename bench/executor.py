@@ -1,0 +1,180 @@
+"""Where a sweep's configs are measured: slots fed from one queue, while the sweep's thread writes every row.
+
+A ``Slot`` is one worker process at a time: on a GPU machine pinned to one GPU (``CUDA_VISIBLE_DEVICES`` names
+that GPU alone, so two workers never share one and each times its kernels alone), on the CPU one of N workers.
+``LocalPool`` runs one thread per slot. Each thread takes the next config from the queue, decides it before launch
+where it can (``precheck``) or measures it in its slot's worker (a fresh process per kernel and after any
+failure), and hands the result to the sweep's thread, the only writer of ``--out``. One slot is the plain sweep;
+``--parallel N`` gives N.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from bench import envinfo
+from bench.measure import Measurement
+from bench.problem import Problem
+from bench.registry import KernelSpec
+from bench.worker import KernelWorker, Task
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One worker place: ``gpu`` is the GPU's index among those visible to the sweep (``None`` on the CPU), ``env``
+    what its worker's environment adds (the pinning)."""
+
+    index: int
+    device: str
+    gpu: int | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Result:
+    """A config's measurement, the metadata its row takes, the slot that measured it and how long it took (s)."""
+
+    spec: KernelSpec
+    problem: Problem
+    measurement: Measurement
+    meta: envinfo.RunMetadata
+    slot: Slot
+    seconds: float
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as ``CUDA_VISIBLE_DEVICES`` entries (indices or UUIDs)."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [x.strip() for x in listed.split(",") if x.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+
+
+def parse_parallel(value: str | int) -> int | None:
+    """``--parallel``: a positive worker count, or ``None`` for ``all``; ``ValueError`` naming the option."""
+    if value == "all":
+        return None
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        n = 0
+    if n < 1 or str(n) != str(value).strip():
+        raise ValueError(f"--parallel takes a positive number of workers or 'all'; got {value!r}")
+    return n
+
+
+def local_slots(parallel: int | None, device: str) -> list[Slot]:
+    """``parallel`` slots on ``device`` (``None``: every visible GPU, or every CPU core); on a GPU machine each
+    pinned to a GPU of its own. ``ValueError`` naming ``--parallel`` when there are fewer GPUs than workers."""
+    if device != "cuda":
+        n = parallel or os.cpu_count() or 1
+        return [Slot(i, device) for i in range(n)]
+    gpus = visible_gpus()
+    if not gpus and parallel in (None, 1):
+        return [Slot(0, device)]  # no GPU: every config becomes an `unavailable` row before launch
+    n = len(gpus) if parallel is None else parallel
+    if n > len(gpus):
+        raise ValueError(
+            f"--parallel {n}: only {len(gpus)} GPU(s) visible, and a GPU is never shared by two workers "
+            f"(allowed: 1..{len(gpus)} or all)"
+        )
+    return [Slot(i, device, i, {"CUDA_VISIBLE_DEVICES": gpus[i]}) for i in range(n)]
+
+
+def longest_first(configs: list[tuple[KernelSpec, Problem]]) -> list[tuple[KernelSpec, Problem]]:
+    """``configs`` by estimated work, largest first (FLOPs, then bytes), so that the last to finish are short;
+    the kernels' order among equals is kept."""
+
+    def work(pair: tuple[KernelSpec, Problem]) -> tuple[float, float]:
+        spec, problem = pair
+        return (-spec.flops(problem), -spec.bytes(problem))
+
+    return sorted(configs, key=work)
+
+
+class LocalPool:
+    """One thread and worker process per slot, fed from one queue (module docstring). ``results(configs)`` yields
+    every config's ``Result`` in the order they finish; ``close`` ends the workers (``kill``: at once)."""
+
+    def __init__(
+        self,
+        slots: list[Slot],
+        task: Callable[[KernelSpec, Problem], Task],
+        meta: Callable[[Problem], envinfo.RunMetadata],
+        precheck: Callable[[KernelSpec, Problem], Measurement | None],
+        timeout_s: float,
+    ) -> None:
+        self.slots, self._task, self._meta, self._precheck, self._timeout = slots, task, meta, precheck, timeout_s
+        self._workers: dict[int, KernelWorker] = {}
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+
+    def _serve(self, slot: Slot, pending: collections.deque, done: queue.Queue) -> None:
+        previous: KernelSpec | None = None
+        try:
+            while not self._stop.is_set():
+                with self._lock:
+                    if not pending:
+                        return
+                    spec, problem = pending.popleft()
+                t0 = time.perf_counter()
+                m = self._precheck(spec, problem)
+                if m is None:
+                    worker = self._workers.get(slot.index)
+                    if worker is None:
+                        worker = self._workers[slot.index] = KernelWorker(problem.device, env=slot.env)
+                    elif spec is not previous:
+                        worker.stop()  # a fresh process for the next kernel
+                    previous = spec
+                    if self._stop.is_set():
+                        return
+                    m = worker.run(self._task(spec, problem), self._timeout)
+                    if m.status != "ok":
+                        worker.stop(kill=True)  # a fresh process for what follows
+                        previous = None
+                if self._stop.is_set():
+                    return  # interrupted: this config's result is not written
+                done.put(Result(spec, problem, m, self._meta(problem), slot, time.perf_counter() - t0))
+        finally:
+            done.put(slot)  # this slot has finished
+
+    def results(self, configs: list[tuple[KernelSpec, Problem]]) -> Iterator[Result]:
+        pending = collections.deque(configs)
+        done: queue.Queue = queue.Queue()
+        self._threads = [
+            threading.Thread(target=self._serve, args=(slot, pending, done), daemon=True, name=f"slot-{slot.index}")
+            for slot in self.slots
+        ]
+        for thread in self._threads:
+            thread.start()
+        running = len(self._threads)
+        while running:
+            try:
+                item = done.get(timeout=0.1)  # short waits: the sweep's thread handles signals in between
+            except queue.Empty:
+                continue
+            if isinstance(item, Slot):
+                running -= 1
+            else:
+                yield item
+
+    def close(self, kill: bool = False) -> None:
+        """Stop handing out configs, end every worker (``kill``: a running measurement is cut off and dropped) and
+        wait for the threads."""
+        self._stop.set()
+        if kill:
+            for worker in list(self._workers.values()):
+                worker.interrupt()  # the slot threads waiting on them return at once
+        for thread in self._threads:
+            thread.join(30)
+        for worker in list(self._workers.values()):
+            worker.close(kill=kill)
