@@ -127,6 +127,10 @@ def sweep(
         str,
         typer.Option(help="workers measuring at once: N or all (every visible GPU, one worker each; CPU: every core)"),
     ] = "1",
+    ray: Annotated[
+        Optional[str],
+        typer.Option(help="each config a Ray task: auto (a running cluster), local (start Ray here) or an address"),
+    ] = None,
 ) -> None:
     """Run a grid of configs (preset and/or flags; flags override) and append the rows to a Parquet file."""
     from bench.grid import default_preset, load_preset
@@ -156,8 +160,12 @@ def sweep(
     path = out or Path("results") / f"{Path(name).stem}.parquet"
     _check_out(path)
     workers = _check_parallel(parallel, configs)
+    if ray is not None:
+        _check_ray(ray, parallel)
     err.print(f"preset [bold]{name}[/bold]: {len(configs)} configs -> {path}")
-    rows = _sweep_or_exit(configs, path, force=force, verify=verify, timeout_s=timeout, timer=timer, parallel=workers)
+    rows = _sweep_or_exit(
+        configs, path, force=force, verify=verify, timeout_s=timeout, timer=timer, parallel=workers, ray=ray
+    )
     console.print(summary_table(rows, title=f"{name}: {len(rows)} new rows in {path}"))
 
 
@@ -176,6 +184,18 @@ def _check_parallel(value: str, configs: list) -> int | None:
     except ValueError as e:
         _fail(str(e))
     return workers
+
+
+def _check_ray(address: str, parallel: str) -> None:
+    """Exit 2 unless Ray is installed and ``--ray`` comes without ``--parallel`` (Ray places the tasks itself)."""
+    import importlib.util
+
+    if parallel != "1":
+        _fail("give --ray or --parallel, not both: Ray runs as many tasks at once as the cluster has GPUs (CPUs)")
+    if not address.strip():
+        _fail("--ray takes auto, local or a cluster address; got ''")
+    if importlib.util.find_spec("ray") is None:
+        _fail("--ray needs the ray package: pip install -e .[ray]")
 
 
 def _check_out(path: Path, name: str = "--out") -> None:
@@ -219,7 +239,10 @@ def _sweep_or_exit(configs: list, path: Path, **options: object) -> list[dict[st
     from bench.runner import sweep as run_sweep
 
     with _exit_on_interrupt():
-        return run_sweep(configs, path, **options)  # type: ignore[arg-type]
+        try:
+            return run_sweep(configs, path, **options)  # type: ignore[arg-type]
+        except ValueError as e:  # refused before anything was measured (e.g. --ray without a usable cluster)
+            _fail(str(e))
     return []
 
 

@@ -5,7 +5,8 @@ that GPU alone, so two workers never share one and each times its kernels alone)
 ``LocalPool`` runs one thread per slot. Each thread takes the next config from the queue, decides it before launch
 where it can (``precheck``) or measures it in its slot's worker (a fresh process per kernel and after any
 failure), and hands the result to the sweep's thread, the only writer of ``--out``. One slot is the plain sweep;
-``--parallel N`` gives N.
+``--parallel N`` gives N. ``RayPool`` (``--ray``) makes each config a Ray task instead; both yield ``Result``s to
+the same runner loop (``bench.runner``).
 """
 
 from __future__ import annotations
@@ -178,3 +179,132 @@ class LocalPool:
             thread.join(30)
         for worker in list(self._workers.values()):
             worker.close(kill=kill)
+
+
+_RAY_PEAKS: dict[str, tuple[float, float]] = {}
+
+
+def _ray_measure(
+    task: dict[str, object], env: dict[str, str]
+) -> tuple[dict[str, object], dict[str, object], int | None]:
+    """A Ray task (``RayPool``): measure one config where Ray placed it; returns the measurement, the metadata of
+    that machine (its host, GPU, driver, packages; the GPU's peaks) and the GPU it ran on."""  # pragma: no cover
+    import dataclasses
+
+    os.environ.update(env)
+    import ray
+
+    from bench import envinfo
+    from bench.measure import measure
+    from bench.problem import Problem
+    from bench.registry import get
+    from bench.runner import precheck
+
+    problem = Problem(**task["problem"])  # type: ignore[arg-type]
+    spec = get(str(task["kernel"]))
+    meta = envinfo.collect(problem.device)
+    gpus = ray.get_gpu_ids()
+    gpu = int(gpus[0]) if gpus else None
+    if (decided := precheck(spec, problem)) is not None:  # on the machine that would run it: its GPU, packages
+        return dataclasses.asdict(decided), meta.as_dict(), gpu
+    if problem.device == "cuda":
+        if problem.dtype not in _RAY_PEAKS:  # once per dtype in each Ray worker process (Ray reuses them)
+            _RAY_PEAKS[problem.dtype] = envinfo.measure_peaks(problem.dtype)
+        peak_tflops, peak_gbs = _RAY_PEAKS[problem.dtype]
+        meta = envinfo.RunMetadata(**{**meta.as_dict(), "peak_tflops": peak_tflops, "peak_bandwidth_gbs": peak_gbs})
+    m = measure(spec, problem, check=bool(task["verify"]), peak_tflops=meta.peak_tflops, timer=str(task["timer"]))
+    return dataclasses.asdict(m), meta.as_dict(), gpu
+
+
+class RayPool:
+    """Each config a Ray task with one GPU (``num_gpus=1``; on the CPU ``num_cpus=1``), so one command runs on one
+    node or a Ray cluster. At most as many tasks are in flight as the cluster has GPUs (CPUs), so a task's time
+    from its submission is its own. A task whose process dies is a ``crash`` row (no retries); one past the timeout
+    is cancelled (``ray.cancel(force=True)``) and a ``timeout`` row. Each row's metadata comes from the machine that
+    measured it. ``address``: ``auto`` (a running cluster), ``local`` (start one here) or a cluster address; a Ray
+    already initialised in this process is used as it is."""
+
+    def __init__(
+        self,
+        address: str,
+        device: str,
+        task: Callable[[KernelSpec, Problem], Task],
+        meta: envinfo.RunMetadata,
+        timeout_s: float,
+    ) -> None:
+        import ray
+
+        from bench.registry import PLUGINS_ENV
+        from bench.worker import worker_env
+
+        self._ray = ray
+        self._running: dict[object, tuple[KernelSpec, Problem, float]] = {}
+        self._started = not ray.is_initialized()
+        if self._started:
+            try:
+                ray.init(address=None if address == "local" else address, log_to_driver=False)
+            except (ConnectionError, RuntimeError, ValueError) as err:
+                raise ValueError(f"--ray {address}: {err}") from None
+        self.device, self._task, self._meta, self._timeout = device, task, meta, timeout_s
+        resource = "GPU" if device == "cuda" else "CPU"
+        self.capacity = int(ray.cluster_resources().get(resource, 0))
+        if self.capacity < 1:
+            self.close()
+            raise ValueError(f"--ray: the Ray cluster has no {resource} for {device} configs")
+        env = {
+            **worker_env(device),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(envinfo.ROOT), os.environ.get("PYTHONPATH")])),
+        }
+        if plugins := os.environ.get(PLUGINS_ENV):
+            env[PLUGINS_ENV] = plugins
+        need = {"num_gpus": 1} if device == "cuda" else {"num_cpus": 1}
+        self._remote = ray.remote(max_retries=0, **need)(_ray_measure)
+        self._env = env
+
+    def _result(self, spec: KernelSpec, problem: Problem, m: Measurement, t0: float, meta: dict | None = None,
+                gpu: int | None = None) -> Result:  # fmt: skip
+        # the measuring machine's metadata, under this sweep's run id
+        run_meta = envinfo.RunMetadata(**{**meta, "run_id": self._meta.run_id}) if meta else self._meta
+        return Result(spec, problem, m, run_meta, Slot(-1, self.device, gpu), time.perf_counter() - t0)
+
+    def results(self, configs: list[tuple[KernelSpec, Problem]]) -> Iterator[Result]:
+        from bench.worker import _measurement, _task_dict
+
+        ray = self._ray
+        pending = collections.deque(configs)
+        while pending or self._running:
+            while pending and len(self._running) < self.capacity:
+                spec, problem = pending.popleft()
+                t0 = time.perf_counter()
+                ref = self._remote.remote(_task_dict(self._task(spec, problem)), self._env)
+                self._running[ref] = (spec, problem, t0)
+            if not self._running:
+                continue
+            ready, _ = ray.wait(list(self._running), num_returns=1, timeout=0.1)
+            now = time.perf_counter()
+            for ref in ready:
+                spec, problem, t0 = self._running.pop(ref)
+                try:
+                    reply, meta, gpu = ray.get(ref)
+                except ray.exceptions.RayTaskError as err:
+                    m = Measurement("error", str(err).strip().splitlines()[-1][:500])
+                    yield self._result(spec, problem, m, t0)
+                except ray.exceptions.RayError as err:  # the task's process died
+                    m = Measurement("crash", f"Ray worker died ({type(err).__name__}): {str(err)[:400]}")
+                    yield self._result(spec, problem, m, t0)
+                else:
+                    yield self._result(spec, problem, _measurement(reply), t0, meta, gpu)
+            for ref, (spec, problem, t0) in list(self._running.items()):
+                if now - t0 > self._timeout:
+                    ray.cancel(ref, force=True)
+                    del self._running[ref]
+                    m = Measurement("timeout", f"no result within {self._timeout:g} s; Ray task cancelled")
+                    yield self._result(spec, problem, m, t0)
+
+    def close(self, kill: bool = False) -> None:
+        """Cancel the tasks still running (their results are dropped); shut down a Ray this pool started."""
+        for ref in list(self._running):
+            self._ray.cancel(ref, force=True)
+        self._running.clear()
+        if self._started:
+            self._ray.shutdown()

@@ -165,10 +165,12 @@ def sweep(
     console: Console | None = None,
     on_row: Callable[[dict[str, object]], None] | None = None,
     parallel: int | None = 1,
+    ray: str | None = None,
 ) -> list[dict[str, object]]:
     """Measure every config not yet in ``out`` (all of them with ``force``); returns the new rows. GPU configs
     are timed by ``timer`` (one of ``bench.measure.TIMERS``). ``parallel`` workers measure at once, each on a GPU
-    of its own (``None``: every visible GPU, or every CPU core; ``bench.executor``).
+    of its own (``None``: every visible GPU, or every CPU core; ``bench.executor``); ``ray`` (an address,
+    ``auto`` or ``local``) runs each config as a Ray task instead.
 
     Each row is appended to ``out`` as soon as it is measured, so an interrupted sweep keeps its rows
     and the same call resumes it. ``unavailable`` rows, GPU rows timed by another timer and, with ``verify``,
@@ -189,7 +191,7 @@ def sweep(
         skipped = len(configs) - len(todo)
         if skipped:
             console.print(f"[dim]resume: {skipped} of {len(configs)} configs already in {out}[/dim]")
-        _run(todo, out, verify, timeout_s, timer, console, on_row, rows, interrupts, parallel)
+        _run(todo, out, verify, timeout_s, timer, console, on_row, rows, interrupts, parallel, ray)
     return rows
 
 
@@ -236,30 +238,38 @@ def _run(
     rows: list[dict[str, object]],
     interrupts: _Interrupts,
     parallel: int | None,
+    ray: str | None = None,
 ) -> None:
-    """Measure ``todo`` in the slots of ``bench.executor.local_slots`` (one worker each, restarted per kernel),
-    appending each row to ``out`` and to ``rows`` as it arrives. Several slots take the configs longest-first."""
-    from bench.executor import LocalPool, local_slots, longest_first
+    """Measure ``todo`` in the slots of ``bench.executor.local_slots`` (one worker each, restarted per kernel), or
+    as Ray tasks with ``ray`` (a cluster address, ``auto`` or ``local``), appending each row to ``out`` and to
+    ``rows`` as it arrives. Several slots, and Ray, take the configs longest-first."""
+    from bench.executor import LocalPool, RayPool, local_slots, longest_first
 
     devices = {p.device for _, p in todo}
-    if len(devices) > 1 and parallel != 1:
-        raise ValueError(f"--parallel needs the configs on one device; got {', '.join(sorted(devices))}")
+    if len(devices) > 1 and (parallel != 1 or ray is not None):
+        raise ValueError(f"--parallel and --ray need the configs on one device; got {', '.join(sorted(devices))}")
     device = next(iter(devices)) if devices else "cpu"
-    slots = local_slots(parallel, device)
     meta = envinfo.collect(device)
-    peaks: dict[str, tuple[float, float]] = {}
-    metas = {p.dtype: with_peaks(meta, peaks, p) for _, p in todo if precheck_device(p) is None}  # before any worker
+    metas: dict[str, envinfo.RunMetadata] = {}
 
     def task(spec: KernelSpec, problem: Problem) -> Task:
-        return Task(spec.name, problem, verify, metas[problem.dtype].peak_tflops, timer)
+        return Task(spec.name, problem, verify, metas.get(problem.dtype, meta).peak_tflops, timer)
 
-    pool = LocalPool(slots, task, lambda p: metas.get(p.dtype, meta), precheck, timeout_s)
-    order = longest_first(todo) if len(slots) > 1 else todo
+    pool: LocalPool | RayPool
+    if ray is not None:  # the peaks, like every row's metadata, are taken where Ray runs the task
+        pool = RayPool(ray, device, task, meta, timeout_s)
+        label, order = f"sweep on Ray ({pool.capacity} at once)", longest_first(todo)
+    else:
+        slots = local_slots(parallel, device)
+        peaks: dict[str, tuple[float, float]] = {}
+        metas.update({p.dtype: with_peaks(meta, peaks, p) for _, p in todo if precheck_device(p) is None})
+        pool = LocalPool(slots, task, lambda p: metas.get(p.dtype, meta), precheck, timeout_s)
+        label = "sweep" if len(slots) == 1 else f"sweep, {len(slots)} workers"
+        order = longest_first(todo) if len(slots) > 1 else todo
     interrupted = True
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     try:
         with Progress(*columns, console=console, transient=False) as progress:
-            label = "sweep" if len(slots) == 1 else f"sweep, {len(slots)} workers"
             bar = progress.add_task(label, total=len(todo))
             for result in pool.results(order):
                 spec, problem, m = result.spec, result.problem, result.measurement

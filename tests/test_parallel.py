@@ -105,3 +105,8 @@ def test_bad_parallel_exits_2_before_any_work(tmp_path: Path, value: str, messag
     code, err = _sweep(*CPU_SUBSET, "--out", str(out), "--parallel", value, timeout=120)
     assert code == 2 and message in " ".join(err.split())
     assert not store.exists(out)
+
+
+def test_ray_and_parallel_together_are_refused(tmp_path: Path) -> None:
+    code, err = _sweep(*CPU_SUBSET, "--out", str(tmp_path / "r.parquet"), "--ray", "local", "--parallel", "2")
+    assert code == 2 and "give --ray or --parallel, not both" in " ".join(err.split())
