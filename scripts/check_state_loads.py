@@ -1,7 +1,7 @@
 """Device check of 16-bit chunk states, per tile config: the store path (fw_states writing bf16 vs fp32 states
 cast afterwards: must be bit-identical) and the load path (fw_output reading bf16 states vs the same values
 stored as fp32: must give the same h up to the tiles' rounding, ~1e-5). On Triton 3.6 / H100 the load path is
-wrong when the state loop is software-pipelined, for some tiles (results/h100/bf16_state_loads*.log); rerun
+wrong when the state loop is software-pipelined, for some tiles (results/h100/logs/bf16_state_loads*.log); rerun
 after a Triton upgrade before pipelining it (``kernels.mlstm.tiles.STATE_READERS``).
 Usage: ``python scripts/check_state_loads.py [--chunk 128] [--variants sig,exp] [--state-stages 1] [--skip-store]
 [--shape B,NH,S,DHQK,DHHV]`` (CUDA only). ``--state-stages 0`` pipelines the state loop like the rest of the kernel;

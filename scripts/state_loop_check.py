@@ -2,7 +2,7 @@
 fwbw pass with the GPU tile table three times (every output and gradient must be bit-identical: no race) and once
 with each reader's state loop in 1 stage over the same slices (must be bit-identical too), per variant and chunk.
 Usage: ``python scripts/state_loop_check.py [--shape 8,8,8192,256,512] [--chunks 128,256,512,1024]`` (CUDA only;
-exit 1 on a difference). Results: ``results/h100/state_loop_pipelined_v7.log``.
+exit 1 on a difference). Results: ``results/h100/logs/state_loop_pipelined_v7.log``.
 """
 
 from __future__ import annotations
