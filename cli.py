@@ -12,6 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(
@@ -26,7 +27,7 @@ TIMER_HELP = (
 
 
 def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[red]error:[/red] {message}")
+    err.print(f"[red]error:[/red] {escape(message)}")  # a message may hold brackets (".[ray]", "[1, 2]")
     raise typer.Exit(code)
 
 
@@ -227,7 +228,7 @@ def _exit_on_interrupt(what: str | None = None) -> Iterator[None]:
         yield
     except SweepInterrupted as stop:
         if what is None:
-            err.print(f"[yellow]{stop}[/yellow]")
+            err.print(f"[yellow]{escape(str(stop))}[/yellow]")
         else:
             name = signal.Signals(stop.signum).name
             err.print(f"[yellow]{what} interrupted ({name}) after {stop.rows_kept} rows; nothing was judged[/yellow]")
@@ -307,7 +308,7 @@ def verify(
     console.print(verify_table(results))
     failures = gate_failures(results, allow_skipped)
     if failures:
-        err.print(f"[red]verify failed:[/red] {'; '.join(failures)}")
+        err.print(f"[red]verify failed:[/red] {escape('; '.join(failures))}")
         raise typer.Exit(1)
 
 
@@ -359,13 +360,13 @@ def profile(
     for spec in specs:
         run_on = problem if spec.uses_chunk_size else problem.with_(chunk_size=0)
         if (decided := precheck(spec, run_on)) is not None:
-            err.print(f"[yellow]{spec.name}: {decided.status}: {decided.message}[/yellow]")
+            err.print(f"[yellow]{spec.name}: {decided.status}: {escape(str(decided.message))}[/yellow]")
             failed.append(spec.name)
             continue
         try:
             times = run_profile(spec, run_on, passes)
         except Exception as e:  # noqa: BLE001 - a kernel that fails is reported, the others still run
-            err.print(f"[red]{spec.name}: {type(e).__name__}: {measure._first_line(e)}[/red]")
+            err.print(f"[red]{spec.name}: {type(e).__name__}: {escape(measure._first_line(e))}[/red]")
             failed.append(spec.name)
             continue
         unit = "CUDA kernel" if dev == "cuda" else "CPU operator (self time)"
@@ -460,7 +461,7 @@ def check(
     failures = chk.gate_failures(results, allow_missing)
     stale = [] if measured_together else chk.staleness(cur, base)
     for note in stale:
-        err.print(f"[yellow]warning: the baseline may be stale:[/yellow] {note}")
+        err.print(f"[yellow]warning: the baseline may be stale:[/yellow] {escape(note)}")
     if stale and strict:
         failures.append(f"the baseline may be stale ({len(stale)} reason{'s' if len(stale) > 1 else ''}; --strict)")
     if format == "json":
@@ -487,7 +488,7 @@ def check(
         console.print(table)
     if failures:
         if format != "json":  # JSON carries them in "failures"
-            err.print(f"[red]check failed:[/red] {'; '.join(failures)}")
+            err.print(f"[red]check failed:[/red] {escape('; '.join(failures))}")
         raise typer.Exit(1)
 
 

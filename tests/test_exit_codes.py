@@ -125,3 +125,13 @@ def test_check_column_of_the_wrong_type_is_unusable_input(tmp_path: Path) -> Non
     result = runner.invoke(app, ["check", str(bad), "--baseline", str(base)])
     assert result.exit_code == 2, result.output
     assert "column 'runtime_ms' holds" in _flat(result.output) and "expected double" in _flat(result.output)
+
+
+def test_messages_with_brackets_are_printed_as_they_are() -> None:
+    """Rich markup is not applied to a message: a bracketed word such as ``[ray]`` or ``[bold]`` comes out literally."""
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    done = CliRunner().invoke(app, ["sweep", "--preset", "cpu", "--kernels", "[bold]x"])
+    assert done.exit_code == 2 and "'[bold]x' matches nothing" in done.output
