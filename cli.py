@@ -160,7 +160,7 @@ def sweep(
         _fail(str(e))
     path = out or Path("results") / f"{Path(name).stem}.parquet"
     _check_out(path)
-    workers = _check_parallel(parallel, configs)
+    workers = _check_parallel(parallel)
     if ray is not None:
         _check_ray(ray, parallel)
     err.print(f"preset [bold]{name}[/bold]: {len(configs)} configs -> {path}")
@@ -170,21 +170,16 @@ def sweep(
     console.print(summary_table(rows, title=f"{name}: {len(rows)} new rows in {path}"))
 
 
-def _check_parallel(value: str, configs: list) -> int | None:
-    """``--parallel`` as a worker count (``None``: all); exit 2 on a bad value, on more GPU workers than GPUs, or
-    on configs of several devices with more than one worker."""
-    from bench.executor import local_slots, parse_parallel
+def _check_parallel(value: str) -> int | None:
+    """``--parallel`` as a worker count (``None``: all); exit 2 on a bad value. Whether the configs can be placed
+    on that many workers the runner checks before any work (``bench.executor.check_placement``)."""
+    from bench.executor import parse_parallel
 
     try:
-        workers = parse_parallel(value)
-        devices = {p.device for _, p in configs}
-        if len(devices) > 1 and workers != 1:
-            raise ValueError(f"--parallel needs the configs on one device; got {', '.join(sorted(devices))}")
-        if devices == {"cuda"} and workers != 1:
-            local_slots(workers, "cuda")  # refuses more workers than GPUs
+        return parse_parallel(value)
     except ValueError as e:
         _fail(str(e))
-    return workers
+    return None
 
 
 def _check_ray(address: str, parallel: str) -> None:
@@ -265,6 +260,28 @@ def env(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = Fa
     console.print(table)
 
 
+def _device_and_dtype(device: Optional[str], dtype: Optional[str]) -> tuple[str, str]:
+    """``--device`` (default: cuda where a GPU is visible, else cpu) and ``--dtype`` (default: bfloat16 on cuda,
+    float32 on cpu); exit 2 on an unknown device or ``--device cuda`` without a GPU."""
+    from bench.problem import DEVICES
+    from bench.registry import cuda_reason
+
+    if device is not None and device not in DEVICES:
+        _fail(f"--device must be one of {', '.join(DEVICES)}; got {device!r}")
+    if device == "cuda" and (reason := cuda_reason()):
+        _fail(f"--device cuda: {reason}")
+    dev = device or ("cuda" if cuda_reason() is None else "cpu")
+    return dev, dtype or ("bfloat16" if dev == "cuda" else "float32")
+
+
+def _shape(shape: Optional[str]) -> Optional[list[int]]:
+    """``--shape B,NH,S,DHQK,DHHV``; exit 2 unless it is five integers."""
+    dims = _ints(shape, "shape")
+    if dims is not None and len(dims) != 5:
+        _fail(f"--shape takes B,NH,S,DHQK,DHHV (five integers); got {shape!r}")
+    return dims
+
+
 @app.command()
 def verify(
     kernels: Annotated[Optional[str], typer.Option(help="kernel names or globs (default: all available)")] = None,
@@ -280,26 +297,18 @@ def verify(
 ) -> None:
     """Run each kernel at small shapes against its reference; exit 1 when an error exceeds its dtype's tolerance
     or nothing could be verified, 2 on unusable input (e.g. --device cuda without a GPU)."""
-    from bench.problem import DEVICES
-    from bench.registry import cuda_reason
     from bench.verify import gate_failures, run_verify, verify_table
 
-    if device is not None and device not in DEVICES:
-        _fail(f"--device must be one of {', '.join(DEVICES)}; got {device!r}")
-    if device == "cuda" and (reason := cuda_reason()):
-        _fail(f"--device cuda: {reason}")
-    dev = device or ("cuda" if cuda_reason() is None else "cpu")
+    dev, dtype = _device_and_dtype(device, dtype)
     names = _strs(kernels, "kernels") or ["*"]
-    dims = _ints(shape, "shape")
-    if dims is not None and len(dims) != 5:
-        _fail(f"--shape takes B,NH,S,DHQK,DHHV (five integers); got {shape!r}")
+    dims = _shape(shape)
     chunks = _ints(chunk_size, "chunk-size")
     try:
         with _exit_on_interrupt("verify"):
             results = run_verify(
                 names,
                 dev,
-                dtype or ("bfloat16" if dev == "cuda" else "float32"),
+                dtype,
                 shape=tuple(dims) if dims else None,
                 chunks=tuple(chunks) if chunks else None,
             )
@@ -328,29 +337,23 @@ def profile(
     """Where one pass of each kernel spends its time: device time per pass of every CUDA kernel it launches (on
     the CPU: self time per operator); exit 1 when a kernel could not be profiled, 2 on unusable input."""
     from bench import measure
-    from bench.problem import DEVICES, MODES, Problem
+    from bench.problem import MODES, Problem
     from bench.profile import profile as run_profile
-    from bench.registry import cuda_reason, resolve
+    from bench.registry import resolve
     from bench.runner import precheck
 
-    if device is not None and device not in DEVICES:
-        _fail(f"--device must be one of {', '.join(DEVICES)}; got {device!r}")
-    if device == "cuda" and (reason := cuda_reason()):
-        _fail(f"--device cuda: {reason}")
-    dev = device or ("cuda" if cuda_reason() is None else "cpu")
+    dev, dtype = _device_and_dtype(device, dtype)
     if mode not in MODES:
         _fail(f"--mode must be one of {', '.join(MODES)}; got {mode!r}")
     if passes < 1 or top < 1:
         _fail(f"--passes and --top must be positive integers; got {passes} and {top}")
-    dims = _ints(shape, "shape") or ([8, 8, 8192, 256, 512] if dev == "cuda" else [1, 2, 64, 32, 32])
-    if len(dims) != 5:
-        _fail(f"--shape takes B,NH,S,DHQK,DHHV (five integers); got {shape!r}")
+    dims = _shape(shape) or ([8, 8, 8192, 256, 512] if dev == "cuda" else [1, 2, 64, 32, 32])
     try:
         specs = resolve(_strs(kernels, "kernels") or [])
         problem = Problem(
             *dims,
             chunk_size=chunk_size or (128 if dev == "cuda" else 32),
-            dtype=dtype or ("bfloat16" if dev == "cuda" else "float32"),
+            dtype=dtype,
             mode=mode,
             device=dev,
         )

@@ -90,6 +90,16 @@ def local_slots(parallel: int | None, device: str) -> list[Slot]:
     return [Slot(i, device, i, {"CUDA_VISIBLE_DEVICES": gpus[i]}) for i in range(n)]
 
 
+def check_placement(devices: set[str], parallel: int | None, ray: str | None) -> None:
+    """``ValueError`` naming the option when configs on ``devices`` cannot be measured by ``parallel`` local
+    workers or by Ray: several workers (or Ray) need the configs on one device, and GPU workers a GPU each."""
+    if len(devices) > 1 and (parallel != 1 or ray is not None):
+        option = "--ray" if ray is not None else "--parallel"
+        raise ValueError(f"{option} needs the configs on one device; got {', '.join(sorted(devices))}")
+    if ray is None and devices == {"cuda"} and parallel != 1:
+        local_slots(parallel, "cuda")  # refuses more workers than visible GPUs
+
+
 def longest_first(configs: list[tuple[KernelSpec, Problem]]) -> list[tuple[KernelSpec, Problem]]:
     """``configs`` by estimated work, largest first (FLOPs, then bytes), so that the last to finish are short;
     the kernels' order among equals is kept."""
@@ -131,6 +141,9 @@ class LocalPool:
                 m = self._precheck(spec, problem)
                 if m is None:
                     worker = self._workers.get(slot.index)
+                    if worker is not None and worker.device != problem.device:
+                        worker.close()  # its environment is its device's (the interpreter on the CPU)
+                        worker = None
                     if worker is None:
                         worker = self._workers[slot.index] = KernelWorker(problem.device, env=slot.env)
                     elif spec is not previous:

@@ -94,7 +94,7 @@ def precheck(spec: KernelSpec, problem: Problem) -> Measurement | None:
     """A row decided before launching anything (unavailable / unsupported), or ``None`` to run."""
     if problem.device not in spec.devices:
         return Measurement("unavailable", f"{spec.name} runs on {', '.join(spec.devices)} only")
-    if problem.device == "cuda" and (reason := _cuda_reason()):
+    if reason := precheck_device(problem):
         return Measurement("unavailable", reason)
     if reason := spec.available():
         return Measurement("unavailable", reason)
@@ -170,7 +170,8 @@ def sweep(
     """Measure every config not yet in ``out`` (all of them with ``force``); returns the new rows. GPU configs
     are timed by ``timer`` (one of ``bench.measure.TIMERS``). ``parallel`` workers measure at once, each on a GPU
     of its own (``None``: every visible GPU, or every CPU core; ``bench.executor``); ``ray`` (an address,
-    ``auto`` or ``local``) runs each config as a Ray task instead.
+    ``auto`` or ``local``) runs each config as a Ray task instead. ``ValueError`` before any work when the configs
+    cannot be placed so (``bench.executor.check_placement``).
 
     Each row is appended to ``out`` as soon as it is measured, so an interrupted sweep keeps its rows
     and the same call resumes it. ``unavailable`` rows, GPU rows timed by another timer and, with ``verify``,
@@ -182,6 +183,9 @@ def sweep(
     check_timeout(timeout_s)
     out = Path(out)
     store.check_writable(out)
+    from bench.executor import check_placement
+
+    check_placement({p.device for _, p in configs}, parallel, ray)
     console = console or Console(stderr=True)
     remove_stale_logs()
     rows: list[dict[str, object]] = []
@@ -245,9 +249,7 @@ def _run(
     ``rows`` as it arrives. Several slots, and Ray, take the configs longest-first."""
     from bench.executor import LocalPool, RayPool, local_slots, longest_first
 
-    devices = {p.device for _, p in todo}
-    if len(devices) > 1 and (parallel != 1 or ray is not None):
-        raise ValueError(f"--parallel and --ray need the configs on one device; got {', '.join(sorted(devices))}")
+    devices = {p.device for _, p in todo}  # one, unless a single local slot serves several (check_placement)
     device = next(iter(devices)) if devices else "cpu"
     meta = envinfo.collect(device)
     metas: dict[str, envinfo.RunMetadata] = {}

@@ -110,3 +110,11 @@ def test_bad_parallel_exits_2_before_any_work(tmp_path: Path, value: str, messag
 def test_ray_and_parallel_together_are_refused(tmp_path: Path) -> None:
     code, err = _sweep(*CPU_SUBSET, "--out", str(tmp_path / "r.parquet"), "--ray", "local", "--parallel", "2")
     assert code == 2 and "give --ray or --parallel, not both" in " ".join(err.split())
+
+
+def test_configs_on_several_devices_need_one_worker() -> None:
+    executor.check_placement({"cpu", "cuda"}, 1, None)  # one slot serves both, a worker per device in turn
+    with pytest.raises(ValueError, match="--parallel needs the configs on one device; got cpu, cuda"):
+        executor.check_placement({"cpu", "cuda"}, 2, None)
+    with pytest.raises(ValueError, match="--ray needs the configs on one device"):
+        executor.check_placement({"cpu", "cuda"}, 1, "local")
