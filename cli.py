@@ -294,26 +294,42 @@ def verify(
         Optional[str], typer.Option(help="B,NH,S,DHQK,DHHV instead of the small shape, e.g. 8,8,8192,256,512 (7B)")
     ] = None,
     chunk_size: Annotated[Optional[str], typer.Option(help="chunk sizes, e.g. 64,128,1024 (default 32)")] = None,
+    jobs: Annotated[
+        int, typer.Option(help="workers at once, several to a GPU (only errors are kept): compiles overlap")
+    ] = 1,
+    timeout: Annotated[
+        float, typer.Option(help="seconds per config (compile included) before its worker is killed")
+    ] = 300.0,
 ) -> None:
     """Run each kernel at small shapes against its reference; exit 1 when an error exceeds its dtype's tolerance
-    or nothing could be verified, 2 on unusable input (e.g. --device cuda without a GPU)."""
-    from bench.verify import gate_failures, run_verify, verify_table
+    or nothing could be verified, 2 on unusable input (e.g. --device cuda without a GPU). Interrupted (SIGINT,
+    SIGTERM), it judges the configs measured so far and exits with the signal's code."""
+    from bench.runner import check_timeout
+    from bench.verify import VerifyInterrupted, gate_failures, run_verify, verify_table
 
     dev, dtype = _device_and_dtype(device, dtype)
     names = _strs(kernels, "kernels") or ["*"]
     dims = _shape(shape)
     chunks = _ints(chunk_size, "chunk-size")
+    if jobs < 1:
+        _fail(f"--jobs takes a positive number of workers; got {jobs}")
     try:
-        with _exit_on_interrupt("verify"):
-            results = run_verify(
-                names,
-                dev,
-                dtype,
-                shape=tuple(dims) if dims else None,
-                chunks=tuple(chunks) if chunks else None,
-            )
+        check_timeout(timeout)
+        results = run_verify(
+            names,
+            dev,
+            dtype,
+            timeout_s=timeout,
+            shape=tuple(dims) if dims else None,
+            chunks=tuple(chunks) if chunks else None,
+            jobs=jobs,
+        )
     except ValueError as e:
         _fail(str(e))
+    except VerifyInterrupted as stop:
+        console.print(verify_table(stop.results))
+        err.print(f"{stop}: the table judges those; the other {stop.total - len(stop.results)} were not run")
+        raise typer.Exit(stop.exit_code) from None
     console.print(verify_table(results))
     failures = gate_failures(results, allow_skipped)
     if failures:

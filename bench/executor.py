@@ -72,9 +72,11 @@ def parse_parallel(value: str | int) -> int | None:
     return n
 
 
-def local_slots(parallel: int | None, device: str) -> list[Slot]:
+def local_slots(parallel: int | None, device: str, share_gpus: bool = False) -> list[Slot]:
     """``parallel`` slots on ``device`` (``None``: every visible GPU, or every CPU core); on a GPU machine each
-    pinned to a GPU of its own. ``ValueError`` naming ``--parallel`` when there are fewer GPUs than workers."""
+    pinned to a GPU of its own. ``ValueError`` naming ``--parallel`` when there are fewer GPUs than workers.
+    ``share_gpus`` (untimed work only, e.g. ``bench verify``, whose rows' times are not kept) pins the slots to the
+    GPUs in turn, several to a GPU, so compile-bound configs overlap."""
     if device != "cuda":
         n = parallel or os.cpu_count() or 1
         return [Slot(i, device) for i in range(n)]
@@ -82,6 +84,8 @@ def local_slots(parallel: int | None, device: str) -> list[Slot]:
     if not gpus and parallel in (None, 1):
         return [Slot(0, device)]  # no GPU: every config becomes an `unavailable` row before launch
     n = len(gpus) if parallel is None else parallel
+    if share_gpus and gpus:
+        return [Slot(i, device, i % len(gpus), {"CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)]}) for i in range(n)]
     if n > len(gpus):
         raise ValueError(
             f"--parallel {n}: only {len(gpus)} GPU(s) visible, and a GPU is never shared by two workers "
@@ -90,14 +94,15 @@ def local_slots(parallel: int | None, device: str) -> list[Slot]:
     return [Slot(i, device, i, {"CUDA_VISIBLE_DEVICES": gpus[i]}) for i in range(n)]
 
 
-def check_placement(devices: set[str], parallel: int | None, ray: str | None) -> None:
+def check_placement(devices: set[str], parallel: int | None, ray: str | None, share_gpus: bool = False) -> None:
     """``ValueError`` naming the option when configs on ``devices`` cannot be measured by ``parallel`` local
-    workers or by Ray: several workers (or Ray) need the configs on one device, and GPU workers a GPU each."""
+    workers or by Ray: several workers (or Ray) need the configs on one device, and GPU workers a GPU each
+    (unless ``share_gpus``: ``local_slots``)."""
     if len(devices) > 1 and (parallel != 1 or ray is not None):
         option = "--ray" if ray is not None else "--parallel"
         raise ValueError(f"{option} needs the configs on one device; got {', '.join(sorted(devices))}")
     if ray is None and devices == {"cuda"} and parallel != 1:
-        local_slots(parallel, "cuda")  # refuses more workers than visible GPUs
+        local_slots(parallel, "cuda", share_gpus)  # refuses more workers than visible GPUs
 
 
 def longest_first(configs: list[tuple[KernelSpec, Problem]]) -> list[tuple[KernelSpec, Problem]]:

@@ -166,12 +166,14 @@ def sweep(
     on_row: Callable[[dict[str, object]], None] | None = None,
     parallel: int | None = 1,
     ray: str | None = None,
+    share_gpus: bool = False,
 ) -> list[dict[str, object]]:
     """Measure every config not yet in ``out`` (all of them with ``force``); returns the new rows. GPU configs
     are timed by ``timer`` (one of ``bench.measure.TIMERS``). ``parallel`` workers measure at once, each on a GPU
     of its own (``None``: every visible GPU, or every CPU core; ``bench.executor``); ``ray`` (an address,
     ``auto`` or ``local``) runs each config as a Ray task instead. ``ValueError`` before any work when the configs
-    cannot be placed so (``bench.executor.check_placement``).
+    cannot be placed so (``bench.executor.check_placement``). ``share_gpus`` lets several workers share a GPU: for
+    untimed work only (``bench verify``), since their rows' times are not clean.
 
     Each row is appended to ``out`` as soon as it is measured, so an interrupted sweep keeps its rows
     and the same call resumes it. ``unavailable`` rows, GPU rows timed by another timer and, with ``verify``,
@@ -185,7 +187,7 @@ def sweep(
     store.check_writable(out)
     from bench.executor import check_placement
 
-    check_placement({p.device for _, p in configs}, parallel, ray)
+    check_placement({p.device for _, p in configs}, parallel, ray, share_gpus)
     console = console or Console(stderr=True)
     remove_stale_logs()
     rows: list[dict[str, object]] = []
@@ -195,7 +197,7 @@ def sweep(
         skipped = len(configs) - len(todo)
         if skipped:
             console.print(f"[dim]resume: {skipped} of {len(configs)} configs already in {out}[/dim]")
-        _run(todo, out, verify, timeout_s, timer, console, on_row, rows, interrupts, parallel, ray)
+        _run(todo, out, verify, timeout_s, timer, console, on_row, rows, interrupts, parallel, ray, share_gpus)
     return rows
 
 
@@ -243,6 +245,7 @@ def _run(
     interrupts: _Interrupts,
     parallel: int | None,
     ray: str | None = None,
+    share_gpus: bool = False,
 ) -> None:
     """Measure ``todo`` in the slots of ``bench.executor.local_slots`` (one worker each, restarted per kernel), or
     as Ray tasks with ``ray`` (a cluster address, ``auto`` or ``local``), appending each row to ``out`` and to
@@ -262,7 +265,7 @@ def _run(
         pool = RayPool(ray, device, task, meta, timeout_s)
         label, order = f"sweep on Ray ({pool.capacity} at once)", longest_first(todo)
     else:
-        slots = local_slots(parallel, device)
+        slots = local_slots(parallel, device, share_gpus)
         peaks: dict[str, tuple[float, float]] = {}
         metas.update({p.dtype: with_peaks(meta, peaks, p) for _, p in todo if precheck_device(p) is None})
         pool = LocalPool(slots, task, lambda p: metas.get(p.dtype, meta), precheck, timeout_s)

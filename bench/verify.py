@@ -4,6 +4,7 @@ backward: the relative error of the output and of the gradient of every input (`
 from __future__ import annotations
 
 import json
+import signal
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,9 +12,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from bench import store
 from bench.grid import Grid
 from bench.registry import get
-from bench.runner import sweep
+from bench.runner import SweepInterrupted, sweep
 
 TOLERANCE = {"float32": 1e-3, "float16": 5e-3, "bfloat16": 2e-2}
 
@@ -61,6 +63,14 @@ def verify_grid(
     )
 
 
+class VerifyInterrupted(Exception):
+    """``bench verify`` stopped by a signal: ``results`` judges the configs measured before it, of ``total``."""
+
+    def __init__(self, results: list[VerifyResult], total: int, exit_code: int, signal_name: str) -> None:
+        self.results, self.total, self.exit_code = results, total, exit_code
+        super().__init__(f"verify interrupted ({signal_name}) after {len(results)} of {total} configs")
+
+
 def run_verify(
     kernels: list[str],
     device: str,
@@ -68,20 +78,39 @@ def run_verify(
     timeout_s: float = 300.0,
     shape: tuple[int, ...] | None = None,
     chunks: tuple[int, ...] | None = None,
+    jobs: int = 1,
 ) -> list[VerifyResult]:
     """Every config of ``verify_grid`` measured with ``--verify`` in workers, each judged against its dtype's
-    tolerance (a backward that checked no gradient fails)."""
+    tolerance (a backward that checked no gradient fails). ``jobs`` workers at once, several to a GPU if need be:
+    only errors are kept, so sharing does not matter, and compile-bound kernels (FLA's autotuning) overlap.
+    ``VerifyInterrupted`` on SIGINT / SIGTERM / SIGHUP, with the configs measured so far judged."""
     if dtype not in TOLERANCE:
         raise ValueError(f"dtype must be one of {', '.join(TOLERANCE)}; got {dtype!r}")
+    if jobs < 1:
+        raise ValueError(f"--jobs takes a positive number of workers; got {jobs!r}")
     configs = verify_grid(kernels, device, dtype, shape, chunks).configs()
     with tempfile.TemporaryDirectory() as tmp:
-        rows = sweep(
-            configs,
-            Path(tmp) / "verify.parquet",
-            verify=True,
-            timeout_s=timeout_s,
-            console=Console(stderr=True),  # progress on stderr: a slow compile shows where the time goes
-        )
+        out = Path(tmp) / "verify.parquet"
+        try:
+            rows = sweep(
+                configs,
+                out,
+                verify=True,
+                timeout_s=timeout_s,
+                console=Console(stderr=True),  # progress on stderr: a slow compile shows where the time goes
+                parallel=jobs,
+                share_gpus=True,
+            )
+        except SweepInterrupted as stop:
+            frame = store.load(out)
+            kept = frame.astype(object).where(frame.notna(), None).to_dict("records")  # NaN -> None, as rows
+            name = signal.Signals(stop.signum).name
+            raise VerifyInterrupted(judge(kept, dtype), len(configs), stop.exit_code, name) from None
+    return judge(rows, dtype)
+
+
+def judge(rows: list[dict], dtype: str) -> list[VerifyResult]:
+    """A ``VerifyResult`` per row of a ``--verify`` sweep at ``dtype``."""
     tol = TOLERANCE[dtype]
     results = []
     for r in rows:
@@ -93,7 +122,7 @@ def run_verify(
             status = "fail"
         else:
             status = "pass"
-        errors = json.loads(str(r["errors"])) if r.get("errors") else {}
+        errors = json.loads(r["errors"]) if isinstance(r.get("errors"), str) else {}
         if status == "pass" and r["mode"] != "fw" and len(errors) < 2:
             status, r["message"] = "fail", "no gradient was checked"  # the backward gave no input a gradient
         results.append(

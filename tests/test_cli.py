@@ -88,3 +88,10 @@ def test_verify_passes_on_cpu() -> None:
     assert result.output.count("pass") == 6  # three kernels, fw and fwbw
     for output in ("out", "dq", "dk", "dv", "di", "df"):
         assert f" {output} " in result.output
+
+
+def test_verify_refuses_bad_jobs_and_timeouts_before_any_work() -> None:
+    for option, value, message in [("--jobs", "0", "--jobs takes a positive number"), ("--timeout", "0", "timeout")]:
+        result = runner.invoke(app, ["verify", "--device", "cpu", "--kernels", "sdpa.math", option, value])
+        assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
+        assert "pass" not in result.output

@@ -118,3 +118,13 @@ def test_configs_on_several_devices_need_one_worker() -> None:
         executor.check_placement({"cpu", "cuda"}, 2, None)
     with pytest.raises(ValueError, match="--ray needs the configs on one device"):
         executor.check_placement({"cpu", "cuda"}, 1, "local")
+
+
+def test_shared_slots_take_the_gpus_in_turn(monkeypatch: pytest.MonkeyPatch) -> None:
+    """For untimed work (bench verify --jobs) several workers may share a GPU; a timed sweep never does."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    slots = executor.local_slots(3, "cuda", share_gpus=True)
+    assert [(s.gpu, s.env["CUDA_VISIBLE_DEVICES"]) for s in slots] == [(0, "3"), (1, "5"), (0, "3")]
+    executor.check_placement({"cuda"}, 3, None, share_gpus=True)
+    with pytest.raises(ValueError, match="a GPU is never shared by two workers"):
+        executor.check_placement({"cuda"}, 3, None)

@@ -208,3 +208,15 @@ def test_verify_catches_a_planted_wrong_gradient() -> None:
     bad = results["fwbw"]
     assert bad.status == "fail" and bad.errors["dx"] == pytest.approx(0.5) and bad.errors["out"] < 1e-12
     assert gate_failures(list(results.values())) == ["1 failed (fake.bad_grad)"]
+
+
+def test_verify_with_several_jobs_judges_the_same_configs() -> None:
+    from bench.verify import run_verify
+
+    def judged(jobs: int) -> list[tuple[str, str, str]]:
+        return sorted(
+            (r.kernel, r.mode, r.status) for r in run_verify(["fake.ok", "fake.bad_grad"], "cpu", "float32", jobs=jobs)
+        )
+
+    one = judged(1)
+    assert judged(3) == one and ("fake.bad_grad", "fwbw", "fail") in one
