@@ -406,6 +406,67 @@ def profile(
 
 
 @app.command()
+def tune(
+    kernel: Annotated[str, typer.Option(help="tfla.mlstm_sig or tfla.mlstm_exp")] = "tfla.mlstm_sig",
+    shape: Annotated[
+        Optional[str], typer.Option(help="B,NH,S,DHQK,DHHV (default: 8,8,8192,256,512 on cuda, 1,1,64,32,32 on cpu)")
+    ] = None,
+    chunk_size: Annotated[Optional[int], typer.Option(help="chunk size (default 128 on cuda, 32 on cpu)")] = None,
+    tiles_of: Annotated[
+        Optional[str],
+        typer.Option(help="kernels to tune: fw_states,fw_output,bw_states,bw_dq,bw_dk,bw_dv (default all)"),
+    ] = None,
+    family: Annotated[str, typer.Option(help="candidates: rolled, unrolled, all or small (head dims <= 128)")] = "all",
+    limit: Annotated[Optional[int], typer.Option(help="at most this many candidates per kernel")] = None,
+    pipelined_states: Annotated[
+        bool, typer.Option(help="the state readers' state loops run the candidate's stages (check_state_loads first)")
+    ] = False,
+    dtype: Annotated[Optional[str], typer.Option(help="default: bfloat16 on cuda, float32 on cpu")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cuda or cpu (default: cuda if present)")] = None,
+    passes: Annotated[int, typer.Option(help="passes profiled per trial after one warm-up pass")] = 5,
+    jobs: Annotated[int, typer.Option(help="processes compiling the candidates first (GPU)")] = 8,
+    out: Annotated[Path, typer.Option(help="Parquet file: one row per trial, the tiles in kernel_params")] = Path(
+        "results/tune.parquet"
+    ),
+) -> None:
+    """Tile trials of our kernels: each candidate replaces one kernel's tiles in the current table, one profiled
+    forward + backward pass per trial, outputs checked against the table's. Rows go to --out as they are measured
+    (a second call resumes); prints the best tiles per kernel. Exit 2 on unusable input."""
+    from bench.problem import Problem
+    from bench.tune import rows_of, run_tune, tune_table
+    from kernels.mlstm.tiles import KERNELS
+
+    dev, dtype = _device_and_dtype(device, dtype)
+    dims = _shape(shape) or ([8, 8, 8192, 256, 512] if dev == "cuda" else [1, 1, 64, 32, 32])
+    names = _strs(tiles_of, "tiles-of") or list(KERNELS)
+    if bad := [n for n in names if n not in KERNELS]:
+        _fail(f"--tiles-of takes {', '.join(KERNELS)}; got {', '.join(bad)}")
+    if limit is not None and limit < 1:
+        _fail(f"--limit must be a positive integer; got {limit}")
+    try:
+        problem = Problem(
+            *dims, chunk_size=chunk_size or (128 if dev == "cuda" else 32), dtype=dtype, mode="fwbw", device=dev
+        )
+        with _exit_on_interrupt():
+            run_tune(
+                kernel,
+                problem,
+                names,
+                family,
+                out,
+                passes=passes,
+                jobs=jobs,
+                limit=limit,
+                pipelined_states=pipelined_states,
+            )
+    except ValueError as e:
+        _fail(str(e))
+    rows = rows_of(out, kernel, problem)
+    console.print(tune_table(rows))
+    console.print(f"{len(rows)} trials of {kernel} at {problem} in {out}", markup=False)
+
+
+@app.command()
 def check(
     current: Annotated[Optional[Path], typer.Argument(help="results of the run to check (omit with --run)")] = None,
     baseline: Annotated[Optional[Path], typer.Option(help="results of the reference run")] = None,

@@ -249,7 +249,7 @@ def unrolled_smem(kernel: str, t: KernelTiles, dhqk: int, dhhv: int, input_bytes
     pipeline stage the streamed token tile's rows over the sliced head dim ``D`` and the split tile (plus the fixed
     operand's ``D`` slices, reloaded each block unless one slice covers ``D`` and it loads once), and the output
     tile staged for its TMA store. Triton 3.6 allocated 0.75..1.05x this (at most 5.6 KiB more) for the 168
-    unrolled candidates of scripts/tune_tiles.py at the paper and 7B head dims (compiled for sm_90)."""
+    unrolled candidates of ``bench tune`` (``tile_search``) at the paper and 7B head dims (compiled for sm_90)."""
     split, sliced, streamed = INTRA_CHUNK[kernel]
     d = dhqk if sliced == "BK" else dhhv
     rows = getattr(t, streamed)
