@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -9,29 +17,38 @@ gluon = pytest.importorskip("triton.experimental.gluon.language.nvidia.hopper", 
 
 from kernels.gluon import support, ws_matmul  # noqa: E402
 
+ROOT = Path(__file__).resolve().parents[1]
 HOPPER_SMEM_BYTES = 227 * 1024  # the most dynamic shared memory one block of an sm_90 GPU may take
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_ws_matmul_lowers_to_warp_specialized_wgmma(dtype: torch.dtype) -> None:
+@functools.cache
+def _compiled() -> dict:
+    """``tests.gluon_cases.report()`` in a child process without ``TRITON_INTERPRET`` and with an empty Triton
+    cache, so every kernel really goes through the front end, LLVM and ptxas."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    with tempfile.TemporaryDirectory() as cache:
+        env["TRITON_CACHE_DIR"] = cache
+        done = subprocess.run(
+            [sys.executable, "-m", "tests.gluon_cases"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=600
+        )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+def _case(name: str) -> dict:
+    facts = _compiled()[name]
+    assert "error" not in facts, facts.get("error")
+    return facts
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_ws_matmul_lowers_to_warp_specialized_wgmma(dtype: str) -> None:
     """The kernel compiles to a cubin whose PTX has the asynchronous wgmma, the TMA loads, the mbarrier waits and
     the per-partition register split (``setmaxnreg``) of a warp-specialized kernel, in sm_90's shared memory."""
-    m, n, k = 256, 256, 512
-    a, b, c = torch.empty(m, k, dtype=dtype), torch.empty(k, n, dtype=dtype), torch.empty(m, n, dtype=dtype)
-    a_desc, b_desc, c_desc = ws_matmul.descriptors(a, b, c, 128, 128, 64)
-    compiled = support.compile_for(
-        ws_matmul.ws_matmul_kernel,
-        {"a_desc": a_desc, "b_desc": b_desc, "c_desc": c_desc, "K": k},
-        {"STAGES": 3, "INSTR_N": ws_matmul.instr_n(128, 128, 4), "num_warps": 4},
-    )
-    ptx = compiled.asm["ptx"]
-    assert len(compiled.asm["cubin"]) > 0
-    for instruction in ("wgmma.mma_async", "cp.async.bulk.tensor", "mbarrier.try_wait", "setmaxnreg"):
-        assert instruction in ptx, f"{instruction} missing from the PTX"
-    assert (".bf16" if dtype == torch.bfloat16 else ".f16") in next(
-        x for x in ptx.splitlines() if "wgmma.mma_async" in x
-    )
-    assert 3 * (128 * 64 + 64 * 128) * 2 <= compiled.metadata.shared <= HOPPER_SMEM_BYTES
+    facts = _case(f"ws_matmul {dtype}")
+    assert all(facts["has"].values()), facts["has"]
+    assert facts["cubin_bytes"] > 0 and facts["wgmma"].endswith(f".{dtype.replace('fp', 'f')}")
+    assert 3 * (128 * 64 + 64 * 128) * 2 <= facts["shared"] <= HOPPER_SMEM_BYTES
 
 
 @pytest.mark.parametrize(("block_m", "block_n", "num_warps"), [(128, 128, 4), (64, 256, 4), (128, 256, 8)])
@@ -61,3 +78,70 @@ def test_ws_matmul_matches_float64(m: int, n: int, k: int, dtype: torch.dtype, m
     ref = a.double() @ b.double()
     err = ((out - ref).norm() / ref.norm()).item()
     assert err < (5e-3 if dtype == torch.float16 else 2e-2), f"relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("variant", ["exp", "sig"])
+@pytest.mark.parametrize("dims", ["256x512", "64x64"])
+def test_fw_output_lowers_to_wgmma_in_hopper_shared_memory(variant: str, dims: str) -> None:
+    facts = _case(f"fw_output {variant} {dims}")
+    assert facts["has"]["wgmma.mma_async"] and facts["has"]["cp.async.bulk.tensor"] and facts["cubin_bytes"] > 0
+    assert facts["shared"] <= HOPPER_SMEM_BYTES
+
+
+def test_fw_output_refuses_what_it_cannot_take() -> None:
+    from kernels.gluon import mlstm_fw_output as fwo
+
+    with pytest.raises(ValueError, match="float16 or bfloat16"):
+        fwo.check(torch.empty(1, 1, 8, 64), 64, 64, 64, 64, 64)
+    with pytest.raises(ValueError, match="q/k head dim up to 256"):
+        fwo.check(torch.empty(1, 1, 8, 512, dtype=torch.bfloat16), 64, 64, 64, 64, 64)
+    with pytest.raises(ValueError, match="BQ \\(a multiple of 64\\) and BKV must divide the chunk size 64"):
+        fwo.check(torch.empty(1, 1, 8, 64, dtype=torch.bfloat16), 64, 128, 64, 64, 64)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", ["exp", "sig"])
+@pytest.mark.parametrize(
+    ("seq", "dqk", "dv", "chunk"), [(300, 64, 64, 64), (1024, 256, 512, 128), (640, 128, 256, 256)]
+)
+def test_fw_output_matches_the_triton_kernel_and_float64(
+    variant: str, seq: int, dqk: int, dv: int, chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the states the Triton forward leaves (``tfla_fwd``), the Gluon output kernel writes the same ``h`` and
+    ``z_tok`` (outputs poisoned with NaN first); ``h`` also against the float64 reference. Fresh random inputs,
+    bf16, S not always a multiple of the chunk."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    if (reason := support.unavailable_reason()) is not None:
+        pytest.skip(reason)
+    from kernels.gluon import mlstm_fw_output as fwo
+    from kernels.mlstm.launch import gpu_sm_count
+    from kernels.mlstm.reference import mlstm_parallel
+    from kernels.mlstm.tfla import tfla_fwd
+    from kernels.mlstm.tiles import choose_tiles, unpipelined_state_loads
+
+    torch.manual_seed(torch.seed() % 2**31)
+    b, nh = 2, 2
+    dev, dtype = torch.device("cuda"), torch.bfloat16
+    q = torch.randn(b, nh, seq, dqk, device=dev, dtype=dtype)
+    k = torch.randn(b, nh, seq, dqk, device=dev, dtype=dtype)
+    v = torch.randn(b, nh, seq, dv, device=dev, dtype=dtype)
+    i = torch.randn(b, nh, seq, device=dev, dtype=dtype)
+    f = (torch.randn(b, nh, seq, device=dev) + 3.0).to(dtype)
+    tiles = unpipelined_state_loads(choose_tiles(chunk, dqk, dv, False, dtype, b * nh, gpu_sm_count(dev)), dtype)
+    normalize = variant == "exp"
+    h, _, st = tfla_fwd(q, k, v, i, f, None, variant, normalize, chunk, 1e-6, tiles)
+    h2 = torch.full_like(h, float("nan"))
+    z2 = torch.full_like(st.z_tok, float("nan"))
+    fwo.launch_fw_output(
+        q, k, v, st.gate_b, st.gate_i, st.c_st, st.n_st, st.m_st, h2, st.m_tok, z2, chunk, variant == "exp",
+        normalize, 1e-6,
+    )  # fmt: skip
+    torch.cuda.synchronize()
+    rel = lambda a, b: ((a.double() - b.double()).norm() / b.double().norm()).item()  # noqa: E731
+    assert not h2.isnan().any(), "h has unwritten elements"
+    assert rel(h2, h) < 1e-2, f"h against the Triton kernel: {rel(h2, h):.2e}"
+    assert rel(z2[:, :seq], st.z_tok[:, :seq]) < 1e-2
+    ref = mlstm_parallel(
+        q.double(), k.double(), v.double(), i.double(), f.double(), variant=variant, normalize=normalize
+    )
+    assert rel(h2, ref) < 2e-2, f"h against float64: {rel(h2, ref):.2e}"

@@ -1,0 +1,232 @@
+"""The TFLA forward's output kernel (``kernels.mlstm.chunk_fw.fw_chunk_output_kernel``) in Gluon for Hopper:
+the first step of the warp-specialized path, with explicit wgmma layouts and TMA loads, not yet specialized.
+
+Same inputs and outputs as ``launch_fw_output``: per program ``BQ`` queries of one chunk and a ``BV`` slice of
+the output. The query tile and the chunk state slice load once (the whole q/k head dim, at most 256); the inter-
+chunk term is one wgmma ``q C_c``; the key loop runs over ``BKV`` key tiles up to the diagonal, with the next
+tile's TMA loads issued before the current tile's two products (double-buffered), and the gated scores fed to the
+second wgmma from registers. What it does not do yet: a producer warp and two ping-ponging consumer warpgroups
+(``ws_matmul`` has the pattern), and 32-bit inputs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma, warpgroup_mma
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+from kernels.gluon.ws_matmul import instr_n
+
+LOG2E = gl.constexpr(1.4426950408889634)
+MAX_HEAD_DIM_QK = 256  # the q/k head dim loads whole (one TMA box per tile, at most 256 elements a side)
+
+
+@gluon.jit
+def fw_output_kernel(
+    Q_D,
+    K_D,
+    V_D,
+    C_D,
+    H_D,
+    GATE_B,
+    GATE_I,
+    N_ST,
+    M_ST,
+    M_TOK,
+    Z_TOK,
+    SP,
+    NC,
+    DHQK,
+    qk_scale,
+    eps,
+    L: gl.constexpr,
+    EXP: gl.constexpr,
+    NORMALIZE: gl.constexpr,
+    S_INSTR_N: gl.constexpr,
+    O_INSTR_N: gl.constexpr,
+    num_warps: gl.constexpr,
+):
+    """Grid ``(cdiv(DHHV, BV), NC * L / BQ, BH)``. Descriptors over ``(heads, rows, cols)`` with blocks
+    ``[1, rows, cols]``: ``Q_D`` (BQ x DK), ``K_D`` (BKV x DK), ``V_D`` (BKV x BV), ``C_D`` (DK x BV over
+    ``BH * NC`` states), ``H_D`` (BQ x BV); ``DK`` is the q/k head dim padded to a power of two."""
+    BQ: gl.constexpr = Q_D.block_type.shape[1]
+    DK: gl.constexpr = Q_D.block_type.shape[2]
+    BKV: gl.constexpr = K_D.block_type.shape[1]
+    BV: gl.constexpr = V_D.block_type.shape[2]
+    dtype: gl.constexpr = Q_D.dtype
+
+    pid_v = gl.program_id(0)
+    pid_cq = gl.program_id(1)
+    bh = gl.program_id(2)
+    c = pid_cq // (L // BQ)
+    q_start = (pid_cq % (L // BQ)) * BQ
+    row0 = c * L + q_start
+    v0 = pid_v * BV
+    st = bh * (NC + 1) + c
+
+    # Scores (BQ x BKV) and output (BQ x BV) accumulators: one warpgroup per 64 query rows.
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(
+        version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, S_INSTR_N, 16]
+    )
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(
+        version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, O_INSTR_N, 16]
+    )
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    rows_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+    rows_s: gl.constexpr = gl.SliceLayout(1, s_layout)
+    cols_s: gl.constexpr = gl.SliceLayout(0, s_layout)
+    q_regs: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
+
+    q_smem = gl.allocate_shared_memory(dtype, [1, BQ, DK], Q_D.layout)
+    c_smem = gl.allocate_shared_memory(C_D.dtype, [1, DK, BV], C_D.layout)
+    k_smem = gl.allocate_shared_memory(dtype, [2, 1, BKV, DK], K_D.layout)
+    v_smem = gl.allocate_shared_memory(dtype, [2, 1, BKV, BV], V_D.layout)
+    bars = gl.allocate_shared_memory(gl.int64, [3, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(3):
+        mbarrier.init(bars.index(i), count=1)
+
+    n_blocks = gl.cdiv(q_start + BQ, BKV)
+    kv_bytes: gl.constexpr = K_D.block_type.nbytes + V_D.block_type.nbytes
+    mbarrier.expect(bars.index(2), Q_D.block_type.nbytes + C_D.block_type.nbytes)
+    tma.async_copy_global_to_shared(Q_D, [bh, row0, 0], bars.index(2), q_smem)
+    tma.async_copy_global_to_shared(C_D, [bh * NC + c, 0, v0], bars.index(2), c_smem)
+    mbarrier.expect(bars.index(0), kv_bytes)
+    tma.async_copy_global_to_shared(K_D, [bh, c * L, 0], bars.index(0), k_smem.index(0))
+    tma.async_copy_global_to_shared(V_D, [bh, c * L, v0], bars.index(0), v_smem.index(0))
+
+    # Inter-chunk term: q C_c and the normalizer part q . n_c, weighted per query.
+    mbarrier.wait(bars.index(2), 0)
+    q2 = q_smem.reshape([BQ, DK])
+    acc = warpgroup_mma(q2, c_smem.reshape([DK, BV]), gl.zeros([BQ, BV], gl.float32, o_layout), use_acc=False)
+    offs_k = gl.arange(0, DK, layout=gl.SliceLayout(0, q_regs))
+    n_c = gl.load(N_ST + st * DHQK + offs_k, mask=offs_k < DHQK, other=0.0)
+    z = gl.convert_layout(gl.sum(q2.load(q_regs).to(gl.float32) * n_c[None, :], axis=1), rows_o)
+
+    t_q = row0 + gl.arange(0, BQ, layout=rows_o)
+    b_q = gl.load(GATE_B + bh * SP + t_q)
+    if EXP:
+        m_run = gl.load(M_TOK + bh * SP + t_q)
+        w_inter = qk_scale * gl.exp(b_q + gl.load(M_ST + st) - m_run)
+    else:
+        m_run = gl.zeros([BQ], gl.float32, rows_o)
+        w_inter = qk_scale * gl.exp(b_q)
+    acc = acc * w_inter[:, None]
+    z = z * w_inter
+
+    # The score rows' log2 gate part, in the scores' layout.
+    t_qs = row0 + gl.arange(0, BQ, layout=rows_s)
+    m_s = gl.convert_layout(m_run, rows_s)
+    row = (gl.load(GATE_B + bh * SP + t_qs) - m_s) * LOG2E + gl.log2(qk_scale)
+
+    for j in range(n_blocks):
+        s = j % 2
+        if j + 1 < n_blocks:  # the next tile's loads run under this tile's products
+            nxt = (j + 1) % 2
+            mbarrier.expect(bars.index(nxt), kv_bytes)
+            tma.async_copy_global_to_shared(K_D, [bh, c * L + (j + 1) * BKV, 0], bars.index(nxt), k_smem.index(nxt))
+            tma.async_copy_global_to_shared(V_D, [bh, c * L + (j + 1) * BKV, v0], bars.index(nxt), v_smem.index(nxt))
+        mbarrier.wait(bars.index(s), (j // 2) & 1)
+        k_t = k_smem.index(s).reshape([BKV, DK]).permute((1, 0))
+        scores = warpgroup_mma(q2, k_t, gl.zeros([BQ, BKV], gl.float32, s_layout), use_acc=False)
+        t_s = c * L + j * BKV + gl.arange(0, BKV, layout=cols_s)
+        col = (gl.load(GATE_I + bh * SP + t_s) - gl.load(GATE_B + bh * SP + t_s)) * LOG2E
+        keep = t_s[None, :] <= t_qs[:, None]
+        p = gl.exp2(gl.where(keep, row[:, None] + col[None, :], -float("inf"))) * scores
+        z += gl.convert_layout(gl.sum(p, axis=1), rows_o)
+        acc = warpgroup_mma(gl.convert_layout(p.to(dtype), p_layout), v_smem.index(s).reshape([BKV, BV]), acc)
+
+    for i in gl.static_range(3):
+        mbarrier.invalidate(bars.index(i))
+    if NORMALIZE:
+        acc = acc / (gl.maximum(gl.abs(z), gl.exp(-m_run)) + eps)[:, None]
+    h_smem = gl.allocate_shared_memory(H_D.dtype, [1, BQ, BV], H_D.layout)
+    h_smem.reshape([BQ, BV]).store(acc.to(H_D.dtype))
+    fence_async_shared()
+    tma.async_copy_shared_to_global(H_D, [bh, row0, v0], h_smem)
+    tma.store_wait(pendings=0)
+    if pid_v == 0:
+        gl.store(Z_TOK + bh * SP + t_q, z)
+
+
+def head_tiles(x: Any, rows: int, cols: int) -> TensorDescriptor:
+    """Gluon TMA descriptor of a contiguous ``x`` seen as ``(heads, R, D)`` (its last two dims) moving
+    ``[1, rows, cols]`` blocks; reads past ``R`` or ``D`` give zeros, stores there are dropped."""
+    import torch
+
+    r, d = x.shape[-2:]
+    el = {torch.float16: gl.float16, torch.bfloat16: gl.bfloat16, torch.float32: gl.float32}[x.dtype]
+    layout = gl.NVMMASharedLayout.get_default_for([1, rows, cols], el)
+    return TensorDescriptor(x, [x.numel() // (r * d), r, d], [r * d, d, 1], [1, rows, cols], layout)
+
+
+def check(q: Any, chunk_size: int, bq: int, bkv: int, bv: int, dhhv: int) -> None:
+    """``ValueError`` naming what this kernel cannot take: 32-bit inputs, a q/k head dim over 256, tiles that do
+    not divide the chunk, or a ``BV`` that is not a power of two up to 256."""
+    import torch
+
+    if q.dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(f"the Gluon fw_output takes float16 or bfloat16 inputs; got {q.dtype}")
+    if q.shape[-1] > MAX_HEAD_DIM_QK:
+        raise ValueError(f"the Gluon fw_output takes a q/k head dim up to {MAX_HEAD_DIM_QK}; got {q.shape[-1]}")
+    if bq % 64 or chunk_size % bq or chunk_size % bkv:
+        raise ValueError(f"BQ (a multiple of 64) and BKV must divide the chunk size {chunk_size}; got {bq}, {bkv}")
+    if bv not in (16, 32, 64, 128, 256) or bv > triton.next_power_of_2(dhhv):
+        raise ValueError(f"BV must be a power of two from 16 to 256 and at most the padded DHHV; got {bv}")
+
+
+def launch_fw_output(
+    q: Any,
+    k: Any,
+    v: Any,
+    gate_b: Any,
+    gate_i: Any,
+    c_st: Any,
+    n_st: Any,
+    m_st: Any,
+    h: Any,
+    m_tok: Any,
+    z_tok: Any,
+    chunk_size: int,
+    exp: bool,
+    normalize: bool,
+    eps: float,
+    bq: int = 64,
+    bkv: int = 64,
+    bv: int = 128,
+    num_warps: int = 4,
+) -> None:
+    """As ``kernels.mlstm.chunk_fw.launch_fw_output`` (same tensors, ``kernels.mlstm.tfla.ForwardState``'s
+    shapes): writes ``h`` and ``z_tok``."""
+    dhqk, dhhv = q.shape[-1], v.shape[-1]
+    bh, nc = c_st.shape[:2]
+    check(q, chunk_size, bq, bkv, bv, dhhv)
+    dk = triton.next_power_of_2(dhqk)
+    bv = min(bv, triton.next_power_of_2(dhhv))
+    fw_output_kernel[(triton.cdiv(dhhv, bv), nc * (chunk_size // bq), bh)](
+        head_tiles(q, bq, dk),
+        head_tiles(k, bkv, dk),
+        head_tiles(v, bkv, bv),
+        head_tiles(c_st, dk, bv),
+        head_tiles(h, bq, bv),
+        gate_b,
+        gate_i,
+        n_st,
+        m_st,
+        m_tok,
+        z_tok,
+        nc * chunk_size,
+        nc,
+        dhqk,
+        dhqk**-0.5,
+        eps,
+        L=chunk_size,
+        EXP=exp,
+        NORMALIZE=normalize,
+        S_INSTR_N=instr_n(bq, bkv, num_warps),
+        O_INSTR_N=instr_n(bq, bv, num_warps),
+        num_warps=num_warps,
+    )

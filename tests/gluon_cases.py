@@ -1,0 +1,103 @@
+"""The Gluon kernels compiled for sm_90 without a GPU, as facts the tests check (``tests/test_gluon.py`` runs
+``report()`` in a child process without ``TRITON_INTERPRET``: under it Gluon's own helpers, such as ``gl.sum``,
+are interpreted functions the compiler refuses)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import torch
+
+from kernels.gluon import mlstm_fw_output as fwo
+from kernels.gluon import support, ws_matmul
+
+INSTRUCTIONS = ("wgmma.mma_async", "cp.async.bulk.tensor", "mbarrier.try_wait", "setmaxnreg")
+
+
+def _facts(compiled: object) -> dict:
+    ptx = compiled.asm["ptx"]  # type: ignore[attr-defined]
+    wgmma = next((x.strip() for x in ptx.splitlines() if "wgmma.mma_async" in x), "")
+    return {
+        "has": {name: name in ptx for name in INSTRUCTIONS},
+        "wgmma": wgmma.split()[0] if wgmma else "",
+        "shared": compiled.metadata.shared,  # type: ignore[attr-defined]
+        "cubin_bytes": len(compiled.asm["cubin"]),  # type: ignore[attr-defined]
+    }
+
+
+def ws_matmul_case(dtype: torch.dtype) -> dict:
+    m, n, k = 256, 256, 512
+    a, b, c = torch.empty(m, k, dtype=dtype), torch.empty(k, n, dtype=dtype), torch.empty(m, n, dtype=dtype)
+    a_desc, b_desc, c_desc = ws_matmul.descriptors(a, b, c, 128, 128, 64)
+    return _facts(
+        support.compile_for(
+            ws_matmul.ws_matmul_kernel,
+            {"a_desc": a_desc, "b_desc": b_desc, "c_desc": c_desc, "K": k},
+            {"STAGES": 3, "INSTR_N": ws_matmul.instr_n(128, 128, 4), "num_warps": 4},
+        )
+    )
+
+
+def fw_output_case(exp: bool, dqk: int, dv: int, seq: int = 256, chunk: int = 128) -> dict:
+    bh, nc, dtype = 2, seq // chunk, torch.bfloat16
+    q, k = torch.empty(bh, seq, dqk, dtype=dtype), torch.empty(bh, seq, dqk, dtype=dtype)
+    v, h = torch.empty(bh, seq, dv, dtype=dtype), torch.empty(bh, seq, dv, dtype=dtype)
+    c_st = torch.empty(bh, nc, dqk, dv, dtype=dtype)
+    dk, bv = 1 << (dqk - 1).bit_length(), min(128, dv)
+    f32 = {"dtype": torch.float32}
+    args = {
+        "Q_D": fwo.head_tiles(q, 64, dk),
+        "K_D": fwo.head_tiles(k, 64, dk),
+        "V_D": fwo.head_tiles(v, 64, bv),
+        "C_D": fwo.head_tiles(c_st, dk, bv),
+        "H_D": fwo.head_tiles(h, 64, bv),
+        "GATE_B": torch.empty(bh, seq, **f32),
+        "GATE_I": torch.empty(bh, seq, **f32),
+        "N_ST": torch.empty(bh, nc + 1, dqk, **f32),
+        "M_ST": torch.empty(bh, nc + 1, **f32),
+        "M_TOK": torch.empty(bh, seq, **f32),
+        "Z_TOK": torch.empty(bh, seq, **f32),
+        "SP": seq,
+        "NC": nc,
+        "DHQK": dqk,
+        "qk_scale": dqk**-0.5,
+        "eps": 1e-6,
+    }
+    constexprs = {
+        "L": chunk,
+        "EXP": exp,
+        "NORMALIZE": exp,
+        "S_INSTR_N": ws_matmul.instr_n(64, 64, 4),
+        "O_INSTR_N": ws_matmul.instr_n(64, bv, 4),
+        "num_warps": 4,
+    }
+    return _facts(support.compile_for(fwo.fw_output_kernel, args, constexprs))
+
+
+CASES = {
+    "ws_matmul fp16": lambda: ws_matmul_case(torch.float16),
+    "ws_matmul bf16": lambda: ws_matmul_case(torch.bfloat16),
+    **{
+        f"fw_output {'exp' if exp else 'sig'} {dqk}x{dv}": (
+            lambda exp=exp, dqk=dqk, dv=dv: fw_output_case(exp, dqk, dv)
+        )
+        for exp in (True, False)
+        for dqk, dv in ((256, 512), (64, 64))
+    },
+}
+
+
+def report() -> dict:
+    """Every case's facts, or its error as ``{"error": ...}``."""
+    out = {}
+    for name, case in CASES.items():
+        try:
+            out[name] = case()
+        except Exception as err:  # noqa: BLE001 - the test names the case that failed
+            out[name] = {"error": f"{type(err).__name__}: {err}"[-3000:]}
+    return out
+
+
+if __name__ == "__main__":
+    json.dump(report(), sys.stdout)
