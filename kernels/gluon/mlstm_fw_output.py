@@ -19,6 +19,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma, warpgroup_mma
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
+from kernels.gluon import compat
 from kernels.gluon.ws_matmul import instr_n
 
 LOG2E = gl.constexpr(1.4426950408889634)
@@ -92,11 +93,11 @@ def fw_output_kernel(
     n_blocks = gl.cdiv(q_start + BQ, BKV)
     kv_bytes: gl.constexpr = K_D.block_type.nbytes + V_D.block_type.nbytes
     mbarrier.expect(bars.index(2), Q_D.block_type.nbytes + C_D.block_type.nbytes)
-    tma.async_copy_global_to_shared(Q_D, [bh, row0, 0], bars.index(2), q_smem)
-    tma.async_copy_global_to_shared(C_D, [bh * NC + c, 0, v0], bars.index(2), c_smem)
+    compat.tma_load(Q_D, [bh, row0, 0], bars.index(2), q_smem)
+    compat.tma_load(C_D, [bh * NC + c, 0, v0], bars.index(2), c_smem)
     mbarrier.expect(bars.index(0), kv_bytes)
-    tma.async_copy_global_to_shared(K_D, [bh, c * L, 0], bars.index(0), k_smem.index(0))
-    tma.async_copy_global_to_shared(V_D, [bh, c * L, v0], bars.index(0), v_smem.index(0))
+    compat.tma_load(K_D, [bh, c * L, 0], bars.index(0), k_smem.index(0))
+    compat.tma_load(V_D, [bh, c * L, v0], bars.index(0), v_smem.index(0))
 
     # Inter-chunk term: q C_c and the normalizer part q . n_c, weighted per query.
     mbarrier.wait(bars.index(2), 0)
@@ -127,8 +128,8 @@ def fw_output_kernel(
         if j + 1 < n_blocks:  # the next tile's loads run under this tile's products
             nxt = (j + 1) % 2
             mbarrier.expect(bars.index(nxt), kv_bytes)
-            tma.async_copy_global_to_shared(K_D, [bh, c * L + (j + 1) * BKV, 0], bars.index(nxt), k_smem.index(nxt))
-            tma.async_copy_global_to_shared(V_D, [bh, c * L + (j + 1) * BKV, v0], bars.index(nxt), v_smem.index(nxt))
+            compat.tma_load(K_D, [bh, c * L + (j + 1) * BKV, 0], bars.index(nxt), k_smem.index(nxt))
+            compat.tma_load(V_D, [bh, c * L + (j + 1) * BKV, v0], bars.index(nxt), v_smem.index(nxt))
         mbarrier.wait(bars.index(s), (j // 2) & 1)
         k_t = k_smem.index(s).reshape([BKV, DK]).permute((1, 0))
         scores = warpgroup_mma(q2, k_t, gl.zeros([BQ, BKV], gl.float32, s_layout), use_acc=False)
@@ -146,7 +147,7 @@ def fw_output_kernel(
     h_smem = gl.allocate_shared_memory(H_D.dtype, [1, BQ, BV], H_D.layout)
     h_smem.reshape([BQ, BV]).store(acc.to(H_D.dtype))
     fence_async_shared()
-    tma.async_copy_shared_to_global(H_D, [bh, row0, v0], h_smem)
+    compat.tma_store(H_D, [bh, row0, v0], h_smem)
     tma.store_wait(pendings=0)
     if pid_v == 0:
         gl.store(Z_TOK + bh * SP + t_q, z)

@@ -30,6 +30,8 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
+from kernels.gluon import compat
+
 LOAD_WARPS = gl.constexpr(1)
 LOAD_REGS = gl.constexpr(24)  # the fewest registers a warp can be given: the load partition holds only scalars
 
@@ -45,8 +47,8 @@ def _load_partition(a_desc, b_desc, a_bufs, b_bufs, ready, empty, off_m, off_n, 
         # phase lets the first ``stages`` loads go without a consumer.
         mbarrier.wait(empty.index(s), ((i // stages) & 1) ^ 1)
         mbarrier.expect(ready.index(s), a_desc.block_type.nbytes + b_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(a_desc, [off_m, i * block_k], ready.index(s), a_bufs.index(s))
-        tma.async_copy_global_to_shared(b_desc, [i * block_k, off_n], ready.index(s), b_bufs.index(s))
+        compat.tma_load(a_desc, [off_m, i * block_k], ready.index(s), a_bufs.index(s))
+        compat.tma_load(b_desc, [i * block_k, off_n], ready.index(s), b_bufs.index(s))
 
 
 @gluon.jit
@@ -67,7 +69,7 @@ def _mma_partition(c_desc, a_bufs, b_bufs, ready, empty, off_m, off_n, k_tiles, 
     c_smem = gl.allocate_shared_memory(c_desc.dtype, c_desc.block_type.shape, c_desc.layout)
     c_smem.store(acc.to(c_desc.dtype))
     fence_async_shared()
-    tma.async_copy_shared_to_global(c_desc, [off_m, off_n], c_smem)
+    compat.tma_store(c_desc, [off_m, off_n], c_smem)
     tma.store_wait(pendings=0)
 
 

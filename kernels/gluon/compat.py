@@ -1,0 +1,11 @@
+"""Gluon names that moved between Triton releases, under one spelling for our kernels.
+
+Triton 3.6 (the pinned one) names the TMA copies ``async_copy_global_to_shared`` / ``async_copy_shared_to_global``;
+3.9 renamed them ``async_load`` / ``async_store`` and makes the old names raise. The kernels call
+``compat.tma_load`` / ``compat.tma_store``, with the 3.6 argument order (descriptor, coordinates, barrier, buffer).
+"""
+
+from triton.experimental.gluon.language.nvidia.hopper import tma
+
+tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
+tma_store = getattr(tma, "async_store", None) or tma.async_copy_shared_to_global
