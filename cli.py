@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -214,19 +213,15 @@ def _check_timeout(timeout: float) -> None:
 
 
 @contextlib.contextmanager
-def _exit_on_interrupt(what: str | None = None) -> Iterator[None]:
+def _exit_on_interrupt() -> Iterator[None]:
     """A measurement stopped by SIGINT / SIGTERM / SIGHUP ends the command with the signal's exit code, saying
-    how many rows were kept where (or, for ``what`` measured into a temporary file, that nothing was judged)."""
+    how many rows were kept where."""
     from bench.runner import SweepInterrupted
 
     try:
         yield
     except SweepInterrupted as stop:
-        if what is None:
-            err.print(f"[yellow]{escape(str(stop))}[/yellow]")
-        else:
-            name = signal.Signals(stop.signum).name
-            err.print(f"[yellow]{what} interrupted ({name}) after {stop.rows_kept} rows; nothing was judged[/yellow]")
+        err.print(f"[yellow]{escape(str(stop))}[/yellow]")
         raise typer.Exit(stop.exit_code) from None
 
 
