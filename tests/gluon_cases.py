@@ -39,7 +39,7 @@ def ws_matmul_case(dtype: torch.dtype) -> dict:
     )
 
 
-def fw_output_case(exp: bool, dqk: int, dv: int, seq: int = 256, chunk: int = 128) -> dict:
+def fw_output_case(exp: bool, dqk: int, dv: int, ws: bool, seq: int = 256, chunk: int = 128) -> dict:
     bh, nc, dtype = 2, seq // chunk, torch.bfloat16
     q, k = torch.empty(bh, seq, dqk, dtype=dtype), torch.empty(bh, seq, dqk, dtype=dtype)
     v, h = torch.empty(bh, seq, dv, dtype=dtype), torch.empty(bh, seq, dv, dtype=dtype)
@@ -72,18 +72,20 @@ def fw_output_case(exp: bool, dqk: int, dv: int, seq: int = 256, chunk: int = 12
         "O_INSTR_N": ws_matmul.instr_n(64, bv, 4),
         "num_warps": 4,
     }
-    return _facts(support.compile_for(fwo.fw_output_kernel, args, constexprs))
+    kernel = fwo.fw_output_ws_kernel if ws else fwo.fw_output_kernel
+    return _facts(support.compile_for(kernel, args, constexprs | ({"STAGES": 2} if ws else {})))
 
 
 CASES = {
     "ws_matmul fp16": lambda: ws_matmul_case(torch.float16),
     "ws_matmul bf16": lambda: ws_matmul_case(torch.bfloat16),
     **{
-        f"fw_output {'exp' if exp else 'sig'} {dqk}x{dv}": (
-            lambda exp=exp, dqk=dqk, dv=dv: fw_output_case(exp, dqk, dv)
+        f"fw_output{'_ws' if ws else ''} {'exp' if exp else 'sig'} {dqk}x{dv}": (
+            lambda exp=exp, dqk=dqk, dv=dv, ws=ws: fw_output_case(exp, dqk, dv, ws)
         )
         for exp in (True, False)
         for dqk, dv in ((256, 512), (64, 64))
+        for ws in (False, True)
     },
 }
 

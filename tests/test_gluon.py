@@ -80,11 +80,15 @@ def test_ws_matmul_matches_float64(m: int, n: int, k: int, dtype: torch.dtype, m
     assert err < (5e-3 if dtype == torch.float16 else 2e-2), f"relative error {err:.2e}"
 
 
+@pytest.mark.parametrize("kernel", ["fw_output", "fw_output_ws"])
 @pytest.mark.parametrize("variant", ["exp", "sig"])
 @pytest.mark.parametrize("dims", ["256x512", "64x64"])
-def test_fw_output_lowers_to_wgmma_in_hopper_shared_memory(variant: str, dims: str) -> None:
-    facts = _case(f"fw_output {variant} {dims}")
+def test_fw_output_lowers_to_wgmma_in_hopper_shared_memory(kernel: str, variant: str, dims: str) -> None:
+    """Both kernels compile to wgmma and TMA in sm_90's shared memory; the warp-specialized one splits the
+    registers between its partitions (``setmaxnreg``), the other does not."""
+    facts = _case(f"{kernel} {variant} {dims}")
     assert facts["has"]["wgmma.mma_async"] and facts["has"]["cp.async.bulk.tensor"] and facts["cubin_bytes"] > 0
+    assert facts["has"]["setmaxnreg"] == (kernel == "fw_output_ws")
     assert facts["shared"] <= HOPPER_SMEM_BYTES
 
 
@@ -100,14 +104,15 @@ def test_fw_output_refuses_what_it_cannot_take() -> None:
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("warp_specialized", [False, True])
 @pytest.mark.parametrize("variant", ["exp", "sig"])
 @pytest.mark.parametrize(
     ("seq", "dqk", "dv", "chunk"), [(300, 64, 64, 64), (1024, 256, 512, 128), (640, 128, 256, 256)]
 )
 def test_fw_output_matches_the_triton_kernel_and_float64(
-    variant: str, seq: int, dqk: int, dv: int, chunk: int, monkeypatch: pytest.MonkeyPatch
+    warp_specialized: bool, variant: str, seq: int, dqk: int, dv: int, chunk: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """On the states the Triton forward leaves (``tfla_fwd``), the Gluon output kernel writes the same ``h`` and
+    """On the states the Triton forward leaves (``tfla_fwd``), each Gluon output kernel writes the same ``h`` and
     ``z_tok`` (outputs poisoned with NaN first); ``h`` also against the float64 reference. Fresh random inputs,
     bf16, S not always a multiple of the chunk."""
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
@@ -134,7 +139,7 @@ def test_fw_output_matches_the_triton_kernel_and_float64(
     z2 = torch.full_like(st.z_tok, float("nan"))
     fwo.launch_fw_output(
         q, k, v, st.gate_b, st.gate_i, st.c_st, st.n_st, st.m_st, h2, st.m_tok, z2, chunk, variant == "exp",
-        normalize, 1e-6,
+        normalize, 1e-6, warp_specialized=warp_specialized,
     )  # fmt: skip
     torch.cuda.synchronize()
     rel = lambda a, b: ((a.double() - b.double()).norm() / b.double().norm()).item()  # noqa: E731

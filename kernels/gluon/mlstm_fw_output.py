@@ -1,12 +1,17 @@
-"""The TFLA forward's output kernel (``kernels.mlstm.chunk_fw.fw_chunk_output_kernel``) in Gluon for Hopper:
-the first step of the warp-specialized path, with explicit wgmma layouts and TMA loads, not yet specialized.
+"""The TFLA forward's output kernel (``kernels.mlstm.chunk_fw.fw_chunk_output_kernel``) in Gluon for Hopper.
 
 Same inputs and outputs as ``launch_fw_output``: per program ``BQ`` queries of one chunk and a ``BV`` slice of
 the output. The query tile and the chunk state slice load once (the whole q/k head dim, at most 256); the inter-
-chunk term is one wgmma ``q C_c``; the key loop runs over ``BKV`` key tiles up to the diagonal, with the next
-tile's TMA loads issued before the current tile's two products (double-buffered), and the gated scores fed to the
-second wgmma from registers. What it does not do yet: a producer warp and two ping-ponging consumer warpgroups
-(``ws_matmul`` has the pattern), and 32-bit inputs.
+chunk term is one wgmma ``q C_c``; the key loop runs over ``BKV`` key tiles up to the diagonal, the gated scores
+fed to the second wgmma from registers. Two kernels share that work (the ``_inter_chunk``, ``_key_block`` and
+``_epilogue`` helpers):
+
+- ``fw_output_kernel``: one warpgroup issues its own TMA loads, the next key tile's under the current tile's
+  products (double-buffered);
+- ``fw_output_ws_kernel``: warp-specialized: a 1-warp load partition streams the key tiles through a ring of
+  ``STAGES`` buffers (ready / empty mbarriers) and the warpgroup only computes.
+
+Not yet: two consumer warpgroups ping-ponging (one's gate math under the other's products), 32-bit inputs.
 """
 
 from __future__ import annotations
@@ -24,6 +29,79 @@ from kernels.gluon.ws_matmul import instr_n
 
 LOG2E = gl.constexpr(1.4426950408889634)
 MAX_HEAD_DIM_QK = 256  # the q/k head dim loads whole (one TMA box per tile, at most 256 elements a side)
+LOAD_WARPS = gl.constexpr(1)
+LOAD_REGS = gl.constexpr(24)  # the load partition holds only scalars
+
+
+@gluon.constexpr_function
+def mma_layout(num_warps: int, n: int) -> gl.NVMMADistributedLayout:
+    """wgmma accumulator layout m16 x ``n`` x k16 (16-bit operands), the warps stacked along the rows."""
+    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, n, 16])
+
+
+@gluon.jit
+def _inter_chunk(q2, c2, N_ST, M_ST, M_TOK, GATE_B, bh, st, row0, SP, DHQK, qk_scale, EXP: gl.constexpr,
+                 o_layout: gl.constexpr, s_layout: gl.constexpr):  # fmt: skip
+    """The inter-chunk term ``q C_c`` and normalizer part ``q . n_c``, weighted per query, and the per-query
+    values the key loop and the epilogue need: ``(acc, z, m_run, t_q, row, t_qs)``."""
+    BQ: gl.constexpr = q2.type.shape[0]
+    DK: gl.constexpr = q2.type.shape[1]
+    BV: gl.constexpr = c2.type.shape[1]
+    num_warps: gl.constexpr = gl.num_warps()
+    rows_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+    rows_s: gl.constexpr = gl.SliceLayout(1, s_layout)
+    q_regs: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
+    acc = warpgroup_mma(q2, c2, gl.zeros([BQ, BV], gl.float32, o_layout), use_acc=False)
+    offs_k = gl.arange(0, DK, layout=gl.SliceLayout(0, q_regs))
+    n_c = gl.load(N_ST + st * DHQK + offs_k, mask=offs_k < DHQK, other=0.0)
+    z = gl.convert_layout(gl.sum(q2.load(q_regs).to(gl.float32) * n_c[None, :], axis=1), rows_o)
+    t_q = row0 + gl.arange(0, BQ, layout=rows_o)
+    b_q = gl.load(GATE_B + bh * SP + t_q)
+    if EXP:
+        m_run = gl.load(M_TOK + bh * SP + t_q)
+        w_inter = qk_scale * gl.exp(b_q + gl.load(M_ST + st) - m_run)
+    else:
+        m_run = gl.zeros([BQ], gl.float32, rows_o)
+        w_inter = qk_scale * gl.exp(b_q)
+    acc = acc * w_inter[:, None]
+    z = z * w_inter
+    t_qs = row0 + gl.arange(0, BQ, layout=rows_s)
+    row = (gl.load(GATE_B + bh * SP + t_qs) - gl.convert_layout(m_run, rows_s)) * LOG2E + gl.log2(qk_scale)
+    return acc, z, m_run, t_q, row, t_qs
+
+
+@gluon.jit
+def _key_block(q2, k2, v2, acc, z, row, t_qs, GATE_B, GATE_I, bh, SP, t0, o_layout: gl.constexpr,
+               s_layout: gl.constexpr):  # fmt: skip
+    """One key tile ``k2`` (BKV x DK), ``v2`` (BKV x BV) from token ``t0``: the gated scores and their products,
+    added to ``acc`` and ``z``. The wgmmas are synchronous: the tiles' buffers are free when it returns."""
+    BQ: gl.constexpr = q2.type.shape[0]
+    BKV: gl.constexpr = k2.type.shape[0]
+    dtype: gl.constexpr = q2.dtype
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    scores = warpgroup_mma(q2, k2.permute((1, 0)), gl.zeros([BQ, BKV], gl.float32, s_layout), use_acc=False)
+    t_s = t0 + gl.arange(0, BKV, layout=gl.SliceLayout(0, s_layout))
+    col = (gl.load(GATE_I + bh * SP + t_s) - gl.load(GATE_B + bh * SP + t_s)) * LOG2E
+    keep = t_s[None, :] <= t_qs[:, None]
+    p = gl.exp2(gl.where(keep, row[:, None] + col[None, :], -float("inf"))) * scores
+    z += gl.convert_layout(gl.sum(p, axis=1), gl.SliceLayout(1, o_layout))
+    acc = warpgroup_mma(gl.convert_layout(p.to(dtype), p_layout), v2, acc)
+    return acc, z
+
+
+@gluon.jit
+def _epilogue(acc, z, m_run, t_q, eps, H_D, h_smem, Z_TOK, bh, row0, v0, SP, pid_v, NORMALIZE: gl.constexpr):
+    """Normalize (mLSTMexp), store the output tile through shared memory and TMA, and ``z`` from slice 0."""
+    BQ: gl.constexpr = h_smem.type.shape[1]
+    BV: gl.constexpr = h_smem.type.shape[2]
+    if NORMALIZE:
+        acc = acc / (gl.maximum(gl.abs(z), gl.exp(-m_run)) + eps)[:, None]
+    h_smem.reshape([BQ, BV]).store(acc.to(H_D.dtype))
+    fence_async_shared()
+    compat.tma_store(H_D, [bh, row0, v0], h_smem)
+    tma.store_wait(pendings=0)
+    if pid_v == 0:
+        gl.store(Z_TOK + bh * SP + t_q, z)
 
 
 @gluon.jit
@@ -58,8 +136,8 @@ def fw_output_kernel(
     DK: gl.constexpr = Q_D.block_type.shape[2]
     BKV: gl.constexpr = K_D.block_type.shape[1]
     BV: gl.constexpr = V_D.block_type.shape[2]
-    dtype: gl.constexpr = Q_D.dtype
-
+    s_layout: gl.constexpr = mma_layout(num_warps, S_INSTR_N)
+    o_layout: gl.constexpr = mma_layout(num_warps, O_INSTR_N)
     pid_v = gl.program_id(0)
     pid_cq = gl.program_id(1)
     bh = gl.program_id(2)
@@ -69,23 +147,11 @@ def fw_output_kernel(
     v0 = pid_v * BV
     st = bh * (NC + 1) + c
 
-    # Scores (BQ x BKV) and output (BQ x BV) accumulators: one warpgroup per 64 query rows.
-    s_layout: gl.constexpr = gl.NVMMADistributedLayout(
-        version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, S_INSTR_N, 16]
-    )
-    o_layout: gl.constexpr = gl.NVMMADistributedLayout(
-        version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, O_INSTR_N, 16]
-    )
-    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
-    rows_o: gl.constexpr = gl.SliceLayout(1, o_layout)
-    rows_s: gl.constexpr = gl.SliceLayout(1, s_layout)
-    cols_s: gl.constexpr = gl.SliceLayout(0, s_layout)
-    q_regs: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
-
-    q_smem = gl.allocate_shared_memory(dtype, [1, BQ, DK], Q_D.layout)
+    q_smem = gl.allocate_shared_memory(Q_D.dtype, [1, BQ, DK], Q_D.layout)
     c_smem = gl.allocate_shared_memory(C_D.dtype, [1, DK, BV], C_D.layout)
-    k_smem = gl.allocate_shared_memory(dtype, [2, 1, BKV, DK], K_D.layout)
-    v_smem = gl.allocate_shared_memory(dtype, [2, 1, BKV, BV], V_D.layout)
+    k_smem = gl.allocate_shared_memory(K_D.dtype, [2, 1, BKV, DK], K_D.layout)
+    v_smem = gl.allocate_shared_memory(V_D.dtype, [2, 1, BKV, BV], V_D.layout)
+    h_smem = gl.allocate_shared_memory(H_D.dtype, [1, BQ, BV], H_D.layout)
     bars = gl.allocate_shared_memory(gl.int64, [3, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(3):
         mbarrier.init(bars.index(i), count=1)
@@ -99,30 +165,12 @@ def fw_output_kernel(
     compat.tma_load(K_D, [bh, c * L, 0], bars.index(0), k_smem.index(0))
     compat.tma_load(V_D, [bh, c * L, v0], bars.index(0), v_smem.index(0))
 
-    # Inter-chunk term: q C_c and the normalizer part q . n_c, weighted per query.
     mbarrier.wait(bars.index(2), 0)
     q2 = q_smem.reshape([BQ, DK])
-    acc = warpgroup_mma(q2, c_smem.reshape([DK, BV]), gl.zeros([BQ, BV], gl.float32, o_layout), use_acc=False)
-    offs_k = gl.arange(0, DK, layout=gl.SliceLayout(0, q_regs))
-    n_c = gl.load(N_ST + st * DHQK + offs_k, mask=offs_k < DHQK, other=0.0)
-    z = gl.convert_layout(gl.sum(q2.load(q_regs).to(gl.float32) * n_c[None, :], axis=1), rows_o)
-
-    t_q = row0 + gl.arange(0, BQ, layout=rows_o)
-    b_q = gl.load(GATE_B + bh * SP + t_q)
-    if EXP:
-        m_run = gl.load(M_TOK + bh * SP + t_q)
-        w_inter = qk_scale * gl.exp(b_q + gl.load(M_ST + st) - m_run)
-    else:
-        m_run = gl.zeros([BQ], gl.float32, rows_o)
-        w_inter = qk_scale * gl.exp(b_q)
-    acc = acc * w_inter[:, None]
-    z = z * w_inter
-
-    # The score rows' log2 gate part, in the scores' layout.
-    t_qs = row0 + gl.arange(0, BQ, layout=rows_s)
-    m_s = gl.convert_layout(m_run, rows_s)
-    row = (gl.load(GATE_B + bh * SP + t_qs) - m_s) * LOG2E + gl.log2(qk_scale)
-
+    acc, z, m_run, t_q, row, t_qs = _inter_chunk(
+        q2, c_smem.reshape([DK, BV]), N_ST, M_ST, M_TOK, GATE_B, bh, st, row0, SP, DHQK, qk_scale, EXP, o_layout,
+        s_layout,
+    )  # fmt: skip
     for j in range(n_blocks):
         s = j % 2
         if j + 1 < n_blocks:  # the next tile's loads run under this tile's products
@@ -131,26 +179,139 @@ def fw_output_kernel(
             compat.tma_load(K_D, [bh, c * L + (j + 1) * BKV, 0], bars.index(nxt), k_smem.index(nxt))
             compat.tma_load(V_D, [bh, c * L + (j + 1) * BKV, v0], bars.index(nxt), v_smem.index(nxt))
         mbarrier.wait(bars.index(s), (j // 2) & 1)
-        k_t = k_smem.index(s).reshape([BKV, DK]).permute((1, 0))
-        scores = warpgroup_mma(q2, k_t, gl.zeros([BQ, BKV], gl.float32, s_layout), use_acc=False)
-        t_s = c * L + j * BKV + gl.arange(0, BKV, layout=cols_s)
-        col = (gl.load(GATE_I + bh * SP + t_s) - gl.load(GATE_B + bh * SP + t_s)) * LOG2E
-        keep = t_s[None, :] <= t_qs[:, None]
-        p = gl.exp2(gl.where(keep, row[:, None] + col[None, :], -float("inf"))) * scores
-        z += gl.convert_layout(gl.sum(p, axis=1), rows_o)
-        acc = warpgroup_mma(gl.convert_layout(p.to(dtype), p_layout), v_smem.index(s).reshape([BKV, BV]), acc)
-
+        acc, z = _key_block(
+            q2, k_smem.index(s).reshape([BKV, DK]), v_smem.index(s).reshape([BKV, BV]), acc, z, row, t_qs, GATE_B,
+            GATE_I, bh, SP, c * L + j * BKV, o_layout, s_layout,
+        )  # fmt: skip
     for i in gl.static_range(3):
         mbarrier.invalidate(bars.index(i))
-    if NORMALIZE:
-        acc = acc / (gl.maximum(gl.abs(z), gl.exp(-m_run)) + eps)[:, None]
+    _epilogue(acc, z, m_run, t_q, eps, H_D, h_smem, Z_TOK, bh, row0, v0, SP, pid_v, NORMALIZE)
+
+
+@gluon.jit
+def _load_partition(Q_D, K_D, V_D, C_D, q_smem, c_smem, k_bufs, v_bufs, qc_ready, ready, empty, bh, row0, c_row,
+                    kv_row0, v0, n_blocks):  # fmt: skip
+    """Producer: the query tile and the state slice once, then key tile ``j`` into stage ``j % STAGES`` as soon as
+    the consumer has freed it."""
+    stages: gl.constexpr = k_bufs.type.shape[0]
+    BKV: gl.constexpr = K_D.block_type.shape[1]
+    mbarrier.expect(qc_ready, Q_D.block_type.nbytes + C_D.block_type.nbytes)
+    compat.tma_load(Q_D, [bh, row0, 0], qc_ready, q_smem)
+    compat.tma_load(C_D, [c_row, 0, v0], qc_ready, c_smem)
+    for j in range(n_blocks):
+        s = j % stages
+        mbarrier.wait(empty.index(s), ((j // stages) & 1) ^ 1)  # the first pass over the ring does not wait
+        mbarrier.expect(ready.index(s), K_D.block_type.nbytes + V_D.block_type.nbytes)
+        compat.tma_load(K_D, [bh, kv_row0 + j * BKV, 0], ready.index(s), k_bufs.index(s))
+        compat.tma_load(V_D, [bh, kv_row0 + j * BKV, v0], ready.index(s), v_bufs.index(s))
+
+
+@gluon.jit
+def _compute_partition(q_smem, c_smem, k_bufs, v_bufs, h_smem, qc_ready, ready, empty, H_D, GATE_B, GATE_I, N_ST,
+                       M_ST, M_TOK, Z_TOK, bh, st, row0, kv_row0, v0, pid_v, n_blocks, SP, DHQK, qk_scale, eps,
+                       EXP: gl.constexpr, NORMALIZE: gl.constexpr, o_layout: gl.constexpr,
+                       s_layout: gl.constexpr):  # fmt: skip
+    """Consumer (the default partition): the inter-chunk term, each ready key tile, then the epilogue; a stage is
+    handed back as soon as its (synchronous) products are done."""
+    stages: gl.constexpr = k_bufs.type.shape[0]
+    BQ: gl.constexpr = q_smem.type.shape[1]
+    DK: gl.constexpr = q_smem.type.shape[2]
+    BKV: gl.constexpr = k_bufs.type.shape[2]
+    BV: gl.constexpr = v_bufs.type.shape[3]
+    mbarrier.wait(qc_ready, 0)
+    q2 = q_smem.reshape([BQ, DK])
+    acc, z, m_run, t_q, row, t_qs = _inter_chunk(
+        q2, c_smem.reshape([DK, BV]), N_ST, M_ST, M_TOK, GATE_B, bh, st, row0, SP, DHQK, qk_scale, EXP, o_layout,
+        s_layout,
+    )  # fmt: skip
+    for j in range(n_blocks):
+        s = j % stages
+        mbarrier.wait(ready.index(s), (j // stages) & 1)
+        acc, z = _key_block(
+            q2, k_bufs.index(s).reshape([BKV, DK]), v_bufs.index(s).reshape([BKV, BV]), acc, z, row, t_qs, GATE_B,
+            GATE_I, bh, SP, kv_row0 + j * BKV, o_layout, s_layout,
+        )  # fmt: skip
+        mbarrier.arrive(empty.index(s), count=1)
+    _epilogue(acc, z, m_run, t_q, eps, H_D, h_smem, Z_TOK, bh, row0, v0, SP, pid_v, NORMALIZE)
+
+
+@gluon.jit
+def fw_output_ws_kernel(
+    Q_D,
+    K_D,
+    V_D,
+    C_D,
+    H_D,
+    GATE_B,
+    GATE_I,
+    N_ST,
+    M_ST,
+    M_TOK,
+    Z_TOK,
+    SP,
+    NC,
+    DHQK,
+    qk_scale,
+    eps,
+    L: gl.constexpr,
+    EXP: gl.constexpr,
+    NORMALIZE: gl.constexpr,
+    S_INSTR_N: gl.constexpr,
+    O_INSTR_N: gl.constexpr,
+    STAGES: gl.constexpr,
+    num_warps: gl.constexpr,
+):
+    """``fw_output_kernel``'s grid, descriptors and results, warp-specialized (module docstring)."""
+    BQ: gl.constexpr = Q_D.block_type.shape[1]
+    DK: gl.constexpr = Q_D.block_type.shape[2]
+    BKV: gl.constexpr = K_D.block_type.shape[1]
+    BV: gl.constexpr = V_D.block_type.shape[2]
+    s_layout: gl.constexpr = mma_layout(num_warps, S_INSTR_N)
+    o_layout: gl.constexpr = mma_layout(num_warps, O_INSTR_N)
+    pid_v = gl.program_id(0)
+    pid_cq = gl.program_id(1)
+    bh = gl.program_id(2)
+    c = pid_cq // (L // BQ)
+    q_start = (pid_cq % (L // BQ)) * BQ
+    row0 = c * L + q_start
+    v0 = pid_v * BV
+    st = bh * (NC + 1) + c
+    n_blocks = gl.cdiv(q_start + BQ, BKV)
+
+    q_smem = gl.allocate_shared_memory(Q_D.dtype, [1, BQ, DK], Q_D.layout)
+    c_smem = gl.allocate_shared_memory(C_D.dtype, [1, DK, BV], C_D.layout)
+    k_bufs = gl.allocate_shared_memory(K_D.dtype, [STAGES, 1, BKV, DK], K_D.layout)
+    v_bufs = gl.allocate_shared_memory(V_D.dtype, [STAGES, 1, BKV, BV], V_D.layout)
     h_smem = gl.allocate_shared_memory(H_D.dtype, [1, BQ, BV], H_D.layout)
-    h_smem.reshape([BQ, BV]).store(acc.to(H_D.dtype))
-    fence_async_shared()
-    compat.tma_store(H_D, [bh, row0, v0], h_smem)
-    tma.store_wait(pendings=0)
-    if pid_v == 0:
-        gl.store(Z_TOK + bh * SP + t_q, z)
+    qc_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(qc_ready, count=1)
+    for s in gl.static_range(STAGES):
+        mbarrier.init(ready.index(s), count=1)
+        mbarrier.init(empty.index(s), count=1)
+
+    gl.warp_specialize(
+        [
+            (
+                _compute_partition,
+                (q_smem, c_smem, k_bufs, v_bufs, h_smem, qc_ready, ready, empty, H_D, GATE_B, GATE_I, N_ST, M_ST,
+                 M_TOK, Z_TOK, bh, st, row0, c * L, v0, pid_v, n_blocks, SP, DHQK, qk_scale, eps, EXP, NORMALIZE,
+                 o_layout, s_layout),
+            ),
+            (
+                _load_partition,
+                (Q_D, K_D, V_D, C_D, q_smem, c_smem, k_bufs, v_bufs, qc_ready, ready, empty, bh, row0, bh * NC + c,
+                 c * L, v0, n_blocks),
+            ),
+        ],
+        [LOAD_WARPS],
+        [LOAD_REGS],
+    )  # fmt: skip
+    mbarrier.invalidate(qc_ready)
+    for s in gl.static_range(STAGES):
+        mbarrier.invalidate(ready.index(s))
+        mbarrier.invalidate(empty.index(s))
 
 
 def head_tiles(x: Any, rows: int, cols: int) -> TensorDescriptor:
@@ -199,15 +360,19 @@ def launch_fw_output(
     bkv: int = 64,
     bv: int = 128,
     num_warps: int = 4,
+    stages: int = 2,
+    warp_specialized: bool = True,
 ) -> None:
     """As ``kernels.mlstm.chunk_fw.launch_fw_output`` (same tensors, ``kernels.mlstm.tfla.ForwardState``'s
-    shapes): writes ``h`` and ``z_tok``."""
+    shapes): writes ``h`` and ``z_tok``. ``warp_specialized``: ``fw_output_ws_kernel`` with a ring of ``stages``
+    key-tile buffers, else ``fw_output_kernel`` (two)."""
     dhqk, dhhv = q.shape[-1], v.shape[-1]
     bh, nc = c_st.shape[:2]
     check(q, chunk_size, bq, bkv, bv, dhhv)
     dk = triton.next_power_of_2(dhqk)
     bv = min(bv, triton.next_power_of_2(dhhv))
-    fw_output_kernel[(triton.cdiv(dhhv, bv), nc * (chunk_size // bq), bh)](
+    grid = (triton.cdiv(dhhv, bv), nc * (chunk_size // bq), bh)
+    args = (
         head_tiles(q, bq, dk),
         head_tiles(k, bkv, dk),
         head_tiles(v, bkv, bv),
@@ -224,6 +389,8 @@ def launch_fw_output(
         dhqk,
         dhqk**-0.5,
         eps,
+    )
+    shape = dict(
         L=chunk_size,
         EXP=exp,
         NORMALIZE=normalize,
@@ -231,3 +398,7 @@ def launch_fw_output(
         O_INSTR_N=instr_n(bq, bv, num_warps),
         num_warps=num_warps,
     )
+    if warp_specialized:
+        fw_output_ws_kernel[grid](*args, STAGES=stages, **shape)
+    else:
+        fw_output_kernel[grid](*args, **shape)

@@ -1,0 +1,67 @@
+"""Time the forward's output kernel on the GPU: the Triton ``fw_chunk_output_kernel`` (the table's tiles) against
+the Gluon ``fw_output_kernel`` and ``fw_output_ws_kernel`` on the same ``tfla_fwd`` states; prints a table with
+each one's time (``triton.testing.do_bench``, ms), its ratio to the Triton kernel and its relative difference.
+Usage: ``python scripts/gluon_fw_output_time.py [--shape 8,8,8192,256,512] [--chunk 128] [--variant sig]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+import triton
+
+from kernels.gluon import mlstm_fw_output as fwo
+from kernels.mlstm.chunk_fw import launch_fw_output
+from kernels.mlstm.launch import gpu_sm_count
+from kernels.mlstm.tfla import tfla_fwd
+from kernels.mlstm.tiles import choose_tiles, unpipelined_state_loads
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--shape", default="8,8,8192,256,512", help="B,NH,S,DHQK,DHHV")
+    p.add_argument("--chunk", type=int, default=128)
+    p.add_argument("--variant", default="sig", choices=("sig", "exp"))
+    a = p.parse_args()
+    b, nh, s, dqk, dv = (int(x) for x in a.shape.split(","))
+    dev, dtype = torch.device("cuda"), torch.bfloat16
+    torch.manual_seed(0)
+    q, k = (torch.randn(b, nh, s, dqk, device=dev, dtype=dtype) for _ in range(2))
+    v = torch.randn(b, nh, s, dv, device=dev, dtype=dtype)
+    i = torch.randn(b, nh, s, device=dev, dtype=dtype)
+    f = (torch.randn(b, nh, s, device=dev) + 3.0).to(dtype)
+    exp, normalize = a.variant == "exp", a.variant == "exp"
+    tiles = unpipelined_state_loads(choose_tiles(a.chunk, dqk, dv, False, dtype, b * nh, gpu_sm_count(dev)), dtype)
+    h, _, st = tfla_fwd(q, k, v, i, f, None, a.variant, normalize, a.chunk, 1e-6, tiles)
+    common = (q, k, v, st.gate_b, st.gate_i, st.c_st, st.n_st, st.m_st)
+
+    def triton_kernel(out: torch.Tensor, z: torch.Tensor) -> None:
+        launch_fw_output(*common, out, st.m_tok, z, a.chunk, exp, normalize, 1e-6, tiles.fw_output)
+
+    runs = {"triton (table)": triton_kernel}
+    for ws in (False, True):
+        for bv in (128, 256):
+            name = f"gluon {'ws ' if ws else ''}BV={bv}"
+            runs[name] = lambda out, z, ws=ws, bv=bv: fwo.launch_fw_output(
+                *common, out, st.m_tok, z, a.chunk, exp, normalize, 1e-6, bv=bv, warp_specialized=ws
+            )
+    print(f"{torch.cuda.get_device_name()}, triton {triton.__version__}, shape {a.shape}, chunk {a.chunk}, {a.variant}")
+    print("kernel | ms | / triton | rel diff of h")
+    base = None
+    for name, run in runs.items():
+        out, z = torch.full_like(h, float("nan")), torch.empty_like(st.z_tok)
+        try:
+            run(out, z)
+            torch.cuda.synchronize()
+            ms = triton.testing.do_bench(lambda run=run, out=out, z=z: run(out, z), rep=200)
+        except Exception as e:  # noqa: BLE001 - a tile that does not fit is a line of the table
+            print(f"{name} | - | - | {type(e).__name__}: {str(e).splitlines()[0][:120]}")
+            continue
+        base = base or ms
+        diff = ((out.double() - h.double()).norm() / h.double().norm()).item()
+        print(f"{name} | {ms:.3f} | {ms / base:.3f} | {diff:.2e}")
+
+
+if __name__ == "__main__":
+    main()
