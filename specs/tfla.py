@@ -1,4 +1,6 @@
-"""Registry entries of our kernels: TFLA mLSTMexp and mLSTMsig (``kernels.mlstm.tfla``)."""
+"""Registry entries of our kernels: TFLA mLSTMexp and mLSTMsig (``kernels.mlstm.tfla``), with the output kernel
+the ``auto`` backend picks (``tfla.mlstm_*``) and with the Gluon one (``tfla.mlstm_*_gluon``, Hopper only), so a
+sweep compares the two in one run."""
 
 from __future__ import annotations
 
@@ -17,33 +19,68 @@ def _tfla_supports(p: Problem) -> str | None:
     return None
 
 
-def _register_tfla(variant: str, normalize: bool, description: str) -> None:
+def _backend(p: Problem, backend: str) -> str:
+    """The output kernel's backend a forward at ``p`` runs (``kernels.mlstm.backends.choose_backend``)."""
+    import torch
+
+    from kernels.mlstm.backends import choose_backend
+
+    return choose_backend(backend, torch.device(p.device), getattr(torch, p.dtype), p.head_dim_qk, p.chunk_size)
+
+
+def _gluon_supports(p: Problem) -> str | None:
+    import torch
+
+    from kernels.mlstm.backends import gluon_reason
+
+    if (reason := _tfla_supports(p)) is not None:
+        return reason
+    return gluon_reason(torch.device("cuda"), getattr(torch, p.dtype), p.head_dim_qk, p.chunk_size)
+
+
+def _gluon_available() -> str | None:
+    try:
+        from kernels.gluon.support import unavailable_reason
+    except ImportError as err:
+        return f"this Triton has no Gluon ({err})"
+    return unavailable_reason()
+
+
+def _register_tfla(variant: str, normalize: bool, description: str, backend: str = "auto") -> None:
     def fn(q, k, v, i, f, _chunk: int = 0):  # noqa: ANN001, ANN202
         from kernels.mlstm.tfla import mlstm_tfla
 
-        return mlstm_tfla(q, k, v, i, f, variant=variant, normalize=normalize, chunk_size=_chunk)
+        return mlstm_tfla(q, k, v, i, f, variant=variant, normalize=normalize, chunk_size=_chunk, backend=backend)
 
+    gluon = backend == "gluon"
     register(
         KernelSpec(
-            name=f"tfla.mlstm_{variant}",
+            name=f"tfla.mlstm_{variant}" + ("_gluon" if gluon else ""),
             family="mlstm",
             make_inputs=lambda p: (*mlstm_inputs(p), p.chunk_size),
             fn=fn,
             flops=mlstm_flops,
             bytes=mlstm_bytes,
-            supports=_tfla_supports,
-            available=lambda: package_reason("triton"),
-            params=lambda p: {"variant": variant, "normalize": normalize, "chunk_size": p.chunk_size},
+            supports=_gluon_supports if gluon else _tfla_supports,
+            available=_gluon_available if gluon else lambda: package_reason("triton"),
+            params=lambda p: {
+                "variant": variant,
+                "normalize": normalize,
+                "chunk_size": p.chunk_size,
+                "backend": "gluon" if gluon else _backend(p, backend),  # never raises: rows of any status call it
+            },
             reference=lambda q, k, v, i, f, _chunk=0: mlstm_reference(variant, normalize)(q, k, v, i, f),
             input_names=MLSTM_INPUTS,
             uses_chunk_size=True,
             description=description,
-            devices=("cuda", "cpu"),
+            devices=("cuda",) if gluon else ("cuda", "cpu"),
             role="ours",
-            sources=("kernels/mlstm",),
+            sources=("kernels/mlstm", "kernels/gluon") if gluon else ("kernels/mlstm",),
         )
     )
 
 
 _register_tfla("exp", True, "TFLA mLSTMexp (ours, Triton): exponential input gate, max-state stabilizer")
 _register_tfla("sig", False, "TFLA mLSTMsig (ours, Triton): sigmoid input gate, no normalizer")
+_register_tfla("exp", True, "TFLA mLSTMexp, forward output kernel in Gluon (ours, Hopper)", backend="gluon")
+_register_tfla("sig", False, "TFLA mLSTMsig, forward output kernel in Gluon (ours, Hopper)", backend="gluon")

@@ -150,3 +150,34 @@ def test_fw_output_matches_the_triton_kernel_and_float64(
         q.double(), k.double(), v.double(), i.double(), f.double(), variant=variant, normalize=normalize
     )
     assert rel(h2, ref) < 2e-2, f"h against float64: {rel(h2, ref):.2e}"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", ["exp", "sig"])
+def test_the_gluon_backend_matches_triton_forward_and_backward(variant: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``mlstm_tfla(backend="gluon")`` (the Gluon output kernel; the backward stays Triton) against
+    ``backend="triton"``: the output and every gradient, bf16, 7B head dims, S not a multiple of the chunk."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    if (reason := support.unavailable_reason()) is not None:
+        pytest.skip(reason)
+    from kernels.mlstm.tfla import mlstm_tfla
+
+    torch.manual_seed(torch.seed() % 2**31)
+    dev, dtype, (b, nh, s) = torch.device("cuda"), torch.bfloat16, (2, 2, 700)
+    base = [
+        torch.randn(b, nh, s, 256, device=dev, dtype=dtype),
+        torch.randn(b, nh, s, 256, device=dev, dtype=dtype),
+        torch.randn(b, nh, s, 512, device=dev, dtype=dtype),
+        torch.randn(b, nh, s, device=dev, dtype=dtype),
+        (torch.randn(b, nh, s, device=dev) + 3.0).to(dtype),
+    ]
+    dh = torch.randn(b, nh, s, 512, device=dev, dtype=dtype)
+    results = {}
+    for backend in ("triton", "gluon"):
+        x = [t.detach().clone().requires_grad_(True) for t in base]
+        h = mlstm_tfla(*x, variant=variant, normalize=variant == "exp", chunk_size=128, backend=backend)
+        h.backward(dh)
+        results[backend] = [h.detach()] + [t.grad for t in x]
+    for name, a, ref in zip(("h", "dq", "dk", "dv", "di", "df"), results["gluon"], results["triton"]):
+        err = ((a.double() - ref.double()).norm() / ref.double().norm()).item()
+        assert err < 2e-2, f"{name}: {err:.2e}"

@@ -14,6 +14,7 @@ from typing import NamedTuple
 import torch
 import triton
 
+from kernels.mlstm.backends import choose_backend
 from kernels.mlstm.chunk_bw import launch_bw_dk, launch_bw_dq, launch_bw_dv, launch_bw_states
 from kernels.mlstm.chunk_fw import launch_fw_output, launch_fw_states
 from kernels.mlstm.gates import gate_arrays, gate_grads, normalizer_grads, stabilizer_per_token
@@ -111,9 +112,11 @@ def tfla_fwd(
     chunk_size: int,
     eps: float,
     tiles: TileConfig,
+    backend: str = "triton",
 ) -> tuple[torch.Tensor, MLSTMStates, ForwardState]:
     """The forward pass on checked, TMA-ready inputs: ``h (B, NH, S, DHHV)``, the last states (fp32 ``C, n, m``)
-    and the ``ForwardState``. ``init`` is the initial ``(C0, n0, m0)`` or ``None``; ``tiles`` the fitted table."""
+    and the ``ForwardState``. ``init`` is the initial ``(C0, n0, m0)`` or ``None``; ``tiles`` the fitted table;
+    ``backend`` (``triton`` or ``gluon``, as ``backends.choose_backend`` resolved it) the output kernel's."""
     B, NH, S, DHQK = q.shape
     DHHV = v.shape[-1]
     BH, L = B * NH, chunk_size
@@ -131,9 +134,14 @@ def tfla_fwd(
     h = torch.empty(B, NH, S, DHHV, dtype=q.dtype, device=q.device)
     m_tok = stabilizer_per_token(gate_b, gate_i, m_st, L) if exp else torch.zeros(BH, SP, **f32)
     z_tok = torch.empty(BH, SP, **f32)
-    launch_fw_output(
-        q, k, v, gate_b, gate_i, c_st, n_st, m_st, h, m_tok, z_tok, L, exp, normalize, eps, tiles.fw_output
-    )
+    if backend == "gluon":
+        from kernels.gluon.mlstm_fw_output import launch_fw_output as launch_fw_output_gluon
+
+        launch_fw_output_gluon(q, k, v, gate_b, gate_i, c_st, n_st, m_st, h, m_tok, z_tok, L, exp, normalize, eps)
+    else:
+        launch_fw_output(
+            q, k, v, gate_b, gate_i, c_st, n_st, m_st, h, m_tok, z_tok, L, exp, normalize, eps, tiles.fw_output
+        )
     last = MLSTMStates(c_last.reshape(B, NH, DHQK, DHHV), n_st[:, NC].reshape(B, NH, DHQK), m_st[:, NC].reshape(B, NH))
     return h, last, ForwardState(gate_b, gate_i, c_st, n_st, m_st, m_tok, z_tok)
 
@@ -199,7 +207,7 @@ def tfla_bwd(
 
 class _TFLAFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, i, f, C0, n0, m0, variant, normalize, chunk_size, eps, tiles):  # type: ignore[override]
+    def forward(ctx, q, k, v, i, f, C0, n0, m0, variant, normalize, chunk_size, eps, tiles, backend):  # type: ignore[override]
         B, NH, _, DHQK = q.shape
         DHHV, L = v.shape[-1], chunk_size
         if tiles:
@@ -209,7 +217,7 @@ class _TFLAFunction(torch.autograd.Function):
         tiles = unpipelined_state_loads(tiles, q.dtype)
         q, k, v = tma_ready(q), tma_ready(k), tma_ready(v)
         init = (C0, n0, m0) if C0 is not None else None
-        h, last, state = tfla_fwd(q, k, v, i, f, init, variant, normalize, L, eps, tiles)
+        h, last, state = tfla_fwd(q, k, v, i, f, init, variant, normalize, L, eps, tiles, backend)
         ctx.save_for_backward(q, k, v, i, f, h, *state, *(init or ()))
         ctx.config = (variant, normalize, L, eps, tiles)
         ctx.set_materialize_grads(False)
@@ -221,7 +229,7 @@ class _TFLAFunction(torch.autograd.Function):
         q, k, v, i, f, h, *rest = ctx.saved_tensors
         state, init = ForwardState(*rest[:7]), tuple(rest[7:]) or None
         grads = tfla_bwd(q, k, v, i, f, h, state, init, dh, dC_last, dn_last, variant, normalize, L, eps, tiles)
-        return *grads, None, None, None, None, None
+        return *grads, None, None, None, None, None, None
 
 
 def mlstm_tfla(
@@ -238,16 +246,21 @@ def mlstm_tfla(
     return_last_states: bool = False,
     eps: float = 1e-6,
     tiles: TileConfig | None = None,
+    backend: str = "auto",
 ) -> torch.Tensor | tuple[torch.Tensor, MLSTMStates]:
     """Chunkwise mLSTM with two levels of tiling. Differentiable in every tensor argument.
 
-    ``tiles`` overrides the tile table of ``choose_tiles`` (for tuning; clamped to the problem).
+    ``tiles`` overrides the tile table of ``choose_tiles`` (for tuning; clamped to the problem). ``backend``
+    (``backends.BACKENDS``): the forward's output kernel in ``triton``, in ``gluon`` (Hopper, 16-bit inputs;
+    ``ValueError`` with the reason elsewhere), or ``auto``, the one measured fastest on this GPU
+    (``backends.FASTEST``; Triton where none is recorded).
     """
     check_inputs(q, k, v, i, f, initial, variant, chunk_size)
     if tiles is not None:
         check_tiles(tiles)
+    run_on = choose_backend(backend, q.device, q.dtype, q.shape[-1], chunk_size)
     C0, n0, m0 = (initial.C, initial.n, initial.m) if initial is not None else (None, None, None)
-    h, C, n, m = _TFLAFunction.apply(q, k, v, i, f, C0, n0, m0, variant, normalize, chunk_size, eps, tiles)
+    h, C, n, m = _TFLAFunction.apply(q, k, v, i, f, C0, n0, m0, variant, normalize, chunk_size, eps, tiles, run_on)
     if return_last_states:
         return h, MLSTMStates(C, n, m)
     return h

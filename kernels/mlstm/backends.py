@@ -1,0 +1,52 @@
+"""Which implementation runs a TFLA forward: the Triton kernels (portable: the interpreter, any CUDA GPU, any
+Triton) or, on Hopper, the Gluon output kernel (``kernels.gluon.mlstm_fw_output``) in place of the Triton one.
+The backward always runs the Triton kernels. Pure: no tensor is read here."""
+
+from __future__ import annotations
+
+import torch
+
+from kernels.mlstm.launch import interpreting
+
+BACKENDS = ("auto", "triton", "gluon")
+# The backend ``auto`` picks per GPU (``torch.cuda.get_device_name``), filled from measurements in the same run
+# against the Triton kernels only (docs/performance.md); a GPU not listed runs Triton. The Gluon output kernel
+# has not been timed on any GPU yet.
+FASTEST: dict[str, str] = {}
+GLUON_MAX_HEAD_DIM_QK = 256  # kernels.gluon.mlstm_fw_output.MAX_HEAD_DIM_QK (that module needs Gluon to import)
+GLUON_QUERY_TILE = 64
+
+
+def gluon_reason(device: torch.device, dtype: torch.dtype, dhqk: int, chunk_size: int) -> str | None:
+    """Why the Gluon output kernel cannot run this forward (``None``: it can)."""
+    if interpreting() or device.type != "cuda":
+        return "Gluon needs a CUDA GPU (the Triton interpreter does not run it)"
+    if dtype not in (torch.float16, torch.bfloat16):
+        return f"the Gluon kernel takes float16 or bfloat16 inputs; got {dtype}"
+    if dhqk > GLUON_MAX_HEAD_DIM_QK:
+        return f"the Gluon kernel takes a q/k head dim up to {GLUON_MAX_HEAD_DIM_QK}; got {dhqk}"
+    if chunk_size % GLUON_QUERY_TILE:
+        return f"the Gluon kernel needs a chunk size that is a multiple of {GLUON_QUERY_TILE}; got {chunk_size}"
+    try:
+        from kernels.gluon.support import unavailable_reason
+    except ImportError as err:
+        return f"this Triton has no Gluon ({err})"
+    return unavailable_reason()
+
+
+def choose_backend(backend: str, device: torch.device, dtype: torch.dtype, dhqk: int, chunk_size: int) -> str:
+    """``triton`` or ``gluon`` for a forward on ``device``: ``backend`` itself, or for ``auto`` the one
+    ``FASTEST`` names for this GPU where Gluon can run. ``ValueError`` naming the allowed values for an unknown
+    backend, and the reason when ``gluon`` is asked for where it cannot run."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+    if backend == "triton":
+        return "triton"
+    reason = gluon_reason(device, dtype, dhqk, chunk_size)
+    if backend == "gluon":
+        if reason is not None:
+            raise ValueError(f"backend='gluon' cannot run this forward: {reason}")
+        return "gluon"
+    if reason is None and FASTEST.get(torch.cuda.get_device_name(device)) == "gluon":
+        return "gluon"
+    return "triton"

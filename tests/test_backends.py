@@ -1,0 +1,70 @@
+"""The TFLA backends: which output kernel a forward runs, the reasons when Gluon cannot, and the rows' record."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench import store
+from bench.grid import Grid
+from bench.runner import sweep
+from kernels.mlstm import backends
+from kernels.mlstm.tfla import mlstm_tfla
+
+CPU = torch.device("cpu")
+
+
+def _inputs(s: int = 64, d: int = 32) -> tuple[torch.Tensor, ...]:
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 2, s, d) for _ in range(3))
+    return q, k, v, torch.randn(1, 2, s), torch.randn(1, 2, s) + 3.0
+
+
+def test_backend_names_the_allowed_values() -> None:
+    with pytest.raises(ValueError, match="backend must be one of auto, triton, gluon; got 'cuda'"):
+        backends.choose_backend("cuda", CPU, torch.float32, 64, 64)
+    with pytest.raises(ValueError, match="backend must be one of auto, triton, gluon"):
+        mlstm_tfla(*_inputs(), chunk_size=32, backend="fast")
+
+
+def test_auto_and_triton_run_triton_here_and_gluon_says_why_not() -> None:
+    assert backends.choose_backend("auto", CPU, torch.bfloat16, 64, 64) == "triton"
+    assert backends.choose_backend("triton", CPU, torch.bfloat16, 64, 64) == "triton"
+    with pytest.raises(ValueError, match="backend='gluon' cannot run this forward: Gluon needs a CUDA GPU"):
+        backends.choose_backend("gluon", CPU, torch.bfloat16, 64, 64)
+    x = _inputs()
+    assert torch.equal(mlstm_tfla(*x, chunk_size=32), mlstm_tfla(*x, chunk_size=32, backend="triton"))
+
+
+def test_gluon_reasons_name_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(backends, "interpreting", lambda: False)
+    cuda = torch.device("cuda")
+    assert "float16 or bfloat16" in str(backends.gluon_reason(cuda, torch.float32, 64, 64))
+    assert "head dim up to 256; got 512" in str(backends.gluon_reason(cuda, torch.bfloat16, 512, 64))
+    assert "multiple of 64; got 32" in str(backends.gluon_reason(cuda, torch.bfloat16, 64, 32))
+
+
+def test_rows_record_the_backend_and_gluon_rows_are_not_a_crash(tmp_path: Path) -> None:
+    out = tmp_path / "r.parquet"
+    grid = Grid(
+        kernels=("tfla.mlstm_sig", "tfla.mlstm_sig_gluon"),
+        seq_len=(64,),
+        batch=(1,),
+        heads=(2,),
+        head_dim_qk=(32,),
+        head_dim_v=(32,),
+        chunk_size=(32,),
+        dtype=("float32",),
+        mode=("fw",),
+        device="cpu",
+    )
+    sweep(grid.configs(), out)
+    rows = {r.kernel: r for r in store.load(out).itertuples()}
+    assert rows["tfla.mlstm_sig"].status == "ok"
+    assert json.loads(rows["tfla.mlstm_sig"].kernel_params)["backend"] == "triton"
+    gluon = rows["tfla.mlstm_sig_gluon"]
+    assert gluon.status in ("unavailable", "unsupported") and gluon.message
+    assert json.loads(gluon.kernel_params)["backend"] == "gluon"
