@@ -299,17 +299,13 @@ def verify(
     """Run each kernel at small shapes against its reference; exit 1 when an error exceeds its dtype's tolerance
     or nothing could be verified, 2 on unusable input (e.g. --device cuda without a GPU). Interrupted (SIGINT,
     SIGTERM), it judges the configs measured so far and exits with the signal's code."""
-    from bench.runner import check_timeout
     from bench.verify import VerifyInterrupted, gate_failures, run_verify, verify_table
 
     dev, dtype = _device_and_dtype(device, dtype)
     names = _strs(kernels, "kernels") or ["*"]
     dims = _shape(shape)
     chunks = _ints(chunk_size, "chunk-size")
-    if jobs < 1:
-        _fail(f"--jobs takes a positive number of workers; got {jobs}")
     try:
-        check_timeout(timeout)
         results = run_verify(
             names,
             dev,
@@ -436,8 +432,6 @@ def tune(
     names = _strs(tiles_of, "tiles-of") or list(KERNELS)
     if bad := [n for n in names if n not in KERNELS]:
         _fail(f"--tiles-of takes {', '.join(KERNELS)}; got {', '.join(bad)}")
-    if limit is not None and limit < 1:
-        _fail(f"--limit must be a positive integer; got {limit}")
     try:
         problem = Problem(
             *dims, chunk_size=chunk_size or (128 if dev == "cuda" else 32), dtype=dtype, mode="fwbw", device=dev

@@ -213,6 +213,11 @@ def load(path: str | Path) -> pd.DataFrame:
         return _snapshot(path)[0].to_pandas()
 
 
+def records(frame: pd.DataFrame) -> list[dict[str, object]]:
+    """``frame``'s rows as the dicts the runner writes: missing values (NaN) as ``None``."""
+    return frame.astype(object).where(frame.notna(), None).to_dict("records")
+
+
 def key_of(row: dict[str, object] | pd.Series) -> tuple[object, ...]:
     return tuple(row[k] for k in KEY_FIELDS)
 

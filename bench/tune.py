@@ -49,8 +49,14 @@ class Trial:
 
     @property
     def key(self) -> str:
-        """What identifies the trial in a results file: the tuned kernel and every kernel's tiles (JSON)."""
-        return json.dumps({"tuned": self.tuned or "table", "tiles": asdict(self.tiles)}, sort_keys=True)
+        """What identifies the trial in a results file (``trial_key``)."""
+        return trial_key(self.tuned or "table", asdict(self.tiles))
+
+
+def trial_key(tuned: str, tiles: dict) -> str:
+    """A trial's identity in a results file: the tuned kernel (``table`` for the table) and every kernel's tiles,
+    as JSON."""
+    return json.dumps({"tuned": tuned, "tiles": tiles}, sort_keys=True)
 
 
 def variant_of(kernel: str) -> str:
@@ -141,14 +147,13 @@ def rows_of(out: str | Path, kernel: str, problem: Problem) -> list[dict[str, ob
     mine = frame[frame.kernel == kernel]
     for name, value in problem.as_dict().items():
         mine = mine[mine[name] == value]
-    records = mine.astype(object).where(mine.notna(), None).to_dict("records")
-    return [r for r in records if "tiles" in json.loads(str(r["kernel_params"] or "{}"))]
+    return [r for r in store.records(mine) if "tiles" in json.loads(str(r["kernel_params"] or "{}"))]
 
 
 def row_key(row: dict[str, object]) -> str:
     """``Trial.key`` of a tune row."""
     p = json.loads(str(row["kernel_params"]))
-    return json.dumps({"tuned": p["tuned"], "tiles": p["tiles"]}, sort_keys=True)
+    return trial_key(p["tuned"], p["tiles"])
 
 
 def _short_names(times: dict[str, float]) -> dict[str, float]:
@@ -185,7 +190,7 @@ def run_tune(
 
     variant = variant_of(kernel)
     problem = replace(problem, mode="fwbw").validate()
-    for name, value in (("--passes", passes), ("--jobs", jobs), ("--limit", limit or 1)):
+    for name, value in (("--passes", passes), ("--jobs", jobs), ("--limit", 1 if limit is None else limit)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer; got {value!r}")
     if problem.device == "cuda" and not torch.cuda.is_available():
@@ -198,7 +203,7 @@ def run_tune(
     console = console or Console(stderr=True)
     done = {row_key(r) for r in rows_of(out, kernel, problem)}
     trials = [t for t in plan(problem, kernels, family, pipelined_states, limit) if t.key not in done]
-    if len(trials) < len(done) + len(trials):
+    if done:
         console.print(f"resume: {len(done)} trials already in {out}", markup=False)
     meta = envinfo.collect(problem.device)
     compile_errors = [""] * len(trials)

@@ -102,10 +102,9 @@ def run_verify(
                 share_gpus=True,
             )
         except SweepInterrupted as stop:
-            frame = store.load(out)
-            kept = frame.astype(object).where(frame.notna(), None).to_dict("records")  # NaN -> None, as rows
             name = signal.Signals(stop.signum).name
-            raise VerifyInterrupted(judge(kept, dtype), len(configs), stop.exit_code, name) from None
+            kept = judge(store.records(store.load(out)), dtype)
+            raise VerifyInterrupted(kept, len(configs), stop.exit_code, name) from None
     return judge(rows, dtype)
 
 

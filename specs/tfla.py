@@ -39,11 +39,9 @@ def _gluon_supports(p: Problem) -> str | None:
 
 
 def _gluon_available() -> str | None:
-    try:
-        from kernels.gluon.support import unavailable_reason
-    except ImportError as err:
-        return f"this Triton has no Gluon ({err})"
-    return unavailable_reason()
+    from kernels.mlstm.backends import gluon_unavailable
+
+    return gluon_unavailable()
 
 
 def _register_tfla(variant: str, normalize: bool, description: str, backend: str = "auto") -> None:

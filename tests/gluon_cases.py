@@ -40,40 +40,17 @@ def ws_matmul_case(dtype: torch.dtype) -> dict:
 
 
 def fw_output_case(exp: bool, dqk: int, dv: int, ws: bool, seq: int = 256, chunk: int = 128) -> dict:
-    bh, nc, dtype = 2, seq // chunk, torch.bfloat16
+    """What ``launch_fw_output`` would launch on a ``ForwardState`` of two heads (its tensors on the CPU)."""
+    bh, nc, dtype, f32 = 2, seq // chunk, torch.bfloat16, torch.float32
     q, k = torch.empty(bh, seq, dqk, dtype=dtype), torch.empty(bh, seq, dqk, dtype=dtype)
     v, h = torch.empty(bh, seq, dv, dtype=dtype), torch.empty(bh, seq, dv, dtype=dtype)
     c_st = torch.empty(bh, nc, dqk, dv, dtype=dtype)
-    dk, bv = 1 << (dqk - 1).bit_length(), min(128, dv)
-    f32 = {"dtype": torch.float32}
-    args = {
-        "Q_D": fwo.head_tiles(q, 64, dk),
-        "K_D": fwo.head_tiles(k, 64, dk),
-        "V_D": fwo.head_tiles(v, 64, bv),
-        "C_D": fwo.head_tiles(c_st, dk, bv),
-        "H_D": fwo.head_tiles(h, 64, bv),
-        "GATE_B": torch.empty(bh, seq, **f32),
-        "GATE_I": torch.empty(bh, seq, **f32),
-        "N_ST": torch.empty(bh, nc + 1, dqk, **f32),
-        "M_ST": torch.empty(bh, nc + 1, **f32),
-        "M_TOK": torch.empty(bh, seq, **f32),
-        "Z_TOK": torch.empty(bh, seq, **f32),
-        "SP": seq,
-        "NC": nc,
-        "DHQK": dqk,
-        "qk_scale": dqk**-0.5,
-        "eps": 1e-6,
-    }
-    constexprs = {
-        "L": chunk,
-        "EXP": exp,
-        "NORMALIZE": exp,
-        "S_INSTR_N": ws_matmul.instr_n(64, 64, 4),
-        "O_INSTR_N": ws_matmul.instr_n(64, bv, 4),
-        "num_warps": 4,
-    }
-    kernel = fwo.fw_output_ws_kernel if ws else fwo.fw_output_kernel
-    return _facts(support.compile_for(kernel, args, constexprs | ({"STAGES": 2} if ws else {})))
+    gate_b, gate_i, m_tok, z_tok = (torch.empty(bh, seq, dtype=f32) for _ in range(4))
+    n_st, m_st = torch.empty(bh, nc + 1, dqk, dtype=f32), torch.empty(bh, nc + 1, dtype=f32)
+    kernel, _, args, constexprs = fwo.launch_args(
+        q, k, v, gate_b, gate_i, c_st, n_st, m_st, h, m_tok, z_tok, chunk, exp, exp, 1e-6, warp_specialized=ws
+    )
+    return _facts(support.compile_for(kernel, args, constexprs))
 
 
 CASES = {

@@ -26,9 +26,10 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from kernels.gluon import compat
 from kernels.gluon.ws_matmul import instr_n
+from kernels.mlstm.backends import GLUON_MAX_HEAD_DIM_QK
 
 LOG2E = gl.constexpr(1.4426950408889634)
-MAX_HEAD_DIM_QK = 256  # the q/k head dim loads whole (one TMA box per tile, at most 256 elements a side)
+MAX_HEAD_DIM_QK = GLUON_MAX_HEAD_DIM_QK  # the q/k head dim loads whole (a TMA box is at most 256 elements a side)
 LOAD_WARPS = gl.constexpr(1)
 LOAD_REGS = gl.constexpr(24)  # the load partition holds only scalars
 
@@ -37,6 +38,18 @@ LOAD_REGS = gl.constexpr(24)  # the load partition holds only scalars
 def mma_layout(num_warps: int, n: int) -> gl.NVMMADistributedLayout:
     """wgmma accumulator layout m16 x ``n`` x k16 (16-bit operands), the warps stacked along the rows."""
     return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, n, 16])
+
+
+@gluon.jit
+def _program(NC, L: gl.constexpr, BQ: gl.constexpr, BKV: gl.constexpr, BV: gl.constexpr):
+    """This program's place in the grid ``(cdiv(DHHV, BV), NC * L / BQ, BH)``: ``(pid_v, bh, chunk, first query
+    row, first output column, index of its chunk state, key tiles up to the diagonal)``."""
+    pid_v = gl.program_id(0)
+    pid_cq = gl.program_id(1)
+    bh = gl.program_id(2)
+    c = pid_cq // (L // BQ)
+    q_start = (pid_cq % (L // BQ)) * BQ
+    return pid_v, bh, c, c * L + q_start, pid_v * BV, bh * (NC + 1) + c, gl.cdiv(q_start + BQ, BKV)
 
 
 @gluon.jit
@@ -138,14 +151,7 @@ def fw_output_kernel(
     BV: gl.constexpr = V_D.block_type.shape[2]
     s_layout: gl.constexpr = mma_layout(num_warps, S_INSTR_N)
     o_layout: gl.constexpr = mma_layout(num_warps, O_INSTR_N)
-    pid_v = gl.program_id(0)
-    pid_cq = gl.program_id(1)
-    bh = gl.program_id(2)
-    c = pid_cq // (L // BQ)
-    q_start = (pid_cq % (L // BQ)) * BQ
-    row0 = c * L + q_start
-    v0 = pid_v * BV
-    st = bh * (NC + 1) + c
+    pid_v, bh, c, row0, v0, st, n_blocks = _program(NC, L, BQ, BKV, BV)
 
     q_smem = gl.allocate_shared_memory(Q_D.dtype, [1, BQ, DK], Q_D.layout)
     c_smem = gl.allocate_shared_memory(C_D.dtype, [1, DK, BV], C_D.layout)
@@ -156,7 +162,6 @@ def fw_output_kernel(
     for i in gl.static_range(3):
         mbarrier.init(bars.index(i), count=1)
 
-    n_blocks = gl.cdiv(q_start + BQ, BKV)
     kv_bytes: gl.constexpr = K_D.block_type.nbytes + V_D.block_type.nbytes
     mbarrier.expect(bars.index(2), Q_D.block_type.nbytes + C_D.block_type.nbytes)
     compat.tma_load(Q_D, [bh, row0, 0], bars.index(2), q_smem)
@@ -268,15 +273,7 @@ def fw_output_ws_kernel(
     BV: gl.constexpr = V_D.block_type.shape[2]
     s_layout: gl.constexpr = mma_layout(num_warps, S_INSTR_N)
     o_layout: gl.constexpr = mma_layout(num_warps, O_INSTR_N)
-    pid_v = gl.program_id(0)
-    pid_cq = gl.program_id(1)
-    bh = gl.program_id(2)
-    c = pid_cq // (L // BQ)
-    q_start = (pid_cq % (L // BQ)) * BQ
-    row0 = c * L + q_start
-    v0 = pid_v * BV
-    st = bh * (NC + 1) + c
-    n_blocks = gl.cdiv(q_start + BQ, BKV)
+    pid_v, bh, c, row0, v0, st, n_blocks = _program(NC, L, BQ, BKV, BV)
 
     q_smem = gl.allocate_shared_memory(Q_D.dtype, [1, BQ, DK], Q_D.layout)
     c_smem = gl.allocate_shared_memory(C_D.dtype, [1, DK, BV], C_D.layout)
@@ -340,7 +337,7 @@ def check(q: Any, chunk_size: int, bq: int, bkv: int, bv: int, dhhv: int) -> Non
         raise ValueError(f"BV must be a power of two from 16 to 256 and at most the padded DHHV; got {bv}")
 
 
-def launch_fw_output(
+def launch_args(
     q: Any,
     k: Any,
     v: Any,
@@ -362,43 +359,50 @@ def launch_fw_output(
     num_warps: int = 4,
     stages: int = 2,
     warp_specialized: bool = True,
-) -> None:
-    """As ``kernels.mlstm.chunk_fw.launch_fw_output`` (same tensors, ``kernels.mlstm.tfla.ForwardState``'s
-    shapes): writes ``h`` and ``z_tok``. ``warp_specialized``: ``fw_output_ws_kernel`` with a ring of ``stages``
-    key-tile buffers, else ``fw_output_kernel`` (two)."""
+) -> tuple[Any, tuple[int, int, int], dict[str, Any], dict[str, Any]]:
+    """What ``launch_fw_output`` launches: the kernel, its grid, its runtime arguments and its constexprs, by
+    name (the CPU compile tests build the same from CPU tensors). ``ValueError`` from ``check``."""
     dhqk, dhhv = q.shape[-1], v.shape[-1]
     bh, nc = c_st.shape[:2]
+    bv = min(bv, triton.next_power_of_2(dhhv))  # the output tile at most the padded head dim, as the Triton tiles
     check(q, chunk_size, bq, bkv, bv, dhhv)
     dk = triton.next_power_of_2(dhqk)
-    bv = min(bv, triton.next_power_of_2(dhhv))
-    grid = (triton.cdiv(dhhv, bv), nc * (chunk_size // bq), bh)
-    args = (
-        head_tiles(q, bq, dk),
-        head_tiles(k, bkv, dk),
-        head_tiles(v, bkv, bv),
-        head_tiles(c_st, dk, bv),
-        head_tiles(h, bq, bv),
-        gate_b,
-        gate_i,
-        n_st,
-        m_st,
-        m_tok,
-        z_tok,
-        nc * chunk_size,
-        nc,
-        dhqk,
-        dhqk**-0.5,
-        eps,
-    )
-    shape = dict(
-        L=chunk_size,
-        EXP=exp,
-        NORMALIZE=normalize,
-        S_INSTR_N=instr_n(bq, bkv, num_warps),
-        O_INSTR_N=instr_n(bq, bv, num_warps),
-        num_warps=num_warps,
-    )
+    args = {
+        "Q_D": head_tiles(q, bq, dk),
+        "K_D": head_tiles(k, bkv, dk),
+        "V_D": head_tiles(v, bkv, bv),
+        "C_D": head_tiles(c_st, dk, bv),
+        "H_D": head_tiles(h, bq, bv),
+        "GATE_B": gate_b,
+        "GATE_I": gate_i,
+        "N_ST": n_st,
+        "M_ST": m_st,
+        "M_TOK": m_tok,
+        "Z_TOK": z_tok,
+        "SP": nc * chunk_size,
+        "NC": nc,
+        "DHQK": dhqk,
+        "qk_scale": dhqk**-0.5,
+        "eps": eps,
+    }
+    constexprs = {
+        "L": chunk_size,
+        "EXP": exp,
+        "NORMALIZE": normalize,
+        "S_INSTR_N": instr_n(bq, bkv, num_warps),
+        "O_INSTR_N": instr_n(bq, bv, num_warps),
+        "num_warps": num_warps,
+    }
+    kernel = fw_output_ws_kernel if warp_specialized else fw_output_kernel
     if warp_specialized:
-        fw_output_ws_kernel[grid](*args, STAGES=stages, **shape)
-    else:
-        fw_output_kernel[grid](*args, **shape)
+        constexprs["STAGES"] = stages
+    return kernel, (triton.cdiv(dhhv, bv), nc * (chunk_size // bq), bh), args, constexprs
+
+
+def launch_fw_output(*tensors: Any, **options: Any) -> None:
+    """As ``kernels.mlstm.chunk_fw.launch_fw_output`` (same tensors and order, ``kernels.mlstm.tfla.ForwardState``'s
+    shapes, then ``chunk_size, exp, normalize, eps``): writes ``h`` and ``z_tok``. Options (``launch_args``): the
+    tiles ``bq, bkv, bv``, ``num_warps``, and ``warp_specialized`` (``fw_output_ws_kernel`` with a ring of
+    ``stages`` key-tile buffers; else ``fw_output_kernel``, two)."""
+    kernel, grid, args, constexprs = launch_args(*tensors, **options)
+    kernel[grid](**args, **constexprs)

@@ -13,7 +13,7 @@ BACKENDS = ("auto", "triton", "gluon")
 # against the Triton kernels only (docs/performance.md); a GPU not listed runs Triton. The Gluon output kernel
 # has not been timed on any GPU yet.
 FASTEST: dict[str, str] = {}
-GLUON_MAX_HEAD_DIM_QK = 256  # kernels.gluon.mlstm_fw_output.MAX_HEAD_DIM_QK (that module needs Gluon to import)
+GLUON_MAX_HEAD_DIM_QK = 256  # the Gluon output kernel loads the q/k head dim whole (kernels.gluon.mlstm_fw_output)
 GLUON_QUERY_TILE = 64
 
 
@@ -27,6 +27,11 @@ def gluon_reason(device: torch.device, dtype: torch.dtype, dhqk: int, chunk_size
         return f"the Gluon kernel takes a q/k head dim up to {GLUON_MAX_HEAD_DIM_QK}; got {dhqk}"
     if chunk_size % GLUON_QUERY_TILE:
         return f"the Gluon kernel needs a chunk size that is a multiple of {GLUON_QUERY_TILE}; got {chunk_size}"
+    return gluon_unavailable()
+
+
+def gluon_unavailable() -> str | None:
+    """Why no Gluon kernel can run in this process (no Gluon in this Triton, no Hopper GPU), else ``None``."""
     try:
         from kernels.gluon.support import unavailable_reason
     except ImportError as err:
