@@ -1,7 +1,8 @@
 """Time the forward's output kernel on the GPU: the Triton ``fw_chunk_output_kernel`` (the table's tiles) against
 the Gluon ``fw_output_kernel`` and ``fw_output_ws_kernel`` on the same ``tfla_fwd`` states; prints a table with
 each one's time (``triton.testing.do_bench``, ms), its ratio to the Triton kernel and its relative difference.
-Usage: ``python scripts/gluon_fw_output_time.py [--shape 8,8,8192,256,512] [--chunk 128] [--variant sig]``.
+Usage: ``python scripts/gluon_fw_output_time.py [--shape 8,8,8192,256,512] [--chunk 128] [--variant sig]
+[--gluon "64,64,128,4,0;..."]``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,11 @@ def main() -> None:
     p.add_argument("--shape", default="8,8,8192,256,512", help="B,NH,S,DHQK,DHHV")
     p.add_argument("--chunk", type=int, default=128)
     p.add_argument("--variant", default="sig", choices=("sig", "exp"))
+    p.add_argument(
+        "--gluon",
+        default="64,64,128,4,0;64,64,128,4,1;64,32,128,4,0;128,64,128,8,0;64,64,256,4,0;128,64,256,8,0",
+        help="Gluon tiles to time, 'BQ,BKV,BV,num_warps,warp_specialized' separated by ';'",
+    )
     a = p.parse_args()
     b, nh, s, dqk, dv = (int(x) for x in a.shape.split(","))
     dev, dtype = torch.device("cuda"), torch.bfloat16
@@ -40,12 +46,13 @@ def main() -> None:
         launch_fw_output(*common, out, st.m_tok, z, a.chunk, exp, normalize, 1e-6, tiles.fw_output)
 
     runs = {"triton (table)": triton_kernel}
-    for ws in (False, True):
-        for bv in (128, 256):
-            name = f"gluon {'ws ' if ws else ''}BV={bv}"
-            runs[name] = lambda out, z, ws=ws, bv=bv: fwo.launch_fw_output(
-                *common, out, st.m_tok, z, a.chunk, exp, normalize, 1e-6, bv=bv, warp_specialized=ws
-            )
+    for tile in a.gluon.split(";"):
+        bq, bkv, bv, warps, ws = (int(x) for x in tile.split(","))
+        name = f"gluon {'ws ' if ws else ''}BQ={bq} BKV={bkv} BV={bv} warps={warps}"
+        runs[name] = lambda out, z, bq=bq, bkv=bkv, bv=bv, warps=warps, ws=ws: fwo.launch_fw_output(
+            *common, out, st.m_tok, z, a.chunk, exp, normalize, 1e-6,
+            bq=bq, bkv=bkv, bv=bv, num_warps=warps, warp_specialized=bool(ws),
+        )  # fmt: skip
     print(f"{torch.cuda.get_device_name()}, triton {triton.__version__}, shape {a.shape}, chunk {a.chunk}, {a.variant}")
     print("kernel | ms | / triton | rel diff of h")
     base = None

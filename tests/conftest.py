@@ -1,12 +1,19 @@
-"""Test set-up: Triton's interpreter for CPU kernel tests (set before any kernel module is imported)."""
+"""Test set-up. ``triton.jit`` reads ``TRITON_INTERPRET`` when a kernel module is imported, so the choice between
+Triton's interpreter (the CPU kernel tests) and compiled kernels is made here, before any test module imports one:
+the interpreter, except for ``pytest -m gpu``, whose in-process GPU tests launch compiled kernels."""
 
 from __future__ import annotations
 
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import pytest
 
-import pytest  # noqa: E402
+GPU_ONLY_MARKEXPR = "gpu"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("markexpr", "").strip() != GPU_ONLY_MARKEXPR:
+        os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -18,3 +25,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def compiled_kernels() -> None:
+    """Skips an in-process GPU test when this run imported the Triton kernels for the interpreter (a run of CPU and
+    GPU tests together): they launch compiled kernels only under ``pytest -m gpu``."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("the Triton kernels were imported for the interpreter in this run: run `pytest -m gpu`")

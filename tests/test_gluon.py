@@ -68,7 +68,6 @@ def test_unavailable_reason_names_the_gpu_when_there_is_none() -> None:
 @pytest.mark.parametrize(("m", "n", "k"), [(256, 256, 512), (300, 136, 200), (1024, 2048, 4096)])
 def test_ws_matmul_matches_float64(m: int, n: int, k: int, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
     """Fresh random inputs, shapes that are not multiples of the blocks, output poisoned with NaN beforehand."""
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     if (reason := support.unavailable_reason()) is not None:
         pytest.skip(reason)
     gen = torch.Generator(device="cuda").manual_seed(torch.seed() % 2**31)
@@ -110,12 +109,11 @@ def test_fw_output_refuses_what_it_cannot_take() -> None:
     ("seq", "dqk", "dv", "chunk"), [(300, 64, 64, 64), (1024, 256, 512, 128), (640, 128, 256, 256)]
 )
 def test_fw_output_matches_the_triton_kernel_and_float64(
-    warp_specialized: bool, variant: str, seq: int, dqk: int, dv: int, chunk: int, monkeypatch: pytest.MonkeyPatch
+    warp_specialized: bool, variant: str, seq: int, dqk: int, dv: int, chunk: int, compiled_kernels: None
 ) -> None:
     """On the states the Triton forward leaves (``tfla_fwd``), each Gluon output kernel writes the same ``h`` and
     ``z_tok`` (outputs poisoned with NaN first); ``h`` also against the float64 reference. Fresh random inputs,
     bf16, S not always a multiple of the chunk."""
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     if (reason := support.unavailable_reason()) is not None:
         pytest.skip(reason)
     from kernels.gluon import mlstm_fw_output as fwo
@@ -154,10 +152,9 @@ def test_fw_output_matches_the_triton_kernel_and_float64(
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("variant", ["exp", "sig"])
-def test_the_gluon_backend_matches_triton_forward_and_backward(variant: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_gluon_backend_matches_triton_forward_and_backward(variant: str, compiled_kernels: None) -> None:
     """``mlstm_tfla(backend="gluon")`` (the Gluon output kernel; the backward stays Triton) against
     ``backend="triton"``: the output and every gradient, bf16, 7B head dims, S not a multiple of the chunk."""
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     if (reason := support.unavailable_reason()) is not None:
         pytest.skip(reason)
     from kernels.mlstm.tfla import mlstm_tfla
