@@ -10,8 +10,8 @@ from kernels.mlstm.launch import interpreting
 
 BACKENDS = ("auto", "triton", "gluon")
 # The backend ``auto`` picks per GPU (``torch.cuda.get_device_name``), filled from measurements in the same run
-# against the Triton kernels only (docs/performance.md); a GPU not listed runs Triton. The Gluon output kernel
-# has not been timed on any GPU yet.
+# against the Triton kernels only (docs/performance.md); a GPU not listed runs Triton. On the H200 the Gluon output
+# kernel is 1.06x-1.6x slower than the Triton one (docs/performance.md, v11), so none is listed.
 FASTEST: dict[str, str] = {}
 GLUON_MAX_HEAD_DIM_QK = 256  # the Gluon output kernel loads the q/k head dim whole (kernels.gluon.mlstm_fw_output)
 GLUON_QUERY_TILE = 64
