@@ -19,6 +19,19 @@ from kernels.mlstm.tfla import tfla_fwd
 from kernels.mlstm.tiles import choose_tiles, unpipelined_state_loads
 
 
+def gluon_tiles(text: str) -> list[tuple[int, int, int, int, int]]:
+    """``--gluon``: tiles ``BQ,BKV,BV,num_warps,warp_specialized`` separated by ``;`` (argparse exits 2 otherwise)."""
+    try:
+        tiles = [tuple(int(x) for x in tile.split(",")) for tile in text.split(";")]
+    except ValueError:
+        tiles = []
+    if not tiles or any(len(t) != 5 for t in tiles):
+        raise argparse.ArgumentTypeError(
+            f"want 'BQ,BKV,BV,num_warps,warp_specialized' (integers) per tile; got {text!r}"
+        )
+    return tiles  # type: ignore[return-value]
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--shape", default="8,8,8192,256,512", help="B,NH,S,DHQK,DHHV")
@@ -26,6 +39,7 @@ def main() -> None:
     p.add_argument("--variant", default="sig", choices=("sig", "exp"))
     p.add_argument(
         "--gluon",
+        type=gluon_tiles,
         default="64,64,128,4,0;64,64,128,4,1;64,32,128,4,0;128,64,128,8,0;64,64,256,4,0;128,64,256,8,0",
         help="Gluon tiles to time, 'BQ,BKV,BV,num_warps,warp_specialized' separated by ';'",
     )
@@ -46,8 +60,7 @@ def main() -> None:
         launch_fw_output(*common, out, st.m_tok, z, a.chunk, exp, normalize, 1e-6, tiles.fw_output)
 
     runs = {"triton (table)": triton_kernel}
-    for tile in a.gluon.split(";"):
-        bq, bkv, bv, warps, ws = (int(x) for x in tile.split(","))
+    for bq, bkv, bv, warps, ws in a.gluon:
         name = f"gluon {'ws ' if ws else ''}BQ={bq} BKV={bkv} BV={bv} warps={warps}"
         runs[name] = lambda out, z, bq=bq, bkv=bkv, bv=bv, warps=warps, ws=ws: fwo.launch_fw_output(
             *common, out, st.m_tok, z, a.chunk, exp, normalize, 1e-6,
