@@ -288,7 +288,9 @@ def verify(
     shape: Annotated[
         Optional[str], typer.Option(help="B,NH,S,DHQK,DHHV instead of the small shape, e.g. 8,8,8192,256,512 (7B)")
     ] = None,
-    chunk_size: Annotated[Optional[str], typer.Option(help="chunk sizes, e.g. 64,128,1024 (default 32)")] = None,
+    chunk_size: Annotated[
+        Optional[str], typer.Option(help="chunk sizes, e.g. 64,128,1024 (default 64,256 on cuda, 32 on cpu)")
+    ] = None,
     jobs: Annotated[
         int, typer.Option(help="workers at once, several to a GPU (only errors are kept): compiles overlap")
     ] = 1,

@@ -48,7 +48,8 @@ class RunMetadata:
         return asdict(self)
 
 
-def _version(dist: str) -> str:
+def installed_version(dist: str) -> str:
+    """The installed version of the distribution ``dist`` ("" when it is not installed)."""
     try:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
@@ -102,10 +103,10 @@ def collect(device: str = "cuda") -> RunMetadata:
         driver=_driver() if has_gpu else "",
         cuda=torch.version.cuda or "",
         torch=torch.__version__,
-        triton=_version("triton"),
+        triton=installed_version("triton"),
         python=platform.python_version(),
         git_commit=_git_commit(),
-        packages=json.dumps({p: v for p in PACKAGES if (v := _version(p))}, sort_keys=True),
+        packages=json.dumps({p: v for p in PACKAGES if (v := installed_version(p))}, sort_keys=True),
     )
 
 

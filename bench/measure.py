@@ -200,7 +200,10 @@ def relative_error(out: Any, ref: Any) -> float:
 def verify(spec: KernelSpec, problem: Problem) -> tuple[dict[str, float], str]:
     """Relative errors against ``spec.reference`` (float64) at batch 1 with fresh inputs, per output: ``out`` (the
     forward output) and, for ``bw`` / ``fwbw``, ``d<name>`` for the gradient of every floating-point input (names
-    from ``spec.input_names``), all under one random output gradient. Empty with a note when not checked."""
+    from ``spec.input_names``), all under one random output gradient. Empty with a note when not checked.
+
+    A kernel with a ``spec.backward`` convention has its gradients checked against that convention's reference;
+    the note says so and how far they are from the forward's true gradient."""
     import torch
 
     if spec.reference is None:
@@ -216,18 +219,40 @@ def verify(spec: KernelSpec, problem: Problem) -> tuple[dict[str, float], str]:
             ref = first_output(spec.reference(*[x.double() if _is_float(x) else x for x in inputs]))
         return {"out": relative_error(out, ref)}, ""
     mine = [x.detach().clone().requires_grad_(True) if _is_float(x) else x for x in inputs]
-    theirs = [x.detach().double().requires_grad_(True) if _is_float(x) else x for x in inputs]
     out = first_output(spec.fn(*mine))
     grad = torch.randn_like(out)
     out.backward(grad)
-    ref = first_output(spec.reference(*theirs))
+    expected = spec.backward.reference if spec.backward is not None else spec.reference
+    ref, ref_grads = _float64_gradients(expected, inputs, grad)
+    errors = {"out": relative_error(out.detach(), ref)}
+    errors.update(_gradient_errors(names, mine, ref_grads))
+    if spec.backward is None:
+        return errors, ""
+    true = _gradient_errors(names, mine, _float64_gradients(spec.reference, inputs, grad)[1])
+    apart = ", ".join(f"{k} {v:.1e}" for k, v in true.items())
+    return (
+        errors,
+        f"backward checked against its convention ({spec.backward.description}); vs the true gradient: {apart}",
+    )
+
+
+def _float64_gradients(fn: Callable[..., Any], inputs: tuple[Any, ...], grad: Any) -> tuple[Any, list[Any]]:
+    """``fn``'s output on float64 copies of ``inputs`` and the gradient of each input under ``grad`` (``None`` for
+    inputs that are not floating point or get none)."""
+    leaves = [x.detach().double().requires_grad_(True) if _is_float(x) else x for x in inputs]
+    ref = first_output(fn(*leaves))
     ref.backward(grad.double())
-    errors = {"out": relative_error(out.detach(), ref.detach())}
-    for name, x, r in zip(names, mine, theirs):
-        if not _is_float(x) or r.grad is None:
+    return ref.detach(), [x.grad if _is_float(x) else None for x in leaves]
+
+
+def _gradient_errors(names: list[str], mine: list[Any], ref_grads: list[Any]) -> dict[str, float]:
+    """``d<name>``: relative error of each of ``mine``'s gradients that the reference has (``inf`` if missing)."""
+    errors = {}
+    for name, x, r in zip(names, mine, ref_grads):
+        if r is None:
             continue
-        errors[f"d{name}"] = float("inf") if x.grad is None else relative_error(x.grad, r.grad)
-    return errors, ""
+        errors[f"d{name}"] = float("inf") if x.grad is None else relative_error(x.grad, r)
+    return errors
 
 
 def verify_max_elements(device: str) -> int:

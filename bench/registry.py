@@ -22,6 +22,18 @@ SPEC_PACKAGE = "specs"
 
 
 @dataclass(frozen=True)
+class BackwardConvention:
+    """A backward that by design is not the gradient of the kernel's forward.
+
+    ``reference(*inputs)`` (float64, the kernel's call signature, the same forward values as ``KernelSpec.reference``)
+    is the function whose gradient the backward computes; ``description`` says what differs, for verify's rows.
+    """
+
+    reference: Callable[..., Any]
+    description: str
+
+
+@dataclass(frozen=True)
 class KernelSpec:
     """How to run one kernel on a ``Problem``.
 
@@ -30,7 +42,10 @@ class KernelSpec:
     ``flops(problem)`` / ``bytes(problem)`` are analytical counts; ``supports(problem)`` and ``available()``
     return ``None`` or the reason why not; ``params(problem)`` records the shape mapping of the row;
     ``reference(*inputs)`` (optional) computes the same output in float64 for ``--verify``;
+    ``backward`` (optional) declares a backward that is not the forward's gradient by design: ``bench verify``
+    checks the gradients against its reference and reports how far they are from the true ones;
     ``caveat()`` names a known problem on this machine that ``bench list`` shows (e.g. a broken backward);
+    ``known_issue(problem)`` names a known wrong result at ``problem`` (measured all the same: the row says it);
     ``input_names`` name the inputs in ``bench verify``'s per-gradient errors (``dq``, ``dk``, ...);
     ``role`` (``ROLES``) says whether it is one of ours, a baseline or a reference; ``sources`` are the paths in
     this repository (files or folders) of the code it runs besides its spec module, for ``bench check``'s
@@ -47,7 +62,9 @@ class KernelSpec:
     available: Callable[[], str | None] = lambda: None
     params: Callable[[Problem], dict[str, Any]] = lambda p: {}
     reference: Callable[..., Any] | None = None
+    backward: BackwardConvention | None = None
     caveat: Callable[[], str | None] = lambda: None
+    known_issue: Callable[[Problem], str | None] = lambda p: None
     input_names: tuple[str, ...] = ()  # names of ``make_inputs``' items, for per-gradient errors (default x0, x1, ..)
     uses_chunk_size: bool = False
     description: str = ""

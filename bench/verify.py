@@ -11,6 +11,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from bench import store
 from bench.grid import Grid
@@ -30,9 +31,21 @@ class VerifyResult:
     message: str
     mode: str = "fw"
     errors: dict[str, float] = field(default_factory=dict)  # relative error per output: out, dq, dk, ...
+    chunk_size: int = 0  # 0 for kernels without one
+
+    @property
+    def config(self) -> str:
+        """The kernel, mode and chunk, e.g. ``mlstm_kernels.xl_chunk fwbw chunk 256``."""
+        return f"{self.kernel} {self.mode}" + (f" chunk {self.chunk_size}" if self.chunk_size else "")
 
 
 SHAPE_FIELDS = ("batch", "heads", "seq_len", "head_dim_qk", "head_dim_v")
+
+
+# The GPU's default chunks: 64 is legal for every kernel (the Gluon one needs multiples of 64), 256 with two chunks
+# of the sequence covers the large-chunk paths (ours, and the official xl_chunk's split into inter and intra chunks).
+GPU_CHUNKS = (64, 256)
+CPU_CHUNKS = (32,)
 
 
 def verify_grid(
@@ -42,13 +55,14 @@ def verify_grid(
     shape: tuple[int, ...] | None = None,
     chunks: tuple[int, ...] | None = None,
 ) -> Grid:
-    """Small shapes by default: S=256 (S=64 on the CPU), two heads, head dims 64 (32 on the CPU), chunk 32;
-    ``shape`` (``SHAPE_FIELDS``, e.g. the 7B shape on the GPU) and ``chunks`` replace them. Forward and
-    forward + backward; the errors are taken at batch 1 (``bench.measure.verify``)."""
+    """Small shapes by default: on the GPU S=512, two heads, head dims 64, chunks ``GPU_CHUNKS``; on the CPU (the
+    Triton interpreter) S=64, head dims 32, chunks ``CPU_CHUNKS``. ``shape`` (``SHAPE_FIELDS``, e.g. the 7B shape on
+    the GPU) and ``chunks`` replace them. Forward and forward + backward; the errors are taken at batch 1
+    (``bench.measure.verify``)."""
     small = device == "cpu"
     if shape is not None and len(shape) != len(SHAPE_FIELDS):
         raise ValueError(f"--shape takes {','.join(SHAPE_FIELDS)} (five integers); got {shape!r}")
-    b, h, s, dqk, dv = shape or (1, 2, 64 if small else 256, 32 if small else 64, 32 if small else 64)
+    b, h, s, dqk, dv = shape or (1, 2, 64 if small else 512, 32 if small else 64, 32 if small else 64)
     return Grid(
         kernels=tuple(kernels),
         seq_len=(s,),
@@ -56,7 +70,7 @@ def verify_grid(
         heads=(h,),
         head_dim_qk=(dqk,),
         head_dim_v=(dv,),
-        chunk_size=chunks or (32,),
+        chunk_size=chunks or (CPU_CHUNKS if small else GPU_CHUNKS),
         dtype=(dtype,),
         mode=("fw", "fwbw"),
         device=device,
@@ -125,7 +139,17 @@ def judge(rows: list[dict], dtype: str) -> list[VerifyResult]:
         if status == "pass" and r["mode"] != "fw" and len(errors) < 2:
             status, r["message"] = "fail", "no gradient was checked"  # the backward gave no input a gradient
         results.append(
-            VerifyResult(str(r["kernel"]), dtype, err, tol, status, str(r["message"] or ""), str(r["mode"]), errors)
+            VerifyResult(
+                str(r["kernel"]),
+                dtype,
+                err,
+                tol,
+                status,
+                str(r["message"] or ""),
+                str(r["mode"]),
+                errors,
+                int(r["chunk_size"]),
+            )
         )
     return results
 
@@ -134,7 +158,7 @@ def gate_failures(results: list[VerifyResult], allow_skipped: bool = False) -> l
     """Why ``bench verify`` fails (empty: it passes): a kernel beyond its tolerance, or nothing verified at all
     (every kernel skipped, unless ``allow_skipped``)."""
     reasons = []
-    if failed := [r.kernel for r in results if r.status == "fail"]:
+    if failed := [r.config for r in results if r.status == "fail"]:
         reasons.append(f"{len(failed)} failed ({', '.join(failed)})")
     if not allow_skipped and not any(r.status == "pass" for r in results):
         reasons.append("nothing was verified: every kernel was skipped (--allow-skipped accepts that)")
@@ -143,18 +167,20 @@ def gate_failures(results: list[VerifyResult], allow_skipped: bool = False) -> l
 
 def verify_table(results: list[VerifyResult]) -> Table:
     table = Table(title="bench verify")
-    for col in ("kernel", "mode", "dtype", "worst rel. error", "per output", "tolerance", "result", "message"):
+    for col in ("kernel", "chunk", "mode", "dtype", "worst rel. error", "per output", "tolerance", "result"):
         table.add_column(col)
+    table.add_column("message", ratio=1)  # wrapped, never cut: it says why a row failed or what it was held to
     colors = {"pass": "green", "fail": "red", "skip": "dim"}
     for r in results:
         table.add_row(
             r.kernel,
+            str(r.chunk_size or "-"),
             r.mode,
             r.dtype,
             "-" if r.error is None else f"{r.error:.2e}",
             " ".join(f"{k} {v:.1e}" for k, v in r.errors.items()),
             f"{r.tolerance:.0e}",
             f"[{colors[r.status]}]{r.status}[/{colors[r.status]}]",
-            r.message[:60],
+            Text(r.message),  # text, not markup: a message may hold brackets
         )
     return table

@@ -62,15 +62,38 @@ def gla_reference(q, k, v, g):  # noqa: ANN001, ANN201
     return ((scores * DK**-0.5) @ v).transpose(1, 2)
 
 
+def gated_delta_rule_reference(q, k, v, g, beta):  # noqa: ANN001, ANN201
+    """The gated delta rule step by step, in the inputs' promoted dtype, FLA layout ``(B, S, H, D)``, scale
+    ``DK**-0.5``: the state ``M (B, H, DK, DV)`` decays by ``exp(g_t)``, then takes the delta update
+    ``M += k_t (beta_t (v_t - k_t^T M))^T``; ``o_t = (q_t DK**-0.5)^T M``. Returns ``o (B, S, H, DV)``.
+    """
+    import torch
+
+    dtype = q.dtype
+    for t in (k, v, g, beta):
+        dtype = torch.promote_types(dtype, t.dtype)
+    q, k, v, g, beta = (t.to(dtype) for t in (q, k, v, g, beta))
+    B, S, H, DK = q.shape
+    state = q.new_zeros(B, H, DK, v.shape[-1])
+    outs = []
+    for t in range(S):
+        state = state * g[:, t].exp()[..., None, None]
+        k_t = k[:, t]
+        update = (v[:, t] - (k_t[..., None] * state).sum(-2)) * beta[:, t][..., None]
+        state = state + k_t[..., None] * update[..., None, :]
+        outs.append(((q[:, t] * DK**-0.5)[..., None] * state).sum(-2))
+    return torch.stack(outs, dim=1)
+
+
 def _register(name: str, module: str, function: str, gate: str) -> None:
     def fn(*inputs):  # noqa: ANN002, ANN202
         return getattr(importlib.import_module(module), function)(*inputs)
 
     def available() -> str | None:
         if name == "fused_chunk_gla":
-            from bench.envinfo import _version
+            from bench.envinfo import installed_version
 
-            if _version("fla-core") >= "0.6":
+            if installed_version("fla-core") >= "0.6":
                 return "fused_chunk_gla is deprecated in fla-core >= 0.6 (raises NotImplementedError)"
         return None
 
@@ -96,7 +119,7 @@ def _register(name: str, module: str, function: str, gate: str) -> None:
             supports=supports,
             available=lambda: first_reason(lambda: package_reason("fla"), available),
             params=lambda p: {"chunk_size": FLA_CHUNK, "gate": gate, "layout": "BSHD"},
-            reference=gla_reference if gate != "delta" else None,
+            reference=gated_delta_rule_reference if gate == "delta" else gla_reference,
             input_names=("q", "k", "v", "g", "beta"),
             caveat=hopper_triton_bw_caveat,
             description=f"FLA {function} ({module})",

@@ -55,6 +55,44 @@ def mamba2_inputs(p: Problem) -> tuple[Any, ...]:
     return x, dt_, A, B, C
 
 
+def selective_scan_reference(u, delta, A, B, C, D):  # noqa: ANN001, ANN201
+    """Mamba's selective scan, step by step in the inputs' promoted dtype (float64 for ``bench verify``), as
+    ``_mamba`` calls it: ``u, delta (b, d, l)``, ``A (d, n)``, ``B, C (b, n, l)``, ``D (d,)``, softplus on ``delta``.
+
+    ``x_t = exp(delta_t A) x_{t-1} + delta_t B_t u_t`` (state ``(b, d, n)``), ``y_t = x_t . C_t + D u_t``;
+    returns ``y (b, d, l)``.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    dt = F.softplus(delta)
+    decay = torch.exp(dt[..., None] * A[:, None, :])  # (b, d, l, n)
+    drive = (dt * u)[..., None] * B.transpose(1, 2)[:, None]  # (b, d, l, n)
+    state = torch.zeros_like(drive[:, :, 0])
+    ys = []
+    for t in range(u.shape[-1]):
+        state = decay[:, :, t] * state + drive[:, :, t]
+        ys.append((state * C[:, None, :, t]).sum(-1))
+    return torch.stack(ys, dim=-1) + u * D[:, None]
+
+
+def ssd_reference(x, dt, A, B, C):  # noqa: ANN001, ANN201
+    """Mamba2's SSD in its quadratic form, in the inputs' promoted dtype, as ``_mamba2`` calls it (no softplus, no
+    ``D``): ``x (b, l, h, p)``, ``dt (b, l, h)``, ``A (h,)``, ``B, C (b, l, g, n)`` with one group.
+
+    ``y_t = sum_{s<=t} (C_t . B_s) exp(sum_{s<r<=t} dt_r A) dt_s x_s``, the output of the recurrence
+    ``H_t = exp(dt_t A) H_{t-1} + dt_t x_t B_t^T``, ``y_t = H_t C_t``; returns ``y (b, l, h, p)``.
+    """
+    import torch
+
+    L = x.shape[1]
+    cum = torch.cumsum(dt * A, dim=1).transpose(1, 2)  # (b, h, l)
+    causal = torch.ones(L, L, dtype=torch.bool, device=x.device).tril()
+    decay = torch.where(causal, cum[..., :, None] - cum[..., None, :], -torch.inf).exp()  # (b, h, t, s)
+    scores = (C[:, :, 0] @ B[:, :, 0].transpose(1, 2))[:, None] * decay * dt.transpose(1, 2)[..., None, :]
+    return (scores @ x.transpose(1, 2)).transpose(1, 2)
+
+
 def _mamba(u, delta, A, B, C, D):  # noqa: ANN001, ANN202
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
 
@@ -79,6 +117,8 @@ register(
         ),
         available=lambda: package_reason("mamba_ssm", "selective_scan_cuda"),
         params=lambda p: {"d_inner": _d_inner(p), "d_state": MAMBA_STATE},
+        reference=selective_scan_reference,
+        input_names=("u", "delta", "A", "B", "C", "D"),
         description="Mamba selective scan (mamba-ssm CUDA kernel)",
     )
 )
@@ -102,6 +142,8 @@ register(
             "chunk_size": MAMBA2_CHUNK,
             "groups": 1,
         },
+        reference=ssd_reference,
+        input_names=("x", "dt", "A", "B", "C"),
         description="Mamba2 SSD (mamba-ssm Triton mamba_chunk_scan_combined)",
     )
 )

@@ -37,13 +37,14 @@ def mlstm_bytes(p: Problem) -> float:
     return flops.sequence_mixer_bytes(p.batch, p.heads, p.seq_len, p.head_dim_qk, p.head_dim_v, itemsize, p.mode, 2)
 
 
-def mlstm_reference(variant: str, normalize: bool = True):  # noqa: ANN201
-    """float64 parallel reference with the kernel's call signature."""
+def mlstm_reference(variant: str, normalize: bool = True, detach_normalizer: bool = False):  # noqa: ANN201
+    """float64 parallel reference with the kernel's call signature (a trailing chunk size is ignored);
+    ``detach_normalizer`` as in ``kernels.mlstm.reference.mlstm_parallel``."""
 
-    def run(q, k, v, i, f):  # noqa: ANN001, ANN202
+    def run(q, k, v, i, f, _chunk=0):  # noqa: ANN001, ANN202
         from kernels.mlstm.reference import mlstm_parallel
 
-        return mlstm_parallel(q, k, v, i, f, variant=variant, normalize=normalize)
+        return mlstm_parallel(q, k, v, i, f, variant=variant, normalize=normalize, detach_normalizer=detach_normalizer)
 
     return run
 

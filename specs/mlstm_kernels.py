@@ -1,15 +1,30 @@
 """The official TFLA kernels (``mlstm_kernels``): the reference our kernels are measured against.
 
 Same layout as ours. ``limit_chunk`` keeps a whole chunk in SRAM and runs at chunk 64 (as in the paper);
-``xl_chunk_siging`` runs without the normalizer (as ``tfla.mlstm_sig``).
+``xl_chunk_siging`` runs without the normalizer (as ``tfla.mlstm_sig``). The ``xl_chunk`` kernels split the chunk
+into an inter-chunk size (the states' spacing, at most 128) and an intra-chunk size (the requested chunk; the whole
+sequence below 128 tokens): ``mlstm_kernels``' own heuristic, whose choice each row records.
+
+What their backward computes, measured against float64 references on the CPU (Triton interpreter, fp32,
+``tests/test_mlstm_kernels.py``) and in ``bench verify`` on the GPU:
+
+- the mLSTMexp kernels (``limit_chunk``, ``xl_chunk``) hold the normalizer ``max(|q.n|, exp(-m))`` constant: no
+  gradient flows through it (their own parallel backward does the same), so dq, dk, di and df are not the gradient
+  of their forward (relative distance 0.8..1.4 at small shapes); they match the normalizer-held-constant gradient to
+  fp32 rounding. ``BackwardConvention`` declares it.
+- ``xl_chunk`` (mLSTMexp) with more than one intra chunk of more than 128 tokens (chunk 256 and up) gets dk, dv, di
+  and df wrong even by that convention (fp32: 2 % at S 512 / chunk 256, 6-98 % at S 1024 / chunk 512): the forward
+  saves a state every ``intra / inter`` chunks and the backward reads them as if every one were saved. Rows say so
+  (``known_issue``); ``xl_chunk_siging`` is right at the same shapes.
 """
 
 from __future__ import annotations
 
 import importlib
 
+from bench.envinfo import installed_version
 from bench.problem import Problem
-from bench.registry import KernelSpec, package_reason, register
+from bench.registry import BackwardConvention, KernelSpec, package_reason, register
 from specs.mlstm import MLSTM_INPUTS, mlstm_bytes, mlstm_flops, mlstm_inputs, mlstm_reference
 
 MODULE = "mlstm_kernels.torch.chunkwise"
@@ -20,6 +35,40 @@ KERNELS = {
     "xl_chunk": ("mlstm_chunkwise__xl_chunk", "exp", True, None),
     "xl_chunk_siging": ("mlstm_siging_chunkwise__xl_chunk", "sig", False, None),
 }
+# The last release whose xl_chunk backward reads states the forward did not save (measured on 2.0.6).
+XL_CHUNK_STATES_BUG_UNTIL = (2, 0, 6)
+NORMALIZER_HELD_CONSTANT = "normalizer held constant: no gradient through max(|q.n|, exp(-m))"
+
+
+def xl_chunk_sizes(seq_len: int, chunk_size: int) -> tuple[int, int] | None:
+    """``(inter, intra)`` chunk sizes that ``mlstm_kernels``' heuristic picks for a requested chunk, or ``None``
+    when it refuses the pair or the package is not installed (never raises: every row's params call it)."""
+    try:
+        from mlstm_kernels.triton.chunkwise.kernel_param_heuristics import get_xl_chunk_kernel_params
+
+        chosen = get_xl_chunk_kernel_params(sequence_length=seq_len, target_chunk_size=chunk_size)
+    except Exception:  # noqa: BLE001 - an assertion of theirs, or no package
+        return None
+    return chosen.chunk_size_inter, chosen.chunk_size_intra
+
+
+def _release(version: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in version.split(".")[:3] if x.isdigit())
+
+
+def xl_chunk_states_issue(p: Problem) -> str | None:
+    """The wrong backward of ``xl_chunk`` (mLSTMexp) at ``p``, or ``None`` (see the module's docstring)."""
+    version = installed_version("mlstm-kernels")
+    if p.mode == "fw" or not version or _release(version) > XL_CHUNK_STATES_BUG_UNTIL:
+        return None
+    sizes = xl_chunk_sizes(p.seq_len, p.chunk_size)
+    if sizes is None or sizes[0] == sizes[1] or p.seq_len <= sizes[1]:
+        return None
+    inter, intra = sizes
+    return (
+        f"mlstm_kernels {version} xl_chunk backward is wrong here: intra chunk {intra} > inter chunk {inter} with "
+        f"{p.seq_len // intra} intra chunks (dk, dv, di, df; the forward is right)"
+    )
 
 
 def _register(name: str, function: str, variant: str, normalize: bool, fixed_chunk: int | None) -> None:
@@ -39,6 +88,12 @@ def _register(name: str, function: str, variant: str, normalize: bool, fixed_chu
             return "head dims must be multiples of 16"
         return None
 
+    def params(p: Problem) -> dict[str, object]:
+        chosen: dict[str, object] = {"chunk_size": chunk_of(p)}
+        if fixed_chunk is None and (sizes := xl_chunk_sizes(p.seq_len, p.chunk_size)) is not None:
+            chosen = {"chunk_size": sizes[1], "chunk_size_inter": sizes[0]}
+        return {"variant": variant, "normalize": normalize, "function": function, **chosen}
+
     register(
         KernelSpec(
             name=f"mlstm_kernels.{name}",
@@ -49,16 +104,17 @@ def _register(name: str, function: str, variant: str, normalize: bool, fixed_chu
             bytes=mlstm_bytes,
             supports=supports,
             available=lambda: package_reason("mlstm_kernels", "triton"),
-            params=lambda p: {
-                "variant": variant,
-                "normalize": normalize,
-                "chunk_size": chunk_of(p),
-                "function": function,
-            },
-            reference=lambda q, k, v, i, f, _chunk=0: mlstm_reference(variant, normalize)(q, k, v, i, f),
+            params=params,
+            reference=mlstm_reference(variant, normalize),
+            backward=BackwardConvention(mlstm_reference(variant, normalize, True), NORMALIZER_HELD_CONSTANT)
+            if normalize
+            else None,
+            known_issue=xl_chunk_states_issue if name == "xl_chunk" else lambda p: None,
             input_names=MLSTM_INPUTS,
             uses_chunk_size=fixed_chunk is None,
-            description=f"official TFLA {function} (mlstm_kernels)",
+            description=f"official TFLA {function} (mlstm_kernels)"
+            + ("; its backward holds the normalizer constant" if normalize else ""),
+            devices=("cuda", "cpu"),  # the CPU through Triton's interpreter, as ours
         )
     )
 

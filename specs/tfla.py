@@ -67,7 +67,7 @@ def _register_tfla(variant: str, normalize: bool, description: str, backend: str
                 "chunk_size": p.chunk_size,
                 "backend": "gluon" if gluon else _backend(p, backend),  # never raises: rows of any status call it
             },
-            reference=lambda q, k, v, i, f, _chunk=0: mlstm_reference(variant, normalize)(q, k, v, i, f),
+            reference=mlstm_reference(variant, normalize),
             input_names=MLSTM_INPUTS,
             uses_chunk_size=True,
             description=description,

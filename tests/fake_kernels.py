@@ -6,7 +6,7 @@ import os
 import time
 
 from bench.problem import Problem
-from bench.registry import KernelSpec, register
+from bench.registry import BackwardConvention, KernelSpec, register
 
 
 def _inputs(p: Problem) -> tuple:
@@ -88,3 +88,20 @@ def _bad_grad(x):  # noqa: ANN001, ANN202
 
 
 register(_spec("bad_grad", _bad_grad, input_names=("x",)))
+
+
+def _thrice_minus_once(x):  # noqa: ANN001, ANN202
+    """The value of ``2 x`` whose gradient is 3: fake.convention's declared backward."""
+    return x * 3.0 - x.detach()
+
+
+# The same planted backward as fake.bad_grad, declared as the kernel's convention: verify holds it to that.
+register(
+    _spec(
+        "convention",
+        _bad_grad,
+        input_names=("x",),
+        backward=BackwardConvention(_thrice_minus_once, "dx is 3 dy by design"),
+    )
+)
+register(_spec("known_issue", _ok, known_issue=lambda p: "planted: wrong past 32 tokens" if p.seq_len > 32 else None))

@@ -159,3 +159,68 @@ def test_flash_attention_rows_say_which_package_and_gpu_they_need(monkeypatch) -
     x = torch.ones(1, 4, 2, 128)
     assert torch.equal(first_output(get("flash_attn.fa3").fn(x, x, x)), 3 * x)
     assert get("flash_attn.fa2").available() == "package 'flash_attn' is not installed"
+
+
+def test_selective_scan_reference_matches_its_closed_form() -> None:
+    """Mamba's reference (a scan) against ``y_t = sum_{s<=t} C_t . exp(sum_{s<r<=t} d_r A) d_s B_s u_s + D u_t``."""
+    b, d, n, L = 2, 3, 4, 9
+    u, raw, B, C = (torch.randn(*shape, dtype=torch.float64) for shape in ((b, d, L), (b, d, L), (b, n, L), (b, n, L)))
+    A, D = -torch.rand(d, n, dtype=torch.float64), torch.randn(d, dtype=torch.float64)
+    dt = torch.nn.functional.softplus(raw)
+    cum = torch.cumsum(dt[..., None] * A[:, None, :], dim=2)  # (b, d, l, n)
+    expected = torch.zeros(b, d, L, dtype=torch.float64)
+    for t in range(L):
+        for s in range(t + 1):
+            weight = torch.exp(cum[:, :, t] - cum[:, :, s]) * (dt[:, :, s] * u[:, :, s])[..., None]
+            expected[:, :, t] += (weight * (B[:, None, :, s] * C[:, None, :, t])).sum(-1)
+    expected += u * D[:, None]
+    assert torch.allclose(mamba.selective_scan_reference(u, raw, A, B, C, D), expected, atol=1e-12)
+
+
+def test_ssd_reference_matches_the_recurrence() -> None:
+    """Mamba2's reference (quadratic form) against ``H_t = exp(dt_t A) H_{t-1} + dt_t x_t B_t^T``, ``y_t = H_t C_t``."""
+    b, L, h, p, n = 2, 10, 3, 4, 5
+    x = torch.randn(b, L, h, p, dtype=torch.float64)
+    dt, A = torch.rand(b, L, h, dtype=torch.float64), -torch.rand(h, dtype=torch.float64)
+    B, C = torch.randn(b, L, 1, n, dtype=torch.float64), torch.randn(b, L, 1, n, dtype=torch.float64)
+    state = torch.zeros(b, h, p, n, dtype=torch.float64)
+    ys = []
+    for t in range(L):
+        decay = torch.exp(dt[:, t] * A)[..., None, None]
+        state = decay * state + (dt[:, t, :, None] * x[:, t])[..., None] * B[:, t, 0][:, None, None, :]
+        ys.append((state * C[:, t, 0][:, None, None, :]).sum(-1))
+    assert torch.allclose(mamba.ssd_reference(x, dt, A, B, C), torch.stack(ys, dim=1), atol=1e-12)
+
+
+def test_gated_delta_rule_reference_is_the_householder_recurrence_and_recalls_orthonormal_keys() -> None:
+    """The reference against ``M_t = (I - beta_t k_t k_t^T) exp(g_t) M_{t-1} + beta_t k_t v_t^T`` written with
+    explicit matrices; and with orthonormal keys, beta 1 and no decay, querying a stored key returns its value."""
+    from specs.fla import gated_delta_rule_reference
+
+    B, S, H, DK, DV = 1, 6, 2, 8, 3
+    q, k = torch.randn(B, S, H, DK, dtype=torch.float64), torch.randn(B, S, H, DK, dtype=torch.float64)
+    k = torch.nn.functional.normalize(k, dim=-1)
+    v = torch.randn(B, S, H, DV, dtype=torch.float64)
+    g = torch.nn.functional.logsigmoid(torch.randn(B, S, H, dtype=torch.float64) + 2)
+    beta = torch.rand(B, S, H, dtype=torch.float64)
+    M = torch.zeros(B, H, DK, DV, dtype=torch.float64)
+    eye = torch.eye(DK, dtype=torch.float64)
+    outs = []
+    for t in range(S):
+        kt, bt = k[:, t, :, :, None], beta[:, t, :, None, None]
+        decay, vt = g[:, t].exp()[..., None, None], v[:, t, :, None, :]
+        M = (eye - bt * kt @ kt.transpose(-1, -2)) @ (decay * M) + bt * kt @ vt
+        outs.append((q[:, t, :, None, :] * DK**-0.5 @ M)[:, :, 0])
+    assert torch.allclose(gated_delta_rule_reference(q, k, v, g, beta), torch.stack(outs, dim=1), atol=1e-12)
+
+    keys = torch.linalg.qr(torch.randn(DK, DK, dtype=torch.float64))[0][:S].expand(B, H, S, DK).transpose(1, 2)
+    ones = torch.ones(B, S, H, dtype=torch.float64)
+    recalled = gated_delta_rule_reference(keys * DK**0.5, keys, v, 0 * ones, ones)
+    assert torch.allclose(recalled[:, -1], v[:, -1], atol=1e-12)  # the last query is the last key: its value back
+    assert torch.allclose(recalled[:, 0], v[:, 0], atol=1e-12)
+
+
+def test_every_baseline_with_a_gradient_has_a_reference() -> None:
+    """bench verify checks forward and backward of every baseline: none is skipped for want of a reference."""
+    missing = [s.name for s in all_specs() if s.reference is None and not s.name.startswith("fake.")]
+    assert missing == []

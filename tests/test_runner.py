@@ -207,7 +207,26 @@ def test_verify_catches_a_planted_wrong_gradient() -> None:
     assert results["fw"].status == "pass" and results["fw"].errors == {"out": pytest.approx(0.0, abs=1e-12)}
     bad = results["fwbw"]
     assert bad.status == "fail" and bad.errors["dx"] == pytest.approx(0.5) and bad.errors["out"] < 1e-12
-    assert gate_failures(list(results.values())) == ["1 failed (fake.bad_grad)"]
+    assert gate_failures(list(results.values())) == ["1 failed (fake.bad_grad fwbw)"]
+
+
+def test_verify_holds_a_declared_backward_convention_and_says_how_far_it_is_from_the_true_gradient() -> None:
+    """fake.convention has fake.bad_grad's backward (3 dy for a forward of 2 x), declared as its convention: it passes,
+    and the row says what it was held to and that the true gradient is 1.5x smaller (relative distance 0.5)."""
+    from bench.verify import gate_failures, run_verify
+
+    results = {r.mode: r for r in run_verify(["fake.convention"], "cpu", "float32")}
+    held = results["fwbw"]
+    assert held.status == "pass" and held.errors["dx"] < 1e-6, held  # fp32 rounding of 3 dy
+    assert "dx is 3 dy by design" in held.message and "vs the true gradient: dx 5.0e-01" in held.message
+    assert results["fw"].message == "" and gate_failures(list(results.values())) == []
+
+
+def test_a_known_issue_is_said_in_the_rows_it_concerns(tmp_path: Path) -> None:
+    rows = sweep(_grid("fake.known_issue", seq_len=(32, 64)).configs(), tmp_path / "r.parquet")
+    messages = {r["seq_len"]: r["message"] for r in rows}
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    assert messages == {32: "", 64: "known issue: planted: wrong past 32 tokens"}
 
 
 def test_verify_with_several_jobs_judges_the_same_configs() -> None:

@@ -116,8 +116,10 @@ def mlstm_parallel(
     normalize: bool = True,
     initial: MLSTMStates | None = None,
     eps: float = 1e-6,
+    detach_normalizer: bool = False,
 ) -> torch.Tensor:
-    """Quadratic (attention-like) form. Returns ``h (B, NH, S, DHHV)``; memory grows with ``S**2``."""
+    """Quadratic (attention-like) form. Returns ``h (B, NH, S, DHHV)``; memory grows with ``S**2``.
+    ``detach_normalizer`` as in ``mlstm_recurrent``."""
     q, k, v, i, f = _common(q, k, v, i, f)
     S, DHQK = q.shape[2], q.shape[3]
     state = _initial(q, v, initial)
@@ -139,4 +141,5 @@ def mlstm_parallel(
     if not normalize:
         return num
     z = scores.sum(-1) + w0[..., 0] * (qs * state.n[..., None, :]).sum(-1)
-    return num / (torch.maximum(z.abs(), torch.exp(-m)) + eps)[..., None]
+    den = torch.maximum(z.abs(), torch.exp(-m)) + eps
+    return num / (den.detach() if detach_normalizer else den)[..., None]
