@@ -39,8 +39,9 @@ def ws_matmul_case(dtype: torch.dtype) -> dict:
     )
 
 
-def fw_output_case(exp: bool, dqk: int, dv: int, ws: bool, seq: int = 256, chunk: int = 128) -> dict:
-    """What ``launch_fw_output`` would launch on a ``ForwardState`` of two heads (its tensors on the CPU)."""
+def fw_output_case(exp: bool, dqk: int, dv: int, ws: bool, seq: int = 256, chunk: int = 128, **tiles: object) -> dict:
+    """What ``launch_fw_output`` would launch on a ``ForwardState`` of two heads (its tensors on the CPU), with
+    ``tiles`` (``launch_args``' options: ``bv``, ``state_pieces``, ...) beside the defaults."""
     bh, nc, dtype, f32 = 2, seq // chunk, torch.bfloat16, torch.float32
     q, k = torch.empty(bh, seq, dqk, dtype=dtype), torch.empty(bh, seq, dqk, dtype=dtype)
     v, h = torch.empty(bh, seq, dv, dtype=dtype), torch.empty(bh, seq, dv, dtype=dtype)
@@ -48,7 +49,7 @@ def fw_output_case(exp: bool, dqk: int, dv: int, ws: bool, seq: int = 256, chunk
     gate_b, gate_i, m_tok, z_tok = (torch.empty(bh, seq, dtype=f32) for _ in range(4))
     n_st, m_st = torch.empty(bh, nc + 1, dqk, dtype=f32), torch.empty(bh, nc + 1, dtype=f32)
     kernel, _, args, constexprs = fwo.launch_args(
-        q, k, v, gate_b, gate_i, c_st, n_st, m_st, h, m_tok, z_tok, chunk, exp, exp, 1e-6, warp_specialized=ws
+        q, k, v, gate_b, gate_i, c_st, n_st, m_st, h, m_tok, z_tok, chunk, exp, exp, 1e-6, warp_specialized=ws, **tiles
     )
     return _facts(support.compile_for(kernel, args, constexprs))
 
@@ -61,6 +62,14 @@ CASES = {
             lambda exp=exp, dqk=dqk, dv=dv, ws=ws: fw_output_case(exp, dqk, dv, ws)
         )
         for exp in (True, False)
+        for dqk, dv in ((256, 512), (64, 64))
+        for ws in (False, True)
+    },
+    # the state in pieces: BV 256 beside a q/k head dim of 256 (7B), and one piece (head dims 64)
+    **{
+        f"fw_output{'_ws' if ws else ''} pieces {dqk}x{dv}": (
+            lambda dqk=dqk, dv=dv, ws=ws: fw_output_case(False, dqk, dv, ws, bv=min(256, dv), state_pieces=True)
+        )
         for dqk, dv in ((256, 512), (64, 64))
         for ws in (False, True)
     },

@@ -81,12 +81,15 @@ def test_ws_matmul_matches_float64(m: int, n: int, k: int, dtype: torch.dtype, m
 
 
 @pytest.mark.parametrize("kernel", ["fw_output", "fw_output_ws"])
-@pytest.mark.parametrize("variant", ["exp", "sig"])
+@pytest.mark.parametrize("variant", ["exp", "sig", "pieces"])
 @pytest.mark.parametrize("dims", ["256x512", "64x64"])
 def test_fw_output_lowers_to_wgmma_in_hopper_shared_memory(kernel: str, variant: str, dims: str) -> None:
     """Both kernels compile to wgmma and TMA in sm_90's shared memory; the warp-specialized one splits the
-    registers between its partitions (``setmaxnreg``), the other does not."""
+    registers between its partitions (``setmaxnreg``), the other does not. ``pieces``: the state slice in pieces,
+    which is what lets BV 256 (a 64 x 256 x 16 wgmma) fit beside the 7B head dims."""
     facts = _case(f"{kernel} {variant} {dims}")
+    if variant == "pieces" and dims == "256x512":
+        assert facts.get("wgmma", "").startswith("wgmma.mma_async.sync.aligned.m64n256k16"), facts
     assert facts["has"]["wgmma.mma_async"] and facts["has"]["cp.async.bulk.tensor"] and facts["cubin_bytes"] > 0
     assert facts["has"]["setmaxnreg"] == (kernel == "fw_output_ws")
     assert facts["shared"] <= HOPPER_SMEM_BYTES
@@ -101,20 +104,32 @@ def test_fw_output_refuses_what_it_cannot_take() -> None:
         fwo.check(torch.empty(1, 1, 8, 512, dtype=torch.bfloat16), 64, 64, 64, 64, 64)
     with pytest.raises(ValueError, match="BQ \\(a multiple of 64\\) and BKV must divide the chunk size 64"):
         fwo.check(torch.empty(1, 1, 8, 64, dtype=torch.bfloat16), 64, 128, 64, 64, 64)
+    with pytest.raises(ValueError, match="state pieces of BKV=64 rows need a padded q/k head dim of at least 64"):
+        fwo.check(torch.empty(1, 1, 8, 32, dtype=torch.bfloat16), 64, 64, 64, 64, 64, state_pieces=True)
+    fwo.check(torch.empty(1, 1, 8, 32, dtype=torch.bfloat16), 64, 64, 64, 64, 64)  # whole: any head dim
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("state_pieces", [False, True])
 @pytest.mark.parametrize("warp_specialized", [False, True])
 @pytest.mark.parametrize("variant", ["exp", "sig"])
 @pytest.mark.parametrize(
     ("seq", "dqk", "dv", "chunk"), [(300, 64, 64, 64), (1024, 256, 512, 128), (640, 128, 256, 256)]
 )
 def test_fw_output_matches_the_triton_kernel_and_float64(
-    warp_specialized: bool, variant: str, seq: int, dqk: int, dv: int, chunk: int, compiled_kernels: None
+    state_pieces: bool,
+    warp_specialized: bool,
+    variant: str,
+    seq: int,
+    dqk: int,
+    dv: int,
+    chunk: int,
+    compiled_kernels: None,
 ) -> None:
     """On the states the Triton forward leaves (``tfla_fwd``), each Gluon output kernel writes the same ``h`` and
     ``z_tok`` (outputs poisoned with NaN first); ``h`` also against the float64 reference. Fresh random inputs,
-    bf16, S not always a multiple of the chunk."""
+    bf16, S not always a multiple of the chunk. With ``state_pieces``, BV 256 (clamped to the head dim) and the
+    state slice in 64-row pieces (1, 2 and 4 of them)."""
     if (reason := support.unavailable_reason()) is not None:
         pytest.skip(reason)
     from kernels.gluon import mlstm_fw_output as fwo
@@ -138,7 +153,8 @@ def test_fw_output_matches_the_triton_kernel_and_float64(
     z2 = torch.full_like(st.z_tok, float("nan"))
     fwo.launch_fw_output(
         q, k, v, st.gate_b, st.gate_i, st.c_st, st.n_st, st.m_st, h2, st.m_tok, z2, chunk, variant == "exp",
-        normalize, 1e-6, warp_specialized=warp_specialized,
+        normalize, 1e-6, warp_specialized=warp_specialized, state_pieces=state_pieces,
+        **({"bv": 256} if state_pieces else {}),
     )  # fmt: skip
     torch.cuda.synchronize()
     rel = lambda a, b: ((a.double() - b.double()).norm() / b.double().norm()).item()  # noqa: E731

@@ -11,6 +11,9 @@ fed to the second wgmma from registers. Two kernels share that work (the ``_inte
 - ``fw_output_ws_kernel``: warp-specialized: a 1-warp load partition streams the key tiles through a ring of
   ``STAGES`` buffers (ready / empty mbarriers) and the warpgroup only computes.
 
+With ``state_pieces`` the state slice streams in ``BKV``-row pieces through the V buffers ahead of the key tiles
+(``STATE_PIECES`` wgmmas of ``q[:, piece] C[piece, :]``), so a ``BV`` of 256 fits beside a q/k head dim of 256.
+
 Not yet: two consumer warpgroups ping-ponging (one's gate math under the other's products), 32-bit inputs.
 """
 
@@ -53,18 +56,16 @@ def _program(NC, L: gl.constexpr, BQ: gl.constexpr, BKV: gl.constexpr, BV: gl.co
 
 
 @gluon.jit
-def _inter_chunk(q2, c2, N_ST, M_ST, M_TOK, GATE_B, bh, st, row0, SP, DHQK, qk_scale, EXP: gl.constexpr,
+def _inter_chunk(q2, acc, N_ST, M_ST, M_TOK, GATE_B, bh, st, row0, SP, DHQK, qk_scale, EXP: gl.constexpr,
                  o_layout: gl.constexpr, s_layout: gl.constexpr):  # fmt: skip
-    """The inter-chunk term ``q C_c`` and normalizer part ``q . n_c``, weighted per query, and the per-query
-    values the key loop and the epilogue need: ``(acc, z, m_run, t_q, row, t_qs)``."""
+    """The inter-chunk term from its product ``acc = q C_c`` and the normalizer part ``q . n_c``, weighted per
+    query, and the per-query values the key loop and the epilogue need: ``(acc, z, m_run, t_q, row, t_qs)``."""
     BQ: gl.constexpr = q2.type.shape[0]
     DK: gl.constexpr = q2.type.shape[1]
-    BV: gl.constexpr = c2.type.shape[1]
     num_warps: gl.constexpr = gl.num_warps()
     rows_o: gl.constexpr = gl.SliceLayout(1, o_layout)
     rows_s: gl.constexpr = gl.SliceLayout(1, s_layout)
     q_regs: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
-    acc = warpgroup_mma(q2, c2, gl.zeros([BQ, BV], gl.float32, o_layout), use_acc=False)
     offs_k = gl.arange(0, DK, layout=gl.SliceLayout(0, q_regs))
     n_c = gl.load(N_ST + st * DHQK + offs_k, mask=offs_k < DHQK, other=0.0)
     z = gl.convert_layout(gl.sum(q2.load(q_regs).to(gl.float32) * n_c[None, :], axis=1), rows_o)
@@ -140,11 +141,14 @@ def fw_output_kernel(
     NORMALIZE: gl.constexpr,
     S_INSTR_N: gl.constexpr,
     O_INSTR_N: gl.constexpr,
+    STATE_PIECES: gl.constexpr,
     num_warps: gl.constexpr,
 ):
     """Grid ``(cdiv(DHHV, BV), NC * L / BQ, BH)``. Descriptors over ``(heads, rows, cols)`` with blocks
     ``[1, rows, cols]``: ``Q_D`` (BQ x DK), ``K_D`` (BKV x DK), ``V_D`` (BKV x BV), ``C_D`` (DK x BV over
-    ``BH * NC`` states), ``H_D`` (BQ x BV); ``DK`` is the q/k head dim padded to a power of two."""
+    ``BH * NC`` states, or BKV x BV with ``STATE_PIECES = DK / BKV``: the state slice in pieces through the V
+    buffers, so that a whole-DK slice need not sit in shared memory beside the key tiles), ``H_D`` (BQ x BV);
+    ``DK`` is the q/k head dim padded to a power of two."""
     BQ: gl.constexpr = Q_D.block_type.shape[1]
     DK: gl.constexpr = Q_D.block_type.shape[2]
     BKV: gl.constexpr = K_D.block_type.shape[1]
@@ -152,9 +156,9 @@ def fw_output_kernel(
     s_layout: gl.constexpr = mma_layout(num_warps, S_INSTR_N)
     o_layout: gl.constexpr = mma_layout(num_warps, O_INSTR_N)
     pid_v, bh, c, row0, v0, st, n_blocks = _program(NC, L, BQ, BKV, BV)
+    P: gl.constexpr = STATE_PIECES
 
     q_smem = gl.allocate_shared_memory(Q_D.dtype, [1, BQ, DK], Q_D.layout)
-    c_smem = gl.allocate_shared_memory(C_D.dtype, [1, DK, BV], C_D.layout)
     k_smem = gl.allocate_shared_memory(K_D.dtype, [2, 1, BKV, DK], K_D.layout)
     v_smem = gl.allocate_shared_memory(V_D.dtype, [2, 1, BKV, BV], V_D.layout)
     h_smem = gl.allocate_shared_memory(H_D.dtype, [1, BQ, BV], H_D.layout)
@@ -162,28 +166,40 @@ def fw_output_kernel(
     for i in gl.static_range(3):
         mbarrier.init(bars.index(i), count=1)
 
-    kv_bytes: gl.constexpr = K_D.block_type.nbytes + V_D.block_type.nbytes
-    mbarrier.expect(bars.index(2), Q_D.block_type.nbytes + C_D.block_type.nbytes)
-    compat.tma_load(Q_D, [bh, row0, 0], bars.index(2), q_smem)
-    compat.tma_load(C_D, [bh * NC + c, 0, v0], bars.index(2), c_smem)
-    mbarrier.expect(bars.index(0), kv_bytes)
-    compat.tma_load(K_D, [bh, c * L, 0], bars.index(0), k_smem.index(0))
-    compat.tma_load(V_D, [bh, c * L, v0], bars.index(0), v_smem.index(0))
-
-    mbarrier.wait(bars.index(2), 0)
+    # One stream of loads through the two-stage ring: the P state pieces (into the V buffers), then the key
+    # tiles; load u lands in stage u % 2, and load u + 1 is issued before load u is waited for.
     q2 = q_smem.reshape([BQ, DK])
+    o_zeros = gl.zeros([BQ, BV], gl.float32, o_layout)
+    if P == 0:
+        c_smem = gl.allocate_shared_memory(C_D.dtype, [1, DK, BV], C_D.layout)
+        mbarrier.expect(bars.index(2), Q_D.block_type.nbytes + C_D.block_type.nbytes)
+        compat.tma_load(Q_D, [bh, row0, 0], bars.index(2), q_smem)
+        compat.tma_load(C_D, [bh * NC + c, 0, v0], bars.index(2), c_smem)
+        _load_key_tile(K_D, V_D, k_smem, v_smem, bars, 0, bh, c * L, v0)
+        mbarrier.wait(bars.index(2), 0)
+        acc = warpgroup_mma(q2, c_smem.reshape([DK, BV]), o_zeros, use_acc=False)
+    else:
+        mbarrier.expect(bars.index(2), Q_D.block_type.nbytes)
+        compat.tma_load(Q_D, [bh, row0, 0], bars.index(2), q_smem)
+        _load_state_piece(C_D, v_smem, bars, 0, bh * NC + c, v0)
+        mbarrier.wait(bars.index(2), 0)
+        acc = o_zeros
+        for p in gl.static_range(P):
+            if p + 1 < P:
+                _load_state_piece(C_D, v_smem, bars, p + 1, bh * NC + c, v0)
+            else:
+                _load_key_tile(K_D, V_D, k_smem, v_smem, bars, P, bh, c * L, v0)
+            mbarrier.wait(bars.index(p % 2), (p // 2) & 1)
+            acc = warpgroup_mma(q2.slice(p * BKV, BKV, dim=1), v_smem.index(p % 2).reshape([BKV, BV]), acc)
     acc, z, m_run, t_q, row, t_qs = _inter_chunk(
-        q2, c_smem.reshape([DK, BV]), N_ST, M_ST, M_TOK, GATE_B, bh, st, row0, SP, DHQK, qk_scale, EXP, o_layout,
-        s_layout,
-    )  # fmt: skip
+        q2, acc, N_ST, M_ST, M_TOK, GATE_B, bh, st, row0, SP, DHQK, qk_scale, EXP, o_layout, s_layout
+    )
     for j in range(n_blocks):
-        s = j % 2
+        u = P + j
         if j + 1 < n_blocks:  # the next tile's loads run under this tile's products
-            nxt = (j + 1) % 2
-            mbarrier.expect(bars.index(nxt), kv_bytes)
-            compat.tma_load(K_D, [bh, c * L + (j + 1) * BKV, 0], bars.index(nxt), k_smem.index(nxt))
-            compat.tma_load(V_D, [bh, c * L + (j + 1) * BKV, v0], bars.index(nxt), v_smem.index(nxt))
-        mbarrier.wait(bars.index(s), (j // 2) & 1)
+            _load_key_tile(K_D, V_D, k_smem, v_smem, bars, u + 1, bh, c * L + (j + 1) * BKV, v0)
+        s = u % 2
+        mbarrier.wait(bars.index(s), (u // 2) & 1)
         acc, z = _key_block(
             q2, k_smem.index(s).reshape([BKV, DK]), v_smem.index(s).reshape([BKV, BV]), acc, z, row, t_qs, GATE_B,
             GATE_I, bh, SP, c * L + j * BKV, o_layout, s_layout,
@@ -194,18 +210,47 @@ def fw_output_kernel(
 
 
 @gluon.jit
+def _load_key_tile(K_D, V_D, k_smem, v_smem, bars, u, bh, kv_row, v0):
+    """Load ``u`` of ``fw_output_kernel``'s stream: the key tile from token ``kv_row`` (K and the V slice) into
+    stage ``u % 2``."""
+    s = u % 2
+    mbarrier.expect(bars.index(s), K_D.block_type.nbytes + V_D.block_type.nbytes)
+    compat.tma_load(K_D, [bh, kv_row, 0], bars.index(s), k_smem.index(s))
+    compat.tma_load(V_D, [bh, kv_row, v0], bars.index(s), v_smem.index(s))
+
+
+@gluon.jit
+def _load_state_piece(C_D, v_smem, bars, p: gl.constexpr, state, v0):
+    """Load ``p`` of ``fw_output_kernel``'s stream: rows ``p * BKV ..`` of the chunk state's ``BV`` slice into the V
+    buffer of stage ``p % 2`` (a state piece has the V tile's shape and layout)."""
+    BKV: gl.constexpr = C_D.block_type.shape[1]
+    mbarrier.expect(bars.index(p % 2), C_D.block_type.nbytes)
+    compat.tma_load(C_D, [state, p * BKV, v0], bars.index(p % 2), v_smem.index(p % 2))
+
+
+@gluon.jit
 def _load_partition(Q_D, K_D, V_D, C_D, q_smem, c_smem, k_bufs, v_bufs, qc_ready, ready, empty, bh, row0, c_row,
-                    kv_row0, v0, n_blocks):  # fmt: skip
-    """Producer: the query tile and the state slice once, then key tile ``j`` into stage ``j % STAGES`` as soon as
-    the consumer has freed it."""
+                    kv_row0, v0, n_blocks, P: gl.constexpr):  # fmt: skip
+    """Producer: the query tile once, the state slice once (``P == 0``) or in ``P`` pieces through the ring's V
+    buffers, then the key tiles; load ``u`` of the ring (pieces first) goes into stage ``u % STAGES`` as soon as the
+    consumer has freed it."""
     stages: gl.constexpr = k_bufs.type.shape[0]
     BKV: gl.constexpr = K_D.block_type.shape[1]
-    mbarrier.expect(qc_ready, Q_D.block_type.nbytes + C_D.block_type.nbytes)
-    compat.tma_load(Q_D, [bh, row0, 0], qc_ready, q_smem)
-    compat.tma_load(C_D, [c_row, 0, v0], qc_ready, c_smem)
+    if P == 0:
+        mbarrier.expect(qc_ready, Q_D.block_type.nbytes + C_D.block_type.nbytes)
+        compat.tma_load(Q_D, [bh, row0, 0], qc_ready, q_smem)
+        compat.tma_load(C_D, [c_row, 0, v0], qc_ready, c_smem)
+    else:
+        mbarrier.expect(qc_ready, Q_D.block_type.nbytes)
+        compat.tma_load(Q_D, [bh, row0, 0], qc_ready, q_smem)
+        for p in gl.static_range(P):
+            mbarrier.wait(empty.index(p % stages), ((p // stages) & 1) ^ 1)  # the first pass does not wait
+            mbarrier.expect(ready.index(p % stages), C_D.block_type.nbytes)
+            compat.tma_load(C_D, [c_row, p * BKV, v0], ready.index(p % stages), v_bufs.index(p % stages))
     for j in range(n_blocks):
-        s = j % stages
-        mbarrier.wait(empty.index(s), ((j // stages) & 1) ^ 1)  # the first pass over the ring does not wait
+        u = P + j
+        s = u % stages
+        mbarrier.wait(empty.index(s), ((u // stages) & 1) ^ 1)
         mbarrier.expect(ready.index(s), K_D.block_type.nbytes + V_D.block_type.nbytes)
         compat.tma_load(K_D, [bh, kv_row0 + j * BKV, 0], ready.index(s), k_bufs.index(s))
         compat.tma_load(V_D, [bh, kv_row0 + j * BKV, v0], ready.index(s), v_bufs.index(s))
@@ -215,9 +260,9 @@ def _load_partition(Q_D, K_D, V_D, C_D, q_smem, c_smem, k_bufs, v_bufs, qc_ready
 def _compute_partition(q_smem, c_smem, k_bufs, v_bufs, h_smem, qc_ready, ready, empty, H_D, GATE_B, GATE_I, N_ST,
                        M_ST, M_TOK, Z_TOK, bh, st, row0, kv_row0, v0, pid_v, n_blocks, SP, DHQK, qk_scale, eps,
                        EXP: gl.constexpr, NORMALIZE: gl.constexpr, o_layout: gl.constexpr,
-                       s_layout: gl.constexpr):  # fmt: skip
-    """Consumer (the default partition): the inter-chunk term, each ready key tile, then the epilogue; a stage is
-    handed back as soon as its (synchronous) products are done."""
+                       s_layout: gl.constexpr, P: gl.constexpr):  # fmt: skip
+    """Consumer (the default partition): the inter-chunk term (its state pieces from the ring when ``P > 0``),
+    each ready key tile, then the epilogue; a stage is handed back as soon as its (synchronous) products are done."""
     stages: gl.constexpr = k_bufs.type.shape[0]
     BQ: gl.constexpr = q_smem.type.shape[1]
     DK: gl.constexpr = q_smem.type.shape[2]
@@ -225,13 +270,21 @@ def _compute_partition(q_smem, c_smem, k_bufs, v_bufs, h_smem, qc_ready, ready, 
     BV: gl.constexpr = v_bufs.type.shape[3]
     mbarrier.wait(qc_ready, 0)
     q2 = q_smem.reshape([BQ, DK])
+    acc = gl.zeros([BQ, BV], gl.float32, o_layout)
+    if P == 0:
+        acc = warpgroup_mma(q2, c_smem.reshape([DK, BV]), acc, use_acc=False)
+    else:
+        for p in gl.static_range(P):
+            mbarrier.wait(ready.index(p % stages), (p // stages) & 1)
+            acc = warpgroup_mma(q2.slice(p * BKV, BKV, dim=1), v_bufs.index(p % stages).reshape([BKV, BV]), acc)
+            mbarrier.arrive(empty.index(p % stages), count=1)
     acc, z, m_run, t_q, row, t_qs = _inter_chunk(
-        q2, c_smem.reshape([DK, BV]), N_ST, M_ST, M_TOK, GATE_B, bh, st, row0, SP, DHQK, qk_scale, EXP, o_layout,
-        s_layout,
-    )  # fmt: skip
+        q2, acc, N_ST, M_ST, M_TOK, GATE_B, bh, st, row0, SP, DHQK, qk_scale, EXP, o_layout, s_layout
+    )
     for j in range(n_blocks):
-        s = j % stages
-        mbarrier.wait(ready.index(s), (j // stages) & 1)
+        u = P + j
+        s = u % stages
+        mbarrier.wait(ready.index(s), (u // stages) & 1)
         acc, z = _key_block(
             q2, k_bufs.index(s).reshape([BKV, DK]), v_bufs.index(s).reshape([BKV, BV]), acc, z, row, t_qs, GATE_B,
             GATE_I, bh, SP, kv_row0 + j * BKV, o_layout, s_layout,
@@ -264,6 +317,7 @@ def fw_output_ws_kernel(
     S_INSTR_N: gl.constexpr,
     O_INSTR_N: gl.constexpr,
     STAGES: gl.constexpr,
+    STATE_PIECES: gl.constexpr,
     num_warps: gl.constexpr,
 ):
     """``fw_output_kernel``'s grid, descriptors and results, warp-specialized (module docstring)."""
@@ -276,9 +330,12 @@ def fw_output_ws_kernel(
     pid_v, bh, c, row0, v0, st, n_blocks = _program(NC, L, BQ, BKV, BV)
 
     q_smem = gl.allocate_shared_memory(Q_D.dtype, [1, BQ, DK], Q_D.layout)
-    c_smem = gl.allocate_shared_memory(C_D.dtype, [1, DK, BV], C_D.layout)
     k_bufs = gl.allocate_shared_memory(K_D.dtype, [STAGES, 1, BKV, DK], K_D.layout)
     v_bufs = gl.allocate_shared_memory(V_D.dtype, [STAGES, 1, BKV, BV], V_D.layout)
+    if STATE_PIECES == 0:
+        c_smem = gl.allocate_shared_memory(C_D.dtype, [1, DK, BV], C_D.layout)
+    else:
+        c_smem = v_bufs  # the pieces pass through the V buffers: no buffer of its own (not read as c_smem)
     h_smem = gl.allocate_shared_memory(H_D.dtype, [1, BQ, BV], H_D.layout)
     qc_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
@@ -294,12 +351,12 @@ def fw_output_ws_kernel(
                 _compute_partition,
                 (q_smem, c_smem, k_bufs, v_bufs, h_smem, qc_ready, ready, empty, H_D, GATE_B, GATE_I, N_ST, M_ST,
                  M_TOK, Z_TOK, bh, st, row0, c * L, v0, pid_v, n_blocks, SP, DHQK, qk_scale, eps, EXP, NORMALIZE,
-                 o_layout, s_layout),
+                 o_layout, s_layout, STATE_PIECES),
             ),
             (
                 _load_partition,
                 (Q_D, K_D, V_D, C_D, q_smem, c_smem, k_bufs, v_bufs, qc_ready, ready, empty, bh, row0, bh * NC + c,
-                 c * L, v0, n_blocks),
+                 c * L, v0, n_blocks, STATE_PIECES),
             ),
         ],
         [LOAD_WARPS],
@@ -322,9 +379,10 @@ def head_tiles(x: Any, rows: int, cols: int) -> TensorDescriptor:
     return TensorDescriptor(x, [x.numel() // (r * d), r, d], [r * d, d, 1], [1, rows, cols], layout)
 
 
-def check(q: Any, chunk_size: int, bq: int, bkv: int, bv: int, dhhv: int) -> None:
+def check(q: Any, chunk_size: int, bq: int, bkv: int, bv: int, dhhv: int, state_pieces: bool = False) -> None:
     """``ValueError`` naming what this kernel cannot take: 32-bit inputs, a q/k head dim over 256, tiles that do
-    not divide the chunk, or a ``BV`` that is not a power of two up to 256."""
+    not divide the chunk, a ``BV`` that is not a power of two up to 256, or state pieces (``BKV`` rows of the
+    state each) wider than the padded q/k head dim."""
     import torch
 
     if q.dtype not in (torch.float16, torch.bfloat16):
@@ -335,6 +393,8 @@ def check(q: Any, chunk_size: int, bq: int, bkv: int, bv: int, dhhv: int) -> Non
         raise ValueError(f"BQ (a multiple of 64) and BKV must divide the chunk size {chunk_size}; got {bq}, {bkv}")
     if bv not in (16, 32, 64, 128, 256) or bv > triton.next_power_of_2(dhhv):
         raise ValueError(f"BV must be a power of two from 16 to 256 and at most the padded DHHV; got {bv}")
+    if state_pieces and bkv > triton.next_power_of_2(q.shape[-1]):
+        raise ValueError(f"state pieces of BKV={bkv} rows need a padded q/k head dim of at least {bkv}")
 
 
 def launch_args(
@@ -359,19 +419,22 @@ def launch_args(
     num_warps: int = 4,
     stages: int = 2,
     warp_specialized: bool = True,
+    state_pieces: bool = False,
 ) -> tuple[Any, tuple[int, int, int], dict[str, Any], dict[str, Any]]:
     """What ``launch_fw_output`` launches: the kernel, its grid, its runtime arguments and its constexprs, by
-    name (the CPU compile tests build the same from CPU tensors). ``ValueError`` from ``check``."""
+    name (the CPU compile tests build the same from CPU tensors). ``state_pieces`` loads the chunk state's ``BV``
+    slice in ``BKV``-row pieces through the V buffers instead of whole (what lets ``BV`` 256 fit beside a q/k head
+    dim of 256). ``ValueError`` from ``check``."""
     dhqk, dhhv = q.shape[-1], v.shape[-1]
     bh, nc = c_st.shape[:2]
     bv = min(bv, triton.next_power_of_2(dhhv))  # the output tile at most the padded head dim, as the Triton tiles
-    check(q, chunk_size, bq, bkv, bv, dhhv)
+    check(q, chunk_size, bq, bkv, bv, dhhv, state_pieces)
     dk = triton.next_power_of_2(dhqk)
     args = {
         "Q_D": head_tiles(q, bq, dk),
         "K_D": head_tiles(k, bkv, dk),
         "V_D": head_tiles(v, bkv, bv),
-        "C_D": head_tiles(c_st, dk, bv),
+        "C_D": head_tiles(c_st, bkv if state_pieces else dk, bv),
         "H_D": head_tiles(h, bq, bv),
         "GATE_B": gate_b,
         "GATE_I": gate_i,
@@ -391,6 +454,7 @@ def launch_args(
         "NORMALIZE": normalize,
         "S_INSTR_N": instr_n(bq, bkv, num_warps),
         "O_INSTR_N": instr_n(bq, bv, num_warps),
+        "STATE_PIECES": dk // bkv if state_pieces else 0,
         "num_warps": num_warps,
     }
     kernel = fw_output_ws_kernel if warp_specialized else fw_output_kernel
@@ -402,7 +466,7 @@ def launch_args(
 def launch_fw_output(*tensors: Any, **options: Any) -> None:
     """As ``kernels.mlstm.chunk_fw.launch_fw_output`` (same tensors and order, ``kernels.mlstm.tfla.ForwardState``'s
     shapes, then ``chunk_size, exp, normalize, eps``): writes ``h`` and ``z_tok``. Options (``launch_args``): the
-    tiles ``bq, bkv, bv``, ``num_warps``, and ``warp_specialized`` (``fw_output_ws_kernel`` with a ring of
-    ``stages`` key-tile buffers; else ``fw_output_kernel``, two)."""
+    tiles ``bq, bkv, bv``, ``num_warps``, ``state_pieces``, and ``warp_specialized`` (``fw_output_ws_kernel`` with a
+    ring of ``stages`` key-tile buffers; else ``fw_output_kernel``, two)."""
     kernel, grid, args, constexprs = launch_args(*tensors, **options)
     kernel[grid](**args, **constexprs)
