@@ -324,6 +324,8 @@ def verify(
         err.print(f"{stop}: the table judges those; the other {stop.total - len(stop.results)} were not run")
         raise typer.Exit(stop.exit_code) from None
     console.print(verify_table(results))
+    if known := [r.config for r in results if r.status == "known"]:
+        err.print(f"known issues of the kernels (shown, not failures): {', '.join(known)}", markup=False)
     failures = gate_failures(results, allow_skipped)
     if failures:
         err.print(f"[red]verify failed:[/red] {escape('; '.join(failures))}")

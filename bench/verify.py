@@ -15,6 +15,7 @@ from rich.text import Text
 
 from bench import store
 from bench.grid import Grid
+from bench.problem import Problem
 from bench.registry import get
 from bench.runner import SweepInterrupted, sweep
 
@@ -27,7 +28,7 @@ class VerifyResult:
     dtype: str
     error: float | None  # the worst of ``errors``
     tolerance: float
-    status: str  # pass, fail, skip
+    status: str  # pass, fail, known (a failure its kernel declares: KernelSpec.known_issue), skip
     message: str
     mode: str = "fw"
     errors: dict[str, float] = field(default_factory=dict)  # relative error per output: out, dq, dk, ...
@@ -40,6 +41,7 @@ class VerifyResult:
 
 
 SHAPE_FIELDS = ("batch", "heads", "seq_len", "head_dim_qk", "head_dim_v")
+PROBLEM_FIELDS = tuple(Problem.__dataclass_fields__)
 
 
 # The GPU's default chunks: 64 is legal for every kernel (the Gluon one needs multiples of 64), 256 with two chunks
@@ -123,16 +125,20 @@ def run_verify(
 
 
 def judge(rows: list[dict], dtype: str) -> list[VerifyResult]:
-    """A ``VerifyResult`` per row of a ``--verify`` sweep at ``dtype``."""
+    """A ``VerifyResult`` per row of a ``--verify`` sweep at ``dtype``. A measured row beyond the tolerance is
+    ``known`` where its kernel declares a known issue at that problem (a baseline's upstream bug: shown, not a
+    failure of the gate), else ``fail``."""
     tol = TOLERANCE[dtype]
     results = []
     for r in rows:
         err = r["error"]
-        no_reference = r["status"] == "ok" and get(str(r["kernel"])).reference is None
+        spec = get(str(r["kernel"]))
+        no_reference = r["status"] == "ok" and spec.reference is None
         if r["status"] in ("unavailable", "unsupported") or no_reference:
             status = "skip"
         elif r["status"] != "ok" or err is None or not err <= tol:
-            status = "fail"
+            known = r["status"] == "ok" and spec.known_issue(Problem(**{f: r[f] for f in PROBLEM_FIELDS}))
+            status = "known" if known else "fail"
         else:
             status = "pass"
         errors = json.loads(r["errors"]) if isinstance(r.get("errors"), str) else {}
@@ -157,7 +163,7 @@ def judge(rows: list[dict], dtype: str) -> list[VerifyResult]:
 def gate_failures(results: list[VerifyResult], allow_skipped: bool = False) -> list[str]:
     """Why ``bench verify`` fails (empty: it passes): a kernel beyond its tolerance, or nothing verified at all
     (every kernel skipped, unless ``allow_skipped``)."""
-    reasons = []
+    reasons = []  # a ``known`` row is the declared bug of a baseline: the table shows it, the gate does not fail
     if failed := [r.config for r in results if r.status == "fail"]:
         reasons.append(f"{len(failed)} failed ({', '.join(failed)})")
     if not allow_skipped and not any(r.status == "pass" for r in results):
@@ -170,7 +176,7 @@ def verify_table(results: list[VerifyResult]) -> Table:
     for col in ("kernel", "chunk", "mode", "dtype", "worst rel. error", "per output", "tolerance", "result"):
         table.add_column(col)
     table.add_column("message", ratio=1)  # wrapped, never cut: it says why a row failed or what it was held to
-    colors = {"pass": "green", "fail": "red", "skip": "dim"}
+    colors = {"pass": "green", "fail": "red", "known": "yellow", "skip": "dim"}
     for r in results:
         table.add_row(
             r.kernel,

@@ -13,9 +13,9 @@ What their backward computes, measured against float64 references on the CPU (Tr
   of their forward (relative distance 0.8..1.4 at small shapes); they match the normalizer-held-constant gradient to
   fp32 rounding. ``BackwardConvention`` declares it.
 - ``xl_chunk`` (mLSTMexp) with more than one intra chunk of more than 128 tokens (chunk 256 and up) gets dk, dv, di
-  and df wrong even by that convention (fp32: 2 % at S 512 / chunk 256, 6-98 % at S 1024 / chunk 512): the forward
-  saves a state every ``intra / inter`` chunks and the backward reads them as if every one were saved. Rows say so
-  (``known_issue``); ``xl_chunk_siging`` is right at the same shapes.
+  and df wrong even by that convention (fp32: 2..11 % at S 512 / chunk 256, 6..98 % at S 1024 / chunk 512); by an
+  open upstream pull request (#10), the forward saves a state every ``intra / inter`` chunks and the backward reads
+  them as if every one were saved. Rows say so (``known_issue``); ``xl_chunk_siging`` is right at the same shapes.
 """
 
 from __future__ import annotations

@@ -104,4 +104,15 @@ register(
         backward=BackwardConvention(_thrice_minus_once, "dx is 3 dy by design"),
     )
 )
-register(_spec("known_issue", _ok, known_issue=lambda p: "planted: wrong past 32 tokens" if p.seq_len > 32 else None))
+
+
+def _wrong_past_32(x):  # noqa: ANN001, ANN202
+    """``2 x`` up to 32 tokens, ``2.5 x`` past them: the bug fake.known_issue declares."""
+    return x * (2.5 if x.shape[1] > 32 else 2.0)
+
+
+register(
+    _spec(
+        "known_issue", _wrong_past_32, known_issue=lambda p: "planted: wrong past 32 tokens" if p.seq_len > 32 else None
+    )
+)

@@ -229,6 +229,20 @@ def test_a_known_issue_is_said_in_the_rows_it_concerns(tmp_path: Path) -> None:
     assert messages == {32: "", 64: "known issue: planted: wrong past 32 tokens"}
 
 
+def test_verify_shows_a_declared_known_issue_without_failing_the_gate() -> None:
+    """fake.known_issue is 1.25x too large past 32 tokens and declares it: verify's S=64 rows are ``known`` (the
+    table shows them, the gate passes); an undeclared failure (fake.bad_grad) still fails beside it."""
+    from bench.verify import gate_failures, run_verify
+
+    results = run_verify(["fake.known_issue", "fake.bad_grad"], "cpu", "float32")
+    known = [r for r in results if r.kernel == "fake.known_issue"]
+    assert [r.status for r in known] == ["known", "known"], known
+    assert all(r.errors["out"] == pytest.approx(0.25) and "planted" in r.message for r in known)
+    assert gate_failures(results) == ["1 failed (fake.bad_grad fwbw)"]
+    passed = [r for r in results if r.kernel == "fake.bad_grad" and r.status == "pass"]
+    assert gate_failures(known + passed) == []
+
+
 def test_verify_with_several_jobs_judges_the_same_configs() -> None:
     from bench.verify import run_verify
 
