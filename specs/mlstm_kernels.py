@@ -16,6 +16,9 @@ What their backward computes, measured against float64 references on the CPU (Tr
   and df wrong even by that convention (fp32: 2..11 % at S 512 / chunk 256, 6..98 % at S 1024 / chunk 512); by an
   open upstream pull request (#10), the forward saves a state every ``intra / inter`` chunks and the backward reads
   them as if every one were saved. Rows say so (``known_issue``); ``xl_chunk_siging`` is right at the same shapes.
+- every one forms df from dq and dk rounded to the input dtype (``rev_cumsum(q.dq - k.dk)``, a difference of near
+  terms): in bfloat16 that rounding alone puts df 0.5..2.3 % off (emulated in float64 at S 256..1024,
+  ``tests/test_baselines.py``), at the 2e-2 bound of ``bench verify``; measured on the H200: 2.1e-2. Rows say so.
 """
 
 from __future__ import annotations
@@ -71,6 +74,13 @@ def xl_chunk_states_issue(p: Problem) -> str | None:
     )
 
 
+def df_rounding_issue(p: Problem) -> str | None:
+    """The bfloat16 precision of the official kernels' forget-gate gradient (see the module's docstring)."""
+    if p.mode == "fw" or p.dtype != "bfloat16":
+        return None
+    return "df is formed from dq and dk rounded to bfloat16: 0.5..2.3 % off from that alone, at verify's 2e-2 bound"
+
+
 def _register(name: str, function: str, variant: str, normalize: bool, fixed_chunk: int | None) -> None:
     def chunk_of(p: Problem) -> int:
         return fixed_chunk or p.chunk_size
@@ -87,6 +97,10 @@ def _register(name: str, function: str, variant: str, normalize: bool, fixed_chu
         if p.head_dim_qk % 16 or p.head_dim_v % 16:
             return "head dims must be multiples of 16"
         return None
+
+    def known_issue(p: Problem) -> str | None:
+        issues = (xl_chunk_states_issue(p) if name == "xl_chunk" else None, df_rounding_issue(p))
+        return "; ".join(issue for issue in issues if issue) or None
 
     def params(p: Problem) -> dict[str, object]:
         chosen: dict[str, object] = {"chunk_size": chunk_of(p)}
@@ -109,7 +123,7 @@ def _register(name: str, function: str, variant: str, normalize: bool, fixed_chu
             backward=BackwardConvention(mlstm_reference(variant, normalize, True), NORMALIZER_HELD_CONSTANT)
             if normalize
             else None,
-            known_issue=xl_chunk_states_issue if name == "xl_chunk" else lambda p: None,
+            known_issue=known_issue,
             input_names=MLSTM_INPUTS,
             uses_chunk_size=fixed_chunk is None,
             description=f"official TFLA {function} (mlstm_kernels)"
