@@ -143,13 +143,16 @@ def _cuda_reason() -> str | None:
     return cuda_reason()
 
 
+KNOWN_ISSUE = "known issue: "  # how an ok row's message starts when its kernel declares one at its config
+
+
 def make_row(spec: KernelSpec, problem: Problem, m: Measurement, meta: envinfo.RunMetadata) -> dict[str, object]:
     row: dict[str, object] = {"kernel": spec.name, "family": spec.family, **problem.as_dict()}
     row["tokens"] = problem.tokens
     row["kernel_params"] = json.dumps(spec.params(problem), sort_keys=True)
     row.update(asdict(m))
     if m.status == "ok" and (issue := spec.known_issue(problem)):  # measured, but the reader must know
-        row["message"] = "; ".join(text for text in (f"known issue: {issue}", m.message) if text)
+        row["message"] = "; ".join(text for text in (f"{KNOWN_ISSUE}{issue}", m.message) if text)
     if row["flops"] is None:
         row["flops"], row["bytes"] = spec.flops(problem), spec.bytes(problem)
     row.update(meta.as_dict())
@@ -312,9 +315,12 @@ def fmt(value: object, spec: str = ".3g") -> str:
 
 def summary_table(rows: list[dict[str, object]], title: str = "sweep") -> Table:
     """One line per row; host ms marked ``*`` where the runtime is host-bound (``bench.measure.host_bound``)."""
-    bound = any(_host_bound(r) for r in rows)
-    caption = "* host-bound: the host's time per call reaches the runtime (try --timer cudagraph)" if bound else None
-    table = Table(title=title, caption=caption)
+    notes = []
+    if any(_host_bound(r) for r in rows):
+        notes.append("* host-bound: the host's time per call reaches the runtime (try --timer cudagraph)")
+    if any(_known_issue(r) for r in rows):
+        notes.append("ok! measured, with a known issue of the kernel at this config (the row's message says which)")
+    table = Table(title=title, caption="\n".join(notes) or None)
     for col in ("kernel", "mode", "dtype", "B", "H", "S", "L", "status", "ms", "host ms", "TFLOP/s", "mem GB", "err"):
         table.add_column(col, justify="right" if col not in ("kernel", "status", "mode", "dtype") else "left")
     for r in rows:
@@ -327,7 +333,7 @@ def summary_table(rows: list[dict[str, object]], title: str = "sweep") -> Table:
             str(r["heads"]),
             str(r["seq_len"]),
             str(r["chunk_size"] or "-"),
-            str(r["status"]) if r["status"] == "ok" else f"[red]{r['status']}[/red]",
+            _status_cell(r),
             fmt(r["runtime_ms"]),
             _host_cell(r),
             fmt(r["tflops"]),
@@ -335,6 +341,16 @@ def summary_table(rows: list[dict[str, object]], title: str = "sweep") -> Table:
             fmt(r["error"], ".1e"),
         )
     return table
+
+
+def _known_issue(row: dict[str, object]) -> bool:
+    return row["status"] == "ok" and str(row.get("message") or "").startswith(KNOWN_ISSUE)
+
+
+def _status_cell(row: dict[str, object]) -> str:
+    if _known_issue(row):
+        return "[yellow]ok![/yellow]"
+    return str(row["status"]) if row["status"] == "ok" else f"[red]{row['status']}[/red]"
 
 
 def _host_bound(row: dict[str, object]) -> bool:

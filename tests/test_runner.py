@@ -227,6 +227,14 @@ def test_a_known_issue_is_said_in_the_rows_it_concerns(tmp_path: Path) -> None:
     messages = {r["seq_len"]: r["message"] for r in rows}
     assert [r["status"] for r in rows] == ["ok", "ok"]
     assert messages == {32: "", 64: "known issue: planted: wrong past 32 tokens"}
+    from rich.console import Console
+
+    from bench.runner import summary_table
+
+    console = Console(record=True, width=200)
+    console.print(summary_table(rows))
+    text = console.export_text()
+    assert text.count("ok!") == 2 and "known issue of the kernel at this config" in text  # the row and the caption
 
 
 def test_verify_shows_a_declared_known_issue_without_failing_the_gate() -> None:
