@@ -2,7 +2,8 @@
 the Gluon ``fw_output_kernel`` and ``fw_output_ws_kernel`` on the same ``tfla_fwd`` states; prints a table with
 each one's time (``triton.testing.do_bench``, ms), its ratio to the Triton kernel and its relative difference.
 Usage: ``python scripts/gluon_fw_output_time.py [--shape 8,8,8192,256,512] [--chunk 128] [--variant sig]
-[--gluon "64,64,128,4,0;64,64,256,4,0,1;..."]``: Gluon tiles ``BQ,BKV,BV,num_warps,warp_specialized[,state_pieces]``.
+[--gluon "64,64,128,4,0;64,64,256,4,1,1,2;..."]``: Gluon tiles
+``BQ,BKV,BV,num_warps,warp_specialized[,state_pieces[,consumers]]``.
 """
 
 from __future__ import annotations
@@ -18,19 +19,19 @@ from kernels.mlstm.launch import gpu_sm_count
 from kernels.mlstm.tfla import tfla_fwd
 from kernels.mlstm.tiles import choose_tiles, unpipelined_state_loads
 
+TILE_FORM = "BQ,BKV,BV,num_warps,warp_specialized[,state_pieces[,consumers]]"
+
 
 def gluon_tiles(text: str) -> list[tuple[int, ...]]:
-    """``--gluon``: tiles ``BQ,BKV,BV,num_warps,warp_specialized[,state_pieces]`` separated by ``;`` (argparse exits
-    2 otherwise); ``state_pieces`` defaults to 0."""
+    """``--gluon``: tiles ``TILE_FORM`` separated by ``;`` (argparse exits 2 otherwise); ``state_pieces`` defaults to
+    0, ``consumers`` to 1."""
     try:
         tiles = [tuple(int(x) for x in tile.split(",")) for tile in text.split(";")]
     except ValueError:
         tiles = []
-    if not tiles or any(len(t) not in (5, 6) for t in tiles):
-        raise argparse.ArgumentTypeError(
-            f"want 'BQ,BKV,BV,num_warps,warp_specialized[,state_pieces]' (integers) per tile; got {text!r}"
-        )
-    return [t if len(t) == 6 else (*t, 0) for t in tiles]
+    if not tiles or any(len(t) not in (5, 6, 7) for t in tiles):
+        raise argparse.ArgumentTypeError(f"want '{TILE_FORM}' (integers) per tile; got {text!r}")
+    return [(*t, 0, 1)[:7] if len(t) == 5 else (*t, 1)[:7] for t in tiles]
 
 
 def main() -> None:
@@ -41,8 +42,8 @@ def main() -> None:
     p.add_argument(
         "--gluon",
         type=gluon_tiles,
-        default="64,64,128,4,0;64,64,128,4,1;64,64,256,4,0;64,64,256,4,0,1;64,64,256,4,1,1;64,32,256,4,0,1",
-        help="Gluon tiles to time, 'BQ,BKV,BV,num_warps,warp_specialized[,state_pieces]' separated by ';'",
+        default="64,64,128,4,0;64,64,128,4,1;64,64,256,4,0,1;64,64,256,4,1,1;64,64,256,4,1,1,2;64,32,256,4,1,1,2",
+        help=f"Gluon tiles to time, '{TILE_FORM}' separated by ';'",
     )
     a = p.parse_args()
     b, nh, s, dqk, dv = (int(x) for x in a.shape.split(","))
@@ -61,12 +62,17 @@ def main() -> None:
         launch_fw_output(*common, out, st.m_tok, z, a.chunk, exp, normalize, 1e-6, tiles.fw_output)
 
     runs = {"triton (table)": triton_kernel}
-    for bq, bkv, bv, warps, ws, pieces in a.gluon:
-        name = f"gluon {'ws ' if ws else ''}BQ={bq} BKV={bkv} BV={bv} warps={warps}{' pieces' if pieces else ''}"
-        runs[name] = lambda out, z, bq=bq, bkv=bkv, bv=bv, warps=warps, ws=ws, pieces=pieces: fwo.launch_fw_output(
-            *common, out, st.m_tok, z, a.chunk, exp, normalize, 1e-6,
+    for bq, bkv, bv, warps, ws, pieces, consumers in a.gluon:
+        name = f"gluon {f'ws{consumers} ' if ws else ''}BQ={bq} BKV={bkv} BV={bv} warps={warps}" + (
+            " pieces" if pieces else ""
+        )
+        options = dict(
             bq=bq, bkv=bkv, bv=bv, num_warps=warps, warp_specialized=bool(ws), state_pieces=bool(pieces),
+            consumers=consumers,
         )  # fmt: skip
+        runs[name] = lambda out, z, options=options: fwo.launch_fw_output(
+            *common, out, st.m_tok, z, a.chunk, exp, normalize, 1e-6, **options
+        )
     print(f"{torch.cuda.get_device_name()}, triton {triton.__version__}, shape {a.shape}, chunk {a.chunk}, {a.variant}")
     print("kernel | ms | / triton | rel diff of h")
     base = None

@@ -39,18 +39,23 @@ def ws_matmul_case(dtype: torch.dtype) -> dict:
     )
 
 
-def fw_output_case(exp: bool, dqk: int, dv: int, ws: bool, seq: int = 256, chunk: int = 128, **tiles: object) -> dict:
-    """What ``launch_fw_output`` would launch on a ``ForwardState`` of two heads (its tensors on the CPU), with
-    ``tiles`` (``launch_args``' options: ``bv``, ``state_pieces``, ...) beside the defaults."""
+def fw_output_tensors(dqk: int, dv: int, seq: int, chunk: int) -> tuple[torch.Tensor, ...]:
+    """``launch_fw_output``'s tensors for a ``ForwardState`` of two heads, on the CPU (only their types count):
+    ``q, k, v, gate_b, gate_i, c_st, n_st, m_st, h, m_tok, z_tok``."""
     bh, nc, dtype, f32 = 2, seq // chunk, torch.bfloat16, torch.float32
     q, k = torch.empty(bh, seq, dqk, dtype=dtype), torch.empty(bh, seq, dqk, dtype=dtype)
     v, h = torch.empty(bh, seq, dv, dtype=dtype), torch.empty(bh, seq, dv, dtype=dtype)
     c_st = torch.empty(bh, nc, dqk, dv, dtype=dtype)
     gate_b, gate_i, m_tok, z_tok = (torch.empty(bh, seq, dtype=f32) for _ in range(4))
     n_st, m_st = torch.empty(bh, nc + 1, dqk, dtype=f32), torch.empty(bh, nc + 1, dtype=f32)
-    kernel, _, args, constexprs = fwo.launch_args(
-        q, k, v, gate_b, gate_i, c_st, n_st, m_st, h, m_tok, z_tok, chunk, exp, exp, 1e-6, warp_specialized=ws, **tiles
-    )
+    return q, k, v, gate_b, gate_i, c_st, n_st, m_st, h, m_tok, z_tok
+
+
+def fw_output_case(exp: bool, dqk: int, dv: int, ws: bool, seq: int = 256, chunk: int = 128, **tiles: object) -> dict:
+    """What ``launch_fw_output`` would launch on ``fw_output_tensors``, with ``tiles`` (``launch_args``' options:
+    ``bv``, ``state_pieces``, ``consumers``, ...) beside the defaults."""
+    tensors = fw_output_tensors(dqk, dv, seq, chunk)
+    kernel, _, args, constexprs = fwo.launch_args(*tensors, chunk, exp, exp, 1e-6, warp_specialized=ws, **tiles)
     return _facts(support.compile_for(kernel, args, constexprs))
 
 
@@ -72,6 +77,13 @@ CASES = {
         )
         for dqk, dv in ((256, 512), (64, 64))
         for ws in (False, True)
+    },
+    # two consumer warpgroups (state in pieces): 7B, the paper's head dims, and small ones
+    **{
+        f"fw_output_ws2 pieces {dqk}x{dv}": (
+            lambda dqk=dqk, dv=dv: fw_output_case(True, dqk, dv, True, bv=min(256, dv), state_pieces=True, consumers=2)
+        )
+        for dqk, dv in ((256, 512), (128, 256), (64, 64))
     },
 }
 

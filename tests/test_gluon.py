@@ -95,6 +95,33 @@ def test_fw_output_lowers_to_wgmma_in_hopper_shared_memory(kernel: str, variant:
     assert facts["shared"] <= HOPPER_SMEM_BYTES
 
 
+@pytest.mark.parametrize("dims", ["256x512", "128x256", "64x64"])
+def test_two_consumer_fw_output_lowers_to_warp_specialized_wgmma(dims: str) -> None:
+    """Two consumer warpgroups and the load warp: registers split by ``setmaxnreg``, BV 256 (the 64 x 256 x 16 wgmma)
+    beside the 7B and the paper's head dims within sm_90's shared memory (the output tile through the query buffer
+    where their shapes match)."""
+    facts = _case(f"fw_output_ws2 pieces {dims}")
+    assert facts["has"]["setmaxnreg"] and facts["has"]["cp.async.bulk.tensor"] and facts["shared"] <= HOPPER_SMEM_BYTES
+    assert facts["wgmma"].startswith("wgmma.mma_async.sync.aligned.m64n" + ("64" if dims == "64x64" else "256"))
+
+
+def test_two_consumers_halve_the_grid_and_need_the_warp_specialized_kernel() -> None:
+    from kernels.gluon import mlstm_fw_output as fwo
+    from tests.gluon_cases import fw_output_tensors
+
+    tensors = fw_output_tensors(256, 512, seq=256, chunk=128)
+    _, one, _, _ = fwo.launch_args(*tensors, 128, True, True, 1e-6, bv=256, state_pieces=True)
+    kernel, two, _, constexprs = fwo.launch_args(
+        *tensors, 128, True, True, 1e-6, bv=256, state_pieces=True, consumers=2
+    )
+    assert kernel is fwo.fw_output_ws_kernel and constexprs["CONSUMERS"] == 2 and constexprs["STATE_PIECES"] == 4
+    assert two == (one[0], one[1] // 2, one[2]) == (2, 2, 2)
+    with pytest.raises(ValueError, match="consumers is 1 or 2 \\(2 only warp-specialized"):
+        fwo.launch_args(*tensors, 128, True, True, 1e-6, consumers=2, warp_specialized=False)
+    with pytest.raises(ValueError, match="with 2 \\* BQ dividing the chunk size 64"):
+        fwo.launch_args(*fw_output_tensors(64, 64, seq=256, chunk=64), 64, True, True, 1e-6, consumers=2)
+
+
 def test_fw_output_refuses_what_it_cannot_take() -> None:
     from kernels.gluon import mlstm_fw_output as fwo
 
@@ -109,27 +136,33 @@ def test_fw_output_refuses_what_it_cannot_take() -> None:
     fwo.check(torch.empty(1, 1, 8, 32, dtype=torch.bfloat16), 64, 64, 64, 64, 64)  # whole: any head dim
 
 
+# The Gluon output kernels by their launch options: plain or warp-specialized (1 or 2 consumer warpgroups), the
+# state slice whole or in 64-row pieces (with BV 256, clamped to the head dim).
+FW_OUTPUT_KERNELS = {
+    "plain": {"warp_specialized": False},
+    "plain pieces": {"warp_specialized": False, "state_pieces": True, "bv": 256},
+    "ws": {"warp_specialized": True},
+    "ws pieces": {"warp_specialized": True, "state_pieces": True, "bv": 256},
+    "ws2 pieces": {"warp_specialized": True, "state_pieces": True, "bv": 256, "consumers": 2},
+}
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("state_pieces", [False, True])
-@pytest.mark.parametrize("warp_specialized", [False, True])
+@pytest.mark.parametrize("kernel", list(FW_OUTPUT_KERNELS))
 @pytest.mark.parametrize("variant", ["exp", "sig"])
 @pytest.mark.parametrize(
     ("seq", "dqk", "dv", "chunk"), [(300, 64, 64, 64), (1024, 256, 512, 128), (640, 128, 256, 256)]
 )
 def test_fw_output_matches_the_triton_kernel_and_float64(
-    state_pieces: bool,
-    warp_specialized: bool,
-    variant: str,
-    seq: int,
-    dqk: int,
-    dv: int,
-    chunk: int,
-    compiled_kernels: None,
+    kernel: str, variant: str, seq: int, dqk: int, dv: int, chunk: int, compiled_kernels: None
 ) -> None:
     """On the states the Triton forward leaves (``tfla_fwd``), each Gluon output kernel writes the same ``h`` and
     ``z_tok`` (outputs poisoned with NaN first); ``h`` also against the float64 reference. Fresh random inputs,
-    bf16, S not always a multiple of the chunk. With ``state_pieces``, BV 256 (clamped to the head dim) and the
-    state slice in 64-row pieces (1, 2 and 4 of them)."""
+    bf16, S not always a multiple of the chunk; 1, 2 and 4 state pieces; two consumers where 128 queries divide the
+    chunk."""
+    options = FW_OUTPUT_KERNELS[kernel]
+    if chunk % (64 * options.get("consumers", 1)):
+        pytest.skip(f"two consumers of 64 queries need a chunk of 128 or more; this case's chunk is {chunk}")
     if (reason := support.unavailable_reason()) is not None:
         pytest.skip(reason)
     from kernels.gluon import mlstm_fw_output as fwo
@@ -153,8 +186,7 @@ def test_fw_output_matches_the_triton_kernel_and_float64(
     z2 = torch.full_like(st.z_tok, float("nan"))
     fwo.launch_fw_output(
         q, k, v, st.gate_b, st.gate_i, st.c_st, st.n_st, st.m_st, h2, st.m_tok, z2, chunk, variant == "exp",
-        normalize, 1e-6, warp_specialized=warp_specialized, state_pieces=state_pieces,
-        **({"bv": 256} if state_pieces else {}),
+        normalize, 1e-6, **options,
     )  # fmt: skip
     torch.cuda.synchronize()
     rel = lambda a, b: ((a.double() - b.double()).norm() / b.double().norm()).item()  # noqa: E731

@@ -14,7 +14,11 @@ fed to the second wgmma from registers. Two kernels share that work (the ``_inte
 With ``state_pieces`` the state slice streams in ``BKV``-row pieces through the V buffers ahead of the key tiles
 (``STATE_PIECES`` wgmmas of ``q[:, piece] C[piece, :]``), so a ``BV`` of 256 fits beside a q/k head dim of 256.
 
-Not yet: two consumer warpgroups ping-ponging (one's gate math under the other's products), 32-bit inputs.
+With ``consumers=2`` the warp-specialized kernel runs two consumer warpgroups, each on its own ``BQ`` queries of
+the chunk, fed by the one load partition (each ring stage is freed when both have used it): one warpgroup's gate
+math can run under the other's products. They are not ordered against each other (no ping-pong barriers yet).
+
+Not yet: ping-pong ordering of the two consumers' products, 32-bit inputs.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ LOG2E = gl.constexpr(1.4426950408889634)
 MAX_HEAD_DIM_QK = GLUON_MAX_HEAD_DIM_QK  # the q/k head dim loads whole (a TMA box is at most 256 elements a side)
 LOAD_WARPS = gl.constexpr(1)
 LOAD_REGS = gl.constexpr(24)  # the load partition holds only scalars
+CONSUMER_REGS = gl.constexpr(240)  # the second consumer warpgroup: its BQ x BV fp32 accumulator, scores and gates
 
 
 @gluon.constexpr_function
@@ -229,24 +234,26 @@ def _load_state_piece(C_D, v_smem, bars, p: gl.constexpr, state, v0):
 
 
 @gluon.jit
-def _load_partition(Q_D, K_D, V_D, C_D, q_smem, c_smem, k_bufs, v_bufs, qc_ready, ready, empty, bh, row0, c_row,
+def _load_partition(Q_D, K_D, V_D, C_D, q_bufs, c_smem, k_bufs, v_bufs, qc_ready, ready, empty, bh, row0, c_row,
                     kv_row0, v0, n_blocks, P: gl.constexpr):  # fmt: skip
-    """Producer: the query tile once, the state slice once (``P == 0``) or in ``P`` pieces through the ring's V
-    buffers, then the key tiles; load ``u`` of the ring (pieces first) goes into stage ``u % STAGES`` as soon as the
-    consumer has freed it."""
+    """Producer: each consumer's query tile once, the state slice once (``P == 0``) or in ``P`` pieces through the
+    ring's V buffers, then the key tiles up to the last consumer's diagonal; load ``u`` of the ring (pieces first)
+    goes into stage ``u % STAGES`` as soon as every consumer has freed it."""
     stages: gl.constexpr = k_bufs.type.shape[0]
+    consumers: gl.constexpr = q_bufs.type.shape[0]
+    BQ: gl.constexpr = Q_D.block_type.shape[1]
     BKV: gl.constexpr = K_D.block_type.shape[1]
     if P == 0:
-        mbarrier.expect(qc_ready, Q_D.block_type.nbytes + C_D.block_type.nbytes)
-        compat.tma_load(Q_D, [bh, row0, 0], qc_ready, q_smem)
+        mbarrier.expect(qc_ready, consumers * Q_D.block_type.nbytes + C_D.block_type.nbytes)
         compat.tma_load(C_D, [c_row, 0, v0], qc_ready, c_smem)
     else:
-        mbarrier.expect(qc_ready, Q_D.block_type.nbytes)
-        compat.tma_load(Q_D, [bh, row0, 0], qc_ready, q_smem)
-        for p in gl.static_range(P):
-            mbarrier.wait(empty.index(p % stages), ((p // stages) & 1) ^ 1)  # the first pass does not wait
-            mbarrier.expect(ready.index(p % stages), C_D.block_type.nbytes)
-            compat.tma_load(C_D, [c_row, p * BKV, v0], ready.index(p % stages), v_bufs.index(p % stages))
+        mbarrier.expect(qc_ready, consumers * Q_D.block_type.nbytes)
+    for w in gl.static_range(consumers):
+        compat.tma_load(Q_D, [bh, row0 + w * BQ, 0], qc_ready, q_bufs.index(w))
+    for p in gl.static_range(P):
+        mbarrier.wait(empty.index(p % stages), ((p // stages) & 1) ^ 1)  # the first pass does not wait
+        mbarrier.expect(ready.index(p % stages), C_D.block_type.nbytes)
+        compat.tma_load(C_D, [c_row, p * BKV, v0], ready.index(p % stages), v_bufs.index(p % stages))
     for j in range(n_blocks):
         u = P + j
         s = u % stages
@@ -258,11 +265,13 @@ def _load_partition(Q_D, K_D, V_D, C_D, q_smem, c_smem, k_bufs, v_bufs, qc_ready
 
 @gluon.jit
 def _compute_partition(q_smem, c_smem, k_bufs, v_bufs, h_smem, qc_ready, ready, empty, H_D, GATE_B, GATE_I, N_ST,
-                       M_ST, M_TOK, Z_TOK, bh, st, row0, kv_row0, v0, pid_v, n_blocks, SP, DHQK, qk_scale, eps,
-                       EXP: gl.constexpr, NORMALIZE: gl.constexpr, o_layout: gl.constexpr,
+                       M_ST, M_TOK, Z_TOK, bh, st, row0, kv_row0, v0, pid_v, n_blocks, n_loaded, SP, DHQK,
+                       qk_scale, eps, EXP: gl.constexpr, NORMALIZE: gl.constexpr, o_layout: gl.constexpr,
                        s_layout: gl.constexpr, P: gl.constexpr):  # fmt: skip
-    """Consumer (the default partition): the inter-chunk term (its state pieces from the ring when ``P > 0``),
-    each ready key tile, then the epilogue; a stage is handed back as soon as its (synchronous) products are done."""
+    """A consumer warpgroup (the default partition, and with two consumers one worker partition too): for its query
+    tile from ``row0``, the inter-chunk term (its state pieces from the ring when ``P > 0``), its ``n_blocks`` key
+    tiles, then the epilogue. Each stage is handed back as soon as its (synchronous) products are done; the key tiles
+    past its diagonal that the ring brings for a later consumer (up to ``n_loaded``) are handed back unread."""
     stages: gl.constexpr = k_bufs.type.shape[0]
     BQ: gl.constexpr = q_smem.type.shape[1]
     DK: gl.constexpr = q_smem.type.shape[2]
@@ -290,6 +299,10 @@ def _compute_partition(q_smem, c_smem, k_bufs, v_bufs, h_smem, qc_ready, ready, 
             GATE_I, bh, SP, kv_row0 + j * BKV, o_layout, s_layout,
         )  # fmt: skip
         mbarrier.arrive(empty.index(s), count=1)
+    for j in range(n_blocks, n_loaded):  # waited first: an early arrival would count towards the stage's last use
+        u = P + j
+        mbarrier.wait(ready.index(u % stages), (u // stages) & 1)
+        mbarrier.arrive(empty.index(u % stages), count=1)
     _epilogue(acc, z, m_run, t_q, eps, H_D, h_smem, Z_TOK, bh, row0, v0, SP, pid_v, NORMALIZE)
 
 
@@ -318,50 +331,83 @@ def fw_output_ws_kernel(
     O_INSTR_N: gl.constexpr,
     STAGES: gl.constexpr,
     STATE_PIECES: gl.constexpr,
+    CONSUMERS: gl.constexpr,
     num_warps: gl.constexpr,
 ):
-    """``fw_output_kernel``'s grid, descriptors and results, warp-specialized (module docstring)."""
+    """``fw_output_kernel``'s descriptors and results, warp-specialized (module docstring). A program covers
+    ``CONSUMERS * BQ`` queries, ``BQ`` per consumer warpgroup, on the grid ``(cdiv(DHHV, BV), NC * L / (CONSUMERS *
+    BQ), BH)``; the consumers share the state and the key tiles (each stage freed by all of them)."""
     BQ: gl.constexpr = Q_D.block_type.shape[1]
     DK: gl.constexpr = Q_D.block_type.shape[2]
     BKV: gl.constexpr = K_D.block_type.shape[1]
     BV: gl.constexpr = V_D.block_type.shape[2]
     s_layout: gl.constexpr = mma_layout(num_warps, S_INSTR_N)
     o_layout: gl.constexpr = mma_layout(num_warps, O_INSTR_N)
-    pid_v, bh, c, row0, v0, st, n_blocks = _program(NC, L, BQ, BKV, BV)
+    pid_v, bh, c, row0, v0, st, n_loaded = _program(NC, L, CONSUMERS * BQ, BKV, BV)
 
-    q_smem = gl.allocate_shared_memory(Q_D.dtype, [1, BQ, DK], Q_D.layout)
+    q_bufs = gl.allocate_shared_memory(Q_D.dtype, [CONSUMERS, 1, BQ, DK], Q_D.layout)
     k_bufs = gl.allocate_shared_memory(K_D.dtype, [STAGES, 1, BKV, DK], K_D.layout)
     v_bufs = gl.allocate_shared_memory(V_D.dtype, [STAGES, 1, BKV, BV], V_D.layout)
     if STATE_PIECES == 0:
         c_smem = gl.allocate_shared_memory(C_D.dtype, [1, DK, BV], C_D.layout)
     else:
         c_smem = v_bufs  # the pieces pass through the V buffers: no buffer of its own (not read as c_smem)
-    h_smem = gl.allocate_shared_memory(H_D.dtype, [1, BQ, BV], H_D.layout)
+    if CONSUMERS > 1 and DK == BV:
+        h_bufs = q_bufs  # the output tile has the query tile's shape and layout: it goes out through that buffer
+    else:
+        h_bufs = gl.allocate_shared_memory(H_D.dtype, [CONSUMERS, 1, BQ, BV], H_D.layout)
     qc_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     mbarrier.init(qc_ready, count=1)
     for s in gl.static_range(STAGES):
         mbarrier.init(ready.index(s), count=1)
-        mbarrier.init(empty.index(s), count=1)
+        mbarrier.init(empty.index(s), count=CONSUMERS)
 
-    gl.warp_specialize(
-        [
-            (
-                _compute_partition,
-                (q_smem, c_smem, k_bufs, v_bufs, h_smem, qc_ready, ready, empty, H_D, GATE_B, GATE_I, N_ST, M_ST,
-                 M_TOK, Z_TOK, bh, st, row0, c * L, v0, pid_v, n_blocks, SP, DHQK, qk_scale, eps, EXP, NORMALIZE,
-                 o_layout, s_layout, STATE_PIECES),
-            ),
-            (
-                _load_partition,
-                (Q_D, K_D, V_D, C_D, q_smem, c_smem, k_bufs, v_bufs, qc_ready, ready, empty, bh, row0, bh * NC + c,
-                 c * L, v0, n_blocks, STATE_PIECES),
-            ),
-        ],
-        [LOAD_WARPS],
-        [LOAD_REGS],
-    )  # fmt: skip
+    n_first = gl.cdiv(row0 - c * L + BQ, BKV)  # the first consumer's key tiles (the second's: n_loaded, all)
+    # The partitions are written out in each branch: Gluon takes them only as literal (function, args) tuples.
+    if CONSUMERS == 1:
+        gl.warp_specialize(
+            [
+                (
+                    _compute_partition,
+                    (q_bufs.index(0), c_smem, k_bufs, v_bufs, h_bufs.index(0), qc_ready, ready, empty, H_D, GATE_B,
+                     GATE_I, N_ST, M_ST, M_TOK, Z_TOK, bh, st, row0, c * L, v0, pid_v, n_first, n_loaded, SP, DHQK,
+                     qk_scale, eps, EXP, NORMALIZE, o_layout, s_layout, STATE_PIECES),
+                ),
+                (
+                    _load_partition,
+                    (Q_D, K_D, V_D, C_D, q_bufs, c_smem, k_bufs, v_bufs, qc_ready, ready, empty, bh, row0,
+                     bh * NC + c, c * L, v0, n_loaded, STATE_PIECES),
+                ),
+            ],
+            [LOAD_WARPS],
+            [LOAD_REGS],
+        )  # fmt: skip
+    else:
+        gl.warp_specialize(
+            [
+                (
+                    _compute_partition,
+                    (q_bufs.index(0), c_smem, k_bufs, v_bufs, h_bufs.index(0), qc_ready, ready, empty, H_D, GATE_B,
+                     GATE_I, N_ST, M_ST, M_TOK, Z_TOK, bh, st, row0, c * L, v0, pid_v, n_first, n_loaded, SP, DHQK,
+                     qk_scale, eps, EXP, NORMALIZE, o_layout, s_layout, STATE_PIECES),
+                ),
+                (
+                    _compute_partition,
+                    (q_bufs.index(1), c_smem, k_bufs, v_bufs, h_bufs.index(1), qc_ready, ready, empty, H_D, GATE_B,
+                     GATE_I, N_ST, M_ST, M_TOK, Z_TOK, bh, st, row0 + BQ, c * L, v0, pid_v, n_loaded, n_loaded, SP,
+                     DHQK, qk_scale, eps, EXP, NORMALIZE, o_layout, s_layout, STATE_PIECES),
+                ),
+                (
+                    _load_partition,
+                    (Q_D, K_D, V_D, C_D, q_bufs, c_smem, k_bufs, v_bufs, qc_ready, ready, empty, bh, row0,
+                     bh * NC + c, c * L, v0, n_loaded, STATE_PIECES),
+                ),
+            ],
+            [num_warps, LOAD_WARPS],
+            [CONSUMER_REGS, LOAD_REGS],
+        )  # fmt: skip
     mbarrier.invalidate(qc_ready)
     for s in gl.static_range(STAGES):
         mbarrier.invalidate(ready.index(s))
@@ -420,15 +466,22 @@ def launch_args(
     stages: int = 2,
     warp_specialized: bool = True,
     state_pieces: bool = False,
+    consumers: int = 1,
 ) -> tuple[Any, tuple[int, int, int], dict[str, Any], dict[str, Any]]:
     """What ``launch_fw_output`` launches: the kernel, its grid, its runtime arguments and its constexprs, by
     name (the CPU compile tests build the same from CPU tensors). ``state_pieces`` loads the chunk state's ``BV``
     slice in ``BKV``-row pieces through the V buffers instead of whole (what lets ``BV`` 256 fit beside a q/k head
-    dim of 256). ``ValueError`` from ``check``."""
+    dim of 256); ``consumers`` (1 or 2, warp-specialized only) is the number of consumer warpgroups, each with its
+    own ``BQ`` queries. ``ValueError`` from ``check``."""
     dhqk, dhhv = q.shape[-1], v.shape[-1]
     bh, nc = c_st.shape[:2]
     bv = min(bv, triton.next_power_of_2(dhhv))  # the output tile at most the padded head dim, as the Triton tiles
     check(q, chunk_size, bq, bkv, bv, dhhv, state_pieces)
+    if consumers not in (1, 2) or (consumers == 2 and not warp_specialized) or chunk_size % (consumers * bq):
+        raise ValueError(
+            f"consumers is 1 or 2 (2 only warp-specialized, with 2 * BQ dividing the chunk size {chunk_size}); "
+            f"got {consumers} with BQ={bq}, warp_specialized={warp_specialized}"
+        )
     dk = triton.next_power_of_2(dhqk)
     args = {
         "Q_D": head_tiles(q, bq, dk),
@@ -459,14 +512,14 @@ def launch_args(
     }
     kernel = fw_output_ws_kernel if warp_specialized else fw_output_kernel
     if warp_specialized:
-        constexprs["STAGES"] = stages
-    return kernel, (triton.cdiv(dhhv, bv), nc * (chunk_size // bq), bh), args, constexprs
+        constexprs |= {"STAGES": stages, "CONSUMERS": consumers}
+    return kernel, (triton.cdiv(dhhv, bv), nc * (chunk_size // (consumers * bq)), bh), args, constexprs
 
 
 def launch_fw_output(*tensors: Any, **options: Any) -> None:
     """As ``kernels.mlstm.chunk_fw.launch_fw_output`` (same tensors and order, ``kernels.mlstm.tfla.ForwardState``'s
     shapes, then ``chunk_size, exp, normalize, eps``): writes ``h`` and ``z_tok``. Options (``launch_args``): the
     tiles ``bq, bkv, bv``, ``num_warps``, ``state_pieces``, and ``warp_specialized`` (``fw_output_ws_kernel`` with a
-    ring of ``stages`` key-tile buffers; else ``fw_output_kernel``, two)."""
+    ring of ``stages`` key-tile buffers and ``consumers`` consumer warpgroups; else ``fw_output_kernel``, two)."""
     kernel, grid, args, constexprs = launch_args(*tensors, **options)
     kernel[grid](**args, **constexprs)
