@@ -34,6 +34,24 @@ class BackwardConvention:
 
 
 @dataclass(frozen=True)
+class KnownIssue:
+    """A known wrong result of a kernel at a problem: ``what`` it is (said in the rows' message) and the
+    ``outputs`` it makes wrong, by ``bench verify``'s names (``out``, ``dq``, ``df``, ...)."""
+
+    what: str
+    outputs: tuple[str, ...]
+
+    @staticmethod
+    def combine(*issues: KnownIssue | None) -> KnownIssue | None:
+        """One issue saying each of ``issues`` (``None`` ignored) and covering all their outputs; ``None`` if none."""
+        found = [issue for issue in issues if issue is not None]
+        if not found:
+            return None
+        outputs = tuple(dict.fromkeys(name for issue in found for name in issue.outputs))
+        return KnownIssue("; ".join(issue.what for issue in found), outputs)
+
+
+@dataclass(frozen=True)
 class KernelSpec:
     """How to run one kernel on a ``Problem``.
 
@@ -45,7 +63,8 @@ class KernelSpec:
     ``backward`` (optional) declares a backward that is not the forward's gradient by design: ``bench verify``
     checks the gradients against its reference and reports how far they are from the true ones;
     ``caveat()`` names a known problem on this machine that ``bench list`` shows (e.g. a broken backward);
-    ``known_issue(problem)`` names a known wrong result at ``problem`` (measured all the same: the row says it);
+    ``known_issue(problem)`` (a ``KnownIssue`` or ``None``) names a known wrong result at ``problem`` (measured all
+    the same: the row says it; ``bench verify`` shows it as ``known`` where only its outputs are off);
     ``input_names`` name the inputs in ``bench verify``'s per-gradient errors (``dq``, ``dk``, ...);
     ``role`` (``ROLES``) says whether it is one of ours, a baseline or a reference; ``sources`` are the paths in
     this repository (files or folders) of the code it runs besides its spec module, for ``bench check``'s
@@ -64,7 +83,7 @@ class KernelSpec:
     reference: Callable[..., Any] | None = None
     backward: BackwardConvention | None = None
     caveat: Callable[[], str | None] = lambda: None
-    known_issue: Callable[[Problem], str | None] = lambda p: None
+    known_issue: Callable[[Problem], KnownIssue | None] = lambda p: None
     input_names: tuple[str, ...] = ()  # names of ``make_inputs``' items, for per-gradient errors (default x0, x1, ..)
     uses_chunk_size: bool = False
     description: str = ""

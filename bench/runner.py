@@ -152,7 +152,7 @@ def make_row(spec: KernelSpec, problem: Problem, m: Measurement, meta: envinfo.R
     row["kernel_params"] = json.dumps(spec.params(problem), sort_keys=True)
     row.update(asdict(m))
     if m.status == "ok" and (issue := spec.known_issue(problem)):  # measured, but the reader must know
-        row["message"] = "; ".join(text for text in (f"{KNOWN_ISSUE}{issue}", m.message) if text)
+        row["message"] = "; ".join(text for text in (f"{KNOWN_ISSUE}{issue.what}", m.message) if text)
     if row["flops"] is None:
         row["flops"], row["bytes"] = spec.flops(problem), spec.bytes(problem)
     row.update(meta.as_dict())

@@ -27,7 +27,7 @@ import importlib
 
 from bench.envinfo import installed_version
 from bench.problem import Problem
-from bench.registry import BackwardConvention, KernelSpec, package_reason, register
+from bench.registry import BackwardConvention, KernelSpec, KnownIssue, package_reason, register
 from specs.mlstm import MLSTM_INPUTS, mlstm_bytes, mlstm_flops, mlstm_inputs, mlstm_reference
 
 MODULE = "mlstm_kernels.torch.chunkwise"
@@ -59,7 +59,7 @@ def _release(version: str) -> tuple[int, ...]:
     return tuple(int(x) for x in version.split(".")[:3] if x.isdigit())
 
 
-def xl_chunk_states_issue(p: Problem) -> str | None:
+def xl_chunk_states_issue(p: Problem) -> KnownIssue | None:
     """The wrong backward of ``xl_chunk`` (mLSTMexp) at ``p``, or ``None`` (see the module's docstring)."""
     version = installed_version("mlstm-kernels")
     if p.mode == "fw" or not version or _release(version) > XL_CHUNK_STATES_BUG_UNTIL:
@@ -68,17 +68,19 @@ def xl_chunk_states_issue(p: Problem) -> str | None:
     if sizes is None or sizes[0] == sizes[1] or p.seq_len <= sizes[1]:
         return None
     inter, intra = sizes
-    return (
+    what = (
         f"mlstm_kernels {version} xl_chunk backward is wrong here: intra chunk {intra} > inter chunk {inter} with "
         f"{p.seq_len // intra} intra chunks (dk, dv, di, df; the forward is right)"
     )
+    return KnownIssue(what, ("dk", "dv", "di", "df"))
 
 
-def df_rounding_issue(p: Problem) -> str | None:
+def df_rounding_issue(p: Problem) -> KnownIssue | None:
     """The bfloat16 precision of the official kernels' forget-gate gradient (see the module's docstring)."""
     if p.mode == "fw" or p.dtype != "bfloat16":
         return None
-    return "df is formed from dq and dk rounded to bfloat16: 0.5..2.3 % off from that alone, at verify's 2e-2 bound"
+    what = "df is formed from dq and dk rounded to bfloat16: 0.5..2.3 % off from that alone, at verify's 2e-2 bound"
+    return KnownIssue(what, ("df",))
 
 
 def _register(name: str, function: str, variant: str, normalize: bool, fixed_chunk: int | None) -> None:
@@ -98,9 +100,8 @@ def _register(name: str, function: str, variant: str, normalize: bool, fixed_chu
             return "head dims must be multiples of 16"
         return None
 
-    def known_issue(p: Problem) -> str | None:
-        issues = (xl_chunk_states_issue(p) if name == "xl_chunk" else None, df_rounding_issue(p))
-        return "; ".join(issue for issue in issues if issue) or None
+    def known_issue(p: Problem) -> KnownIssue | None:
+        return KnownIssue.combine(xl_chunk_states_issue(p) if name == "xl_chunk" else None, df_rounding_issue(p))
 
     def params(p: Problem) -> dict[str, object]:
         chosen: dict[str, object] = {"chunk_size": chunk_of(p)}

@@ -6,7 +6,7 @@ import os
 import time
 
 from bench.problem import Problem
-from bench.registry import BackwardConvention, KernelSpec, register
+from bench.registry import BackwardConvention, KernelSpec, KnownIssue, register
 
 
 def _inputs(p: Problem) -> tuple:
@@ -113,6 +113,9 @@ def _wrong_past_32(x):  # noqa: ANN001, ANN202
 
 register(
     _spec(
-        "known_issue", _wrong_past_32, known_issue=lambda p: "planted: wrong past 32 tokens" if p.seq_len > 32 else None
+        "known_issue",
+        _wrong_past_32,
+        input_names=("x",),
+        known_issue=lambda p: KnownIssue("planted: wrong past 32 tokens", ("out", "dx")) if p.seq_len > 32 else None,
     )
 )

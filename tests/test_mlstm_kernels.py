@@ -50,10 +50,15 @@ def test_official_xl_chunk_backward_with_split_chunks_is_wrong_and_flagged() -> 
     spec = get("mlstm_kernels.xl_chunk")
     split = SMALL.with_(seq_len=512, chunk_size=256, device="cpu", mode="fwbw")
     assert spec.params(split)["chunk_size_inter"] == 128 and spec.params(split)["chunk_size"] == 256
-    assert "xl_chunk backward is wrong here" in (spec.known_issue(split) or "")
+    issue = spec.known_issue(split)
+    assert issue is not None and "xl_chunk backward is wrong here" in issue.what
+    assert set(issue.outputs) == {"dk", "dv", "di", "df"}  # fp32: no df rounding issue beside it
     errors, _ = verify(spec, split)
     assert errors["out"] < FP32_BOUND and errors["dq"] < FP32_BOUND
     assert min(errors[g] for g in ("dk", "dv", "di", "df")) > 1e-3, errors
+
+    both = spec.known_issue(split.with_(dtype="bfloat16"))  # with bf16's df rounding: one issue, both texts
+    assert both is not None and both.outputs == ("dk", "dv", "di", "df") and "rounded to bfloat16" in both.what
 
     whole = split.with_(chunk_size=128)
     assert spec.known_issue(whole) is None

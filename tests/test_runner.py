@@ -251,6 +251,23 @@ def test_verify_shows_a_declared_known_issue_without_failing_the_gate() -> None:
     assert gate_failures(known + passed) == []
 
 
+def test_a_known_issue_covers_only_the_outputs_it_declares() -> None:
+    """A row beyond the tolerance is ``known`` only where every output beyond it is declared by the issue."""
+    from bench.problem import Problem
+    from bench.verify import judge
+
+    problem = Problem(1, 1, 64, 16, 16, dtype="float32", mode="fwbw", device="cpu").as_dict()
+
+    def row(errors: dict[str, float]) -> dict:
+        return {"kernel": "fake.known_issue", "status": "ok", "error": max(errors.values()), "message": "",
+                "errors": json.dumps(errors), **problem}  # fmt: skip
+
+    declared, beside = row({"out": 0.25, "dx": 0.25}), row({"out": 0.25, "dx": 0.25, "dy": 0.1})
+    within = row({"out": 1e-7, "dx": 1e-7})
+    assert [r.status for r in judge([declared, beside, within], "float32")] == ["known", "fail", "pass"]
+    assert [r.status for r in judge([row({"out": 0.25}) | problem | {"seq_len": 32}], "float32")] == ["fail"]
+
+
 def test_verify_with_several_jobs_judges_the_same_configs() -> None:
     from bench.verify import run_verify
 
