@@ -48,6 +48,12 @@ class RunMetadata:
         return asdict(self)
 
 
+def release(version: str) -> tuple[int, ...]:
+    """A version string's first three dot-separated parts that are plain numbers, as a tuple to compare:
+    ``"2.0.6"`` -> ``(2, 0, 6)``, ``"0.6"`` -> ``(0, 6)``, ``""`` (not installed) -> ``()``."""
+    return tuple(int(x) for x in version.split(".")[:3] if x.isdigit())
+
+
 def installed_version(dist: str) -> str:
     """The installed version of the distribution ``dist`` ("" when it is not installed)."""
     try:

@@ -20,6 +20,7 @@ from kernels.mlstm.tfla import tfla_fwd
 from kernels.mlstm.tiles import choose_tiles, unpipelined_state_loads
 
 TILE_FORM = "BQ,BKV,BV,num_warps,warp_specialized[,state_pieces[,consumers]]"
+OPTIONAL_DEFAULTS = (0, 1)  # state_pieces, consumers
 
 
 def gluon_tiles(text: str) -> list[tuple[int, ...]]:
@@ -31,7 +32,7 @@ def gluon_tiles(text: str) -> list[tuple[int, ...]]:
         tiles = []
     if not tiles or any(len(t) not in (5, 6, 7) for t in tiles):
         raise argparse.ArgumentTypeError(f"want '{TILE_FORM}' (integers) per tile; got {text!r}")
-    return [(*t, 0, 1)[:7] if len(t) == 5 else (*t, 1)[:7] for t in tiles]
+    return [(*t, *OPTIONAL_DEFAULTS[len(t) - 5 :]) for t in tiles]
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ log-space gates from ``logsigmoid``; FLA's own chunk size (64).
 
 from __future__ import annotations
 
+import functools
 import importlib
 from typing import Any
 
@@ -69,9 +70,7 @@ def gated_delta_rule_reference(q, k, v, g, beta):  # noqa: ANN001, ANN201
     """
     import torch
 
-    dtype = q.dtype
-    for t in (k, v, g, beta):
-        dtype = torch.promote_types(dtype, t.dtype)
+    dtype = functools.reduce(torch.promote_types, (t.dtype for t in (q, k, v, g, beta)))
     q, k, v, g, beta = (t.to(dtype) for t in (q, k, v, g, beta))
     B, S, H, DK = q.shape
     state = q.new_zeros(B, H, DK, v.shape[-1])
@@ -91,9 +90,9 @@ def _register(name: str, module: str, function: str, gate: str) -> None:
 
     def available() -> str | None:
         if name == "fused_chunk_gla":
-            from bench.envinfo import installed_version
+            from bench.envinfo import installed_version, release
 
-            if installed_version("fla-core") >= "0.6":
+            if release(installed_version("fla-core")) >= (0, 6):
                 return "fused_chunk_gla is deprecated in fla-core >= 0.6 (raises NotImplementedError)"
         return None
 

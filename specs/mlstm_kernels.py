@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import importlib
 
-from bench.envinfo import installed_version
+from bench.envinfo import installed_version, release
 from bench.problem import Problem
 from bench.registry import BackwardConvention, KernelSpec, KnownIssue, package_reason, register
 from specs.mlstm import MLSTM_INPUTS, mlstm_bytes, mlstm_flops, mlstm_inputs, mlstm_reference
@@ -55,14 +55,10 @@ def xl_chunk_sizes(seq_len: int, chunk_size: int) -> tuple[int, int] | None:
     return chosen.chunk_size_inter, chosen.chunk_size_intra
 
 
-def _release(version: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in version.split(".")[:3] if x.isdigit())
-
-
 def xl_chunk_states_issue(p: Problem) -> KnownIssue | None:
     """The wrong backward of ``xl_chunk`` (mLSTMexp) at ``p``, or ``None`` (see the module's docstring)."""
     version = installed_version("mlstm-kernels")
-    if p.mode == "fw" or not version or _release(version) > XL_CHUNK_STATES_BUG_UNTIL:
+    if p.mode == "fw" or not version or release(version) > XL_CHUNK_STATES_BUG_UNTIL:
         return None
     sizes = xl_chunk_sizes(p.seq_len, p.chunk_size)
     if sizes is None or sizes[0] == sizes[1] or p.seq_len <= sizes[1]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bench.envinfo import release
 from bench.problem import Problem
 
 ATTENTION_HEAD_DIM = 128
@@ -30,7 +31,7 @@ def hopper_triton_bw_caveat() -> str | None:
 
     if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9:
         return None
-    version = tuple(int(x) for x in triton.__version__.split(".")[:3] if x.isdigit())
+    version = release(triton.__version__)
     if (3, 4, 0) <= version < (3, 7, 1):
         return f"known broken: FLA gated backward on Hopper with Triton {triton.__version__} (< 3.7.1); fw only"
     return None

@@ -365,7 +365,8 @@ def fw_output_ws_kernel(
         mbarrier.init(empty.index(s), count=CONSUMERS)
 
     n_first = gl.cdiv(row0 - c * L + BQ, BKV)  # the first consumer's key tiles (the second's: n_loaded, all)
-    # The partitions are written out in each branch: Gluon takes them only as literal (function, args) tuples.
+    # The partitions are written out in each branch: Gluon takes them only as literal (function, args) tuples (an
+    # argument tuple held in a variable is converted to tensors, which the layouts and constexprs are not).
     if CONSUMERS == 1:
         gl.warp_specialize(
             [
