@@ -1,6 +1,6 @@
 """Registry entries of our kernels: TFLA mLSTMexp and mLSTMsig (``kernels.mlstm.tfla``), with the output kernel
-the ``auto`` backend picks (``tfla.mlstm_*``) and with the Gluon one (``tfla.mlstm_*_gluon``, Hopper only), so a
-sweep compares the two in one run."""
+the ``auto`` backend picks (``tfla.mlstm_*``) and with the Gluon one (``tfla.mlstm_*_gluon``: Hopper; on the CPU
+its simulator, for ``bench verify``), so a sweep compares the two in one run."""
 
 from __future__ import annotations
 
@@ -35,13 +35,13 @@ def _gluon_supports(p: Problem) -> str | None:
 
     if (reason := _tfla_supports(p)) is not None:
         return reason
-    return gluon_reason(torch.device("cuda"), getattr(torch, p.dtype), p.head_dim_qk, p.chunk_size)
+    return gluon_reason(torch.device(p.device), getattr(torch, p.dtype), p.head_dim_qk, p.chunk_size)
 
 
 def _gluon_available() -> str | None:
-    from kernels.mlstm.backends import gluon_unavailable
+    from kernels.gluon.support import api_missing
 
-    return gluon_unavailable()
+    return api_missing()
 
 
 def _register_tfla(variant: str, normalize: bool, description: str, backend: str = "auto") -> None:
@@ -71,7 +71,7 @@ def _register_tfla(variant: str, normalize: bool, description: str, backend: str
             input_names=MLSTM_INPUTS,
             uses_chunk_size=True,
             description=description,
-            devices=("cuda",) if gluon else ("cuda", "cpu"),
+            devices=("cuda", "cpu"),  # Gluon on the CPU: its simulator (kernels.gluon.simulator), for verify
             role="ours",
             sources=("kernels/mlstm", "kernels/gluon") if gluon else ("kernels/mlstm",),
         )

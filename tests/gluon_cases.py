@@ -12,6 +12,17 @@ import torch
 from kernels.gluon import mlstm_fw_output as fwo
 from kernels.gluon import support, ws_matmul
 
+# The Gluon output kernels by their launch options (``launch_args``): plain or warp-specialized (1 or 2 consumer
+# warpgroups, the second only with the state in pieces: whole, it does not fit beside two query tiles at 7B), the
+# state slice whole or in 64-row pieces (with BV 256, clamped to the head dim). The GPU tests and the CPU
+# simulator's tests run each.
+FW_OUTPUT_KERNELS: dict[str, dict[str, object]] = {
+    "plain": {"warp_specialized": False},
+    "plain pieces": {"warp_specialized": False, "state_pieces": True, "bv": 256},
+    "ws": {"warp_specialized": True},
+    "ws pieces": {"warp_specialized": True, "state_pieces": True, "bv": 256},
+    "ws2 pieces": {"warp_specialized": True, "state_pieces": True, "bv": 256, "consumers": 2},
+}
 INSTRUCTIONS = ("wgmma.mma_async", "cp.async.bulk.tensor", "mbarrier.try_wait", "setmaxnreg")
 
 
@@ -86,6 +97,31 @@ CASES = {
         for dqk, dv in ((256, 512), (128, 256), (64, 64))
     },
 }
+
+
+def gluon_against_triton(
+    device: str, dtype: torch.dtype, shape: tuple[int, int, int, int, int], variant: str, chunk: int
+) -> dict[str, float]:
+    """``mlstm_tfla(backend="gluon")`` against ``backend="triton"`` on one draw of fresh random inputs of ``shape``
+    ``(B, NH, S, DHQK, DHHV)``: the relative difference of the output and of every gradient, by name."""
+    from kernels.mlstm.tfla import mlstm_tfla
+
+    b, nh, s, dqk, dv = shape
+    torch.manual_seed(torch.seed() % 2**31)
+    new = {"device": device, "dtype": dtype}
+    base = [torch.randn(b, nh, s, d, **new) for d in (dqk, dqk, dv)]
+    base += [torch.randn(b, nh, s, **new), (torch.randn(b, nh, s, device=device) + 3.0).to(dtype)]
+    dh = torch.randn(b, nh, s, dv, **new)
+    results = {}
+    for backend in ("triton", "gluon"):
+        x = [t.detach().clone().requires_grad_(True) for t in base]
+        h = mlstm_tfla(*x, variant=variant, normalize=variant == "exp", chunk_size=chunk, backend=backend)
+        h.backward(dh)
+        results[backend] = [h.detach()] + [t.grad for t in x]
+    return {
+        name: ((a.double() - ref.double()).norm() / ref.double().norm()).item()
+        for name, a, ref in zip(("h", "dq", "dk", "dv", "di", "df"), results["gluon"], results["triton"])
+    }
 
 
 def report() -> dict:

@@ -30,11 +30,18 @@ def test_backend_names_the_allowed_values() -> None:
         mlstm_tfla(*_inputs(), chunk_size=32, backend="fast")
 
 
-def test_auto_and_triton_run_triton_here_and_gluon_says_why_not() -> None:
+def test_auto_and_triton_run_triton_here_and_gluon_says_why_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the CPU ``auto`` runs Triton; ``gluon`` runs the simulated Gluon kernel where it can take the forward, and
+    says why not where it cannot; on a GPU under the interpreter Gluon cannot run at all."""
     assert backends.choose_backend("auto", CPU, torch.bfloat16, 64, 64) == "triton"
     assert backends.choose_backend("triton", CPU, torch.bfloat16, 64, 64) == "triton"
-    with pytest.raises(ValueError, match="backend='gluon' cannot run this forward: Gluon needs a CUDA GPU"):
-        backends.choose_backend("gluon", CPU, torch.bfloat16, 64, 64)
+    assert backends.choose_backend("gluon", CPU, torch.bfloat16, 64, 64) == "gluon"
+    with pytest.raises(ValueError, match="backend='gluon' cannot run this forward: the Gluon kernel takes float16 or"):
+        backends.choose_backend("gluon", CPU, torch.float32, 64, 64)
+    monkeypatch.setattr(backends, "interpreting", lambda: True)
+    with pytest.raises(ValueError, match="Gluon runs compiled on a CUDA GPU, or simulated on the CPU"):
+        backends.choose_backend("gluon", torch.device("cuda"), torch.bfloat16, 64, 64)
+    monkeypatch.undo()
     x = _inputs()
     assert torch.equal(mlstm_tfla(*x, chunk_size=32), mlstm_tfla(*x, chunk_size=32, backend="triton"))
 

@@ -16,6 +16,7 @@ import torch
 gluon = pytest.importorskip("triton.experimental.gluon.language.nvidia.hopper", reason="this Triton has no Gluon")
 
 from kernels.gluon import support, ws_matmul  # noqa: E402
+from tests.gluon_cases import FW_OUTPUT_KERNELS, gluon_against_triton  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 HOPPER_SMEM_BYTES = 227 * 1024  # the most dynamic shared memory one block of an sm_90 GPU may take
@@ -136,17 +137,6 @@ def test_fw_output_refuses_what_it_cannot_take() -> None:
     fwo.check(torch.empty(1, 1, 8, 32, dtype=torch.bfloat16), 64, 64, 64, 64, 64)  # whole: any head dim
 
 
-# The Gluon output kernels by their launch options: plain or warp-specialized (1 or 2 consumer warpgroups), the
-# state slice whole or in 64-row pieces (with BV 256, clamped to the head dim).
-FW_OUTPUT_KERNELS = {
-    "plain": {"warp_specialized": False},
-    "plain pieces": {"warp_specialized": False, "state_pieces": True, "bv": 256},
-    "ws": {"warp_specialized": True},
-    "ws pieces": {"warp_specialized": True, "state_pieces": True, "bv": 256},
-    "ws2 pieces": {"warp_specialized": True, "state_pieces": True, "bv": 256, "consumers": 2},
-}
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("kernel", list(FW_OUTPUT_KERNELS))
 @pytest.mark.parametrize("variant", ["exp", "sig"])
@@ -206,24 +196,5 @@ def test_the_gluon_backend_matches_triton_forward_and_backward(variant: str, com
     ``backend="triton"``: the output and every gradient, bf16, 7B head dims, S not a multiple of the chunk."""
     if (reason := support.unavailable_reason()) is not None:
         pytest.skip(reason)
-    from kernels.mlstm.tfla import mlstm_tfla
-
-    torch.manual_seed(torch.seed() % 2**31)
-    dev, dtype, (b, nh, s) = torch.device("cuda"), torch.bfloat16, (2, 2, 700)
-    base = [
-        torch.randn(b, nh, s, 256, device=dev, dtype=dtype),
-        torch.randn(b, nh, s, 256, device=dev, dtype=dtype),
-        torch.randn(b, nh, s, 512, device=dev, dtype=dtype),
-        torch.randn(b, nh, s, device=dev, dtype=dtype),
-        (torch.randn(b, nh, s, device=dev) + 3.0).to(dtype),
-    ]
-    dh = torch.randn(b, nh, s, 512, device=dev, dtype=dtype)
-    results = {}
-    for backend in ("triton", "gluon"):
-        x = [t.detach().clone().requires_grad_(True) for t in base]
-        h = mlstm_tfla(*x, variant=variant, normalize=variant == "exp", chunk_size=128, backend=backend)
-        h.backward(dh)
-        results[backend] = [h.detach()] + [t.grad for t in x]
-    for name, a, ref in zip(("h", "dq", "dk", "dv", "di", "df"), results["gluon"], results["triton"]):
-        err = ((a.double() - ref.double()).norm() / ref.double().norm()).item()
-        assert err < 2e-2, f"{name}: {err:.2e}"
+    errors = gluon_against_triton("cuda", torch.bfloat16, (2, 2, 700, 256, 512), variant, 128)
+    assert all(err < 2e-2 for err in errors.values()), errors

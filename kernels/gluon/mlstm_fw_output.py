@@ -521,6 +521,12 @@ def launch_fw_output(*tensors: Any, **options: Any) -> None:
     """As ``kernels.mlstm.chunk_fw.launch_fw_output`` (same tensors and order, ``kernels.mlstm.tfla.ForwardState``'s
     shapes, then ``chunk_size, exp, normalize, eps``): writes ``h`` and ``z_tok``. Options (``launch_args``): the
     tiles ``bq, bkv, bv``, ``num_warps``, ``state_pieces``, and ``warp_specialized`` (``fw_output_ws_kernel`` with a
-    ring of ``stages`` key-tile buffers and ``consumers`` consumer warpgroups; else ``fw_output_kernel``, two)."""
+    ring of ``stages`` key-tile buffers and ``consumers`` consumer warpgroups; else ``fw_output_kernel``, two).
+    CPU tensors run through ``kernels.gluon.simulator`` (for tests: results, not timings)."""
     kernel, grid, args, constexprs = launch_args(*tensors, **options)
-    kernel[grid](**args, **constexprs)
+    if tensors[0].device.type == "cpu":  # no GPU: the CPU simulator (kernels.gluon.simulator) runs the same kernel
+        from kernels.gluon.simulator import simulate
+
+        simulate(kernel, grid, args, constexprs)
+    else:
+        kernel[grid](**args, **constexprs)

@@ -15,15 +15,23 @@ def unavailable_reason() -> str | None:
         import torch
     except ImportError:
         return "torch is not installed"
+    if (missing := api_missing()) is not None:
+        return missing
+    if not torch.cuda.is_available():
+        return "needs a CUDA GPU (on the CPU, kernels.gluon.simulator runs the kernels for tests)"
+    major, minor = torch.cuda.get_device_capability()
+    if major != 9:
+        return f"the Hopper kernels need compute capability 9.x; this GPU is {major}.{minor}"
+    return None
+
+
+@cache
+def api_missing() -> str | None:
+    """Why this Triton cannot express our Gluon kernels (no Gluon Hopper API; the CPU simulator needs it too)."""
     try:
         from triton.experimental.gluon.language.nvidia import hopper  # noqa: F401
     except ImportError as err:
         return f"this Triton has no Gluon Hopper API ({err})"
-    if not torch.cuda.is_available():
-        return "needs a CUDA GPU (Gluon does not run in the Triton interpreter)"
-    major, minor = torch.cuda.get_device_capability()
-    if major != 9:
-        return f"the Hopper kernels need compute capability 9.x; this GPU is {major}.{minor}"
     return None
 
 

@@ -90,9 +90,9 @@ def ws_matmul_kernel(a_desc, b_desc, c_desc, K, STAGES: gl.constexpr, INSTR_N: g
         mbarrier.init(ready.index(s), count=1)
         mbarrier.init(empty.index(s), count=1)
 
-    # wgmma instruction m16 nN k(256 / element bits); the warps of the default partition tile M.
+    # wgmma instruction m16 nN k16 (16-bit operands, what ws_matmul takes); the default partition's warps tile M.
     mma_layout: gl.constexpr = gl.NVMMADistributedLayout(
-        version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, INSTR_N, 256 // a_desc.dtype.primitive_bitwidth]
+        version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, INSTR_N, 16]
     )
     gl.warp_specialize(
         [

@@ -1,6 +1,7 @@
 """Which implementation runs a TFLA forward: the Triton kernels (portable: the interpreter, any CUDA GPU, any
-Triton) or, on Hopper, the Gluon output kernel (``kernels.gluon.mlstm_fw_output``) in place of the Triton one.
-The backward always runs the Triton kernels. Pure: no tensor is read here."""
+Triton) or, on Hopper, the Gluon output kernel (``kernels.gluon.mlstm_fw_output``) in place of the Triton one
+(on the CPU, its simulator: results for tests, never picked by ``auto``). The backward always runs the Triton
+kernels. Pure: no tensor is read here."""
 
 from __future__ import annotations
 
@@ -18,15 +19,21 @@ GLUON_QUERY_TILE = 64
 
 
 def gluon_reason(device: torch.device, dtype: torch.dtype, dhqk: int, chunk_size: int) -> str | None:
-    """Why the Gluon output kernel cannot run this forward (``None``: it can)."""
-    if interpreting() or device.type != "cuda":
-        return "Gluon needs a CUDA GPU (the Triton interpreter does not run it)"
+    """Why the Gluon output kernel cannot run this forward (``None``: it can). It runs on a Hopper GPU, and on the
+    CPU through ``kernels.gluon.simulator``, beside the Triton kernels in the interpreter (results, not timings)."""
+    simulated = device.type == "cpu"
+    if not simulated and (interpreting() or device.type != "cuda"):
+        return "Gluon runs compiled on a CUDA GPU, or simulated on the CPU (not on a GPU under TRITON_INTERPRET=1)"
     if dtype not in (torch.float16, torch.bfloat16):
         return f"the Gluon kernel takes float16 or bfloat16 inputs; got {dtype}"
     if dhqk > GLUON_MAX_HEAD_DIM_QK:
         return f"the Gluon kernel takes a q/k head dim up to {GLUON_MAX_HEAD_DIM_QK}; got {dhqk}"
     if chunk_size % GLUON_QUERY_TILE:
         return f"the Gluon kernel needs a chunk size that is a multiple of {GLUON_QUERY_TILE}; got {chunk_size}"
+    if simulated:
+        from kernels.gluon.support import api_missing
+
+        return api_missing()
     return gluon_unavailable()
 
 
@@ -52,6 +59,6 @@ def choose_backend(backend: str, device: torch.device, dtype: torch.dtype, dhqk:
         if reason is not None:
             raise ValueError(f"backend='gluon' cannot run this forward: {reason}")
         return "gluon"
-    if reason is None and FASTEST.get(torch.cuda.get_device_name(device)) == "gluon":
+    if reason is None and device.type == "cuda" and FASTEST.get(torch.cuda.get_device_name(device)) == "gluon":
         return "gluon"
     return "triton"

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# One device call's work as named steps, each with its own time limit, so that a call spends its 10 minutes on
+# what is planned and a slow step cannot take the rest:
+#   scripts/device_job.sh STEP[:SECONDS] ...      (on the device, in the repository root; $OUT must be set)
+# Each step's output goes to $OUT/STEP.txt, its exit status, seconds and end time to $OUT/steps.tsv (124: cut at
+# its limit); Parquet a step writes lands in $OUT. The steps run in order whatever the previous one returned, and
+# the script prints steps.tsv last. Steps (default limit in seconds):
+#   env (30)           nvidia-smi, the torch / Triton / baseline versions Python sees
+#   gluon (240)        pytest -m gpu tests/test_gluon.py, then scripts/gluon_fw_output_time.py at the 7B and paper shapes
+#   pytest_gpu (300)   pytest -m gpu tests (every GPU test)
+#   mamba (240)        scripts/build_mamba.sh on the mamba-ssm source archive (.whl/src, carried) into /tmp/mamba
+#   verify (300)       bench verify --jobs 8: every kernel's output and gradients against float64
+#   premove (420)      bench check --against 2e403e8 --run ci (the layout move's before/after, issue #23)
+#   consttoken7b (540) bench sweep --preset consttoken7b --seq-len 2048,8192
+#   consttoken (540)   bench sweep --preset consttoken --seq-len 2048,8192
+# With staged packages (../shared/gpu/README.md) run `. /tmp/stage/env.sh` first; /tmp/mamba joins PYTHONPATH here
+# once built.
+set -uo pipefail
+[ $# -ge 1 ] && [ -n "${OUT:-}" ] || { sed -n '2,20p' "$0"; exit 2; }
+declare -A LIMIT=([env]=30 [gluon]=240 [pytest_gpu]=300 [mamba]=240 [verify]=300 [premove]=420 [consttoken7b]=540
+  [consttoken]=540)
+for arg in "$@"; do  # every step known and every limit a number, before anything runs
+  step=${arg%%:*}
+  [ -n "${LIMIT[$step]:-}" ] || { echo "device_job.sh: unknown step '$step'; steps: ${!LIMIT[*]}" >&2; exit 2; }
+  [[ $arg != *:* || ${arg#*:} =~ ^[0-9]+$ ]] || { echo "device_job.sh: STEP:SECONDS wants whole seconds; got '$arg'" >&2; exit 2; }
+done
+mkdir -p "$OUT"
+[ -d /tmp/mamba ] && export PYTHONPATH=/tmp/mamba${PYTHONPATH:+:$PYTHONPATH}
+py=${PYTHON:-python3}
+
+run_step() {  # the commands of one step (a subshell, so that `timeout` can cut it whole)
+  case $1 in
+    env) nvidia-smi; $py -c "import torch, triton; print(torch.__version__, triton.__version__)"; $py cli.py env ;;
+    gluon)
+      $py -m pytest -m gpu -q -rs -p no:cacheprovider tests/test_gluon.py
+      $py scripts/gluon_fw_output_time.py --shape 8,8,8192,256,512 --chunk 128 --variant sig
+      $py scripts/gluon_fw_output_time.py --shape 8,16,8192,128,256 --chunk 128 --variant sig ;;
+    pytest_gpu) $py -m pytest -m gpu -q -rs -p no:cacheprovider tests ;;
+    mamba)
+      src=$(ls .whl/src/mamba_ssm-*.tar.gz /tmp/stage/src/mamba_ssm-*.tar.gz 2>/dev/null | head -1)
+      [ -n "$src" ] || { echo "no mamba-ssm source archive (../shared/gpu/wheels.sh puts it in .whl/src)"; return 2; }
+      bash scripts/build_mamba.sh "$src" /tmp/mamba 90 ;;
+    verify) $py cli.py verify --jobs 8 --timeout 400 ;;
+    premove) $py cli.py check --against 2e403e8 --run ci --out "$OUT/premove.parquet" ;;
+    consttoken7b|consttoken)
+      $py cli.py sweep --preset "$1" --seq-len 2048,8192 --out "$OUT/$1.parquet" ;;
+  esac
+}
+
+printf 'step\trc\tseconds\tend\n' > "$OUT/steps.tsv"
+for arg in "$@"; do
+  step=${arg%%:*}
+  limit=${LIMIT[$step]}
+  [[ $arg == *:* ]] && limit=${arg#*:}
+  start=$(date +%s)
+  export -f run_step; export OUT py
+  timeout -k 10 "$limit" bash -c "run_step $step" > "$OUT/$step.txt" 2>&1
+  rc=$?
+  [ -d /tmp/mamba ] && [[ ":${PYTHONPATH:-}:" != *:/tmp/mamba:* ]] && export PYTHONPATH=/tmp/mamba${PYTHONPATH:+:$PYTHONPATH}
+  printf '%s\t%s\t%s\t%s\n' "$step" "$rc" "$(($(date +%s) - start))" "$(date +%T)" >> "$OUT/steps.tsv"
+  tail -3 "$OUT/$step.txt"
+done
+column -t "$OUT/steps.tsv"

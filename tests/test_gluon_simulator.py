@@ -1,0 +1,228 @@
+"""The Gluon kernels on the CPU through ``kernels.gluon.simulator``: their results against float64 and the Triton
+kernels, and the simulator's own rules (each planted bug below is one it must report, not compute through)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+pytest.importorskip("triton.experimental.gluon.language.nvidia.hopper", reason="this Triton has no Gluon")
+
+from triton.experimental import gluon  # noqa: E402
+from triton.experimental.gluon import language as gl  # noqa: E402
+from triton.experimental.gluon.language.nvidia.hopper import mbarrier  # noqa: E402
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor  # noqa: E402
+
+from kernels.gluon import compat, ws_matmul  # noqa: E402
+from kernels.gluon.simulator import LANDINGS, SimulationError, simulate  # noqa: E402
+from tests.gluon_cases import FW_OUTPUT_KERNELS, gluon_against_triton  # noqa: E402
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+@pytest.mark.parametrize("landing", LANDINGS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize(("m", "n", "k"), [(256, 256, 512), (200, 136, 200)])
+def test_ws_matmul_matches_float64(m: int, n: int, k: int, dtype: torch.dtype, landing: str) -> None:
+    """The warp-specialized matmul (a TMA ring of 3 stages, asynchronous wgmma): every element written, within the
+    output dtype's rounding of the float64 product; sizes that are not multiples of the blocks."""
+    torch.manual_seed(torch.seed() % 2**31)
+    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+    c = torch.full((m, n), float("nan"), dtype=dtype)
+    a_desc, b_desc, c_desc = ws_matmul.descriptors(a, b, c, 128, 128, 64)
+    grid = (-(-m // 128), -(-n // 128))
+    args = {"a_desc": a_desc, "b_desc": b_desc, "c_desc": c_desc, "K": k}
+    simulate(ws_matmul.ws_matmul_kernel, grid, args, {"STAGES": 3, "INSTR_N": 128, "num_warps": 4}, landing=landing)
+    assert not c.isnan().any()
+    assert rel(c, a.double() @ b.double()) < (2e-3 if dtype == torch.float16 else 1e-2)
+
+
+@pytest.fixture(scope="module", params=[(200, 64, 64, 64), (256, 128, 128, 128), (160, 32, 48, 64)], ids=str)
+def forward(request: pytest.FixtureRequest) -> dict:
+    """The Triton forward's states and output (interpreter, float16) on fresh random inputs, for both variants:
+    ``seq, dqk, dv, chunk`` with S not a multiple of the chunk, state pieces (q/k head dim 128: two), and head dims
+    below a tile (32 / 48: zero-padded loads, clipped stores)."""
+    from kernels.mlstm.reference import mlstm_parallel
+    from kernels.mlstm.tfla import tfla_fwd
+    from kernels.mlstm.tiles import choose_tiles, unpipelined_state_loads
+
+    seq, dqk, dv, chunk = request.param
+    torch.manual_seed(torch.seed() % 2**31)
+    dtype, (b, nh) = torch.float16, (1, 2)
+    q, k = torch.randn(b, nh, seq, dqk, dtype=dtype), torch.randn(b, nh, seq, dqk, dtype=dtype)
+    v = torch.randn(b, nh, seq, dv, dtype=dtype)
+    i, f = torch.randn(b, nh, seq, dtype=dtype), (torch.randn(b, nh, seq) + 3.0).to(dtype)
+    tiles = unpipelined_state_loads(choose_tiles(chunk, dqk, dv, True, dtype, b * nh, 0), dtype)
+    out = {"chunk": chunk, "seq": seq, "inputs": (q, k, v)}
+    for variant in ("exp", "sig"):
+        normalize = variant == "exp"
+        h, _, st = tfla_fwd(q, k, v, i, f, None, variant, normalize, chunk, 1e-6, tiles)
+        ref = mlstm_parallel(*(x.double() for x in (q, k, v, i, f)), variant=variant, normalize=normalize)
+        out[variant] = (h, st, ref)
+    return out
+
+
+@pytest.mark.parametrize("variant", ["exp", "sig"])
+@pytest.mark.parametrize("kernel", list(FW_OUTPUT_KERNELS))
+def test_fw_output_kernels_match_the_triton_kernel_and_float64(forward: dict, kernel: str, variant: str) -> None:
+    """Each Gluon output kernel, on the states the Triton forward leaves, writes the Triton kernel's ``h`` and
+    ``z_tok`` (outputs poisoned with NaN first) and ``h`` within float16 rounding of float64, under both landing
+    orders of its TMA loads."""
+    from kernels.gluon import mlstm_fw_output as fwo
+
+    options, chunk, seq = FW_OUTPUT_KERNELS[kernel], forward["chunk"], forward["seq"]
+    q, k, v = forward["inputs"]
+    h, st, ref = forward[variant]
+    for landing in LANDINGS:
+        h2, z2 = torch.full_like(h, float("nan")), torch.full_like(st.z_tok, float("nan"))
+        try:
+            launch = fwo.launch_args(
+                q, k, v, st.gate_b, st.gate_i, st.c_st, st.n_st, st.m_st, h2, st.m_tok, z2, chunk, variant == "exp",
+                variant == "exp", 1e-6, **options,
+            )  # fmt: skip
+        except ValueError as err:  # the launch options' own checks (tested in test_gluon.py)
+            pytest.skip(f"{kernel} cannot take this shape: {err}")
+        simulate(*launch, landing=landing)
+        assert not h2.isnan().any(), f"{landing}: h has unwritten elements"
+        assert rel(h2, h) < 1e-3, f"{landing}: h against the Triton kernel: {rel(h2, h):.2e}"
+        assert rel(z2[:, :seq], st.z_tok[:, :seq]) < 1e-3, f"{landing}: z_tok against the Triton kernel"
+        assert rel(h2, ref) < 5e-3, f"{landing}: h against float64: {rel(h2, ref):.2e}"
+
+
+@pytest.mark.parametrize("variant", ["exp", "sig"])
+def test_the_gluon_backend_runs_simulated_on_the_cpu(variant: str) -> None:
+    """``mlstm_tfla(backend="gluon")`` on CPU tensors runs the Gluon output kernel in the simulator: output and every
+    gradient as ``backend="triton"`` (float16, S not a multiple of the chunk); ``auto`` never picks it there."""
+    from kernels.mlstm.backends import choose_backend
+
+    errors = gluon_against_triton("cpu", torch.float16, (1, 2, 100, 32, 64), variant, 64)
+    assert all(err < 2e-3 for err in errors.values()), errors
+    assert choose_backend("auto", torch.device("cpu"), torch.float16, 32, 64) == "triton"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Planted bugs: small kernels that do one thing wrong.
+
+
+@gluon.jit
+def copy_kernel(X_D, OUT, PARITY: gl.constexpr, WAITS: gl.constexpr, EXPECTS: gl.constexpr):
+    """One TMA load of X_D's block into shared memory, ``EXPECTS`` expects, ``WAITS`` waits on parity ``PARITY``,
+    then the block to ``OUT`` (row-major)."""
+    R: gl.constexpr = X_D.block_type.shape[0]
+    C: gl.constexpr = X_D.block_type.shape[1]
+    layout: gl.constexpr = gl.BlockedLayout([1, 1], [4, 8], [4, 1], [1, 0])
+    smem = gl.allocate_shared_memory(X_D.dtype, [R, C], X_D.layout)
+    bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    mbarrier.init(bar, count=1)
+    for _ in gl.static_range(EXPECTS):
+        mbarrier.expect(bar, X_D.block_type.nbytes)
+    compat.tma_load(X_D, [0, 0], bar, smem)
+    for w in gl.static_range(WAITS):
+        mbarrier.wait(bar, PARITY ^ (w & 1))
+    rows = gl.arange(0, R, layout=gl.SliceLayout(1, layout))
+    cols = gl.arange(0, C, layout=gl.SliceLayout(0, layout))
+    gl.store(OUT + rows[:, None] * C + cols[None, :], smem.load(layout))
+    mbarrier.invalidate(bar)
+
+
+def _copy(
+    parity: int = 0, waits: int = 1, expects: int = 1, landing: str = "lazy"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.randn(32, 64, dtype=torch.float16)
+    out = torch.full_like(x, float("nan"))
+    desc = TensorDescriptor.from_tensor(x, [32, 64], gl.NVMMASharedLayout.get_default_for([32, 64], gl.float16))
+    simulate(copy_kernel, (1,), {"X_D": desc, "OUT": out}, {"PARITY": parity, "WAITS": waits, "EXPECTS": expects},
+             landing=landing)  # fmt: skip
+    return x, out
+
+
+def test_a_correct_copy_copies() -> None:
+    for landing in LANDINGS:
+        x, out = _copy(landing=landing)
+        assert torch.equal(out, x)
+
+
+def test_a_wait_on_the_wrong_parity_is_caught_in_either_landing_order() -> None:
+    """``wait(bar, 1)`` on a fresh barrier returns at once: with lazy landing the read sees the NaN poison; with
+    eager landing the load has completed phase 0 already, so the wait is for a phase nobody completes."""
+    _, out = _copy(parity=1, landing="lazy")
+    assert out.isnan().all()
+    with pytest.raises(SimulationError, match="deadlock"):
+        _copy(parity=1, landing="eager")
+
+
+def test_waiting_for_a_phase_nobody_completes_is_a_deadlock_not_a_hang() -> None:
+    with pytest.raises(SimulationError, match=r"deadlock in program \(0, 0, 0\): every thread waits: barrier 0"):
+        _copy(waits=2)
+
+
+def test_more_arrivals_than_the_count_are_refused() -> None:
+    with pytest.raises(SimulationError, match="more arrivals than its count 1"):
+        _copy(expects=2)
+
+
+@gluon.jit
+def _ping(a, b):
+    mbarrier.wait(a, 0)
+    mbarrier.arrive(b, count=1)
+
+
+@gluon.jit
+def crossed_kernel(ORDERED: gl.constexpr):
+    """Two partitions, each arriving on the barrier the other waits for; crossed (not ``ORDERED``), each waits
+    first: a deadlock across threads."""
+    bars = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(bars.index(0), count=1)
+    mbarrier.init(bars.index(1), count=1)
+    if ORDERED:
+        mbarrier.arrive(bars.index(0), count=1)
+    gl.warp_specialize([(_ping, (bars.index(0), bars.index(1))), (_ping, (bars.index(1), bars.index(0)))], [1], [24])
+
+
+def test_partitions_waiting_on_each_other_are_a_deadlock_not_a_hang() -> None:
+    simulate(crossed_kernel, (1,), {}, {"ORDERED": True})
+    outcome: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            simulate(crossed_kernel, (1,), {}, {"ORDERED": False})
+        except SimulationError as err:
+            outcome.append(err)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout=60)
+    assert not thread.is_alive(), "the simulator hung instead of reporting the deadlock"
+    assert (
+        outcome and "deadlock" in str(outcome[0]) and "barrier 0" in str(outcome[0]) and "barrier 1" in str(outcome[0])
+    )
+
+
+@gluon.jit
+def oob_kernel(X, N, USE: gl.constexpr):
+    offs = gl.arange(0, 64, layout=gl.BlockedLayout([1], [32], [4], [0]))
+    if USE == 0:
+        gl.store(X + offs, gl.load(X + offs) + 1.0)
+    elif USE == 1:
+        gl.store(X + offs, gl.load(X + offs, mask=offs < N, other=0.0) + 1.0, mask=offs < N)
+    else:
+        gl.store(X + offs, gl.histogram(offs, 8))
+
+
+def test_unmasked_out_of_bounds_accesses_and_unknown_operations_are_reported() -> None:
+    x = torch.zeros(40)
+    with pytest.raises(SimulationError, match="gl.load at element 40 of a tensor of 40"):
+        simulate(oob_kernel, (1,), {"X": x, "N": 40}, {"USE": 0})
+    simulate(oob_kernel, (1,), {"X": x, "N": 40}, {"USE": 1})
+    assert torch.equal(x, torch.ones(40))
+    with pytest.raises(SimulationError, match="does not implement gl.histogram"):
+        simulate(oob_kernel, (1,), {"X": x, "N": 40}, {"USE": 2})
+
+
+def test_bad_landing_is_refused() -> None:
+    with pytest.raises(ValueError, match="landing must be one of lazy, eager; got 'soon'"):
+        simulate(oob_kernel, (1,), {}, {}, landing="soon")
