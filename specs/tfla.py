@@ -80,5 +80,9 @@ def _register_tfla(variant: str, normalize: bool, description: str, backend: str
 
 _register_tfla("exp", True, "TFLA mLSTMexp (ours, Triton): exponential input gate, max-state stabilizer")
 _register_tfla("sig", False, "TFLA mLSTMsig (ours, Triton): sigmoid input gate, no normalizer")
-_register_tfla("exp", True, "TFLA mLSTMexp, forward output kernel in Gluon (ours, Hopper)", backend="gluon")
-_register_tfla("sig", False, "TFLA mLSTMsig, forward output kernel in Gluon (ours, Hopper)", backend="gluon")
+_register_tfla(
+    "exp", True, "TFLA mLSTMexp, forward output and backward dv kernels in Gluon (ours, Hopper)", backend="gluon"
+)
+_register_tfla(
+    "sig", False, "TFLA mLSTMsig, forward output and backward dv kernels in Gluon (ours, Hopper)", backend="gluon"
+)

@@ -70,6 +70,21 @@ def fw_output_case(exp: bool, dqk: int, dv: int, ws: bool, seq: int = 256, chunk
     return _facts(support.compile_for(kernel, args, constexprs))
 
 
+def bw_dv_case(exp: bool, dqk: int, dv: int, seq: int = 256, chunk: int = 128, **tiles: object) -> dict:
+    """What ``kernels.gluon.mlstm_bw_dv.launch_bw_dv`` would launch on the tensors of a backward of two heads."""
+    from kernels.gluon import mlstm_bw_dv
+
+    bh, nc, dtype, f32 = 2, seq // chunk, torch.bfloat16, torch.float32
+    q, k = torch.empty(bh, seq, dqk, dtype=dtype), torch.empty(bh, seq, dqk, dtype=dtype)
+    dh, dvt = torch.empty(bh, seq, dv, dtype=dtype), torch.empty(bh, seq, dv, dtype=dtype)
+    dc_st = torch.empty(bh, nc + 1, dqk, dv, dtype=dtype)
+    gate_b, gate_i, inv_den, m_tok = (torch.empty(bh, seq, dtype=f32) for _ in range(4))
+    m_st = torch.empty(bh, nc + 1, dtype=f32)
+    launch = mlstm_bw_dv.launch_args(q, k, dh, gate_b, gate_i, inv_den, dc_st, m_st, m_tok, dvt, chunk, exp, **tiles)
+    kernel, _, args, constexprs = launch
+    return _facts(support.compile_for(kernel, args, constexprs))
+
+
 CASES = {
     "ws_matmul fp16": lambda: ws_matmul_case(torch.float16),
     "ws_matmul bf16": lambda: ws_matmul_case(torch.bfloat16),
@@ -95,6 +110,14 @@ CASES = {
             lambda dqk=dqk, dv=dv: fw_output_case(True, dqk, dv, True, bv=min(256, dv), state_pieces=True, consumers=2)
         )
         for dqk, dv in ((256, 512), (128, 256), (64, 64))
+    },
+    # the backward's dv kernel: state gradient in pieces (its default where the head dim holds one) or whole
+    **{
+        f"bw_dv {'pieces' if pieces else 'whole'} {dqk}x{dv}": (
+            lambda dqk=dqk, dv=dv, pieces=pieces: bw_dv_case(True, dqk, dv, state_pieces=pieces)
+        )
+        for dqk, dv in ((256, 512), (128, 256), (64, 64))
+        for pieces in (True, False)
     },
 }
 

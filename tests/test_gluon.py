@@ -106,6 +106,18 @@ def test_two_consumer_fw_output_lowers_to_warp_specialized_wgmma(dims: str) -> N
     assert facts["wgmma"].startswith("wgmma.mma_async.sync.aligned.m64n" + ("64" if dims == "64x64" else "256"))
 
 
+@pytest.mark.parametrize("state", ["pieces", "whole"])
+@pytest.mark.parametrize("dims", ["256x512", "128x256", "64x64"])
+def test_bw_dv_lowers_to_warp_specialized_wgmma_in_hopper_shared_memory(state: str, dims: str) -> None:
+    """The Gluon ``dv`` kernel: the load warp and one consumer warpgroup (``setmaxnreg``), TMA, wgmma within sm_90's
+    shared memory; with the state gradient in pieces ``BV`` 256 (the 64 x 256 x 16 wgmma) beside the 7B head dims,
+    whole ``BV`` 128."""
+    facts = _case(f"bw_dv {state} {dims}")
+    assert facts["has"]["setmaxnreg"] and facts["has"]["cp.async.bulk.tensor"] and facts["shared"] <= HOPPER_SMEM_BYTES
+    widest = "64" if dims == "64x64" else "256" if state == "pieces" else "128"
+    assert facts["wgmma"].startswith(f"wgmma.mma_async.sync.aligned.m64n{widest}"), facts
+
+
 def test_two_consumers_halve_the_grid_and_need_the_warp_specialized_kernel() -> None:
     from kernels.gluon import mlstm_fw_output as fwo
     from tests.gluon_cases import fw_output_tensors

@@ -234,33 +234,36 @@ def _load_state_piece(C_D, v_smem, bars, p: gl.constexpr, state, v0):
 
 
 @gluon.jit
-def _load_partition(Q_D, K_D, V_D, C_D, q_bufs, c_smem, k_bufs, v_bufs, qc_ready, ready, empty, bh, row0, c_row,
-                    kv_row0, v0, n_blocks, P: gl.constexpr):  # fmt: skip
-    """Producer: each consumer's query tile once, the state slice once (``P == 0``) or in ``P`` pieces through the
-    ring's V buffers, then the key tiles up to the last consumer's diagonal; load ``u`` of the ring (pieces first)
-    goes into stage ``u % STAGES`` as soon as every consumer has freed it."""
-    stages: gl.constexpr = k_bufs.type.shape[0]
-    consumers: gl.constexpr = q_bufs.type.shape[0]
-    BQ: gl.constexpr = Q_D.block_type.shape[1]
-    BKV: gl.constexpr = K_D.block_type.shape[1]
+def load_partition(FIX_D, A_D, B_D, ST_D, fix_bufs, st_smem, a_bufs, b_bufs, fix_ready, ready, empty, bh, fix_row0,
+                   st_row, ab_row0, col0, n_tiles, P: gl.constexpr):  # fmt: skip
+    """Producer of the warp-specialized intra-chunk kernels (here: ``FIX_D, A_D, B_D, ST_D = Q_D, K_D, V_D, C_D``;
+    ``kernels.gluon.mlstm_bw_dv``: ``K_D, Q_D, DH_D, DC_D``): each consumer's fixed tile (``FIX_D`` rows
+    ``fix_row0 + w * rows``) once, the state slice ``ST_D[st_row, :, col0:]`` once whole into ``st_smem``
+    (``P == 0``) or in ``P`` pieces of ``A_D``'s rows through the ring's ``B`` buffers, then ``n_tiles`` tiles of
+    ``A_D`` (whole head dim) and ``B_D`` (from column ``col0``) from row ``ab_row0``; load ``u`` of the ring
+    (pieces first) goes into stage ``u % STAGES`` as soon as every consumer has freed it."""
+    stages: gl.constexpr = a_bufs.type.shape[0]
+    consumers: gl.constexpr = fix_bufs.type.shape[0]
+    BF: gl.constexpr = FIX_D.block_type.shape[1]
+    BA: gl.constexpr = A_D.block_type.shape[1]
     if P == 0:
-        mbarrier.expect(qc_ready, consumers * Q_D.block_type.nbytes + C_D.block_type.nbytes)
-        compat.tma_load(C_D, [c_row, 0, v0], qc_ready, c_smem)
+        mbarrier.expect(fix_ready, consumers * FIX_D.block_type.nbytes + ST_D.block_type.nbytes)
+        compat.tma_load(ST_D, [st_row, 0, col0], fix_ready, st_smem)
     else:
-        mbarrier.expect(qc_ready, consumers * Q_D.block_type.nbytes)
+        mbarrier.expect(fix_ready, consumers * FIX_D.block_type.nbytes)
     for w in gl.static_range(consumers):
-        compat.tma_load(Q_D, [bh, row0 + w * BQ, 0], qc_ready, q_bufs.index(w))
+        compat.tma_load(FIX_D, [bh, fix_row0 + w * BF, 0], fix_ready, fix_bufs.index(w))
     for p in gl.static_range(P):
         mbarrier.wait(empty.index(p % stages), ((p // stages) & 1) ^ 1)  # the first pass does not wait
-        mbarrier.expect(ready.index(p % stages), C_D.block_type.nbytes)
-        compat.tma_load(C_D, [c_row, p * BKV, v0], ready.index(p % stages), v_bufs.index(p % stages))
-    for j in range(n_blocks):
+        mbarrier.expect(ready.index(p % stages), ST_D.block_type.nbytes)
+        compat.tma_load(ST_D, [st_row, p * BA, col0], ready.index(p % stages), b_bufs.index(p % stages))
+    for j in range(n_tiles):
         u = P + j
         s = u % stages
         mbarrier.wait(empty.index(s), ((u // stages) & 1) ^ 1)
-        mbarrier.expect(ready.index(s), K_D.block_type.nbytes + V_D.block_type.nbytes)
-        compat.tma_load(K_D, [bh, kv_row0 + j * BKV, 0], ready.index(s), k_bufs.index(s))
-        compat.tma_load(V_D, [bh, kv_row0 + j * BKV, v0], ready.index(s), v_bufs.index(s))
+        mbarrier.expect(ready.index(s), A_D.block_type.nbytes + B_D.block_type.nbytes)
+        compat.tma_load(A_D, [bh, ab_row0 + j * BA, 0], ready.index(s), a_bufs.index(s))
+        compat.tma_load(B_D, [bh, ab_row0 + j * BA, col0], ready.index(s), b_bufs.index(s))
 
 
 @gluon.jit
@@ -377,7 +380,7 @@ def fw_output_ws_kernel(
                      qk_scale, eps, EXP, NORMALIZE, o_layout, s_layout, STATE_PIECES),
                 ),
                 (
-                    _load_partition,
+                    load_partition,
                     (Q_D, K_D, V_D, C_D, q_bufs, c_smem, k_bufs, v_bufs, qc_ready, ready, empty, bh, row0,
                      bh * NC + c, c * L, v0, n_loaded, STATE_PIECES),
                 ),
@@ -401,7 +404,7 @@ def fw_output_ws_kernel(
                      DHQK, qk_scale, eps, EXP, NORMALIZE, o_layout, s_layout, STATE_PIECES),
                 ),
                 (
-                    _load_partition,
+                    load_partition,
                     (Q_D, K_D, V_D, C_D, q_bufs, c_smem, k_bufs, v_bufs, qc_ready, ready, empty, bh, row0,
                      bh * NC + c, c * L, v0, n_loaded, STATE_PIECES),
                 ),

@@ -212,7 +212,7 @@ class _Descriptor:
         base = desc.base
         if base.device.type != "cpu":
             raise SimulationError(f"the simulator takes CPU tensors; a descriptor is over a {base.device} tensor")
-        self.view = base.as_strided(list(desc.shape), list(desc.strides))
+        self.view = base.detach().as_strided(list(desc.shape), list(desc.strides))  # autograd stays outside
         self.block = [int(b) for b in desc.block_shape]
         self.layout = desc.layout
         self.padding = desc.padding
@@ -610,7 +610,7 @@ def _argument(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         if value.device.type != "cpu" or not value.is_contiguous():
             raise SimulationError(f"the simulator takes contiguous CPU tensors; got one on {value.device}")
-        return Pointer(value.view(-1))
+        return Pointer(value.detach().view(-1))
     return value.value if isinstance(value, _constexpr) else value
 
 

@@ -163,9 +163,11 @@ def tfla_bwd(
     chunk_size: int,
     eps: float,
     tiles: TileConfig,
+    backend: str = "triton",
 ) -> tuple[torch.Tensor, ...]:
     """The backward pass: ``dq, dk, dv, di, df`` and the initial states' ``dC0, dn0, dm0`` (``None`` without
-    ``init``) from the output's and the last states' gradients (any may be ``None``: zero)."""
+    ``init``) from the output's and the last states' gradients (any may be ``None``: zero). ``backend`` as in
+    ``tfla_fwd``: the ``dv`` kernel's (``gluon``: ``kernels.gluon.mlstm_bw_dv``)."""
     gate_b, gate_i, c_st, n_st, m_st, m_tok, z_tok = state
     B, NH, S, DHQK = q.shape
     DHHV = v.shape[-1]
@@ -190,7 +192,12 @@ def tfla_bwd(
     kdk, kdk_inter, kdk_off = launch_bw_dk(
         q, k, v, dh, gate_b, gate_i, inv_den, dz, dc_st, dn_st, m_st, m_tok, dk, L, exp, tiles.bw_dk
     )
-    launch_bw_dv(q, k, dh, gate_b, gate_i, inv_den, dc_st, m_st, m_tok, dv, L, exp, tiles.bw_dv)
+    if backend == "gluon":
+        from kernels.gluon.mlstm_bw_dv import launch_bw_dv as launch_bw_dv_gluon
+
+        launch_bw_dv_gluon(q, k, dh, gate_b, gate_i, inv_den, dc_st, m_st, m_tok, dv, L, exp)
+    else:
+        launch_bw_dv(q, k, dh, gate_b, gate_i, inv_den, dc_st, m_st, m_tok, dv, L, exp, tiles.bw_dv)
     di, df = gate_grads(qdq, kdk, kdk_off, kdk_inter, x_part, i, f, L, variant)
     dC0 = dn0 = dm0 = None
     if init is not None:
@@ -219,16 +226,18 @@ class _TFLAFunction(torch.autograd.Function):
         init = (C0, n0, m0) if C0 is not None else None
         h, last, state = tfla_fwd(q, k, v, i, f, init, variant, normalize, L, eps, tiles, backend)
         ctx.save_for_backward(q, k, v, i, f, h, *state, *(init or ()))
-        ctx.config = (variant, normalize, L, eps, tiles)
+        ctx.config = (variant, normalize, L, eps, tiles, backend)
         ctx.set_materialize_grads(False)
         return h, last.C, last.n, last.m
 
     @staticmethod
     def backward(ctx, dh, dC_last, dn_last, dm_last):  # type: ignore[override]
-        variant, normalize, L, eps, tiles = ctx.config
+        variant, normalize, L, eps, tiles, backend = ctx.config
         q, k, v, i, f, h, *rest = ctx.saved_tensors
         state, init = ForwardState(*rest[:7]), tuple(rest[7:]) or None
-        grads = tfla_bwd(q, k, v, i, f, h, state, init, dh, dC_last, dn_last, variant, normalize, L, eps, tiles)
+        grads = tfla_bwd(
+            q, k, v, i, f, h, state, init, dh, dC_last, dn_last, variant, normalize, L, eps, tiles, backend
+        )
         return *grads, None, None, None, None, None, None
 
 
@@ -251,9 +260,9 @@ def mlstm_tfla(
     """Chunkwise mLSTM with two levels of tiling. Differentiable in every tensor argument.
 
     ``tiles`` overrides the tile table of ``choose_tiles`` (for tuning; clamped to the problem). ``backend``
-    (``backends.BACKENDS``): the forward's output kernel in ``triton``, in ``gluon`` (Hopper, 16-bit inputs;
-    ``ValueError`` with the reason elsewhere), or ``auto``, the one measured fastest on this GPU
-    (``backends.FASTEST``; Triton where none is recorded).
+    (``backends.BACKENDS``): the forward's output kernel and the backward's ``dv`` kernel in ``triton``, in
+    ``gluon`` (Hopper, 16-bit inputs; on the CPU simulated; ``ValueError`` with the reason elsewhere), or ``auto``,
+    the one measured fastest on this GPU (``backends.FASTEST``; Triton where none is recorded).
     """
     check_inputs(q, k, v, i, f, initial, variant, chunk_size)
     if tiles is not None:

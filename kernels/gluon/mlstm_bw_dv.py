@@ -1,0 +1,256 @@
+"""The TFLA backward's ``dv`` kernel (``kernels.mlstm.chunk_bw.bw_chunk_dv_kernel``) in Gluon for Hopper,
+warp-specialized.
+
+Same inputs and output as ``launch_bw_dv``: per program ``BKV`` keys of one chunk and a ``BV`` slice of ``dv``. It
+is the output kernel (``kernels.gluon.mlstm_fw_output``) with the roles of queries and keys swapped, and it shares
+that kernel's producer (``load_partition``): a 1-warp partition loads the key tile once (the whole q/k head dim, at
+most 256), then the state gradient's slice ``dC_{c+1}[:, v0:v0+BV]`` (whole, or in ``BQ``-row pieces through the
+``dh`` buffers), then the query and ``dh`` tiles from the diagonal to the chunk's end through a ring of ``STAGES``
+buffers. One consumer warpgroup forms the inter-chunk term ``w_s k_s dC`` (one wgmma, or one per piece with the key
+tile sliced along the head dim) and, per query tile, the transposed scores ``k q^T`` (wgmma from shared memory), the
+gated, normalizer-scaled matrix ``P^T`` in registers and ``dv += P^T dh`` (wgmma with ``P^T`` from registers).
+
+Not yet: two consumer warpgroups, 32-bit inputs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma, warpgroup_mma
+
+from kernels.gluon import compat
+from kernels.gluon.mlstm_fw_output import LOAD_REGS, LOAD_WARPS, LOG2E, head_tiles, load_partition, mma_layout
+from kernels.gluon.ws_matmul import instr_n
+from kernels.mlstm.backends import GLUON_MAX_HEAD_DIM_QK
+
+
+@gluon.jit
+def _dv_partition(k_smem, dc_smem, q_bufs, dh_bufs, dv_smem, k_ready, ready, empty, DV_D, GATE_B, GATE_I, INV_DEN,
+                  M_ST, M_TOK, bh, st, s0, chunk_end, q_row0, v0, n_tiles, SP, qk_scale, EXP: gl.constexpr,
+                  o_layout: gl.constexpr, s_layout: gl.constexpr, P: gl.constexpr):  # fmt: skip
+    """The consumer warpgroup (module docstring): ``dv`` of keys ``s0 ..`` for ``n_tiles`` query tiles from token
+    ``q_row0``; ``chunk_end`` is the chunk's last token (its gate ``b`` scales the inter-chunk term)."""
+    stages: gl.constexpr = q_bufs.type.shape[0]
+    BKV: gl.constexpr = k_smem.type.shape[1]
+    DK: gl.constexpr = k_smem.type.shape[2]
+    BQ: gl.constexpr = q_bufs.type.shape[2]
+    BV: gl.constexpr = dh_bufs.type.shape[3]
+    dtype: gl.constexpr = k_smem.dtype
+    rows_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+    rows_s: gl.constexpr = gl.SliceLayout(1, s_layout)
+    cols_s: gl.constexpr = gl.SliceLayout(0, s_layout)
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+
+    mbarrier.wait(k_ready, 0)
+    k2 = k_smem.reshape([BKV, DK])
+    acc = gl.zeros([BKV, BV], gl.float32, o_layout)
+    if P == 0:
+        acc = warpgroup_mma(k2, dc_smem.reshape([DK, BV]), acc, use_acc=False)
+    else:
+        for p in gl.static_range(P):
+            mbarrier.wait(ready.index(p % stages), (p // stages) & 1)
+            acc = warpgroup_mma(k2.slice(p * BQ, BQ, dim=1), dh_bufs.index(p % stages).reshape([BQ, BV]), acc)
+            mbarrier.arrive(empty.index(p % stages), count=1)
+    t_s = s0 + gl.arange(0, BKV, layout=rows_o)
+    m_next = gl.load(M_ST + st) if EXP else 0.0
+    b_end = gl.load(GATE_B + bh * SP + chunk_end)
+    acc = acc * gl.exp(b_end - gl.load(GATE_B + bh * SP + t_s) + gl.load(GATE_I + bh * SP + t_s) - m_next)[:, None]
+    t_ss = s0 + gl.arange(0, BKV, layout=rows_s)
+    row = (gl.load(GATE_I + bh * SP + t_ss) - gl.load(GATE_B + bh * SP + t_ss)) * LOG2E + gl.log2(qk_scale)
+
+    for j in range(n_tiles):
+        u = P + j
+        s = u % stages
+        mbarrier.wait(ready.index(s), (u // stages) & 1)
+        q2 = q_bufs.index(s).reshape([BQ, DK])
+        scores = warpgroup_mma(k2, q2.permute((1, 0)), gl.zeros([BKV, BQ], gl.float32, s_layout), use_acc=False)
+        t_q = q_row0 + j * BQ + gl.arange(0, BQ, layout=cols_s)
+        if EXP:
+            col = (gl.load(GATE_B + bh * SP + t_q) - gl.load(M_TOK + bh * SP + t_q)) * LOG2E
+        else:
+            col = gl.load(GATE_B + bh * SP + t_q) * LOG2E
+        keep = t_q[None, :] >= t_ss[:, None]
+        pt = gl.exp2(gl.where(keep, row[:, None] + col[None, :], -float("inf"))) * scores
+        pt = pt * gl.load(INV_DEN + bh * SP + t_q)[None, :]
+        acc = warpgroup_mma(gl.convert_layout(pt.to(dtype), p_layout), dh_bufs.index(s).reshape([BQ, BV]), acc)
+        mbarrier.arrive(empty.index(s), count=1)
+
+    dv_smem.reshape([BKV, BV]).store(acc.to(DV_D.dtype))
+    fence_async_shared()
+    compat.tma_store(DV_D, [bh, s0, v0], dv_smem)
+    tma.store_wait(pendings=0)
+
+
+@gluon.jit
+def bw_dv_kernel(
+    Q_D,
+    K_D,
+    DH_D,
+    DC_D,
+    DV_D,
+    GATE_B,
+    GATE_I,
+    INV_DEN,
+    M_ST,
+    M_TOK,
+    SP,
+    NC,
+    qk_scale,
+    L: gl.constexpr,
+    EXP: gl.constexpr,
+    S_INSTR_N: gl.constexpr,
+    O_INSTR_N: gl.constexpr,
+    STAGES: gl.constexpr,
+    STATE_PIECES: gl.constexpr,
+    num_warps: gl.constexpr,
+):
+    """Grid ``(cdiv(DHHV, BV), NC * L / BKV, BH)``. Descriptors over ``(heads, rows, cols)`` with blocks
+    ``[1, rows, cols]``: ``K_D`` (BKV x DK), ``Q_D`` (BQ x DK), ``DH_D`` (BQ x BV), ``DC_D`` (DK x BV over the
+    ``BH * (NC + 1)`` state gradients, or BQ x BV with ``STATE_PIECES = DK / BQ``), ``DV_D`` (BKV x BV); ``DK`` is
+    the q/k head dim padded to a power of two."""
+    BKV: gl.constexpr = K_D.block_type.shape[1]
+    DK: gl.constexpr = K_D.block_type.shape[2]
+    BQ: gl.constexpr = Q_D.block_type.shape[1]
+    BV: gl.constexpr = DH_D.block_type.shape[2]
+    s_layout: gl.constexpr = mma_layout(num_warps, S_INSTR_N)
+    o_layout: gl.constexpr = mma_layout(num_warps, O_INSTR_N)
+    pid_v = gl.program_id(0)
+    pid_cs = gl.program_id(1)
+    bh = gl.program_id(2)
+    c = pid_cs // (L // BKV)
+    s_start = (pid_cs % (L // BKV)) * BKV
+    q_first = (s_start // BQ) * BQ  # the query tile holding the diagonal, then every one to the chunk's end
+    st = bh * (NC + 1) + c + 1
+
+    k_bufs = gl.allocate_shared_memory(K_D.dtype, [1, 1, BKV, DK], K_D.layout)
+    q_bufs = gl.allocate_shared_memory(Q_D.dtype, [STAGES, 1, BQ, DK], Q_D.layout)
+    dh_bufs = gl.allocate_shared_memory(DH_D.dtype, [STAGES, 1, BQ, BV], DH_D.layout)
+    if STATE_PIECES == 0:
+        dc_smem = gl.allocate_shared_memory(DC_D.dtype, [1, DK, BV], DC_D.layout)
+    else:
+        dc_smem = dh_bufs  # the pieces pass through the dh buffers (not read as dc_smem)
+    if DK == BV:
+        dv_smem = k_bufs.index(0)  # the output tile has the key tile's shape and layout, and goes out after its reads
+    else:
+        dv_smem = gl.allocate_shared_memory(DV_D.dtype, [1, BKV, BV], DV_D.layout)
+    k_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(k_ready, count=1)
+    for s in gl.static_range(STAGES):
+        mbarrier.init(ready.index(s), count=1)
+        mbarrier.init(empty.index(s), count=1)
+
+    n_tiles = (L - q_first) // BQ
+    gl.warp_specialize(
+        [
+            (
+                _dv_partition,
+                (k_bufs.index(0), dc_smem, q_bufs, dh_bufs, dv_smem, k_ready, ready, empty, DV_D, GATE_B, GATE_I,
+                 INV_DEN, M_ST, M_TOK, bh, st, c * L + s_start, c * L + L - 1, c * L + q_first, pid_v * BV, n_tiles,
+                 SP, qk_scale, EXP, o_layout, s_layout, STATE_PIECES),
+            ),
+            (
+                load_partition,
+                (K_D, Q_D, DH_D, DC_D, k_bufs, dc_smem, q_bufs, dh_bufs, k_ready, ready, empty, bh, c * L + s_start,
+                 st, c * L + q_first, pid_v * BV, n_tiles, STATE_PIECES),
+            ),
+        ],
+        [LOAD_WARPS],
+        [LOAD_REGS],
+    )  # fmt: skip
+    mbarrier.invalidate(k_ready)
+    for s in gl.static_range(STAGES):
+        mbarrier.invalidate(ready.index(s))
+        mbarrier.invalidate(empty.index(s))
+
+
+def check(q: Any, chunk_size: int, bq: int, bkv: int, bv: int, dhhv: int, state_pieces: bool) -> None:
+    """``ValueError`` naming what this kernel cannot take: 32-bit inputs, a q/k head dim over 256, tiles that do
+    not divide the chunk, a ``BV`` that is not a power of two up to 256, or state pieces (``BQ`` rows each) wider
+    than the padded q/k head dim."""
+    import torch
+
+    if q.dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(f"the Gluon bw_dv takes float16 or bfloat16 inputs; got {q.dtype}")
+    if q.shape[-1] > GLUON_MAX_HEAD_DIM_QK:
+        raise ValueError(f"the Gluon bw_dv takes a q/k head dim up to {GLUON_MAX_HEAD_DIM_QK}; got {q.shape[-1]}")
+    if bkv % 64 or chunk_size % bq or chunk_size % bkv:
+        raise ValueError(f"BKV (a multiple of 64) and BQ must divide the chunk size {chunk_size}; got {bkv}, {bq}")
+    if bv not in (16, 32, 64, 128, 256) or bv > triton.next_power_of_2(dhhv):
+        raise ValueError(f"BV must be a power of two from 16 to 256 and at most the padded DHHV; got {bv}")
+    if state_pieces and bq > triton.next_power_of_2(q.shape[-1]):
+        raise ValueError(f"state pieces of BQ={bq} rows need a padded q/k head dim of at least {bq}")
+
+
+def launch_args(
+    q: Any,
+    k: Any,
+    dh: Any,
+    gate_b: Any,
+    gate_i: Any,
+    inv_den: Any,
+    dc_st: Any,
+    m_st: Any,
+    m_tok: Any,
+    dv: Any,
+    chunk_size: int,
+    exp: bool,
+    bq: int = 64,
+    bkv: int = 64,
+    bv: int | None = None,
+    num_warps: int = 4,
+    stages: int = 2,
+    state_pieces: bool | None = None,
+) -> tuple[Any, tuple[int, int, int], dict[str, Any], dict[str, Any]]:
+    """What ``launch_bw_dv`` launches: the kernel, its grid, its runtime arguments and its constexprs, by name.
+    ``state_pieces`` (default: where the padded q/k head dim holds a ``BQ``-row piece) streams the state gradient's
+    slice in pieces; ``bv`` defaults to 256 with pieces and 128 without (what fits at the 7B head dims), at most the
+    padded ``DHHV``. ``ValueError`` from ``check``."""
+    dhqk, dhhv = q.shape[-1], dv.shape[-1]
+    dk = triton.next_power_of_2(dhqk)
+    pieces = dk >= bq if state_pieces is None else state_pieces
+    bv = min(bv or (256 if pieces else 128), triton.next_power_of_2(dhhv))
+    check(q, chunk_size, bq, bkv, bv, dhhv, pieces)
+    bh, nc = m_st.shape[0], m_st.shape[1] - 1
+    args = {
+        "Q_D": head_tiles(q, bq, dk),
+        "K_D": head_tiles(k, bkv, dk),
+        "DH_D": head_tiles(dh, bq, bv),
+        "DC_D": head_tiles(dc_st, bq if pieces else dk, bv),
+        "DV_D": head_tiles(dv, bkv, bv),
+        "GATE_B": gate_b,
+        "GATE_I": gate_i,
+        "INV_DEN": inv_den,
+        "M_ST": m_st,
+        "M_TOK": m_tok,
+        "SP": nc * chunk_size,
+        "NC": nc,
+        "qk_scale": dhqk**-0.5,
+    }
+    constexprs = {
+        "L": chunk_size,
+        "EXP": exp,
+        "S_INSTR_N": instr_n(bkv, bq, num_warps),
+        "O_INSTR_N": instr_n(bkv, bv, num_warps),
+        "STAGES": stages,
+        "STATE_PIECES": dk // bq if pieces else 0,
+        "num_warps": num_warps,
+    }
+    return bw_dv_kernel, (triton.cdiv(dhhv, bv), nc * (chunk_size // bkv), bh), args, constexprs
+
+
+def launch_bw_dv(*tensors: Any, **options: Any) -> None:
+    """As ``kernels.mlstm.chunk_bw.launch_bw_dv`` (same tensors and order, then ``chunk_size, exp``): writes ``dv``.
+    Options: ``launch_args``'. CPU tensors run through ``kernels.gluon.simulator`` (results, not timings)."""
+    kernel, grid, args, constexprs = launch_args(*tensors, **options)
+    if tensors[0].device.type == "cpu":
+        from kernels.gluon.simulator import simulate
+
+        simulate(kernel, grid, args, constexprs)
+    else:
+        kernel[grid](**args, **constexprs)
