@@ -22,10 +22,17 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma, warpgroup_mma
 
-from kernels.gluon import compat
-from kernels.gluon.mlstm_fw_output import LOAD_REGS, LOAD_WARPS, LOG2E, head_tiles, load_partition, mma_layout
+from kernels.gluon import compat, intra_chunk
+from kernels.gluon.intra_chunk import (
+    LOAD_REGS,
+    LOAD_WARPS,
+    LOG2E,
+    head_tiles,
+    load_partition,
+    mma_layout,
+    state_product,
+)
 from kernels.gluon.ws_matmul import instr_n
-from kernels.mlstm.backends import GLUON_MAX_HEAD_DIM_QK
 
 
 @gluon.jit
@@ -45,16 +52,8 @@ def _dv_partition(k_smem, dc_smem, q_bufs, dh_bufs, dv_smem, k_ready, ready, emp
     cols_s: gl.constexpr = gl.SliceLayout(0, s_layout)
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
 
-    mbarrier.wait(k_ready, 0)
+    acc = state_product(k_smem, dc_smem, dh_bufs, k_ready, ready, empty, o_layout, P)
     k2 = k_smem.reshape([BKV, DK])
-    acc = gl.zeros([BKV, BV], gl.float32, o_layout)
-    if P == 0:
-        acc = warpgroup_mma(k2, dc_smem.reshape([DK, BV]), acc, use_acc=False)
-    else:
-        for p in gl.static_range(P):
-            mbarrier.wait(ready.index(p % stages), (p // stages) & 1)
-            acc = warpgroup_mma(k2.slice(p * BQ, BQ, dim=1), dh_bufs.index(p % stages).reshape([BQ, BV]), acc)
-            mbarrier.arrive(empty.index(p % stages), count=1)
     t_s = s0 + gl.arange(0, BKV, layout=rows_o)
     m_next = gl.load(M_ST + st) if EXP else 0.0
     b_end = gl.load(GATE_B + bh * SP + chunk_end)
@@ -170,21 +169,8 @@ def bw_dv_kernel(
 
 
 def check(q: Any, chunk_size: int, bq: int, bkv: int, bv: int, dhhv: int, state_pieces: bool) -> None:
-    """``ValueError`` naming what this kernel cannot take: 32-bit inputs, a q/k head dim over 256, tiles that do
-    not divide the chunk, a ``BV`` that is not a power of two up to 256, or state pieces (``BQ`` rows each) wider
-    than the padded q/k head dim."""
-    import torch
-
-    if q.dtype not in (torch.float16, torch.bfloat16):
-        raise ValueError(f"the Gluon bw_dv takes float16 or bfloat16 inputs; got {q.dtype}")
-    if q.shape[-1] > GLUON_MAX_HEAD_DIM_QK:
-        raise ValueError(f"the Gluon bw_dv takes a q/k head dim up to {GLUON_MAX_HEAD_DIM_QK}; got {q.shape[-1]}")
-    if bkv % 64 or chunk_size % bq or chunk_size % bkv:
-        raise ValueError(f"BKV (a multiple of 64) and BQ must divide the chunk size {chunk_size}; got {bkv}, {bq}")
-    if bv not in (16, 32, 64, 128, 256) or bv > triton.next_power_of_2(dhhv):
-        raise ValueError(f"BV must be a power of two from 16 to 256 and at most the padded DHHV; got {bv}")
-    if state_pieces and bq > triton.next_power_of_2(q.shape[-1]):
-        raise ValueError(f"state pieces of BQ={bq} rows need a padded q/k head dim of at least {bq}")
+    """``intra_chunk.check`` for this kernel: ``BKV`` keys a program, ``BQ``-row query tiles and state pieces."""
+    intra_chunk.check("bw_dv", q, chunk_size, ("BKV", bkv), ("BQ", bq), bv, dhhv, state_pieces)
 
 
 def launch_args(

@@ -29,23 +29,20 @@ import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma, warpgroup_mma
-from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from kernels.gluon import compat
+from kernels.gluon import compat, intra_chunk
+from kernels.gluon.intra_chunk import (
+    LOAD_REGS,
+    LOAD_WARPS,
+    LOG2E,
+    head_tiles,
+    load_partition,
+    mma_layout,
+    state_product,
+)
 from kernels.gluon.ws_matmul import instr_n
-from kernels.mlstm.backends import GLUON_MAX_HEAD_DIM_QK
 
-LOG2E = gl.constexpr(1.4426950408889634)
-MAX_HEAD_DIM_QK = GLUON_MAX_HEAD_DIM_QK  # the q/k head dim loads whole (a TMA box is at most 256 elements a side)
-LOAD_WARPS = gl.constexpr(1)
-LOAD_REGS = gl.constexpr(24)  # the load partition holds only scalars
 CONSUMER_REGS = gl.constexpr(240)  # the second consumer warpgroup: its BQ x BV fp32 accumulator, scores and gates
-
-
-@gluon.constexpr_function
-def mma_layout(num_warps: int, n: int) -> gl.NVMMADistributedLayout:
-    """wgmma accumulator layout m16 x ``n`` x k16 (16-bit operands), the warps stacked along the rows."""
-    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, n, 16])
 
 
 @gluon.jit
@@ -234,39 +231,6 @@ def _load_state_piece(C_D, v_smem, bars, p: gl.constexpr, state, v0):
 
 
 @gluon.jit
-def load_partition(FIX_D, A_D, B_D, ST_D, fix_bufs, st_smem, a_bufs, b_bufs, fix_ready, ready, empty, bh, fix_row0,
-                   st_row, ab_row0, col0, n_tiles, P: gl.constexpr):  # fmt: skip
-    """Producer of the warp-specialized intra-chunk kernels (here: ``FIX_D, A_D, B_D, ST_D = Q_D, K_D, V_D, C_D``;
-    ``kernels.gluon.mlstm_bw_dv``: ``K_D, Q_D, DH_D, DC_D``): each consumer's fixed tile (``FIX_D`` rows
-    ``fix_row0 + w * rows``) once, the state slice ``ST_D[st_row, :, col0:]`` once whole into ``st_smem``
-    (``P == 0``) or in ``P`` pieces of ``A_D``'s rows through the ring's ``B`` buffers, then ``n_tiles`` tiles of
-    ``A_D`` (whole head dim) and ``B_D`` (from column ``col0``) from row ``ab_row0``; load ``u`` of the ring
-    (pieces first) goes into stage ``u % STAGES`` as soon as every consumer has freed it."""
-    stages: gl.constexpr = a_bufs.type.shape[0]
-    consumers: gl.constexpr = fix_bufs.type.shape[0]
-    BF: gl.constexpr = FIX_D.block_type.shape[1]
-    BA: gl.constexpr = A_D.block_type.shape[1]
-    if P == 0:
-        mbarrier.expect(fix_ready, consumers * FIX_D.block_type.nbytes + ST_D.block_type.nbytes)
-        compat.tma_load(ST_D, [st_row, 0, col0], fix_ready, st_smem)
-    else:
-        mbarrier.expect(fix_ready, consumers * FIX_D.block_type.nbytes)
-    for w in gl.static_range(consumers):
-        compat.tma_load(FIX_D, [bh, fix_row0 + w * BF, 0], fix_ready, fix_bufs.index(w))
-    for p in gl.static_range(P):
-        mbarrier.wait(empty.index(p % stages), ((p // stages) & 1) ^ 1)  # the first pass does not wait
-        mbarrier.expect(ready.index(p % stages), ST_D.block_type.nbytes)
-        compat.tma_load(ST_D, [st_row, p * BA, col0], ready.index(p % stages), b_bufs.index(p % stages))
-    for j in range(n_tiles):
-        u = P + j
-        s = u % stages
-        mbarrier.wait(empty.index(s), ((u // stages) & 1) ^ 1)
-        mbarrier.expect(ready.index(s), A_D.block_type.nbytes + B_D.block_type.nbytes)
-        compat.tma_load(A_D, [bh, ab_row0 + j * BA, 0], ready.index(s), a_bufs.index(s))
-        compat.tma_load(B_D, [bh, ab_row0 + j * BA, col0], ready.index(s), b_bufs.index(s))
-
-
-@gluon.jit
 def _compute_partition(q_smem, c_smem, k_bufs, v_bufs, h_smem, qc_ready, ready, empty, H_D, GATE_B, GATE_I, N_ST,
                        M_ST, M_TOK, Z_TOK, bh, st, row0, kv_row0, v0, pid_v, n_blocks, n_loaded, SP, DHQK,
                        qk_scale, eps, EXP: gl.constexpr, NORMALIZE: gl.constexpr, o_layout: gl.constexpr,
@@ -280,16 +244,8 @@ def _compute_partition(q_smem, c_smem, k_bufs, v_bufs, h_smem, qc_ready, ready, 
     DK: gl.constexpr = q_smem.type.shape[2]
     BKV: gl.constexpr = k_bufs.type.shape[2]
     BV: gl.constexpr = v_bufs.type.shape[3]
-    mbarrier.wait(qc_ready, 0)
+    acc = state_product(q_smem, c_smem, v_bufs, qc_ready, ready, empty, o_layout, P)
     q2 = q_smem.reshape([BQ, DK])
-    acc = gl.zeros([BQ, BV], gl.float32, o_layout)
-    if P == 0:
-        acc = warpgroup_mma(q2, c_smem.reshape([DK, BV]), acc, use_acc=False)
-    else:
-        for p in gl.static_range(P):
-            mbarrier.wait(ready.index(p % stages), (p // stages) & 1)
-            acc = warpgroup_mma(q2.slice(p * BKV, BKV, dim=1), v_bufs.index(p % stages).reshape([BKV, BV]), acc)
-            mbarrier.arrive(empty.index(p % stages), count=1)
     acc, z, m_run, t_q, row, t_qs = _inter_chunk(
         q2, acc, N_ST, M_ST, M_TOK, GATE_B, bh, st, row0, SP, DHQK, qk_scale, EXP, o_layout, s_layout
     )
@@ -418,33 +374,9 @@ def fw_output_ws_kernel(
         mbarrier.invalidate(empty.index(s))
 
 
-def head_tiles(x: Any, rows: int, cols: int) -> TensorDescriptor:
-    """Gluon TMA descriptor of a contiguous ``x`` seen as ``(heads, R, D)`` (its last two dims) moving
-    ``[1, rows, cols]`` blocks; reads past ``R`` or ``D`` give zeros, stores there are dropped."""
-    import torch
-
-    r, d = x.shape[-2:]
-    el = {torch.float16: gl.float16, torch.bfloat16: gl.bfloat16, torch.float32: gl.float32}[x.dtype]
-    layout = gl.NVMMASharedLayout.get_default_for([1, rows, cols], el)
-    return TensorDescriptor(x, [x.numel() // (r * d), r, d], [r * d, d, 1], [1, rows, cols], layout)
-
-
 def check(q: Any, chunk_size: int, bq: int, bkv: int, bv: int, dhhv: int, state_pieces: bool = False) -> None:
-    """``ValueError`` naming what this kernel cannot take: 32-bit inputs, a q/k head dim over 256, tiles that do
-    not divide the chunk, a ``BV`` that is not a power of two up to 256, or state pieces (``BKV`` rows of the
-    state each) wider than the padded q/k head dim."""
-    import torch
-
-    if q.dtype not in (torch.float16, torch.bfloat16):
-        raise ValueError(f"the Gluon fw_output takes float16 or bfloat16 inputs; got {q.dtype}")
-    if q.shape[-1] > MAX_HEAD_DIM_QK:
-        raise ValueError(f"the Gluon fw_output takes a q/k head dim up to {MAX_HEAD_DIM_QK}; got {q.shape[-1]}")
-    if bq % 64 or chunk_size % bq or chunk_size % bkv:
-        raise ValueError(f"BQ (a multiple of 64) and BKV must divide the chunk size {chunk_size}; got {bq}, {bkv}")
-    if bv not in (16, 32, 64, 128, 256) or bv > triton.next_power_of_2(dhhv):
-        raise ValueError(f"BV must be a power of two from 16 to 256 and at most the padded DHHV; got {bv}")
-    if state_pieces and bkv > triton.next_power_of_2(q.shape[-1]):
-        raise ValueError(f"state pieces of BKV={bkv} rows need a padded q/k head dim of at least {bkv}")
+    """``intra_chunk.check`` for this kernel: ``BQ`` queries a program, ``BKV``-row key tiles and state pieces."""
+    intra_chunk.check("fw_output", q, chunk_size, ("BQ", bq), ("BKV", bkv), bv, dhhv, state_pieces)
 
 
 def launch_args(
