@@ -261,6 +261,8 @@ def test_unmasked_out_of_bounds_accesses_and_unknown_operations_are_reported() -
     assert torch.equal(x, torch.ones(40))
     with pytest.raises(SimulationError, match="does not implement gl.histogram"):
         simulate(oob_kernel, (1,), {"X": x, "N": 40}, {"USE": 2})
+    with pytest.raises(SimulationError, match="contiguous CPU tensors; got a non-contiguous one"):
+        simulate(oob_kernel, (1,), {"X": torch.zeros(40, 2).t(), "N": 40}, {"USE": 1})
 
 
 def test_bad_landing_is_refused() -> None:

@@ -609,7 +609,8 @@ def _argument(value: Any) -> Any:
         return _Descriptor(value)
     if isinstance(value, torch.Tensor):
         if value.device.type != "cpu" or not value.is_contiguous():
-            raise SimulationError(f"the simulator takes contiguous CPU tensors; got one on {value.device}")
+            where = "a non-contiguous one" if value.device.type == "cpu" else f"one on {value.device}"
+            raise SimulationError(f"the simulator takes contiguous CPU tensors; got {where}")
         return Pointer(value.detach().view(-1))
     return value.value if isinstance(value, _constexpr) else value
 
