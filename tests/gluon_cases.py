@@ -119,6 +119,10 @@ CASES = {
         for dqk, dv in ((256, 512), (128, 256), (64, 64))
         for pieces in (True, False)
     },
+    **{
+        f"bw_dv2 pieces {dqk}x{dv}": lambda dqk=dqk, dv=dv: bw_dv_case(True, dqk, dv, consumers=2)
+        for dqk, dv in ((256, 512), (128, 256), (64, 64))
+    },
 }
 
 

@@ -118,6 +118,30 @@ def test_bw_dv_lowers_to_warp_specialized_wgmma_in_hopper_shared_memory(state: s
     assert facts["wgmma"].startswith(f"wgmma.mma_async.sync.aligned.m64n{widest}"), facts
 
 
+@pytest.mark.parametrize("dims", ["256x512", "128x256", "64x64"])
+def test_two_consumer_bw_dv_lowers_within_hopper_shared_memory(dims: str) -> None:
+    """Two consumer warpgroups of 64 keys, the state gradient in pieces, BV 256 beside the 7B head dims."""
+    facts = _case(f"bw_dv2 pieces {dims}")
+    assert facts["has"]["setmaxnreg"] and facts["has"]["cp.async.bulk.tensor"] and facts["shared"] <= HOPPER_SMEM_BYTES
+    assert facts["wgmma"].startswith("wgmma.mma_async.sync.aligned.m64n" + ("64" if dims == "64x64" else "256"))
+
+
+def test_bw_dv_refuses_what_it_cannot_take() -> None:
+    from kernels.gluon import mlstm_bw_dv
+
+    q = torch.empty(1, 1, 8, 64, dtype=torch.bfloat16)
+    with pytest.raises(
+        ValueError, match="BKV \\(a multiple of 64\\) and BQ must divide the chunk size 64; got 128, 64"
+    ):
+        mlstm_bw_dv.check(q, 64, 64, 128, 64, 64, False)
+    with pytest.raises(ValueError, match="state pieces of BQ=64 rows need a padded q/k head dim of at least 64"):
+        mlstm_bw_dv.check(torch.empty(1, 1, 8, 32, dtype=torch.bfloat16), 64, 64, 64, 64, 64, True)
+    tensors = [q, q, q] + [torch.empty(1, 8)] * 3 + [torch.empty(1, 2, 64, 64, dtype=torch.bfloat16)]
+    tensors += [torch.empty(1, 2), torch.empty(1, 8), q]
+    with pytest.raises(ValueError, match="consumers is 1 or 2 \\(with consumers \\* BKV dividing the chunk size 64\\)"):
+        mlstm_bw_dv.launch_args(*tensors, 64, True, consumers=2)
+
+
 def test_two_consumers_halve_the_grid_and_need_the_warp_specialized_kernel() -> None:
     from kernels.gluon import mlstm_fw_output as fwo
     from tests.gluon_cases import fw_output_tensors

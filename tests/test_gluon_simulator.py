@@ -93,17 +93,25 @@ def test_fw_output_kernels_match_the_triton_kernel_and_float64(forward: dict, ke
         assert rel(h2, ref) < 5e-3, f"{landing}: h against float64: {rel(h2, ref):.2e}"
 
 
-BW_DV_OPTIONS = {"default": {}, "whole state": {"state_pieces": False}, "3 stages": {"stages": 3}, "BV 32": {"bv": 32}}
+BW_DV_OPTIONS = {
+    "default": {},
+    "whole state": {"state_pieces": False},
+    "3 stages": {"stages": 3},
+    "BV 32": {"bv": 32},
+    "2 consumers": {"consumers": 2},
+    "2 consumers, whole state": {"consumers": 2, "state_pieces": False},
+}
 
 
 @pytest.mark.parametrize("variant", ["exp", "sig"])
-@pytest.mark.parametrize(("seq", "dqk", "dv", "chunk"), [(200, 64, 64, 64), (256, 128, 64, 128), (100, 32, 48, 64)])
+@pytest.mark.parametrize(("seq", "dqk", "dv", "chunk"), [(300, 64, 64, 256), (256, 128, 64, 128), (100, 32, 48, 64)])
 def test_bw_dv_matches_the_triton_kernel(
     seq: int, dqk: int, dv: int, chunk: int, variant: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The Gluon ``dv`` kernel on the very arguments the Triton backward hands its own ``dv`` kernel (recorded
     from a float16 backward on fresh random inputs): the same ``dv`` (poisoned with NaN first) with the state
-    gradient whole or in pieces (0, 1, 2 pieces over these head dims), 2 or 3 stages, and a narrow ``BV``."""
+    gradient whole or in pieces (0, 1, 2 pieces over these head dims), 2 or 3 stages, a narrow ``BV``, and two
+    consumer warpgroups where 128 keys divide the chunk."""
     from kernels.gluon import mlstm_bw_dv
     from kernels.mlstm import tfla
 
@@ -126,7 +134,7 @@ def test_bw_dv_matches_the_triton_kernel(
             launch = mlstm_bw_dv.launch_args(q, k, dh, gate_b, gate_i, inv_den, dc_st, m_st, m_tok, out, chunk, exp,
                                              **options)  # fmt: skip
         except ValueError:
-            continue  # pieces need a padded q/k head dim of 64 or more (the refusal is tested in test_gluon.py)
+            continue  # pieces need a padded q/k head dim of 64, two consumers a chunk of 128 (test_gluon.py)
         simulate(*launch)
         assert not out.isnan().any(), f"{name}: dv has unwritten elements"
         assert rel(out, dv_triton) < 1e-3, f"{name}: dv against the Triton kernel: {rel(out, dv_triton):.2e}"

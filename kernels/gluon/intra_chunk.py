@@ -23,6 +23,7 @@ LOG2E = gl.constexpr(1.4426950408889634)
 MAX_HEAD_DIM_QK = GLUON_MAX_HEAD_DIM_QK  # the q/k head dim loads whole (a TMA box is at most 256 elements a side)
 LOAD_WARPS = gl.constexpr(1)
 LOAD_REGS = gl.constexpr(24)  # the load partition holds only scalars
+CONSUMER_REGS = gl.constexpr(240)  # a second consumer warpgroup: its fp32 accumulator, scores and gates
 
 
 @gluon.constexpr_function

@@ -10,7 +10,10 @@ buffers. One consumer warpgroup forms the inter-chunk term ``w_s k_s dC`` (one w
 tile sliced along the head dim) and, per query tile, the transposed scores ``k q^T`` (wgmma from shared memory), the
 gated, normalizer-scaled matrix ``P^T`` in registers and ``dv += P^T dh`` (wgmma with ``P^T`` from registers).
 
-Not yet: two consumer warpgroups, 32-bit inputs.
+With ``consumers=2`` two consumer warpgroups take 64 keys each from the same query tiles (the second hands back,
+unread, the tile before its diagonal), as the output kernel's two consumers share key tiles.
+
+Not yet: ping-pong ordering of two consumers' products, 32-bit inputs.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared,
 
 from kernels.gluon import compat, intra_chunk
 from kernels.gluon.intra_chunk import (
+    CONSUMER_REGS,
     LOAD_REGS,
     LOAD_WARPS,
     LOG2E,
@@ -37,10 +41,12 @@ from kernels.gluon.ws_matmul import instr_n
 
 @gluon.jit
 def _dv_partition(k_smem, dc_smem, q_bufs, dh_bufs, dv_smem, k_ready, ready, empty, DV_D, GATE_B, GATE_I, INV_DEN,
-                  M_ST, M_TOK, bh, st, s0, chunk_end, q_row0, v0, n_tiles, SP, qk_scale, EXP: gl.constexpr,
+                  M_ST, M_TOK, bh, st, s0, chunk_end, q_row0, v0, n_skip, n_tiles, SP, qk_scale, EXP: gl.constexpr,
                   o_layout: gl.constexpr, s_layout: gl.constexpr, P: gl.constexpr):  # fmt: skip
-    """The consumer warpgroup (module docstring): ``dv`` of keys ``s0 ..`` for ``n_tiles`` query tiles from token
-    ``q_row0``; ``chunk_end`` is the chunk's last token (its gate ``b`` scales the inter-chunk term)."""
+    """A consumer warpgroup (module docstring): ``dv`` of keys ``s0 ..`` from the ring's ``n_tiles`` query tiles
+    from token ``q_row0``, of which the first ``n_skip`` lie before its diagonal (brought for an earlier consumer's
+    keys: waited for and handed back unread); ``chunk_end`` is the chunk's last token (its gate ``b`` scales the
+    inter-chunk term)."""
     stages: gl.constexpr = q_bufs.type.shape[0]
     BKV: gl.constexpr = k_smem.type.shape[1]
     DK: gl.constexpr = k_smem.type.shape[2]
@@ -61,7 +67,11 @@ def _dv_partition(k_smem, dc_smem, q_bufs, dh_bufs, dv_smem, k_ready, ready, emp
     t_ss = s0 + gl.arange(0, BKV, layout=rows_s)
     row = (gl.load(GATE_I + bh * SP + t_ss) - gl.load(GATE_B + bh * SP + t_ss)) * LOG2E + gl.log2(qk_scale)
 
-    for j in range(n_tiles):
+    for j in range(n_skip):  # waited first: an early arrival would count towards the stage's next use
+        u = P + j
+        mbarrier.wait(ready.index(u % stages), (u // stages) & 1)
+        mbarrier.arrive(empty.index(u % stages), count=1)
+    for j in range(n_skip, n_tiles):
         u = P + j
         s = u % stages
         mbarrier.wait(ready.index(s), (u // stages) & 1)
@@ -105,9 +115,11 @@ def bw_dv_kernel(
     O_INSTR_N: gl.constexpr,
     STAGES: gl.constexpr,
     STATE_PIECES: gl.constexpr,
+    CONSUMERS: gl.constexpr,
     num_warps: gl.constexpr,
 ):
-    """Grid ``(cdiv(DHHV, BV), NC * L / BKV, BH)``. Descriptors over ``(heads, rows, cols)`` with blocks
+    """Grid ``(cdiv(DHHV, BV), NC * L / (CONSUMERS * BKV), BH)``: ``CONSUMERS`` (1 or 2) warpgroups of ``BKV`` keys
+    each, fed the same query tiles by the one load warp (each stage freed by all of them). Descriptors over ``(heads, rows, cols)`` with blocks
     ``[1, rows, cols]``: ``K_D`` (BKV x DK), ``Q_D`` (BQ x DK), ``DH_D`` (BQ x BV), ``DC_D`` (DK x BV over the
     ``BH * (NC + 1)`` state gradients, or BQ x BV with ``STATE_PIECES = DK / BQ``), ``DV_D`` (BKV x BV); ``DK`` is
     the q/k head dim padded to a power of two."""
@@ -120,12 +132,14 @@ def bw_dv_kernel(
     pid_v = gl.program_id(0)
     pid_cs = gl.program_id(1)
     bh = gl.program_id(2)
-    c = pid_cs // (L // BKV)
-    s_start = (pid_cs % (L // BKV)) * BKV
-    q_first = (s_start // BQ) * BQ  # the query tile holding the diagonal, then every one to the chunk's end
+    keys: gl.constexpr = CONSUMERS * BKV
+    c = pid_cs // (L // keys)
+    s_start = (pid_cs % (L // keys)) * keys
+    q_first = (s_start // BQ) * BQ  # the query tile holding the first diagonal, then every one to the chunk's end
+    n_skip = (s_start + BKV) // BQ - s_start // BQ  # the second consumer's query tiles before its diagonal
     st = bh * (NC + 1) + c + 1
 
-    k_bufs = gl.allocate_shared_memory(K_D.dtype, [1, 1, BKV, DK], K_D.layout)
+    k_bufs = gl.allocate_shared_memory(K_D.dtype, [CONSUMERS, 1, BKV, DK], K_D.layout)
     q_bufs = gl.allocate_shared_memory(Q_D.dtype, [STAGES, 1, BQ, DK], Q_D.layout)
     dh_bufs = gl.allocate_shared_memory(DH_D.dtype, [STAGES, 1, BQ, BV], DH_D.layout)
     if STATE_PIECES == 0:
@@ -133,35 +147,61 @@ def bw_dv_kernel(
     else:
         dc_smem = dh_bufs  # the pieces pass through the dh buffers (not read as dc_smem)
     if DK == BV:
-        dv_smem = k_bufs.index(0)  # the output tile has the key tile's shape and layout, and goes out after its reads
+        dv_bufs = k_bufs  # an output tile has its key tile's shape and layout, and goes out after that tile's reads
     else:
-        dv_smem = gl.allocate_shared_memory(DV_D.dtype, [1, BKV, BV], DV_D.layout)
+        dv_bufs = gl.allocate_shared_memory(DV_D.dtype, [CONSUMERS, 1, BKV, BV], DV_D.layout)
     k_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     mbarrier.init(k_ready, count=1)
     for s in gl.static_range(STAGES):
         mbarrier.init(ready.index(s), count=1)
-        mbarrier.init(empty.index(s), count=1)
+        mbarrier.init(empty.index(s), count=CONSUMERS)
 
     n_tiles = (L - q_first) // BQ
-    gl.warp_specialize(
-        [
-            (
-                _dv_partition,
-                (k_bufs.index(0), dc_smem, q_bufs, dh_bufs, dv_smem, k_ready, ready, empty, DV_D, GATE_B, GATE_I,
-                 INV_DEN, M_ST, M_TOK, bh, st, c * L + s_start, c * L + L - 1, c * L + q_first, pid_v * BV, n_tiles,
-                 SP, qk_scale, EXP, o_layout, s_layout, STATE_PIECES),
-            ),
-            (
-                load_partition,
-                (K_D, Q_D, DH_D, DC_D, k_bufs, dc_smem, q_bufs, dh_bufs, k_ready, ready, empty, bh, c * L + s_start,
-                 st, c * L + q_first, pid_v * BV, n_tiles, STATE_PIECES),
-            ),
-        ],
-        [LOAD_WARPS],
-        [LOAD_REGS],
-    )  # fmt: skip
+    # The partitions are written out per branch: Gluon takes them only as literal (function, args) tuples.
+    if CONSUMERS == 1:
+        gl.warp_specialize(
+            [
+                (
+                    _dv_partition,
+                    (k_bufs.index(0), dc_smem, q_bufs, dh_bufs, dv_bufs.index(0), k_ready, ready, empty, DV_D, GATE_B,
+                     GATE_I, INV_DEN, M_ST, M_TOK, bh, st, c * L + s_start, c * L + L - 1, c * L + q_first,
+                     pid_v * BV, 0, n_tiles, SP, qk_scale, EXP, o_layout, s_layout, STATE_PIECES),
+                ),
+                (
+                    load_partition,
+                    (K_D, Q_D, DH_D, DC_D, k_bufs, dc_smem, q_bufs, dh_bufs, k_ready, ready, empty, bh,
+                     c * L + s_start, st, c * L + q_first, pid_v * BV, n_tiles, STATE_PIECES),
+                ),
+            ],
+            [LOAD_WARPS],
+            [LOAD_REGS],
+        )  # fmt: skip
+    else:
+        gl.warp_specialize(
+            [
+                (
+                    _dv_partition,
+                    (k_bufs.index(0), dc_smem, q_bufs, dh_bufs, dv_bufs.index(0), k_ready, ready, empty, DV_D, GATE_B,
+                     GATE_I, INV_DEN, M_ST, M_TOK, bh, st, c * L + s_start, c * L + L - 1, c * L + q_first,
+                     pid_v * BV, 0, n_tiles, SP, qk_scale, EXP, o_layout, s_layout, STATE_PIECES),
+                ),
+                (
+                    _dv_partition,
+                    (k_bufs.index(1), dc_smem, q_bufs, dh_bufs, dv_bufs.index(1), k_ready, ready, empty, DV_D, GATE_B,
+                     GATE_I, INV_DEN, M_ST, M_TOK, bh, st, c * L + s_start + BKV, c * L + L - 1, c * L + q_first,
+                     pid_v * BV, n_skip, n_tiles, SP, qk_scale, EXP, o_layout, s_layout, STATE_PIECES),
+                ),
+                (
+                    load_partition,
+                    (K_D, Q_D, DH_D, DC_D, k_bufs, dc_smem, q_bufs, dh_bufs, k_ready, ready, empty, bh,
+                     c * L + s_start, st, c * L + q_first, pid_v * BV, n_tiles, STATE_PIECES),
+                ),
+            ],
+            [num_warps, LOAD_WARPS],
+            [CONSUMER_REGS, LOAD_REGS],
+        )  # fmt: skip
     mbarrier.invalidate(k_ready)
     for s in gl.static_range(STAGES):
         mbarrier.invalidate(ready.index(s))
@@ -192,16 +232,23 @@ def launch_args(
     num_warps: int = 4,
     stages: int = 2,
     state_pieces: bool | None = None,
+    consumers: int = 1,
 ) -> tuple[Any, tuple[int, int, int], dict[str, Any], dict[str, Any]]:
     """What ``launch_bw_dv`` launches: the kernel, its grid, its runtime arguments and its constexprs, by name.
     ``state_pieces`` (default: where the padded q/k head dim holds a ``BQ``-row piece) streams the state gradient's
     slice in pieces; ``bv`` defaults to 256 with pieces and 128 without (what fits at the 7B head dims), at most the
-    padded ``DHHV``. ``ValueError`` from ``check``."""
+    padded ``DHHV``; ``consumers`` (1 or 2) the consumer warpgroups, each with its own ``BKV`` keys. ``ValueError``
+    from ``check``."""
     dhqk, dhhv = q.shape[-1], dv.shape[-1]
     dk = triton.next_power_of_2(dhqk)
     pieces = dk >= bq if state_pieces is None else state_pieces
     bv = min(bv or (256 if pieces else 128), triton.next_power_of_2(dhhv))
     check(q, chunk_size, bq, bkv, bv, dhhv, pieces)
+    if consumers not in (1, 2) or chunk_size % (consumers * bkv):
+        raise ValueError(
+            f"consumers is 1 or 2 (with consumers * BKV dividing the chunk size {chunk_size}); got {consumers} with "
+            f"BKV={bkv}"
+        )
     bh, nc = m_st.shape[0], m_st.shape[1] - 1
     args = {
         "Q_D": head_tiles(q, bq, dk),
@@ -225,9 +272,10 @@ def launch_args(
         "O_INSTR_N": instr_n(bkv, bv, num_warps),
         "STAGES": stages,
         "STATE_PIECES": dk // bq if pieces else 0,
+        "CONSUMERS": consumers,
         "num_warps": num_warps,
     }
-    return bw_dv_kernel, (triton.cdiv(dhhv, bv), nc * (chunk_size // bkv), bh), args, constexprs
+    return bw_dv_kernel, (triton.cdiv(dhhv, bv), nc * (chunk_size // (consumers * bkv)), bh), args, constexprs
 
 
 def launch_bw_dv(*tensors: Any, **options: Any) -> None:

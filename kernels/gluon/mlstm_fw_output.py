@@ -32,6 +32,7 @@ from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared,
 
 from kernels.gluon import compat, intra_chunk
 from kernels.gluon.intra_chunk import (
+    CONSUMER_REGS,
     LOAD_REGS,
     LOAD_WARPS,
     LOG2E,
@@ -41,8 +42,6 @@ from kernels.gluon.intra_chunk import (
     state_product,
 )
 from kernels.gluon.ws_matmul import instr_n
-
-CONSUMER_REGS = gl.constexpr(240)  # the second consumer warpgroup: its BQ x BV fp32 accumulator, scores and gates
 
 
 @gluon.jit
