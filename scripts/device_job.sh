@@ -6,7 +6,7 @@
 # its limit); Parquet a step writes lands in $OUT. The steps run in order whatever the previous one returned, and
 # the script prints steps.tsv last. Steps (default limit in seconds):
 #   env (30)           nvidia-smi, the torch / Triton / baseline versions Python sees
-#   gluon (240)        pytest -m gpu tests/test_gluon.py, scripts/gluon_fw_output_time.py at the 7B and paper shapes,
+#   gluon (240)        pytest -m gpu tests/test_gluon.py, scripts/gluon_time.py (output and dv kernels) at 7B and paper shapes,
 #                      bench profile of the Triton and Gluon fwbw at 7B (each kernel's time: fw_output, bw_dv)
 #   pytest_gpu (300)   pytest -m gpu tests (every GPU test)
 #   mamba (240)        scripts/build_mamba.sh on the mamba-ssm source archive (.whl/src, carried) into /tmp/mamba
@@ -34,8 +34,10 @@ run_step() {  # the commands of one step (a subshell, so that `timeout` can cut 
     env) nvidia-smi; $py -c "import torch, triton; print(torch.__version__, triton.__version__)"; $py cli.py env ;;
     gluon)
       $py -m pytest -m gpu -q -rs -p no:cacheprovider tests/test_gluon.py
-      $py scripts/gluon_fw_output_time.py --shape 8,8,8192,256,512 --chunk 128 --variant sig
-      $py scripts/gluon_fw_output_time.py --shape 8,16,8192,128,256 --chunk 128 --variant sig
+      for shape in 8,8,8192,256,512 8,16,8192,128,256; do
+        $py scripts/gluon_time.py --kernel fw_output --shape $shape --chunk 128 --variant sig
+        $py scripts/gluon_time.py --kernel bw_dv --shape $shape --chunk 128 --variant sig
+      done
       $py cli.py profile --kernels tfla.mlstm_sig,tfla.mlstm_sig_gluon --mode fwbw ;;  # per kernel: bw_dv against Gluon's
     pytest_gpu) $py -m pytest -m gpu -q -rs -p no:cacheprovider tests ;;
     mamba)

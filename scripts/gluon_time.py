@@ -1,0 +1,134 @@
+"""Time a Gluon kernel against its Triton twin on the GPU, on the same inputs: the forward's output kernel
+(``--kernel fw_output``: ``fw_chunk_output_kernel`` with the table's tiles against ``fw_output_kernel`` /
+``fw_output_ws_kernel`` on ``tfla_fwd``'s states) or the backward's ``dv`` kernel (``--kernel bw_dv``:
+``bw_chunk_dv_kernel`` against ``bw_dv_kernel`` on the arguments the Triton backward hands its own). Prints a table
+with each one's time (``triton.testing.do_bench``, ms), its ratio to the Triton kernel and its relative difference.
+Usage: ``python scripts/gluon_time.py [--kernel fw_output|bw_dv] [--shape 8,8,8192,256,512] [--chunk 128]
+[--variant sig] [--gluon "64,64,128,4,0;64,64,256,4,1,1,2;..."]``: Gluon tiles
+``BQ,BKV,BV,num_warps,warp_specialized[,state_pieces[,consumers]]`` (``bw_dv`` is always warp-specialized).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+import triton
+
+from kernels.gluon import mlstm_bw_dv
+from kernels.gluon import mlstm_fw_output as fwo
+from kernels.mlstm import tfla
+from kernels.mlstm.chunk_fw import launch_fw_output
+from kernels.mlstm.launch import gpu_sm_count
+from kernels.mlstm.tfla import tfla_fwd
+from kernels.mlstm.tiles import choose_tiles, unpipelined_state_loads
+
+TILE_FORM = "BQ,BKV,BV,num_warps,warp_specialized[,state_pieces[,consumers]]"
+OPTIONAL_DEFAULTS = (0, 1)  # state_pieces, consumers
+
+
+def gluon_tiles(text: str) -> list[tuple[int, ...]]:
+    """``--gluon``: tiles ``TILE_FORM`` separated by ``;`` (argparse exits 2 otherwise); ``state_pieces`` defaults to
+    0, ``consumers`` to 1."""
+    try:
+        tiles = [tuple(int(x) for x in tile.split(",")) for tile in text.split(";")]
+    except ValueError:
+        tiles = []
+    if not tiles or any(len(t) not in (5, 6, 7) for t in tiles):
+        raise argparse.ArgumentTypeError(f"want '{TILE_FORM}' (integers) per tile; got {text!r}")
+    return [(*t, *OPTIONAL_DEFAULTS[len(t) - 5 :]) for t in tiles]
+
+
+def _name(bq: int, bkv: int, bv: int, warps: int, ws: int, pieces: int, consumers: int) -> str:
+    return f"gluon {f'ws{consumers} ' if ws else ''}BQ={bq} BKV={bkv} BV={bv} warps={warps}" + (
+        " pieces" if pieces else ""
+    )
+
+
+def fw_output_runs(a: argparse.Namespace, x: list[torch.Tensor], tiles: object) -> tuple[dict, torch.Tensor]:
+    """The output kernels to time on the Triton forward's states, and the Triton ``h`` they must write."""
+    q, k, v, i, f = x
+    exp = normalize = a.variant == "exp"
+    h, _, st = tfla_fwd(q, k, v, i, f, None, a.variant, normalize, a.chunk, 1e-6, tiles)
+    common = (q, k, v, st.gate_b, st.gate_i, st.c_st, st.n_st, st.m_st)
+    runs = {
+        "triton (table)": lambda out: launch_fw_output(
+            *common, out, st.m_tok, torch.empty_like(st.z_tok), a.chunk, exp, normalize, 1e-6, tiles.fw_output
+        )
+    }
+    for bq, bkv, bv, warps, ws, pieces, consumers in a.gluon:
+        options = dict(
+            bq=bq, bkv=bkv, bv=bv, num_warps=warps, warp_specialized=bool(ws), state_pieces=bool(pieces),
+            consumers=consumers,
+        )  # fmt: skip
+        runs[_name(bq, bkv, bv, warps, ws, pieces, consumers)] = lambda out, options=options: fwo.launch_fw_output(
+            *common, out, st.m_tok, torch.empty_like(st.z_tok), a.chunk, exp, normalize, 1e-6, **options
+        )
+    return runs, h
+
+
+def bw_dv_runs(a: argparse.Namespace, x: list[torch.Tensor], tiles: object) -> tuple[dict, torch.Tensor]:
+    """The ``dv`` kernels to time on the arguments one Triton backward hands its own (recorded), and its ``dv``."""
+    calls = []
+    triton_dv = tfla.launch_bw_dv
+    tfla.launch_bw_dv = lambda *args: (calls.append(args), triton_dv(*args))
+    try:
+        x = [t.detach().requires_grad_(True) for t in x]
+        h = tfla.mlstm_tfla(*x, variant=a.variant, normalize=a.variant == "exp", chunk_size=a.chunk, backend="triton")
+        h.backward(torch.randn_like(h))
+    finally:
+        tfla.launch_bw_dv = triton_dv
+    *tensors, dv, chunk, exp, dv_tiles = calls[0]
+    runs = {"triton (table)": lambda out: triton_dv(*tensors, out, chunk, exp, dv_tiles)}
+    for bq, bkv, bv, warps, _, pieces, consumers in a.gluon:
+        options = dict(bq=bq, bkv=bkv, bv=bv, num_warps=warps, state_pieces=bool(pieces), consumers=consumers)
+        runs[_name(bq, bkv, bv, warps, 1, pieces, consumers)] = lambda out, options=options: mlstm_bw_dv.launch_bw_dv(
+            *tensors, out, chunk, exp, **options
+        )
+    return runs, dv
+
+
+DEFAULT_TILES = {
+    "fw_output": "64,64,128,4,0;64,64,128,4,1;64,64,256,4,0,1;64,64,256,4,1,1;64,64,256,4,1,1,2;64,32,256,4,1,1,2",
+    "bw_dv": "64,64,128,4,1,0;64,64,256,4,1,1;64,64,256,4,1,1,2",
+}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--kernel", default="fw_output", choices=tuple(DEFAULT_TILES))
+    p.add_argument("--shape", default="8,8,8192,256,512", help="B,NH,S,DHQK,DHHV")
+    p.add_argument("--chunk", type=int, default=128)
+    p.add_argument("--variant", default="sig", choices=("sig", "exp"))
+    p.add_argument("--gluon", type=gluon_tiles, help=f"Gluon tiles to time, '{TILE_FORM}' separated by ';'")
+    a = p.parse_args()
+    a.gluon = a.gluon or gluon_tiles(DEFAULT_TILES[a.kernel])
+    b, nh, s, dqk, dv = (int(x) for x in a.shape.split(","))
+    dev, dtype = torch.device("cuda"), torch.bfloat16
+    torch.manual_seed(0)
+    x = [torch.randn(b, nh, s, d, device=dev, dtype=dtype) for d in (dqk, dqk, dv)]
+    x += [torch.randn(b, nh, s, device=dev, dtype=dtype), (torch.randn(b, nh, s, device=dev) + 3.0).to(dtype)]
+    tiles = unpipelined_state_loads(choose_tiles(a.chunk, dqk, dv, False, dtype, b * nh, gpu_sm_count(dev)), dtype)
+    runs, expected = (fw_output_runs if a.kernel == "fw_output" else bw_dv_runs)(a, x, tiles)
+    print(
+        f"{torch.cuda.get_device_name()}, triton {triton.__version__}, {a.kernel}, shape {a.shape}, chunk {a.chunk}, "
+        f"{a.variant}"
+    )
+    print(f"kernel | ms | / triton | rel diff of {'h' if a.kernel == 'fw_output' else 'dv'}")
+    base = None
+    for name, run in runs.items():
+        out = torch.full_like(expected, float("nan"))
+        try:
+            run(out)
+            torch.cuda.synchronize()
+            ms = triton.testing.do_bench(lambda run=run, out=out: run(out), rep=200)
+        except Exception as e:  # noqa: BLE001 - a tile that does not fit is a line of the table
+            print(f"{name} | - | - | {type(e).__name__}: {str(e).splitlines()[0][:120]}")
+            continue
+        base = base or ms
+        diff = ((out.double() - expected.double()).norm() / expected.double().norm()).item()
+        print(f"{name} | {ms:.3f} | {ms / base:.3f} | {diff:.2e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""``scripts/gluon_time.py``'s runs on the CPU (the Gluon kernels through the simulator, the Triton ones through the
+interpreter): every run writes what its Triton twin writes, so the GPU session's table compares like with like."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+
+import pytest
+import torch
+
+pytest.importorskip("triton.experimental.gluon.language.nvidia.hopper", reason="this Triton has no Gluon")
+
+from tests.sweep_process import ROOT  # noqa: E402
+
+
+def _script() -> object:
+    spec = importlib.util.spec_from_file_location("gluon_time", ROOT / "scripts" / "gluon_time.py")
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+@pytest.mark.parametrize("kernel", ["fw_output", "bw_dv"])
+def test_every_run_writes_what_the_triton_kernel_writes(kernel: str) -> None:
+    from kernels.mlstm.tiles import choose_tiles, unpipelined_state_loads
+
+    script = _script()
+    torch.manual_seed(torch.seed() % 2**31)
+    dtype, (b, nh, s, dqk, dv, chunk) = torch.float16, (1, 2, 192, 64, 64, 128)
+    x = [torch.randn(b, nh, s, d, dtype=dtype) for d in (dqk, dqk, dv)]
+    x += [torch.randn(b, nh, s, dtype=dtype), (torch.randn(b, nh, s) + 3.0).to(dtype)]
+    tiles = unpipelined_state_loads(choose_tiles(chunk, dqk, dv, True, dtype, b * nh, 0), dtype)
+    tile_list = "64,64,64,4,1,1;64,64,64,4,1,1,2" + (";64,64,64,4,0" if kernel == "fw_output" else "")
+    a = argparse.Namespace(variant="sig", chunk=chunk, gluon=script.gluon_tiles(tile_list))
+    runs, expected = getattr(script, f"{kernel}_runs")(a, x, tiles)
+    assert len(runs) == 1 + len(a.gluon)
+    for name, run in runs.items():
+        out = torch.full_like(expected, float("nan"))
+        run(out)
+        err = ((out.double() - expected.double()).norm() / expected.double().norm()).item()
+        assert err < 1e-3, f"{name}: {err:.2e}"
