@@ -88,6 +88,27 @@ def state_product(fixed, st_smem, b_bufs, fix_ready, ready, empty, o_layout: gl.
     return acc
 
 
+@gluon.jit
+def init_ring(fix_ready, ready, empty, consumers: gl.constexpr):
+    """Arm the barriers ``load_partition`` and the consumers use: ``fix_ready`` and each stage's ``ready`` complete
+    on one arrival (the producer's ``expect``), each ``empty`` when all ``consumers`` have freed its stage."""
+    stages: gl.constexpr = ready.type.shape[0]
+    mbarrier.init(fix_ready, count=1)
+    for s in gl.static_range(stages):
+        mbarrier.init(ready.index(s), count=1)
+        mbarrier.init(empty.index(s), count=consumers)
+
+
+@gluon.jit
+def invalidate_ring(fix_ready, ready, empty):
+    """``init_ring``'s barriers released, after the partitions have joined."""
+    stages: gl.constexpr = ready.type.shape[0]
+    mbarrier.invalidate(fix_ready)
+    for s in gl.static_range(stages):
+        mbarrier.invalidate(ready.index(s))
+        mbarrier.invalidate(empty.index(s))
+
+
 def head_tiles(x: Any, rows: int, cols: int) -> TensorDescriptor:
     """Gluon TMA descriptor of a contiguous ``x`` seen as ``(heads, R, D)`` (its last two dims) moving
     ``[1, rows, cols]`` blocks; reads past ``R`` or ``D`` give zeros, stores there are dropped."""
@@ -132,3 +153,16 @@ def check(
             f"state pieces of {streamed_name}={streamed_rows} rows need a padded q/k head dim of at least "
             f"{streamed_rows}"
         )
+
+
+def launch(
+    kernel: Any, grid: tuple[int, int, int], args: dict[str, Any], constexprs: dict[str, Any], device: Any
+) -> None:
+    """``kernel[grid](**args, **constexprs)`` on a GPU; on the CPU (``device.type == "cpu"``) the same kernel through
+    ``kernels.gluon.simulator`` (results, not timings)."""
+    if device.type == "cpu":
+        from kernels.gluon.simulator import simulate
+
+        simulate(kernel, grid, args, constexprs)
+    else:
+        kernel[grid](**args, **constexprs)

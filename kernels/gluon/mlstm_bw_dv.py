@@ -32,6 +32,8 @@ from kernels.gluon.intra_chunk import (
     LOAD_WARPS,
     LOG2E,
     head_tiles,
+    init_ring,
+    invalidate_ring,
     load_partition,
     mma_layout,
     state_product,
@@ -153,10 +155,7 @@ def bw_dv_kernel(
     k_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    mbarrier.init(k_ready, count=1)
-    for s in gl.static_range(STAGES):
-        mbarrier.init(ready.index(s), count=1)
-        mbarrier.init(empty.index(s), count=CONSUMERS)
+    init_ring(k_ready, ready, empty, CONSUMERS)
 
     n_tiles = (L - q_first) // BQ
     # The partitions are written out per branch: Gluon takes them only as literal (function, args) tuples.
@@ -202,10 +201,7 @@ def bw_dv_kernel(
             [num_warps, LOAD_WARPS],
             [CONSUMER_REGS, LOAD_REGS],
         )  # fmt: skip
-    mbarrier.invalidate(k_ready)
-    for s in gl.static_range(STAGES):
-        mbarrier.invalidate(ready.index(s))
-        mbarrier.invalidate(empty.index(s))
+    invalidate_ring(k_ready, ready, empty)
 
 
 def check(q: Any, chunk_size: int, bq: int, bkv: int, bv: int, dhhv: int, state_pieces: bool) -> None:
@@ -281,10 +277,4 @@ def launch_args(
 def launch_bw_dv(*tensors: Any, **options: Any) -> None:
     """As ``kernels.mlstm.chunk_bw.launch_bw_dv`` (same tensors and order, then ``chunk_size, exp``): writes ``dv``.
     Options: ``launch_args``'. CPU tensors run through ``kernels.gluon.simulator`` (results, not timings)."""
-    kernel, grid, args, constexprs = launch_args(*tensors, **options)
-    if tensors[0].device.type == "cpu":
-        from kernels.gluon.simulator import simulate
-
-        simulate(kernel, grid, args, constexprs)
-    else:
-        kernel[grid](**args, **constexprs)
+    intra_chunk.launch(*launch_args(*tensors, **options), tensors[0].device)

@@ -37,6 +37,8 @@ from kernels.gluon.intra_chunk import (
     LOAD_WARPS,
     LOG2E,
     head_tiles,
+    init_ring,
+    invalidate_ring,
     load_partition,
     mma_layout,
     state_product,
@@ -317,10 +319,7 @@ def fw_output_ws_kernel(
     qc_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    mbarrier.init(qc_ready, count=1)
-    for s in gl.static_range(STAGES):
-        mbarrier.init(ready.index(s), count=1)
-        mbarrier.init(empty.index(s), count=CONSUMERS)
+    init_ring(qc_ready, ready, empty, CONSUMERS)
 
     n_first = gl.cdiv(row0 - c * L + BQ, BKV)  # the first consumer's key tiles (the second's: n_loaded, all)
     # The partitions are written out in each branch: Gluon takes them only as literal (function, args) tuples (an
@@ -367,10 +366,7 @@ def fw_output_ws_kernel(
             [num_warps, LOAD_WARPS],
             [CONSUMER_REGS, LOAD_REGS],
         )  # fmt: skip
-    mbarrier.invalidate(qc_ready)
-    for s in gl.static_range(STAGES):
-        mbarrier.invalidate(ready.index(s))
-        mbarrier.invalidate(empty.index(s))
+    invalidate_ring(qc_ready, ready, empty)
 
 
 def check(q: Any, chunk_size: int, bq: int, bkv: int, bv: int, dhhv: int, state_pieces: bool = False) -> None:
@@ -457,10 +453,4 @@ def launch_fw_output(*tensors: Any, **options: Any) -> None:
     tiles ``bq, bkv, bv``, ``num_warps``, ``state_pieces``, and ``warp_specialized`` (``fw_output_ws_kernel`` with a
     ring of ``stages`` key-tile buffers and ``consumers`` consumer warpgroups; else ``fw_output_kernel``, two).
     CPU tensors run through ``kernels.gluon.simulator`` (for tests: results, not timings)."""
-    kernel, grid, args, constexprs = launch_args(*tensors, **options)
-    if tensors[0].device.type == "cpu":  # no GPU: the CPU simulator (kernels.gluon.simulator) runs the same kernel
-        from kernels.gluon.simulator import simulate
-
-        simulate(kernel, grid, args, constexprs)
-    else:
-        kernel[grid](**args, **constexprs)
+    intra_chunk.launch(*launch_args(*tensors, **options), tensors[0].device)

@@ -198,8 +198,14 @@ class Barrier:
 
 
 class _BarrierArray:
+    """``n`` barriers allocated as ``[n, 1]`` int64 shared memory (``type.shape`` as Gluon's descriptor gives it)."""
+
     def __init__(self, program: _Program, n: int) -> None:
         self.barriers = [Barrier(program, f"barrier {len(program.barriers)}") for _ in range(n)]
+
+    @property
+    def type(self) -> _BlockType:
+        return _BlockType([len(self.barriers), 1], 8 * len(self.barriers))
 
     def index(self, i: int) -> Barrier:
         return self.barriers[int(i)]

@@ -19,7 +19,7 @@ GLUON_QUERY_TILE = 64
 
 
 def gluon_reason(device: torch.device, dtype: torch.dtype, dhqk: int, chunk_size: int) -> str | None:
-    """Why the Gluon output kernel cannot run this forward (``None``: it can). It runs on a Hopper GPU, and on the
+    """Why the Gluon kernels (output, ``dv``) cannot run this pass (``None``: they can). They run on a Hopper GPU, and on the
     CPU through ``kernels.gluon.simulator``, beside the Triton kernels in the interpreter (results, not timings)."""
     simulated = device.type == "cpu"
     if not simulated and (interpreting() or device.type != "cuda"):
