@@ -3,7 +3,8 @@
 # what is planned and a slow step cannot take the rest:
 #   scripts/device_job.sh STEP[:SECONDS] ...      (on the device, in the repository root; $OUT must be set)
 # Each step's output goes to $OUT/STEP.txt, its exit status, seconds and end time to $OUT/steps.tsv (124: cut at
-# its limit); Parquet a step writes lands in $OUT. The steps run in order whatever the previous one returned, and
+# its limit). Parquet a step writes is kept in /tmp/results (which outlives the call while the machine stays warm,
+# so a sweep cut at its limit resumes where it stopped when the step is sent again) and copied, compacted, to $OUT. The steps run in order whatever the previous one returned, and
 # the script prints steps.tsv last. Steps (default limit in seconds):
 #   env (30)           nvidia-smi, the torch / Triton / baseline versions Python sees
 #   gluon (240)        pytest -m gpu tests/test_gluon.py, scripts/gluon_time.py (output and dv kernels) at 7B and paper shapes,
@@ -25,7 +26,8 @@ for arg in "$@"; do  # every step known and every limit a number, before anythin
   [ -n "${LIMIT[$step]:-}" ] || { echo "device_job.sh: unknown step '$step'; steps: ${!LIMIT[*]}" >&2; exit 2; }
   [[ $arg != *:* || ${arg#*:} =~ ^[0-9]+$ ]] || { echo "device_job.sh: STEP:SECONDS wants whole seconds; got '$arg'" >&2; exit 2; }
 done
-mkdir -p "$OUT"
+RESULTS=/tmp/results
+mkdir -p "$OUT" "$RESULTS"
 [ -d /tmp/mamba ] && export PYTHONPATH=/tmp/mamba${PYTHONPATH:+:$PYTHONPATH}
 py=${PYTHON:-python3}
 
@@ -45,9 +47,9 @@ run_step() {  # the commands of one step (a subshell, so that `timeout` can cut 
       [ -n "$src" ] || { echo "no mamba-ssm source archive (../shared/gpu/wheels.sh puts it in .whl/src)"; return 2; }
       bash scripts/build_mamba.sh "$src" /tmp/mamba 90 ;;
     verify) $py cli.py verify --jobs 8 --timeout 400 ;;
-    premove) $py cli.py check --against 2e403e8 --run ci --out "$OUT/premove.parquet" ;;
+    premove) $py cli.py check --against 2e403e8 --run ci --out "$RESULTS/premove.parquet" ;;
     consttoken7b|consttoken)
-      $py cli.py sweep --preset "$1" --seq-len 2048,8192 --out "$OUT/$1.parquet" ;;
+      $py cli.py sweep --preset "$1" --seq-len 2048,8192 --out "$RESULTS/$1.parquet" ;;
   esac
 }
 
@@ -57,10 +59,14 @@ for arg in "$@"; do
   limit=${LIMIT[$step]}
   [[ $arg == *:* ]] && limit=${arg#*:}
   start=$(date +%s)
-  export -f run_step; export OUT py
+  export -f run_step; export OUT RESULTS py
   timeout -k 10 "$limit" bash -c "run_step $step" > "$OUT/$step.txt" 2>&1
   rc=$?
   [ -d /tmp/mamba ] && [[ ":${PYTHONPATH:-}:" != *:/tmp/mamba:* ]] && export PYTHONPATH=/tmp/mamba${PYTHONPATH:+:$PYTHONPATH}
+  if [ -e "$RESULTS/$step.parquet" ] || [ -d "$RESULTS/$step.parquet.parts" ]; then
+    $py -c 'import sys; from bench.store import compact; compact(sys.argv[1])' "$RESULTS/$step.parquet" \
+      && cp "$RESULTS/$step.parquet" "$OUT/"
+  fi
   printf '%s\t%s\t%s\t%s\n' "$step" "$rc" "$(($(date +%s) - start))" "$(date +%T)" >> "$OUT/steps.tsv"
   tail -3 "$OUT/$step.txt"
 done
