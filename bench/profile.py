@@ -52,10 +52,18 @@ def kernel_times(run: Callable[[], Any], passes: int, device: str = "cuda") -> l
 
 
 def profile(spec: KernelSpec, problem: Problem, passes: int = 3) -> list[KernelTime]:
-    """``kernel_times`` of one sweep step of ``spec`` on ``problem`` (its mode: fw, bw or fwbw)."""
+    """``kernel_times`` of one sweep step of ``spec`` on ``problem`` (its mode: fw, bw or fwbw). Gradients are
+    reset before each pass, as the timers reset them between repetitions: otherwise every pass after the first
+    adds its gradients to the last ones' (one elementwise kernel per input, which the timed step never runs)."""
     inputs = spec.make_inputs(problem)
-    step, _ = build_step(spec, inputs, problem.mode)
-    return kernel_times(step, passes, problem.device)
+    step, leaves = build_step(spec, inputs, problem.mode)
+
+    def one_pass() -> None:
+        for x in leaves:
+            x.grad = None
+        step()
+
+    return kernel_times(one_pass, passes, problem.device)
 
 
 def tfla_pass(inputs: list[Any], dh: Any, variant: str, chunk: int, tiles: Any = None) -> list[Any]:
