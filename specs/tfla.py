@@ -44,6 +44,23 @@ def _gluon_available() -> str | None:
     return api_missing()
 
 
+def _params(p: Problem, variant: str, normalize: bool, backend: str) -> dict[str, object]:
+    """A row's ``kernel_params``; with the Gluon backend also the options its kernels ran with
+    (``kernels.gluon.config``). Pure: rows of any status call it."""
+    params: dict[str, object] = {
+        "variant": variant,
+        "normalize": normalize,
+        "chunk_size": p.chunk_size,
+        "backend": backend,
+    }
+    if backend == "gluon":
+        from kernels.gluon.config import bw_dv_options, fw_output_options
+
+        shape = (p.head_dim_qk, p.head_dim_v, p.chunk_size)
+        params["gluon"] = {"fw_output": fw_output_options(*shape).kwargs(), "bw_dv": bw_dv_options(*shape).kwargs()}
+    return params
+
+
 def _register_tfla(variant: str, normalize: bool, description: str, backend: str = "auto") -> None:
     def fn(q, k, v, i, f, _chunk: int = 0):  # noqa: ANN001, ANN202
         from kernels.mlstm.tfla import mlstm_tfla
@@ -61,12 +78,7 @@ def _register_tfla(variant: str, normalize: bool, description: str, backend: str
             bytes=mlstm_bytes,
             supports=_gluon_supports if gluon else _tfla_supports,
             available=_gluon_available if gluon else lambda: package_reason("triton"),
-            params=lambda p: {
-                "variant": variant,
-                "normalize": normalize,
-                "chunk_size": p.chunk_size,
-                "backend": "gluon" if gluon else _backend(p, backend),  # never raises: rows of any status call it
-            },
+            params=lambda p: _params(p, variant, normalize, "gluon" if gluon else _backend(p, backend)),
             reference=mlstm_reference(variant, normalize),
             input_names=MLSTM_INPUTS,
             uses_chunk_size=True,

@@ -11,6 +11,7 @@ import torch
 from bench import store
 from bench.grid import Grid
 from bench.runner import sweep
+from kernels.gluon.config import bw_dv_options, fw_output_options
 from kernels.mlstm import backends
 from kernels.mlstm.tfla import mlstm_tfla
 
@@ -74,4 +75,9 @@ def test_rows_record_the_backend_and_gluon_rows_are_not_a_crash(tmp_path: Path) 
     assert json.loads(rows["tfla.mlstm_sig"].kernel_params)["backend"] == "triton"
     gluon = rows["tfla.mlstm_sig_gluon"]
     assert gluon.status in ("unavailable", "unsupported") and gluon.message
-    assert json.loads(gluon.kernel_params)["backend"] == "gluon"
+    params = json.loads(gluon.kernel_params)
+    assert params["backend"] == "gluon"
+    assert params["gluon"] == {  # the options its kernels run with (kernels.gluon.config)
+        "fw_output": fw_output_options(32, 32, 32).kwargs(),
+        "bw_dv": bw_dv_options(32, 32, 32).kwargs(),
+    }

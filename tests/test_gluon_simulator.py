@@ -140,14 +140,17 @@ def test_bw_dv_matches_the_triton_kernel(
         assert rel(out, dv_triton) < 1e-3, f"{name}: dv against the Triton kernel: {rel(out, dv_triton):.2e}"
 
 
-@pytest.mark.parametrize("variant", ["exp", "sig"])
-def test_the_gluon_backend_runs_simulated_on_the_cpu(variant: str) -> None:
-    """``mlstm_tfla(backend="gluon")`` on CPU tensors runs the Gluon output and ``dv`` kernels in the simulator:
-    output and every gradient as ``backend="triton"`` (float16, S not a multiple of the chunk); ``auto`` never picks
-    it there."""
+@pytest.mark.parametrize(
+    "variant,shape,chunk",
+    [("exp", (1, 2, 100, 32, 64), 64), ("sig", (1, 2, 100, 32, 64), 64), ("sig", (1, 1, 200, 64, 64), 128)],
+)
+def test_the_gluon_backend_runs_simulated_on_the_cpu(variant: str, shape: tuple[int, ...], chunk: int) -> None:
+    """``mlstm_tfla(backend="gluon")`` on CPU tensors runs the Gluon output and ``dv`` kernels in the simulator with
+    the options ``kernels.gluon.config`` picks (chunk 128: two consumer warpgroups each): output and every gradient
+    as ``backend="triton"`` (float16, S not a multiple of the chunk); ``auto`` never picks it there."""
     from kernels.mlstm.backends import choose_backend
 
-    errors = gluon_against_triton("cpu", torch.float16, (1, 2, 100, 32, 64), variant, 64)
+    errors = gluon_against_triton("cpu", torch.float16, shape, variant, chunk)
     assert all(err < 2e-3 for err in errors.values()), errors
     assert choose_backend("auto", torch.device("cpu"), torch.float16, 32, 64) == "triton"
 

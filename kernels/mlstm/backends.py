@@ -11,8 +11,9 @@ from kernels.mlstm.launch import interpreting
 
 BACKENDS = ("auto", "triton", "gluon")
 # The backend ``auto`` picks per GPU (``torch.cuda.get_device_name``), filled from measurements in the same run
-# against the Triton kernels only (docs/performance.md); a GPU not listed runs Triton. On the H200 the Gluon output
-# kernel is 1.06x-1.6x slower than the Triton one (docs/performance.md, v11), so none is listed.
+# against the Triton kernels only (docs/performance.md); a GPU not listed runs Triton. None is listed: on the H100 the
+# Gluon output and dv kernels with kernels.gluon.config's options are 0.92x / 0.93x their Triton twins at the 7B shape
+# but 1.03x / 1.05x at the paper shape, and the whole pass with those options is not yet timed (v14).
 FASTEST: dict[str, str] = {}
 GLUON_MAX_HEAD_DIM_QK = 256  # the Gluon output kernel loads the q/k head dim whole (kernels.gluon.mlstm_fw_output)
 GLUON_QUERY_TILE = 64

@@ -135,9 +135,13 @@ def tfla_fwd(
     m_tok = stabilizer_per_token(gate_b, gate_i, m_st, L) if exp else torch.zeros(BH, SP, **f32)
     z_tok = torch.empty(BH, SP, **f32)
     if backend == "gluon":
+        from kernels.gluon.config import fw_output_options
         from kernels.gluon.mlstm_fw_output import launch_fw_output as launch_fw_output_gluon
 
-        launch_fw_output_gluon(q, k, v, gate_b, gate_i, c_st, n_st, m_st, h, m_tok, z_tok, L, exp, normalize, eps)
+        launch_fw_output_gluon(
+            q, k, v, gate_b, gate_i, c_st, n_st, m_st, h, m_tok, z_tok, L, exp, normalize, eps,
+            **fw_output_options(DHQK, DHHV, L).kwargs(),
+        )  # fmt: skip
     else:
         launch_fw_output(
             q, k, v, gate_b, gate_i, c_st, n_st, m_st, h, m_tok, z_tok, L, exp, normalize, eps, tiles.fw_output
@@ -193,9 +197,12 @@ def tfla_bwd(
         q, k, v, dh, gate_b, gate_i, inv_den, dz, dc_st, dn_st, m_st, m_tok, dk, L, exp, tiles.bw_dk
     )
     if backend == "gluon":
+        from kernels.gluon.config import bw_dv_options
         from kernels.gluon.mlstm_bw_dv import launch_bw_dv as launch_bw_dv_gluon
 
-        launch_bw_dv_gluon(q, k, dh, gate_b, gate_i, inv_den, dc_st, m_st, m_tok, dv, L, exp)
+        launch_bw_dv_gluon(
+            q, k, dh, gate_b, gate_i, inv_den, dc_st, m_st, m_tok, dv, L, exp, **bw_dv_options(DHQK, DHHV, L).kwargs()
+        )
     else:
         launch_bw_dv(q, k, dh, gate_b, gate_i, inv_den, dc_st, m_st, m_tok, dv, L, exp, tiles.bw_dv)
     di, df = gate_grads(qdq, kdk, kdk_off, kdk_inter, x_part, i, f, L, variant)

@@ -1,0 +1,77 @@
+"""The options the Gluon kernels run with inside ``mlstm_tfla(backend="gluon")``, per problem: pure and cached (no
+tensor reads, no allocation), so a test can pin them and a reader can see them in one place.
+
+Why these (docs/performance.md, v14: each option against the Triton kernel on the same inputs, H100, bf16, chunk 128):
+two consumer warpgroups and the state streamed in pieces were the fastest of every output and ``dv`` variant at both
+shapes measured (7B, q/k head dim 256: output 0.92x, ``dv`` 0.93x the Triton kernel's time; paper shape, 128:
+1.03x and 1.05x). The output kernel's key tile is 64 rows at a q/k head dim of 256 and 32 below it (the better of
+the two at each shape). Two consumers need a chunk of at least two 64-row tiles; below that, one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from functools import cache
+from typing import Any
+
+CONSUMER_ROWS = 64  # rows of a consumer warpgroup's own tile (queries for the output, keys for dv): one wgmma M
+
+
+@dataclass(frozen=True)
+class FwOutputOptions:
+    """``kernels.gluon.mlstm_fw_output.launch_args``' options: tiles ``bq`` (queries a consumer), ``bkv`` (key rows
+    a ring stage), ``bv`` (output columns a program), the state in ``bkv``-row pieces, consumer warpgroups."""
+
+    bq: int
+    bkv: int
+    bv: int
+    state_pieces: bool
+    consumers: int
+    warp_specialized: bool = True
+
+    def kwargs(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class BwDvOptions:
+    """``kernels.gluon.mlstm_bw_dv.launch_args``' options: tiles ``bq`` (query rows a ring stage), ``bkv`` (keys a
+    consumer), ``bv`` (``dv`` columns a program), the state gradient in ``bq``-row pieces, consumer warpgroups."""
+
+    bq: int
+    bkv: int
+    bv: int
+    state_pieces: bool
+    consumers: int
+
+    def kwargs(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _padded(n: int) -> int:
+    """``n`` rounded up to a power of two (``triton.next_power_of_2``, without importing Triton)."""
+    return 1 << max(n - 1, 0).bit_length()
+
+
+def _consumers(chunk_size: int) -> int:
+    return 2 if chunk_size % (2 * CONSUMER_ROWS) == 0 else 1
+
+
+@cache
+def fw_output_options(dhqk: int, dhhv: int, chunk_size: int) -> FwOutputOptions:
+    """Options of the Gluon output kernel for q/k head dim ``dhqk``, value head dim ``dhhv`` and ``chunk_size``."""
+    dk = _padded(dhqk)
+    bkv = 64 if dk >= 256 else 32
+    pieces = dk >= bkv  # a piece is bkv rows of the state, which has dk rows
+    bv = min(256 if pieces else 128, _padded(dhhv))
+    return FwOutputOptions(CONSUMER_ROWS, bkv, bv, pieces, _consumers(chunk_size))
+
+
+@cache
+def bw_dv_options(dhqk: int, dhhv: int, chunk_size: int) -> BwDvOptions:
+    """Options of the Gluon ``dv`` kernel for q/k head dim ``dhqk``, value head dim ``dhhv`` and ``chunk_size``."""
+    dk = _padded(dhqk)
+    bq = 64
+    pieces = dk >= bq
+    bv = min(256 if pieces else 128, _padded(dhhv))
+    return BwDvOptions(bq, CONSUMER_ROWS, bv, pieces, _consumers(chunk_size))
