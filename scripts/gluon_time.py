@@ -4,8 +4,9 @@
 ``bw_chunk_dv_kernel`` against ``bw_dv_kernel`` on the arguments the Triton backward hands its own). Prints a table
 with each one's time (``triton.testing.do_bench``, ms), its ratio to the Triton kernel and its relative difference.
 Usage: ``python scripts/gluon_time.py [--kernel fw_output|bw_dv] [--shape 8,8,8192,256,512] [--chunk 128]
-[--variant sig] [--gluon "64,64,128,4,0;64,64,256,4,1,1,2;..."]``: Gluon tiles
-``BQ,BKV,BV,num_warps,warp_specialized[,state_pieces[,consumers]]`` (``bw_dv`` is always warp-specialized).
+[--variant sig] [--gluon "64,64,128,4,0;64,64,256,4,1,1,2,1;..."]``: Gluon tiles
+``BQ,BKV,BV,num_warps,warp_specialized[,state_pieces[,consumers[,pingpong]]]`` (``bw_dv`` is always
+warp-specialized).
 """
 
 from __future__ import annotations
@@ -23,26 +24,25 @@ from kernels.mlstm.launch import gpu_sm_count
 from kernels.mlstm.tfla import tfla_fwd
 from kernels.mlstm.tiles import choose_tiles, unpipelined_state_loads
 
-TILE_FORM = "BQ,BKV,BV,num_warps,warp_specialized[,state_pieces[,consumers]]"
-OPTIONAL_DEFAULTS = (0, 1)  # state_pieces, consumers
+TILE_FORM = "BQ,BKV,BV,num_warps,warp_specialized[,state_pieces[,consumers[,pingpong]]]"
+OPTIONAL_DEFAULTS = (0, 1, 0)  # state_pieces, consumers, pingpong
 
 
 def gluon_tiles(text: str) -> list[tuple[int, ...]]:
     """``--gluon``: tiles ``TILE_FORM`` separated by ``;`` (argparse exits 2 otherwise); ``state_pieces`` defaults to
-    0, ``consumers`` to 1."""
+    0, ``consumers`` to 1, ``pingpong`` to 0."""
     try:
         tiles = [tuple(int(x) for x in tile.split(",")) for tile in text.split(";")]
     except ValueError:
         tiles = []
-    if not tiles or any(len(t) not in (5, 6, 7) for t in tiles):
+    if not tiles or any(len(t) not in (5, 6, 7, 8) for t in tiles):
         raise argparse.ArgumentTypeError(f"want '{TILE_FORM}' (integers) per tile; got {text!r}")
     return [(*t, *OPTIONAL_DEFAULTS[len(t) - 5 :]) for t in tiles]
 
 
-def _name(bq: int, bkv: int, bv: int, warps: int, ws: int, pieces: int, consumers: int) -> str:
-    return f"gluon {f'ws{consumers} ' if ws else ''}BQ={bq} BKV={bkv} BV={bv} warps={warps}" + (
-        " pieces" if pieces else ""
-    )
+def _name(bq: int, bkv: int, bv: int, warps: int, ws: int, pieces: int, consumers: int, pingpong: int) -> str:
+    ws_part = f"ws{consumers}{' pingpong' if pingpong else ''} " if ws else ""
+    return f"gluon {ws_part}BQ={bq} BKV={bkv} BV={bv} warps={warps}" + (" pieces" if pieces else "")
 
 
 def fw_output_runs(a: argparse.Namespace, x: list[torch.Tensor], tiles: object) -> tuple[dict, torch.Tensor]:
@@ -56,13 +56,15 @@ def fw_output_runs(a: argparse.Namespace, x: list[torch.Tensor], tiles: object) 
             *common, out, st.m_tok, torch.empty_like(st.z_tok), a.chunk, exp, normalize, 1e-6, tiles.fw_output
         )
     }
-    for bq, bkv, bv, warps, ws, pieces, consumers in a.gluon:
+    for bq, bkv, bv, warps, ws, pieces, consumers, pingpong in a.gluon:
         options = dict(
             bq=bq, bkv=bkv, bv=bv, num_warps=warps, warp_specialized=bool(ws), state_pieces=bool(pieces),
-            consumers=consumers,
+            consumers=consumers, pingpong=bool(pingpong),
         )  # fmt: skip
-        runs[_name(bq, bkv, bv, warps, ws, pieces, consumers)] = lambda out, options=options: fwo.launch_fw_output(
-            *common, out, st.m_tok, torch.empty_like(st.z_tok), a.chunk, exp, normalize, 1e-6, **options
+        runs[_name(bq, bkv, bv, warps, ws, pieces, consumers, pingpong)] = lambda out, options=options: (
+            fwo.launch_fw_output(
+                *common, out, st.m_tok, torch.empty_like(st.z_tok), a.chunk, exp, normalize, 1e-6, **options
+            )
         )
     return runs, h
 
@@ -80,17 +82,20 @@ def bw_dv_runs(a: argparse.Namespace, x: list[torch.Tensor], tiles: object) -> t
         tfla.launch_bw_dv = triton_dv
     *tensors, dv, chunk, exp, dv_tiles = calls[0]
     runs = {"triton (table)": lambda out: triton_dv(*tensors, out, chunk, exp, dv_tiles)}
-    for bq, bkv, bv, warps, _, pieces, consumers in a.gluon:
-        options = dict(bq=bq, bkv=bkv, bv=bv, num_warps=warps, state_pieces=bool(pieces), consumers=consumers)
-        runs[_name(bq, bkv, bv, warps, 1, pieces, consumers)] = lambda out, options=options: mlstm_bw_dv.launch_bw_dv(
-            *tensors, out, chunk, exp, **options
+    for bq, bkv, bv, warps, _, pieces, consumers, pingpong in a.gluon:
+        options = dict(
+            bq=bq, bkv=bkv, bv=bv, num_warps=warps, state_pieces=bool(pieces), consumers=consumers,
+            pingpong=bool(pingpong),
+        )  # fmt: skip
+        runs[_name(bq, bkv, bv, warps, 1, pieces, consumers, pingpong)] = lambda out, options=options: (
+            mlstm_bw_dv.launch_bw_dv(*tensors, out, chunk, exp, **options)
         )
     return runs, dv
 
 
-DEFAULT_TILES = {
-    "fw_output": "64,64,128,4,0;64,64,128,4,1;64,64,256,4,0,1;64,64,256,4,1,1;64,64,256,4,1,1,2;64,32,256,4,1,1,2",
-    "bw_dv": "64,64,128,4,1,0;64,64,256,4,1,1;64,64,256,4,1,1,2",
+DEFAULT_TILES = {  # v14's fastest (two consumers, pieces) without and with ping-pong turns, beside one consumer
+    "fw_output": "64,64,256,4,1,1;64,64,256,4,1,1,2;64,32,256,4,1,1,2;64,64,256,4,1,1,2,1;64,32,256,4,1,1,2,1",
+    "bw_dv": "64,64,256,4,1,1;64,64,256,4,1,1,2;64,64,256,4,1,1,2,1",
 }
 
 

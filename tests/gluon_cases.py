@@ -22,6 +22,13 @@ FW_OUTPUT_KERNELS: dict[str, dict[str, object]] = {
     "ws": {"warp_specialized": True},
     "ws pieces": {"warp_specialized": True, "state_pieces": True, "bv": 256},
     "ws2 pieces": {"warp_specialized": True, "state_pieces": True, "bv": 256, "consumers": 2},
+    "ws2 pieces pingpong": {
+        "warp_specialized": True,
+        "state_pieces": True,
+        "bv": 256,
+        "consumers": 2,
+        "pingpong": True,
+    },
 }
 INSTRUCTIONS = ("wgmma.mma_async", "cp.async.bulk.tensor", "mbarrier.try_wait", "setmaxnreg")
 
@@ -104,12 +111,15 @@ CASES = {
         for dqk, dv in ((256, 512), (64, 64))
         for ws in (False, True)
     },
-    # two consumer warpgroups (state in pieces): 7B, the paper's head dims, and small ones
+    # two consumer warpgroups (state in pieces), free or in ping-pong turns: 7B, the paper's head dims, small ones
     **{
-        f"fw_output_ws2 pieces {dqk}x{dv}": (
-            lambda dqk=dqk, dv=dv: fw_output_case(True, dqk, dv, True, bv=min(256, dv), state_pieces=True, consumers=2)
+        f"fw_output_ws2{' pingpong' if pp else ''} pieces {dqk}x{dv}": (
+            lambda dqk=dqk, dv=dv, pp=pp: fw_output_case(
+                True, dqk, dv, True, bv=min(256, dv), state_pieces=True, consumers=2, pingpong=pp
+            )
         )
         for dqk, dv in ((256, 512), (128, 256), (64, 64))
+        for pp in (False, True)
     },
     # the backward's dv kernel: state gradient in pieces (its default where the head dim holds one) or whole
     **{
@@ -120,8 +130,11 @@ CASES = {
         for pieces in (True, False)
     },
     **{
-        f"bw_dv2 pieces {dqk}x{dv}": lambda dqk=dqk, dv=dv: bw_dv_case(True, dqk, dv, consumers=2)
+        f"bw_dv2{' pingpong' if pp else ''} pieces {dqk}x{dv}": (
+            lambda dqk=dqk, dv=dv, pp=pp: bw_dv_case(True, dqk, dv, consumers=2, pingpong=pp)
+        )
         for dqk, dv in ((256, 512), (128, 256), (64, 64))
+        for pp in (False, True)
     },
 }
 

@@ -96,12 +96,13 @@ def test_fw_output_lowers_to_wgmma_in_hopper_shared_memory(kernel: str, variant:
     assert facts["shared"] <= HOPPER_SMEM_BYTES
 
 
+@pytest.mark.parametrize("pingpong", ["", " pingpong"])
 @pytest.mark.parametrize("dims", ["256x512", "128x256", "64x64"])
-def test_two_consumer_fw_output_lowers_to_warp_specialized_wgmma(dims: str) -> None:
+def test_two_consumer_fw_output_lowers_to_warp_specialized_wgmma(dims: str, pingpong: str) -> None:
     """Two consumer warpgroups and the load warp: registers split by ``setmaxnreg``, BV 256 (the 64 x 256 x 16 wgmma)
     beside the 7B and the paper's head dims within sm_90's shared memory (the output tile through the query buffer
-    where their shapes match)."""
-    facts = _case(f"fw_output_ws2 pieces {dims}")
+    where their shapes match); the same with the consumers' products in ping-pong turns."""
+    facts = _case(f"fw_output_ws2{pingpong} pieces {dims}")
     assert facts["has"]["setmaxnreg"] and facts["has"]["cp.async.bulk.tensor"] and facts["shared"] <= HOPPER_SMEM_BYTES
     assert facts["wgmma"].startswith("wgmma.mma_async.sync.aligned.m64n" + ("64" if dims == "64x64" else "256"))
 
@@ -118,10 +119,12 @@ def test_bw_dv_lowers_to_warp_specialized_wgmma_in_hopper_shared_memory(state: s
     assert facts["wgmma"].startswith(f"wgmma.mma_async.sync.aligned.m64n{widest}"), facts
 
 
+@pytest.mark.parametrize("pingpong", ["", " pingpong"])
 @pytest.mark.parametrize("dims", ["256x512", "128x256", "64x64"])
-def test_two_consumer_bw_dv_lowers_within_hopper_shared_memory(dims: str) -> None:
-    """Two consumer warpgroups of 64 keys, the state gradient in pieces, BV 256 beside the 7B head dims."""
-    facts = _case(f"bw_dv2 pieces {dims}")
+def test_two_consumer_bw_dv_lowers_within_hopper_shared_memory(dims: str, pingpong: str) -> None:
+    """Two consumer warpgroups of 64 keys, the state gradient in pieces, BV 256 beside the 7B head dims; free or in
+    ping-pong turns."""
+    facts = _case(f"bw_dv2{pingpong} pieces {dims}")
     assert facts["has"]["setmaxnreg"] and facts["has"]["cp.async.bulk.tensor"] and facts["shared"] <= HOPPER_SMEM_BYTES
     assert facts["wgmma"].startswith("wgmma.mma_async.sync.aligned.m64n" + ("64" if dims == "64x64" else "256"))
 
@@ -140,6 +143,8 @@ def test_bw_dv_refuses_what_it_cannot_take() -> None:
     tensors += [torch.empty(1, 2), torch.empty(1, 8), q]
     with pytest.raises(ValueError, match="consumers is 1 or 2 \\(with consumers \\* BKV dividing the chunk size 64\\)"):
         mlstm_bw_dv.launch_args(*tensors, 64, True, consumers=2)
+    with pytest.raises(ValueError, match="pingpong takes turns between two consumer warpgroups; got consumers=1"):
+        mlstm_bw_dv.launch_args(*tensors, 64, True, pingpong=True)
 
 
 def test_two_consumers_halve_the_grid_and_need_the_warp_specialized_kernel() -> None:
@@ -157,6 +162,8 @@ def test_two_consumers_halve_the_grid_and_need_the_warp_specialized_kernel() -> 
         fwo.launch_args(*tensors, 128, True, True, 1e-6, consumers=2, warp_specialized=False)
     with pytest.raises(ValueError, match="with 2 \\* BQ dividing the chunk size 64"):
         fwo.launch_args(*fw_output_tensors(64, 64, seq=256, chunk=64), 64, True, True, 1e-6, consumers=2)
+    with pytest.raises(ValueError, match="pingpong takes turns between two consumer warpgroups; got consumers=1"):
+        fwo.launch_args(*tensors, 128, True, True, 1e-6, pingpong=True)
 
 
 def test_fw_output_refuses_what_it_cannot_take() -> None:

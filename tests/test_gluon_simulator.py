@@ -16,6 +16,7 @@ from triton.experimental.gluon.language.nvidia.hopper import mbarrier  # noqa: E
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor  # noqa: E402
 
 from kernels.gluon import compat, ws_matmul  # noqa: E402
+from kernels.gluon.intra_chunk import init_turns, invalidate_turns, pass_turn, wait_turn  # noqa: E402
 from kernels.gluon.simulator import LANDINGS, SimulationError, simulate  # noqa: E402
 from tests.gluon_cases import FW_OUTPUT_KERNELS, gluon_against_triton  # noqa: E402
 
@@ -41,11 +42,14 @@ def test_ws_matmul_matches_float64(m: int, n: int, k: int, dtype: torch.dtype, l
     assert rel(c, a.double() @ b.double()) < (2e-3 if dtype == torch.float16 else 1e-2)
 
 
-@pytest.fixture(scope="module", params=[(200, 64, 64, 64), (256, 128, 128, 128), (160, 32, 48, 64)], ids=str)
+@pytest.fixture(
+    scope="module", params=[(200, 64, 64, 64), (256, 128, 128, 128), (160, 32, 48, 64), (300, 64, 64, 256)], ids=str
+)
 def forward(request: pytest.FixtureRequest) -> dict:
     """The Triton forward's states and output (interpreter, float16) on fresh random inputs, for both variants:
     ``seq, dqk, dv, chunk`` with S not a multiple of the chunk, state pieces (q/k head dim 128: two), and head dims
-    below a tile (32 / 48: zero-padded loads, clipped stores)."""
+    below a tile (32 / 48: zero-padded loads, clipped stores); chunk 256: two consumers share up to three key tiles
+    (ping-pong turns over several tiles)."""
     from kernels.mlstm.reference import mlstm_parallel
     from kernels.mlstm.tfla import tfla_fwd
     from kernels.mlstm.tiles import choose_tiles, unpipelined_state_loads
@@ -100,6 +104,7 @@ BW_DV_OPTIONS = {
     "BV 32": {"bv": 32},
     "2 consumers": {"consumers": 2},
     "2 consumers, whole state": {"consumers": 2, "state_pieces": False},
+    "2 consumers, ping-pong": {"consumers": 2, "pingpong": True},
 }
 
 
@@ -251,6 +256,42 @@ def test_partitions_waiting_on_each_other_are_a_deadlock_not_a_hang() -> None:
     assert (
         outcome and "deadlock" in str(outcome[0]) and "barrier 0" in str(outcome[0]) and "barrier 1" in str(outcome[0])
     )
+
+
+@gluon.jit
+def _turn_taker(turns, LOG, ME: gl.constexpr, TURNS: gl.constexpr):
+    """``TURNS`` turns of consumer ``ME`` (``intra_chunk.wait_turn``, first and second product alternately), each
+    appending ``ME`` to the log ``LOG[1:]`` (``LOG[0]``: its length) while it holds the turn."""
+    for k in gl.static_range(TURNS):
+        wait_turn(turns, ME, k % 2)
+        n = gl.load(LOG)
+        gl.store(LOG + 1 + n, ME)
+        gl.store(LOG, n + 1)
+        pass_turn(turns, ME)
+
+
+@gluon.jit
+def turns_kernel(LOG, TURNS: gl.constexpr, SECOND_ME: gl.constexpr):
+    """Two consumers taking ``TURNS`` turns each; ``SECOND_ME`` is the second one's consumer index (1; 0 plants the
+    bug of a consumer that waits on the first one's barrier)."""
+    turns = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    init_turns(turns)
+    gl.warp_specialize(
+        [(_turn_taker, (turns, LOG, 0, TURNS)), (_turn_taker, (turns, LOG, SECOND_ME, TURNS))], [4], [24]
+    )
+    invalidate_turns(turns)
+
+
+def test_ping_pong_turns_alternate_strictly() -> None:
+    """The two consumers' turns interleave 0, 1, 0, 1, ... whatever the thread schedule (each appends to a log only
+    while it holds the turn); a consumer waiting on the other's barrier is a deadlock the simulator reports."""
+    for _ in range(3):
+        log = torch.full((1 + 12,), -1, dtype=torch.int32)
+        log[0] = 0
+        simulate(turns_kernel, (1,), {"LOG": log}, {"TURNS": 6, "SECOND_ME": 1})
+        assert log.tolist() == [12] + [0, 1] * 6
+    with pytest.raises(SimulationError, match="deadlock"):
+        simulate(turns_kernel, (1,), {"LOG": torch.zeros(13, dtype=torch.int32)}, {"TURNS": 6, "SECOND_ME": 0})
 
 
 @gluon.jit

@@ -31,7 +31,9 @@ def test_every_run_writes_what_the_triton_kernel_writes(kernel: str) -> None:
     x = [torch.randn(b, nh, s, d, dtype=dtype) for d in (dqk, dqk, dv)]
     x += [torch.randn(b, nh, s, dtype=dtype), (torch.randn(b, nh, s) + 3.0).to(dtype)]
     tiles = unpipelined_state_loads(choose_tiles(chunk, dqk, dv, True, dtype, b * nh, 0), dtype)
-    tile_list = "64,64,64,4,1,1;64,64,64,4,1,1,2" + (";64,64,64,4,0" if kernel == "fw_output" else "")
+    tile_list = "64,64,64,4,1,1;64,64,64,4,1,1,2;64,64,64,4,1,1,2,1" + (
+        ";64,64,64,4,0" if kernel == "fw_output" else ""
+    )
     a = argparse.Namespace(variant="sig", chunk=chunk, gluon=script.gluon_tiles(tile_list))
     runs, expected = getattr(script, f"{kernel}_runs")(a, x, tiles)
     assert len(runs) == 1 + len(a.gluon)

@@ -1,5 +1,6 @@
 """What the Gluon intra-chunk kernels (``mlstm_fw_output``, ``mlstm_bw_dv``) share: the wgmma layout, the TMA
-descriptors over ``(heads, rows, cols)``, the warp-specialized producer, and the input checks.
+descriptors over ``(heads, rows, cols)``, the warp-specialized producer, the two consumers' ping-pong turns, and
+the input checks.
 
 Each kernel holds one tile per consumer warpgroup fixed for the whole program (the output kernel: queries; ``dv``:
 keys), multiplies it with a chunk state's slice (whole, or in pieces through the ring), and streams pairs of tiles
@@ -107,6 +108,38 @@ def invalidate_ring(fix_ready, ready, empty):
     for s in gl.static_range(stages):
         mbarrier.invalidate(ready.index(s))
         mbarrier.invalidate(empty.index(s))
+
+
+@gluon.jit
+def init_turns(turns):
+    """Arm the ping-pong barriers of two consumer warpgroups (``wait_turn``): ``turns[w]`` completes a phase on one
+    arrival, the other consumer's hand-over."""
+    mbarrier.init(turns.index(0), count=1)
+    mbarrier.init(turns.index(1), count=1)
+
+
+@gluon.jit
+def invalidate_turns(turns):
+    mbarrier.invalidate(turns.index(0))
+    mbarrier.invalidate(turns.index(1))
+
+
+@gluon.jit
+def wait_turn(turns, ME: gl.constexpr, SECOND: gl.constexpr):
+    """Ping-pong of two consumer warpgroups (as FlashAttention-3's): over the tiles both of them multiply, their
+    products are issued in strict turns (consumer 0's first product of a tile, consumer 1's, consumer 0's second,
+    consumer 1's, then the next tile's), so that one's gate math runs while the other's product is in the tensor
+    cores. Consumer ``ME`` waits here before its first (``SECOND == 0``) or second product of a tile, until the
+    other has issued its previous one (consumer 0's first turn passes at once); it calls ``pass_turn`` as soon as
+    it has issued its own. The turns alternate strictly, so no barrier runs more than one phase ahead and a parity
+    names the phase."""
+    mbarrier.wait(turns.index(ME), (1 - ME) ^ SECOND)
+
+
+@gluon.jit
+def pass_turn(turns, ME: gl.constexpr):
+    """Consumer ``ME`` has issued its product: the other's turn (``wait_turn``)."""
+    mbarrier.arrive(turns.index(1 - ME), count=1)
 
 
 def head_tiles(x: Any, rows: int, cols: int) -> TensorDescriptor:

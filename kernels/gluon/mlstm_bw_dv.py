@@ -11,9 +11,10 @@ tile sliced along the head dim) and, per query tile, the transposed scores ``k q
 gated, normalizer-scaled matrix ``P^T`` in registers and ``dv += P^T dh`` (wgmma with ``P^T`` from registers).
 
 With ``consumers=2`` two consumer warpgroups take 64 keys each from the same query tiles (the second hands back,
-unread, the tile before its diagonal), as the output kernel's two consumers share key tiles.
+unread, the tile before its diagonal), as the output kernel's two consumers share key tiles; with ``pingpong`` their
+products over the query tiles both multiply are issued in strict turns (``intra_chunk.wait_turn``).
 
-Not yet: ping-pong ordering of two consumers' products, 32-bit inputs.
+Not yet: 32-bit inputs.
 """
 
 from __future__ import annotations
@@ -23,7 +24,13 @@ from typing import Any
 import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma, warpgroup_mma
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared,
+    mbarrier,
+    tma,
+    warpgroup_mma,
+    warpgroup_mma_wait,
+)
 
 from kernels.gluon import compat, intra_chunk
 from kernels.gluon.intra_chunk import (
@@ -33,32 +40,82 @@ from kernels.gluon.intra_chunk import (
     LOG2E,
     head_tiles,
     init_ring,
+    init_turns,
     invalidate_ring,
+    invalidate_turns,
     load_partition,
     mma_layout,
+    pass_turn,
     state_product,
+    wait_turn,
 )
 from kernels.gluon.ws_matmul import instr_n
 
 
 @gluon.jit
-def _dv_partition(k_smem, dc_smem, q_bufs, dh_bufs, dv_smem, k_ready, ready, empty, DV_D, GATE_B, GATE_I, INV_DEN,
-                  M_ST, M_TOK, bh, st, s0, chunk_end, q_row0, v0, n_skip, n_tiles, SP, qk_scale, EXP: gl.constexpr,
-                  o_layout: gl.constexpr, s_layout: gl.constexpr, P: gl.constexpr):  # fmt: skip
+def _dv_tile(k2, q_bufs, dh_bufs, ready, empty, turns, acc, row, t_ss, GATE_B, INV_DEN, M_TOK, bh, q_row0, SP, u, j,
+             EXP: gl.constexpr, o_layout: gl.constexpr, s_layout: gl.constexpr, ME: gl.constexpr,
+             PINGPONG: gl.constexpr):  # fmt: skip
+    """Query tile ``j`` from token ``q_row0`` (the ring's load ``u``) once it is ready: the transposed scores, the
+    gated and normalizer-scaled ``P^T`` and ``acc += P^T dh``; its stage handed back once both products have
+    completed. With ``PINGPONG`` consumer ``ME`` issues each product in its turn (``intra_chunk.wait_turn``)."""
+    stages: gl.constexpr = q_bufs.type.shape[0]
+    BKV: gl.constexpr = k2.type.shape[0]
+    DK: gl.constexpr = k2.type.shape[1]
+    BQ: gl.constexpr = q_bufs.type.shape[2]
+    BV: gl.constexpr = dh_bufs.type.shape[3]
+    dtype: gl.constexpr = k2.dtype
+    cols_s: gl.constexpr = gl.SliceLayout(0, s_layout)
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    s = u % stages
+    mbarrier.wait(ready.index(s), (u // stages) & 1)
+    q2 = q_bufs.index(s).reshape([BQ, DK])
+    s_zeros = gl.zeros([BKV, BQ], gl.float32, s_layout)
+    if PINGPONG:
+        wait_turn(turns, ME, 0)
+        scores = warpgroup_mma(k2, q2.permute((1, 0)), s_zeros, use_acc=False, is_async=True)
+        pass_turn(turns, ME)
+        scores = warpgroup_mma_wait(num_outstanding=0, deps=(scores,))
+    else:
+        scores = warpgroup_mma(k2, q2.permute((1, 0)), s_zeros, use_acc=False)
+    t_q = q_row0 + j * BQ + gl.arange(0, BQ, layout=cols_s)
+    if EXP:
+        col = (gl.load(GATE_B + bh * SP + t_q) - gl.load(M_TOK + bh * SP + t_q)) * LOG2E
+    else:
+        col = gl.load(GATE_B + bh * SP + t_q) * LOG2E
+    keep = t_q[None, :] >= t_ss[:, None]
+    pt = gl.exp2(gl.where(keep, row[:, None] + col[None, :], -float("inf"))) * scores
+    pt = pt * gl.load(INV_DEN + bh * SP + t_q)[None, :]
+    pt_op = gl.convert_layout(pt.to(dtype), p_layout)
+    dh2 = dh_bufs.index(s).reshape([BQ, BV])
+    if PINGPONG:
+        wait_turn(turns, ME, 1)
+        acc = warpgroup_mma(pt_op, dh2, acc, is_async=True)
+        pass_turn(turns, ME)
+        acc, pt_op = warpgroup_mma_wait(num_outstanding=0, deps=(acc, pt_op))  # pt_op: registers read until then
+    else:
+        acc = warpgroup_mma(pt_op, dh2, acc)
+    mbarrier.arrive(empty.index(s), count=1)
+    return acc
+
+
+@gluon.jit
+def _dv_partition(k_smem, dc_smem, q_bufs, dh_bufs, dv_smem, k_ready, ready, empty, turns, DV_D, GATE_B, GATE_I,
+                  INV_DEN, M_ST, M_TOK, bh, st, s0, chunk_end, q_row0, v0, n_skip, n_alone, n_tiles, SP, qk_scale,
+                  EXP: gl.constexpr, o_layout: gl.constexpr, s_layout: gl.constexpr, P: gl.constexpr,
+                  ME: gl.constexpr, PINGPONG: gl.constexpr):  # fmt: skip
     """A consumer warpgroup (module docstring): ``dv`` of keys ``s0 ..`` from the ring's ``n_tiles`` query tiles
     from token ``q_row0``, of which the first ``n_skip`` lie before its diagonal (brought for an earlier consumer's
     keys: waited for and handed back unread); ``chunk_end`` is the chunk's last token (its gate ``b`` scales the
-    inter-chunk term)."""
-    stages: gl.constexpr = q_bufs.type.shape[0]
+    inter-chunk term). It multiplies the tiles from ``n_skip`` to ``n_alone`` (at least ``n_skip``: for the first of two
+    consumers, those the other skips) on its own, the rest with ``PINGPONG`` in turns with the other consumer ``1 -
+    ME``."""
     BKV: gl.constexpr = k_smem.type.shape[1]
     DK: gl.constexpr = k_smem.type.shape[2]
-    BQ: gl.constexpr = q_bufs.type.shape[2]
     BV: gl.constexpr = dh_bufs.type.shape[3]
-    dtype: gl.constexpr = k_smem.dtype
+    stages: gl.constexpr = q_bufs.type.shape[0]
     rows_o: gl.constexpr = gl.SliceLayout(1, o_layout)
     rows_s: gl.constexpr = gl.SliceLayout(1, s_layout)
-    cols_s: gl.constexpr = gl.SliceLayout(0, s_layout)
-    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
 
     acc = state_product(k_smem, dc_smem, dh_bufs, k_ready, ready, empty, o_layout, P)
     k2 = k_smem.reshape([BKV, DK])
@@ -73,22 +130,16 @@ def _dv_partition(k_smem, dc_smem, q_bufs, dh_bufs, dv_smem, k_ready, ready, emp
         u = P + j
         mbarrier.wait(ready.index(u % stages), (u // stages) & 1)
         mbarrier.arrive(empty.index(u % stages), count=1)
-    for j in range(n_skip, n_tiles):
-        u = P + j
-        s = u % stages
-        mbarrier.wait(ready.index(s), (u // stages) & 1)
-        q2 = q_bufs.index(s).reshape([BQ, DK])
-        scores = warpgroup_mma(k2, q2.permute((1, 0)), gl.zeros([BKV, BQ], gl.float32, s_layout), use_acc=False)
-        t_q = q_row0 + j * BQ + gl.arange(0, BQ, layout=cols_s)
-        if EXP:
-            col = (gl.load(GATE_B + bh * SP + t_q) - gl.load(M_TOK + bh * SP + t_q)) * LOG2E
-        else:
-            col = gl.load(GATE_B + bh * SP + t_q) * LOG2E
-        keep = t_q[None, :] >= t_ss[:, None]
-        pt = gl.exp2(gl.where(keep, row[:, None] + col[None, :], -float("inf"))) * scores
-        pt = pt * gl.load(INV_DEN + bh * SP + t_q)[None, :]
-        acc = warpgroup_mma(gl.convert_layout(pt.to(dtype), p_layout), dh_bufs.index(s).reshape([BQ, BV]), acc)
-        mbarrier.arrive(empty.index(s), count=1)
+    for j in range(n_skip, n_alone):
+        acc = _dv_tile(
+            k2, q_bufs, dh_bufs, ready, empty, turns, acc, row, t_ss, GATE_B, INV_DEN, M_TOK, bh, q_row0, SP, P + j, j,
+            EXP, o_layout, s_layout, ME, False,
+        )  # fmt: skip
+    for j in range(n_alone, n_tiles):
+        acc = _dv_tile(
+            k2, q_bufs, dh_bufs, ready, empty, turns, acc, row, t_ss, GATE_B, INV_DEN, M_TOK, bh, q_row0, SP, P + j, j,
+            EXP, o_layout, s_layout, ME, PINGPONG,
+        )  # fmt: skip
 
     dv_smem.reshape([BKV, BV]).store(acc.to(DV_D.dtype))
     fence_async_shared()
@@ -118,13 +169,15 @@ def bw_dv_kernel(
     STAGES: gl.constexpr,
     STATE_PIECES: gl.constexpr,
     CONSUMERS: gl.constexpr,
+    PINGPONG: gl.constexpr,
     num_warps: gl.constexpr,
 ):
     """Grid ``(cdiv(DHHV, BV), NC * L / (CONSUMERS * BKV), BH)``: ``CONSUMERS`` (1 or 2) warpgroups of ``BKV`` keys
     each, fed the same query tiles by the one load warp (each stage freed by all of them). Descriptors over ``(heads, rows, cols)`` with blocks
     ``[1, rows, cols]``: ``K_D`` (BKV x DK), ``Q_D`` (BQ x DK), ``DH_D`` (BQ x BV), ``DC_D`` (DK x BV over the
     ``BH * (NC + 1)`` state gradients, or BQ x BV with ``STATE_PIECES = DK / BQ``), ``DV_D`` (BKV x BV); ``DK`` is
-    the q/k head dim padded to a power of two."""
+    the q/k head dim padded to a power of two. ``PINGPONG`` (two consumers): their products over the query tiles
+    both multiply in strict turns."""
     BKV: gl.constexpr = K_D.block_type.shape[1]
     DK: gl.constexpr = K_D.block_type.shape[2]
     BQ: gl.constexpr = Q_D.block_type.shape[1]
@@ -156,6 +209,8 @@ def bw_dv_kernel(
     ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     init_ring(k_ready, ready, empty, CONSUMERS)
+    turns = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    init_turns(turns)
 
     n_tiles = (L - q_first) // BQ
     # The partitions are written out per branch: Gluon takes them only as literal (function, args) tuples.
@@ -164,9 +219,10 @@ def bw_dv_kernel(
             [
                 (
                     _dv_partition,
-                    (k_bufs.index(0), dc_smem, q_bufs, dh_bufs, dv_bufs.index(0), k_ready, ready, empty, DV_D, GATE_B,
-                     GATE_I, INV_DEN, M_ST, M_TOK, bh, st, c * L + s_start, c * L + L - 1, c * L + q_first,
-                     pid_v * BV, 0, n_tiles, SP, qk_scale, EXP, o_layout, s_layout, STATE_PIECES),
+                    (k_bufs.index(0), dc_smem, q_bufs, dh_bufs, dv_bufs.index(0), k_ready, ready, empty, turns, DV_D,
+                     GATE_B, GATE_I, INV_DEN, M_ST, M_TOK, bh, st, c * L + s_start, c * L + L - 1, c * L + q_first,
+                     pid_v * BV, 0, n_skip, n_tiles, SP, qk_scale, EXP, o_layout, s_layout, STATE_PIECES, 0,
+                     PINGPONG),
                 ),
                 (
                     load_partition,
@@ -182,15 +238,17 @@ def bw_dv_kernel(
             [
                 (
                     _dv_partition,
-                    (k_bufs.index(0), dc_smem, q_bufs, dh_bufs, dv_bufs.index(0), k_ready, ready, empty, DV_D, GATE_B,
-                     GATE_I, INV_DEN, M_ST, M_TOK, bh, st, c * L + s_start, c * L + L - 1, c * L + q_first,
-                     pid_v * BV, 0, n_tiles, SP, qk_scale, EXP, o_layout, s_layout, STATE_PIECES),
+                    (k_bufs.index(0), dc_smem, q_bufs, dh_bufs, dv_bufs.index(0), k_ready, ready, empty, turns, DV_D,
+                     GATE_B, GATE_I, INV_DEN, M_ST, M_TOK, bh, st, c * L + s_start, c * L + L - 1, c * L + q_first,
+                     pid_v * BV, 0, n_skip, n_tiles, SP, qk_scale, EXP, o_layout, s_layout, STATE_PIECES, 0,
+                     PINGPONG),
                 ),
                 (
                     _dv_partition,
-                    (k_bufs.index(1), dc_smem, q_bufs, dh_bufs, dv_bufs.index(1), k_ready, ready, empty, DV_D, GATE_B,
-                     GATE_I, INV_DEN, M_ST, M_TOK, bh, st, c * L + s_start + BKV, c * L + L - 1, c * L + q_first,
-                     pid_v * BV, n_skip, n_tiles, SP, qk_scale, EXP, o_layout, s_layout, STATE_PIECES),
+                    (k_bufs.index(1), dc_smem, q_bufs, dh_bufs, dv_bufs.index(1), k_ready, ready, empty, turns, DV_D,
+                     GATE_B, GATE_I, INV_DEN, M_ST, M_TOK, bh, st, c * L + s_start + BKV, c * L + L - 1,
+                     c * L + q_first, pid_v * BV, n_skip, n_skip, n_tiles, SP, qk_scale, EXP, o_layout, s_layout,
+                     STATE_PIECES, 1, PINGPONG),
                 ),
                 (
                     load_partition,
@@ -202,6 +260,7 @@ def bw_dv_kernel(
             [CONSUMER_REGS, LOAD_REGS],
         )  # fmt: skip
     invalidate_ring(k_ready, ready, empty)
+    invalidate_turns(turns)
 
 
 def check(q: Any, chunk_size: int, bq: int, bkv: int, bv: int, dhhv: int, state_pieces: bool) -> None:
@@ -229,12 +288,13 @@ def launch_args(
     stages: int = 2,
     state_pieces: bool | None = None,
     consumers: int = 1,
+    pingpong: bool = False,
 ) -> tuple[Any, tuple[int, int, int], dict[str, Any], dict[str, Any]]:
     """What ``launch_bw_dv`` launches: the kernel, its grid, its runtime arguments and its constexprs, by name.
     ``state_pieces`` (default: where the padded q/k head dim holds a ``BQ``-row piece) streams the state gradient's
     slice in pieces; ``bv`` defaults to 256 with pieces and 128 without (what fits at the 7B head dims), at most the
-    padded ``DHHV``; ``consumers`` (1 or 2) the consumer warpgroups, each with its own ``BKV`` keys. ``ValueError``
-    from ``check``."""
+    padded ``DHHV``; ``consumers`` (1 or 2) the consumer warpgroups, each with its own ``BKV`` keys; ``pingpong``
+    (two consumers only) issues their products in turns. ``ValueError`` from ``check``."""
     dhqk, dhhv = q.shape[-1], dv.shape[-1]
     dk = triton.next_power_of_2(dhqk)
     pieces = dk >= bq if state_pieces is None else state_pieces
@@ -245,6 +305,8 @@ def launch_args(
             f"consumers is 1 or 2 (with consumers * BKV dividing the chunk size {chunk_size}); got {consumers} with "
             f"BKV={bkv}"
         )
+    if pingpong and consumers != 2:
+        raise ValueError(f"pingpong takes turns between two consumer warpgroups; got consumers={consumers}")
     bh, nc = m_st.shape[0], m_st.shape[1] - 1
     args = {
         "Q_D": head_tiles(q, bq, dk),
@@ -269,6 +331,7 @@ def launch_args(
         "STAGES": stages,
         "STATE_PIECES": dk // bq if pieces else 0,
         "CONSUMERS": consumers,
+        "PINGPONG": pingpong,
         "num_warps": num_warps,
     }
     return bw_dv_kernel, (triton.cdiv(dhhv, bv), nc * (chunk_size // (consumers * bkv)), bh), args, constexprs

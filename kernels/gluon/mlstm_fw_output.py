@@ -16,9 +16,10 @@ With ``state_pieces`` the state slice streams in ``BKV``-row pieces through the 
 
 With ``consumers=2`` the warp-specialized kernel runs two consumer warpgroups, each on its own ``BQ`` queries of
 the chunk, fed by the one load partition (each ring stage is freed when both have used it): one warpgroup's gate
-math can run under the other's products. They are not ordered against each other (no ping-pong barriers yet).
+math can run under the other's products. With ``pingpong`` their products over the key tiles both multiply are
+issued in strict turns (``intra_chunk.wait_turn``), so that this overlap is what happens rather than what may.
 
-Not yet: ping-pong ordering of the two consumers' products, 32-bit inputs.
+Not yet: 32-bit inputs.
 """
 
 from __future__ import annotations
@@ -28,7 +29,13 @@ from typing import Any
 import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma, warpgroup_mma
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared,
+    mbarrier,
+    tma,
+    warpgroup_mma,
+    warpgroup_mma_wait,
+)
 
 from kernels.gluon import compat, intra_chunk
 from kernels.gluon.intra_chunk import (
@@ -38,10 +45,14 @@ from kernels.gluon.intra_chunk import (
     LOG2E,
     head_tiles,
     init_ring,
+    init_turns,
     invalidate_ring,
+    invalidate_turns,
     load_partition,
     mma_layout,
+    pass_turn,
     state_product,
+    wait_turn,
 )
 from kernels.gluon.ws_matmul import instr_n
 
@@ -88,21 +99,36 @@ def _inter_chunk(q2, acc, N_ST, M_ST, M_TOK, GATE_B, bh, st, row0, SP, DHQK, qk_
 
 
 @gluon.jit
-def _key_block(q2, k2, v2, acc, z, row, t_qs, GATE_B, GATE_I, bh, SP, t0, o_layout: gl.constexpr,
-               s_layout: gl.constexpr):  # fmt: skip
+def _key_block(q2, k2, v2, acc, z, row, t_qs, GATE_B, GATE_I, bh, SP, t0, turns, o_layout: gl.constexpr,
+               s_layout: gl.constexpr, ME: gl.constexpr = 0, PINGPONG: gl.constexpr = False):  # fmt: skip
     """One key tile ``k2`` (BKV x DK), ``v2`` (BKV x BV) from token ``t0``: the gated scores and their products,
-    added to ``acc`` and ``z``. The wgmmas are synchronous: the tiles' buffers are free when it returns."""
+    added to ``acc`` and ``z``. The wgmmas have completed when it returns: the tiles' buffers are free. With
+    ``PINGPONG`` consumer ``ME`` issues each product in its turn (``turns``: ``intra_chunk.wait_turn``)."""
     BQ: gl.constexpr = q2.type.shape[0]
     BKV: gl.constexpr = k2.type.shape[0]
     dtype: gl.constexpr = q2.dtype
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
-    scores = warpgroup_mma(q2, k2.permute((1, 0)), gl.zeros([BQ, BKV], gl.float32, s_layout), use_acc=False)
+    s_zeros = gl.zeros([BQ, BKV], gl.float32, s_layout)
+    if PINGPONG:
+        wait_turn(turns, ME, 0)
+        scores = warpgroup_mma(q2, k2.permute((1, 0)), s_zeros, use_acc=False, is_async=True)
+        pass_turn(turns, ME)
+        scores = warpgroup_mma_wait(num_outstanding=0, deps=(scores,))
+    else:
+        scores = warpgroup_mma(q2, k2.permute((1, 0)), s_zeros, use_acc=False)
     t_s = t0 + gl.arange(0, BKV, layout=gl.SliceLayout(0, s_layout))
     col = (gl.load(GATE_I + bh * SP + t_s) - gl.load(GATE_B + bh * SP + t_s)) * LOG2E
     keep = t_s[None, :] <= t_qs[:, None]
     p = gl.exp2(gl.where(keep, row[:, None] + col[None, :], -float("inf"))) * scores
     z += gl.convert_layout(gl.sum(p, axis=1), gl.SliceLayout(1, o_layout))
-    acc = warpgroup_mma(gl.convert_layout(p.to(dtype), p_layout), v2, acc)
+    p_op = gl.convert_layout(p.to(dtype), p_layout)
+    if PINGPONG:
+        wait_turn(turns, ME, 1)
+        acc = warpgroup_mma(p_op, v2, acc, is_async=True)
+        pass_turn(turns, ME)
+        acc, p_op = warpgroup_mma_wait(num_outstanding=0, deps=(acc, p_op))  # p_op: registers read until then
+    else:
+        acc = warpgroup_mma(p_op, v2, acc)
     return acc, z
 
 
@@ -205,7 +231,7 @@ def fw_output_kernel(
         mbarrier.wait(bars.index(s), (u // 2) & 1)
         acc, z = _key_block(
             q2, k_smem.index(s).reshape([BKV, DK]), v_smem.index(s).reshape([BKV, BV]), acc, z, row, t_qs, GATE_B,
-            GATE_I, bh, SP, c * L + j * BKV, o_layout, s_layout,
+            GATE_I, bh, SP, c * L + j * BKV, bars, o_layout, s_layout,
         )  # fmt: skip
     for i in gl.static_range(3):
         mbarrier.invalidate(bars.index(i))
@@ -232,33 +258,51 @@ def _load_state_piece(C_D, v_smem, bars, p: gl.constexpr, state, v0):
 
 
 @gluon.jit
-def _compute_partition(q_smem, c_smem, k_bufs, v_bufs, h_smem, qc_ready, ready, empty, H_D, GATE_B, GATE_I, N_ST,
-                       M_ST, M_TOK, Z_TOK, bh, st, row0, kv_row0, v0, pid_v, n_blocks, n_loaded, SP, DHQK,
-                       qk_scale, eps, EXP: gl.constexpr, NORMALIZE: gl.constexpr, o_layout: gl.constexpr,
-                       s_layout: gl.constexpr, P: gl.constexpr):  # fmt: skip
+def _ring_key_block(q2, k_bufs, v_bufs, ready, empty, turns, acc, z, row, t_qs, GATE_B, GATE_I, bh, SP, kv_row0, u, j,
+                    o_layout: gl.constexpr, s_layout: gl.constexpr, ME: gl.constexpr, PINGPONG: gl.constexpr):  # fmt: skip
+    """Key tile ``j`` (the ring's load ``u``) once it is ready, through ``_key_block``; its stage handed back after."""
+    stages: gl.constexpr = k_bufs.type.shape[0]
+    BKV: gl.constexpr = k_bufs.type.shape[2]
+    DK: gl.constexpr = k_bufs.type.shape[3]
+    BV: gl.constexpr = v_bufs.type.shape[3]
+    s = u % stages
+    mbarrier.wait(ready.index(s), (u // stages) & 1)
+    acc, z = _key_block(
+        q2, k_bufs.index(s).reshape([BKV, DK]), v_bufs.index(s).reshape([BKV, BV]), acc, z, row, t_qs, GATE_B, GATE_I,
+        bh, SP, kv_row0 + j * BKV, turns, o_layout, s_layout, ME, PINGPONG,
+    )  # fmt: skip
+    mbarrier.arrive(empty.index(s), count=1)
+    return acc, z
+
+
+@gluon.jit
+def _compute_partition(q_smem, c_smem, k_bufs, v_bufs, h_smem, qc_ready, ready, empty, turns, H_D, GATE_B, GATE_I,
+                       N_ST, M_ST, M_TOK, Z_TOK, bh, st, row0, kv_row0, v0, pid_v, n_both, n_blocks, n_loaded, SP,
+                       DHQK, qk_scale, eps, EXP: gl.constexpr, NORMALIZE: gl.constexpr, o_layout: gl.constexpr,
+                       s_layout: gl.constexpr, P: gl.constexpr, ME: gl.constexpr, PINGPONG: gl.constexpr):  # fmt: skip
     """A consumer warpgroup (the default partition, and with two consumers one worker partition too): for its query
     tile from ``row0``, the inter-chunk term (its state pieces from the ring when ``P > 0``), its ``n_blocks`` key
-    tiles, then the epilogue. Each stage is handed back as soon as its (synchronous) products are done; the key tiles
-    past its diagonal that the ring brings for a later consumer (up to ``n_loaded``) are handed back unread."""
+    tiles, then the epilogue. Each stage is handed back as soon as its products are done; the key tiles past its
+    diagonal that the ring brings for a later consumer (up to ``n_loaded``) are handed back unread. With
+    ``PINGPONG``, consumer ``ME`` takes turns with the other over the first ``n_both`` tiles (those both multiply)."""
     stages: gl.constexpr = k_bufs.type.shape[0]
     BQ: gl.constexpr = q_smem.type.shape[1]
     DK: gl.constexpr = q_smem.type.shape[2]
-    BKV: gl.constexpr = k_bufs.type.shape[2]
-    BV: gl.constexpr = v_bufs.type.shape[3]
     acc = state_product(q_smem, c_smem, v_bufs, qc_ready, ready, empty, o_layout, P)
     q2 = q_smem.reshape([BQ, DK])
     acc, z, m_run, t_q, row, t_qs = _inter_chunk(
         q2, acc, N_ST, M_ST, M_TOK, GATE_B, bh, st, row0, SP, DHQK, qk_scale, EXP, o_layout, s_layout
     )
-    for j in range(n_blocks):
-        u = P + j
-        s = u % stages
-        mbarrier.wait(ready.index(s), (u // stages) & 1)
-        acc, z = _key_block(
-            q2, k_bufs.index(s).reshape([BKV, DK]), v_bufs.index(s).reshape([BKV, BV]), acc, z, row, t_qs, GATE_B,
-            GATE_I, bh, SP, kv_row0 + j * BKV, o_layout, s_layout,
+    for j in range(n_both):
+        acc, z = _ring_key_block(
+            q2, k_bufs, v_bufs, ready, empty, turns, acc, z, row, t_qs, GATE_B, GATE_I, bh, SP, kv_row0, P + j, j,
+            o_layout, s_layout, ME, PINGPONG,
         )  # fmt: skip
-        mbarrier.arrive(empty.index(s), count=1)
+    for j in range(n_both, n_blocks):
+        acc, z = _ring_key_block(
+            q2, k_bufs, v_bufs, ready, empty, turns, acc, z, row, t_qs, GATE_B, GATE_I, bh, SP, kv_row0, P + j, j,
+            o_layout, s_layout, ME, False,
+        )  # fmt: skip
     for j in range(n_blocks, n_loaded):  # waited first: an early arrival would count towards the stage's last use
         u = P + j
         mbarrier.wait(ready.index(u % stages), (u // stages) & 1)
@@ -292,11 +336,13 @@ def fw_output_ws_kernel(
     STAGES: gl.constexpr,
     STATE_PIECES: gl.constexpr,
     CONSUMERS: gl.constexpr,
+    PINGPONG: gl.constexpr,
     num_warps: gl.constexpr,
 ):
     """``fw_output_kernel``'s descriptors and results, warp-specialized (module docstring). A program covers
     ``CONSUMERS * BQ`` queries, ``BQ`` per consumer warpgroup, on the grid ``(cdiv(DHHV, BV), NC * L / (CONSUMERS *
-    BQ), BH)``; the consumers share the state and the key tiles (each stage freed by all of them)."""
+    BQ), BH)``; the consumers share the state and the key tiles (each stage freed by all of them). ``PINGPONG``
+    (two consumers): their products over the key tiles both multiply in strict turns."""
     BQ: gl.constexpr = Q_D.block_type.shape[1]
     DK: gl.constexpr = Q_D.block_type.shape[2]
     BKV: gl.constexpr = K_D.block_type.shape[1]
@@ -320,6 +366,8 @@ def fw_output_ws_kernel(
     ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     init_ring(qc_ready, ready, empty, CONSUMERS)
+    turns = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    init_turns(turns)
 
     n_first = gl.cdiv(row0 - c * L + BQ, BKV)  # the first consumer's key tiles (the second's: n_loaded, all)
     # The partitions are written out in each branch: Gluon takes them only as literal (function, args) tuples (an
@@ -329,9 +377,9 @@ def fw_output_ws_kernel(
             [
                 (
                     _compute_partition,
-                    (q_bufs.index(0), c_smem, k_bufs, v_bufs, h_bufs.index(0), qc_ready, ready, empty, H_D, GATE_B,
-                     GATE_I, N_ST, M_ST, M_TOK, Z_TOK, bh, st, row0, c * L, v0, pid_v, n_first, n_loaded, SP, DHQK,
-                     qk_scale, eps, EXP, NORMALIZE, o_layout, s_layout, STATE_PIECES),
+                    (q_bufs.index(0), c_smem, k_bufs, v_bufs, h_bufs.index(0), qc_ready, ready, empty, turns, H_D,
+                     GATE_B, GATE_I, N_ST, M_ST, M_TOK, Z_TOK, bh, st, row0, c * L, v0, pid_v, n_first, n_first,
+                     n_loaded, SP, DHQK, qk_scale, eps, EXP, NORMALIZE, o_layout, s_layout, STATE_PIECES, 0, PINGPONG),
                 ),
                 (
                     load_partition,
@@ -347,15 +395,16 @@ def fw_output_ws_kernel(
             [
                 (
                     _compute_partition,
-                    (q_bufs.index(0), c_smem, k_bufs, v_bufs, h_bufs.index(0), qc_ready, ready, empty, H_D, GATE_B,
-                     GATE_I, N_ST, M_ST, M_TOK, Z_TOK, bh, st, row0, c * L, v0, pid_v, n_first, n_loaded, SP, DHQK,
-                     qk_scale, eps, EXP, NORMALIZE, o_layout, s_layout, STATE_PIECES),
+                    (q_bufs.index(0), c_smem, k_bufs, v_bufs, h_bufs.index(0), qc_ready, ready, empty, turns, H_D,
+                     GATE_B, GATE_I, N_ST, M_ST, M_TOK, Z_TOK, bh, st, row0, c * L, v0, pid_v, n_first, n_first,
+                     n_loaded, SP, DHQK, qk_scale, eps, EXP, NORMALIZE, o_layout, s_layout, STATE_PIECES, 0, PINGPONG),
                 ),
                 (
                     _compute_partition,
-                    (q_bufs.index(1), c_smem, k_bufs, v_bufs, h_bufs.index(1), qc_ready, ready, empty, H_D, GATE_B,
-                     GATE_I, N_ST, M_ST, M_TOK, Z_TOK, bh, st, row0 + BQ, c * L, v0, pid_v, n_loaded, n_loaded, SP,
-                     DHQK, qk_scale, eps, EXP, NORMALIZE, o_layout, s_layout, STATE_PIECES),
+                    (q_bufs.index(1), c_smem, k_bufs, v_bufs, h_bufs.index(1), qc_ready, ready, empty, turns, H_D,
+                     GATE_B, GATE_I, N_ST, M_ST, M_TOK, Z_TOK, bh, st, row0 + BQ, c * L, v0, pid_v, n_first, n_loaded,
+                     n_loaded, SP, DHQK, qk_scale, eps, EXP, NORMALIZE, o_layout, s_layout, STATE_PIECES, 1,
+                     PINGPONG),
                 ),
                 (
                     load_partition,
@@ -367,6 +416,7 @@ def fw_output_ws_kernel(
             [CONSUMER_REGS, LOAD_REGS],
         )  # fmt: skip
     invalidate_ring(qc_ready, ready, empty)
+    invalidate_turns(turns)
 
 
 def check(q: Any, chunk_size: int, bq: int, bkv: int, bv: int, dhhv: int, state_pieces: bool = False) -> None:
@@ -398,12 +448,14 @@ def launch_args(
     warp_specialized: bool = True,
     state_pieces: bool = False,
     consumers: int = 1,
+    pingpong: bool = False,
 ) -> tuple[Any, tuple[int, int, int], dict[str, Any], dict[str, Any]]:
     """What ``launch_fw_output`` launches: the kernel, its grid, its runtime arguments and its constexprs, by
     name (the CPU compile tests build the same from CPU tensors). ``state_pieces`` loads the chunk state's ``BV``
     slice in ``BKV``-row pieces through the V buffers instead of whole (what lets ``BV`` 256 fit beside a q/k head
     dim of 256); ``consumers`` (1 or 2, warp-specialized only) is the number of consumer warpgroups, each with its
-    own ``BQ`` queries. ``ValueError`` from ``check``."""
+    own ``BQ`` queries; ``pingpong`` (two consumers only) issues their products in turns. ``ValueError`` from
+    ``check``."""
     dhqk, dhhv = q.shape[-1], v.shape[-1]
     bh, nc = c_st.shape[:2]
     bv = min(bv, triton.next_power_of_2(dhhv))  # the output tile at most the padded head dim, as the Triton tiles
@@ -413,6 +465,8 @@ def launch_args(
             f"consumers is 1 or 2 (2 only warp-specialized, with 2 * BQ dividing the chunk size {chunk_size}); "
             f"got {consumers} with BQ={bq}, warp_specialized={warp_specialized}"
         )
+    if pingpong and consumers != 2:
+        raise ValueError(f"pingpong takes turns between two consumer warpgroups; got consumers={consumers}")
     dk = triton.next_power_of_2(dhqk)
     args = {
         "Q_D": head_tiles(q, bq, dk),
@@ -443,7 +497,7 @@ def launch_args(
     }
     kernel = fw_output_ws_kernel if warp_specialized else fw_output_kernel
     if warp_specialized:
-        constexprs |= {"STAGES": stages, "CONSUMERS": consumers}
+        constexprs |= {"STAGES": stages, "CONSUMERS": consumers, "PINGPONG": pingpong}
     return kernel, (triton.cdiv(dhhv, bv), nc * (chunk_size // (consumers * bq)), bh), args, constexprs
 
 
@@ -451,6 +505,7 @@ def launch_fw_output(*tensors: Any, **options: Any) -> None:
     """As ``kernels.mlstm.chunk_fw.launch_fw_output`` (same tensors and order, ``kernels.mlstm.tfla.ForwardState``'s
     shapes, then ``chunk_size, exp, normalize, eps``): writes ``h`` and ``z_tok``. Options (``launch_args``): the
     tiles ``bq, bkv, bv``, ``num_warps``, ``state_pieces``, and ``warp_specialized`` (``fw_output_ws_kernel`` with a
-    ring of ``stages`` key-tile buffers and ``consumers`` consumer warpgroups; else ``fw_output_kernel``, two).
+    ring of ``stages`` key-tile buffers, ``consumers`` consumer warpgroups and ``pingpong`` turns between two; else
+    ``fw_output_kernel``, two).
     CPU tensors run through ``kernels.gluon.simulator`` (for tests: results, not timings)."""
     intra_chunk.launch(*launch_args(*tensors, **options), tensors[0].device)
