@@ -14,7 +14,7 @@ from typing import Any
 import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup_mma
+from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup_mma, warpgroup_mma_wait
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from kernels.gluon import compat
@@ -140,6 +140,25 @@ def wait_turn(turns, ME: gl.constexpr, SECOND: gl.constexpr):
 def pass_turn(turns, ME: gl.constexpr):
     """Consumer ``ME`` has issued its product: the other's turn (``wait_turn``)."""
     mbarrier.arrive(turns.index(1 - ME), count=1)
+
+
+@gluon.jit
+def product(a, b, acc, turns, ME: gl.constexpr, SECOND: gl.constexpr, PINGPONG: gl.constexpr,
+            use_acc: gl.constexpr = True, A_IN_REGISTERS: gl.constexpr = False):  # fmt: skip
+    """``a @ b (+ acc)`` by wgmma, completed when it returns. With ``PINGPONG`` consumer ``ME``'s first
+    (``SECOND == 0``) or second product of a tile, issued in its turn (``wait_turn``) and the turn handed over as
+    soon as it is issued; ``A_IN_REGISTERS``: ``a`` is a register operand, kept alive until the product is done."""
+    if PINGPONG:
+        wait_turn(turns, ME, SECOND)
+        acc = warpgroup_mma(a, b, acc, use_acc=use_acc, is_async=True)
+        pass_turn(turns, ME)
+        if A_IN_REGISTERS:
+            acc, a = warpgroup_mma_wait(num_outstanding=0, deps=(acc, a))
+        else:
+            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+    else:
+        acc = warpgroup_mma(a, b, acc, use_acc=use_acc)
+    return acc
 
 
 def head_tiles(x: Any, rows: int, cols: int) -> TensorDescriptor:

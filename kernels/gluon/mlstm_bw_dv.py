@@ -24,13 +24,7 @@ from typing import Any
 import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.hopper import (
-    fence_async_shared,
-    mbarrier,
-    tma,
-    warpgroup_mma,
-    warpgroup_mma_wait,
-)
+from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma
 
 from kernels.gluon import compat, intra_chunk
 from kernels.gluon.intra_chunk import (
@@ -45,9 +39,8 @@ from kernels.gluon.intra_chunk import (
     invalidate_turns,
     load_partition,
     mma_layout,
-    pass_turn,
+    product,
     state_product,
-    wait_turn,
 )
 from kernels.gluon.ws_matmul import instr_n
 
@@ -71,13 +64,7 @@ def _dv_tile(k2, q_bufs, dh_bufs, ready, empty, turns, acc, row, t_ss, GATE_B, I
     mbarrier.wait(ready.index(s), (u // stages) & 1)
     q2 = q_bufs.index(s).reshape([BQ, DK])
     s_zeros = gl.zeros([BKV, BQ], gl.float32, s_layout)
-    if PINGPONG:
-        wait_turn(turns, ME, 0)
-        scores = warpgroup_mma(k2, q2.permute((1, 0)), s_zeros, use_acc=False, is_async=True)
-        pass_turn(turns, ME)
-        scores = warpgroup_mma_wait(num_outstanding=0, deps=(scores,))
-    else:
-        scores = warpgroup_mma(k2, q2.permute((1, 0)), s_zeros, use_acc=False)
+    scores = product(k2, q2.permute((1, 0)), s_zeros, turns, ME, 0, PINGPONG, use_acc=False)
     t_q = q_row0 + j * BQ + gl.arange(0, BQ, layout=cols_s)
     if EXP:
         col = (gl.load(GATE_B + bh * SP + t_q) - gl.load(M_TOK + bh * SP + t_q)) * LOG2E
@@ -87,14 +74,7 @@ def _dv_tile(k2, q_bufs, dh_bufs, ready, empty, turns, acc, row, t_ss, GATE_B, I
     pt = gl.exp2(gl.where(keep, row[:, None] + col[None, :], -float("inf"))) * scores
     pt = pt * gl.load(INV_DEN + bh * SP + t_q)[None, :]
     pt_op = gl.convert_layout(pt.to(dtype), p_layout)
-    dh2 = dh_bufs.index(s).reshape([BQ, BV])
-    if PINGPONG:
-        wait_turn(turns, ME, 1)
-        acc = warpgroup_mma(pt_op, dh2, acc, is_async=True)
-        pass_turn(turns, ME)
-        acc, pt_op = warpgroup_mma_wait(num_outstanding=0, deps=(acc, pt_op))  # pt_op: registers read until then
-    else:
-        acc = warpgroup_mma(pt_op, dh2, acc)
+    acc = product(pt_op, dh_bufs.index(s).reshape([BQ, BV]), acc, turns, ME, 1, PINGPONG, A_IN_REGISTERS=True)
     mbarrier.arrive(empty.index(s), count=1)
     return acc
 

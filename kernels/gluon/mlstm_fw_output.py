@@ -29,13 +29,7 @@ from typing import Any
 import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.hopper import (
-    fence_async_shared,
-    mbarrier,
-    tma,
-    warpgroup_mma,
-    warpgroup_mma_wait,
-)
+from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma, warpgroup_mma
 
 from kernels.gluon import compat, intra_chunk
 from kernels.gluon.intra_chunk import (
@@ -50,9 +44,8 @@ from kernels.gluon.intra_chunk import (
     invalidate_turns,
     load_partition,
     mma_layout,
-    pass_turn,
+    product,
     state_product,
-    wait_turn,
 )
 from kernels.gluon.ws_matmul import instr_n
 
@@ -109,26 +102,13 @@ def _key_block(q2, k2, v2, acc, z, row, t_qs, GATE_B, GATE_I, bh, SP, t0, turns,
     dtype: gl.constexpr = q2.dtype
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     s_zeros = gl.zeros([BQ, BKV], gl.float32, s_layout)
-    if PINGPONG:
-        wait_turn(turns, ME, 0)
-        scores = warpgroup_mma(q2, k2.permute((1, 0)), s_zeros, use_acc=False, is_async=True)
-        pass_turn(turns, ME)
-        scores = warpgroup_mma_wait(num_outstanding=0, deps=(scores,))
-    else:
-        scores = warpgroup_mma(q2, k2.permute((1, 0)), s_zeros, use_acc=False)
+    scores = product(q2, k2.permute((1, 0)), s_zeros, turns, ME, 0, PINGPONG, use_acc=False)
     t_s = t0 + gl.arange(0, BKV, layout=gl.SliceLayout(0, s_layout))
     col = (gl.load(GATE_I + bh * SP + t_s) - gl.load(GATE_B + bh * SP + t_s)) * LOG2E
     keep = t_s[None, :] <= t_qs[:, None]
     p = gl.exp2(gl.where(keep, row[:, None] + col[None, :], -float("inf"))) * scores
     z += gl.convert_layout(gl.sum(p, axis=1), gl.SliceLayout(1, o_layout))
-    p_op = gl.convert_layout(p.to(dtype), p_layout)
-    if PINGPONG:
-        wait_turn(turns, ME, 1)
-        acc = warpgroup_mma(p_op, v2, acc, is_async=True)
-        pass_turn(turns, ME)
-        acc, p_op = warpgroup_mma_wait(num_outstanding=0, deps=(acc, p_op))  # p_op: registers read until then
-    else:
-        acc = warpgroup_mma(p_op, v2, acc)
+    acc = product(gl.convert_layout(p.to(dtype), p_layout), v2, acc, turns, ME, 1, PINGPONG, A_IN_REGISTERS=True)
     return acc, z
 
 
