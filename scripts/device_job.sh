@@ -7,8 +7,9 @@
 # so a sweep cut at its limit resumes where it stopped when the step is sent again) and copied, compacted, to $OUT. The steps run in order whatever the previous one returned, and
 # the script prints steps.tsv last. Steps (default limit in seconds):
 #   env (30)           nvidia-smi, the torch / Triton / baseline versions Python sees
-#   gluon (240)        pytest -m gpu tests/test_gluon.py, scripts/gluon_time.py (output and dv kernels) at 7B and paper shapes,
-#                      bench profile of the Triton and Gluon fwbw at 7B (each kernel's time: fw_output, bw_dv)
+#   gluon (360)        pytest -m gpu tests/test_gluon.py, scripts/gluon_time.py (output and dv kernels) at 7B and paper shapes,
+#                      bench profile of the Triton and Gluon fwbw at 7B (each kernel's time: fw_output, bw_dv), and
+#                      sweep rows of both backends at S 8192, 7B and paper shapes (gluon_consttoken7b.parquet, gluon_consttoken.parquet)
 #   pytest_gpu (300)   pytest -m gpu tests (every GPU test)
 #   mamba (240)        scripts/build_mamba.sh on the mamba-ssm source archive (.whl/src, carried) into /tmp/mamba
 #   verify (300)       bench verify --jobs 8: every kernel's output and gradients against float64
@@ -19,7 +20,7 @@
 # once built.
 set -uo pipefail
 [ $# -ge 1 ] && [ -n "${OUT:-}" ] || { sed -n '2,20p' "$0"; exit 2; }
-declare -A LIMIT=([env]=30 [gluon]=240 [pytest_gpu]=300 [mamba]=240 [verify]=300 [premove]=420 [consttoken7b]=540
+declare -A LIMIT=([env]=30 [gluon]=360 [pytest_gpu]=300 [mamba]=240 [verify]=300 [premove]=420 [consttoken7b]=540
   [consttoken]=540)
 for arg in "$@"; do  # every step known and every limit a number, before anything runs
   step=${arg%%:*}
@@ -41,7 +42,11 @@ run_step() {  # the commands of one step (a subshell, so that `timeout` can cut 
         $py scripts/gluon_time.py --kernel fw_output --shape $shape --chunk 128 --variant sig
         $py scripts/gluon_time.py --kernel bw_dv --shape $shape --chunk 128 --variant sig
       done
-      $py cli.py profile --kernels tfla.mlstm_sig,tfla.mlstm_sig_gluon --mode fwbw ;;  # per kernel: bw_dv against Gluon's
+      $py cli.py profile --kernels tfla.mlstm_sig,tfla.mlstm_sig_gluon --mode fwbw  # per kernel: bw_dv against Gluon's
+      for preset in consttoken7b consttoken; do  # end to end, both backends, the same run: the case for FASTEST
+        $py cli.py sweep --preset $preset --kernels 'tfla.mlstm_sig,tfla.mlstm_sig_gluon,tfla.mlstm_exp,tfla.mlstm_exp_gluon' \
+          --seq-len 8192 --out "$RESULTS/gluon_$preset.parquet"
+      done ;;
     pytest_gpu) $py -m pytest -m gpu -q -rs -p no:cacheprovider tests ;;
     mamba)
       src=$(ls .whl/src/mamba_ssm-*.tar.gz /tmp/stage/src/mamba_ssm-*.tar.gz 2>/dev/null | head -1)
@@ -64,10 +69,11 @@ for arg in "$@"; do
   timeout -k 10 "$limit" bash -c "run_step $step" > "$OUT/$step.txt" 2>&1
   rc=$?
   [ -d /tmp/mamba ] && [[ ":${PYTHONPATH:-}:" != *:/tmp/mamba:* ]] && export PYTHONPATH=/tmp/mamba${PYTHONPATH:+:$PYTHONPATH}
-  if [ -e "$RESULTS/$step.parquet" ] || [ -d "$RESULTS/$step.parquet.parts" ]; then
-    $py -c 'import sys; from bench.store import compact; compact(sys.argv[1])' "$RESULTS/$step.parquet" \
-      && cp "$RESULTS/$step.parquet" "$OUT/"
-  fi
+  for rows in "$RESULTS/$step".parquet "$RESULTS/${step}"_*.parquet; do  # what the step wrote, compacted
+    if [ -e "$rows" ] || [ -d "$rows.parts" ]; then
+      $py -c 'import sys; from bench.store import compact; compact(sys.argv[1])' "$rows" && cp "$rows" "$OUT/"
+    fi
+  done
   printf '%s\t%s\t%s\t%s\n' "$step" "$rc" "$(($(date +%s) - start))" "$(date +%T)" >> "$OUT/steps.tsv"
   tail -3 "$OUT/$step.txt"
 done
