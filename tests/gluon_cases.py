@@ -77,17 +77,23 @@ def fw_output_case(exp: bool, dqk: int, dv: int, ws: bool, seq: int = 256, chunk
     return _facts(support.compile_for(kernel, args, constexprs))
 
 
-def bw_dv_case(exp: bool, dqk: int, dv: int, seq: int = 256, chunk: int = 128, **tiles: object) -> dict:
-    """What ``kernels.gluon.mlstm_bw_dv.launch_bw_dv`` would launch on the tensors of a backward of two heads."""
-    from kernels.gluon import mlstm_bw_dv
-
+def bw_dv_tensors(dqk: int, dv: int, seq: int, chunk: int) -> tuple[torch.Tensor, ...]:
+    """``launch_bw_dv``'s tensors for a backward of two heads, on the CPU (only their types count): ``q, k, dh,
+    gate_b, gate_i, inv_den, dc_st, m_st, m_tok, dv``."""
     bh, nc, dtype, f32 = 2, seq // chunk, torch.bfloat16, torch.float32
     q, k = torch.empty(bh, seq, dqk, dtype=dtype), torch.empty(bh, seq, dqk, dtype=dtype)
     dh, dvt = torch.empty(bh, seq, dv, dtype=dtype), torch.empty(bh, seq, dv, dtype=dtype)
     dc_st = torch.empty(bh, nc + 1, dqk, dv, dtype=dtype)
     gate_b, gate_i, inv_den, m_tok = (torch.empty(bh, seq, dtype=f32) for _ in range(4))
     m_st = torch.empty(bh, nc + 1, dtype=f32)
-    launch = mlstm_bw_dv.launch_args(q, k, dh, gate_b, gate_i, inv_den, dc_st, m_st, m_tok, dvt, chunk, exp, **tiles)
+    return q, k, dh, gate_b, gate_i, inv_den, dc_st, m_st, m_tok, dvt
+
+
+def bw_dv_case(exp: bool, dqk: int, dv: int, seq: int = 256, chunk: int = 128, **tiles: object) -> dict:
+    """What ``kernels.gluon.mlstm_bw_dv.launch_bw_dv`` would launch on ``bw_dv_tensors``."""
+    from kernels.gluon import mlstm_bw_dv
+
+    launch = mlstm_bw_dv.launch_args(*bw_dv_tensors(dqk, dv, seq, chunk), chunk, exp, **tiles)
     kernel, _, args, constexprs = launch
     return _facts(support.compile_for(kernel, args, constexprs))
 

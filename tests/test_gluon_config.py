@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from kernels.gluon import mlstm_bw_dv, mlstm_fw_output
 from kernels.gluon.config import BwDvOptions, FwOutputOptions, bw_dv_options, fw_output_options
+from tests.gluon_cases import bw_dv_tensors, fw_output_tensors
 
 
 def test_the_measured_shapes_get_the_fastest_measured_options() -> None:
@@ -23,19 +23,10 @@ def test_the_measured_shapes_get_the_fastest_measured_options() -> None:
 def test_every_choice_is_one_the_kernels_take(dhqk: int, dhhv: int, chunk: int) -> None:
     """The chosen options pass each kernel's own checks (``launch_args``, on CPU tensors: no launch) wherever the
     backend takes the problem (16-bit inputs, DHQK <= 256, a chunk that is a multiple of 64)."""
-    rows, bh, nc = chunk, 1, 1
-    q = torch.zeros(1, bh, rows, dhqk, dtype=torch.float16)
-    v = torch.zeros(1, bh, rows, dhhv, dtype=torch.float16)
-    f32 = {"dtype": torch.float32}
-    gates = [torch.zeros(bh, nc * chunk, **f32) for _ in range(2)]
-    c_st = torch.zeros(bh, nc, dhqk, dhhv, dtype=torch.float16)
-    n_st, m_st = torch.zeros(bh, nc + 1, dhqk, **f32), torch.zeros(bh, nc + 1, **f32)
-    tok = [torch.zeros(bh, nc * chunk, **f32) for _ in range(2)]
     fw = fw_output_options(dhqk, dhhv, chunk)
-    mlstm_fw_output.launch_args(q, q, v, *gates, c_st, n_st, m_st, v, *tok, chunk, False, False, 1e-6, **fw.kwargs())
-    dc_st = torch.zeros(bh, nc + 1, dhqk, dhhv, dtype=torch.float16)
+    mlstm_fw_output.launch_args(*fw_output_tensors(dhqk, dhhv, chunk, chunk), chunk, False, False, 1e-6, **fw.kwargs())
     dv = bw_dv_options(dhqk, dhhv, chunk)
-    mlstm_bw_dv.launch_args(q, q, v, *gates, tok[0], dc_st, m_st, tok[1], v, chunk, False, **dv.kwargs())
+    mlstm_bw_dv.launch_args(*bw_dv_tensors(dhqk, dhhv, chunk, chunk), chunk, False, **dv.kwargs())
 
 
 def test_the_choice_is_cached_and_cannot_be_changed() -> None:

@@ -53,6 +53,14 @@ def _padded(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length()
 
 
+def state_tiles(dhqk: int, rows: int, dhhv: int, pieces: bool | None = None) -> tuple[bool, int]:
+    """``(state_pieces, bv)`` for a kernel that streams the state slice in ``rows``-row pieces: pieces wherever the
+    padded q/k head dim holds one (unless ``pieces`` says), and then ``BV`` 256 (what fits beside a head dim of 256
+    with pieces), else 128; at most the padded value head dim."""
+    pieces = _padded(dhqk) >= rows if pieces is None else pieces
+    return pieces, min(256 if pieces else 128, _padded(dhhv))
+
+
 def _consumers(chunk_size: int) -> int:
     return 2 if chunk_size % (2 * CONSUMER_ROWS) == 0 else 1
 
@@ -60,18 +68,14 @@ def _consumers(chunk_size: int) -> int:
 @cache
 def fw_output_options(dhqk: int, dhhv: int, chunk_size: int) -> FwOutputOptions:
     """Options of the Gluon output kernel for q/k head dim ``dhqk``, value head dim ``dhhv`` and ``chunk_size``."""
-    dk = _padded(dhqk)
-    bkv = 64 if dk >= 256 else 32
-    pieces = dk >= bkv  # a piece is bkv rows of the state, which has dk rows
-    bv = min(256 if pieces else 128, _padded(dhhv))
+    bkv = 64 if _padded(dhqk) >= 256 else 32
+    pieces, bv = state_tiles(dhqk, bkv, dhhv)
     return FwOutputOptions(CONSUMER_ROWS, bkv, bv, pieces, _consumers(chunk_size))
 
 
 @cache
 def bw_dv_options(dhqk: int, dhhv: int, chunk_size: int) -> BwDvOptions:
     """Options of the Gluon ``dv`` kernel for q/k head dim ``dhqk``, value head dim ``dhhv`` and ``chunk_size``."""
-    dk = _padded(dhqk)
     bq = 64
-    pieces = dk >= bq
-    bv = min(256 if pieces else 128, _padded(dhhv))
+    pieces, bv = state_tiles(dhqk, bq, dhhv)
     return BwDvOptions(bq, CONSUMER_ROWS, bv, pieces, _consumers(chunk_size))

@@ -27,6 +27,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma
 
 from kernels.gluon import compat, intra_chunk
+from kernels.gluon.config import state_tiles
 from kernels.gluon.intra_chunk import (
     CONSUMER_REGS,
     LOAD_REGS,
@@ -277,8 +278,8 @@ def launch_args(
     (two consumers only) issues their products in turns. ``ValueError`` from ``check``."""
     dhqk, dhhv = q.shape[-1], dv.shape[-1]
     dk = triton.next_power_of_2(dhqk)
-    pieces = dk >= bq if state_pieces is None else state_pieces
-    bv = min(bv or (256 if pieces else 128), triton.next_power_of_2(dhhv))
+    pieces, default_bv = state_tiles(dhqk, bq, dhhv, state_pieces)
+    bv = min(bv, triton.next_power_of_2(dhhv)) if bv else default_bv
     check(q, chunk_size, bq, bkv, bv, dhhv, pieces)
     if consumers not in (1, 2) or chunk_size % (consumers * bkv):
         raise ValueError(
