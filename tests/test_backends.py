@@ -13,6 +13,7 @@ from bench.grid import Grid
 from bench.runner import sweep
 from kernels.gluon.config import bw_dv_options, fw_output_options
 from kernels.mlstm import backends
+from kernels.mlstm.backends import BACKENDS
 from kernels.mlstm.tfla import mlstm_tfla
 
 CPU = torch.device("cpu")
@@ -45,6 +46,24 @@ def test_auto_and_triton_run_triton_here_and_gluon_says_why_not(monkeypatch: pyt
     monkeypatch.undo()
     x = _inputs()
     assert torch.equal(mlstm_tfla(*x, chunk_size=32), mlstm_tfla(*x, chunk_size=32, backend="triton"))
+
+
+def test_auto_runs_gluon_only_where_measured_faster(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``auto`` follows ``FASTEST`` by GPU, q/k head dim and chunk size: Gluon at the H100's 7B shape, Triton at
+    the paper shape, on another GPU, and wherever Gluon cannot run."""
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(backends, "gluon_reason", lambda *_: None)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *_: "NVIDIA H100 80GB HBM3")
+    assert backends.choose_backend("auto", cuda, torch.bfloat16, 256, 128) == "gluon"
+    assert backends.choose_backend("auto", cuda, torch.bfloat16, 128, 128) == "triton"
+    assert backends.choose_backend("auto", cuda, torch.bfloat16, 256, 256) == "triton"
+    assert backends.choose_backend("triton", cuda, torch.bfloat16, 256, 128) == "triton"
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *_: "NVIDIA A100-SXM4-80GB")
+    assert backends.choose_backend("auto", cuda, torch.bfloat16, 256, 128) == "triton"
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *_: "NVIDIA H100 80GB HBM3")
+    monkeypatch.setattr(backends, "gluon_reason", lambda *_: "no Hopper GPU")
+    assert backends.choose_backend("auto", cuda, torch.bfloat16, 256, 128) == "triton"
+    assert all(b in BACKENDS for b in backends.FASTEST.values())
 
 
 def test_gluon_reasons_name_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,11 +10,13 @@ import torch
 from kernels.mlstm.launch import interpreting
 
 BACKENDS = ("auto", "triton", "gluon")
-# The backend ``auto`` picks per GPU (``torch.cuda.get_device_name``), filled from measurements in the same run
-# against the Triton kernels only (docs/performance.md); a GPU not listed runs Triton. None is listed: on the H100 the
-# Gluon output and dv kernels with kernels.gluon.config's options are 0.92x / 0.93x their Triton twins at the 7B shape
-# but 1.03x / 1.05x at the paper shape, and the whole pass with those options is not yet timed (v14).
-FASTEST: dict[str, str] = {}
+# The backend ``auto`` picks, by (GPU name as ``torch.cuda.get_device_name`` gives it, q/k head dim, chunk size):
+# only where a sweep of both backends in one run showed Gluon's whole pass faster than Triton's beyond the rows'
+# p20-p80 spread (docs/performance.md v16); every other GPU and shape runs Triton. On the H100 at the paper shape
+# (DHQK 128) the Gluon backend is 1.01..1.03x slower, so it is not listed.
+FASTEST: dict[tuple[str, int, int], str] = {
+    ("NVIDIA H100 80GB HBM3", 256, 128): "gluon",  # 7B, S 8192: sig fw 0.96x fwbw 0.98x, exp 0.91x / 0.97x
+}
 GLUON_MAX_HEAD_DIM_QK = 256  # the Gluon output kernel loads the q/k head dim whole (kernels.gluon.mlstm_fw_output)
 GLUON_QUERY_TILE = 64
 
@@ -49,8 +51,9 @@ def gluon_unavailable() -> str | None:
 
 def choose_backend(backend: str, device: torch.device, dtype: torch.dtype, dhqk: int, chunk_size: int) -> str:
     """``triton`` or ``gluon`` for a forward on ``device``: ``backend`` itself, or for ``auto`` the one
-    ``FASTEST`` names for this GPU where Gluon can run. ``ValueError`` naming the allowed values for an unknown
-    backend, and the reason when ``gluon`` is asked for where it cannot run."""
+    ``FASTEST`` names for this GPU, ``dhqk`` and ``chunk_size`` where Gluon can run (else Triton). ``ValueError``
+    naming the allowed values for an unknown backend, and the reason when ``gluon`` is asked for where it cannot
+    run."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
     if backend == "triton":
@@ -60,6 +63,6 @@ def choose_backend(backend: str, device: torch.device, dtype: torch.dtype, dhqk:
         if reason is not None:
             raise ValueError(f"backend='gluon' cannot run this forward: {reason}")
         return "gluon"
-    if reason is None and device.type == "cuda" and FASTEST.get(torch.cuda.get_device_name(device)) == "gluon":
-        return "gluon"
+    if reason is None and device.type == "cuda":
+        return FASTEST.get((torch.cuda.get_device_name(device), dhqk, chunk_size), "triton")
     return "triton"
