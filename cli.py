@@ -7,7 +7,7 @@ import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -344,11 +344,20 @@ def profile(
     device: Annotated[Optional[str], typer.Option(help="cuda or cpu (default: cuda if present)")] = None,
     passes: Annotated[int, typer.Option(help="passes profiled after one warm-up pass")] = 3,
     top: Annotated[int, typer.Option(help="rows per kernel (the rest summed)")] = 15,
+    peak_tflops: Annotated[
+        Optional[float], typer.Option(help="matmul peak for the floors, TFLOP/s (default: measured on cuda)")
+    ] = None,
+    peak_gbs: Annotated[
+        Optional[float], typer.Option(help="memory bandwidth for the floors, GB/s (default: measured on cuda)")
+    ] = None,
 ) -> None:
     """Where one pass of each kernel spends its time: device time per pass of every CUDA kernel it launches (on
-    the CPU: self time per operator); exit 1 when a kernel could not be profiled, 2 on unusable input."""
+    the CPU: self time per operator); for kernels whose spec splits its work (ours), each part against its
+    floor, the longer of its FLOPs at the matmul peak and its bytes at the copy bandwidth. Exit 1 when a kernel
+    could not be profiled, 2 on unusable input."""
     from bench import measure
     from bench.problem import MODES, Problem
+    from bench.profile import floors
     from bench.profile import profile as run_profile
     from bench.registry import resolve
     from bench.runner import precheck
@@ -358,6 +367,8 @@ def profile(
         _fail(f"--mode must be one of {', '.join(MODES)}; got {mode!r}")
     if passes < 1 or top < 1:
         _fail(f"--passes and --top must be positive integers; got {passes} and {top}")
+    if any(x is not None and not x > 0 for x in (peak_tflops, peak_gbs)):
+        _fail(f"--peak-tflops and --peak-gbs must be positive numbers; got {peak_tflops} and {peak_gbs}")
     dims = _shape(shape) or ([8, 8, 8192, 256, 512] if dev == "cuda" else [1, 2, 64, 32, 32])
     try:
         specs = resolve(_strs(kernels, "kernels") or [])
@@ -396,8 +407,30 @@ def profile(
             table.add_row(f"({len(rest)} more)", "", f"{sum(t.us for t in rest):.1f}", "")
         table.add_row("total", "", f"{total:.1f}", "100%")
         console.print(table)
+        if spec.kernel_work is not None:
+            if dev == "cuda" and (peak_tflops is None or peak_gbs is None):
+                from bench.envinfo import measure_peaks
+
+                measured = measure_peaks(dtype)
+                peak_tflops, peak_gbs = peak_tflops or measured[0], peak_gbs or measured[1]
+            if peak_tflops is not None and peak_gbs is not None:
+                parts = floors(times, spec.kernel_work(run_on), peak_tflops, peak_gbs)
+                if parts:
+                    console.print(_floor_table(spec.name, parts, peak_tflops, peak_gbs))
     if failed:
         raise typer.Exit(1)
+
+
+def _floor_table(name: str, parts: list[Any], peak_tflops: float, peak_gbs: float) -> Table:
+    """``bench profile``'s floors of one kernel: each part's time, floor, what sets it and the floor's share."""
+    table = Table(title=f"{name}: floors at {peak_tflops:.0f} TFLOP/s and {peak_gbs:.0f} GB/s")
+    for col in ("part", "us / pass", "floor us", "bound", "floor / time"):
+        table.add_column(col)
+    for f in parts:
+        table.add_row(f.kernel, f"{f.us:.1f}", f"{f.floor_us:.1f}", f.bound, f"{f.of_floor:.0%}")
+    us, floor_us = sum(f.us for f in parts), sum(f.floor_us for f in parts)
+    table.add_row("these parts", f"{us:.1f}", f"{floor_us:.1f}", "", f"{floor_us / us:.0%}")
+    return table
 
 
 @app.command()

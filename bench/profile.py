@@ -7,9 +7,9 @@ over the operators the pass runs (self CPU time per pass). The pass is the sweep
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from bench.measure import build_step
 from bench.problem import Problem
@@ -23,6 +23,50 @@ class KernelTime:
     name: str
     calls: float
     us: float
+
+
+class Work(Protocol):
+    """One part of a pass as a spec's ``kernel_work`` describes it (e.g. ``kernels.mlstm.cost.KernelWork``): its
+    name, the compiled kernels that do it and the floor its FLOPs and bytes set."""
+
+    kernel: str
+    launch_names: tuple[str, ...]
+
+    def floor_us(self, peak_tflops: float, peak_gbs: float) -> float: ...
+
+    def bound(self, peak_tflops: float, peak_gbs: float) -> str: ...
+
+
+@dataclass(frozen=True)
+class KernelFloor:
+    """A part of a pass, measured (``us`` per pass, over every launch that does it) against its floor
+    (``floor_us`` at the given peaks, set by ``bound``: ``memory`` or ``compute``)."""
+
+    kernel: str
+    us: float
+    floor_us: float
+    bound: str
+
+    @property
+    def of_floor(self) -> float:
+        """The floor as a share of the measured time (1.0: at the floor)."""
+        return self.floor_us / self.us
+
+
+def floors(times: Sequence[KernelTime], work: Sequence[Work], peak_tflops: float, peak_gbs: float) -> list[KernelFloor]:
+    """Each part of ``work`` whose kernels ``times`` has (by name), with its measured time and floor; parts the
+    profile did not see are left out (another backend's kernel, another mode)."""
+    if peak_tflops <= 0 or peak_gbs <= 0:
+        raise ValueError(f"peaks must be positive; got {peak_tflops} TFLOP/s and {peak_gbs} GB/s")
+    by_name = {t.name: t.us for t in times}
+    out = []
+    for w in work:
+        seen = [by_name[n] for n in w.launch_names if n in by_name]
+        if seen:
+            out.append(
+                KernelFloor(w.kernel, sum(seen), w.floor_us(peak_tflops, peak_gbs), w.bound(peak_tflops, peak_gbs))
+            )
+    return out
 
 
 def kernel_times(run: Callable[[], Any], passes: int, device: str = "cuda") -> list[KernelTime]:

@@ -66,7 +66,8 @@ class KernelSpec:
     ``known_issue(problem)`` (a ``KnownIssue`` or ``None``) names a known wrong result at ``problem`` (measured all
     the same: the row says it; ``bench verify`` shows it as ``known`` where only its outputs are off);
     ``input_names`` name the inputs in ``bench verify``'s per-gradient errors (``dq``, ``dk``, ...);
-    ``role`` (``ROLES``) says whether it is one of ours, a baseline or a reference; ``sources`` are the paths in
+    ``kernel_work(problem)`` (optional) splits a pass's work over the kernels it launches (``bench.profile.Work``
+    items), for ``bench profile``'s floors; ``role`` (``ROLES``) says whether it is one of ours, a baseline or a reference; ``sources`` are the paths in
     this repository (files or folders) of the code it runs besides its spec module, for ``bench check``'s
     staleness warning (empty for installed libraries, whose version the rows record).
     """
@@ -90,6 +91,7 @@ class KernelSpec:
     devices: Sequence[str] = field(default=("cuda",))
     role: str = "baseline"
     sources: tuple[str, ...] = ()
+    kernel_work: Callable[[Problem], Sequence[Any]] | None = None
 
 
 _REGISTRY: dict[str, KernelSpec] = {}

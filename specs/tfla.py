@@ -28,6 +28,14 @@ def _backend(p: Problem, backend: str) -> str:
     return choose_backend(backend, torch.device(p.device), getattr(torch, p.dtype), p.head_dim_qk, p.chunk_size)
 
 
+def _kernel_work(p: Problem) -> tuple[object, ...]:
+    """Each kernel's FLOPs and bytes of a pass at ``p`` (``kernels.mlstm.cost``), for ``bench profile``."""
+    from kernels.mlstm.cost import tfla_kernel_work
+
+    itemsize = 4 if p.dtype == "float32" else 2
+    return tfla_kernel_work(p.batch, p.heads, p.seq_len, p.head_dim_qk, p.head_dim_v, p.chunk_size, itemsize, p.mode)
+
+
 def _gluon_supports(p: Problem) -> str | None:
     import torch
 
@@ -86,6 +94,7 @@ def _register_tfla(variant: str, normalize: bool, description: str, backend: str
             devices=("cuda", "cpu"),  # Gluon on the CPU: its simulator (kernels.gluon.simulator), for verify
             role="ours",
             sources=("kernels/mlstm", "kernels/gluon") if gluon else ("kernels/mlstm",),
+            kernel_work=_kernel_work,
         )
     )
 

@@ -67,6 +67,7 @@ def test_the_command_prints_a_table_and_reports_what_it_could_not_run() -> None:
         (["--shape", "1,2,3"], "--shape takes B,NH,S,DHQK,DHHV"),
         (["--passes", "0"], "--passes and --top must be positive"),
         (["--device", "tpu"], "--device must be one of cuda, cpu"),
+        (["--peak-gbs", "0"], "--peak-tflops and --peak-gbs must be positive numbers; got None and 0.0"),
     ],
 )
 def test_bad_input_exits_2_naming_the_parameter(args: list[str], message: str) -> None:

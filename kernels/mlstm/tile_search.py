@@ -12,21 +12,15 @@ import itertools
 
 import triton
 
+from kernels.mlstm.cost import LAUNCH_NAMES
 from kernels.mlstm.tiles import INTRA_CHUNK, KERNELS, STATE_READERS, KernelTiles, unrolls_head_slices
 
 FAMILIES = ("rolled", "unrolled", "all", "small")
 
 # Kernel -> (the head-dim tile its grid is split over, the one it loops over inside).
 SPLIT = {"fw_states": ("BK", "BV"), "bw_states": ("BK", "BV"), **{k: v[:2] for k, v in INTRA_CHUNK.items()}}
-# Kernel -> the Triton function it launches (its name in a profile).
-KERNEL_FUNCTIONS = {
-    "fw_states": "fw_chunk_states_kernel",
-    "fw_output": "fw_chunk_output_kernel",
-    "bw_states": "bw_chunk_state_grads_kernel",
-    "bw_dq": "bw_chunk_dq_kernel",
-    "bw_dk": "bw_chunk_dk_kernel",
-    "bw_dv": "bw_chunk_dv_kernel",
-}
+# Kernel -> the Triton function it launches (its name in a profile; kernels.mlstm.cost lists the Triton one first).
+KERNEL_FUNCTIONS = {kernel: names[0] for kernel, names in LAUNCH_NAMES.items()}
 
 
 def candidates(kernel: str, pipelined_states: bool = False, chunk: int = 128) -> list[KernelTiles]:

@@ -1,0 +1,90 @@
+"""The work of each kernel of one TFLA pass as this design splits it: matmul FLOPs and the fewest bytes through
+device memory (every operand a kernel touches read once, every output written once), and the floor time those
+set at given peaks. Pure: shapes in, numbers out.
+
+Per head and chunk of ``L`` tokens (``P = L (L + 1) / 2`` causal query-key pairs, ``K`` / ``V`` the q/k and v head
+dims, ``NC`` chunks, multiply-adds counted as 2; the gate and normalizer vectors, fp32 per token, are left out of
+the bytes as they are of ``bench.flops``):
+
+=========== ======================================================= ===============================================
+kernel      FLOPs per chunk                                          reads / writes
+=========== ======================================================= ===============================================
+fw_states   ``k^T v``: 2 L K V                                       k, v / the chunk states ``C``
+fw_output   ``q C``: 2 L K V; ``q k^T``: 2 P K; ``P v``: 2 P V       q, k, v, ``C`` / h
+bw_states   ``q^T dh``: 2 L K V                                      q, dh, ``C`` / the state gradients ``dC``
+bw_dq       ``dh C^T``: 2 L K V; ``dh v^T``: 2 P V; ``dS k`` and     q, k, v, dh, ``C`` / dq
+            the gate's ``q k^T``: 2 x 2 P K
+bw_dk       ``v dC^T``: 2 L K V; ``v dh^T``: 2 P V; ``dS^T q`` and   q, k, v, dh, ``dC`` / dk
+            the gate's ``k q^T``: 2 x 2 P K
+bw_dv       ``k dC``: 2 L K V; ``k q^T``: 2 P K; ``P^T dh``: 2 P V   q, k, dh, ``dC`` / dv
+=========== ======================================================= ===============================================
+
+``C`` is ``NC`` states of ``K x V`` in the input dtype for 16-bit inputs (``tiles.state_dtype``), ``dC`` ``NC + 1``
+of them in the input dtype. The forward kernels' FLOPs add up to ``bench.flops.chunkwise_flops``'s forward; the
+backward kernels do more than its "useful" backward: ``dq`` and ``dk`` each recompute ``dh v^T`` and the scores for
+the gate gradients.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+FW_KERNELS = ("fw_states", "fw_output")
+BW_KERNELS = ("bw_states", "bw_dq", "bw_dk", "bw_dv")
+# The compiled kernels that do each part's work, by function name: Triton's first, then the Gluon backend's.
+LAUNCH_NAMES: dict[str, tuple[str, ...]] = {
+    "fw_states": ("fw_chunk_states_kernel",),
+    "fw_output": ("fw_chunk_output_kernel", "fw_output_kernel", "fw_output_ws_kernel"),
+    "bw_states": ("bw_chunk_state_grads_kernel",),
+    "bw_dq": ("bw_chunk_dq_kernel",),
+    "bw_dk": ("bw_chunk_dk_kernel",),
+    "bw_dv": ("bw_chunk_dv_kernel", "bw_dv_kernel"),
+}
+
+
+@dataclass(frozen=True)
+class KernelWork:
+    """One kernel's share of a pass: ``flops`` (matmul, multiply-add = 2) and ``bytes`` (fewest, through device
+    memory); ``launch_names`` the compiled kernels that do it."""
+
+    kernel: str
+    flops: float
+    bytes: float
+    launch_names: tuple[str, ...]
+
+    def floor_us(self, peak_tflops: float, peak_gbs: float) -> float:
+        """The shortest time this work can take in microseconds: FLOPs at ``peak_tflops`` or bytes at
+        ``peak_gbs`` (GB/s), whichever is longer."""
+        return max(self.flops / (peak_tflops * 1e12), self.bytes / (peak_gbs * 1e9)) * 1e6
+
+    def bound(self, peak_tflops: float, peak_gbs: float) -> str:
+        """``memory`` or ``compute``: which of the two sets ``floor_us``."""
+        return "memory" if self.bytes / (peak_gbs * 1e9) >= self.flops / (peak_tflops * 1e12) else "compute"
+
+
+def tfla_kernel_work(
+    batch: int, heads: int, seq_len: int, dqk: int, dv: int, chunk: int, itemsize: int, mode: str
+) -> tuple[KernelWork, ...]:
+    """Each kernel's ``KernelWork`` for a pass of ``mode`` (``fw``: the forward's kernels, ``bw``: the backward's,
+    ``fwbw``: both) on inputs of ``itemsize`` bytes per element (2 for 16-bit, 4 for fp32)."""
+    if mode not in ("fw", "bw", "fwbw"):
+        raise ValueError(f"mode must be one of fw, bw, fwbw; got {mode!r}")
+    L = min(chunk, seq_len)
+    nc = -(-seq_len // L)
+    bh = batch * heads
+    tokens = bh * nc * L  # the padded sequence: every kernel runs whole chunks
+    pairs = bh * nc * L * (L + 1) / 2
+    state_flops = 2.0 * tokens * dqk * dv
+    qk_bytes, v_bytes = tokens * dqk * itemsize, tokens * dv * itemsize
+    states = bh * nc * dqk * dv * itemsize
+    dstates = bh * (nc + 1) * dqk * dv * itemsize
+    parts = {
+        "fw_states": (state_flops, qk_bytes + v_bytes + states),
+        "fw_output": (state_flops + 2 * pairs * (dqk + dv), 2 * qk_bytes + 2 * v_bytes + states),
+        "bw_states": (state_flops, qk_bytes + v_bytes + states + dstates),
+        "bw_dq": (state_flops + 2 * pairs * (dv + 2 * dqk), 3 * qk_bytes + 2 * v_bytes + states),
+        "bw_dk": (state_flops + 2 * pairs * (dv + 2 * dqk), 3 * qk_bytes + 2 * v_bytes + dstates),
+        "bw_dv": (state_flops + 2 * pairs * (dqk + dv), 2 * qk_bytes + 2 * v_bytes + dstates),
+    }
+    names = {"fw": FW_KERNELS, "bw": BW_KERNELS, "fwbw": FW_KERNELS + BW_KERNELS}[mode]
+    return tuple(KernelWork(n, *parts[n], LAUNCH_NAMES[n]) for n in names)

@@ -1,0 +1,105 @@
+"""Each TFLA kernel's FLOPs and bytes (``kernels.mlstm.cost``) and ``bench profile``'s floors built from them."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from bench import flops
+from bench.problem import Problem
+from bench.profile import KernelTime, floors
+from bench.registry import get
+from cli import _floor_table
+from kernels.mlstm.cost import BW_KERNELS, FW_KERNELS, LAUNCH_NAMES, KernelWork, tfla_kernel_work
+from kernels.mlstm.tiles import KERNELS
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAPES = [(8, 8, 8192, 256, 512, 128), (8, 16, 8192, 128, 256, 256), (1, 2, 200, 64, 32, 64), (2, 3, 96, 48, 80, 128)]
+
+
+def _parts(*shape: int, itemsize: int = 2, mode: str = "fwbw") -> dict[str, KernelWork]:
+    return {w.kernel: w for w in tfla_kernel_work(*shape, itemsize, mode)}
+
+
+@pytest.mark.parametrize("b,nh,s,dqk,dv,chunk", SHAPES)
+def test_the_forward_adds_up_to_the_harness_count_and_the_backward_names_its_recomputation(
+    b: int, nh: int, s: int, dqk: int, dv: int, chunk: int
+) -> None:
+    parts = _parts(b, nh, s, dqk, dv, chunk)
+    fw = sum(parts[k].flops for k in FW_KERNELS)
+    assert fw == pytest.approx(flops.chunkwise_flops(b, nh, s, dqk, dv, chunk, "fw"), rel=1e-12)
+    L = min(chunk, s)
+    pairs = b * nh * -(-s // L) * L * (L + 1) / 2
+    recomputed = 2 * pairs * (2 * dqk + dv)  # dq and dk each: dh v^T once more, the gate's scores once each
+    bw = sum(parts[k].flops for k in BW_KERNELS)
+    assert bw - recomputed == pytest.approx(flops.chunkwise_flops(b, nh, s, dqk, dv, chunk, "bw"), rel=1e-12)
+
+
+def test_bytes_count_each_operand_once_and_states_shrink_with_the_chunk() -> None:
+    b, nh, s, dqk, dv = 2, 4, 1024, 64, 128
+    tokens, states = b * nh * s, b * nh * (s // 128) * dqk * dv
+    parts = _parts(b, nh, s, dqk, dv, 128, itemsize=4)
+    assert parts["fw_states"].bytes == 4 * (tokens * (dqk + dv) + states)  # k, v in; C out
+    assert parts["fw_output"].bytes == 4 * (tokens * (2 * dqk + 2 * dv) + states)  # q, k, v, C in; h out
+    dstates = b * nh * (s // 128 + 1) * dqk * dv
+    assert parts["bw_dv"].bytes == 4 * (tokens * (2 * dqk + 2 * dv) + dstates)  # q, k, dh, dC in; dv out
+    wider = _parts(b, nh, s, dqk, dv, 256, itemsize=4)
+    assert wider["fw_output"].bytes == parts["fw_output"].bytes - 4 * states / 2  # half the states
+    assert wider["fw_output"].flops > parts["fw_output"].flops  # twice the intra-chunk pairs per token
+    assert _parts(b, nh, s, dqk, dv, 128, itemsize=2)["fw_states"].bytes == parts["fw_states"].bytes / 2
+
+
+def test_modes_pick_the_kernels_and_a_bad_mode_names_the_allowed_ones() -> None:
+    assert [w.kernel for w in tfla_kernel_work(1, 1, 64, 16, 16, 16, 2, "fw")] == list(FW_KERNELS)
+    assert [w.kernel for w in tfla_kernel_work(1, 1, 64, 16, 16, 16, 2, "bw")] == list(BW_KERNELS)
+    assert set(FW_KERNELS + BW_KERNELS) == set(KERNELS) == set(LAUNCH_NAMES)
+    with pytest.raises(ValueError, match="mode must be one of fw, bw, fwbw; got 'up'"):
+        tfla_kernel_work(1, 1, 64, 16, 16, 16, 2, "up")
+
+
+def test_the_launch_names_are_functions_of_the_kernels() -> None:
+    """A renamed kernel function would silently drop out of the profile's floors."""
+    sources = "".join(p.read_text() for p in [*ROOT.glob("kernels/mlstm/chunk_*.py"), *ROOT.glob("kernels/gluon/*.py")])
+    defined = set(re.findall(r"^def (\w+)\(", sources, flags=re.M))
+    for names in LAUNCH_NAMES.values():
+        assert set(names) <= defined, names
+
+
+def test_the_floor_is_the_longer_of_flops_and_bytes() -> None:
+    w = KernelWork("fw_output", flops=2e12, bytes=3e9, launch_names=("k",))
+    assert w.floor_us(1000, 3000) == pytest.approx(2000.0) and w.bound(1000, 3000) == "compute"
+    assert w.floor_us(4000, 1000) == pytest.approx(3000.0) and w.bound(4000, 1000) == "memory"
+
+
+def test_floors_match_the_profiled_kernels_of_either_backend() -> None:
+    work = tfla_kernel_work(8, 8, 8192, 256, 512, 128, 2, "fwbw")
+    times = [
+        KernelTime("fw_output_ws_kernel", 1, 1000.0),  # the Gluon output kernel
+        KernelTime("bw_chunk_dv_kernel", 1, 600.0),
+        KernelTime("bw_dv_kernel", 1, 300.0),  # both backends' dv kernels in one profile: summed
+        KernelTime("gate_grads_kernel", 1, 12.0),  # no part of the split
+    ]
+    parts = {f.kernel: f for f in floors(times, work, 788.0, 3003.0)}
+    assert set(parts) == {"fw_output", "bw_dv"}
+    assert parts["bw_dv"].us == 900.0
+    out = next(w for w in work if w.kernel == "fw_output")
+    assert parts["fw_output"].floor_us == pytest.approx(out.bytes / 3003e9 * 1e6)
+    assert parts["fw_output"].bound == "memory" and parts["fw_output"].of_floor == pytest.approx(out.bytes / 3003e6)
+    with pytest.raises(ValueError, match="peaks must be positive"):
+        floors(times, work, 0.0, 3003.0)
+    console = Console(width=200, record=True)
+    console.print(_floor_table("tfla.mlstm_sig", list(parts.values()), 788.0, 3003.0))
+    text = console.export_text()
+    assert "floors at 788 TFLOP/s and 3003 GB/s" in text and "fw_output" in text and "these parts" in text
+
+
+def test_our_specs_split_their_pass() -> None:
+    problem = Problem(1, 2, 256, 64, 64, chunk_size=64, dtype="float16", mode="fw", device="cpu")
+    for name in ("tfla.mlstm_sig", "tfla.mlstm_exp_gluon"):
+        spec = get(name)
+        assert spec.kernel_work is not None
+        assert [w.kernel for w in spec.kernel_work(problem)] == list(FW_KERNELS)
+    assert get("sdpa.math").kernel_work is None
