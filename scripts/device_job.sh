@@ -13,6 +13,8 @@
 #   pytest_gpu (300)   pytest -m gpu tests (every GPU test)
 #   mamba (240)        scripts/build_mamba.sh on the mamba-ssm source archive (.whl/src, carried) into /tmp/mamba
 #   verify (330)       bench verify --jobs 8: every kernel's output and gradients against float64
+#   ncu (240)          Nsight Compute on the state kernels and dk at 7B, chunk 128: DRAM bytes, L2 hit rate, occupancy,
+#                      warp stalls (why bw_states sits at 55 % of its floor, docs/performance.md v16)
 #   premove (420)      bench check --against 2e403e8 --run ci (the layout move's before/after, issue #23)
 #   consttoken7b (540) bench sweep --preset consttoken7b --seq-len 2048,8192
 #   consttoken (540)   bench sweep --preset consttoken --seq-len 2048,8192
@@ -20,7 +22,7 @@
 # once built.
 set -uo pipefail
 [ $# -ge 1 ] && [ -n "${OUT:-}" ] || { sed -n '2,20p' "$0"; exit 2; }
-declare -A LIMIT=([env]=30 [gluon]=360 [pytest_gpu]=300 [mamba]=240 [verify]=330 [premove]=420 [consttoken7b]=540
+declare -A LIMIT=([env]=30 [gluon]=360 [pytest_gpu]=300 [mamba]=240 [verify]=330 [ncu]=240 [premove]=420 [consttoken7b]=540
   [consttoken]=540)
 for arg in "$@"; do  # every step known and every limit a number, before anything runs
   step=${arg%%:*}
@@ -53,6 +55,11 @@ run_step() {  # the commands of one step (a subshell, so that `timeout` can cut 
       [ -n "$src" ] || { echo "no mamba-ssm source archive (../shared/gpu/wheels.sh puts it in .whl/src)"; return 2; }
       bash scripts/build_mamba.sh "$src" /tmp/mamba 90 ;;
     verify) $py cli.py verify --jobs 8 --timeout 300 ;;  # FLA's fwbw autotunes > 150 s on a cold machine, 8 at once
+    ncu)  # the warm-up pass's launches (compiled by then); peaks given, so no matmul of measure_peaks runs
+      ncu --clock-control none -k 'regex:^(fw_chunk_states|bw_chunk_state_grads|bw_chunk_dk)_kernel$' -c 3 \
+        --metrics dram__bytes_read.sum,dram__bytes_write.sum,lts__t_sector_hit_rate.pct \
+        --section SpeedOfLight --section Occupancy --section WarpStateStats --section LaunchStats \
+        $py cli.py profile --kernels tfla.mlstm_sig --mode fwbw --passes 1 --peak-tflops 790 --peak-gbs 3000 ;;
     premove) $py cli.py check --against 2e403e8 --run ci --out "$RESULTS/premove.parquet" ;;
     consttoken7b|consttoken)
       $py cli.py sweep --preset "$1" --seq-len 2048,8192 --out "$RESULTS/$1.parquet" ;;
