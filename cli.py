@@ -417,6 +417,10 @@ def profile(
                 parts = floors(times, spec.kernel_work(run_on), peak_tflops, peak_gbs)
                 if parts:
                     console.print(_floor_table(spec.name, parts, peak_tflops, peak_gbs))
+                else:
+                    console.print(
+                        f"floors: none of {spec.name}'s kernels is in this profile (a CPU profile lists operators)"
+                    )
     if failed:
         raise typer.Exit(1)
 

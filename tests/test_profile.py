@@ -56,6 +56,9 @@ def test_the_command_prints_a_table_and_reports_what_it_could_not_run() -> None:
     ok = runner.invoke(app, ["profile", "--kernels", "reference.mlstm_exp_parallel", "--device", "cpu", "--mode", "fw"])
     assert ok.exit_code == 0, ok.output
     assert "bench profile: reference.mlstm_exp_parallel" in ok.output and "total" in ok.output
+    cpu = ["profile", "--kernels", "tfla.mlstm_sig", "--device", "cpu", "--mode", "fw", "--peak-tflops", "1"]
+    floors = runner.invoke(app, [*cpu, "--peak-gbs", "1"])
+    assert floors.exit_code == 0 and "none of tfla.mlstm_sig's kernels is in this profile" in floors.output
     skipped = runner.invoke(app, ["profile", "--kernels", "sdpa.cudnn", "--device", "cpu"])
     assert skipped.exit_code == 1 and "unavailable" in skipped.output
 
