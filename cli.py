@@ -7,12 +7,15 @@ import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from bench.profile import KernelFloor
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Benchmark TFLA mLSTM kernels against the best baselines."
@@ -425,7 +428,7 @@ def profile(
         raise typer.Exit(1)
 
 
-def _floor_table(name: str, parts: list[Any], peak_tflops: float, peak_gbs: float) -> Table:
+def _floor_table(name: str, parts: list[KernelFloor], peak_tflops: float, peak_gbs: float) -> Table:
     """``bench profile``'s floors of one kernel: each part's time, floor, what sets it and the floor's share."""
     table = Table(title=f"{name}: floors at {peak_tflops:.0f} TFLOP/s and {peak_gbs:.0f} GB/s")
     for col in ("part", "us / pass", "floor us", "bound", "floor / time"):
