@@ -67,9 +67,10 @@ class KernelSpec:
     the same: the row says it; ``bench verify`` shows it as ``known`` where only its outputs are off);
     ``input_names`` name the inputs in ``bench verify``'s per-gradient errors (``dq``, ``dk``, ...);
     ``kernel_work(problem)`` (optional) splits a pass's work over the kernels it launches (``bench.profile.Work``
-    items), for ``bench profile``'s floors; ``role`` (``ROLES``) says whether it is one of ours, a baseline or a reference; ``sources`` are the paths in
-    this repository (files or folders) of the code it runs besides its spec module, for ``bench check``'s
-    staleness warning (empty for installed libraries, whose version the rows record).
+    items), for ``bench profile``'s floors; ``role`` (``ROLES``) says whether it is one of ours, a baseline or a
+    reference; ``sources`` are the paths in this repository (files or folders) of the code it runs besides its
+    spec module, for ``bench check``'s staleness warning (empty for installed libraries, whose version the rows
+    record).
     """
 
     name: str

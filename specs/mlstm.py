@@ -8,6 +8,7 @@ from typing import Any
 from bench import flops
 from bench.problem import Problem
 from bench.registry import KernelSpec, register
+from specs.shapes import itemsize
 
 MLSTM_INPUTS = ("q", "k", "v", "i", "f")  # the items of mlstm_inputs
 
@@ -31,10 +32,7 @@ def mlstm_flops(p: Problem) -> float:
 
 
 def mlstm_bytes(p: Problem) -> float:
-    import torch
-
-    itemsize = torch.empty((), dtype=p.torch_dtype).element_size()
-    return flops.sequence_mixer_bytes(p.batch, p.heads, p.seq_len, p.head_dim_qk, p.head_dim_v, itemsize, p.mode, 2)
+    return flops.sequence_mixer_bytes(p.batch, p.heads, p.seq_len, p.head_dim_qk, p.head_dim_v, itemsize(p), p.mode, 2)
 
 
 def mlstm_reference(variant: str, normalize: bool = True, detach_normalizer: bool = False):  # noqa: ANN201

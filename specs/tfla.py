@@ -7,6 +7,7 @@ from __future__ import annotations
 from bench.problem import Problem
 from bench.registry import KernelSpec, package_reason, register
 from specs.mlstm import MLSTM_INPUTS, mlstm_bytes, mlstm_flops, mlstm_inputs, mlstm_reference
+from specs.shapes import itemsize
 
 
 def _tfla_supports(p: Problem) -> str | None:
@@ -32,8 +33,8 @@ def _kernel_work(p: Problem) -> tuple[object, ...]:
     """Each kernel's FLOPs and bytes of a pass at ``p`` (``kernels.mlstm.cost``), for ``bench profile``."""
     from kernels.mlstm.cost import tfla_kernel_work
 
-    itemsize = 4 if p.dtype == "float32" else 2
-    return tfla_kernel_work(p.batch, p.heads, p.seq_len, p.head_dim_qk, p.head_dim_v, p.chunk_size, itemsize, p.mode)
+    size = itemsize(p)
+    return tfla_kernel_work(p.batch, p.heads, p.seq_len, p.head_dim_qk, p.head_dim_v, p.chunk_size, size, p.mode)
 
 
 def _gluon_supports(p: Problem) -> str | None:

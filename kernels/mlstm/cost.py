@@ -52,14 +52,19 @@ class KernelWork:
     bytes: float
     launch_names: tuple[str, ...]
 
+    def _seconds(self, peak_tflops: float, peak_gbs: float) -> tuple[float, float]:
+        """The FLOPs at ``peak_tflops`` and the bytes at ``peak_gbs`` (GB/s), in seconds."""
+        return self.flops / (peak_tflops * 1e12), self.bytes / (peak_gbs * 1e9)
+
     def floor_us(self, peak_tflops: float, peak_gbs: float) -> float:
         """The shortest time this work can take in microseconds: FLOPs at ``peak_tflops`` or bytes at
         ``peak_gbs`` (GB/s), whichever is longer."""
-        return max(self.flops / (peak_tflops * 1e12), self.bytes / (peak_gbs * 1e9)) * 1e6
+        return max(self._seconds(peak_tflops, peak_gbs)) * 1e6
 
     def bound(self, peak_tflops: float, peak_gbs: float) -> str:
         """``memory`` or ``compute``: which of the two sets ``floor_us``."""
-        return "memory" if self.bytes / (peak_gbs * 1e9) >= self.flops / (peak_tflops * 1e12) else "compute"
+        compute, memory = self._seconds(peak_tflops, peak_gbs)
+        return "memory" if memory >= compute else "compute"
 
 
 def tfla_kernel_work(
