@@ -207,6 +207,12 @@ def check(
         )
 
 
+def check_pingpong(pingpong: bool, consumers: int) -> None:
+    """``ValueError`` for ping-pong turns (``wait_turn``) without the two consumer warpgroups that take them."""
+    if pingpong and consumers != 2:
+        raise ValueError(f"pingpong takes turns between two consumer warpgroups; got consumers={consumers}")
+
+
 def launch(
     kernel: Any, grid: tuple[int, int, int], args: dict[str, Any], constexprs: dict[str, Any], device: Any
 ) -> None:

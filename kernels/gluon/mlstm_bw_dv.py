@@ -286,8 +286,7 @@ def launch_args(
             f"consumers is 1 or 2 (with consumers * BKV dividing the chunk size {chunk_size}); got {consumers} with "
             f"BKV={bkv}"
         )
-    if pingpong and consumers != 2:
-        raise ValueError(f"pingpong takes turns between two consumer warpgroups; got consumers={consumers}")
+    intra_chunk.check_pingpong(pingpong, consumers)
     bh, nc = m_st.shape[0], m_st.shape[1] - 1
     args = {
         "Q_D": head_tiles(q, bq, dk),

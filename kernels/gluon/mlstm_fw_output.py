@@ -445,8 +445,7 @@ def launch_args(
             f"consumers is 1 or 2 (2 only warp-specialized, with 2 * BQ dividing the chunk size {chunk_size}); "
             f"got {consumers} with BQ={bq}, warp_specialized={warp_specialized}"
         )
-    if pingpong and consumers != 2:
-        raise ValueError(f"pingpong takes turns between two consumer warpgroups; got consumers={consumers}")
+    intra_chunk.check_pingpong(pingpong, consumers)
     dk = triton.next_power_of_2(dhqk)
     args = {
         "Q_D": head_tiles(q, bq, dk),
