@@ -127,9 +127,9 @@ def main() -> int:
                     (
                         chunk_bw.bw_chunk_state_grads_kernel,
                         dtype,
-                        dict(base, BL=64, BK=64, BV=64, HAS_DLAST=True, UNROLL=u),
+                        dict(base, BL=bl, BK=64, BV=64, HAS_DLAST=True),
                     )
-                    for u in (True, False)
+                    for bl in (64, 128)  # two slices a chunk, one
                 ),
                 *((chunk_bw.bw_chunk_dq_kernel, dtype, dict(base, STATE_STAGES=1, **tiles, **u)) for u in SLICE_LOOPS),
                 # the pipelined state loop of the tables' large-chunk fw_output and wide-q/k bw_dq (narrower slices)

@@ -14,7 +14,7 @@ import triton.language as tl
 
 from kernels.mlstm.chunk_common import LOG2E, gate_matrix, head_dim_products, operand_once
 from kernels.mlstm.launch import dot_precision, head_tiles
-from kernels.mlstm.tiles import KernelTiles, slice_args, tile_args, unrolls_chunk_slices
+from kernels.mlstm.tiles import KernelTiles, slice_args, tile_args
 
 
 @triton.jit
@@ -69,6 +69,57 @@ def _add_grad_slice(
 
 
 @triton.jit
+def _enter_grad_chunk(
+    dC,
+    dn,
+    DC_D,
+    DN_ST,
+    GATE_B,
+    C_D,
+    N_ST,
+    M_ST,
+    x_part,
+    bh,
+    c,
+    SP,
+    NC,
+    DHQK,
+    k0,
+    v0,
+    offs_k,
+    mask_k,
+    holds_dn,
+    L: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    EXP: tl.constexpr,
+):
+    """Entering chunk ``c`` (walking back): stores the gradient of the state after it (``dn`` only where
+    ``holds_dn``, the ``pid_v == 0`` programs), decays ``dC, dn`` over the chunk and writes the chunk's part
+    of the forget-gate gradient to ``x_part + c``. Returns ``dC, dn, m_c`` (``m_c``: the stabilizer of the
+    state before the chunk)."""
+    st = bh * (NC + 1) + c + 1
+    DC_D.store([st, k0, v0], dC.to(DC_D.dtype).reshape(1, BK, BV))
+    if holds_dn:
+        tl.store(DN_ST + st * DHQK + offs_k, dn, mask=mask_k)
+    g = tl.load(GATE_B + bh * SP + c * L + L - 1)
+    if EXP:
+        m_c = tl.load(M_ST + st - 1)
+        decay = tl.exp(g + m_c - tl.load(M_ST + st))
+    else:
+        m_c = tl.full([], 0.0, tl.float32)
+        decay = tl.exp(g)
+    dC = dC * decay
+    dn = dn * decay
+    c_tile = C_D.load([bh * NC + c, k0, v0]).reshape(BK, BV).to(tl.float32)
+    x_sum = tl.sum(tl.sum(dC * c_tile, axis=1), axis=0)
+    if holds_dn:
+        x_sum += tl.sum(dn * tl.load(N_ST + (st - 1) * DHQK + offs_k, mask=mask_k, other=0.0), axis=0)
+    tl.store(x_part + c, x_sum)
+    return dC, dn, m_c
+
+
+@triton.jit
 def bw_chunk_state_grads_kernel(
     Q_D,
     DH_D,
@@ -97,7 +148,6 @@ def bw_chunk_state_grads_kernel(
     EXP: tl.constexpr,
     HAS_DLAST: tl.constexpr,
     DOT_PREC: tl.constexpr,
-    UNROLL: tl.constexpr,
 ):
     """Reverse inter-chunk recurrence for the state gradients.
 
@@ -110,8 +160,11 @@ def bw_chunk_state_grads_kernel(
     ``X_PART (cdiv(DHQK, BK) * cdiv(DHHV, BV), BH, NC)`` gets this tile's part of
     ``<dC_{c+1}, a_c C_c> + <dn_{c+1}, a_c n_c>`` (``a_c`` the decay over chunk ``c``): the forget-gate
     gradient of every (query after chunk ``c``, key before it) pair, summed exactly in fp32.
-    ``UNROLL`` unrolls a chunk's slices so that Triton pipelines the chunk loop (as in ``fw_chunk_states_kernel``).
+    The slices of all chunks form one loop, which Triton software-pipelines: the next slices' TMA loads run
+    during this slice's product and across the chunk boundaries (a loop per chunk drained its pipeline at
+    each chunk, ``docs/performance.md`` v17).
     """
+    NS: tl.constexpr = L // BL
     pid_k, pid_v, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_k = pid_k * BK + tl.arange(0, BK)
     offs_v = pid_v * BV + tl.arange(0, BV)
@@ -126,38 +179,23 @@ def bw_chunk_state_grads_kernel(
         dn = tl.zeros((BK,), dtype=tl.float32)
     k0, v0 = pid_k * BK, pid_v * BV
     x_part = X_PART + ((pid_k * tl.num_programs(1) + pid_v) * tl.num_programs(2) + bh) * NC
-    for c_rev in range(NC):
-        c = NC - 1 - c_rev
-        st = bh * (NC + 1) + c + 1
-        DC_D.store([st, k0, v0], dC.to(DC_D.dtype).reshape(1, BK, BV))
-        if pid_v == 0:
-            tl.store(DN_ST + st * DHQK + offs_k, dn, mask=mask_k)
-        g = tl.load(GATE_B + bh * SP + c * L + L - 1)
-        if EXP:
-            m_c = tl.load(M_ST + st - 1)
-            decay = tl.exp(g + m_c - tl.load(M_ST + st))
-        else:
-            m_c = tl.full([], 0.0, tl.float32)
-            decay = tl.exp(g)
-        dC = dC * decay
-        dn = dn * decay
-        c_tile = C_D.load([bh * NC + c, k0, v0]).reshape(BK, BV).to(tl.float32)
-        x_sum = tl.sum(tl.sum(dC * c_tile, axis=1), axis=0)
-        if pid_v == 0:
-            x_sum += tl.sum(dn * tl.load(N_ST + (st - 1) * DHQK + offs_k, mask=mask_k, other=0.0), axis=0)
-        tl.store(x_part + c, x_sum)
-        if UNROLL:
-            for j in tl.static_range(0, L, BL):
-                dC, dn = _add_grad_slice(
-                    dC, dn, Q_D, DH_D, GATE_B, INV_DEN, DZ, M_TOK, bh, SP, c * L + j, m_c, k0, v0, qk_scale,
-                    BL, BK, BV, EXP, DOT_PREC,
-                )  # fmt: skip
-        else:
-            for j in range(0, L, BL):
-                dC, dn = _add_grad_slice(
-                    dC, dn, Q_D, DH_D, GATE_B, INV_DEN, DZ, M_TOK, bh, SP, c * L + j, m_c, k0, v0, qk_scale,
-                    BL, BK, BV, EXP, DOT_PREC,
-                )  # fmt: skip
+    m_c = tl.full([], 0.0, tl.float32)
+    for i in range(NC * NS):  # the slices from the last; one flat loop, pipelined across chunk boundaries
+        c = NC - 1 - i // NS
+        if NS == 1:
+            dC, dn, m_c = _enter_grad_chunk(
+                dC, dn, DC_D, DN_ST, GATE_B, C_D, N_ST, M_ST, x_part, bh, c, SP, NC,
+                DHQK, k0, v0, offs_k, mask_k, pid_v == 0, L, BK, BV, EXP,
+            )  # fmt: skip
+        elif i % NS == 0:
+            dC, dn, m_c = _enter_grad_chunk(
+                dC, dn, DC_D, DN_ST, GATE_B, C_D, N_ST, M_ST, x_part, bh, c, SP, NC,
+                DHQK, k0, v0, offs_k, mask_k, pid_v == 0, L, BK, BV, EXP,
+            )  # fmt: skip
+        dC, dn = _add_grad_slice(
+            dC, dn, Q_D, DH_D, GATE_B, INV_DEN, DZ, M_TOK, bh, SP, c * L + (i % NS) * BL, m_c, k0, v0, qk_scale,
+            BL, BK, BV, EXP, DOT_PREC,
+        )  # fmt: skip
     st = bh * (NC + 1)
     tl.store(DC_FIRST + bh * DHQK * DHHV + c_tile_off, dC, mask=mask_kv)
     if pid_v == 0:
@@ -480,7 +518,6 @@ def launch_bw_states(
         BK=t.BK,
         BV=t.BV,
         HAS_DLAST=has_dlast,
-        UNROLL=unrolls_chunk_slices(t, chunk_size, q.element_size(), c_st.element_size(), state_loads=1),
         L=chunk_size,
         EXP=exp,
         DOT_PREC=dot_precision(q.dtype),
