@@ -117,8 +117,10 @@ def main() -> int:
             prec = "ieee" if dtype == "fp32" else "tf32"
             base = dict(L=128, EXP=exp, DOT_PREC=prec)
             cases += [
-                (chunk_fw.fw_chunk_states_kernel, dtype, dict(base, BL=64, BK=64, BV=64, HAS_INIT=True, UNROLL=True)),
-                (chunk_fw.fw_chunk_states_kernel, dtype, dict(base, BL=64, BK=64, BV=64, HAS_INIT=True, UNROLL=False)),
+                *(
+                    (chunk_fw.fw_chunk_states_kernel, dtype, dict(base, BL=bl, BK=64, BV=64, HAS_INIT=True))
+                    for bl in (64, 128)  # two slices a chunk, one
+                ),
                 *(
                     (chunk_fw.fw_chunk_output_kernel, dtype, dict(base, NORMALIZE=True, STATE_STAGES=1, **tiles, **u))
                     for u in SLICE_LOOPS
@@ -127,9 +129,10 @@ def main() -> int:
                     (
                         chunk_bw.bw_chunk_state_grads_kernel,
                         dtype,
-                        dict(base, BL=bl, BK=64, BV=64, HAS_DLAST=True),
+                        dict(base, BL=bl, BK=64, BV=64, HAS_DLAST=True, STATE_AHEAD=ahead),
                     )
                     for bl in (64, 128)  # two slices a chunk, one
+                    for ahead in (True, False)
                 ),
                 *((chunk_bw.bw_chunk_dq_kernel, dtype, dict(base, STATE_STAGES=1, **tiles, **u)) for u in SLICE_LOOPS),
                 # the pipelined state loop of the tables' large-chunk fw_output and wide-q/k bw_dq (narrower slices)

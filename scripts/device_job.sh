@@ -15,14 +15,18 @@
 #   verify (330)       bench verify --jobs 8: every kernel's output and gradients against float64
 #   ncu (240)          Nsight Compute on the state kernels and dk at 7B, chunk 128: DRAM bytes, L2 hit rate, occupancy,
 #                      warp stalls (why bw_states sits at 55 % of its floor, docs/performance.md v16)
+#   ncu_sass (240)     per-SASS-instruction warp stall samples of fw_states and bw_states (OUT/<kernel>_sass.csv)
+#   states (420)       per-kernel times of the state kernels' one slice loop + bw_states' state-ahead against
+#                      BASE (default ed6efba, the commit before) in the same run, 7B sig chunk 128/256, exp 128
+#   states_verify (300) pytest -m gpu tests/test_tfla.py; bench verify of tfla in fp16 and at head dims 128
 #   premove (420)      bench check --against 2e403e8 --run ci (the layout move's before/after, issue #23)
 #   consttoken7b (540) bench sweep --preset consttoken7b --seq-len 2048,8192
 #   consttoken (540)   bench sweep --preset consttoken --seq-len 2048,8192
 # With staged packages (../shared/gpu/README.md) run `. /tmp/stage/env.sh` first; /tmp/mamba joins PYTHONPATH here
 # once built.
 set -uo pipefail
-[ $# -ge 1 ] && [ -n "${OUT:-}" ] || { sed -n '2,20p' "$0"; exit 2; }
-declare -A LIMIT=([env]=30 [gluon]=360 [pytest_gpu]=300 [mamba]=240 [verify]=330 [ncu]=240 [premove]=420 [consttoken7b]=540
+[ $# -ge 1 ] && [ -n "${OUT:-}" ] || { sed -n '2,24p' "$0"; exit 2; }
+declare -A LIMIT=([env]=30 [gluon]=360 [pytest_gpu]=300 [mamba]=240 [verify]=330 [ncu]=240 [ncu_sass]=240 [states]=420 [states_verify]=300 [premove]=420 [consttoken7b]=540
   [consttoken]=540)
 for arg in "$@"; do  # every step known and every limit a number, before anything runs
   step=${arg%%:*}
@@ -60,6 +64,30 @@ run_step() {  # the commands of one step (a subshell, so that `timeout` can cut 
         --metrics dram__bytes_read.sum,dram__bytes_write.sum,lts__t_sector_hit_rate.pct \
         --section SpeedOfLight --section Occupancy --section WarpStateStats --section LaunchStats \
         $py cli.py profile --kernels tfla.mlstm_sig --mode fwbw --passes 1 --peak-tflops 790 --peak-gbs 3000 ;;
+    ncu_sass)  # where each kernel's warps stall, per SASS line; the report files come back too
+      for k in bw_chunk_state_grads fw_chunk_states; do
+        ncu --clock-control none -k "regex:^${k}_kernel$" -c 1 --section WarpStateStats --section SourceCounters \
+          --section MemoryWorkloadAnalysis -f -o "$OUT/$k" \
+          $py cli.py profile --kernels tfla.mlstm_sig --mode fwbw --passes 1 --peak-tflops 790 --peak-gbs 3000 >/dev/null
+        ncu -i "$OUT/$k.ncu-rep" --page source --csv --print-source sass > "$OUT/${k}_sass.csv"
+        ncu -i "$OUT/$k.ncu-rep" --page details > "$OUT/${k}_details.txt"
+      done ;;
+    states)
+      base=${BASE:-ed6efba}
+      git worktree add -f /tmp/base "$base" >/dev/null 2>&1 || echo "no worktree of $base (no .git here?): only this tree"
+      for tree in /tmp/base "$PWD"; do
+        [ -d "$tree/kernels" ] || continue
+        for cfg in "sig 128" "sig 256" "exp 128"; do
+          set -- $cfg
+          echo "== $tree $(git -C "$tree" rev-parse --short HEAD 2>/dev/null) mlstm_$1 chunk $2"
+          (cd "$tree" && COLUMNS=200 PYTHONPATH=$tree $py cli.py profile --kernels "tfla.mlstm_$1" --mode fwbw --chunk-size "$2" \
+            --passes 5 --peak-tflops 790 --peak-gbs 3000 | grep -E '_kernel|total|CUDA kernel')
+        done
+      done ;;
+    states_verify)
+      $py -m pytest -m gpu -q -rs -p no:cacheprovider tests/test_tfla.py
+      $py cli.py verify --kernels tfla.mlstm_sig,tfla.mlstm_exp --dtype float16 --jobs 4
+      $py cli.py verify --kernels tfla.mlstm_sig,tfla.mlstm_exp --shape 2,2,2048,128,128 --chunk-size 64,128,256 --jobs 4 ;;
     premove) $py cli.py check --against 2e403e8 --run ci --out "$RESULTS/premove.parquet" ;;
     consttoken7b|consttoken)
       $py cli.py sweep --preset "$1" --seq-len 2048,8192 --out "$RESULTS/$1.parquet" ;;

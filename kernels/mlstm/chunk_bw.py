@@ -14,7 +14,7 @@ import triton.language as tl
 
 from kernels.mlstm.chunk_common import LOG2E, gate_matrix, head_dim_products, operand_once
 from kernels.mlstm.launch import dot_precision, head_tiles
-from kernels.mlstm.tiles import KernelTiles, slice_args, tile_args
+from kernels.mlstm.tiles import KernelTiles, reads_state_ahead, slice_args, tile_args
 
 
 @triton.jit
@@ -34,6 +34,7 @@ def _add_grad_slice(
     k0,
     v0,
     qk_scale,
+    holds_dn,
     BL: tl.constexpr,
     BK: tl.constexpr,
     BV: tl.constexpr,
@@ -41,8 +42,8 @@ def _add_grad_slice(
     DOT_PREC: tl.constexpr,
 ):
     """One ``BL``-token slice (from token ``t0``) of a chunk added to the state-gradient tile:
-    ``dC += (q w)^T (dh / den)``, ``dn += sum(q w dz)`` with ``w_t = exp(b_t + m_c - m_t) * qk_scale``.
-    Returns ``dC, dn``."""
+    ``dC += (q w)^T (dh / den)`` and, where ``holds_dn``, ``dn += sum(q w dz)`` with
+    ``w_t = exp(b_t + m_c - m_t) * qk_scale``. Returns ``dC, dn``."""
     t = t0 + tl.arange(0, BL)
     dtype = Q_D.dtype
     m_t = tl.load(M_TOK + bh * SP + t) if EXP else 0.0
@@ -64,8 +65,32 @@ def _add_grad_slice(
     else:
         qa = qw * inv_den[:, None]
         dC += tl.dot(tl.trans(qa.to(dtype)), dh_tile, input_precision=DOT_PREC)
-    dn += tl.sum(qw * tl.load(DZ + bh * SP + t)[:, None], axis=0)
+    if holds_dn:  # dz's load feeds no dot, so Triton does not pipeline it: only the programs that keep dn wait
+        dn += tl.sum(qw * tl.load(DZ + bh * SP + t)[:, None], axis=0)
     return dC, dn
+
+
+@triton.jit
+def _load_chunk_operands(C_ST, C_D, N_ST, M_ST, GATE_B, bh, c, SP, NC, DHQK, DHHV, k0, v0, offs_k, mask_k,
+                         c_tile_off, mask_kv, L: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                         EXP: tl.constexpr, STATE_AHEAD: tl.constexpr):  # fmt: skip
+    """What entering chunk ``c`` reads (``_enter_grad_chunk``): the forward's state tile ``C_c`` (state dtype),
+    ``n_c``, the chunk's summed log forget gate and, for ``EXP``, the stabilizers before and after the chunk.
+    ``STATE_AHEAD`` (called a chunk ahead): plain loads of ``C_ST``, whose latency then hides behind the
+    previous chunk's products (Triton pipelines only the loads that feed a dot); else the tile comes through
+    the TMA descriptor ``C_D``, which is waited for at once."""
+    st = bh * (NC + 1) + c + 1
+    if STATE_AHEAD:
+        c_tile = tl.load(C_ST + (bh * NC + c).to(tl.int64) * DHQK * DHHV + c_tile_off, mask=mask_kv, other=0.0)
+    else:
+        c_tile = C_D.load([bh * NC + c, k0, v0]).reshape(BK, BV)
+    n_c = tl.load(N_ST + (st - 1) * DHQK + offs_k, mask=mask_k, other=0.0)
+    g = tl.load(GATE_B + bh * SP + c * L + L - 1)
+    if EXP:
+        m_before, m_after = tl.load(M_ST + st - 1), tl.load(M_ST + st)
+    else:
+        m_before, m_after = tl.full([], 0.0, tl.float32), tl.full([], 0.0, tl.float32)
+    return c_tile, n_c, g, m_before, m_after
 
 
 @triton.jit
@@ -74,14 +99,14 @@ def _enter_grad_chunk(
     dn,
     DC_D,
     DN_ST,
-    GATE_B,
-    C_D,
-    N_ST,
-    M_ST,
     x_part,
+    c_tile,
+    n_c,
+    g,
+    m_before,
+    m_after,
     bh,
     c,
-    SP,
     NC,
     DHQK,
     k0,
@@ -89,34 +114,25 @@ def _enter_grad_chunk(
     offs_k,
     mask_k,
     holds_dn,
-    L: tl.constexpr,
     BK: tl.constexpr,
     BV: tl.constexpr,
-    EXP: tl.constexpr,
 ):
-    """Entering chunk ``c`` (walking back): stores the gradient of the state after it (``dn`` only where
-    ``holds_dn``, the ``pid_v == 0`` programs), decays ``dC, dn`` over the chunk and writes the chunk's part
-    of the forget-gate gradient to ``x_part + c``. Returns ``dC, dn, m_c`` (``m_c``: the stabilizer of the
-    state before the chunk)."""
+    """Entering chunk ``c`` (walking back) with its operands from ``_load_chunk_operands``: stores the
+    gradient of the state after the chunk (``dn`` only where ``holds_dn``, the ``pid_v == 0`` programs),
+    decays ``dC, dn`` over the chunk and writes the chunk's part of the forget-gate gradient to ``x_part + c``.
+    Returns ``dC, dn``."""
     st = bh * (NC + 1) + c + 1
     DC_D.store([st, k0, v0], dC.to(DC_D.dtype).reshape(1, BK, BV))
     if holds_dn:
         tl.store(DN_ST + st * DHQK + offs_k, dn, mask=mask_k)
-    g = tl.load(GATE_B + bh * SP + c * L + L - 1)
-    if EXP:
-        m_c = tl.load(M_ST + st - 1)
-        decay = tl.exp(g + m_c - tl.load(M_ST + st))
-    else:
-        m_c = tl.full([], 0.0, tl.float32)
-        decay = tl.exp(g)
+    decay = tl.exp(g + m_before - m_after)
     dC = dC * decay
     dn = dn * decay
-    c_tile = C_D.load([bh * NC + c, k0, v0]).reshape(BK, BV).to(tl.float32)
-    x_sum = tl.sum(tl.sum(dC * c_tile, axis=1), axis=0)
+    x_sum = tl.sum(tl.sum(dC * c_tile.to(tl.float32), axis=1), axis=0)
     if holds_dn:
-        x_sum += tl.sum(dn * tl.load(N_ST + (st - 1) * DHQK + offs_k, mask=mask_k, other=0.0), axis=0)
+        x_sum += tl.sum(dn * n_c, axis=0)
     tl.store(x_part + c, x_sum)
-    return dC, dn, m_c
+    return dC, dn
 
 
 @triton.jit
@@ -126,6 +142,7 @@ def bw_chunk_state_grads_kernel(
     GATE_B,
     INV_DEN,
     DZ,
+    C_ST,
     C_D,
     N_ST,
     M_ST,
@@ -148,12 +165,14 @@ def bw_chunk_state_grads_kernel(
     EXP: tl.constexpr,
     HAS_DLAST: tl.constexpr,
     DOT_PREC: tl.constexpr,
+    STATE_AHEAD: tl.constexpr,
 ):
     """Reverse inter-chunk recurrence for the state gradients.
 
     Grid ``(cdiv(DHQK, BK), cdiv(DHHV, BV), BH)``. Reads ``q`` and ``dh`` in ``BL``-token slices through
     the TMA descriptors ``Q_D [BH, S, DHQK]`` (block ``[1, BL, BK]``) and ``DH_D [BH, S, DHHV]``
-    (``[1, BL, BV]``), and the forward's states through ``C_D [BH * NC, DHQK, DHHV]`` (``[1, BK, BV]``).
+    (``[1, BL, BV]``), and the forward's states ``C_ST (BH, NC, DHQK, DHHV)``: a chunk ahead where
+    ``STATE_AHEAD`` (``tiles.reads_state_ahead``), else through ``C_D [BH * NC, DHQK, DHHV]`` (``[1, BK, BV]``).
     Writes through ``DC_D [BH * (NC+1), DHQK, DHHV]`` (``[1, BK, BV]``, input dtype) at ``c = 1..NC`` the
     gradient of the state before chunk ``c`` from every later query and the last state; ``DN_ST`` (fp32)
     likewise, ``c = 0..NC``. The gradient of the initial state goes to ``DC_FIRST (BH, DHQK, DHHV)`` in fp32.
@@ -164,7 +183,7 @@ def bw_chunk_state_grads_kernel(
     during this slice's product and across the chunk boundaries (a loop per chunk drained its pipeline at
     each chunk, ``docs/performance.md`` v17).
     """
-    NS: tl.constexpr = L // BL
+    NS: tl.constexpr = L // BL  # slices a chunk
     pid_k, pid_v, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_k = pid_k * BK + tl.arange(0, BK)
     offs_v = pid_v * BV + tl.arange(0, BV)
@@ -179,22 +198,33 @@ def bw_chunk_state_grads_kernel(
         dn = tl.zeros((BK,), dtype=tl.float32)
     k0, v0 = pid_k * BK, pid_v * BV
     x_part = X_PART + ((pid_k * tl.num_programs(1) + pid_v) * tl.num_programs(2) + bh) * NC
-    m_c = tl.full([], 0.0, tl.float32)
+    # the operands of the first chunk entered (the last chunk); with STATE_AHEAD those of the next, a chunk ahead
+    c_tile, n_c, g, m_c, m_after = _load_chunk_operands(
+        C_ST, C_D, N_ST, M_ST, GATE_B, bh, NC - 1, SP, NC, DHQK, DHHV, k0, v0, offs_k, mask_k, c_tile_off, mask_kv,
+        L, BK, BV, EXP, STATE_AHEAD,
+    )  # fmt: skip
+    m_slices = m_c
     for i in range(NC * NS):  # the slices from the last; one flat loop, pipelined across chunk boundaries
         c = NC - 1 - i // NS
-        if NS == 1:
-            dC, dn, m_c = _enter_grad_chunk(
-                dC, dn, DC_D, DN_ST, GATE_B, C_D, N_ST, M_ST, x_part, bh, c, SP, NC,
-                DHQK, k0, v0, offs_k, mask_k, pid_v == 0, L, BK, BV, EXP,
+        if i % NS == 0:  # entering chunk c (with NS == 1 the compiler drops the test)
+            if not STATE_AHEAD:
+                c_tile, n_c, g, m_c, m_after = _load_chunk_operands(
+                    C_ST, C_D, N_ST, M_ST, GATE_B, bh, c, SP, NC, DHQK, DHHV, k0, v0, offs_k, mask_k, c_tile_off,
+                    mask_kv, L, BK, BV, EXP, STATE_AHEAD,
+                )  # fmt: skip
+            dC, dn = _enter_grad_chunk(
+                dC, dn, DC_D, DN_ST, x_part, c_tile, n_c, g, m_c, m_after, bh, c, NC, DHQK, k0, v0, offs_k, mask_k,
+                pid_v == 0, BK, BV,
             )  # fmt: skip
-        elif i % NS == 0:
-            dC, dn, m_c = _enter_grad_chunk(
-                dC, dn, DC_D, DN_ST, GATE_B, C_D, N_ST, M_ST, x_part, bh, c, SP, NC,
-                DHQK, k0, v0, offs_k, mask_k, pid_v == 0, L, BK, BV, EXP,
-            )  # fmt: skip
+            m_slices = m_c
+            if STATE_AHEAD:
+                c_tile, n_c, g, m_c, m_after = _load_chunk_operands(
+                    C_ST, C_D, N_ST, M_ST, GATE_B, bh, tl.maximum(c - 1, 0), SP, NC, DHQK, DHHV, k0, v0, offs_k,
+                    mask_k, c_tile_off, mask_kv, L, BK, BV, EXP, STATE_AHEAD,
+                )  # fmt: skip
         dC, dn = _add_grad_slice(
-            dC, dn, Q_D, DH_D, GATE_B, INV_DEN, DZ, M_TOK, bh, SP, c * L + (i % NS) * BL, m_c, k0, v0, qk_scale,
-            BL, BK, BV, EXP, DOT_PREC,
+            dC, dn, Q_D, DH_D, GATE_B, INV_DEN, DZ, M_TOK, bh, SP, c * L + (i % NS) * BL, m_slices, k0, v0,
+            qk_scale, pid_v == 0, BL, BK, BV, EXP, DOT_PREC,
         )  # fmt: skip
     st = bh * (NC + 1)
     tl.store(DC_FIRST + bh * DHQK * DHHV + c_tile_off, dC, mask=mask_kv)
@@ -499,6 +529,7 @@ def launch_bw_states(
         gate_b,
         inv_den,
         dz,
+        c_st,
         head_tiles(c_st, t.BK, t.BV),
         n_st,
         m_st,
@@ -521,6 +552,7 @@ def launch_bw_states(
         L=chunk_size,
         EXP=exp,
         DOT_PREC=dot_precision(q.dtype),
+        STATE_AHEAD=reads_state_ahead(t, q.dtype),
         **t.launch(),
     )
     return x_part

@@ -18,7 +18,7 @@ import triton.language as tl
 
 from kernels.mlstm.chunk_common import LOG2E, gate_matrix, head_dim_products, operand_once
 from kernels.mlstm.launch import dot_precision, head_tiles
-from kernels.mlstm.tiles import KernelTiles, slice_args, unrolls_chunk_slices
+from kernels.mlstm.tiles import KernelTiles, slice_args
 
 
 @triton.jit
@@ -53,6 +53,50 @@ def _add_token_slice(
 
 
 @triton.jit
+def _enter_chunk(
+    C,
+    n,
+    m,
+    C_D,
+    N_ST,
+    M_ST,
+    GATE_B,
+    GATE_I,
+    bh,
+    c,
+    SP,
+    NC,
+    DHQK,
+    k0,
+    v0,
+    offs_k,
+    mask_k,
+    holds_n,
+    holds_m,
+    L: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    EXP: tl.constexpr,
+):
+    """Entering chunk ``c``: stores the state before it (``n`` where ``holds_n``, ``m`` where ``holds_m``),
+    moves the stabilizer to the chunk's ``m_new`` and decays ``C, n`` over the chunk. Returns
+    ``C, n, m_new, g - m_new`` (``g`` the chunk's summed log forget gate)."""
+    st = bh * (NC + 1) + c
+    C_D.store([bh * NC + c, k0, v0], C.to(C_D.dtype).reshape(1, BK, BV))
+    if holds_n:
+        tl.store(N_ST + st * DHQK + offs_k, n, mask=mask_k)
+        if holds_m:
+            tl.store(M_ST + st, m)
+    g = tl.load(GATE_B + bh * SP + c * L + L - 1)
+    m_new = tl.full([], 0.0, tl.float32)
+    if EXP:
+        offs_t = bh * SP + c * L + tl.arange(0, L)
+        m_new = tl.maximum(g + m, tl.max(g - tl.load(GATE_B + offs_t) + tl.load(GATE_I + offs_t), axis=0))
+    decay = tl.exp(g + m - m_new)
+    return C * decay, n * decay, m_new, g - m_new
+
+
+@triton.jit
 def fw_chunk_states_kernel(
     K_D,
     V_D,
@@ -76,7 +120,6 @@ def fw_chunk_states_kernel(
     EXP: tl.constexpr,
     HAS_INIT: tl.constexpr,
     DOT_PREC: tl.constexpr,
-    UNROLL: tl.constexpr,
 ):
     """Inter-chunk recurrence: materialize the states every ``L`` tokens.
 
@@ -85,11 +128,12 @@ def fw_chunk_states_kernel(
     in ``BL``-token slices through the TMA descriptors ``K_D [BH, S, DHQK]`` (block ``[1, BL, BK]``) and
     ``V_D [BH, S, DHHV]`` (``[1, BL, BV]``); tokens past ``S`` read as zeros. Writes the states through
     ``C_D [BH * NC, DHQK, DHHV]`` (block ``[1, BK, BV]``, the state dtype) at ``0..NC-1``, ``N_ST, M_ST`` at
-    ``0..NC`` and the last state to ``C_LAST (BH, DHQK, DHHV)`` in fp32. ``UNROLL`` unrolls the slices of a
-    chunk: the chunk loop is then the innermost loop, which Triton software-pipelines (the next chunks' TMA
-    loads run during this chunk's product), at the cost of ``num_stages`` whole chunks of ``k, v`` in shared
-    memory.
+    ``0..NC`` and the last state to ``C_LAST (BH, DHQK, DHHV)`` in fp32. The slices of all chunks form one
+    loop, which Triton software-pipelines: the next slices' TMA loads run during this slice's product and
+    across the chunk boundaries, with ``num_stages`` slices of ``k, v`` in shared memory (a loop per chunk
+    drained its pipeline at each chunk, docs/performance.md v17).
     """
+    NS: tl.constexpr = L // BL  # slices a chunk
     pid_k, pid_v, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_k = pid_k * BK + tl.arange(0, BK)
     offs_v = pid_v * BV + tl.arange(0, BV)
@@ -106,32 +150,17 @@ def fw_chunk_states_kernel(
     if EXP and HAS_INIT:
         m = tl.load(M0 + bh).to(tl.float32)
     k0, v0 = pid_k * BK, pid_v * BV
-    for c in range(NC):
-        st = bh * (NC + 1) + c
-        C_D.store([bh * NC + c, k0, v0], C.to(C_D.dtype).reshape(1, BK, BV))
-        if pid_v == 0:
-            tl.store(N_ST + st * DHQK + offs_k, n, mask=mask_k)
-            if pid_k == 0:
-                tl.store(M_ST + st, m)
-        g = tl.load(GATE_B + bh * SP + c * L + L - 1)
-        m_new = tl.full([], 0.0, tl.float32)
-        if EXP:
-            offs_t = bh * SP + c * L + tl.arange(0, L)
-            m_new = tl.maximum(g + m, tl.max(g - tl.load(GATE_B + offs_t) + tl.load(GATE_I + offs_t), axis=0))
-        decay = tl.exp(g + m - m_new)
-        C = C * decay
-        n = n * decay
-        if UNROLL:
-            for j in tl.static_range(0, L, BL):
-                C, n = _add_token_slice(
-                    C, n, K_D, V_D, GATE_B, GATE_I, bh, SP, c * L + j, g - m_new, k0, v0, BL, BK, BV, DOT_PREC
-                )
-        else:
-            for j in range(0, L, BL):
-                C, n = _add_token_slice(
-                    C, n, K_D, V_D, GATE_B, GATE_I, bh, SP, c * L + j, g - m_new, k0, v0, BL, BK, BV, DOT_PREC
-                )
-        m = m_new
+    g_minus_m = tl.full([], 0.0, tl.float32)
+    for i in range(NC * NS):  # the slices of all chunks; one flat loop, pipelined across chunk boundaries
+        c = i // NS
+        if i % NS == 0:  # entering chunk c (with NS == 1 the compiler drops the test)
+            C, n, m, g_minus_m = _enter_chunk(
+                C, n, m, C_D, N_ST, M_ST, GATE_B, GATE_I, bh, c, SP, NC, DHQK, k0, v0, offs_k, mask_k,
+                pid_v == 0, pid_k == 0, L, BK, BV, EXP,
+            )  # fmt: skip
+        C, n = _add_token_slice(
+            C, n, K_D, V_D, GATE_B, GATE_I, bh, SP, c * L + (i % NS) * BL, g_minus_m, k0, v0, BL, BK, BV, DOT_PREC
+        )
     st = bh * (NC + 1) + NC
     tl.store(C_LAST + bh * DHQK * DHHV + c_tile_off, C, mask=mask_kv)
     if pid_v == 0:
@@ -276,7 +305,6 @@ def launch_fw_states(
         EXP=exp,
         HAS_INIT=init is not None,
         DOT_PREC=dot_precision(k.dtype),
-        UNROLL=unrolls_chunk_slices(t, chunk_size, k.element_size(), c_st.element_size()),
         **t.launch(),
     )
 

@@ -148,6 +148,8 @@ INTERPRETER_TILES = TileConfig.uniform(KernelTiles(BQ=16, BKV=16, BK=32, BV=32))
 STATE_PIPELINE_SMEM = 200 * 1024
 # fw_states warps where its grid has at most one program per SM (8 beat 4 there; 4 win at two per SM).
 SMALL_GRID_STATE_WARPS = 8
+# Largest state tile (elements) bw_states holds a chunk ahead in registers (reads_state_ahead).
+STATE_AHEAD_TILE = 64 * 128
 # Inter-chunk term slice width where one unrolled slice covers the head dim (state_slice).
 STATE_SLICE = 64
 # Shared memory (bytes) an unrolled intra-chunk kernel may take: 227 KiB less unrolled_smem's largest error.
@@ -302,6 +304,13 @@ def pipelined_chunk_smem(
     ``state_loads`` state tiles read per chunk, plus the staged state tile that is stored."""
     per_stage = chunk_size * (t.BK + t.BV) * input_bytes + state_loads * t.BK * t.BV * state_bytes
     return t.num_stages * per_stage + t.BK * t.BV * state_bytes
+
+
+def reads_state_ahead(t: KernelTiles, dtype: torch.dtype) -> bool:
+    """bw_states' ``STATE_AHEAD``: whether it loads the forward's state tile a chunk ahead into registers.
+    Where ptxas keeps the tile without spills (sm_90 compile, docs/performance.md v17): bf16, 4 or more warps,
+    at most ``STATE_AHEAD_TILE`` elements."""
+    return dtype == torch.bfloat16 and t.num_warps >= 4 and t.BK * t.BV <= STATE_AHEAD_TILE
 
 
 def unrolls_chunk_slices(
