@@ -129,10 +129,10 @@ def main() -> int:
                     (
                         chunk_bw.bw_chunk_state_grads_kernel,
                         dtype,
-                        dict(base, BL=bl, BK=64, BV=64, HAS_DLAST=True, STATE_AHEAD=ahead),
+                        dict(base, BL=bl, BK=64, BV=64, HAS_DLAST=True, STATE_AHEAD=ahead, COMPILED=True),
                     )
                     for bl in (64, 128)  # two slices a chunk, one
-                    for ahead in (True, False)
+                    for ahead in ((True, False) if dtype != "fp32" else (False,))  # ahead: 16-bit states
                 ),
                 *((chunk_bw.bw_chunk_dq_kernel, dtype, dict(base, STATE_STAGES=1, **tiles, **u)) for u in SLICE_LOOPS),
                 # the pipelined state loop of the tables' large-chunk fw_output and wide-q/k bw_dq (narrower slices)

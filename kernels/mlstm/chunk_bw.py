@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from kernels.mlstm.chunk_common import LOG2E, gate_matrix, head_dim_products, operand_once
-from kernels.mlstm.launch import dot_precision, head_tiles
+from kernels.mlstm.launch import dot_precision, head_tiles, interpreting
 from kernels.mlstm.tiles import KernelTiles, reads_state_ahead, slice_args, tile_args
 
 
@@ -71,8 +71,30 @@ def _add_grad_slice(
 
 
 @triton.jit
+def _state_dot(dC, c_tile, state_dtype: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, STATE_AHEAD: tl.constexpr,
+               COMPILED: tl.constexpr):  # fmt: skip
+    """``sum(dC * C)`` over the tile. With ``STATE_AHEAD``, ``c_tile (BK, BV // 2)`` holds the 16-bit state
+    (``state_dtype``) as int32 words, element ``2j`` in the low half, loaded a chunk before: compiled, they
+    pass an opaque move first, so that nothing that waits for the load moves up to it. (Loaded in the state
+    dtype, LLVM repacks the registers for the layout conversion right after the load, in the previous
+    iteration, and the wait is back; docs/performance.md v17.)"""
+    if STATE_AHEAD:
+        words = c_tile
+        if COMPILED:  # the interpreter has no inline assembly
+            words = tl.inline_asm_elementwise(
+                "mov.b32 $0, $1;", "=r,r", [c_tile], dtype=tl.int32, is_pure=False, pack=1
+            )
+        c_even = (words & 65535).to(tl.int16).to(state_dtype, bitcast=True).to(tl.float32)
+        c_odd = (words >> 16).to(tl.int16).to(state_dtype, bitcast=True).to(tl.float32)
+        d_even, d_odd = tl.split(tl.reshape(dC, (BK, BV // 2, 2)))
+        return tl.sum(tl.sum(d_even * c_even + d_odd * c_odd, axis=1), axis=0)
+    else:
+        return tl.sum(tl.sum(dC * c_tile.to(tl.float32), axis=1), axis=0)
+
+
+@triton.jit
 def _load_chunk_operands(C_ST, C_D, N_ST, M_ST, GATE_B, bh, c, SP, NC, DHQK, DHHV, k0, v0, offs_k, mask_k,
-                         c_tile_off, mask_kv, L: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                         L: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                          EXP: tl.constexpr, STATE_AHEAD: tl.constexpr):  # fmt: skip
     """What entering chunk ``c`` reads (``_enter_grad_chunk``): the forward's state tile ``C_c`` (state dtype),
     ``n_c``, the chunk's summed log forget gate and, for ``EXP``, the stabilizers before and after the chunk.
@@ -80,8 +102,14 @@ def _load_chunk_operands(C_ST, C_D, N_ST, M_ST, GATE_B, bh, c, SP, NC, DHQK, DHH
     previous chunk's products (Triton pipelines only the loads that feed a dot); else the tile comes through
     the TMA descriptor ``C_D``, which is waited for at once."""
     st = bh * (NC + 1) + c + 1
-    if STATE_AHEAD:
-        c_tile = tl.load(C_ST + (bh * NC + c).to(tl.int64) * DHQK * DHHV + c_tile_off, mask=mask_kv, other=0.0)
+    if STATE_AHEAD:  # bf16 pairs as int32 words (see _state_dot)
+        words = v0 // 2 + tl.arange(0, BV // 2)
+        pairs = C_ST.to(tl.pointer_type(tl.int32)) + (bh * NC + c).to(tl.int64) * DHQK * (DHHV // 2)
+        c_tile = tl.load(
+            pairs + offs_k[:, None] * (DHHV // 2) + words[None, :],
+            mask=mask_k[:, None] & (words < DHHV // 2)[None, :],
+            other=0,
+        )
     else:
         c_tile = C_D.load([bh * NC + c, k0, v0]).reshape(BK, BV)
     n_c = tl.load(N_ST + (st - 1) * DHQK + offs_k, mask=mask_k, other=0.0)
@@ -116,6 +144,8 @@ def _enter_grad_chunk(
     holds_dn,
     BK: tl.constexpr,
     BV: tl.constexpr,
+    STATE_AHEAD: tl.constexpr,
+    COMPILED: tl.constexpr,
 ):
     """Entering chunk ``c`` (walking back) with its operands from ``_load_chunk_operands``: stores the
     gradient of the state after the chunk (``dn`` only where ``holds_dn``, the ``pid_v == 0`` programs),
@@ -128,7 +158,7 @@ def _enter_grad_chunk(
     decay = tl.exp(g + m_before - m_after)
     dC = dC * decay
     dn = dn * decay
-    x_sum = tl.sum(tl.sum(dC * c_tile.to(tl.float32), axis=1), axis=0)
+    x_sum = _state_dot(dC, c_tile, DC_D.dtype, BK, BV, STATE_AHEAD, COMPILED)
     if holds_dn:
         x_sum += tl.sum(dn * n_c, axis=0)
     tl.store(x_part + c, x_sum)
@@ -166,6 +196,7 @@ def bw_chunk_state_grads_kernel(
     HAS_DLAST: tl.constexpr,
     DOT_PREC: tl.constexpr,
     STATE_AHEAD: tl.constexpr,
+    COMPILED: tl.constexpr,
 ):
     """Reverse inter-chunk recurrence for the state gradients.
 
@@ -200,8 +231,8 @@ def bw_chunk_state_grads_kernel(
     x_part = X_PART + ((pid_k * tl.num_programs(1) + pid_v) * tl.num_programs(2) + bh) * NC
     # the operands of the first chunk entered (the last chunk); with STATE_AHEAD those of the next, a chunk ahead
     c_tile, n_c, g, m_c, m_after = _load_chunk_operands(
-        C_ST, C_D, N_ST, M_ST, GATE_B, bh, NC - 1, SP, NC, DHQK, DHHV, k0, v0, offs_k, mask_k, c_tile_off, mask_kv,
-        L, BK, BV, EXP, STATE_AHEAD,
+        C_ST, C_D, N_ST, M_ST, GATE_B, bh, NC - 1, SP, NC, DHQK, DHHV, k0, v0, offs_k, mask_k, L, BK, BV, EXP,
+        STATE_AHEAD,
     )  # fmt: skip
     m_slices = m_c
     for i in range(NC * NS):  # the slices from the last; one flat loop, pipelined across chunk boundaries
@@ -209,18 +240,18 @@ def bw_chunk_state_grads_kernel(
         if i % NS == 0:  # entering chunk c (with NS == 1 the compiler drops the test)
             if not STATE_AHEAD:
                 c_tile, n_c, g, m_c, m_after = _load_chunk_operands(
-                    C_ST, C_D, N_ST, M_ST, GATE_B, bh, c, SP, NC, DHQK, DHHV, k0, v0, offs_k, mask_k, c_tile_off,
-                    mask_kv, L, BK, BV, EXP, STATE_AHEAD,
+                    C_ST, C_D, N_ST, M_ST, GATE_B, bh, c, SP, NC, DHQK, DHHV, k0, v0, offs_k, mask_k, L, BK, BV,
+                    EXP, STATE_AHEAD,
                 )  # fmt: skip
             dC, dn = _enter_grad_chunk(
                 dC, dn, DC_D, DN_ST, x_part, c_tile, n_c, g, m_c, m_after, bh, c, NC, DHQK, k0, v0, offs_k, mask_k,
-                pid_v == 0, BK, BV,
+                pid_v == 0, BK, BV, STATE_AHEAD, COMPILED,
             )  # fmt: skip
             m_slices = m_c
             if STATE_AHEAD:
                 c_tile, n_c, g, m_c, m_after = _load_chunk_operands(
                     C_ST, C_D, N_ST, M_ST, GATE_B, bh, tl.maximum(c - 1, 0), SP, NC, DHQK, DHHV, k0, v0, offs_k,
-                    mask_k, c_tile_off, mask_kv, L, BK, BV, EXP, STATE_AHEAD,
+                    mask_k, L, BK, BV, EXP, STATE_AHEAD,
                 )  # fmt: skip
         dC, dn = _add_grad_slice(
             dC, dn, Q_D, DH_D, GATE_B, INV_DEN, DZ, M_TOK, bh, SP, c * L + (i % NS) * BL, m_slices, k0, v0,
@@ -553,6 +584,7 @@ def launch_bw_states(
         EXP=exp,
         DOT_PREC=dot_precision(q.dtype),
         STATE_AHEAD=reads_state_ahead(t, q.dtype),
+        COMPILED=not interpreting(),
         **t.launch(),
     )
     return x_part
