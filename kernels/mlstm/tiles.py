@@ -136,7 +136,7 @@ SMALL_HEAD_TILES = {
         fw_states=(8, 3), fw_output=(4, 3), bw_states=(8, 2), bw_dq=(4, 3), bw_dk=(4, 3), bw_dv=(2, 3)
     ),
     128: _small_head_table(
-        fw_states=(8, 3), fw_output=(4, 3), bw_states=(8, 2), bw_dq=(4, 2), bw_dk=(4, 3), bw_dv=(2, 3)
+        fw_states=(8, 2), fw_output=(4, 3), bw_states=(8, 2), bw_dq=(4, 2), bw_dk=(4, 3), bw_dv=(2, 3)
     ),
 }
 # Kernels whose state-loading loop runs 1 stage unless state_stages says otherwise (a Triton 3.6 miscompile;
