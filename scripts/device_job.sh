@@ -23,11 +23,13 @@
 #   consttoken7b (540) bench sweep --preset consttoken7b --seq-len 2048,8192
 #   consttoken (540)   bench sweep --preset consttoken --seq-len 2048,8192
 # With staged packages (../shared/gpu/README.md) run `. /tmp/stage/env.sh` first; /tmp/mamba joins PYTHONPATH here
-# once built.
+# once built. The machine's copy of .git can lag behind the files it got (rows then name an old commit, -dirty):
+# carry `.head.bundle` (`git bundle create .head.bundle OLD..HEAD`, OLD a commit the machine has) and HEAD moves
+# to this tree's commit first.
 set -uo pipefail
-[ $# -ge 1 ] && [ -n "${OUT:-}" ] || { sed -n '2,24p' "$0"; exit 2; }
-declare -A LIMIT=([env]=30 [gluon]=360 [pytest_gpu]=300 [mamba]=240 [verify]=330 [ncu]=240 [ncu_sass]=240 [states]=420 [states_verify]=300 [premove]=420 [consttoken7b]=540
-  [consttoken]=540)
+[ $# -ge 1 ] && [ -n "${OUT:-}" ] || { sed -n '2,27p' "$0"; exit 2; }
+declare -A LIMIT=([env]=30 [gluon]=360 [pytest_gpu]=300 [mamba]=240 [verify]=330 [ncu]=240 [ncu_sass]=240
+  [states]=420 [states_verify]=300 [premove]=420 [consttoken7b]=540 [consttoken]=540)
 for arg in "$@"; do  # every step known and every limit a number, before anything runs
   step=${arg%%:*}
   [ -n "${LIMIT[$step]:-}" ] || { echo "device_job.sh: unknown step '$step'; steps: ${!LIMIT[*]}" >&2; exit 2; }
@@ -35,6 +37,10 @@ for arg in "$@"; do  # every step known and every limit a number, before anythin
 done
 RESULTS=/tmp/results
 mkdir -p "$OUT" "$RESULTS"
+if [ -f .head.bundle ]; then
+  printf '/.head.bundle\n/.stage*/\n/.whl/\n' >> .git/info/exclude
+  git fetch -q .head.bundle HEAD && git reset -q FETCH_HEAD && echo "HEAD: $(git log --oneline -1)"
+fi
 [ -d /tmp/mamba ] && export PYTHONPATH=/tmp/mamba${PYTHONPATH:+:$PYTHONPATH}
 py=${PYTHON:-python3}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}  # scripts/*.py import the package from the repository root
@@ -71,6 +77,7 @@ run_step() {  # the commands of one step (a subshell, so that `timeout` can cut 
           $py cli.py profile --kernels tfla.mlstm_sig --mode fwbw --passes 1 --peak-tflops 790 --peak-gbs 3000 >/dev/null
         ncu -i "$OUT/$k.ncu-rep" --page source --csv --print-source sass > "$OUT/${k}_sass.csv"
         ncu -i "$OUT/$k.ncu-rep" --page details > "$OUT/${k}_details.txt"
+        $py scripts/ncu_stalls.py "$OUT/${k}_sass.csv" > "$OUT/${k}_stalls.txt"
       done ;;
     states)
       base=${BASE:-ed6efba}

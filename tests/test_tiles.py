@@ -49,20 +49,19 @@ def test_wide_qk_head_dims_pipeline_the_dq_state_loop() -> None:
 
 
 @pytest.mark.parametrize(
-    ("dtype", "chunk", "pipelined"),
-    [(torch.bfloat16, 64, True), (torch.bfloat16, 128, True), (torch.bfloat16, 256, False)]
-    + [(torch.bfloat16, 1024, False), (torch.float32, 64, True), (torch.float32, 128, False)],
+    ("dtype", "dqk", "dv", "ahead"),
+    [(torch.bfloat16, 256, 512, True), (torch.bfloat16, 128, 256, True), (torch.bfloat16, 64, 64, True)]
+    + [(torch.bfloat16, 128, 128, False), (torch.bfloat16, 16, 32, False)]
+    + [(torch.float16, 256, 512, False), (torch.float32, 256, 512, False)],
 )
-def test_state_chunk_loop_is_pipelined_only_where_it_fits(dtype: torch.dtype, chunk: int, pipelined: bool) -> None:
-    """fw_states unrolls a chunk's token slices, so that Triton pipelines its chunk loop, only while
-    ``num_stages`` whole chunks of k and v fit ``STATE_PIPELINE_SMEM``: with the GPU table up to chunk 128 in
-    bf16 and 64 in fp32, at the 7B head dims. The estimate is an upper bound: for sm_90 at bf16 chunk 128 Triton
-    allocated 99 KiB (106 KiB with 64-token slices), against 112 KiB estimated and 227 KiB available."""
-    tiles = tiling.choose_tiles(chunk, 256, 512, interpret=False, dtype=dtype).fw_states
-    smem = tiling.pipelined_chunk_smem(tiles, chunk, dtype.itemsize, tiling.state_dtype(dtype).itemsize)
-    assert (smem <= tiling.STATE_PIPELINE_SMEM) is pipelined
-    assert tiling.unrolls_chunk_slices(tiles, chunk, dtype.itemsize, tiling.state_dtype(dtype).itemsize) is pipelined
-    assert tiling.STATE_PIPELINE_SMEM < 227 * 1024
+def test_bw_states_reads_the_state_ahead_where_ptxas_keeps_it(
+    dtype: torch.dtype, dqk: int, dv: int, ahead: bool
+) -> None:
+    """bf16 with 4+ warps and at most a 64 x 128 state tile (the 7B and paper shapes' 64 x 128 tile, the 64-wide
+    table's 8-warp 64 x 64); not the 128 x 128 tile of head dims 128 nor the 2-warp table of head dims 32, which
+    spill in the sm_90 compile, nor fp16 (spills) or fp32 (the int32-word read needs 16-bit states)."""
+    tiles = tiling.choose_tiles(128, dqk, dv, interpret=False, dtype=dtype).bw_states
+    assert tiling.reads_state_ahead(tiles, dtype) is ahead
 
 
 @pytest.mark.parametrize("chunk", [128, 256, 512, 4096])

@@ -144,8 +144,6 @@ SMALL_HEAD_TILES = {
 STATE_READERS = ("fw_output", "bw_dq")
 # The interpreter (TRITON_INTERPRET=1): small tiles, fast on the CPU.
 INTERPRETER_TILES = TileConfig.uniform(KernelTiles(BQ=16, BKV=16, BK=32, BV=32))
-# Shared memory (bytes) up to which a state kernel pipelines whole chunks (unrolls_chunk_slices; H100: 227 KiB).
-STATE_PIPELINE_SMEM = 200 * 1024
 # fw_states warps where its grid has at most one program per SM (8 beat 4 there; 4 win at two per SM).
 SMALL_GRID_STATE_WARPS = 8
 # Largest state tile (elements) bw_states holds a chunk ahead in registers (reads_state_ahead).
@@ -296,26 +294,8 @@ def tile_args(t: KernelTiles) -> dict[str, int]:
     return {"BQ": t.BQ, "BKV": t.BKV, "BK": t.BK, "BV": t.BV, **t.launch()}
 
 
-def pipelined_chunk_smem(
-    t: KernelTiles, chunk_size: int, input_bytes: int, state_bytes: int, state_loads: int = 0
-) -> int:
-    """Shared memory (bytes, an upper estimate) of a state kernel (fw_states, bw_states) with its chunk loop
-    pipelined: ``num_stages`` chunks of the two token-indexed inputs' slices (``BK`` and ``BV`` wide) and of
-    ``state_loads`` state tiles read per chunk, plus the staged state tile that is stored."""
-    per_stage = chunk_size * (t.BK + t.BV) * input_bytes + state_loads * t.BK * t.BV * state_bytes
-    return t.num_stages * per_stage + t.BK * t.BV * state_bytes
-
-
 def reads_state_ahead(t: KernelTiles, dtype: torch.dtype) -> bool:
     """bw_states' ``STATE_AHEAD``: whether it loads the forward's state tile a chunk ahead into registers.
     Where ptxas keeps the tile without spills (sm_90 compile, docs/performance.md v17): bf16, 4 or more warps,
     at most ``STATE_AHEAD_TILE`` elements."""
     return dtype == torch.bfloat16 and t.num_warps >= 4 and t.BK * t.BV <= STATE_AHEAD_TILE
-
-
-def unrolls_chunk_slices(
-    t: KernelTiles, chunk_size: int, input_bytes: int, state_bytes: int, state_loads: int = 0
-) -> bool:
-    """The state kernels' ``UNROLL``: whether a chunk's token slices are unrolled so that the chunk loop is
-    pipelined, i.e. whether ``pipelined_chunk_smem`` fits ``STATE_PIPELINE_SMEM``."""
-    return pipelined_chunk_smem(t, chunk_size, input_bytes, state_bytes, state_loads) <= STATE_PIPELINE_SMEM
