@@ -262,10 +262,11 @@ def test_state_slices_apart_from_the_head_dim_tiles(variant: str) -> None:
 def test_state_kernels_over_several_slices_a_chunk(monkeypatch: pytest.MonkeyPatch, variant: str, ahead: bool) -> None:
     """The state kernels' one loop over the token slices of all chunks (here 4 slices of 16 a chunk, S not a
     multiple of the chunk), with bw_states reading the forward's state a chunk ahead (as int32 words of 16-bit
-    pairs: fp16 here, the interpreter's bf16 products being wrong) and at the chunk's entry.
+    pairs: fp16 here, the interpreter's bf16 products being wrong; dz then only where dn is kept) and at the
+    chunk's entry.
     Forget gates near 1 (``f ~ N(8, 9)``), so that every chunk's state reaches the later chunks' outputs: with
     the default draw, mLSTMsig forgets a 64-token chunk to e^-30 and an error in the inter-chunk terms hides."""
-    monkeypatch.setattr(chunk_bw, "reads_state_ahead", lambda tiles, dtype: ahead)
+    monkeypatch.setattr(chunk_bw, "reads_state_ahead", lambda tiles, dtype, chunk: ahead)
     _check(AccuracyCase(variant, True, 150, 32, 48, 64, torch.float16, with_states=True, f_shift=8.0))
 
 

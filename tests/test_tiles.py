@@ -49,19 +49,23 @@ def test_wide_qk_head_dims_pipeline_the_dq_state_loop() -> None:
 
 
 @pytest.mark.parametrize(
-    ("dtype", "dqk", "dv", "ahead"),
-    [(torch.bfloat16, 256, 512, True), (torch.bfloat16, 128, 256, True), (torch.bfloat16, 64, 64, True)]
-    + [(torch.bfloat16, 128, 128, False), (torch.bfloat16, 16, 32, False)]
-    + [(torch.float16, 256, 512, False), (torch.float32, 256, 512, False)],
+    ("dtype", "chunk", "dqk", "dv", "ahead"),
+    [(torch.bfloat16, 128, 256, 512, True), (torch.bfloat16, 1024, 256, 512, True)]
+    + [(torch.bfloat16, 128, 128, 256, True), (torch.bfloat16, 256, 64, 64, True)]
+    + [(torch.bfloat16, 64, 256, 512, False), (torch.bfloat16, 128, 64, 64, False)]
+    + [(torch.bfloat16, 256, 128, 128, False), (torch.bfloat16, 256, 16, 32, False)]
+    + [(torch.float16, 128, 256, 512, False), (torch.float32, 128, 256, 512, False)],
 )
 def test_bw_states_reads_the_state_ahead_where_ptxas_keeps_it(
-    dtype: torch.dtype, dqk: int, dv: int, ahead: bool
+    dtype: torch.dtype, chunk: int, dqk: int, dv: int, ahead: bool
 ) -> None:
-    """bf16 with 4+ warps and at most a 64 x 128 state tile (the 7B and paper shapes' 64 x 128 tile, the 64-wide
-    table's 8-warp 64 x 64); not the 128 x 128 tile of head dims 128 nor the 2-warp table of head dims 32, which
-    spill in the sm_90 compile, nor fp16 (spills) or fp32 (the int32-word read needs 16-bit states)."""
-    tiles = tiling.choose_tiles(128, dqk, dv, interpret=False, dtype=dtype).bw_states
-    assert tiling.reads_state_ahead(tiles, dtype) is ahead
+    """bf16, 4+ warps, at most a 64 x 128 state tile and several token slices a chunk: the 7B and paper shapes'
+    64 x 128 tile with 64-token slices, the 64-wide table's 8-warp 64 x 64 tile from chunk 256 on. Not one slice a
+    chunk (chunk 64 at 7B; chunk 128 of the small tables, whose slices are 128 tokens), nor the 128 x 128 tile of
+    head dims 128 or the 2-warp table of head dims 32, nor fp16 or fp32: those spill in the sm_90 compile (fp32
+    states also cannot travel as int32 words of pairs). ``tests/test_state_kernel_fit.py`` checks the compile."""
+    tiles = tiling.choose_tiles(chunk, dqk, dv, interpret=False, dtype=dtype).bw_states
+    assert tiling.reads_state_ahead(tiles, dtype, chunk) is ahead
 
 
 @pytest.mark.parametrize("chunk", [128, 256, 512, 4096])

@@ -40,10 +40,11 @@ def _add_grad_slice(
     BV: tl.constexpr,
     EXP: tl.constexpr,
     DOT_PREC: tl.constexpr,
+    DN_WHERE_HELD: tl.constexpr,
 ):
     """One ``BL``-token slice (from token ``t0``) of a chunk added to the state-gradient tile:
-    ``dC += (q w)^T (dh / den)`` and, where ``holds_dn``, ``dn += sum(q w dz)`` with
-    ``w_t = exp(b_t + m_c - m_t) * qk_scale``. Returns ``dC, dn``."""
+    ``dC += (q w)^T (dh / den)`` and ``dn += sum(q w dz)`` (with ``DN_WHERE_HELD`` only where ``holds_dn``)
+    with ``w_t = exp(b_t + m_c - m_t) * qk_scale``. Returns ``dC, dn``."""
     t = t0 + tl.arange(0, BL)
     dtype = Q_D.dtype
     m_t = tl.load(M_TOK + bh * SP + t) if EXP else 0.0
@@ -65,7 +66,10 @@ def _add_grad_slice(
     else:
         qa = qw * inv_den[:, None]
         dC += tl.dot(tl.trans(qa.to(dtype)), dh_tile, input_precision=DOT_PREC)
-    if holds_dn:  # dz's load feeds no dot, so Triton does not pipeline it: only the programs that keep dn wait
+    if DN_WHERE_HELD:  # dz's load feeds no dot, so Triton does not pipeline it: only the programs that keep dn wait
+        if holds_dn:
+            dn += tl.sum(qw * tl.load(DZ + bh * SP + t)[:, None], axis=0)
+    else:
         dn += tl.sum(qw * tl.load(DZ + bh * SP + t)[:, None], axis=0)
     return dC, dn
 
@@ -255,7 +259,7 @@ def bw_chunk_state_grads_kernel(
                 )  # fmt: skip
         dC, dn = _add_grad_slice(
             dC, dn, Q_D, DH_D, GATE_B, INV_DEN, DZ, M_TOK, bh, SP, c * L + (i % NS) * BL, m_slices, k0, v0,
-            qk_scale, pid_v == 0, BL, BK, BV, EXP, DOT_PREC,
+            qk_scale, pid_v == 0, BL, BK, BV, EXP, DOT_PREC, STATE_AHEAD,
         )  # fmt: skip
     st = bh * (NC + 1)
     tl.store(DC_FIRST + bh * DHQK * DHHV + c_tile_off, dC, mask=mask_kv)
@@ -576,18 +580,27 @@ def launch_bw_states(
         DHQK,
         DHHV,
         DHQK**-0.5,
+        **bw_states_constexprs(t, chunk_size, q.dtype, exp, has_dlast),
+    )
+    return x_part
+
+
+def bw_states_constexprs(
+    t: KernelTiles, chunk_size: int, dtype: torch.dtype, exp: bool, has_dlast: bool
+) -> dict[str, object]:
+    """The compile-time arguments of a ``bw_chunk_state_grads_kernel`` launch, warps and stages included."""
+    return dict(
+        L=chunk_size,
         BL=t.BQ,
         BK=t.BK,
         BV=t.BV,
-        HAS_DLAST=has_dlast,
-        L=chunk_size,
         EXP=exp,
-        DOT_PREC=dot_precision(q.dtype),
-        STATE_AHEAD=reads_state_ahead(t, q.dtype),
+        HAS_DLAST=has_dlast,
+        DOT_PREC=dot_precision(dtype),
+        STATE_AHEAD=reads_state_ahead(t, dtype, chunk_size),
         COMPILED=not interpreting(),
         **t.launch(),
     )
-    return x_part
 
 
 def launch_bw_dq(

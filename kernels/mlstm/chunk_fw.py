@@ -298,14 +298,16 @@ def launch_fw_states(
         NC,
         DHQK,
         DHHV,
-        L=chunk_size,
-        BL=t.BQ,
-        BK=t.BK,
-        BV=t.BV,
-        EXP=exp,
-        HAS_INIT=init is not None,
-        DOT_PREC=dot_precision(k.dtype),
-        **t.launch(),
+        **fw_states_constexprs(t, chunk_size, k.dtype, exp, init is not None),
+    )
+
+
+def fw_states_constexprs(
+    t: KernelTiles, chunk_size: int, dtype: torch.dtype, exp: bool, has_init: bool
+) -> dict[str, object]:
+    """The compile-time arguments of a ``fw_chunk_states_kernel`` launch, warps and stages included."""
+    return dict(
+        L=chunk_size, BL=t.BQ, BK=t.BK, BV=t.BV, EXP=exp, HAS_INIT=has_init, DOT_PREC=dot_precision(dtype), **t.launch()
     )
 
 

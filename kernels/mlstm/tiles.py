@@ -294,8 +294,10 @@ def tile_args(t: KernelTiles) -> dict[str, int]:
     return {"BQ": t.BQ, "BKV": t.BKV, "BK": t.BK, "BV": t.BV, **t.launch()}
 
 
-def reads_state_ahead(t: KernelTiles, dtype: torch.dtype) -> bool:
-    """bw_states' ``STATE_AHEAD``: whether it loads the forward's state tile a chunk ahead into registers.
-    Where ptxas keeps the tile without spills (sm_90 compile, docs/performance.md v17): bf16, 4 or more warps,
-    at most ``STATE_AHEAD_TILE`` elements."""
-    return dtype == torch.bfloat16 and t.num_warps >= 4 and t.BK * t.BV <= STATE_AHEAD_TILE
+def reads_state_ahead(t: KernelTiles, dtype: torch.dtype, chunk_size: int) -> bool:
+    """bw_states' ``STATE_AHEAD``: whether it loads the next chunk's state tile, ``n`` and gate scalars a chunk
+    ahead into registers and ``dz`` only in the programs that keep ``dn``. Where ptxas keeps them without spills
+    (sm_90 compile, ``tests/test_state_kernel_fit.py``; docs/performance.md v17): bf16, 4 or more warps, at most
+    ``STATE_AHEAD_TILE`` elements, several token slices a chunk (with one, the entry's loads and the slice's
+    product share one loop body and spill)."""
+    return dtype == torch.bfloat16 and t.num_warps >= 4 and t.BK * t.BV <= STATE_AHEAD_TILE and chunk_size > t.BQ
