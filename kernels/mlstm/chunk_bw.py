@@ -40,11 +40,10 @@ def _add_grad_slice(
     BV: tl.constexpr,
     EXP: tl.constexpr,
     DOT_PREC: tl.constexpr,
-    DN_WHERE_HELD: tl.constexpr,
 ):
     """One ``BL``-token slice (from token ``t0``) of a chunk added to the state-gradient tile:
-    ``dC += (q w)^T (dh / den)`` and ``dn += sum(q w dz)`` (with ``DN_WHERE_HELD`` only where ``holds_dn``)
-    with ``w_t = exp(b_t + m_c - m_t) * qk_scale``. Returns ``dC, dn``."""
+    ``dC += (q w)^T (dh / den)`` and, where ``holds_dn``, ``dn += sum(q w dz)`` with
+    ``w_t = exp(b_t + m_c - m_t) * qk_scale``. Returns ``dC, dn``."""
     t = t0 + tl.arange(0, BL)
     dtype = Q_D.dtype
     m_t = tl.load(M_TOK + bh * SP + t) if EXP else 0.0
@@ -66,10 +65,7 @@ def _add_grad_slice(
     else:
         qa = qw * inv_den[:, None]
         dC += tl.dot(tl.trans(qa.to(dtype)), dh_tile, input_precision=DOT_PREC)
-    if DN_WHERE_HELD:  # dz's load feeds no dot, so Triton does not pipeline it: only the programs that keep dn wait
-        if holds_dn:
-            dn += tl.sum(qw * tl.load(DZ + bh * SP + t)[:, None], axis=0)
-    else:
+    if holds_dn:
         dn += tl.sum(qw * tl.load(DZ + bh * SP + t)[:, None], axis=0)
     return dC, dn
 
@@ -239,6 +235,9 @@ def bw_chunk_state_grads_kernel(
         STATE_AHEAD,
     )  # fmt: skip
     m_slices = m_c
+    # dz's load feeds no dot, so Triton does not pipeline it: with STATE_AHEAD only the programs that keep dn
+    # (pid_v == 0) load it; else every program does (a constant, no branch: the branch spilled at one slice a chunk)
+    dz_here = pid_v == 0 if STATE_AHEAD else True
     for i in range(NC * NS):  # the slices from the last; one flat loop, pipelined across chunk boundaries
         c = NC - 1 - i // NS
         if i % NS == 0:  # entering chunk c (with NS == 1 the compiler drops the test)
@@ -259,7 +258,7 @@ def bw_chunk_state_grads_kernel(
                 )  # fmt: skip
         dC, dn = _add_grad_slice(
             dC, dn, Q_D, DH_D, GATE_B, INV_DEN, DZ, M_TOK, bh, SP, c * L + (i % NS) * BL, m_slices, k0, v0,
-            qk_scale, pid_v == 0, BL, BK, BV, EXP, DOT_PREC, STATE_AHEAD,
+            qk_scale, dz_here, BL, BK, BV, EXP, DOT_PREC,
         )  # fmt: skip
     st = bh * (NC + 1)
     tl.store(DC_FIRST + bh * DHQK * DHHV + c_tile_off, dC, mask=mask_kv)
