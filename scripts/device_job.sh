@@ -15,7 +15,10 @@
 #   verify (330)       bench verify --jobs 8: every kernel's output and gradients against float64
 #   ncu (240)          Nsight Compute on the state kernels and dk at 7B, chunk 128: DRAM bytes, L2 hit rate, occupancy,
 #                      warp stalls (why bw_states sits at 55 % of its floor, docs/performance.md v16)
-#   ncu_sass (240)     per-SASS-instruction warp stall samples of fw_states and bw_states (OUT/<kernel>_sass.csv)
+#   ncu_sass (240)     per-SASS-instruction warp stall samples of fw_states and bw_states, or of the kernels named
+#                      in NCU_KERNELS (e.g. "bw_chunk_dk bw_chunk_dq") (OUT/<kernel>_stalls.txt)
+#   ncu_bytes (240)    Nsight Compute's DRAM bytes, L2 bytes and hit rate of every kernel of the 7B sig fwbw pass at
+#                      each chunk of CHUNKS (default "128 256"): bytes moved against each kernel's floor (OUT/ncu_bytes_<chunk>.csv)
 #   states (420)       per-kernel times of the state kernels' one slice loop + bw_states' state-ahead against
 #                      BASE (default ed6efba, the commit before) in the same run, 7B sig chunk 128/256, exp 128
 #   states_verify (300) pytest -m gpu tests/test_tfla.py; bench verify of tfla in fp16 and at head dims 128
@@ -27,8 +30,8 @@
 # carry `.head.bundle` (`git bundle create .head.bundle OLD..HEAD`, OLD a commit the machine has) and HEAD moves
 # to this tree's commit first.
 set -uo pipefail
-[ $# -ge 1 ] && [ -n "${OUT:-}" ] || { sed -n '2,27p' "$0"; exit 2; }
-declare -A LIMIT=([env]=30 [gluon]=360 [pytest_gpu]=300 [mamba]=240 [verify]=330 [ncu]=240 [ncu_sass]=240
+[ $# -ge 1 ] && [ -n "${OUT:-}" ] || { sed -n '2,31p' "$0"; exit 2; }
+declare -A LIMIT=([env]=30 [gluon]=360 [pytest_gpu]=300 [mamba]=240 [verify]=330 [ncu]=240 [ncu_sass]=240 [ncu_bytes]=240
   [states]=420 [states_verify]=300 [premove]=420 [consttoken7b]=540 [consttoken]=540)
 for arg in "$@"; do  # every step known and every limit a number, before anything runs
   step=${arg%%:*}
@@ -70,14 +73,23 @@ run_step() {  # the commands of one step (a subshell, so that `timeout` can cut 
         --metrics dram__bytes_read.sum,dram__bytes_write.sum,lts__t_sector_hit_rate.pct \
         --section SpeedOfLight --section Occupancy --section WarpStateStats --section LaunchStats \
         $py cli.py profile --kernels tfla.mlstm_sig --mode fwbw --passes 1 --peak-tflops 790 --peak-gbs 3000 ;;
-    ncu_sass)  # where each kernel's warps stall, per SASS line; the report files come back too
-      for k in bw_chunk_state_grads fw_chunk_states; do
+    ncu_sass)  # where each kernel's warps stall, per SASS line (reports and SASS CSVs stay in /tmp/ncu: 8 files come back)
+      mkdir -p /tmp/ncu
+      for k in ${NCU_KERNELS:-bw_chunk_state_grads fw_chunk_states}; do
         ncu --clock-control none -k "regex:^${k}_kernel$" -c 1 --section WarpStateStats --section SourceCounters \
-          --section MemoryWorkloadAnalysis -f -o "$OUT/$k" \
+          --section MemoryWorkloadAnalysis -f -o "/tmp/ncu/$k" \
           $py cli.py profile --kernels tfla.mlstm_sig --mode fwbw --passes 1 --peak-tflops 790 --peak-gbs 3000 >/dev/null
-        ncu -i "$OUT/$k.ncu-rep" --page source --csv --print-source sass > "$OUT/${k}_sass.csv"
-        ncu -i "$OUT/$k.ncu-rep" --page details > "$OUT/${k}_details.txt"
-        $py scripts/ncu_stalls.py "$OUT/${k}_sass.csv" > "$OUT/${k}_stalls.txt"
+        ncu -i "/tmp/ncu/$k.ncu-rep" --page source --csv --print-source sass > "/tmp/ncu/${k}_sass.csv"
+        ncu -i "/tmp/ncu/$k.ncu-rep" --page details > "$OUT/${k}_details.txt"
+        $py scripts/ncu_stalls.py "/tmp/ncu/${k}_sass.csv" > "$OUT/${k}_stalls.txt"
+      done ;;
+    ncu_bytes)
+      for chunk in ${CHUNKS:-128 256}; do
+        ncu --clock-control none -c 8 --csv --metrics \
+          gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,lts__t_bytes.sum,lts__t_sector_hit_rate.pct \
+          -k 'regex:^(fw_chunk_states|fw_chunk_output|fw_output_ws|bw_chunk_state_grads|bw_chunk_dq|bw_chunk_dk|bw_chunk_dv|bw_dv)_kernel$' \
+          $py cli.py profile --kernels tfla.mlstm_sig --mode fwbw --chunk-size "$chunk" --passes 1 --peak-tflops 790 \
+          --peak-gbs 3000 | grep '^"' > "$OUT/ncu_bytes_$chunk.csv"
       done ;;
     states)
       base=${BASE:-ed6efba}
