@@ -90,10 +90,8 @@ def plan(
     problem: Problem, kernels: list[str], family: str, pipelined_states: bool = False, limit: int | None = None
 ) -> list[Trial]:
     """The table's trial first, then per kernel (in ``kernels``' order) up to ``limit`` candidates of ``family``
-    that differ from the table's tiles; for the kernels that can walk a whole chunk, the first candidate is the
-    table's tiles with ``program_per_chunk`` switched. ``ValueError`` naming the kernel or family when unknown."""
+    that differ from the table's tiles. ``ValueError`` naming the kernel or family when unknown."""
     from kernels.mlstm.tile_search import search_space
-    from kernels.mlstm.tiles import CHUNK_WALKERS
 
     base = table_for(problem)
     trials = [Trial(None, base)]
@@ -101,9 +99,6 @@ def plan(
         space = search_space(
             kernel, family, problem.chunk_size, problem.head_dim_qk, problem.head_dim_v, pipelined_states
         )
-        if kernel in CHUNK_WALKERS:
-            table_tiles = getattr(base, kernel)
-            space = [replace(table_tiles, program_per_chunk=not table_tiles.program_per_chunk), *space]
         found = [t for t in space if t != getattr(base, kernel)]
         trials += [Trial(kernel, replace(base, **{kernel: t})) for t in found[:limit]]
     return trials

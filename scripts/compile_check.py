@@ -52,17 +52,11 @@ def main() -> int:
                     for bl in (64, 128)  # two slices a chunk, one
                     for ahead in ((True, False) if dtype != "fp32" else (False,))  # ahead: 16-bit states
                 ),
-                *(
-                    (chunk_bw.bw_chunk_dq_kernel, dtype, dict(base, STATE_STAGES=1, TILES=1, **tiles, **u))
-                    for u in SLICE_LOOPS
-                ),
+                *((chunk_bw.bw_chunk_dq_kernel, dtype, dict(base, STATE_STAGES=1, **tiles, **u)) for u in SLICE_LOOPS),
                 # the pipelined state loop of the tables' large-chunk fw_output and wide-q/k bw_dq (narrower slices)
                 (chunk_fw.fw_chunk_output_kernel, dtype, dict(base, NORMALIZE=True, STATE_STAGES=2, **tiles, **PIPED)),
-                (chunk_bw.bw_chunk_dq_kernel, dtype, dict(base, STATE_STAGES=2, TILES=1, **tiles, **PIPED)),
-                *((chunk_bw.bw_chunk_dk_kernel, dtype, dict(base, TILES=1, **tiles, **u)) for u in SLICE_LOOPS),
-                # programs that walk their chunk's two token tiles (program_per_chunk)
-                (chunk_bw.bw_chunk_dq_kernel, dtype, dict(base, STATE_STAGES=2, TILES=2, **tiles, **PIPED)),
-                (chunk_bw.bw_chunk_dk_kernel, dtype, dict(base, TILES=2, **tiles, **PIPED)),
+                (chunk_bw.bw_chunk_dq_kernel, dtype, dict(base, STATE_STAGES=2, **tiles, **PIPED)),
+                *((chunk_bw.bw_chunk_dk_kernel, dtype, dict(base, **tiles, **u)) for u in SLICE_LOOPS),
                 *((chunk_bw.bw_chunk_dv_kernel, dtype, dict(base, **tiles, **u)) for u in SLICE_LOOPS),
             ]
     for exp in (True, False):  # the per-token gate kernels (a chunk of two scan blocks in gate_grads_kernel)

@@ -226,7 +226,6 @@ def test_stabilizer_is_the_running_max_state(block: int, monkeypatch: pytest.Mon
         ("state_stages", 0, "tiles.fw_output.state_stages must be None or a positive int, got 0"),
         ("unroll_slices", 1, "tiles.fw_output.unroll_slices must be True or False, got 1"),
         ("state_slice", 24, "tiles.fw_output.state_slice must be None or a power of two >= 16, got 24"),
-        ("program_per_chunk", True, "tiles.fw_output.program_per_chunk must be False (True only for bw_dq, bw_dk)"),
     ],
 )
 def test_bad_tiles_name_the_field(field: str, value: int, message: str) -> None:
@@ -256,49 +255,6 @@ def test_state_slices_apart_from_the_head_dim_tiles(variant: str) -> None:
     assert tiling.slice_args("bw_dq", tiles.bw_dq, 32, 48, 4)["BS"] == 16
     assert tiling.slice_args("bw_dk", tiles.bw_dk, 32, 48, 4)["BS"] == 32
     _check(AccuracyCase(variant, True, 70, 32, 48, 32, torch.float32, with_states=True, tiles=tiles))
-
-
-@pytest.mark.parametrize("variant", ["exp", "sig"])
-def test_dq_and_dk_programs_that_walk_their_chunk(variant: str) -> None:
-    """``program_per_chunk``: one dq program walks the four 16-query tiles of its 64-token chunk, one dk program
-    the four 16-key tiles (S not a multiple of the chunk, initial states, forget gates near 1 so that the
-    inter-chunk terms matter). Every output and gradient is bit for bit the one of one program per tile, and
-    within the bound of the float64 reference."""
-    per_tile = TileConfig(
-        fw_states=KernelTiles(BQ=16, BK=16, BV=32),
-        fw_output=KernelTiles(BQ=16, BKV=16, BK=32, BV=32),
-        bw_states=KernelTiles(BQ=16, BK=32, BV=16),
-        bw_dq=KernelTiles(BQ=16, BKV=16, BK=32, BV=16),
-        bw_dk=KernelTiles(BQ=16, BKV=16, BK=32, BV=16),
-        bw_dv=KernelTiles(BQ=16, BKV=16, BK=16, BV=32),
-    )
-    walking = replace(
-        per_tile,
-        bw_dq=replace(per_tile.bw_dq, program_per_chunk=True),
-        bw_dk=replace(per_tile.bw_dk, program_per_chunk=True),
-    )
-    assert tiling.tiles_per_program("bw_dq", walking.bw_dq, 64) == 4
-    assert tiling.tiles_per_program("bw_dk", walking.bw_dk, 64) == 4
-    assert tiling.tiles_per_program("bw_dq", per_tile.bw_dq, 64) == 1
-    case = AccuracyCase(variant, True, 150, 32, 48, 64, torch.float32, with_states=True, f_shift=8.0)
-    inputs = case.inputs()
-
-    def outputs_and_gradients(tiles: TileConfig) -> list[torch.Tensor]:
-        x = [t.clone().requires_grad_() for t in inputs]
-        h, last = mlstm_tfla(
-            *x[:5], chunk_size=64, initial=MLSTMStates(*x[5:]), return_last_states=True, tiles=tiles, variant=variant
-        )
-        torch.manual_seed(1)
-        loss = (h * torch.randn_like(h)).sum() + (last.C * torch.randn_like(last.C)).sum()
-        grads = torch.autograd.grad(loss, x, allow_unused=True)
-        return [h, last.C, *(g for g in grads if g is not None)]
-
-    walked, one_per_tile = outputs_and_gradients(walking), outputs_and_gradients(per_tile)
-    assert len(walked) == len(one_per_tile) >= 9
-    for a, b in zip(walked, one_per_tile):
-        assert not a.isnan().any()
-        assert torch.equal(a, b)
-    _check(replace(case, tiles=walking))
 
 
 @pytest.mark.parametrize("ahead", [True, False], ids=["state-ahead", "state-at-entry"])

@@ -14,7 +14,7 @@ import triton.language as tl
 
 from kernels.mlstm.chunk_common import LOG2E, gate_matrix, head_dim_products, operand_once
 from kernels.mlstm.launch import dot_precision, head_tiles, interpreting
-from kernels.mlstm.tiles import KernelTiles, reads_state_ahead, slice_args, tile_args, tiles_per_program
+from kernels.mlstm.tiles import KernelTiles, reads_state_ahead, slice_args, tile_args
 
 
 @triton.jit
@@ -299,12 +299,10 @@ def bw_chunk_dq_kernel(
     STATE_STAGES: tl.constexpr,
     NSLICE: tl.constexpr,
     UNROLL: tl.constexpr,
-    TILES: tl.constexpr,
 ):
-    """``dq`` for ``TILES`` consecutive tiles of ``BQ`` queries of one chunk and a ``BK`` slice of the head dim.
+    """``dq`` for ``BQ`` queries of one chunk and a ``BK`` slice of the head dim.
 
-    Grid ``(cdiv(DHQK, BK), NC * L / (BQ * TILES), BH)``. With ``TILES = L / BQ`` a program walks its chunk's
-    query tiles in turn, so the chunk's state tile comes from device memory once and from L2 after that. Inter term ``dN C_c^T + dz n_c``, then key blocks up to
+    Grid ``(cdiv(DHQK, BK), NC * L / BQ, BH)``. Inter term ``dN C_c^T + dz n_c``, then key blocks up to
     the diagonal: ``dq += (P * (dN v^T + dz)) k`` with ``P`` the gate matrix and ``dN = dh / den`` (the
     row scale is applied to ``dh v^T`` in fp32, built over ``BV`` slices).
     Also writes this slice's part of ``q . dq`` without the diagonal (``s == t``) terms to
@@ -318,50 +316,47 @@ def bw_chunk_dq_kernel(
     the states. ``NSLICE = cdiv(DHHV, BV)``; ``UNROLL`` unrolls the ``dh v^T`` slices so that the key loop is
     pipelined (``head_dim_products``), and with one slice loads the ``dh`` tile once.
     """
-    pid_k, pid_p, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    k0 = pid_k * BK
+    pid_k, pid_cq, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    c = pid_cq // (L // BQ)
+    q_start = (pid_cq % (L // BQ)) * BQ
+    t_q = c * L + q_start + tl.arange(0, BQ)
+    q0, k0 = c * L + q_start, pid_k * BK
     offs_k = k0 + tl.arange(0, BK)
     dtype = Q_D.dtype
-    for tile in range(TILES):
-        pid_cq = pid_p * TILES + tile
-        c = pid_cq // (L // BQ)
-        q_start = (pid_cq % (L // BQ)) * BQ
-        t_q = c * L + q_start + tl.arange(0, BQ)
-        q0 = c * L + q_start
-        st = bh * (NC + 1) + c
-        b_q = tl.load(GATE_B + bh * SP + t_q)
-        inv_den = tl.load(INV_DEN + bh * SP + t_q)
-        dz = tl.load(DZ + bh * SP + t_q)
-        if EXP:
-            m_q = tl.load(M_TOK + bh * SP + t_q)
-            w_inter = tl.exp(b_q + tl.load(M_ST + st) - m_q)
-        else:
-            m_q = tl.zeros((BQ,), dtype=tl.float32)
-            w_inter = tl.exp(b_q)
+    st = bh * (NC + 1) + c
+    b_q = tl.load(GATE_B + bh * SP + t_q)
+    inv_den = tl.load(INV_DEN + bh * SP + t_q)
+    dz = tl.load(DZ + bh * SP + t_q)
+    if EXP:
+        m_q = tl.load(M_TOK + bh * SP + t_q)
+        w_inter = tl.exp(b_q + tl.load(M_ST + st) - m_q)
+    else:
+        m_q = tl.zeros((BQ,), dtype=tl.float32)
+        w_inter = tl.exp(b_q)
 
-        dq = tl.zeros((BQ, BK), dtype=tl.float32)
-        for vv in tl.range(0, DHHV, BS, num_stages=STATE_STAGES):
-            dh_tile = DHS_D.load([bh, q0, vv]).reshape(BQ, BS)
-            c_tile = C_D.load([bh * NC + c, k0, vv]).reshape(BK, BS)
-            dq += tl.dot(dh_tile, tl.trans(c_tile.to(dtype)), input_precision=DOT_PREC)
-        n_tile = tl.load(N_ST + st * DHQK + offs_k, mask=offs_k < DHQK, other=0.0)
-        dq = (dq * inv_den[:, None] + dz[:, None] * n_tile[None, :]) * w_inter[:, None]
-        q_tile = Q_D.load([bh, q0, k0]).reshape(BQ, BK)
-        qdq = tl.sum(q_tile.to(tl.float32) * dq, axis=1)
+    dq = tl.zeros((BQ, BK), dtype=tl.float32)
+    for vv in tl.range(0, DHHV, BS, num_stages=STATE_STAGES):
+        dh_tile = DHS_D.load([bh, q0, vv]).reshape(BQ, BS)
+        c_tile = C_D.load([bh * NC + c, k0, vv]).reshape(BK, BS)
+        dq += tl.dot(dh_tile, tl.trans(c_tile.to(dtype)), input_precision=DOT_PREC)
+    n_tile = tl.load(N_ST + st * DHQK + offs_k, mask=offs_k < DHQK, other=0.0)
+    dq = (dq * inv_den[:, None] + dz[:, None] * n_tile[None, :]) * w_inter[:, None]
+    q_tile = Q_D.load([bh, q0, k0]).reshape(BQ, BK)
+    qdq = tl.sum(q_tile.to(tl.float32) * dq, axis=1)
 
-        dh_once = operand_once(DH_D, q0, bh, BQ, BV, NSLICE, UNROLL)
-        row = (b_q - m_q) * LOG2E
-        for s0 in range(0, q_start + BQ, BKV):
-            t_s = c * L + s0 + tl.arange(0, BKV)
-            dp = head_dim_products(DH_D, q0, dh_once, V_D, c * L + s0, bh, DHHV, BQ, BKV, BV, NSLICE, UNROLL, DOT_PREC)
-            col = (tl.load(GATE_I + bh * SP + t_s) - tl.load(GATE_B + bh * SP + t_s)) * LOG2E
-            a = gate_matrix(row, col, t_s[None, :] <= t_q[:, None]) * (dp * inv_den[:, None] + dz[:, None])
-            k_tile = K_D.load([bh, c * L + s0, k0]).reshape(BKV, BK)
-            dq += tl.dot(a.to(dtype), k_tile, input_precision=DOT_PREC)
-            scores = tl.dot(q_tile, tl.trans(k_tile), input_precision=DOT_PREC)
-            qdq += tl.sum(tl.where(t_s[None, :] < t_q[:, None], a * scores, 0.0), axis=1)
-        DQ_D.store([bh, q0, k0], (dq * qk_scale).to(DQ_D.dtype).reshape(1, BQ, BK))
-        tl.store(QDQ + (pid_k * tl.num_programs(2) + bh) * SP + t_q, qdq * qk_scale)
+    dh_once = operand_once(DH_D, q0, bh, BQ, BV, NSLICE, UNROLL)
+    row = (b_q - m_q) * LOG2E
+    for s0 in range(0, q_start + BQ, BKV):
+        t_s = c * L + s0 + tl.arange(0, BKV)
+        dp = head_dim_products(DH_D, q0, dh_once, V_D, c * L + s0, bh, DHHV, BQ, BKV, BV, NSLICE, UNROLL, DOT_PREC)
+        col = (tl.load(GATE_I + bh * SP + t_s) - tl.load(GATE_B + bh * SP + t_s)) * LOG2E
+        a = gate_matrix(row, col, t_s[None, :] <= t_q[:, None]) * (dp * inv_den[:, None] + dz[:, None])
+        k_tile = K_D.load([bh, c * L + s0, k0]).reshape(BKV, BK)
+        dq += tl.dot(a.to(dtype), k_tile, input_precision=DOT_PREC)
+        scores = tl.dot(q_tile, tl.trans(k_tile), input_precision=DOT_PREC)
+        qdq += tl.sum(tl.where(t_s[None, :] < t_q[:, None], a * scores, 0.0), axis=1)
+    DQ_D.store([bh, q0, k0], (dq * qk_scale).to(DQ_D.dtype).reshape(1, BQ, BK))
+    tl.store(QDQ + (pid_k * tl.num_programs(2) + bh) * SP + t_q, qdq * qk_scale)
 
 
 @triton.jit
@@ -398,13 +393,11 @@ def bw_chunk_dk_kernel(
     DOT_PREC: tl.constexpr,
     NSLICE: tl.constexpr,
     UNROLL: tl.constexpr,
-    TILES: tl.constexpr,
 ):
-    """``dk`` for ``TILES`` consecutive tiles of ``BKV`` keys of one chunk and a ``BK`` slice of the head dim.
+    """``dk`` for ``BKV`` keys of one chunk and a ``BK`` slice of the head dim.
 
-    Grid ``(cdiv(DHQK, BK), NC * L / (BKV * TILES), BH)``; with ``TILES = L / BKV`` a program walks its chunk's key
-    tiles in turn (the chunk's state-gradient tile then comes from device memory once). Inter term from the next
-    state's gradient ``w_s (dC_{c+1} v_s + dn_{c+1})``, then query blocks from the diagonal to the chunk end.
+    Grid ``(cdiv(DHQK, BK), NC * L / BKV, BH)``. Inter term from the next state's gradient
+    ``w_s (dC_{c+1} v_s + dn_{c+1})``, then query blocks from the diagonal to the chunk end.
     Also writes this slice's parts of ``k . dk`` (each ``(cdiv(DHQK, BK), BH, SP)``, fp32): ``KDK`` all of
     it, ``KDK_INTER`` the term from later chunks, ``KDK_OFF`` the intra-chunk term without the diagonal
     (``t == s``), summed from the gate matrix and the slice's scores as in the ``dq`` kernel.
@@ -413,61 +406,52 @@ def bw_chunk_dk_kernel(
     through ``VS_D`` (``v``, ``[1, BKV, BS]``) and ``DC_D [BH * (NC+1), DHQK, DHHV]`` (``[1, BK, BS]``). ``NSLICE = cdiv(DHHV, BV)``; ``UNROLL`` unrolls the ``v dh^T`` slices so that the query
     loop is pipelined, and with one slice loads the value tile once.
     """
-    pid_k, pid_p, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    k0 = pid_k * BK
+    pid_k, pid_cs, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    c = pid_cs // (L // BKV)
+    s_start = (pid_cs % (L // BKV)) * BKV
+    t_s = c * L + s_start + tl.arange(0, BKV)
+    s0, k0 = c * L + s_start, pid_k * BK
     offs_k = k0 + tl.arange(0, BK)
     dtype = Q_D.dtype
-    for tile in range(TILES):
-        pid_cs = pid_p * TILES + tile
-        c = pid_cs // (L // BKV)
-        s_start = (pid_cs % (L // BKV)) * BKV
-        t_s = c * L + s_start + tl.arange(0, BKV)
-        s0 = c * L + s_start
-        st = bh * (NC + 1) + c + 1
-        b_s = tl.load(GATE_B + bh * SP + t_s)
-        i_s = tl.load(GATE_I + bh * SP + t_s)
-        g = tl.load(GATE_B + bh * SP + c * L + L - 1)
-        m_next = tl.load(M_ST + st) if EXP else 0.0
-        w_inter = tl.exp(g - b_s + i_s - m_next)
+    st = bh * (NC + 1) + c + 1
+    b_s = tl.load(GATE_B + bh * SP + t_s)
+    i_s = tl.load(GATE_I + bh * SP + t_s)
+    g = tl.load(GATE_B + bh * SP + c * L + L - 1)
+    m_next = tl.load(M_ST + st) if EXP else 0.0
+    w_inter = tl.exp(g - b_s + i_s - m_next)
 
-        dk = tl.zeros((BKV, BK), dtype=tl.float32)
-        for vv in range(0, DHHV, BS):
-            v_tile = VS_D.load([bh, s0, vv]).reshape(BKV, BS)
-            dc_tile = DC_D.load([st, k0, vv]).reshape(BK, BS)
-            dk += tl.dot(v_tile, tl.trans(dc_tile.to(dtype)), input_precision=DOT_PREC)
-        dn_tile = tl.load(DN_ST + st * DHQK + offs_k, mask=offs_k < DHQK, other=0.0)
-        dk = (dk + dn_tile[None, :]) * w_inter[:, None]
-        k_tile = K_D.load([bh, s0, k0]).reshape(BKV, BK)
-        kdk_inter = tl.sum(k_tile.to(tl.float32) * dk, axis=1)
-        kdk_diag = tl.zeros((BKV,), dtype=tl.float32)
-        kdk_off = tl.zeros((BKV,), dtype=tl.float32)
+    dk = tl.zeros((BKV, BK), dtype=tl.float32)
+    for vv in range(0, DHHV, BS):
+        v_tile = VS_D.load([bh, s0, vv]).reshape(BKV, BS)
+        dc_tile = DC_D.load([st, k0, vv]).reshape(BK, BS)
+        dk += tl.dot(v_tile, tl.trans(dc_tile.to(dtype)), input_precision=DOT_PREC)
+    dn_tile = tl.load(DN_ST + st * DHQK + offs_k, mask=offs_k < DHQK, other=0.0)
+    dk = (dk + dn_tile[None, :]) * w_inter[:, None]
+    k_tile = K_D.load([bh, s0, k0]).reshape(BKV, BK)
+    kdk_inter = tl.sum(k_tile.to(tl.float32) * dk, axis=1)
+    kdk_diag = tl.zeros((BKV,), dtype=tl.float32)
+    kdk_off = tl.zeros((BKV,), dtype=tl.float32)
 
-        v_once = operand_once(V_D, s0, bh, BKV, BV, NSLICE, UNROLL)
-        row = (i_s - b_s) * LOG2E  # the dq kernel adds the same two parts: both form the same gate matrix
-        for q_off in range((s_start // BQ) * BQ, L, BQ):
-            t_q = c * L + q_off + tl.arange(0, BQ)
-            inv_den = tl.load(INV_DEN + bh * SP + t_q)
-            dpt = head_dim_products(
-                V_D, s0, v_once, DH_D, c * L + q_off, bh, DHHV, BKV, BQ, BV, NSLICE, UNROLL, DOT_PREC
-            )
-            m_q = tl.load(M_TOK + bh * SP + t_q) if EXP else tl.zeros((BQ,), dtype=tl.float32)
-            col = (tl.load(GATE_B + bh * SP + t_q) - m_q) * LOG2E
-            dz_q = tl.load(DZ + bh * SP + t_q)
-            at = (
-                gate_matrix(row, col, t_q[None, :] >= t_s[:, None])
-                * (dpt * inv_den[None, :] + dz_q[None, :])
-                * qk_scale
-            )
-            q_tile = Q_D.load([bh, c * L + q_off, k0]).reshape(BQ, BK)
-            dk += tl.dot(at.to(dtype), q_tile, input_precision=DOT_PREC)
-            d_gate = at * tl.dot(k_tile, tl.trans(q_tile), input_precision=DOT_PREC)
-            kdk_off += tl.sum(tl.where(t_q[None, :] > t_s[:, None], d_gate, 0.0), axis=1)
-            kdk_diag += tl.sum(tl.where(t_q[None, :] == t_s[:, None], d_gate, 0.0), axis=1)
-        DK_D.store([bh, s0, k0], dk.to(DK_D.dtype).reshape(1, BKV, BK))
-        part = (pid_k * tl.num_programs(2) + bh) * SP + t_s
-        tl.store(KDK + part, kdk_inter + kdk_off + kdk_diag)
-        tl.store(KDK_INTER + part, kdk_inter)
-        tl.store(KDK_OFF + part, kdk_off)
+    v_once = operand_once(V_D, s0, bh, BKV, BV, NSLICE, UNROLL)
+    row = (i_s - b_s) * LOG2E  # the dq kernel adds the same two parts: both form the same gate matrix
+    for q_off in range((s_start // BQ) * BQ, L, BQ):
+        t_q = c * L + q_off + tl.arange(0, BQ)
+        inv_den = tl.load(INV_DEN + bh * SP + t_q)
+        dpt = head_dim_products(V_D, s0, v_once, DH_D, c * L + q_off, bh, DHHV, BKV, BQ, BV, NSLICE, UNROLL, DOT_PREC)
+        m_q = tl.load(M_TOK + bh * SP + t_q) if EXP else tl.zeros((BQ,), dtype=tl.float32)
+        col = (tl.load(GATE_B + bh * SP + t_q) - m_q) * LOG2E
+        dz_q = tl.load(DZ + bh * SP + t_q)
+        at = gate_matrix(row, col, t_q[None, :] >= t_s[:, None]) * (dpt * inv_den[None, :] + dz_q[None, :]) * qk_scale
+        q_tile = Q_D.load([bh, c * L + q_off, k0]).reshape(BQ, BK)
+        dk += tl.dot(at.to(dtype), q_tile, input_precision=DOT_PREC)
+        d_gate = at * tl.dot(k_tile, tl.trans(q_tile), input_precision=DOT_PREC)
+        kdk_off += tl.sum(tl.where(t_q[None, :] > t_s[:, None], d_gate, 0.0), axis=1)
+        kdk_diag += tl.sum(tl.where(t_q[None, :] == t_s[:, None], d_gate, 0.0), axis=1)
+    DK_D.store([bh, s0, k0], dk.to(DK_D.dtype).reshape(1, BKV, BK))
+    part = (pid_k * tl.num_programs(2) + bh) * SP + t_s
+    tl.store(KDK + part, kdk_inter + kdk_off + kdk_diag)
+    tl.store(KDK_INTER + part, kdk_inter)
+    tl.store(KDK_OFF + part, kdk_off)
 
 
 @triton.jit
@@ -644,8 +628,7 @@ def launch_bw_dq(
     qdq = torch.empty(triton.cdiv(DHQK, t.BK), BH, SP, dtype=torch.float32, device=q.device)
     slices = slice_args("bw_dq", t, DHQK, DHHV, q.element_size())
     bs = slices["BS"]
-    tiles = tiles_per_program("bw_dq", t, chunk_size)
-    bw_chunk_dq_kernel[(triton.cdiv(DHQK, t.BK), NC * (chunk_size // t.BQ) // tiles, BH)](
+    bw_chunk_dq_kernel[(triton.cdiv(DHQK, t.BK), NC * (chunk_size // t.BQ), BH)](
         head_tiles(q, t.BQ, t.BK),
         head_tiles(k, t.BKV, t.BK),
         head_tiles(v, t.BKV, t.BV),
@@ -672,7 +655,6 @@ def launch_bw_dq(
         L=chunk_size,
         EXP=exp,
         DOT_PREC=dot_precision(q.dtype),
-        TILES=tiles,
     )
     return qdq
 
@@ -705,8 +687,7 @@ def launch_bw_dk(
     )
     slices = slice_args("bw_dk", t, DHQK, DHHV, q.element_size())
     bs = slices["BS"]
-    tiles = tiles_per_program("bw_dk", t, chunk_size)
-    bw_chunk_dk_kernel[(triton.cdiv(DHQK, t.BK), NC * (chunk_size // t.BKV) // tiles, BH)](
+    bw_chunk_dk_kernel[(triton.cdiv(DHQK, t.BK), NC * (chunk_size // t.BKV), BH)](
         head_tiles(q, t.BQ, t.BK),
         head_tiles(k, t.BKV, t.BK),
         head_tiles(v, t.BKV, t.BV),
@@ -734,7 +715,6 @@ def launch_bw_dk(
         L=chunk_size,
         EXP=exp,
         DOT_PREC=dot_precision(q.dtype),
-        TILES=tiles,
     )
     return kdk, kdk_inter, kdk_off
 

@@ -23,10 +23,7 @@ class KernelTiles:
     token loop's first product, so that the token loop is the innermost loop and Triton pipelines it; with one
     slice over the whole head dim, the loop-invariant operand loads once.
     ``state_slice`` (the intra-chunk kernels) is the width of the head-dim slices of the inter-chunk term (the
-    product with the stored chunk state); ``None`` leaves it to ``state_slice`` (the function).
-    ``program_per_chunk`` (bw_dq, bw_dk): one program walks every query (dq) or key (dk) tile of its chunk in turn
-    instead of one program per tile, so the chunk's state (gradient) tile, which each tile's inter-chunk term
-    reads whole, comes from device memory once (``tiles_per_program``)."""
+    product with the stored chunk state); ``None`` leaves it to ``state_slice`` (the function)."""
 
     BQ: int = 64
     BKV: int = 64
@@ -37,7 +34,6 @@ class KernelTiles:
     state_stages: int | None = None
     unroll_slices: bool = False
     state_slice: int | None = None
-    program_per_chunk: bool = False
 
     def fit(self, chunk_size: int, dhqk: int, dhhv: int) -> KernelTiles:
         """Clamp to the problem: token tiles at most the chunk, head-dim tiles at most the padded head dim."""
@@ -59,8 +55,6 @@ class KernelTiles:
 
 
 KERNELS = ("fw_states", "fw_output", "bw_states", "bw_dq", "bw_dk", "bw_dv")
-# The kernels whose programs can walk a whole chunk (``KernelTiles.program_per_chunk``), by the token tile they split.
-CHUNK_WALKERS = {"bw_dq": "BQ", "bw_dk": "BKV"}
 
 
 @dataclass(frozen=True)
@@ -248,12 +242,6 @@ def check_tiles(tiles: TileConfig) -> None:
             raise ValueError(f"tiles.{kernel}.state_slice must be None or a power of two >= 16, got {t.state_slice!r}")
         if not isinstance(t.unroll_slices, bool):
             raise ValueError(f"tiles.{kernel}.unroll_slices must be True or False, got {t.unroll_slices!r}")
-        if t.program_per_chunk is not False and (kernel not in CHUNK_WALKERS or t.program_per_chunk is not True):
-            raise ValueError(
-                f"tiles.{kernel}.program_per_chunk must be False"
-                + (" or True" if kernel in CHUNK_WALKERS else f" (True only for {', '.join(CHUNK_WALKERS)})")
-                + f", got {t.program_per_chunk!r}"
-            )
 
 
 def unrolled_smem(kernel: str, t: KernelTiles, dhqk: int, dhhv: int, input_bytes: int) -> int:
@@ -313,9 +301,3 @@ def reads_state_ahead(t: KernelTiles, dtype: torch.dtype, chunk_size: int) -> bo
     ``STATE_AHEAD_TILE`` elements, several token slices a chunk (with one, the entry's loads and the slice's
     product share one loop body and spill)."""
     return dtype == torch.bfloat16 and t.num_warps >= 4 and t.BK * t.BV <= STATE_AHEAD_TILE and chunk_size > t.BQ
-
-
-def tiles_per_program(kernel: str, t: KernelTiles, chunk_size: int) -> int:
-    """The ``TILES`` constexpr of ``CHUNK_WALKERS``' kernels: token tiles of one chunk that one program takes (all
-    of them with ``program_per_chunk``, else 1)."""
-    return chunk_size // getattr(t, CHUNK_WALKERS[kernel]) if t.program_per_chunk else 1
