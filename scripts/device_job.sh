@@ -90,7 +90,8 @@ run_step() {  # the commands of one step (a subshell, so that `timeout` can cut 
           -k 'regex:^(fw_chunk_states|fw_chunk_output|fw_output_ws|bw_chunk_state_grads|bw_chunk_dq|bw_chunk_dk|bw_chunk_dv|bw_dv)_kernel$' \
           $py cli.py profile --kernels tfla.mlstm_sig --mode fwbw --chunk-size "$chunk" --passes 1 --peak-tflops 790 \
           --peak-gbs 3000 | grep '^"' > "$OUT/ncu_bytes_$chunk.csv"
-      done ;;
+      done
+      $py scripts/ncu_bytes.py "$OUT"/ncu_bytes_*.csv ;;
     states)
       base=${BASE:-ed6efba}
       git worktree add -f /tmp/base "$base" >/dev/null 2>&1 || echo "no worktree of $base (no .git here?): only this tree"

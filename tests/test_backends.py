@@ -49,8 +49,9 @@ def test_auto_and_triton_run_triton_here_and_gluon_says_why_not(monkeypatch: pyt
 
 
 def test_auto_runs_gluon_only_where_measured_faster(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``auto`` follows ``FASTEST`` by GPU, q/k head dim and chunk size: Gluon at the H100's 7B shape, Triton at
-    the paper shape, on another GPU, and wherever Gluon cannot run."""
+    """``auto`` follows ``FASTEST`` by GPU, q/k head dim and chunk size: Gluon at the 7B shape where measured
+    faster (H100 chunk 128, H200 chunk 256), Triton at the paper shape, at other chunks, on another GPU, and
+    wherever Gluon cannot run."""
     cuda = torch.device("cuda")
     monkeypatch.setattr(backends, "gluon_reason", lambda *_: None)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *_: "NVIDIA H100 80GB HBM3")
@@ -58,6 +59,10 @@ def test_auto_runs_gluon_only_where_measured_faster(monkeypatch: pytest.MonkeyPa
     assert backends.choose_backend("auto", cuda, torch.bfloat16, 128, 128) == "triton"
     assert backends.choose_backend("auto", cuda, torch.bfloat16, 256, 256) == "triton"
     assert backends.choose_backend("triton", cuda, torch.bfloat16, 256, 128) == "triton"
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *_: "NVIDIA H200")
+    assert backends.choose_backend("auto", cuda, torch.bfloat16, 256, 256) == "gluon"
+    assert backends.choose_backend("auto", cuda, torch.bfloat16, 256, 128) == "triton"
+    assert backends.choose_backend("auto", cuda, torch.bfloat16, 128, 256) == "triton"
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *_: "NVIDIA A100-SXM4-80GB")
     assert backends.choose_backend("auto", cuda, torch.bfloat16, 256, 128) == "triton"
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *_: "NVIDIA H100 80GB HBM3")
