@@ -43,15 +43,16 @@ def against_floor(csv: Path, shape: tuple[int, ...]) -> pd.DataFrame:
     floor = {w.kernel: w.bytes / 1e9 for w in tfla_kernel_work(*shape, chunk, 2, "fwbw")}
     rows = launches(csv)
     dram = (rows["dram_read"] + rows["dram_write"]) / 1e9
+    floor_gb = rows["kernel"].map(floor)
     return pd.DataFrame(
         {
             "chunk": chunk,
             "kernel": rows["Kernel Name"],
             "us": rows["ns"] / 1e3,
             "dram_gb": dram,
-            "floor_gb": rows["kernel"].map(floor),
-            "dram_over_floor": dram / rows["kernel"].map(floor),
-            "dram_tb_s": dram / rows["ns"] * 1e9 / 1e3,
+            "floor_gb": floor_gb,
+            "dram_over_floor": dram / floor_gb,
+            "dram_tb_s": dram / rows["ns"] * 1e6,  # GB per ns = 1e9 GB/s = 1e6 TB/s
             "l2_gb": rows["l2"] / 1e9,
             "l2_hit_pct": rows["l2_hit_pct"],
         }
