@@ -10,8 +10,12 @@
 #   gluon (360)        pytest -m gpu tests/test_gluon.py, scripts/gluon_time.py (output and dv kernels) at 7B and paper shapes,
 #                      bench profile of the Triton and Gluon fwbw at 7B (each kernel's time: fw_output, bw_dv), and
 #                      sweep rows of both backends at S 8192, 7B and paper shapes (gluon_consttoken7b.parquet, gluon_consttoken.parquet)
+#   backends (420)     sweep rows of both backends (Triton, Gluon) at the chunks of CHUNKS (default "512 1024"), S 8192,
+#                      7B and paper shapes (backends_consttoken7b.parquet, backends_consttoken.parquet)
 #   pytest_gpu (300)   pytest -m gpu tests (every GPU test)
-#   mamba (240)        scripts/build_mamba.sh on the mamba-ssm source archive (.whl/src, carried) into /tmp/mamba
+#   mamba (240)        scripts/build_mamba.sh on the mamba-ssm source archive (.whl/src, carried) into /tmp/mamba;
+#                      MAMBA_PACK=1 also packs the build into OUT (xz, 15 MiB parts, SHA256SUMS); with those parts
+#                      carried in .stage-mamba/ the step unpacks them instead (seconds instead of ~3 minutes)
 #   verify (330)       bench verify --jobs 8: every kernel's output and gradients against float64
 #   ncu (240)          Nsight Compute on the state kernels and dk at 7B, chunk 128: DRAM bytes, L2 hit rate, occupancy,
 #                      warp stalls (why bw_states sits at 55 % of its floor, docs/performance.md v16)
@@ -31,7 +35,7 @@
 # to this tree's commit first.
 set -uo pipefail
 [ $# -ge 1 ] && [ -n "${OUT:-}" ] || { sed -n '2,/^set -uo/p' "$0" | sed '$d'; exit 2; }  # the comment above
-declare -A LIMIT=([env]=30 [gluon]=360 [pytest_gpu]=300 [mamba]=240 [verify]=330 [ncu]=240 [ncu_sass]=240 [ncu_bytes]=240
+declare -A LIMIT=([env]=30 [gluon]=360 [backends]=420 [pytest_gpu]=300 [mamba]=240 [verify]=330 [ncu]=240 [ncu_sass]=240 [ncu_bytes]=240
   [states]=420 [states_verify]=300 [premove]=420 [consttoken7b]=540 [consttoken]=540)
 for arg in "$@"; do  # every step known and every limit a number, before anything runs
   step=${arg%%:*}
@@ -62,11 +66,25 @@ run_step() {  # the commands of one step (a subshell, so that `timeout` can cut 
         $py cli.py sweep --preset $preset --kernels 'tfla.mlstm_sig,tfla.mlstm_sig_gluon,tfla.mlstm_exp,tfla.mlstm_exp_gluon' \
           --seq-len 8192 --out "$RESULTS/gluon_$preset.parquet"
       done ;;
+    backends)  # both backends of both variants in one run at the chunks of CHUNKS, S 8192, 7B and paper shapes
+      for preset in consttoken7b consttoken; do
+        $py cli.py sweep --preset $preset --kernels 'tfla.mlstm_sig,tfla.mlstm_sig_gluon,tfla.mlstm_exp,tfla.mlstm_exp_gluon' \
+          --seq-len 8192 --chunk-size "$(echo ${CHUNKS:-512 1024} | tr ' ' ,)" --out "$RESULTS/backends_$preset.parquet"
+      done ;;
     pytest_gpu) $py -m pytest -m gpu -q -rs -p no:cacheprovider tests ;;
-    mamba)
+    mamba)  # a build packed by an earlier call (.stage-mamba, carried) is unpacked instead of built again
+      if [ -s .stage-mamba/SHA256SUMS ]; then
+        (cd .stage-mamba && sha256sum -c --quiet SHA256SUMS) || { echo ".stage-mamba: parts missing or changed"; return 2; }
+        cat .stage-mamba/mamba_sm90.tar.xz.* | xz -d | tar -x -C /tmp && echo "mamba-ssm unpacked from .stage-mamba"
+        return
+      fi
       src=$(ls .whl/src/mamba_ssm-*.tar.gz /tmp/stage/src/mamba_ssm-*.tar.gz 2>/dev/null | head -1)
       [ -n "$src" ] || { echo "no mamba-ssm source archive (../shared/gpu/wheels.sh puts it in .whl/src)"; return 2; }
-      bash scripts/build_mamba.sh "$src" /tmp/mamba 90 ;;
+      bash scripts/build_mamba.sh "$src" /tmp/mamba 90 || return
+      if [ -n "${MAMBA_PACK:-}" ]; then  # 15 MiB parts: what one call can bring back (put them in .stage-mamba/)
+        tar -C /tmp -cf - mamba | xz -T0 -6 | split -b 15M -d - "$OUT/mamba_sm90.tar.xz."
+        (cd "$OUT" && sha256sum mamba_sm90.tar.xz.* > SHA256SUMS && ls -la mamba_sm90.tar.xz.*)
+      fi ;;
     verify) $py cli.py verify --jobs 8 --timeout 300 ;;  # FLA's fwbw autotunes > 150 s on a cold machine, 8 at once
     ncu)  # the warm-up pass's launches (compiled by then); peaks given, so no matmul of measure_peaks runs
       ncu --clock-control none -k 'regex:^(fw_chunk_states|bw_chunk_state_grads|bw_chunk_dk)_kernel$' -c 3 \
