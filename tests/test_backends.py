@@ -50,14 +50,16 @@ def test_auto_and_triton_run_triton_here_and_gluon_says_why_not(monkeypatch: pyt
 
 def test_auto_runs_gluon_only_where_measured_faster(monkeypatch: pytest.MonkeyPatch) -> None:
     """``auto`` follows ``FASTEST`` by GPU, q/k head dim and chunk size: Gluon at the 7B shape where measured
-    faster (H100 chunk 128, H200 chunk 256), Triton at the paper shape, at other chunks, on another GPU, and
-    wherever Gluon cannot run."""
+    faster (H100 chunks 128, 512 and 1024, H200 chunk 256), Triton at the paper shape, at other chunks, on another
+    GPU, and wherever Gluon cannot run."""
     cuda = torch.device("cuda")
     monkeypatch.setattr(backends, "gluon_reason", lambda *_: None)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *_: "NVIDIA H100 80GB HBM3")
     assert backends.choose_backend("auto", cuda, torch.bfloat16, 256, 128) == "gluon"
     assert backends.choose_backend("auto", cuda, torch.bfloat16, 128, 128) == "triton"
     assert backends.choose_backend("auto", cuda, torch.bfloat16, 256, 256) == "triton"
+    assert backends.choose_backend("auto", cuda, torch.bfloat16, 256, 1024) == "gluon"
+    assert backends.choose_backend("auto", cuda, torch.bfloat16, 128, 1024) == "triton"
     assert backends.choose_backend("triton", cuda, torch.bfloat16, 256, 128) == "triton"
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *_: "NVIDIA H200")
     assert backends.choose_backend("auto", cuda, torch.bfloat16, 256, 256) == "gluon"
