@@ -285,7 +285,8 @@ def _run(
                 spec, problem, m = result.spec, result.problem, result.measurement
                 if m.status in ("crash", "timeout"):
                     console.print(f"[yellow]{spec.name} {problem}: {m.status} after {result.seconds:.0f} s[/yellow]")
-                row = make_row(spec, problem, m, result.meta) | {"gpu_index": result.slot.gpu}
+                where = {"gpu_index": result.slot.gpu, "config_s": result.seconds}
+                row = make_row(spec, problem, m, result.meta) | where
                 with interrupts.writing():
                     store.append(out, [row], replace=True)  # one row per config: a retry replaces the old one
                     rows.append(row)
@@ -314,14 +315,16 @@ def fmt(value: object, spec: str = ".3g") -> str:
 
 
 def summary_table(rows: list[dict[str, object]], title: str = "sweep") -> Table:
-    """One line per row; host ms marked ``*`` where the runtime is host-bound (``bench.measure.host_bound``)."""
+    """One line per row; host ms marked ``*`` where the runtime is host-bound (``bench.measure.host_bound``); ``s``
+    is the seconds the config took in its worker (worker start-up, compiles and autotuning included)."""
     notes = []
     if any(_host_bound(r) for r in rows):
         notes.append("* host-bound: the host's time per call reaches the runtime (try --timer cudagraph)")
     if any(_known_issue(r) for r in rows):
         notes.append("ok! measured, with a known issue of the kernel at this config (the row's message says which)")
     table = Table(title=title, caption="\n".join(notes) or None)
-    for col in ("kernel", "mode", "dtype", "B", "H", "S", "L", "status", "ms", "host ms", "TFLOP/s", "mem GB", "err"):
+    columns = ("kernel", "mode", "dtype", "B", "H", "S", "L", "status", "ms", "host ms", "TFLOP/s", "mem GB", "err")
+    for col in (*columns, "s"):  # s: the config's seconds in its worker
         table.add_column(col, justify="right" if col not in ("kernel", "status", "mode", "dtype") else "left")
     for r in rows:
         mem = r["peak_mem_bytes"]
@@ -339,6 +342,7 @@ def summary_table(rows: list[dict[str, object]], title: str = "sweep") -> Table:
             fmt(r["tflops"]),
             fmt(mem / 1e9 if isinstance(mem, (int, float)) else None),
             fmt(r["error"], ".1e"),
+            fmt(r.get("config_s"), ".0f"),
         )
     return table
 

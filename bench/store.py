@@ -57,6 +57,7 @@ SCHEMA = pa.schema(
         ("pct_peak", pa.float64()),
         ("error", pa.float64()),  # the worst relative error of ``errors``
         ("errors", pa.string()),  # JSON: relative error against the reference per output ("out", "dq", ...)
+        ("config_s", pa.float64()),  # seconds the config took in its worker: start-up, compiles, autotuning included
         # the run's metadata
         ("run_id", pa.string()),
         ("timestamp", pa.string()),
@@ -80,9 +81,9 @@ SCHEMA = pa.schema(
 )
 COLUMNS = tuple(SCHEMA.names)
 # Columns added after the first results were written; files without them load with these filled in (every
-# earlier GPU row was timed by CUDA events, every CPU row by the wall clock; no host time, per-output error or A/B
-# side or GPU index was recorded).
-ADDED_COLUMNS = ("timer", "host_ms", "errors", "side", "round", "gpu_index")
+# earlier GPU row was timed by CUDA events, every CPU row by the wall clock; no host time, per-output error, A/B
+# side, GPU index or config time was recorded).
+ADDED_COLUMNS = ("timer", "host_ms", "errors", "side", "round", "gpu_index", "config_s")
 # A fragment written by ``append(..., replace=True)`` says so in its Parquet metadata: its rows supersede every
 # earlier row with the same config key when the store is read or compacted.
 REPLACE_KEY = b"tfla_bench.replace"

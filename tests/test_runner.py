@@ -74,6 +74,8 @@ def test_each_failure_becomes_a_row_and_the_sweep_goes_on(tmp_path: Path) -> Non
     assert ok.runtime_p20_ms <= ok.runtime_ms <= ok.runtime_p80_ms
     assert ok.flops == 128 * 16 and ok.tflops > 0
     assert ok.torch and ok.host and ok.timestamp and json.loads(ok.packages)["torch"]
+    seconds = dict(zip(frame.kernel, frame.config_s))  # each config's time in its worker, a timeout's included
+    assert seconds["fake.hang"] >= 20 > seconds["fake.ok"] > 0
 
 
 def test_resume_skips_measured_configs_and_force_remeasures(tmp_path: Path) -> None:
