@@ -27,6 +27,8 @@
 #                      BASE (default ed6efba, the commit before) in the same run, 7B sig chunk 128/256, exp 128
 #   states_verify (300) pytest -m gpu tests/test_tfla.py; bench verify of tfla in fp16 and at head dims 128
 #   premove (420)      bench check --against 2e403e8 --run ci (the layout move's before/after, issue #23)
+#   plant (300)        the gate's planted 1.2x slow-down against HEAD (scripts/gate_noise/run.sh OUT/gate 0; tables:
+#                      scripts/gate_noise/tables.py)
 #   consttoken7b (540) bench sweep --preset consttoken7b --seq-len 2048,8192
 #   consttoken (540)   bench sweep --preset consttoken --seq-len 2048,8192
 # With staged packages (../shared/gpu/README.md) run `. /tmp/stage/env.sh` first; /tmp/mamba joins PYTHONPATH here
@@ -36,7 +38,7 @@
 set -uo pipefail
 [ $# -ge 1 ] && [ -n "${OUT:-}" ] || { sed -n '2,/^set -uo/p' "$0" | sed '$d'; exit 2; }  # the comment above
 declare -A LIMIT=([env]=30 [gluon]=360 [backends]=420 [pytest_gpu]=300 [mamba]=240 [verify]=330 [ncu]=240 [ncu_sass]=240 [ncu_bytes]=240
-  [states]=420 [states_verify]=300 [premove]=420 [consttoken7b]=540 [consttoken]=540)
+  [states]=420 [states_verify]=300 [premove]=420 [plant]=300 [consttoken7b]=540 [consttoken]=540)
 for arg in "$@"; do  # every step known and every limit a number, before anything runs
   step=${arg%%:*}
   [ -n "${LIMIT[$step]:-}" ] || { echo "device_job.sh: unknown step '$step'; steps: ${!LIMIT[*]}" >&2; exit 2; }
@@ -127,6 +129,7 @@ run_step() {  # the commands of one step (a subshell, so that `timeout` can cut 
       $py cli.py verify --kernels tfla.mlstm_sig,tfla.mlstm_exp --dtype float16 --jobs 4
       $py cli.py verify --kernels tfla.mlstm_sig,tfla.mlstm_exp --shape 2,2,2048,128,128 --chunk-size 64,128,256 --jobs 4 ;;
     premove) $py cli.py check --against 2e403e8 --run ci --out "$RESULTS/premove.parquet" ;;
+    plant) bash scripts/gate_noise/run.sh "$OUT/gate" 0 ;;  # OUT/gate/: plant.parquet, plant.txt, exit_codes.txt
     consttoken7b|consttoken)
       $py cli.py sweep --preset "$1" --seq-len 2048,8192 --out "$RESULTS/$1.parquet" ;;
   esac
