@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from bench import registry
+from bench.measure import first_output
 
 PLANT = Path(__file__).resolve().parents[1] / "scripts" / "gate_noise" / "plant.py"
 
@@ -49,8 +50,7 @@ def test_the_plant_spins_extra_of_each_pass_and_keeps_the_gradients(plant, monke
     assert spins == [400, 900]  # 0.2 x (6.5 - 2.0) ms before the backward
     grads = [t.grad.clone() for t in x]
     y = [t.detach().clone().requires_grad_(True) for t in x]
-    out = registry.get("tfla.mlstm_sig").fn(*y, 32)
-    ref = out[0] if isinstance(out, tuple) else out
+    ref = first_output(registry.get("tfla.mlstm_sig").fn(*y, 32))
     ref.backward(dh)
     assert torch.equal(h.detach(), ref.detach())
     assert all(torch.equal(g, t.grad) for g, t in zip(grads, y))
@@ -61,5 +61,5 @@ def test_the_plant_spins_extra_of_each_pass_and_keeps_the_gradients(plant, monke
 def test_without_extra_the_plant_is_the_base_kernel(plant, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
     monkeypatch.setattr(torch.cuda, "_sleep", lambda cycles: pytest.fail("no spin without EXTRA"))
     x = _inputs()
-    out = registry.get("tfla.mlstm_sig").fn(*x, 32)
-    assert torch.equal(registry.get("plant.mlstm_sig").fn(*x, 32), out[0] if isinstance(out, tuple) else out)
+    out = first_output(registry.get("tfla.mlstm_sig").fn(*x, 32))
+    assert torch.equal(registry.get("plant.mlstm_sig").fn(*x, 32), out)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import torch
 
+from bench.measure import build_step, first_output
 from bench.registry import get, register
 
 EXTRA = 0.0
@@ -42,20 +43,14 @@ def _cycles_per_ms() -> float:
     return cycles / _median_ms(lambda: torch.cuda._sleep(cycles))
 
 
-def _first(out: object) -> torch.Tensor:
-    return out[0] if isinstance(out, tuple) else out
-
-
 def _spin_cycles(q, k, v, i, f, chunk) -> tuple[int, int]:  # noqa: ANN001
     """Cycles to spin after the forward and before the backward: EXTRA of each pass's measured time."""
     key = (tuple(q.shape), tuple(v.shape), q.dtype, chunk)
     if key not in _spins:
-        leaves = [x.detach().clone().requires_grad_(True) for x in (q, k, v, i, f)]
-        with torch.no_grad():
-            fw_ms = _median_ms(lambda: _base.fn(*leaves, chunk))
+        inputs = (*(x.detach().clone() for x in (q, k, v, i, f)), chunk)
+        fw_ms = _median_ms(build_step(_base, inputs, "fw")[0])
         with torch.enable_grad():  # the timed forward may run under no_grad
-            dh = torch.randn_like(_first(_base.fn(*leaves, chunk)))
-            fwbw_ms = _median_ms(lambda: _first(_base.fn(*leaves, chunk)).backward(dh))
+            fwbw_ms = _median_ms(build_step(_base, inputs, "fwbw")[0])
         rate = _cycles_per_ms()
         _spins[key] = (round(EXTRA * fw_ms * rate), round(EXTRA * max(fwbw_ms - fw_ms, 0.0) * rate))
     return _spins[key]
@@ -79,9 +74,9 @@ class _Spin(torch.autograd.Function):
 def _fn(q, k, v, i, f, chunk=0):  # noqa: ANN001, ANN202
     out = _base.fn(q, k, v, i, f, chunk)
     if not EXTRA:
-        return _first(out)
+        return first_output(out)
     fw_cycles, bw_cycles = _spin_cycles(q, k, v, i, f, chunk)
-    return _Spin.apply(_first(out), fw_cycles, bw_cycles)
+    return _Spin.apply(first_output(out), fw_cycles, bw_cycles)
 
 
 register(
