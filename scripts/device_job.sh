@@ -54,6 +54,15 @@ fi
 py=${PYTHON:-python3}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}  # scripts/*.py import the package from the repository root
 
+both_backends() {  # sweep rows of both backends and both variants, S 8192, 7B and paper shapes, into
+  # RESULTS/$1_<preset>.parquet; the other arguments go to bench sweep
+  local name=$1; shift
+  for preset in consttoken7b consttoken; do
+    $py cli.py sweep --preset $preset --kernels 'tfla.mlstm_sig,tfla.mlstm_sig_gluon,tfla.mlstm_exp,tfla.mlstm_exp_gluon' \
+      --seq-len 8192 --out "$RESULTS/${name}_$preset.parquet" "$@"
+  done
+}
+
 run_step() {  # the commands of one step (a subshell, so that `timeout` can cut it whole)
   case $1 in
     env) nvidia-smi; $py -c "import torch, triton; print(torch.__version__, triton.__version__)"; $py cli.py env ;;
@@ -64,15 +73,8 @@ run_step() {  # the commands of one step (a subshell, so that `timeout` can cut 
         $py scripts/gluon_time.py --kernel bw_dv --shape $shape --chunk 128 --variant sig
       done
       $py cli.py profile --kernels tfla.mlstm_sig,tfla.mlstm_sig_gluon --mode fwbw  # per kernel: bw_dv against Gluon's
-      for preset in consttoken7b consttoken; do  # end to end, both backends, the same run: the case for FASTEST
-        $py cli.py sweep --preset $preset --kernels 'tfla.mlstm_sig,tfla.mlstm_sig_gluon,tfla.mlstm_exp,tfla.mlstm_exp_gluon' \
-          --seq-len 8192 --out "$RESULTS/gluon_$preset.parquet"
-      done ;;
-    backends)  # both backends of both variants in one run at the chunks of CHUNKS, S 8192, 7B and paper shapes
-      for preset in consttoken7b consttoken; do
-        $py cli.py sweep --preset $preset --kernels 'tfla.mlstm_sig,tfla.mlstm_sig_gluon,tfla.mlstm_exp,tfla.mlstm_exp_gluon' \
-          --seq-len 8192 --chunk-size "$(echo ${CHUNKS:-512 1024} | tr ' ' ,)" --out "$RESULTS/backends_$preset.parquet"
-      done ;;
+      both_backends gluon ;;  # end to end, both backends, the same run: the case for FASTEST
+    backends) both_backends backends --chunk-size "$(echo ${CHUNKS:-512 1024} | tr ' ' ,)" ;;
     pytest_gpu) $py -m pytest -m gpu -q -rs -p no:cacheprovider tests ;;
     mamba)  # a build packed by an earlier call (.stage-mamba, carried) is unpacked instead of built again
       if [ -s .stage-mamba/SHA256SUMS ]; then
@@ -141,7 +143,7 @@ for arg in "$@"; do
   limit=${LIMIT[$step]}
   [[ $arg == *:* ]] && limit=${arg#*:}
   start=$(date +%s)
-  export -f run_step; export OUT RESULTS py
+  export -f run_step both_backends; export OUT RESULTS py
   timeout -k 10 "$limit" bash -c "run_step $step" > "$OUT/$step.txt" 2>&1
   rc=$?
   [ -d /tmp/mamba ] && [[ ":${PYTHONPATH:-}:" != *:/tmp/mamba:* ]] && export PYTHONPATH=/tmp/mamba${PYTHONPATH:+:$PYTHONPATH}
