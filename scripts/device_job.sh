@@ -29,8 +29,9 @@
 #   premove (420)      bench check --against 2e403e8 --run ci (the layout move's before/after, issue #23)
 #   plant (300)        the gate's planted 1.2x slow-down against HEAD (scripts/gate_noise/run.sh OUT/gate 0; tables:
 #                      scripts/gate_noise/tables.py)
-#   consttoken7b (540) bench sweep --preset consttoken7b --seq-len 2048,8192
-#   consttoken (540)   bench sweep --preset consttoken --seq-len 2048,8192
+#   consttoken7b (540) bench sweep --preset consttoken7b --seq-len 2048,8192, after scripts/warm_autotune.py has compiled
+#                      FLA's autotune candidates in WARM_PROCS (default 6) processes
+#   consttoken (540)   the same with --preset consttoken
 # With staged packages (../shared/gpu/README.md) run `. /tmp/stage/env.sh` first; /tmp/mamba joins PYTHONPATH here
 # once built. The machine's copy of .git can lag behind the files it got (rows then name an old commit, -dirty):
 # carry `.head.bundle` (`git bundle create .head.bundle OLD..HEAD`, OLD a commit the machine has) and HEAD moves
@@ -132,7 +133,8 @@ run_step() {  # the commands of one step (a subshell, so that `timeout` can cut 
       $py cli.py verify --kernels tfla.mlstm_sig,tfla.mlstm_exp --shape 2,2,2048,128,128 --chunk-size 64,128,256 --jobs 4 ;;
     premove) $py cli.py check --against 2e403e8 --run ci --out "$RESULTS/premove.parquet" ;;
     plant) bash scripts/gate_noise/run.sh "$OUT/gate" 0 ;;  # OUT/gate/: plant.parquet, plant.txt, exit_codes.txt
-    consttoken7b|consttoken)
+    consttoken7b|consttoken)  # FLA's autotune candidates compiled by 6 processes first (a cold chunk_gla fwbw took >6.9 min)
+      $py scripts/warm_autotune.py --preset "$1" --kernels 'fla.*' --seq-len 2048,8192 --procs "${WARM_PROCS:-6}"
       $py cli.py sweep --preset "$1" --seq-len 2048,8192 --out "$RESULTS/$1.parquet" ;;
   esac
 }
