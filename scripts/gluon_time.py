@@ -1,12 +1,13 @@
 """Time a Gluon kernel against its Triton twin on the GPU, on the same inputs: the forward's output kernel
 (``--kernel fw_output``: ``fw_chunk_output_kernel`` with the table's tiles against ``fw_output_kernel`` /
 ``fw_output_ws_kernel`` on ``tfla_fwd``'s states) or the backward's ``dv`` kernel (``--kernel bw_dv``:
-``bw_chunk_dv_kernel`` against ``bw_dv_kernel`` on the arguments the Triton backward hands its own). Prints a table
+``bw_chunk_dv_kernel`` against ``bw_dv_kernel`` on the arguments the Triton backward hands its own; ``--kernel
+bw_dq``: ``bw_chunk_dq_kernel`` against ``bw_dq_kernel`` likewise, one Gluon run per ring depth of ``--stages``). Prints a table
 with each one's time (``triton.testing.do_bench``, ms), its ratio to the Triton kernel and its relative difference.
-Usage: ``python scripts/gluon_time.py [--kernel fw_output|bw_dv] [--shape 8,8,8192,256,512] [--chunk 128]
-[--variant sig] [--gluon "64,64,128,4,0;64,64,256,4,1,1,2,1;..."]``: Gluon tiles
+Usage: ``python scripts/gluon_time.py [--kernel fw_output|bw_dv|bw_dq] [--shape 8,8,8192,256,512] [--chunk 128]
+[--variant sig] [--gluon "64,64,128,4,0;64,64,256,4,1,1,2,1;..."] [--stages 4,6,8]``: Gluon tiles
 ``BQ,BKV,BV,num_warps,warp_specialized[,state_pieces[,consumers[,pingpong]]]`` (``bw_dv`` is always
-warp-specialized).
+warp-specialized; ``bw_dq`` takes only ``BQ`` and ``num_warps`` from them).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import argparse
 import torch
 import triton
 
-from kernels.gluon import mlstm_bw_dv
+from kernels.gluon import mlstm_bw_dq, mlstm_bw_dv
 from kernels.gluon import mlstm_fw_output as fwo
 from kernels.mlstm import tfla
 from kernels.mlstm.chunk_fw import launch_fw_output
@@ -38,6 +39,17 @@ def gluon_tiles(text: str) -> list[tuple[int, ...]]:
     if not tiles or any(len(t) not in (5, 6, 7, 8) for t in tiles):
         raise argparse.ArgumentTypeError(f"want '{TILE_FORM}' (integers) per tile; got {text!r}")
     return [(*t, *OPTIONAL_DEFAULTS[len(t) - 5 :]) for t in tiles]
+
+
+def stage_counts(text: str) -> tuple[int, ...]:
+    """``--stages``: ring depths separated by ``,``, each at least 2 (argparse exits 2 otherwise)."""
+    try:
+        counts = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        counts = ()
+    if not counts or min(counts) < 2:
+        raise argparse.ArgumentTypeError(f"want ring depths of at least 2 separated by ',', e.g. 4,6,8; got {text!r}")
+    return counts
 
 
 def _name(bq: int, bkv: int, bv: int, warps: int, ws: int, pieces: int, consumers: int, pingpong: int) -> str:
@@ -93,10 +105,35 @@ def bw_dv_runs(a: argparse.Namespace, x: list[torch.Tensor], tiles: object) -> t
     return runs, dv
 
 
+def bw_dq_runs(a: argparse.Namespace, x: list[torch.Tensor], tiles: object) -> tuple[dict, torch.Tensor]:
+    """The ``dq`` kernels to time on the arguments one Triton backward hands its own (recorded), and its ``dq``."""
+    calls = []
+    triton_dq = tfla.launch_bw_dq
+    tfla.launch_bw_dq = lambda *args: (calls.append(args), triton_dq(*args))[1]
+    try:
+        x = [t.detach().requires_grad_(True) for t in x]
+        h = tfla.mlstm_tfla(*x, variant=a.variant, normalize=a.variant == "exp", chunk_size=a.chunk, backend="triton")
+        h.backward(torch.randn_like(h))
+    finally:
+        tfla.launch_bw_dq = triton_dq
+    *tensors, dq, chunk, exp, dq_tiles = calls[0]
+    runs = {"triton (table)": lambda out: triton_dq(*tensors, out, chunk, exp, dq_tiles)}
+    for bq, _, _, warps, *_ in a.gluon:
+        for stages in a.stages:
+            runs[f"gluon ws1 BQ={bq} pieces 64x64 stages={stages} warps={warps}"] = (
+                lambda out, options=dict(bq=bq, stages=stages, num_warps=warps): mlstm_bw_dq.launch_bw_dq(
+                    *tensors, out, chunk, exp, **options
+                )
+            )
+    return runs, dq
+
+
 DEFAULT_TILES = {  # v14's fastest (two consumers, pieces) without and with ping-pong turns, beside one consumer
     "fw_output": "64,64,256,4,1,1;64,64,256,4,1,1,2;64,32,256,4,1,1,2;64,64,256,4,1,1,2,1;64,32,256,4,1,1,2,1",
     "bw_dv": "64,64,256,4,1,1;64,64,256,4,1,1,2;64,64,256,4,1,1,2,1",
+    "bw_dq": "64,64,64,4,1",
 }
+RUNS = {"fw_output": fw_output_runs, "bw_dv": bw_dv_runs, "bw_dq": bw_dq_runs}
 
 
 def main() -> None:
@@ -106,6 +143,7 @@ def main() -> None:
     p.add_argument("--chunk", type=int, default=128)
     p.add_argument("--variant", default="sig", choices=("sig", "exp"))
     p.add_argument("--gluon", type=gluon_tiles, help=f"Gluon tiles to time, '{TILE_FORM}' separated by ';'")
+    p.add_argument("--stages", type=stage_counts, default=(4, 6, 8), help="bw_dq: ring depths, e.g. 4,6,8")
     a = p.parse_args()
     a.gluon = a.gluon or gluon_tiles(DEFAULT_TILES[a.kernel])
     b, nh, s, dqk, dv = (int(x) for x in a.shape.split(","))
@@ -114,12 +152,12 @@ def main() -> None:
     x = [torch.randn(b, nh, s, d, device=dev, dtype=dtype) for d in (dqk, dqk, dv)]
     x += [torch.randn(b, nh, s, device=dev, dtype=dtype), (torch.randn(b, nh, s, device=dev) + 3.0).to(dtype)]
     tiles = unpipelined_state_loads(choose_tiles(a.chunk, dqk, dv, False, dtype, b * nh, gpu_sm_count(dev)), dtype)
-    runs, expected = (fw_output_runs if a.kernel == "fw_output" else bw_dv_runs)(a, x, tiles)
+    runs, expected = RUNS[a.kernel](a, x, tiles)
     print(
         f"{torch.cuda.get_device_name()}, triton {triton.__version__}, {a.kernel}, shape {a.shape}, chunk {a.chunk}, "
         f"{a.variant}"
     )
-    print(f"kernel | ms | / triton | rel diff of {'h' if a.kernel == 'fw_output' else 'dv'}")
+    print(f"kernel | ms | / triton | rel diff of {dict(fw_output='h', bw_dv='dv', bw_dq='dq')[a.kernel]}")
     base = None
     for name, run in runs.items():
         out = torch.full_like(expected, float("nan"))

@@ -98,6 +98,22 @@ def bw_dv_case(exp: bool, dqk: int, dv: int, seq: int = 256, chunk: int = 128, *
     return _facts(support.compile_for(kernel, args, constexprs))
 
 
+def bw_dq_case(exp: bool, dqk: int, dv: int, seq: int = 256, chunk: int = 128, **options: object) -> dict:
+    """What ``kernels.gluon.mlstm_bw_dq.launch_bw_dq`` would launch on a backward's tensors of two heads (CPU,
+    only their types count)."""
+    from kernels.gluon import mlstm_bw_dq
+
+    bh, nc, dtype, f32 = 2, seq // chunk, torch.bfloat16, torch.float32
+    q, k, dq = (torch.empty(bh, seq, dqk, dtype=dtype) for _ in range(3))
+    v, dh = (torch.empty(bh, seq, dv, dtype=dtype) for _ in range(2))
+    c_st = torch.empty(bh, nc, dqk, dv, dtype=dtype)
+    gate_b, gate_i, inv_den, dz, m_tok = (torch.empty(bh, seq, dtype=f32) for _ in range(5))
+    n_st, m_st = torch.empty(bh, nc + 1, dqk, dtype=f32), torch.empty(bh, nc + 1, dtype=f32)
+    tensors = (q, k, v, dh, gate_b, gate_i, inv_den, dz, c_st, n_st, m_st, m_tok, dq)
+    kernel, _, args, constexprs = mlstm_bw_dq.launch_args(*tensors, chunk, exp, **options)
+    return _facts(support.compile_for(kernel, args, constexprs))
+
+
 CASES = {
     "ws_matmul fp16": lambda: ws_matmul_case(torch.float16),
     "ws_matmul bf16": lambda: ws_matmul_case(torch.bfloat16),
@@ -141,6 +157,11 @@ CASES = {
         )
         for dqk, dv in ((256, 512), (128, 256), (64, 64))
         for pp in (False, True)
+    },
+    # the backward's dq kernel: 64 x 64 pieces, one to four key pieces, two to eight value pieces
+    **{
+        f"bw_dq {dqk}x{dv}": (lambda dqk=dqk, dv=dv: bw_dq_case(True, dqk, dv, stages=6))
+        for dqk, dv in ((256, 512), (128, 256), (64, 64))
     },
 }
 

@@ -129,6 +129,54 @@ def test_two_consumer_bw_dv_lowers_within_hopper_shared_memory(dims: str, pingpo
     assert facts["wgmma"].startswith("wgmma.mma_async.sync.aligned.m64n" + ("64" if dims == "64x64" else "256"))
 
 
+@pytest.mark.parametrize("dims", ["256x512", "128x256", "64x64"])
+def test_bw_dq_lowers_to_warp_specialized_wgmma_in_hopper_shared_memory(dims: str) -> None:
+    """The Gluon ``dq`` kernel: the load warp and one consumer warpgroup (``setmaxnreg``), TMA and 64 x 64 x 16
+    wgmmas (every piece is 64 wide) within sm_90's shared memory, six ring stages beside the 7B head dims."""
+    facts = _case(f"bw_dq {dims}")
+    assert facts["has"]["setmaxnreg"] and facts["has"]["cp.async.bulk.tensor"] and facts["shared"] <= HOPPER_SMEM_BYTES
+    assert facts["wgmma"].startswith("wgmma.mma_async.sync.aligned.m64n64k16"), facts
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", ["exp", "sig"])
+@pytest.mark.parametrize(
+    ("seq", "dqk", "dv", "chunk"), [(700, 256, 512, 128), (1300, 256, 512, 1024), (640, 128, 256, 256)]
+)
+def test_bw_dq_matches_the_triton_kernel(
+    variant: str, seq: int, dqk: int, dv: int, chunk: int, compiled_kernels: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Gluon ``dq`` kernel on the arguments a bf16 Triton backward hands its own ``dq`` kernel (fresh random
+    inputs, S not a multiple of the chunk, 7B and paper head dims): the same ``dq`` (poisoned with NaN first) and
+    ``q . dq`` sums."""
+    if (reason := support.unavailable_reason()) is not None:
+        pytest.skip(reason)
+    from kernels.gluon import mlstm_bw_dq
+    from kernels.mlstm import tfla
+
+    calls = []
+    triton_dq = tfla.launch_bw_dq
+    monkeypatch.setattr(tfla, "launch_bw_dq", lambda *a: (calls.append(a), triton_dq(*a))[1])
+    torch.manual_seed(torch.seed() % 2**31)
+    dev, dtype, (b, nh) = torch.device("cuda"), torch.bfloat16, (2, 2)
+    x = [torch.randn(b, nh, seq, d, device=dev, dtype=dtype, requires_grad=True) for d in (dqk, dqk, dv)]
+    x += [
+        torch.randn(b, nh, seq, device=dev, dtype=dtype).requires_grad_(),
+        (torch.randn(b, nh, seq, device=dev) + 3).to(dtype).requires_grad_(),
+    ]
+    h = tfla.mlstm_tfla(*x, variant=variant, normalize=variant == "exp", chunk_size=chunk, backend="triton")
+    h.backward(torch.randn_like(h))
+    ((*tensors, dq_triton, _, exp, tiles),) = calls
+    qdq_triton = triton_dq(*tensors, torch.empty_like(dq_triton), chunk, exp, tiles).sum(0)
+    out = torch.full_like(dq_triton, float("nan"))
+    qdq = mlstm_bw_dq.launch_bw_dq(*tensors, out, chunk, exp).sum(0)
+    torch.cuda.synchronize()
+    rel = lambda a, b: ((a.double() - b.double()).norm() / b.double().norm()).item()  # noqa: E731
+    assert not out.isnan().any(), "dq has unwritten elements"
+    assert rel(out, dq_triton) < 1e-2, f"dq against the Triton kernel: {rel(out, dq_triton):.2e}"
+    assert rel(qdq, qdq_triton) < 1e-3, f"q . dq against the Triton kernel: {rel(qdq, qdq_triton):.2e}"
+
+
 def test_bw_dv_refuses_what_it_cannot_take() -> None:
     from kernels.gluon import mlstm_bw_dv
 

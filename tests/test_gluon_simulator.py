@@ -145,6 +145,90 @@ def test_bw_dv_matches_the_triton_kernel(
         assert rel(out, dv_triton) < 1e-3, f"{name}: dv against the Triton kernel: {rel(out, dv_triton):.2e}"
 
 
+def dq_reference(q, k, v, dh, gate_b, gate_i, inv_den, dz, c_st, n_st, m_st, m_tok, chunk, exp):  # noqa: ANN001, ANN201
+    """``bw_chunk_dq_kernel``'s ``dq`` and ``q . dq`` (without the diagonal) in float64, chunk by chunk: the
+    inter-chunk term ``w (dh C_c^T / den + dz n_c)`` plus ``a k`` with ``a = D * (dh v^T / den + dz)``, ``D`` the
+    causal gate matrix ``exp(b_t - m_t + i_s - b_s)``, all times ``DHQK ** -0.5``."""
+    f64 = [x.double() for x in (q, k, v, dh, gate_b, gate_i, inv_den, dz, c_st, n_st, m_st, m_tok)]
+    q, k, v, dh, gate_b, gate_i, inv_den, dz, c_st, n_st, m_st, m_tok = f64
+    bh, seq, dqk = q.shape
+    dq, qdq = torch.zeros_like(q), torch.zeros(bh, seq, dtype=torch.float64)
+    for c in range(c_st.shape[1]):
+        t = slice(c * chunk, min((c + 1) * chunk, seq))
+        n = t.stop - t.start
+        b, m = gate_b[:, t], (m_tok[:, t] if exp else torch.zeros_like(gate_b[:, t]))
+        w = torch.exp(b + m_st[:, c, None] - m) if exp else torch.exp(b)
+        inter = w[..., None] * (
+            dh[:, t] @ c_st[:, c].transpose(1, 2) * inv_den[:, t, None] + dz[:, t, None] * n_st[:, c, None]
+        )
+        log_d = (b - m)[:, :, None] + (gate_i[:, t] - b)[:, None, :]
+        causal = torch.ones(n, n, dtype=torch.bool).tril()
+        a = torch.where(causal, torch.exp(log_d), 0.0) * (
+            dh[:, t] @ v[:, t].transpose(1, 2) * inv_den[:, t, None] + dz[:, t, None]
+        )
+        dq[:, t] = (inter + a @ k[:, t]) * dqk**-0.5
+        scores = q[:, t] @ k[:, t].transpose(1, 2)
+        strict = torch.ones(n, n, dtype=torch.bool).tril(-1)
+        qdq[:, t] = ((q[:, t] * inter).sum(-1) + torch.where(strict, a * scores, 0.0).sum(-1)) * dqk**-0.5
+    return dq, qdq
+
+
+@pytest.mark.parametrize("exp", [True, False])
+@pytest.mark.parametrize(
+    ("seq", "dqk", "dv", "chunk", "stages"),
+    [
+        (300, 64, 64, 256, 2),
+        (256, 128, 64, 128, 6),
+        (100, 48, 48, 64, 3),
+        (128, 256, 512, 64, 4),
+        (128, 256, 64, 64, 5),
+    ],
+)
+def test_bw_dq_matches_float64(seq: int, dqk: int, dv: int, chunk: int, stages: int, exp: bool) -> None:
+    """The Gluon ``dq`` kernel on fresh random inputs (float16 operands, fp32 gates and states) against
+    ``dq_reference``: ``dq`` (poisoned with NaN first) and the ``q . dq`` sums, with one to eight value pieces, one
+    to four key pieces (fewer value pieces than key pieces in the last case), S not a multiple of the chunk, and the
+    TMA loads landing lazily or eagerly. (``tests/test_gluon_time.py`` checks it against the Triton kernel.)"""
+    from kernels.gluon import mlstm_bw_dq
+
+    torch.manual_seed(torch.seed() % 2**31)
+    bh, nc, f16 = 2, -(-seq // chunk), torch.float16
+    sp = nc * chunk
+    q, k = torch.randn(bh, seq, dqk, dtype=f16), torch.randn(bh, seq, dqk, dtype=f16)
+    v, dh = torch.randn(bh, seq, dv, dtype=f16), torch.randn(bh, seq, dv, dtype=f16)
+    gate_b = -torch.rand(bh, nc, chunk).cumsum(-1).reshape(bh, sp) * 0.05  # log forget gates, summed in each chunk
+    gate_i, inv_den, dz = torch.randn(bh, sp) * 0.5, torch.rand(bh, sp) + 0.5, torch.randn(bh, sp) * 0.1
+    m_tok, m_st = torch.rand(bh, sp), torch.rand(bh, nc + 1)
+    c_st, n_st = (torch.randn(bh, nc, dqk, dv) * 0.1).to(f16), torch.randn(bh, nc + 1, dqk)
+    tensors = (q, k, v, dh, gate_b, gate_i, inv_den, dz, c_st, n_st, m_st, m_tok)
+    ref_dq, ref_qdq = dq_reference(*tensors, chunk, exp)
+    for landing in LANDINGS:
+        out = torch.full_like(q, float("nan"))
+        kernel, grid, args, constexprs = mlstm_bw_dq.launch_args(*tensors, out, chunk, exp, stages=stages)
+        simulate(kernel, grid, args, constexprs, landing=landing)
+        assert not out.isnan().any(), f"{landing}: dq has unwritten elements"
+        assert rel(out, ref_dq) < 2e-3, f"{landing}: dq against float64: {rel(out, ref_dq):.2e}"
+        qdq = args["QDQ"][0, :, :seq]
+        assert rel(qdq, ref_qdq) < 1e-4, f"{landing}: q . dq against float64: {rel(qdq, ref_qdq):.2e}"
+
+
+def test_bw_dq_refuses_what_it_cannot_take() -> None:
+    from kernels.gluon import mlstm_bw_dq
+
+    def q(d: int, dtype: torch.dtype = torch.float16) -> torch.Tensor:
+        return torch.empty(1, 64, d, dtype=dtype)
+
+    for bad, chunk, bq, match in (
+        (q(64, torch.float32), 64, 64, "float16 or bfloat16"),
+        (q(320), 64, 64, "head dim from 33 to 256"),
+        (q(32), 64, 64, "head dim from 33 to 256"),
+        (q(64), 96, 64, "must divide the chunk size 96"),
+        (q(64), 128, 96, "BQ=96"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            mlstm_bw_dq.check(bad, chunk, bq)
+
+
 @pytest.mark.parametrize(
     "variant,shape,chunk",
     [("exp", (1, 2, 100, 32, 64), 64), ("sig", (1, 2, 100, 32, 64), 64), ("sig", (1, 1, 200, 64, 64), 128)],

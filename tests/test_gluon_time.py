@@ -21,7 +21,7 @@ def _script() -> object:
     return module
 
 
-@pytest.mark.parametrize("kernel", ["fw_output", "bw_dv"])
+@pytest.mark.parametrize("kernel", ["fw_output", "bw_dv", "bw_dq"])
 def test_every_run_writes_what_the_triton_kernel_writes(kernel: str) -> None:
     from kernels.mlstm.tiles import choose_tiles, unpipelined_state_loads
 
@@ -34,11 +34,21 @@ def test_every_run_writes_what_the_triton_kernel_writes(kernel: str) -> None:
     tile_list = "64,64,64,4,1,1;64,64,64,4,1,1,2;64,64,64,4,1,1,2,1" + (
         ";64,64,64,4,0" if kernel == "fw_output" else ""
     )
-    a = argparse.Namespace(variant="sig", chunk=chunk, gluon=script.gluon_tiles(tile_list))
+    if kernel == "bw_dq":  # it takes only BQ and num_warps from a tile; its runs differ in their ring depths
+        tile_list = "64,64,64,4,1"
+    a = argparse.Namespace(variant="sig", chunk=chunk, gluon=script.gluon_tiles(tile_list), stages=(2, 5))
     runs, expected = getattr(script, f"{kernel}_runs")(a, x, tiles)
-    assert len(runs) == 1 + len(a.gluon)
+    assert len(runs) == 1 + len(a.gluon) * (len(a.stages) if kernel == "bw_dq" else 1)
     for name, run in runs.items():
         out = torch.full_like(expected, float("nan"))
         run(out)
         err = ((out.double() - expected.double()).norm() / expected.double().norm()).item()
         assert err < 1e-3, f"{name}: {err:.2e}"
+
+
+def test_stage_counts_are_checked() -> None:
+    script = _script()
+    assert script.stage_counts("4,6") == (4, 6)
+    for bad in ("", "4,x", "1,4"):
+        with pytest.raises(argparse.ArgumentTypeError, match="ring depths"):
+            script.stage_counts(bad)
