@@ -2,7 +2,8 @@
 (``--kernel fw_output``: ``fw_chunk_output_kernel`` with the table's tiles against ``fw_output_kernel`` /
 ``fw_output_ws_kernel`` on ``tfla_fwd``'s states) or the backward's ``dv`` kernel (``--kernel bw_dv``:
 ``bw_chunk_dv_kernel`` against ``bw_dv_kernel`` on the arguments the Triton backward hands its own; ``--kernel
-bw_dq``: ``bw_chunk_dq_kernel`` against ``bw_dq_kernel`` likewise, one Gluon run per ring depth of ``--stages``). Prints a table
+bw_dq``: ``bw_chunk_dq_kernel`` against ``bw_dq_kernel`` likewise, one Gluon run per ring depth of ``--stages``, its ``dh`` products synchronous and
+one in flight). Prints a table
 with each one's time (``triton.testing.do_bench``, ms), its ratio to the Triton kernel and its relative difference.
 Usage: ``python scripts/gluon_time.py [--kernel fw_output|bw_dv|bw_dq] [--shape 8,8,8192,256,512] [--chunk 128]
 [--variant sig] [--gluon "64,64,128,4,0;64,64,256,4,1,1,2,1;..."] [--stages 4,6,8]``: Gluon tiles
@@ -120,11 +121,10 @@ def bw_dq_runs(a: argparse.Namespace, x: list[torch.Tensor], tiles: object) -> t
     runs = {"triton (table)": lambda out: triton_dq(*tensors, out, chunk, exp, dq_tiles)}
     for bq, _, _, warps, *_ in a.gluon:
         for stages in a.stages:
-            runs[f"gluon ws1 BQ={bq} pieces 64x64 stages={stages} warps={warps}"] = (
-                lambda out, options=dict(bq=bq, stages=stages, num_warps=warps): mlstm_bw_dq.launch_bw_dq(
-                    *tensors, out, chunk, exp, **options
-                )
-            )
+            for async_mma in (False, True):
+                options = dict(bq=bq, stages=stages, num_warps=warps, async_mma=async_mma)
+                name = f"gluon ws1 BQ={bq} 64x64 pieces stages={stages}{' async' if async_mma else ''} warps={warps}"
+                runs[name] = lambda out, options=options: mlstm_bw_dq.launch_bw_dq(*tensors, out, chunk, exp, **options)
     return runs, dq
 
 

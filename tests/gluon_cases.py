@@ -160,8 +160,11 @@ CASES = {
     },
     # the backward's dq kernel: 64 x 64 pieces, one to four key pieces, two to eight value pieces
     **{
-        f"bw_dq {dqk}x{dv}": (lambda dqk=dqk, dv=dv: bw_dq_case(True, dqk, dv, stages=6))
+        f"bw_dq{' async' if async_mma else ''} {dqk}x{dv}": (
+            lambda dqk=dqk, dv=dv, async_mma=async_mma: bw_dq_case(True, dqk, dv, stages=6, async_mma=async_mma)
+        )
         for dqk, dv in ((256, 512), (128, 256), (64, 64))
+        for async_mma in (False, True)
     },
 }
 

@@ -3,6 +3,7 @@ kernels, and the simulator's own rules (each planted bug below is one it must re
 
 from __future__ import annotations
 
+import itertools
 import threading
 
 import pytest
@@ -188,7 +189,8 @@ def test_bw_dq_matches_float64(seq: int, dqk: int, dv: int, chunk: int, stages: 
     """The Gluon ``dq`` kernel on fresh random inputs (float16 operands, fp32 gates and states) against
     ``dq_reference``: ``dq`` (poisoned with NaN first) and the ``q . dq`` sums, with one to eight value pieces, one
     to four key pieces (fewer value pieces than key pieces in the last case), S not a multiple of the chunk, and the
-    TMA loads landing lazily or eagerly. (``tests/test_gluon_time.py`` checks it against the Triton kernel.)"""
+    TMA loads landing lazily or eagerly, the ``dh`` products synchronous or one in flight. (``tests/test_gluon_time.py``
+    checks it against the Triton kernel.)"""
     from kernels.gluon import mlstm_bw_dq
 
     torch.manual_seed(torch.seed() % 2**31)
@@ -202,14 +204,16 @@ def test_bw_dq_matches_float64(seq: int, dqk: int, dv: int, chunk: int, stages: 
     c_st, n_st = (torch.randn(bh, nc, dqk, dv) * 0.1).to(f16), torch.randn(bh, nc + 1, dqk)
     tensors = (q, k, v, dh, gate_b, gate_i, inv_den, dz, c_st, n_st, m_st, m_tok)
     ref_dq, ref_qdq = dq_reference(*tensors, chunk, exp)
-    for landing in LANDINGS:
+    for landing, async_mma in itertools.product(LANDINGS, (False, True)):
+        case = f"{landing}, async_mma={async_mma}"
         out = torch.full_like(q, float("nan"))
-        kernel, grid, args, constexprs = mlstm_bw_dq.launch_args(*tensors, out, chunk, exp, stages=stages)
+        launch = mlstm_bw_dq.launch_args(*tensors, out, chunk, exp, stages=stages, async_mma=async_mma)
+        kernel, grid, args, constexprs = launch
         simulate(kernel, grid, args, constexprs, landing=landing)
-        assert not out.isnan().any(), f"{landing}: dq has unwritten elements"
-        assert rel(out, ref_dq) < 2e-3, f"{landing}: dq against float64: {rel(out, ref_dq):.2e}"
+        assert not out.isnan().any(), f"{case}: dq has unwritten elements"
+        assert rel(out, ref_dq) < 2e-3, f"{case}: dq against float64: {rel(out, ref_dq):.2e}"
         qdq = args["QDQ"][0, :, :seq]
-        assert rel(qdq, ref_qdq) < 1e-4, f"{landing}: q . dq against float64: {rel(qdq, ref_qdq):.2e}"
+        assert rel(qdq, ref_qdq) < 1e-4, f"{case}: q . dq against float64: {rel(qdq, ref_qdq):.2e}"
 
 
 def test_bw_dq_refuses_what_it_cannot_take() -> None:

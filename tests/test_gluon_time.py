@@ -38,7 +38,7 @@ def test_every_run_writes_what_the_triton_kernel_writes(kernel: str) -> None:
         tile_list = "64,64,64,4,1"
     a = argparse.Namespace(variant="sig", chunk=chunk, gluon=script.gluon_tiles(tile_list), stages=(2, 5))
     runs, expected = getattr(script, f"{kernel}_runs")(a, x, tiles)
-    assert len(runs) == 1 + len(a.gluon) * (len(a.stages) if kernel == "bw_dq" else 1)
+    assert len(runs) == 1 + len(a.gluon) * (2 * len(a.stages) if kernel == "bw_dq" else 1)
     for name, run in runs.items():
         out = torch.full_like(expected, float("nan"))
         run(out)

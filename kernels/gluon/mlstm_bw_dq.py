@@ -26,7 +26,13 @@ from typing import Any
 import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma, warpgroup_mma
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared,
+    mbarrier,
+    tma,
+    warpgroup_mma,
+    warpgroup_mma_wait,
+)
 
 from kernels.gluon import compat, intra_chunk
 from kernels.gluon.intra_chunk import (
@@ -114,9 +120,35 @@ def _ring_wait(ring, ready, u):
 
 
 @gluon.jit
+def _dh_products(dh_bufs, ring, ready, empty, acc, u0, ASYNC: gl.constexpr):
+    """``acc + sum_p dh[:, p] piece(u0 + p)^T`` over the ``NV`` value pieces (ring loads ``u0 ..``), each ring stage
+    handed back once its product has completed. ``ASYNC``: each product is issued before the previous one is waited
+    for, so one runs while the next piece's load is awaited."""
+    stages: gl.constexpr = ring.type.shape[0]
+    NV: gl.constexpr = dh_bufs.type.shape[0]
+    BQ: gl.constexpr = dh_bufs.type.shape[2]
+    PW: gl.constexpr = ring.type.shape[2]
+    for p in gl.static_range(NV):
+        piece = _ring_wait(ring, ready, u0 + p)
+        dh_p = dh_bufs.index(p).reshape([BQ, PW])
+        if ASYNC:
+            acc = warpgroup_mma(dh_p, piece.permute((1, 0)), acc, is_async=True)
+            if p > 0:
+                acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
+                mbarrier.arrive(empty.index((u0 + p - 1) % stages), count=1)
+        else:
+            acc = warpgroup_mma(dh_p, piece.permute((1, 0)), acc)
+            mbarrier.arrive(empty.index((u0 + p) % stages), count=1)
+    if ASYNC:
+        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+        mbarrier.arrive(empty.index((u0 + NV - 1) % stages), count=1)
+    return acc
+
+
+@gluon.jit
 def _compute_partition(q_smem, dh_bufs, ring, out_bufs, fix_ready, ready, empty, DQ_D, QDQ, GATE_B, GATE_I, INV_DEN,
                        DZ, N_ST, M_ST, M_TOK, bh, st, row0, kv_row0, n_blocks, SP, DHQK, qk_scale, EXP: gl.constexpr,
-                       o_layout: gl.constexpr):  # fmt: skip
+                       ASYNC: gl.constexpr, o_layout: gl.constexpr):  # fmt: skip
     """The consumer warpgroup (module docstring); every product completes before its stage is handed back."""
     stages: gl.constexpr = ring.type.shape[0]
     NV: gl.constexpr = dh_bufs.type.shape[0]
@@ -147,11 +179,7 @@ def _compute_partition(q_smem, dh_bufs, ring, out_bufs, fix_ready, ready, empty,
     acc0, acc1, acc2, acc3 = zero, zero, zero, zero
     qdq = gl.zeros([BQ], gl.float32, rows)
     for j in gl.static_range(NK):
-        acc = zero
-        for p in gl.static_range(NV):
-            c_piece = _ring_wait(ring, ready, j * NV + p)  # C_c[j, p]: PW q/k rows x PW value columns
-            acc = warpgroup_mma(dh_bufs.index(p).reshape([BQ, PW]), c_piece.permute((1, 0)), acc)
-            mbarrier.arrive(empty.index((j * NV + p) % stages), count=1)
+        acc = _dh_products(dh_bufs, ring, ready, empty, zero, j * NV, ASYNC)  # C_c[j, p]: PW q/k rows x PW values
         offs = j * PW + gl.arange(0, PW, layout=cols)
         n_c = gl.load(N_ST + st * DHQK + offs, mask=offs < DHQK, other=0.0)
         acc = (acc * inv_den[:, None] + dz[:, None] * n_c[None, :]) * w_inter[:, None]
@@ -162,11 +190,7 @@ def _compute_partition(q_smem, dh_bufs, ring, out_bufs, fix_ready, ready, empty,
     row = (b_q - m_q) * LOG2E
     for b in range(n_blocks):
         u0 = NK * NV + b * (NV + NK)
-        dp = zero
-        for p in gl.static_range(NV):
-            v_piece = _ring_wait(ring, ready, u0 + p)
-            dp = warpgroup_mma(dh_bufs.index(p).reshape([BQ, PW]), v_piece.permute((1, 0)), dp)
-            mbarrier.arrive(empty.index((u0 + p) % stages), count=1)
+        dp = _dh_products(dh_bufs, ring, ready, empty, zero, u0, ASYNC)
         t_s = kv_row0 + b * PW + gl.arange(0, PW, layout=cols)
         col = (gl.load(GATE_I + bh * SP + t_s) - gl.load(GATE_B + bh * SP + t_s)) * LOG2E
         gates = gl.exp2(gl.where(t_s[None, :] <= t_q[:, None], row[:, None] + col[None, :], -float("inf")))
@@ -215,11 +239,12 @@ def bw_dq_kernel(
     EXP: gl.constexpr,
     NV: gl.constexpr,
     STAGES: gl.constexpr,
+    ASYNC: gl.constexpr,
     num_warps: gl.constexpr,
 ):
     """Grid ``(NC * L / BQ, BH, 1)``. Descriptors over ``(heads, rows, cols)`` with blocks ``[1, rows, cols]``: ``Q_D``
     (BQ x DK, ``DK`` the padded q/k head dim), ``DH_D`` and ``DQ_D`` (BQ x PW), ``K_D`` and ``V_D`` (PW x PW), ``C_D``
-    (PW x PW over the ``BH * NC`` chunk states); ``NV = cdiv(DHHV, PW)`` value pieces."""
+    (PW x PW over the ``BH * NC`` chunk states); ``NV = cdiv(DHHV, PW)`` value pieces; ``ASYNC``: ``_dh_products``'."""
     BQ: gl.constexpr = Q_D.block_type.shape[1]
     DK: gl.constexpr = Q_D.block_type.shape[2]
     PW: gl.constexpr = K_D.block_type.shape[2]
@@ -249,7 +274,8 @@ def bw_dq_kernel(
             (
                 _compute_partition,
                 (q_smem, dh_bufs, ring, out_bufs, fix_ready, ready, empty, DQ_D, QDQ, GATE_B, GATE_I, INV_DEN, DZ,
-                 N_ST, M_ST, M_TOK, bh, bh * (NC + 1) + c, row0, c * L, n_blocks, SP, DHQK, qk_scale, EXP, o_layout),
+                 N_ST, M_ST, M_TOK, bh, bh * (NC + 1) + c, row0, c * L, n_blocks, SP, DHQK, qk_scale, EXP, ASYNC,
+                 o_layout),
             ),
             (
                 _load_partition,
@@ -299,9 +325,11 @@ def launch_args(
     bq: int = 64,
     stages: int = 6,
     num_warps: int = 4,
+    async_mma: bool = False,
 ) -> tuple[Any, tuple[int, int, int], dict[str, Any], dict[str, Any]]:
     """What ``launch_bw_dq`` launches: the kernel, its grid, its runtime arguments (``QDQ`` a new fp32 ``(1, BH,
-    SP)`` tensor) and its constexprs, by name. ``stages``: ring buffers of ``PIECE x PIECE`` (8 KiB each in 16 bits).
+    SP)`` tensor) and its constexprs, by name. ``stages``: ring buffers of ``PIECE x PIECE`` (8 KiB each in 16 bits);
+    ``async_mma``: the ``dh`` products keep one wgmma in flight (``_dh_products``).
     ``ValueError`` from ``check``."""
     import torch
 
@@ -330,7 +358,14 @@ def launch_args(
         "DHQK": dhqk,
         "qk_scale": dhqk**-0.5,
     }
-    constexprs = {"L": chunk_size, "EXP": exp, "NV": triton.cdiv(dhhv, PIECE), "STAGES": stages, "num_warps": num_warps}
+    constexprs = {
+        "L": chunk_size,
+        "EXP": exp,
+        "NV": triton.cdiv(dhhv, PIECE),
+        "STAGES": stages,
+        "ASYNC": async_mma,
+        "num_warps": num_warps,
+    }
     return bw_dq_kernel, (nc * (chunk_size // bq), bh, 1), args, constexprs
 
 
