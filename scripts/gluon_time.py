@@ -131,7 +131,7 @@ def bw_dq_runs(a: argparse.Namespace, x: list[torch.Tensor], tiles: object) -> t
 DEFAULT_TILES = {  # v14's fastest (two consumers, pieces) without and with ping-pong turns, beside one consumer
     "fw_output": "64,64,256,4,1,1;64,64,256,4,1,1,2;64,32,256,4,1,1,2;64,64,256,4,1,1,2,1;64,32,256,4,1,1,2,1",
     "bw_dv": "64,64,256,4,1,1;64,64,256,4,1,1,2;64,64,256,4,1,1,2,1",
-    "bw_dq": "64,64,64,4,1",
+    "bw_dq": "64,64,64,4,1;64,64,64,8,1",
 }
 RUNS = {"fw_output": fw_output_runs, "bw_dv": bw_dv_runs, "bw_dq": bw_dq_runs}
 

@@ -158,13 +158,17 @@ CASES = {
         for dqk, dv in ((256, 512), (128, 256), (64, 64))
         for pp in (False, True)
     },
-    # the backward's dq kernel: 64 x 64 pieces, one to four key pieces, two to eight value pieces
+    # the backward's dq kernel: 64 x 64 pieces, one to four key pieces, one to eight value pieces; one or two
+    # warpgroups
     **{
-        f"bw_dq{' async' if async_mma else ''} {dqk}x{dv}": (
-            lambda dqk=dqk, dv=dv, async_mma=async_mma: bw_dq_case(True, dqk, dv, stages=6, async_mma=async_mma)
+        f"bw_dq{' async' if async_mma else ''} w{warps} {dqk}x{dv}": (
+            lambda dqk=dqk, dv=dv, async_mma=async_mma, warps=warps: bw_dq_case(
+                True, dqk, dv, stages=6, async_mma=async_mma, num_warps=warps
+            )
         )
         for dqk, dv in ((256, 512), (128, 256), (64, 64))
         for async_mma in (False, True)
+        for warps in (4, 8)
     },
 }
 

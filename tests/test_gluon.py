@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import os
 import subprocess
@@ -129,15 +130,16 @@ def test_two_consumer_bw_dv_lowers_within_hopper_shared_memory(dims: str, pingpo
     assert facts["wgmma"].startswith("wgmma.mma_async.sync.aligned.m64n" + ("64" if dims == "64x64" else "256"))
 
 
+@pytest.mark.parametrize("warps", [4, 8])
 @pytest.mark.parametrize("mma", ["", " async"])
 @pytest.mark.parametrize("dims", ["256x512", "128x256", "64x64"])
-def test_bw_dq_lowers_to_warp_specialized_wgmma_in_hopper_shared_memory(dims: str, mma: str) -> None:
-    """The Gluon ``dq`` kernel: the load warp and one consumer warpgroup (``setmaxnreg``), TMA and 64 x 64 x 16
-    wgmmas (every piece is 64 wide) within sm_90's shared memory, six ring stages beside the 7B head dims; the
-    ``dh`` products synchronous or one in flight."""
-    facts = _case(f"bw_dq{mma} {dims}")
+def test_bw_dq_lowers_to_warp_specialized_wgmma_in_hopper_shared_memory(dims: str, mma: str, warps: int) -> None:
+    """The Gluon ``dq`` kernel: the load warp and the consumer (``setmaxnreg``), TMA and wgmmas over 64-wide pieces
+    (m64n64k16 with one warpgroup; with two each takes 32 columns, m64n32k16) within sm_90's shared memory, six ring
+    stages beside the 7B head dims; the ``dh`` products synchronous or one in flight."""
+    facts = _case(f"bw_dq{mma} w{warps} {dims}")
     assert facts["has"]["setmaxnreg"] and facts["has"]["cp.async.bulk.tensor"] and facts["shared"] <= HOPPER_SMEM_BYTES
-    assert facts["wgmma"].startswith("wgmma.mma_async.sync.aligned.m64n64k16"), facts
+    assert facts["wgmma"].startswith(f"wgmma.mma_async.sync.aligned.m64n{64 if warps == 4 else 32}k16"), facts
 
 
 @pytest.mark.gpu
@@ -150,7 +152,7 @@ def test_bw_dq_matches_the_triton_kernel(
 ) -> None:
     """The Gluon ``dq`` kernel on the arguments a bf16 Triton backward hands its own ``dq`` kernel (fresh random
     inputs, S not a multiple of the chunk, 7B and paper head dims): the same ``dq`` (poisoned with NaN first) and
-    ``q . dq`` sums, with the ``dh`` products synchronous or one in flight."""
+    ``q . dq`` sums, with the ``dh`` products synchronous or one in flight, one warpgroup or two."""
     if (reason := support.unavailable_reason()) is not None:
         pytest.skip(reason)
     from kernels.gluon import mlstm_bw_dq
@@ -171,13 +173,14 @@ def test_bw_dq_matches_the_triton_kernel(
     ((*tensors, dq_triton, _, exp, tiles),) = calls
     qdq_triton = triton_dq(*tensors, torch.empty_like(dq_triton), chunk, exp, tiles).sum(0)
     rel = lambda a, b: ((a.double() - b.double()).norm() / b.double().norm()).item()  # noqa: E731
-    for async_mma in (False, True):
+    for async_mma, warps in itertools.product((False, True), (4, 8)):
+        case = f"async_mma={async_mma}, num_warps={warps}"
         out = torch.full_like(dq_triton, float("nan"))
-        qdq = mlstm_bw_dq.launch_bw_dq(*tensors, out, chunk, exp, async_mma=async_mma).sum(0)
+        qdq = mlstm_bw_dq.launch_bw_dq(*tensors, out, chunk, exp, async_mma=async_mma, num_warps=warps).sum(0)
         torch.cuda.synchronize()
-        assert not out.isnan().any(), f"async_mma={async_mma}: dq has unwritten elements"
-        assert rel(out, dq_triton) < 1e-2, f"async_mma={async_mma}: dq against Triton: {rel(out, dq_triton):.2e}"
-        assert rel(qdq, qdq_triton) < 1e-3, f"async_mma={async_mma}: q . dq against Triton: {rel(qdq, qdq_triton):.2e}"
+        assert not out.isnan().any(), f"{case}: dq has unwritten elements"
+        assert rel(out, dq_triton) < 1e-2, f"{case}: dq against Triton: {rel(out, dq_triton):.2e}"
+        assert rel(qdq, qdq_triton) < 1e-3, f"{case}: q . dq against Triton: {rel(qdq, qdq_triton):.2e}"
 
 
 def test_bw_dv_refuses_what_it_cannot_take() -> None:

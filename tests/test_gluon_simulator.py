@@ -189,7 +189,7 @@ def test_bw_dq_matches_float64(seq: int, dqk: int, dv: int, chunk: int, stages: 
     """The Gluon ``dq`` kernel on fresh random inputs (float16 operands, fp32 gates and states) against
     ``dq_reference``: ``dq`` (poisoned with NaN first) and the ``q . dq`` sums, with one to eight value pieces, one
     to four key pieces (fewer value pieces than key pieces in the last case), S not a multiple of the chunk, and the
-    TMA loads landing lazily or eagerly, the ``dh`` products synchronous or one in flight. (``tests/test_gluon_time.py``
+    TMA loads landing lazily or eagerly, the ``dh`` products synchronous or one in flight, one warpgroup or two. (``tests/test_gluon_time.py``
     checks it against the Triton kernel.)"""
     from kernels.gluon import mlstm_bw_dq
 
@@ -204,10 +204,10 @@ def test_bw_dq_matches_float64(seq: int, dqk: int, dv: int, chunk: int, stages: 
     c_st, n_st = (torch.randn(bh, nc, dqk, dv) * 0.1).to(f16), torch.randn(bh, nc + 1, dqk)
     tensors = (q, k, v, dh, gate_b, gate_i, inv_den, dz, c_st, n_st, m_st, m_tok)
     ref_dq, ref_qdq = dq_reference(*tensors, chunk, exp)
-    for landing, async_mma in itertools.product(LANDINGS, (False, True)):
-        case = f"{landing}, async_mma={async_mma}"
+    for landing, async_mma, warps in itertools.product(LANDINGS, (False, True), (4, 8)):
+        case = f"{landing}, async_mma={async_mma}, num_warps={warps}"
         out = torch.full_like(q, float("nan"))
-        launch = mlstm_bw_dq.launch_args(*tensors, out, chunk, exp, stages=stages, async_mma=async_mma)
+        launch = mlstm_bw_dq.launch_args(*tensors, out, chunk, exp, stages=stages, async_mma=async_mma, num_warps=warps)
         kernel, grid, args, constexprs = launch
         simulate(kernel, grid, args, constexprs, landing=landing)
         assert not out.isnan().any(), f"{case}: dq has unwritten elements"
@@ -231,6 +231,15 @@ def test_bw_dq_refuses_what_it_cannot_take() -> None:
     ):
         with pytest.raises(ValueError, match=match):
             mlstm_bw_dq.check(bad, chunk, bq)
+    tensors = [torch.empty(1, 64, 64, dtype=torch.float16) for _ in range(4)] + [torch.empty(1, 64) for _ in range(4)]
+    tensors += [
+        torch.empty(1, 1, 64, 64, dtype=torch.float16),
+        torch.empty(1, 2, 64),
+        torch.empty(1, 2),
+        torch.empty(1, 64),
+    ]
+    with pytest.raises(ValueError, match="num_warps is 4"):
+        mlstm_bw_dq.launch_args(*tensors, torch.empty(1, 64, 64, dtype=torch.float16), 64, True, num_warps=2)
 
 
 @pytest.mark.parametrize(

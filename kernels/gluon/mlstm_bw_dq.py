@@ -8,15 +8,16 @@ streamed operand is a ``PW x PW`` piece (64 x 64), so that one ring of equal buf
 - a 1-warp load partition brings the query tile and the ``dh`` rows (in ``PW``-wide pieces) once, then through a
   ring of ``STAGES`` buffers the chunk state's pieces ``C_c[j, p]`` (``j`` over the q/k head dim, ``p`` over the
   value head dim), then for each key tile up to the diagonal its value pieces and its key pieces;
-- one consumer warpgroup holds ``dq`` as ``NK = DK / PW`` accumulators of ``BQ x PW``, one per key piece (a product
-  cannot accumulate into a column slice of another's accumulator): the inter-chunk term ``dh C_c^T`` piece by
+- one consumer (4 warps, or 8 that split every product's columns: ``acc_layout``) holds ``dq`` as ``NK = DK / PW``
+  accumulators of ``BQ x PW``, one per key piece (a product cannot accumulate into a column slice of another's
+  accumulator): the inter-chunk term ``dh C_c^T`` piece by
   piece, then per key tile ``dp = dh v^T`` over the value pieces, ``a`` = the gate matrix times ``dp / den + dz``
   in registers, and per key piece ``scores += q_j k_j^T`` and ``dq_j += a k_j`` (``a`` from registers).
 
 ``q . dq`` for the gate gradients is summed in fp32 from the inter term and from ``a`` and the scores without the
 diagonal, as in the Triton kernel (one head-dim tile: ``qdq`` is ``(1, BH, SP)``).
 
-Not yet: 32-bit inputs, a padded q/k head dim below 64, the gate math overlapped with the products (one consumer).
+Not yet: 32-bit inputs, a padded q/k head dim below 64, the gate math overlapped with the products.
 """
 
 from __future__ import annotations
@@ -47,6 +48,15 @@ from kernels.gluon.intra_chunk import (
 )
 
 PIECE = 64  # rows and columns of every streamed piece (keys, values, state), and of each dq accumulator
+
+
+@gluon.constexpr_function
+def acc_layout(num_warps: int, n: int) -> gl.NVMMADistributedLayout:
+    """The wgmma layout of every ``64 x n`` product: one warpgroup (4 warps) takes whole rows; two (8 warps) split
+    the columns, each an ``n / 2``-wide wgmma, so that each thread holds half of every accumulator."""
+    if num_warps == 4:
+        return mma_layout(num_warps, n)
+    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, num_warps // 4], instr_shape=[16, n // 2, 16])
 
 
 @gluon.jit
@@ -249,7 +259,7 @@ def bw_dq_kernel(
     DK: gl.constexpr = Q_D.block_type.shape[2]
     PW: gl.constexpr = K_D.block_type.shape[2]
     NK: gl.constexpr = DK // PW
-    o_layout: gl.constexpr = mma_layout(num_warps, PW)
+    o_layout: gl.constexpr = acc_layout(num_warps, PW)
     pid_cq = gl.program_id(0)
     bh = gl.program_id(1)
     c = pid_cq // (L // BQ)
@@ -329,11 +339,14 @@ def launch_args(
 ) -> tuple[Any, tuple[int, int, int], dict[str, Any], dict[str, Any]]:
     """What ``launch_bw_dq`` launches: the kernel, its grid, its runtime arguments (``QDQ`` a new fp32 ``(1, BH,
     SP)`` tensor) and its constexprs, by name. ``stages``: ring buffers of ``PIECE x PIECE`` (8 KiB each in 16 bits);
-    ``async_mma``: the ``dh`` products keep one wgmma in flight (``_dh_products``).
+    ``async_mma``: the ``dh`` products keep one wgmma in flight (``_dh_products``); ``num_warps`` 4 or 8 (8: two
+    warpgroups split every product's columns, ``acc_layout``).
     ``ValueError`` from ``check``."""
     import torch
 
     check(q, chunk_size, bq)
+    if num_warps not in (4, 8):
+        raise ValueError(f"num_warps is 4 (one warpgroup) or 8 (two splitting the columns); got {num_warps}")
     dhqk, dhhv = q.shape[-1], v.shape[-1]
     dk = triton.next_power_of_2(dhqk)
     bh, nc = m_st.shape[0], m_st.shape[1] - 1
