@@ -26,6 +26,7 @@ TIMER_HELP = (
     "GPU timer: events (CUDA events per call, launch overhead included where the host is slower) or "
     "cudagraph (the calls replayed from a CUDA graph: kernel time alone)"
 )
+RETRY_HELP = "any of error, crash, timeout, oom, unsupported; unavailable rows are always measured again"
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -123,6 +124,12 @@ def sweep(
     width: Annotated[Optional[int], typer.Option(help="const width: heads = width / head_dim_v")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Parquet file (default results/PRESET.parquet)")] = None,
     force: Annotated[bool, typer.Option(help="re-measure configs already in the file")] = False,
+    retry: Annotated[
+        Optional[str],
+        typer.Option(
+            help=f"also re-measure configs whose row has one of these statuses, e.g. timeout,crash ({RETRY_HELP})"
+        ),
+    ] = None,
     verify: Annotated[bool, typer.Option(help="also record the relative error against the family's reference")] = False,
     timeout: Annotated[float, typer.Option(help="seconds per config before the worker is killed")] = 300.0,
     timer: Annotated[str, typer.Option(help=TIMER_HELP)] = "events",
@@ -165,11 +172,33 @@ def sweep(
     workers = _check_parallel(parallel)
     if ray is not None:
         _check_ray(ray, parallel)
+    retry_statuses = _check_retry(retry)
     err.print(f"preset [bold]{name}[/bold]: {len(configs)} configs -> {path}")
     rows = _sweep_or_exit(
-        configs, path, force=force, verify=verify, timeout_s=timeout, timer=timer, parallel=workers, ray=ray
+        configs,
+        path,
+        force=force,
+        retry=retry_statuses,
+        verify=verify,
+        timeout_s=timeout,
+        timer=timer,
+        parallel=workers,
+        ray=ray,
     )
     console.print(summary_table(rows, title=f"{name}: {len(rows)} new rows in {path}"))
+
+
+def _check_retry(value: Optional[str]) -> tuple[str, ...]:
+    """``--retry`` as statuses of failed rows; exit 2 naming the allowed ones otherwise."""
+    from bench.store import RETRYABLE
+
+    if value is None:
+        return ()
+    statuses = tuple(dict.fromkeys(x.strip() for x in value.split(",") if x.strip()))
+    bad = [x for x in statuses if x not in RETRYABLE]
+    if not statuses or bad:
+        _fail(f"--retry takes statuses of failed rows ({RETRY_HELP}); got {value!r}")
+    return statuses
 
 
 def _check_parallel(value: str) -> int | None:

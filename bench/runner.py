@@ -164,6 +164,7 @@ def sweep(
     out: str | Path,
     *,
     force: bool = False,
+    retry: tuple[str, ...] = (),
     verify: bool = False,
     timeout_s: float = 300.0,
     timer: str = "events",
@@ -181,8 +182,9 @@ def sweep(
     untimed work only (``bench verify``), since their rows' times are not clean.
 
     Each row is appended to ``out`` as soon as it is measured, so an interrupted sweep keeps its rows
-    and the same call resumes it. ``unavailable`` rows, GPU rows timed by another timer and, with ``verify``,
-    ``ok`` rows without an error value are measured again on resume. ``out`` is checked before anything is
+    and the same call resumes it. ``unavailable`` rows, rows whose status is in ``retry`` (``store.RETRYABLE``),
+    GPU rows timed by another timer and, with ``verify``, ``ok`` rows without an error value are measured again on
+    resume; each new row replaces its config's old one. ``out`` is checked before anything is
     measured (``ValueError``: ``store.StoreError`` / ``store.SchemaError``). SIGINT, SIGTERM and SIGHUP stop the
     workers and raise ``SweepInterrupted`` once the rows measured so far are in ``out``.
     """
@@ -198,7 +200,7 @@ def sweep(
     rows: list[dict[str, object]] = []
     with interruptible(out, rows) as interrupts:
         store.compact(out)
-        todo = _todo(configs, out, force, verify, timer)
+        todo = _todo(configs, out, force, verify, timer, retry)
         skipped = len(configs) - len(todo)
         if skipped:
             console.print(f"[dim]resume: {skipped} of {len(configs)} configs already in {out}[/dim]")
@@ -225,13 +227,23 @@ def interruptible(out: Path, rows: list[dict[str, object]]) -> Iterator[_Interru
 
 
 def _todo(
-    configs: list[tuple[KernelSpec, Problem]], out: Path, force: bool, verify: bool, timer: str
+    configs: list[tuple[KernelSpec, Problem]],
+    out: Path,
+    force: bool,
+    verify: bool,
+    timer: str,
+    retry: tuple[str, ...] = (),
 ) -> list[tuple[KernelSpec, Problem]]:
-    """The configs to measure: those not in ``out`` (every one with ``force``); with ``verify`` also those whose
-    ``ok`` row has no error value, for kernels that have a reference."""
+    """The configs to measure: those not in ``out`` (every one with ``force``) or whose row's status is in
+    ``retry``; with ``verify`` also those whose ``ok`` row has no error value, for kernels that have a reference."""
     if force:
         return list(configs)
-    done = store.existing_keys(out, timer=timer)
+    unknown = set(retry) - set(store.RETRYABLE)
+    if unknown:
+        raise ValueError(
+            f"retry takes statuses of failed rows, any of {', '.join(store.RETRYABLE)}; got {sorted(unknown)}"
+        )
+    done = store.existing_keys(out, retry=store.RETRY_STATUSES + tuple(retry), timer=timer)
     if verify:
         verifiable = {s.name for s, _ in configs if s.reference is not None}
         done -= {key for key in store.keys_without_error(out) if key[0] in verifiable}

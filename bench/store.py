@@ -223,7 +223,8 @@ def key_of(row: dict[str, object] | pd.Series) -> tuple[object, ...]:
     return tuple(row[k] for k in KEY_FIELDS)
 
 
-RETRY_STATUSES = ("unavailable",)
+RETRY_STATUSES = ("unavailable",)  # measured again on every resume
+RETRYABLE = ("error", "crash", "timeout", "oom", "unsupported")  # measured again on a resume that asks (--retry)
 
 
 def exists(path: str | Path) -> bool:

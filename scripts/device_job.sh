@@ -135,7 +135,7 @@ run_step() {  # the commands of one step (a subshell, so that `timeout` can cut 
     plant) bash scripts/gate_noise/run.sh "$OUT/gate" 0 ;;  # OUT/gate/: plant.parquet, plant.txt, exit_codes.txt
     consttoken7b|consttoken)  # FLA's autotune candidates compiled by 6 processes first (a cold chunk_gla fwbw took >6.9 min)
       $py scripts/warm_autotune.py --preset "$1" --kernels 'fla.*' --seq-len 2048,8192 --procs "${WARM_PROCS:-6}"
-      $py cli.py sweep --preset "$1" --seq-len 2048,8192 --out "$RESULTS/$1.parquet" ;;
+      $py cli.py sweep --preset "$1" --seq-len 2048,8192 --retry timeout --out "$RESULTS/$1.parquet" ;;
   esac
 }
 

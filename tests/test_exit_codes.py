@@ -33,6 +33,8 @@ def _preset(tmp_path: Path, body: str) -> str:
         (["--seq-len", ","], "--seq-len needs at least one integer"),
         (["--kernels", ""], "--kernels needs at least one value"),
         (["--timeout", "0"], "--timeout must be a finite number of seconds above 0; got 0"),
+        (["--retry", "ok"], "--retry takes statuses of failed rows (any of error, crash, timeout, oom, unsupported"),
+        (["--retry", ","], "--retry takes statuses of failed rows"),
         (["--timeout", "-1"], "--timeout must be a finite number of seconds above 0; got -1"),
         (["--timeout", "nan"], "--timeout must be a finite number of seconds above 0; got nan"),
         (["--timeout", "inf"], "--timeout must be a finite number of seconds above 0; got inf"),

@@ -114,6 +114,23 @@ def test_resume_retries_unavailable_rows(tmp_path: Path, monkeypatch: pytest.Mon
     assert sorted(zip(frame.kernel, frame.status)) == [("fake.ok", "ok"), ("fake.unavailable", "ok")]
 
 
+def test_resume_with_retry_measures_the_named_failures_again(tmp_path: Path) -> None:
+    """``retry``: a resume measures again the configs whose row failed with a named status, each new row replacing
+    its config's old one; other failures, and measured rows, stay as they are."""
+    out = tmp_path / "r.parquet"
+    first = sweep(_grid("fake.raise", "fake.oom", "fake.ok").configs(), out)
+    assert [r["status"] for r in first] == ["error", "oom", "ok"]
+    assert sweep(_grid("fake.raise", "fake.oom", "fake.ok").configs(), out) == []
+    assert sweep(_grid("fake.raise", "fake.oom", "fake.ok").configs(), out, retry=("timeout",)) == []
+    again = sweep(_grid("fake.raise", "fake.oom", "fake.ok").configs(), out, retry=("error",))
+    assert [(r["kernel"], r["status"]) for r in again] == [("fake.raise", "error")]
+    frame = store.load(out)
+    assert sorted(frame.kernel) == ["fake.ok", "fake.oom", "fake.raise"]  # one row per config
+    assert frame.set_index("kernel").run_id["fake.raise"] == again[0]["run_id"] != first[0]["run_id"]
+    with pytest.raises(ValueError, match="retry takes statuses of failed rows"):
+        sweep(_grid("fake.ok").configs(), out, retry=("ok",))
+
+
 def test_host_bound_needs_the_events_timer_and_a_host_near_the_runtime() -> None:
     assert host_bound(1.0, 0.8, "events") and host_bound(1.0, 2.0, "events")
     assert not host_bound(1.0, 0.5, "events")
