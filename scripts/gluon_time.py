@@ -14,6 +14,7 @@ warp-specialized; ``bw_dq`` takes only ``BQ`` and ``num_warps`` from them).
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 import torch
 import triton
@@ -82,18 +83,23 @@ def fw_output_runs(a: argparse.Namespace, x: list[torch.Tensor], tiles: object) 
     return runs, h
 
 
-def bw_dv_runs(a: argparse.Namespace, x: list[torch.Tensor], tiles: object) -> tuple[dict, torch.Tensor]:
-    """The ``dv`` kernels to time on the arguments one Triton backward hands its own (recorded), and its ``dv``."""
+def recorded_launch(a: argparse.Namespace, x: list[torch.Tensor], name: str) -> tuple[Callable, tuple]:
+    """The Triton launcher ``tfla.<name>`` and the arguments one Triton backward on ``x`` hands it (recorded)."""
     calls = []
-    triton_dv = tfla.launch_bw_dv
-    tfla.launch_bw_dv = lambda *args: (calls.append(args), triton_dv(*args))
+    launcher = getattr(tfla, name)
+    setattr(tfla, name, lambda *args: (calls.append(args), launcher(*args))[1])
     try:
         x = [t.detach().requires_grad_(True) for t in x]
         h = tfla.mlstm_tfla(*x, variant=a.variant, normalize=a.variant == "exp", chunk_size=a.chunk, backend="triton")
         h.backward(torch.randn_like(h))
     finally:
-        tfla.launch_bw_dv = triton_dv
-    *tensors, dv, chunk, exp, dv_tiles = calls[0]
+        setattr(tfla, name, launcher)
+    return launcher, calls[0]
+
+
+def bw_dv_runs(a: argparse.Namespace, x: list[torch.Tensor], tiles: object) -> tuple[dict, torch.Tensor]:
+    """The ``dv`` kernels to time on the arguments one Triton backward hands its own (recorded), and its ``dv``."""
+    triton_dv, (*tensors, dv, chunk, exp, dv_tiles) = recorded_launch(a, x, "launch_bw_dv")
     runs = {"triton (table)": lambda out: triton_dv(*tensors, out, chunk, exp, dv_tiles)}
     for bq, bkv, bv, warps, _, pieces, consumers, pingpong in a.gluon:
         options = dict(
@@ -108,16 +114,7 @@ def bw_dv_runs(a: argparse.Namespace, x: list[torch.Tensor], tiles: object) -> t
 
 def bw_dq_runs(a: argparse.Namespace, x: list[torch.Tensor], tiles: object) -> tuple[dict, torch.Tensor]:
     """The ``dq`` kernels to time on the arguments one Triton backward hands its own (recorded), and its ``dq``."""
-    calls = []
-    triton_dq = tfla.launch_bw_dq
-    tfla.launch_bw_dq = lambda *args: (calls.append(args), triton_dq(*args))[1]
-    try:
-        x = [t.detach().requires_grad_(True) for t in x]
-        h = tfla.mlstm_tfla(*x, variant=a.variant, normalize=a.variant == "exp", chunk_size=a.chunk, backend="triton")
-        h.backward(torch.randn_like(h))
-    finally:
-        tfla.launch_bw_dq = triton_dq
-    *tensors, dq, chunk, exp, dq_tiles = calls[0]
+    triton_dq, (*tensors, dq, chunk, exp, dq_tiles) = recorded_launch(a, x, "launch_bw_dq")
     runs = {"triton (table)": lambda out: triton_dq(*tensors, out, chunk, exp, dq_tiles)}
     for bq, _, _, warps, *_ in a.gluon:
         for stages in a.stages:
