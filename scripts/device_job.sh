@@ -12,6 +12,8 @@
 #                      sweep rows of both backends at S 8192, 7B and paper shapes (gluon_consttoken7b.parquet, gluon_consttoken.parquet)
 #   backends (420)     sweep rows of both backends (Triton, Gluon) at the chunks of CHUNKS (default "512 1024"), S 8192,
 #                      7B and paper shapes (backends_consttoken7b.parquet, backends_consttoken.parquet)
+#   gluon_dq (300)     the Gluon dq kernel: its GPU test against the Triton kernel, then its time against Triton's
+#                      (scripts/gluon_time.py --kernel bw_dq, 7B, S 8192, sig) at chunks 128, 256 and 1024
 #   pytest_gpu (300)   pytest -m gpu tests (every GPU test)
 #   mamba (240)        scripts/build_mamba.sh on the mamba-ssm source archive (.whl/src, carried) into /tmp/mamba;
 #                      MAMBA_PACK=1 also packs the build into OUT (xz, 15 MiB parts, SHA256SUMS); with those parts
@@ -38,7 +40,7 @@
 # to this tree's commit first.
 set -uo pipefail
 [ $# -ge 1 ] && [ -n "${OUT:-}" ] || { sed -n '2,/^set -uo/p' "$0" | sed '$d'; exit 2; }  # the comment above
-declare -A LIMIT=([env]=30 [gluon]=360 [backends]=420 [pytest_gpu]=300 [mamba]=240 [verify]=330 [ncu]=240 [ncu_sass]=240 [ncu_bytes]=240
+declare -A LIMIT=([env]=30 [gluon]=360 [backends]=420 [gluon_dq]=300 [pytest_gpu]=300 [mamba]=240 [verify]=330 [ncu]=240 [ncu_sass]=240 [ncu_bytes]=240
   [states]=420 [states_verify]=300 [premove]=420 [plant]=300 [consttoken7b]=540 [consttoken]=540)
 for arg in "$@"; do  # every step known and every limit a number, before anything runs
   step=${arg%%:*}
@@ -76,6 +78,9 @@ run_step() {  # the commands of one step (a subshell, so that `timeout` can cut 
       $py cli.py profile --kernels tfla.mlstm_sig,tfla.mlstm_sig_gluon --mode fwbw  # per kernel: bw_dv against Gluon's
       both_backends gluon ;;  # end to end, both backends, the same run: the case for FASTEST
     backends) both_backends backends --chunk-size "$(echo ${CHUNKS:-512 1024} | tr ' ' ,)" ;;
+    gluon_dq)
+      $py -m pytest -m gpu -q -rs -p no:cacheprovider tests/test_gluon.py -k bw_dq
+      for chunk in 128 256 1024; do $py scripts/gluon_time.py --kernel bw_dq --chunk $chunk --stages 6; done ;;
     pytest_gpu) $py -m pytest -m gpu -q -rs -p no:cacheprovider tests ;;
     mamba)  # a build packed by an earlier call (.stage-mamba, carried) is unpacked instead of built again
       if [ -s .stage-mamba/SHA256SUMS ]; then
