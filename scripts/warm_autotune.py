@@ -5,11 +5,15 @@ first config of that kernel it runs: FLA's ``chunk_gla`` backward has 36 candida
 at the 7B head dims (256 / 512) its first fwbw config did not finish within 6.9 minutes on the H200, longer than a
 device call. Here ``--procs`` processes each run the first problem of every kernel (fwbw where the grid has it: its
 forward is the fw mode's) with a 1/procs share of every autotuner's candidates, so every candidate's binary is in
-Triton's on-disk cache when the sweep's own autotuning runs. That autotuning is unchanged: all candidates, timed in
+Triton's on-disk cache when the sweep's own autotuning runs. They run it at batch ``--batch`` (default 2): FLA's
+binaries depend on the head dims, the dtype and the sequence length (kept), while the batch only sizes their grids
+(a binary the warm-up missed is compiled by the sweep, as without it), and at the 7B shape and the sweep's batch of
+32 each process would hold gigabytes of chunk states and their gradients (2, not 1: Triton compiles an integer
+argument equal to 1 apart). That autotuning is unchanged: all candidates, timed in
 the sweep's worker, its result cached under a key that names the whole candidate list (a share's result has another
 key and is never used). It then only loads binaries and benchmarks.
 
-    python scripts/warm_autotune.py --preset consttoken7b --kernels 'fla.*' --seq-len 2048,8192 [--procs 6]
+    python scripts/warm_autotune.py --preset consttoken7b --kernels 'fla.*' --seq-len 2048,8192 [--procs 6] [--batch 2]
 
 Prints one line per kernel and share (seconds, or the error: a share that fails, e.g. out of memory, only leaves
 its candidates to the sweep). Exit 2 on a bad argument.
@@ -51,14 +55,18 @@ def _keep_share(index: int, count: int) -> None:
     autotuner.Autotuner.__init__ = init_share
 
 
-def _run_share(index: int, count: int, preset: str, overrides: dict[str, object], results: mp.Queue) -> None:
-    """Child process: share ``index``'s candidates of every kernel's first problem; one result per kernel."""
+def _run_share(
+    index: int, count: int, preset: str, overrides: dict[str, object], batch: int, results: mp.Queue
+) -> None:
+    """Child process: share ``index``'s candidates of every kernel's first problem at ``batch`` (0: the grid's);
+    one result per kernel."""
     _keep_share(index, count)
     import torch
 
     from bench.measure import build_step
 
     for spec, problem in first_problems(preset, overrides):
+        problem = problem.with_(batch=batch or problem.batch)
         start = time.monotonic()
         try:
             step, _ = build_step(spec, spec.make_inputs(problem), problem.mode)
@@ -93,9 +101,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kernels", help="comma-separated names or globs (default: the preset's)")
     parser.add_argument("--seq-len", help="e.g. 2048,8192 (default: the preset's)")
     parser.add_argument("--procs", type=int, default=6, help="processes, each compiling a share (default 6)")
+    parser.add_argument("--batch", type=int, default=2, help="batch of the warm-up runs (default 2; 0: the grid's)")
     args = parser.parse_args(argv)
     if args.procs < 1:
         parser.error(f"--procs must be at least 1; got {args.procs}")
+    if args.batch < 0:
+        parser.error(f"--batch must be 0 (the grid's) or more; got {args.batch}")
     overrides: dict[str, object] = {}
     if args.kernels:
         overrides["kernels"] = [k.strip() for k in args.kernels.split(",") if k.strip()]
@@ -115,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     results = context.Queue()
     start = time.monotonic()
     procs = [
-        context.Process(target=_run_share, args=(i, args.procs, args.preset, overrides, results))
+        context.Process(target=_run_share, args=(i, args.procs, args.preset, overrides, args.batch, results))
         for i in range(args.procs)
     ]
     for p in procs:

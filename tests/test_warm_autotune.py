@@ -62,6 +62,6 @@ def test_the_script_runs_every_share_and_refuses_bad_arguments() -> None:
     assert done.returncode == 0, done.stderr
     assert "sdpa.math share 1/2: " in done.stdout and "sdpa.math share 2/2: " in done.stdout
     assert "failed" not in done.stdout and "1 kernels x 2 shares" in done.stdout
-    for bad, named in (("--procs=0", "--procs"), ("--seq-len=a", "--seq-len")):
+    for bad, named in (("--procs=0", "--procs"), ("--seq-len=a", "--seq-len"), ("--batch=-1", "--batch")):
         refused = subprocess.run([*run[:-2], bad], capture_output=True, text=True, timeout=60)
         assert refused.returncode == 2 and named in refused.stderr
