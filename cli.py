@@ -189,15 +189,16 @@ def sweep(
 
 
 def _check_retry(value: Optional[str]) -> tuple[str, ...]:
-    """``--retry`` as statuses of failed rows; exit 2 naming the allowed ones otherwise."""
-    from bench.store import RETRYABLE
+    """``--retry`` as statuses of failed rows; exit 2 naming the allowed ones otherwise (``store.check_retry``)."""
+    from bench.store import check_retry
 
     if value is None:
         return ()
     statuses = tuple(dict.fromkeys(x.strip() for x in value.split(",") if x.strip()))
-    bad = [x for x in statuses if x not in RETRYABLE]
-    if not statuses or bad:
-        _fail(f"--retry takes statuses of failed rows ({RETRY_HELP}); got {value!r}")
+    try:
+        check_retry(statuses or (value,))  # a list of nothing is refused as what was given
+    except ValueError as e:
+        _fail(f"--{e}")
     return statuses
 
 

@@ -238,11 +238,7 @@ def _todo(
     ``retry``; with ``verify`` also those whose ``ok`` row has no error value, for kernels that have a reference."""
     if force:
         return list(configs)
-    unknown = set(retry) - set(store.RETRYABLE)
-    if unknown:
-        raise ValueError(
-            f"retry takes statuses of failed rows, any of {', '.join(store.RETRYABLE)}; got {sorted(unknown)}"
-        )
+    store.check_retry(retry)
     done = store.existing_keys(out, retry=store.RETRY_STATUSES + tuple(retry), timer=timer)
     if verify:
         verifiable = {s.name for s, _ in configs if s.reference is not None}

@@ -227,6 +227,16 @@ RETRY_STATUSES = ("unavailable",)  # measured again on every resume
 RETRYABLE = ("error", "crash", "timeout", "oom", "unsupported")  # measured again on a resume that asks (--retry)
 
 
+def check_retry(statuses: tuple[str, ...]) -> None:
+    """``ValueError`` naming the allowed statuses unless every one of ``statuses`` is in ``RETRYABLE``."""
+    bad = [x for x in statuses if x not in RETRYABLE]
+    if bad:
+        raise ValueError(
+            f"retry takes statuses of failed rows (any of {', '.join(RETRYABLE)}; unavailable rows are always "
+            f"measured again); got {', '.join(map(repr, bad))}"
+        )
+
+
 def exists(path: str | Path) -> bool:
     """Whether ``path`` holds results: the file, or fragments not yet compacted into it."""
     path = Path(path)

@@ -2,9 +2,9 @@
 (``--kernel fw_output``: ``fw_chunk_output_kernel`` with the table's tiles against ``fw_output_kernel`` /
 ``fw_output_ws_kernel`` on ``tfla_fwd``'s states) or the backward's ``dv`` kernel (``--kernel bw_dv``:
 ``bw_chunk_dv_kernel`` against ``bw_dv_kernel`` on the arguments the Triton backward hands its own; ``--kernel
-bw_dq``: ``bw_chunk_dq_kernel`` against ``bw_dq_kernel`` likewise, one Gluon run per ring depth of ``--stages``, its ``dh`` products synchronous and
-one in flight). Prints a table
-with each one's time (``triton.testing.do_bench``, ms), its ratio to the Triton kernel and its relative difference.
+bw_dq``: ``bw_chunk_dq_kernel`` against ``bw_dq_kernel`` likewise, one Gluon run per ring depth of ``--stages``, its
+``dh`` products synchronous and one in flight). Prints a table with each one's time (``triton.testing.do_bench``,
+ms), its ratio to the Triton kernel and its relative difference.
 Usage: ``python scripts/gluon_time.py [--kernel fw_output|bw_dv|bw_dq] [--shape 8,8,8192,256,512] [--chunk 128]
 [--variant sig] [--gluon "64,64,128,4,0;64,64,256,4,1,1,2,1;..."] [--stages 4,6,8]``: Gluon tiles
 ``BQ,BKV,BV,num_warps,warp_specialized[,state_pieces[,consumers[,pingpong]]]`` (``bw_dv`` is always

@@ -137,3 +137,10 @@ def test_messages_with_brackets_are_printed_as_they_are() -> None:
 
     done = CliRunner().invoke(app, ["sweep", "--preset", "cpu", "--kernels", "[bold]x"])
     assert done.exit_code == 2 and "'[bold]x' matches nothing" in done.output
+
+
+def test_the_retry_help_names_every_retryable_status() -> None:
+    """``--retry``'s help is written out (the CLI imports the store lazily); it names the store's statuses."""
+    import cli
+
+    assert all(status in cli.RETRY_HELP for status in store.RETRYABLE)

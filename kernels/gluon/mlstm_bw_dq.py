@@ -10,8 +10,7 @@ streamed operand is a ``PW x PW`` piece (64 x 64), so that one ring of equal buf
   value head dim), then for each key tile up to the diagonal its value pieces and its key pieces;
 - one consumer (4 warps, or 8 that split every product's columns: ``acc_layout``) holds ``dq`` as ``NK = DK / PW``
   accumulators of ``BQ x PW``, one per key piece (a product cannot accumulate into a column slice of another's
-  accumulator): the inter-chunk term ``dh C_c^T`` piece by
-  piece, then per key tile ``dp = dh v^T`` over the value pieces, ``a`` = the gate matrix times ``dp / den + dz``
+  accumulator): the inter-chunk term ``dh C_c^T`` piece by piece, then per key tile ``dp = dh v^T`` over the value pieces, ``a`` = the gate matrix times ``dp / den + dz``
   in registers, and per key piece ``scores += q_j k_j^T`` and ``dq_j += a k_j`` (``a`` from registers).
 
 ``q . dq`` for the gate gradients is summed in fp32 from the inter term and from ``a`` and the scores without the
