@@ -37,7 +37,7 @@ def share(configs: list, index: int, count: int) -> list:
     """Share ``index`` of ``count`` of an autotuner's candidates (every ``count``-th from ``index``); one candidate
     when there are fewer candidates than shares, so that every share runs the kernel."""
     mine = [c for j, c in enumerate(configs) if j % count == index]
-    return mine or configs[index % len(configs) : index % len(configs) + 1]
+    return mine or [configs[index % len(configs)]]
 
 
 def _keep_share(index: int, count: int) -> None:
