@@ -2,13 +2,13 @@
 (``--kernel fw_output``: ``fw_chunk_output_kernel`` with the table's tiles against ``fw_output_kernel`` /
 ``fw_output_ws_kernel`` on ``tfla_fwd``'s states) or the backward's ``dv`` kernel (``--kernel bw_dv``:
 ``bw_chunk_dv_kernel`` against ``bw_dv_kernel`` on the arguments the Triton backward hands its own; ``--kernel
-bw_dq``: ``bw_chunk_dq_kernel`` against ``bw_dq_kernel`` likewise, one Gluon run per ring depth of ``--stages``, its
-``dh`` products synchronous and one in flight). Prints a table with each one's time (``triton.testing.do_bench``,
+bw_dq`` / ``bw_dk``: ``bw_chunk_dq_kernel`` / ``bw_chunk_dk_kernel`` against ``bw_dq_dk_kernel`` likewise, one Gluon
+run per ring depth of ``--stages``, its value-side products synchronous and one in flight). Prints a table with each one's time (``triton.testing.do_bench``,
 ms), its ratio to the Triton kernel and its relative difference.
-Usage: ``python scripts/gluon_time.py [--kernel fw_output|bw_dv|bw_dq] [--shape 8,8,8192,256,512] [--chunk 128]
+Usage: ``python scripts/gluon_time.py [--kernel fw_output|bw_dv|bw_dq|bw_dk] [--shape 8,8,8192,256,512] [--chunk 128]
 [--variant sig] [--gluon "64,64,128,4,0;64,64,256,4,1,1,2,1;..."] [--stages 4,6,8]``: Gluon tiles
 ``BQ,BKV,BV,num_warps,warp_specialized[,state_pieces[,consumers[,pingpong]]]`` (``bw_dv`` is always
-warp-specialized; ``bw_dq`` takes only ``BQ`` and ``num_warps`` from them).
+warp-specialized; ``bw_dq`` and ``bw_dk`` take only the first (their rows per program) and ``num_warps``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections.abc import Callable
 import torch
 import triton
 
-from kernels.gluon import mlstm_bw_dq, mlstm_bw_dv
+from kernels.gluon import mlstm_bw_dq_dk, mlstm_bw_dv
 from kernels.gluon import mlstm_fw_output as fwo
 from kernels.mlstm import tfla
 from kernels.mlstm.chunk_fw import launch_fw_output
@@ -112,25 +112,31 @@ def bw_dv_runs(a: argparse.Namespace, x: list[torch.Tensor], tiles: object) -> t
     return runs, dv
 
 
-def bw_dq_runs(a: argparse.Namespace, x: list[torch.Tensor], tiles: object) -> tuple[dict, torch.Tensor]:
-    """The ``dq`` kernels to time on the arguments one Triton backward hands its own (recorded), and its ``dq``."""
-    triton_dq, (*tensors, dq, chunk, exp, dq_tiles) = recorded_launch(a, x, "launch_bw_dq")
-    runs = {"triton (table)": lambda out: triton_dq(*tensors, out, chunk, exp, dq_tiles)}
-    for bq, _, _, warps, *_ in a.gluon:
+def bw_dq_dk_runs(a: argparse.Namespace, x: list[torch.Tensor], tiles: object) -> tuple[dict, torch.Tensor]:
+    """The ``dq`` or ``dk`` kernels (``a.kernel``) to time on the arguments one Triton backward hands its own
+    (recorded), and its gradient."""
+    triton_launch, (*tensors, grad, chunk, exp, grad_tiles) = recorded_launch(a, x, f"launch_{a.kernel}")
+    gluon_launch = getattr(mlstm_bw_dq_dk, f"launch_{a.kernel}")
+    rows = {"bw_dq": "bq", "bw_dk": "bkv"}[a.kernel]
+    runs = {"triton (table)": lambda out: triton_launch(*tensors, out, chunk, exp, grad_tiles)}
+    for br, _, _, warps, *_ in a.gluon:
         for stages in a.stages:
             for async_mma in (False, True):
-                options = dict(bq=bq, stages=stages, num_warps=warps, async_mma=async_mma)
-                name = f"gluon ws1 BQ={bq} 64x64 pieces stages={stages}{' async' if async_mma else ''} warps={warps}"
-                runs[name] = lambda out, options=options: mlstm_bw_dq.launch_bw_dq(*tensors, out, chunk, exp, **options)
-    return runs, dq
+                options = {rows: br, "stages": stages, "num_warps": warps, "async_mma": async_mma}
+                name = f"gluon ws1 {rows.upper()}={br} 64x64 pieces stages={stages}{' async' if async_mma else ''}"
+                runs[f"{name} warps={warps}"] = lambda out, options=options: gluon_launch(
+                    *tensors, out, chunk, exp, **options
+                )
+    return runs, grad
 
 
 DEFAULT_TILES = {  # v14's fastest (two consumers, pieces) without and with ping-pong turns, beside one consumer
     "fw_output": "64,64,256,4,1,1;64,64,256,4,1,1,2;64,32,256,4,1,1,2;64,64,256,4,1,1,2,1;64,32,256,4,1,1,2,1",
     "bw_dv": "64,64,256,4,1,1;64,64,256,4,1,1,2;64,64,256,4,1,1,2,1",
     "bw_dq": "64,64,64,4,1;64,64,64,8,1",
+    "bw_dk": "64,64,64,4,1;64,64,64,8,1",
 }
-RUNS = {"fw_output": fw_output_runs, "bw_dv": bw_dv_runs, "bw_dq": bw_dq_runs}
+RUNS = {"fw_output": fw_output_runs, "bw_dv": bw_dv_runs, "bw_dq": bw_dq_dk_runs, "bw_dk": bw_dq_dk_runs}
 
 
 def main() -> None:
@@ -140,7 +146,7 @@ def main() -> None:
     p.add_argument("--chunk", type=int, default=128)
     p.add_argument("--variant", default="sig", choices=("sig", "exp"))
     p.add_argument("--gluon", type=gluon_tiles, help=f"Gluon tiles to time, '{TILE_FORM}' separated by ';'")
-    p.add_argument("--stages", type=stage_counts, default=(4, 6, 8), help="bw_dq: ring depths, e.g. 4,6,8")
+    p.add_argument("--stages", type=stage_counts, default=(4, 6, 8), help="bw_dq, bw_dk: ring depths, e.g. 4,6,8")
     a = p.parse_args()
     a.gluon = a.gluon or gluon_tiles(DEFAULT_TILES[a.kernel])
     b, nh, s, dqk, dv = (int(x) for x in a.shape.split(","))
@@ -154,7 +160,7 @@ def main() -> None:
         f"{torch.cuda.get_device_name()}, triton {triton.__version__}, {a.kernel}, shape {a.shape}, chunk {a.chunk}, "
         f"{a.variant}"
     )
-    print(f"kernel | ms | / triton | rel diff of {dict(fw_output='h', bw_dv='dv', bw_dq='dq')[a.kernel]}")
+    print(f"kernel | ms | / triton | rel diff of {dict(fw_output='h', bw_dv='dv', bw_dq='dq', bw_dk='dk')[a.kernel]}")
     base = None
     for name, run in runs.items():
         out = torch.full_like(expected, float("nan"))

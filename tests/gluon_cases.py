@@ -98,20 +98,22 @@ def bw_dv_case(exp: bool, dqk: int, dv: int, seq: int = 256, chunk: int = 128, *
     return _facts(support.compile_for(kernel, args, constexprs))
 
 
-def bw_dq_case(exp: bool, dqk: int, dv: int, seq: int = 256, chunk: int = 128, **options: object) -> dict:
-    """What ``kernels.gluon.mlstm_bw_dq.launch_bw_dq`` would launch on a backward's tensors of two heads (CPU,
-    only their types count)."""
-    from kernels.gluon import mlstm_bw_dq
+def bw_dq_dk_case(kernel: str, dqk: int, dv: int, seq: int = 256, chunk: int = 128, **options: object) -> dict:
+    """What ``kernels.gluon.mlstm_bw_dq_dk.launch_<kernel>`` (``bw_dq`` or ``bw_dk``) would launch on a backward's
+    tensors of two heads (CPU, only their types count; the states shaped as ``dk``'s, the one more that ``dq`` does
+    not read is harmless)."""
+    from kernels.gluon import mlstm_bw_dq_dk
 
     bh, nc, dtype, f32 = 2, seq // chunk, torch.bfloat16, torch.float32
-    q, k, dq = (torch.empty(bh, seq, dqk, dtype=dtype) for _ in range(3))
+    q, k, grad = (torch.empty(bh, seq, dqk, dtype=dtype) for _ in range(3))
     v, dh = (torch.empty(bh, seq, dv, dtype=dtype) for _ in range(2))
-    c_st = torch.empty(bh, nc, dqk, dv, dtype=dtype)
+    states = torch.empty(bh, nc + 1, dqk, dv, dtype=dtype)
     gate_b, gate_i, inv_den, dz, m_tok = (torch.empty(bh, seq, dtype=f32) for _ in range(5))
-    n_st, m_st = torch.empty(bh, nc + 1, dqk, dtype=f32), torch.empty(bh, nc + 1, dtype=f32)
-    tensors = (q, k, v, dh, gate_b, gate_i, inv_den, dz, c_st, n_st, m_st, m_tok, dq)
-    kernel, _, args, constexprs = mlstm_bw_dq.launch_args(*tensors, chunk, exp, **options)
-    return _facts(support.compile_for(kernel, args, constexprs))
+    vec_st, m_st = torch.empty(bh, nc + 1, dqk, dtype=f32), torch.empty(bh, nc + 1, dtype=f32)
+    tensors = (q, k, v, dh, gate_b, gate_i, inv_den, dz, states, vec_st, m_st, m_tok, grad)
+    launch_args = {"bw_dq": mlstm_bw_dq_dk.dq_launch_args, "bw_dk": mlstm_bw_dq_dk.dk_launch_args}[kernel]
+    kernel_fn, _, args, constexprs = launch_args(*tensors, chunk, True, **options)
+    return _facts(support.compile_for(kernel_fn, args, constexprs))
 
 
 CASES = {
@@ -158,14 +160,15 @@ CASES = {
         for dqk, dv in ((256, 512), (128, 256), (64, 64))
         for pp in (False, True)
     },
-    # the backward's dq kernel: 64 x 64 pieces, one to four key pieces, one to eight value pieces; one or two
-    # warpgroups
+    # the backward's dq and dk kernels: 64 x 64 pieces, one to four q/k pieces, one to eight value pieces; one or
+    # two warpgroups
     **{
-        f"bw_dq{' async' if async_mma else ''} w{warps} {dqk}x{dv}": (
-            lambda dqk=dqk, dv=dv, async_mma=async_mma, warps=warps: bw_dq_case(
-                True, dqk, dv, stages=6, async_mma=async_mma, num_warps=warps
+        f"{kernel}{' async' if async_mma else ''} w{warps} {dqk}x{dv}": (
+            lambda kernel=kernel, dqk=dqk, dv=dv, async_mma=async_mma, warps=warps: bw_dq_dk_case(
+                kernel, dqk, dv, stages=6, async_mma=async_mma, num_warps=warps
             )
         )
+        for kernel in ("bw_dq", "bw_dk")
         for dqk, dv in ((256, 512), (128, 256), (64, 64))
         for async_mma in (False, True)
         for warps in (4, 8)

@@ -133,34 +133,47 @@ def test_two_consumer_bw_dv_lowers_within_hopper_shared_memory(dims: str, pingpo
 @pytest.mark.parametrize("warps", [4, 8])
 @pytest.mark.parametrize("mma", ["", " async"])
 @pytest.mark.parametrize("dims", ["256x512", "128x256", "64x64"])
-def test_bw_dq_lowers_to_warp_specialized_wgmma_in_hopper_shared_memory(dims: str, mma: str, warps: int) -> None:
-    """The Gluon ``dq`` kernel: the load warp and the consumer (``setmaxnreg``), TMA and wgmmas over 64-wide pieces
-    (m64n64k16 with one warpgroup; with two each takes 32 columns, m64n32k16) within sm_90's shared memory, six ring
-    stages beside the 7B head dims; the ``dh`` products synchronous or one in flight."""
-    facts = _case(f"bw_dq{mma} w{warps} {dims}")
+@pytest.mark.parametrize("kernel", ["bw_dq", "bw_dk"])
+def test_bw_dq_dk_lower_to_warp_specialized_wgmma_in_hopper_shared_memory(
+    kernel: str, dims: str, mma: str, warps: int
+) -> None:
+    """The Gluon ``dq`` and ``dk`` kernels: the load warp and the consumer (``setmaxnreg``), TMA and wgmmas over
+    64-wide pieces (m64n64k16 with one warpgroup; with two each takes 32 columns, m64n32k16) within sm_90's shared
+    memory, six ring stages beside the 7B head dims; the value-side products synchronous or one in flight."""
+    facts = _case(f"{kernel}{mma} w{warps} {dims}")
     assert facts["has"]["setmaxnreg"] and facts["has"]["cp.async.bulk.tensor"] and facts["shared"] <= HOPPER_SMEM_BYTES
     assert facts["wgmma"].startswith(f"wgmma.mma_async.sync.aligned.m64n{64 if warps == 4 else 32}k16"), facts
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("kernel", ["bw_dq", "bw_dk"])
 @pytest.mark.parametrize("variant", ["exp", "sig"])
 @pytest.mark.parametrize(
     ("seq", "dqk", "dv", "chunk"), [(700, 256, 512, 128), (1300, 256, 512, 1024), (640, 128, 256, 256)]
 )
-def test_bw_dq_matches_the_triton_kernel(
-    variant: str, seq: int, dqk: int, dv: int, chunk: int, compiled_kernels: None, monkeypatch: pytest.MonkeyPatch
+def test_bw_dq_dk_match_the_triton_kernels(
+    kernel: str,
+    variant: str,
+    seq: int,
+    dqk: int,
+    dv: int,
+    chunk: int,
+    compiled_kernels: None,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The Gluon ``dq`` kernel on the arguments a bf16 Triton backward hands its own ``dq`` kernel (fresh random
-    inputs, S not a multiple of the chunk, 7B and paper head dims): the same ``dq`` (poisoned with NaN first) and
-    ``q . dq`` sums, with the ``dh`` products synchronous or one in flight, one warpgroup or two."""
+    """The Gluon ``dq`` / ``dk`` kernel on the arguments a bf16 Triton backward hands its own (fresh random inputs,
+    S not a multiple of the chunk, 7B and paper head dims): the same gradient (poisoned with NaN first) and the same
+    sums for the gate gradients (``q . dq``; ``k . dk`` with its inter and off-diagonal parts), with the value-side
+    products synchronous or one in flight, one warpgroup or two."""
     if (reason := support.unavailable_reason()) is not None:
         pytest.skip(reason)
-    from kernels.gluon import mlstm_bw_dq
+    from kernels.gluon import mlstm_bw_dq_dk
     from kernels.mlstm import tfla
 
     calls = []
-    triton_dq = tfla.launch_bw_dq
-    monkeypatch.setattr(tfla, "launch_bw_dq", lambda *a: (calls.append(a), triton_dq(*a))[1])
+    name = f"launch_{kernel}"
+    triton_launch = getattr(tfla, name)
+    monkeypatch.setattr(tfla, name, lambda *a: (calls.append(a), triton_launch(*a))[1])
     torch.manual_seed(torch.seed() % 2**31)
     dev, dtype, (b, nh) = torch.device("cuda"), torch.bfloat16, (2, 2)
     x = [torch.randn(b, nh, seq, d, device=dev, dtype=dtype, requires_grad=True) for d in (dqk, dqk, dv)]
@@ -170,17 +183,20 @@ def test_bw_dq_matches_the_triton_kernel(
     ]
     h = tfla.mlstm_tfla(*x, variant=variant, normalize=variant == "exp", chunk_size=chunk, backend="triton")
     h.backward(torch.randn_like(h))
-    ((*tensors, dq_triton, _, exp, tiles),) = calls
-    qdq_triton = triton_dq(*tensors, torch.empty_like(dq_triton), chunk, exp, tiles).sum(0)
+    ((*tensors, grad_triton, _, exp, tiles),) = calls
+    sums_triton = triton_launch(*tensors, torch.empty_like(grad_triton), chunk, exp, tiles)
+    sums_triton = [s.sum(0) for s in (sums_triton if kernel == "bw_dk" else (sums_triton,))]
     rel = lambda a, b: ((a.double() - b.double()).norm() / b.double().norm()).item()  # noqa: E731
     for async_mma, warps in itertools.product((False, True), (4, 8)):
-        case = f"async_mma={async_mma}, num_warps={warps}"
-        out = torch.full_like(dq_triton, float("nan"))
-        qdq = mlstm_bw_dq.launch_bw_dq(*tensors, out, chunk, exp, async_mma=async_mma, num_warps=warps).sum(0)
+        case = f"{kernel}, async_mma={async_mma}, num_warps={warps}"
+        out = torch.full_like(grad_triton, float("nan"))
+        sums = getattr(mlstm_bw_dq_dk, name)(*tensors, out, chunk, exp, async_mma=async_mma, num_warps=warps)
+        sums = [s.sum(0) for s in (sums if kernel == "bw_dk" else (sums,))]
         torch.cuda.synchronize()
-        assert not out.isnan().any(), f"{case}: dq has unwritten elements"
-        assert rel(out, dq_triton) < 1e-2, f"{case}: dq against Triton: {rel(out, dq_triton):.2e}"
-        assert rel(qdq, qdq_triton) < 1e-3, f"{case}: q . dq against Triton: {rel(qdq, qdq_triton):.2e}"
+        assert not out.isnan().any(), f"{case}: the gradient has unwritten elements"
+        assert rel(out, grad_triton) < 1e-2, f"{case}: the gradient against Triton: {rel(out, grad_triton):.2e}"
+        for i, (got, want) in enumerate(zip(sums, sums_triton)):
+            assert rel(got, want) < 1e-3, f"{case}: sum {i} against Triton: {rel(got, want):.2e}"
 
 
 def test_bw_dv_refuses_what_it_cannot_take() -> None:

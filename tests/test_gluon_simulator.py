@@ -174,25 +174,42 @@ def dq_reference(q, k, v, dh, gate_b, gate_i, inv_den, dz, c_st, n_st, m_st, m_t
     return dq, qdq
 
 
-@pytest.mark.parametrize("exp", [True, False])
-@pytest.mark.parametrize(
-    ("seq", "dqk", "dv", "chunk", "stages"),
-    [
-        (300, 64, 64, 256, 2),
-        (256, 128, 64, 128, 6),
-        (100, 48, 48, 64, 3),
-        (128, 256, 512, 64, 4),
-        (128, 256, 64, 64, 5),
-    ],
-)
-def test_bw_dq_matches_float64(seq: int, dqk: int, dv: int, chunk: int, stages: int, exp: bool) -> None:
-    """The Gluon ``dq`` kernel on fresh random inputs (float16 operands, fp32 gates and states) against
-    ``dq_reference``: ``dq`` (poisoned with NaN first) and the ``q . dq`` sums, with one to eight value pieces, one
-    to four key pieces (fewer value pieces than key pieces in the last case), S not a multiple of the chunk, and the
-    TMA loads landing lazily or eagerly, the ``dh`` products synchronous or one in flight, one warpgroup or two. (``tests/test_gluon_time.py``
-    checks it against the Triton kernel.)"""
-    from kernels.gluon import mlstm_bw_dq
+def dk_reference(q, k, v, dh, gate_b, gate_i, inv_den, dz, dc_st, dn_st, m_st, m_tok, chunk, exp):  # noqa: ANN001, ANN201
+    """``bw_chunk_dk_kernel``'s ``dk`` and ``k . dk`` (all, from later chunks, intra-chunk without the diagonal) in
+    float64, chunk by chunk: the term from later chunks ``w_s (v_s dC_{c+1}^T + dn_{c+1})`` with ``w_s = exp(g_c - b_s
+    + i_s - m_{c+1})`` (``g_c`` the chunk's summed forget gate), plus ``a^T q`` with ``a^T = D^T * (v dh^T / den_t +
+    dz_t) DHQK ** -0.5``, ``D^T[s, t] = exp(i_s - b_s + b_t - m_t)`` for ``t >= s``."""
+    f64 = [x.double() for x in (q, k, v, dh, gate_b, gate_i, inv_den, dz, dc_st, dn_st, m_st, m_tok)]
+    q, k, v, dh, gate_b, gate_i, inv_den, dz, dc_st, dn_st, m_st, m_tok = f64
+    bh, seq, dqk = q.shape
+    dk = torch.zeros_like(k)
+    kdk, kdk_inter, kdk_off = (torch.zeros(bh, seq, dtype=torch.float64) for _ in range(3))
+    for c in range(dc_st.shape[1] - 1):
+        t = slice(c * chunk, min((c + 1) * chunk, seq))
+        n = t.stop - t.start
+        b, i = gate_b[:, t], gate_i[:, t]
+        m = m_tok[:, t] if exp else torch.zeros_like(b)
+        g = gate_b[:, c * chunk + chunk - 1, None]
+        w = torch.exp(g - b + i - (m_st[:, c + 1, None] if exp else 0.0))
+        inter = w[..., None] * (v[:, t] @ dc_st[:, c + 1].transpose(1, 2) + dn_st[:, c + 1, None])
+        log_d = (i - b)[:, :, None] + (b - m)[:, None, :]
+        causal = torch.ones(n, n, dtype=torch.bool).triu()
+        at = (
+            torch.where(causal, torch.exp(log_d), 0.0)
+            * (v[:, t] @ dh[:, t].transpose(1, 2) * inv_den[:, None, t] + dz[:, None, t])
+            * dqk**-0.5
+        )
+        dk[:, t] = inter + at @ q[:, t]
+        d_gate = at * (k[:, t] @ q[:, t].transpose(1, 2))
+        kdk_inter[:, t] = (k[:, t] * inter).sum(-1)
+        kdk_off[:, t] = torch.where(torch.ones(n, n, dtype=torch.bool).triu(1), d_gate, 0.0).sum(-1)
+        kdk[:, t] = kdk_inter[:, t] + torch.where(causal, d_gate, 0.0).sum(-1)
+    return dk, kdk, kdk_inter, kdk_off
 
+
+def bw_dq_dk_inputs(seq: int, dqk: int, dv: int, chunk: int) -> tuple[torch.Tensor, ...]:
+    """Fresh random backward tensors of two heads in ``launch_bw_dq``'s order (float16 operands, fp32 gates, float16
+    states ``(BH, NC + 1, DHQK, DHHV)``: ``dq`` reads the first ``NC``, ``dk`` the last ``NC``)."""
     torch.manual_seed(torch.seed() % 2**31)
     bh, nc, f16 = 2, -(-seq // chunk), torch.float16
     sp = nc * chunk
@@ -201,45 +218,92 @@ def test_bw_dq_matches_float64(seq: int, dqk: int, dv: int, chunk: int, stages: 
     gate_b = -torch.rand(bh, nc, chunk).cumsum(-1).reshape(bh, sp) * 0.05  # log forget gates, summed in each chunk
     gate_i, inv_den, dz = torch.randn(bh, sp) * 0.5, torch.rand(bh, sp) + 0.5, torch.randn(bh, sp) * 0.1
     m_tok, m_st = torch.rand(bh, sp), torch.rand(bh, nc + 1)
-    c_st, n_st = (torch.randn(bh, nc, dqk, dv) * 0.1).to(f16), torch.randn(bh, nc + 1, dqk)
-    tensors = (q, k, v, dh, gate_b, gate_i, inv_den, dz, c_st, n_st, m_st, m_tok)
+    states, vec_st = (torch.randn(bh, nc + 1, dqk, dv) * 0.1).to(f16), torch.randn(bh, nc + 1, dqk)
+    return q, k, v, dh, gate_b, gate_i, inv_den, dz, states, vec_st, m_st, m_tok
+
+
+BW_DQ_DK_CASES = [  # seq, q/k head dim, value head dim, chunk, ring stages
+    (300, 64, 64, 256, 2),
+    (256, 128, 64, 128, 6),
+    (100, 48, 48, 64, 3),
+    (128, 256, 512, 64, 4),
+    (128, 256, 64, 64, 5),
+]
+
+
+@pytest.mark.parametrize("exp", [True, False])
+@pytest.mark.parametrize(("seq", "dqk", "dv", "chunk", "stages"), BW_DQ_DK_CASES)
+def test_bw_dq_matches_float64(seq: int, dqk: int, dv: int, chunk: int, stages: int, exp: bool) -> None:
+    """The Gluon ``dq`` kernel on fresh random inputs (``bw_dq_dk_inputs``) against ``dq_reference``: ``dq``
+    (poisoned with NaN first) and the ``q . dq`` sums, with one to eight value pieces, one to four key pieces (fewer
+    value pieces than key pieces in the last case), S not a multiple of the chunk, and the TMA loads landing lazily
+    or eagerly, the ``dh`` products synchronous or one in flight, one warpgroup or two. (``tests/test_gluon_time.py``
+    checks it against the Triton kernel.)"""
+    from kernels.gluon import mlstm_bw_dq_dk
+
+    q, k, v, dh, gate_b, gate_i, inv_den, dz, states, n_st, m_st, m_tok = bw_dq_dk_inputs(seq, dqk, dv, chunk)
+    tensors = (q, k, v, dh, gate_b, gate_i, inv_den, dz, states[:, :-1].contiguous(), n_st, m_st, m_tok)
     ref_dq, ref_qdq = dq_reference(*tensors, chunk, exp)
     for landing, async_mma, warps in itertools.product(LANDINGS, (False, True), (4, 8)):
         case = f"{landing}, async_mma={async_mma}, num_warps={warps}"
         out = torch.full_like(q, float("nan"))
-        launch = mlstm_bw_dq.launch_args(*tensors, out, chunk, exp, stages=stages, async_mma=async_mma, num_warps=warps)
-        kernel, grid, args, constexprs = launch
+        options = dict(stages=stages, async_mma=async_mma, num_warps=warps)
+        kernel, grid, args, constexprs = mlstm_bw_dq_dk.dq_launch_args(*tensors, out, chunk, exp, **options)
         simulate(kernel, grid, args, constexprs, landing=landing)
         assert not out.isnan().any(), f"{case}: dq has unwritten elements"
         assert rel(out, ref_dq) < 2e-3, f"{case}: dq against float64: {rel(out, ref_dq):.2e}"
-        qdq = args["QDQ"][0, :, :seq]
+        qdq = args["SUMS"][0, :, :seq]
         assert rel(qdq, ref_qdq) < 1e-4, f"{case}: q . dq against float64: {rel(qdq, ref_qdq):.2e}"
 
 
-def test_bw_dq_refuses_what_it_cannot_take() -> None:
-    from kernels.gluon import mlstm_bw_dq
+@pytest.mark.parametrize("exp", [True, False])
+@pytest.mark.parametrize(("seq", "dqk", "dv", "chunk", "stages"), BW_DQ_DK_CASES)
+def test_bw_dk_matches_float64(seq: int, dqk: int, dv: int, chunk: int, stages: int, exp: bool) -> None:
+    """The Gluon ``dk`` kernel (the ``dq`` kernel's mirror image) as ``test_bw_dq_matches_float64``, against
+    ``dk_reference``: ``dk`` (poisoned) and the three ``k . dk`` sums."""
+    from kernels.gluon import mlstm_bw_dq_dk
+
+    tensors = bw_dq_dk_inputs(seq, dqk, dv, chunk)
+    ref_dk, *ref_sums = dk_reference(*tensors, chunk, exp)
+    for landing, async_mma, warps in itertools.product(LANDINGS, (False, True), (4, 8)):
+        case = f"{landing}, async_mma={async_mma}, num_warps={warps}"
+        out = torch.full_like(tensors[1], float("nan"))
+        options = dict(stages=stages, async_mma=async_mma, num_warps=warps)
+        kernel, grid, args, constexprs = mlstm_bw_dq_dk.dk_launch_args(*tensors, out, chunk, exp, **options)
+        simulate(kernel, grid, args, constexprs, landing=landing)
+        assert not out.isnan().any(), f"{case}: dk has unwritten elements"
+        assert rel(out, ref_dk) < 2e-3, f"{case}: dk against float64: {rel(out, ref_dk):.2e}"
+        for name, got, ref in zip(("k . dk", "its inter part", "its off-diagonal part"), args["SUMS"], ref_sums):
+            assert rel(got[:, :seq], ref) < 1e-4, f"{case}: {name} against float64: {rel(got[:, :seq], ref):.2e}"
+
+
+@pytest.mark.parametrize("kernel", ["bw_dq", "bw_dk"])
+def test_bw_dq_dk_refuse_what_they_cannot_take(kernel: str) -> None:
+    from kernels.gluon import mlstm_bw_dq_dk
 
     def q(d: int, dtype: torch.dtype = torch.float16) -> torch.Tensor:
         return torch.empty(1, 64, d, dtype=dtype)
 
-    for bad, chunk, bq, match in (
-        (q(64, torch.float32), 64, 64, "float16 or bfloat16"),
+    rows = {"bw_dq": "BQ", "bw_dk": "BKV"}[kernel]
+    for bad, chunk, br, match in (
+        (q(64, torch.float32), 64, 64, f"the Gluon {kernel} takes float16 or bfloat16"),
         (q(320), 64, 64, "head dim from 33 to 256"),
         (q(32), 64, 64, "head dim from 33 to 256"),
         (q(64), 96, 64, "must divide the chunk size 96"),
-        (q(64), 128, 96, "BQ=96"),
+        (q(64), 128, 96, f"{rows}=96"),
     ):
         with pytest.raises(ValueError, match=match):
-            mlstm_bw_dq.check(bad, chunk, bq)
+            mlstm_bw_dq_dk.check(kernel, bad, chunk, br)
     tensors = [torch.empty(1, 64, 64, dtype=torch.float16) for _ in range(4)] + [torch.empty(1, 64) for _ in range(4)]
     tensors += [
-        torch.empty(1, 1, 64, 64, dtype=torch.float16),
+        torch.empty(1, 2, 64, 64, dtype=torch.float16),
         torch.empty(1, 2, 64),
         torch.empty(1, 2),
         torch.empty(1, 64),
     ]
+    launch_args = {"bw_dq": mlstm_bw_dq_dk.dq_launch_args, "bw_dk": mlstm_bw_dq_dk.dk_launch_args}[kernel]
     with pytest.raises(ValueError, match="num_warps is 4"):
-        mlstm_bw_dq.launch_args(*tensors, torch.empty(1, 64, 64, dtype=torch.float16), 64, True, num_warps=2)
+        launch_args(*tensors, torch.empty(1, 64, 64, dtype=torch.float16), 64, True, num_warps=2)
 
 
 @pytest.mark.parametrize(

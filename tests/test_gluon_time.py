@@ -21,7 +21,7 @@ def _script() -> object:
     return module
 
 
-@pytest.mark.parametrize("kernel", ["fw_output", "bw_dv", "bw_dq"])
+@pytest.mark.parametrize("kernel", ["fw_output", "bw_dv", "bw_dq", "bw_dk"])
 def test_every_run_writes_what_the_triton_kernel_writes(kernel: str) -> None:
     from kernels.mlstm.tiles import choose_tiles, unpipelined_state_loads
 
@@ -34,11 +34,14 @@ def test_every_run_writes_what_the_triton_kernel_writes(kernel: str) -> None:
     tile_list = "64,64,64,4,1,1;64,64,64,4,1,1,2;64,64,64,4,1,1,2,1" + (
         ";64,64,64,4,0" if kernel == "fw_output" else ""
     )
-    if kernel == "bw_dq":  # it takes only BQ and num_warps from a tile; its runs differ in their ring depths
+    dq_dk = kernel in ("bw_dq", "bw_dk")
+    if dq_dk:  # they take only the rows and num_warps from a tile; their runs differ in their ring depths
         tile_list = "64,64,64,4,1"
-    a = argparse.Namespace(variant="sig", chunk=chunk, gluon=script.gluon_tiles(tile_list), stages=(2, 5))
-    runs, expected = getattr(script, f"{kernel}_runs")(a, x, tiles)
-    assert len(runs) == 1 + len(a.gluon) * (2 * len(a.stages) if kernel == "bw_dq" else 1)
+    a = argparse.Namespace(
+        variant="sig", chunk=chunk, gluon=script.gluon_tiles(tile_list), stages=(2, 5), kernel=kernel
+    )
+    runs, expected = script.RUNS[kernel](a, x, tiles)
+    assert len(runs) == 1 + len(a.gluon) * (2 * len(a.stages) if dq_dk else 1)
     for name, run in runs.items():
         out = torch.full_like(expected, float("nan"))
         run(out)
