@@ -12,9 +12,9 @@
 #                      sweep rows of both backends at S 8192, 7B and paper shapes (gluon_consttoken7b.parquet, gluon_consttoken.parquet)
 #   backends (420)     sweep rows of both backends (Triton, Gluon) at the chunks of CHUNKS (default "512 1024"), S 8192,
 #                      7B and paper shapes (backends_consttoken7b.parquet, backends_consttoken.parquet)
-#   gluon_dq (300)     the Gluon dq and dk kernels: their GPU tests against the Triton kernels, then their times
-#                      against Triton's (scripts/gluon_time.py --kernel bw_dq / bw_dk, 7B, S 8192, sig) at chunks
-#                      of CHUNKS (default "128 256 1024")
+#   gluon_dq (300)     the Gluon dq and dk kernels: their times against Triton's (scripts/gluon_time.py --kernel
+#                      bw_dq / bw_dk, 7B, S 8192, sig) at the chunks of CHUNKS (default "128 256 1024"), then their
+#                      GPU tests against the Triton kernels
 #   pytest_gpu (300)   pytest -m gpu tests (every GPU test)
 #   mamba (240)        scripts/build_mamba.sh on the mamba-ssm source archive (.whl/src, carried) into /tmp/mamba;
 #                      MAMBA_PACK=1 also packs the build into OUT (xz, 15 MiB parts, SHA256SUMS); with those parts
@@ -80,10 +80,10 @@ run_step() {  # the commands of one step (a subshell, so that `timeout` can cut 
       both_backends gluon ;;  # end to end, both backends, the same run: the case for FASTEST
     backends) both_backends backends --chunk-size "$(echo ${CHUNKS:-512 1024} | tr ' ' ,)" ;;
     gluon_dq)
-      $py -m pytest -m gpu -q -rs -p no:cacheprovider tests/test_gluon.py -k bw_dq_dk
-      for chunk in ${CHUNKS:-128 256 1024}; do
+      for chunk in ${CHUNKS:-128 256 1024}; do  # the times first: their tables check each run against Triton too
         for kernel in bw_dq bw_dk; do $py scripts/gluon_time.py --kernel $kernel --chunk $chunk --stages 6; done
-      done ;;
+      done
+      $py -m pytest -m gpu -q -rs -p no:cacheprovider tests/test_gluon.py -k bw_dq_dk ;;
     pytest_gpu) $py -m pytest -m gpu -q -rs -p no:cacheprovider tests ;;
     mamba)  # a build packed by an earlier call (.stage-mamba, carried) is unpacked instead of built again
       if [ -s .stage-mamba/SHA256SUMS ]; then

@@ -283,7 +283,7 @@ def bw_dq_dk_kernel(
     NC,
     DHQK,
     qk_scale,
-    L: gl.constexpr,
+    L,
     KEYS: gl.constexpr,
     EXP: gl.constexpr,
     NV: gl.constexpr,
@@ -418,9 +418,9 @@ def _launch_args(
         "NC": nc,
         "DHQK": dhqk,
         "qk_scale": dhqk**-0.5,
+        "L": chunk_size,  # not a constexpr: one compile serves every chunk size
     }
     constexprs = {
-        "L": chunk_size,
         "KEYS": keys,
         "EXP": exp,
         "NV": triton.cdiv(dhhv, PIECE),
