@@ -117,13 +117,12 @@ def bw_dq_dk_runs(a: argparse.Namespace, x: list[torch.Tensor], tiles: object) -
     (recorded), and its gradient."""
     triton_launch, (*tensors, grad, chunk, exp, grad_tiles) = recorded_launch(a, x, f"launch_{a.kernel}")
     gluon_launch = getattr(mlstm_bw_dq_dk, f"launch_{a.kernel}")
-    rows = {"bw_dq": "bq", "bw_dk": "bkv"}[a.kernel]
     runs = {"triton (table)": lambda out: triton_launch(*tensors, out, chunk, exp, grad_tiles)}
     for br, _, _, warps, *_ in a.gluon:
         for stages in a.stages:
             for async_mma in (False, True):
-                options = {rows: br, "stages": stages, "num_warps": warps, "async_mma": async_mma}
-                name = f"gluon ws1 {rows.upper()}={br} 64x64 pieces stages={stages}{' async' if async_mma else ''}"
+                options = {"rows": br, "stages": stages, "num_warps": warps, "async_mma": async_mma}
+                name = f"gluon ws1 rows={br} 64x64 pieces stages={stages}{' async' if async_mma else ''}"
                 runs[f"{name} warps={warps}"] = lambda out, options=options: gluon_launch(
                     *tensors, out, chunk, exp, **options
                 )

@@ -111,8 +111,7 @@ def bw_dq_dk_case(kernel: str, dqk: int, dv: int, seq: int = 256, chunk: int = 1
     gate_b, gate_i, inv_den, dz, m_tok = (torch.empty(bh, seq, dtype=f32) for _ in range(5))
     vec_st, m_st = torch.empty(bh, nc + 1, dqk, dtype=f32), torch.empty(bh, nc + 1, dtype=f32)
     tensors = (q, k, v, dh, gate_b, gate_i, inv_den, dz, states, vec_st, m_st, m_tok, grad)
-    launch_args = {"bw_dq": mlstm_bw_dq_dk.dq_launch_args, "bw_dk": mlstm_bw_dq_dk.dk_launch_args}[kernel]
-    kernel_fn, _, args, constexprs = launch_args(*tensors, chunk, True, **options)
+    kernel_fn, _, args, constexprs = mlstm_bw_dq_dk.launch_args(kernel, *tensors, chunk, True, **options)
     return _facts(support.compile_for(kernel_fn, args, constexprs))
 
 

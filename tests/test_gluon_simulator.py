@@ -248,7 +248,7 @@ def test_bw_dq_matches_float64(seq: int, dqk: int, dv: int, chunk: int, stages: 
         case = f"{landing}, async_mma={async_mma}, num_warps={warps}"
         out = torch.full_like(q, float("nan"))
         options = dict(stages=stages, async_mma=async_mma, num_warps=warps)
-        kernel, grid, args, constexprs = mlstm_bw_dq_dk.dq_launch_args(*tensors, out, chunk, exp, **options)
+        kernel, grid, args, constexprs = mlstm_bw_dq_dk.launch_args("bw_dq", *tensors, out, chunk, exp, **options)
         simulate(kernel, grid, args, constexprs, landing=landing)
         assert not out.isnan().any(), f"{case}: dq has unwritten elements"
         assert rel(out, ref_dq) < 2e-3, f"{case}: dq against float64: {rel(out, ref_dq):.2e}"
@@ -269,7 +269,7 @@ def test_bw_dk_matches_float64(seq: int, dqk: int, dv: int, chunk: int, stages: 
         case = f"{landing}, async_mma={async_mma}, num_warps={warps}"
         out = torch.full_like(tensors[1], float("nan"))
         options = dict(stages=stages, async_mma=async_mma, num_warps=warps)
-        kernel, grid, args, constexprs = mlstm_bw_dq_dk.dk_launch_args(*tensors, out, chunk, exp, **options)
+        kernel, grid, args, constexprs = mlstm_bw_dq_dk.launch_args("bw_dk", *tensors, out, chunk, exp, **options)
         simulate(kernel, grid, args, constexprs, landing=landing)
         assert not out.isnan().any(), f"{case}: dk has unwritten elements"
         assert rel(out, ref_dk) < 2e-3, f"{case}: dk against float64: {rel(out, ref_dk):.2e}"
@@ -301,9 +301,8 @@ def test_bw_dq_dk_refuse_what_they_cannot_take(kernel: str) -> None:
         torch.empty(1, 2),
         torch.empty(1, 64),
     ]
-    launch_args = {"bw_dq": mlstm_bw_dq_dk.dq_launch_args, "bw_dk": mlstm_bw_dq_dk.dk_launch_args}[kernel]
     with pytest.raises(ValueError, match="num_warps is 4"):
-        launch_args(*tensors, torch.empty(1, 64, 64, dtype=torch.float16), 64, True, num_warps=2)
+        mlstm_bw_dq_dk.launch_args(kernel, *tensors, torch.empty(1, 64, 64, dtype=torch.float16), 64, True, num_warps=2)
 
 
 @pytest.mark.parametrize(

@@ -369,43 +369,53 @@ def check(kernel: str, q: Any, chunk_size: int, br: int) -> None:
         )
 
 
-def _launch_args(
+def launch_args(
     kernel: str,
-    x: Any,
-    xv: Any,
-    y: Any,
-    yv: Any,
+    q: Any,
+    k: Any,
+    v: Any,
+    dh: Any,
+    gate_b: Any,
+    gate_i: Any,
+    inv_den: Any,
+    dz: Any,
     state: Any,
-    out: Any,
-    gates: tuple[Any, ...],
     vec_st: Any,
     m_st: Any,
+    m_tok: Any,
+    grad: Any,
     chunk_size: int,
     exp: bool,
-    br: int,
-    stages: int,
-    num_warps: int,
-    async_mma: bool,
+    rows: int = 64,
+    stages: int = 6,
+    num_warps: int = 4,
+    async_mma: bool = False,
 ) -> tuple[Any, tuple[int, int, int], dict[str, Any], dict[str, Any]]:
-    """``bw_dq_dk_kernel``'s launch for ``kernel`` on its operands in the roles of the module docstring's table;
-    ``gates``: ``gate_b, gate_i, inv_den, dz, m_tok``."""
+    """What ``launch_<kernel>`` (``bw_dq`` or ``bw_dk``) launches on the tensors its Triton twin takes, in their
+    order (``state, vec_st``: ``c_st, n_st`` for ``dq``, ``dc_st, dn_st`` for ``dk``; ``grad``: the ``dq`` or ``dk``
+    to write): the kernel, its grid, its runtime arguments (``SUMS`` a new fp32 ``(1, BH, SP)`` tensor of ``q . dq``,
+    or ``(3, BH, SP)``: ``k . dk``, its part from later chunks, its intra-chunk part without the diagonal) and its
+    constexprs, by name. ``rows``: queries (``dq``) or keys (``dk``) per program; ``stages``: ring buffers of ``PIECE
+    x PIECE`` (8 KiB each in 16 bits); ``async_mma``: the value-side products keep one wgmma in flight
+    (``_value_products``); ``num_warps`` 4 or 8 (8: two warpgroups split every product's columns, ``acc_layout``).
+    ``ValueError`` from ``check``, or naming the allowed ``num_warps``."""
     import torch
 
-    check(kernel, x, chunk_size, br)
+    keys = kernel == "bw_dk"
+    x, xv, y, yv = (k, v, q, dh) if keys else (q, dh, k, v)  # the module docstring's table
+    check(kernel, x, chunk_size, rows)
     if num_warps not in (4, 8):
         raise ValueError(f"num_warps is 4 (one warpgroup) or 8 (two splitting the columns); got {num_warps}")
     dhqk, dhhv = x.shape[-1], xv.shape[-1]
     bh, nc = m_st.shape[0], m_st.shape[1] - 1
     sp = nc * chunk_size
-    gate_b, gate_i, inv_den, dz, m_tok = gates
-    keys = kernel == "bw_dk"
     args = {
-        "X_D": head_tiles(x, br, triton.next_power_of_2(dhqk)),
-        "XV_D": head_tiles(xv, br, PIECE),
+        "X_D": head_tiles(x, rows, triton.next_power_of_2(dhqk)),
+        "XV_D": head_tiles(xv, rows, PIECE),
         "Y_D": head_tiles(y, PIECE, PIECE),
         "YV_D": head_tiles(yv, PIECE, PIECE),
         "S_D": head_tiles(state, PIECE, PIECE),
-        "OUT_D": head_tiles(out, br, PIECE),
+        "OUT_D": head_tiles(grad, rows, PIECE),
         "GATE_B": gate_b,
         "GATE_I": gate_i,
         "INV_DEN": inv_den,
@@ -428,81 +438,22 @@ def _launch_args(
         "ASYNC": async_mma,
         "num_warps": num_warps,
     }
-    return bw_dq_dk_kernel, (nc * (chunk_size // br), bh, 1), args, constexprs
-
-
-def dq_launch_args(
-    q: Any,
-    k: Any,
-    v: Any,
-    dh: Any,
-    gate_b: Any,
-    gate_i: Any,
-    inv_den: Any,
-    dz: Any,
-    c_st: Any,
-    n_st: Any,
-    m_st: Any,
-    m_tok: Any,
-    dq: Any,
-    chunk_size: int,
-    exp: bool,
-    bq: int = 64,
-    stages: int = 6,
-    num_warps: int = 4,
-    async_mma: bool = False,
-) -> tuple[Any, tuple[int, int, int], dict[str, Any], dict[str, Any]]:
-    """What ``launch_bw_dq`` launches: the kernel, its grid, its runtime arguments (``SUMS`` a new fp32 ``(1, BH,
-    SP)`` tensor: ``q . dq``) and its constexprs, by name. ``bq``: queries per program; ``stages``: ring buffers of
-    ``PIECE x PIECE`` (8 KiB each in 16 bits); ``async_mma``: the value-side products keep one wgmma in flight
-    (``_value_products``); ``num_warps`` 4 or 8 (8: two warpgroups split every product's columns, ``acc_layout``).
-    ``ValueError`` from ``check``."""
-    gates = (gate_b, gate_i, inv_den, dz, m_tok)
-    return _launch_args("bw_dq", q, dh, k, v, c_st, dq, gates, n_st, m_st, chunk_size, exp, bq, stages, num_warps,
-                        async_mma)  # fmt: skip
-
-
-def dk_launch_args(
-    q: Any,
-    k: Any,
-    v: Any,
-    dh: Any,
-    gate_b: Any,
-    gate_i: Any,
-    inv_den: Any,
-    dz: Any,
-    dc_st: Any,
-    dn_st: Any,
-    m_st: Any,
-    m_tok: Any,
-    dk: Any,
-    chunk_size: int,
-    exp: bool,
-    bkv: int = 64,
-    stages: int = 6,
-    num_warps: int = 4,
-    async_mma: bool = False,
-) -> tuple[Any, tuple[int, int, int], dict[str, Any], dict[str, Any]]:
-    """What ``launch_bw_dk`` launches, as ``dq_launch_args`` (``bkv``: keys per program); ``SUMS`` is ``(3, BH,
-    SP)``: ``k . dk``, its part from later chunks, its intra-chunk part without the diagonal."""
-    gates = (gate_b, gate_i, inv_den, dz, m_tok)
-    return _launch_args("bw_dk", k, v, q, dh, dc_st, dk, gates, dn_st, m_st, chunk_size, exp, bkv, stages, num_warps,
-                        async_mma)  # fmt: skip
+    return bw_dq_dk_kernel, (nc * (chunk_size // rows), bh, 1), args, constexprs
 
 
 def launch_bw_dq(*tensors: Any, **options: Any) -> Any:
     """As ``kernels.mlstm.chunk_bw.launch_bw_dq`` (same tensors and order, then ``chunk_size, exp``): writes ``dq``,
-    returns the fp32 ``q . dq`` sums ``qdq (1, BH, SP)``. Options: ``dq_launch_args``'. CPU tensors run through
+    returns the fp32 ``q . dq`` sums ``qdq (1, BH, SP)``. Options: ``launch_args``'. CPU tensors run through
     ``kernels.gluon.simulator`` (results, not timings)."""
-    kernel, grid, args, constexprs = dq_launch_args(*tensors, **options)
+    kernel, grid, args, constexprs = launch_args("bw_dq", *tensors, **options)
     intra_chunk.launch(kernel, grid, args, constexprs, tensors[0].device)
     return args["SUMS"]
 
 
 def launch_bw_dk(*tensors: Any, **options: Any) -> tuple[Any, Any, Any]:
     """As ``kernels.mlstm.chunk_bw.launch_bw_dk`` (same tensors and order, then ``chunk_size, exp``): writes ``dk``,
-    returns the fp32 sums ``kdk, kdk_inter, kdk_off`` (each ``(1, BH, SP)``). Options: ``dk_launch_args``'."""
-    kernel, grid, args, constexprs = dk_launch_args(*tensors, **options)
+    returns the fp32 sums ``kdk, kdk_inter, kdk_off`` (each ``(1, BH, SP)``). Options: ``launch_args``'."""
+    kernel, grid, args, constexprs = launch_args("bw_dk", *tensors, **options)
     intra_chunk.launch(kernel, grid, args, constexprs, tensors[0].device)
     sums = args["SUMS"]
     return sums[0:1], sums[1:2], sums[2:3]
