@@ -81,7 +81,7 @@ run_step() {  # the commands of one step (a subshell, so that `timeout` can cut 
     backends) both_backends backends --chunk-size "$(echo ${CHUNKS:-512 1024} | tr ' ' ,)" ;;
     gluon_dq)
       for chunk in ${CHUNKS:-128 256 1024}; do  # the times first: their tables check each run against Triton too
-        for kernel in bw_dq bw_dk; do $py scripts/gluon_time.py --kernel $kernel --chunk $chunk --stages 6; done
+        for kernel in bw_dq bw_dk; do $py scripts/gluon_time.py --kernel $kernel --chunk $chunk; done
       done
       $py -m pytest -m gpu -q -rs -p no:cacheprovider tests/test_gluon.py -k bw_dq_dk ;;
     pytest_gpu) $py -m pytest -m gpu -q -rs -p no:cacheprovider tests ;;

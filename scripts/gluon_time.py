@@ -3,12 +3,13 @@
 ``fw_output_ws_kernel`` on ``tfla_fwd``'s states) or the backward's ``dv`` kernel (``--kernel bw_dv``:
 ``bw_chunk_dv_kernel`` against ``bw_dv_kernel`` on the arguments the Triton backward hands its own; ``--kernel
 bw_dq`` / ``bw_dk``: ``bw_chunk_dq_kernel`` / ``bw_chunk_dk_kernel`` against ``bw_dq_dk_kernel`` likewise, one Gluon
-run per ring depth of ``--stages``, its value-side products synchronous and one in flight). Prints a table with each one's time (``triton.testing.do_bench``,
-ms), its ratio to the Triton kernel and its relative difference.
+run per ring depth of ``--stages`` (default: the deepest that fits), its chained products synchronous and one in
+flight). Prints a table with each one's time (``triton.testing.do_bench``, ms), its ratio to the Triton kernel and its
+relative difference.
 Usage: ``python scripts/gluon_time.py [--kernel fw_output|bw_dv|bw_dq|bw_dk] [--shape 8,8,8192,256,512] [--chunk 128]
 [--variant sig] [--gluon "64,64,128,4,0;64,64,256,4,1,1,2,1;..."] [--stages 4,6,8]``: Gluon tiles
 ``BQ,BKV,BV,num_warps,warp_specialized[,state_pieces[,consumers[,pingpong]]]`` (``bw_dv`` is always
-warp-specialized; ``bw_dq`` and ``bw_dk`` take only the first (their rows per program) and ``num_warps``).
+warp-specialized; ``bw_dq`` and ``bw_dk`` take only ``num_warps`` from them).
 """
 
 from __future__ import annotations
@@ -118,11 +119,11 @@ def bw_dq_dk_runs(a: argparse.Namespace, x: list[torch.Tensor], tiles: object) -
     triton_launch, (*tensors, grad, chunk, exp, grad_tiles) = recorded_launch(a, x, f"launch_{a.kernel}")
     gluon_launch = getattr(mlstm_bw_dq_dk, f"launch_{a.kernel}")
     runs = {"triton (table)": lambda out: triton_launch(*tensors, out, chunk, exp, grad_tiles)}
-    for br, _, _, warps, *_ in a.gluon:
-        for stages in a.stages:
+    for warps in dict.fromkeys(tile[3] for tile in a.gluon):
+        for stages in a.stages or (None,):
             for async_mma in (False, True):
-                options = {"rows": br, "stages": stages, "num_warps": warps, "async_mma": async_mma}
-                name = f"gluon ws1 rows={br} 64x64 pieces stages={stages}{' async' if async_mma else ''}"
+                options = {"stages": stages, "num_warps": warps, "async_mma": async_mma}
+                name = f"gluon ws1 stages={stages or 'deepest'}{' async' if async_mma else ''}"
                 runs[f"{name} warps={warps}"] = lambda out, options=options: gluon_launch(
                     *tensors, out, chunk, exp, **options
                 )
@@ -145,7 +146,7 @@ def main() -> None:
     p.add_argument("--chunk", type=int, default=128)
     p.add_argument("--variant", default="sig", choices=("sig", "exp"))
     p.add_argument("--gluon", type=gluon_tiles, help=f"Gluon tiles to time, '{TILE_FORM}' separated by ';'")
-    p.add_argument("--stages", type=stage_counts, default=(4, 6, 8), help="bw_dq, bw_dk: ring depths, e.g. 4,6,8")
+    p.add_argument("--stages", type=stage_counts, help="bw_dq, bw_dk: ring depths, e.g. 2,3,4 (default: the deepest)")
     a = p.parse_args()
     a.gluon = a.gluon or gluon_tiles(DEFAULT_TILES[a.kernel])
     b, nh, s, dqk, dv = (int(x) for x in a.shape.split(","))

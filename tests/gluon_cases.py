@@ -159,12 +159,12 @@ CASES = {
         for dqk, dv in ((256, 512), (128, 256), (64, 64))
         for pp in (False, True)
     },
-    # the backward's dq and dk kernels: 64 x 64 pieces, one to four q/k pieces, one to eight value pieces; one or
-    # two warpgroups
+    # the backward's dq and dk kernels: the deepest ring that fits, one or two value-side slots; one or two
+    # warpgroups
     **{
         f"{kernel}{' async' if async_mma else ''} w{warps} {dqk}x{dv}": (
             lambda kernel=kernel, dqk=dqk, dv=dv, async_mma=async_mma, warps=warps: bw_dq_dk_case(
-                kernel, dqk, dv, stages=6, async_mma=async_mma, num_warps=warps
+                kernel, dqk, dv, async_mma=async_mma, num_warps=warps
             )
         )
         for kernel in ("bw_dq", "bw_dk")

@@ -137,12 +137,14 @@ def test_two_consumer_bw_dv_lowers_within_hopper_shared_memory(dims: str, pingpo
 def test_bw_dq_dk_lower_to_warp_specialized_wgmma_in_hopper_shared_memory(
     kernel: str, dims: str, mma: str, warps: int
 ) -> None:
-    """The Gluon ``dq`` and ``dk`` kernels: the load warp and the consumer (``setmaxnreg``), TMA and wgmmas over
-    64-wide pieces (m64n64k16 with one warpgroup; with two each takes 32 columns, m64n32k16) within sm_90's shared
-    memory, six ring stages beside the 7B head dims; the value-side products synchronous or one in flight."""
+    """The Gluon ``dq`` and ``dk`` kernels: the load warp and the consumer (``setmaxnreg``), TMA and wgmmas as wide
+    as the q/k head dim (the inter term's, the first: m64n256k16 at 7B with one warpgroup; with two each takes half
+    the columns) within sm_90's shared memory at the deepest ring that fits; the chained products synchronous or one
+    in flight."""
     facts = _case(f"{kernel}{mma} w{warps} {dims}")
     assert facts["has"]["setmaxnreg"] and facts["has"]["cp.async.bulk.tensor"] and facts["shared"] <= HOPPER_SMEM_BYTES
-    assert facts["wgmma"].startswith(f"wgmma.mma_async.sync.aligned.m64n{64 if warps == 4 else 32}k16"), facts
+    width = int(dims.split("x")[0]) // (warps // 4)
+    assert facts["wgmma"].startswith(f"wgmma.mma_async.sync.aligned.m64n{width}k16"), facts
 
 
 @pytest.mark.gpu

@@ -228,6 +228,7 @@ BW_DQ_DK_CASES = [  # seq, q/k head dim, value head dim, chunk, ring stages
     (100, 48, 48, 64, 3),
     (128, 256, 512, 64, 4),
     (128, 256, 64, 64, 5),
+    (200, 64, 160, 64, 3),
 ]
 
 
@@ -235,10 +236,11 @@ BW_DQ_DK_CASES = [  # seq, q/k head dim, value head dim, chunk, ring stages
 @pytest.mark.parametrize(("seq", "dqk", "dv", "chunk", "stages"), BW_DQ_DK_CASES)
 def test_bw_dq_matches_float64(seq: int, dqk: int, dv: int, chunk: int, stages: int, exp: bool) -> None:
     """The Gluon ``dq`` kernel on fresh random inputs (``bw_dq_dk_inputs``) against ``dq_reference``: ``dq``
-    (poisoned with NaN first) and the ``q . dq`` sums, with one to eight value pieces, one to four key pieces (fewer
-    value pieces than key pieces in the last case), S not a multiple of the chunk, and the TMA loads landing lazily
-    or eagerly, the ``dh`` products synchronous or one in flight, one warpgroup or two. (``tests/test_gluon_time.py``
-    checks it against the Triton kernel.)"""
+    (poisoned with NaN first) and the ``q . dq`` sums, with q/k head dims 48 (padded to 64) to 256, value head dims
+    narrower than, as wide as and wider than those (two value-side slots at 7B, three at 64 x 160 with the last one
+    partly past the end), S not a multiple of the chunk, the deepest ring that fits and shallower ones, and the TMA
+    loads landing lazily or eagerly, the chained products synchronous or one in flight, one warpgroup or two.
+    (``tests/test_gluon_time.py`` checks it against the Triton kernel.)"""
     from kernels.gluon import mlstm_bw_dq_dk
 
     q, k, v, dh, gate_b, gate_i, inv_den, dz, states, n_st, m_st, m_tok = bw_dq_dk_inputs(seq, dqk, dv, chunk)
@@ -247,7 +249,9 @@ def test_bw_dq_matches_float64(seq: int, dqk: int, dv: int, chunk: int, stages: 
     for landing, async_mma, warps in itertools.product(LANDINGS, (False, True), (4, 8)):
         case = f"{landing}, async_mma={async_mma}, num_warps={warps}"
         out = torch.full_like(q, float("nan"))
-        options = dict(stages=stages, async_mma=async_mma, num_warps=warps)
+        options = dict(
+            stages=min(stages, mlstm_bw_dq_dk.ring_stages(dqk, dv, warps)), async_mma=async_mma, num_warps=warps
+        )
         kernel, grid, args, constexprs = mlstm_bw_dq_dk.launch_args("bw_dq", *tensors, out, chunk, exp, **options)
         simulate(kernel, grid, args, constexprs, landing=landing)
         assert not out.isnan().any(), f"{case}: dq has unwritten elements"
@@ -268,7 +272,9 @@ def test_bw_dk_matches_float64(seq: int, dqk: int, dv: int, chunk: int, stages: 
     for landing, async_mma, warps in itertools.product(LANDINGS, (False, True), (4, 8)):
         case = f"{landing}, async_mma={async_mma}, num_warps={warps}"
         out = torch.full_like(tensors[1], float("nan"))
-        options = dict(stages=stages, async_mma=async_mma, num_warps=warps)
+        options = dict(
+            stages=min(stages, mlstm_bw_dq_dk.ring_stages(dqk, dv, warps)), async_mma=async_mma, num_warps=warps
+        )
         kernel, grid, args, constexprs = mlstm_bw_dq_dk.launch_args("bw_dk", *tensors, out, chunk, exp, **options)
         simulate(kernel, grid, args, constexprs, landing=landing)
         assert not out.isnan().any(), f"{case}: dk has unwritten elements"
@@ -284,16 +290,16 @@ def test_bw_dq_dk_refuse_what_they_cannot_take(kernel: str) -> None:
     def q(d: int, dtype: torch.dtype = torch.float16) -> torch.Tensor:
         return torch.empty(1, 64, d, dtype=dtype)
 
-    rows = {"bw_dq": "BQ", "bw_dk": "BKV"}[kernel]
-    for bad, chunk, br, match in (
+    for bad, chunk, dhhv, match in (
         (q(64, torch.float32), 64, 64, f"the Gluon {kernel} takes float16 or bfloat16"),
         (q(320), 64, 64, "head dim from 33 to 256"),
         (q(32), 64, 64, "head dim from 33 to 256"),
-        (q(64), 96, 64, "must divide the chunk size 96"),
-        (q(64), 128, 96, f"{rows}=96"),
+        (q(64), 96, 64, "chunk size that is a multiple of 64; got 96"),
+        (q(256), 64, 2048, "head dims 256 x 2048 leave no room in shared memory for a ring of two slots"),
     ):
         with pytest.raises(ValueError, match=match):
-            mlstm_bw_dq_dk.check(kernel, bad, chunk, br)
+            mlstm_bw_dq_dk.check(kernel, bad, chunk, dhhv)
+    assert mlstm_bw_dq_dk.ring_stages(256, 512) == 4 and mlstm_bw_dq_dk.ring_stages(128, 256) == 8
     tensors = [torch.empty(1, 64, 64, dtype=torch.float16) for _ in range(4)] + [torch.empty(1, 64) for _ in range(4)]
     tensors += [
         torch.empty(1, 2, 64, 64, dtype=torch.float16),
@@ -301,8 +307,11 @@ def test_bw_dq_dk_refuse_what_they_cannot_take(kernel: str) -> None:
         torch.empty(1, 2),
         torch.empty(1, 64),
     ]
+    grad = torch.empty(1, 64, 64, dtype=torch.float16)
     with pytest.raises(ValueError, match="num_warps is 4"):
-        mlstm_bw_dq_dk.launch_args(kernel, *tensors, torch.empty(1, 64, 64, dtype=torch.float16), 64, True, num_warps=2)
+        mlstm_bw_dq_dk.launch_args(kernel, *tensors, grad, 64, True, num_warps=2)
+    with pytest.raises(ValueError, match="stages is 2 to 8 at head dims 64 x 64 \\(shared memory\\); got 9"):
+        mlstm_bw_dq_dk.launch_args(kernel, *tensors, grad, 64, True, stages=9)
 
 
 @pytest.mark.parametrize(

@@ -42,6 +42,9 @@ def test_every_run_writes_what_the_triton_kernel_writes(kernel: str) -> None:
     )
     runs, expected = script.RUNS[kernel](a, x, tiles)
     assert len(runs) == 1 + len(a.gluon) * (2 * len(a.stages) if dq_dk else 1)
+    if dq_dk:  # the default: one run per option set at the deepest ring
+        a.stages = None
+        assert len(script.bw_dq_dk_runs(a, x, tiles)[0]) == 1 + 2 * len(a.gluon)
     for name, run in runs.items():
         out = torch.full_like(expected, float("nan"))
         run(out)

@@ -133,6 +133,12 @@ class SharedMemory:
     def permute(self, order: tuple[int, ...]) -> SharedMemory:
         return SharedMemory(self.data.permute(*order))
 
+    def _reinterpret(self, dtype: torch.dtype, shape: list[int], layout: Any = None) -> SharedMemory:
+        """The same bytes as a buffer of ``shape`` (of the same element type: all this project asks of it)."""
+        if dtype != self.dtype:
+            raise _program().fail(f"reinterpreting {self.dtype} shared memory as {dtype}")
+        return self.reshape(shape)
+
     def load(self, layout: Any = None) -> torch.Tensor:
         return self.data.clone()
 
