@@ -79,3 +79,28 @@ def bw_dv_options(dhqk: int, dhhv: int, chunk_size: int) -> BwDvOptions:
     bq = 64
     pieces, bv = state_tiles(dhqk, bq, dhhv)
     return BwDvOptions(bq, CONSUMER_ROWS, bv, pieces, _consumers(chunk_size))
+
+
+@dataclass(frozen=True)
+class BwDqDkOptions:
+    """``kernels.gluon.mlstm_bw_dq_dk.launch_args``' options: warps of the consumer (4: one warpgroup), the chained
+    products one in flight (``async_mma``); the ring as deep as shared memory allows."""
+
+    num_warps: int
+    async_mma: bool
+
+    def kwargs(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@cache
+def bw_dq_dk_options(dhqk: int, dhhv: int, chunk_size: int) -> BwDqDkOptions | None:
+    """Options of the Gluon ``dq`` and ``dk`` kernels, or ``None`` where they cannot run (a q/k head dim of 32 or
+    less, head dims that leave no room for their ring): then the Triton kernels run. One warpgroup (8 warps were
+    2..12 % slower at 7B on the H200, v22); the products one in flight from chunk 512 on (3 % faster at 1024, 1 %
+    slower at 128)."""
+    from kernels.gluon.mlstm_bw_dq_dk import TILE, ring_stages
+
+    if dhqk <= TILE.value // 2 or not ring_stages(dhqk, dhhv):
+        return None
+    return BwDqDkOptions(num_warps=4, async_mma=chunk_size >= 512)

@@ -171,7 +171,8 @@ def tfla_bwd(
 ) -> tuple[torch.Tensor, ...]:
     """The backward pass: ``dq, dk, dv, di, df`` and the initial states' ``dC0, dn0, dm0`` (``None`` without
     ``init``) from the output's and the last states' gradients (any may be ``None``: zero). ``backend`` as in
-    ``tfla_fwd``: the ``dv`` kernel's (``gluon``: ``kernels.gluon.mlstm_bw_dv``)."""
+    ``tfla_fwd``: the ``dv`` kernel's (``gluon``: ``kernels.gluon.mlstm_bw_dv``) and, where they can run, the ``dq``
+    and ``dk`` kernels' (``kernels.gluon.mlstm_bw_dq_dk``)."""
     gate_b, gate_i, c_st, n_st, m_st, m_tok, z_tok = state
     B, NH, S, DHQK = q.shape
     DHHV = v.shape[-1]
@@ -192,10 +193,21 @@ def tfla_bwd(
         exp, tiles.bw_states,
     )  # fmt: skip
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    qdq = launch_bw_dq(q, k, v, dh, gate_b, gate_i, inv_den, dz, c_st, n_st, m_st, m_tok, dq, L, exp, tiles.bw_dq)
-    kdk, kdk_inter, kdk_off = launch_bw_dk(
-        q, k, v, dh, gate_b, gate_i, inv_den, dz, dc_st, dn_st, m_st, m_tok, dk, L, exp, tiles.bw_dk
-    )
+    dq_args = (q, k, v, dh, gate_b, gate_i, inv_den, dz, c_st, n_st, m_st, m_tok, dq, L, exp)
+    dk_args = (q, k, v, dh, gate_b, gate_i, inv_den, dz, dc_st, dn_st, m_st, m_tok, dk, L, exp)
+    dq_dk_options = None
+    if backend == "gluon":
+        from kernels.gluon.config import bw_dq_dk_options
+
+        dq_dk_options = bw_dq_dk_options(DHQK, DHHV, L)
+    if dq_dk_options is not None:
+        from kernels.gluon import mlstm_bw_dq_dk
+
+        qdq = mlstm_bw_dq_dk.launch_bw_dq(*dq_args, **dq_dk_options.kwargs())
+        kdk, kdk_inter, kdk_off = mlstm_bw_dq_dk.launch_bw_dk(*dk_args, **dq_dk_options.kwargs())
+    else:
+        qdq = launch_bw_dq(*dq_args, tiles.bw_dq)
+        kdk, kdk_inter, kdk_off = launch_bw_dk(*dk_args, tiles.bw_dk)
     if backend == "gluon":
         from kernels.gluon.config import bw_dv_options
         from kernels.gluon.mlstm_bw_dv import launch_bw_dv as launch_bw_dv_gluon
