@@ -63,10 +63,15 @@ def _params(p: Problem, variant: str, normalize: bool, backend: str) -> dict[str
         "backend": backend,
     }
     if backend == "gluon":
-        from kernels.gluon.config import bw_dv_options, fw_output_options
+        from kernels.gluon.config import bw_dq_dk_options, bw_dv_options, fw_output_options
 
         shape = (p.head_dim_qk, p.head_dim_v, p.chunk_size)
-        params["gluon"] = {"fw_output": fw_output_options(*shape).kwargs(), "bw_dv": bw_dv_options(*shape).kwargs()}
+        dq_dk = bw_dq_dk_options(*shape)
+        params["gluon"] = {
+            "fw_output": fw_output_options(*shape).kwargs(),
+            "bw_dv": bw_dv_options(*shape).kwargs(),
+            "bw_dq_dk": dq_dk.kwargs() if dq_dk else "triton",  # the Triton kernels where the Gluon ones cannot run
+        }
     return params
 
 

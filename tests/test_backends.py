@@ -11,7 +11,7 @@ import torch
 from bench import store
 from bench.grid import Grid
 from bench.runner import sweep
-from kernels.gluon.config import bw_dv_options, fw_output_options
+from kernels.gluon.config import bw_dq_dk_options, bw_dv_options, fw_output_options
 from kernels.mlstm import backends
 from kernels.mlstm.backends import BACKENDS
 from kernels.mlstm.tfla import mlstm_tfla
@@ -50,14 +50,15 @@ def test_auto_and_triton_run_triton_here_and_gluon_says_why_not(monkeypatch: pyt
 
 def test_auto_runs_gluon_only_where_measured_faster(monkeypatch: pytest.MonkeyPatch) -> None:
     """``auto`` follows ``FASTEST`` by GPU, q/k head dim and chunk size: Gluon at the 7B shape where measured
-    faster (H100 chunks 128, 512 and 1024, H200 chunk 256), Triton at the paper shape, at other chunks, on another
-    GPU, and wherever Gluon cannot run."""
+    faster (H100 chunks 128 to 1024, H200 chunk 256), Triton at the paper shape, at other chunks, on another GPU, and
+    wherever Gluon cannot run."""
     cuda = torch.device("cuda")
     monkeypatch.setattr(backends, "gluon_reason", lambda *_: None)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *_: "NVIDIA H100 80GB HBM3")
     assert backends.choose_backend("auto", cuda, torch.bfloat16, 256, 128) == "gluon"
     assert backends.choose_backend("auto", cuda, torch.bfloat16, 128, 128) == "triton"
-    assert backends.choose_backend("auto", cuda, torch.bfloat16, 256, 256) == "triton"
+    assert backends.choose_backend("auto", cuda, torch.bfloat16, 256, 256) == "gluon"
+    assert backends.choose_backend("auto", cuda, torch.bfloat16, 256, 64) == "triton"
     assert backends.choose_backend("auto", cuda, torch.bfloat16, 256, 1024) == "gluon"
     assert backends.choose_backend("auto", cuda, torch.bfloat16, 128, 1024) == "triton"
     assert backends.choose_backend("triton", cuda, torch.bfloat16, 256, 128) == "triton"
@@ -106,4 +107,7 @@ def test_rows_record_the_backend_and_gluon_rows_are_not_a_crash(tmp_path: Path) 
     assert params["gluon"] == {  # the options its kernels run with (kernels.gluon.config)
         "fw_output": fw_output_options(32, 32, 32).kwargs(),
         "bw_dv": bw_dv_options(32, 32, 32).kwargs(),
+        "bw_dq_dk": "triton",  # a q/k head dim of 32 is too narrow for the Gluon dq / dk
     }
+    assert bw_dq_dk_options(256, 512, 1024).kwargs() == {"num_warps": 4, "async_mma": True}
+    assert bw_dq_dk_options(256, 512, 256).kwargs() == {"num_warps": 4, "async_mma": False}
