@@ -62,7 +62,7 @@ both_backends() {  # sweep rows of both backends and both variants, S 8192, 7B a
   # RESULTS/$1_<preset>.parquet; the other arguments go to bench sweep
   local name=$1; shift
   for preset in consttoken7b consttoken; do
-    $py cli.py sweep --preset $preset --kernels 'tfla.mlstm_sig,tfla.mlstm_sig_gluon,tfla.mlstm_exp,tfla.mlstm_exp_gluon' \
+    $py cli.py sweep --preset $preset --kernels 'tfla.mlstm_sig_triton,tfla.mlstm_sig_gluon,tfla.mlstm_exp_triton,tfla.mlstm_exp_gluon' \
       --seq-len 8192 --out "$RESULTS/${name}_$preset.parquet" "$@"
   done
 }

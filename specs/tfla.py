@@ -84,7 +84,7 @@ def _register_tfla(variant: str, normalize: bool, description: str, backend: str
     gluon = backend == "gluon"
     register(
         KernelSpec(
-            name=f"tfla.mlstm_{variant}" + ("_gluon" if gluon else ""),
+            name=f"tfla.mlstm_{variant}" + ("" if backend == "auto" else f"_{backend}"),
             family="mlstm",
             make_inputs=lambda p: (*mlstm_inputs(p), p.chunk_size),
             fn=fn,
@@ -105,11 +105,16 @@ def _register_tfla(variant: str, normalize: bool, description: str, backend: str
     )
 
 
-_register_tfla("exp", True, "TFLA mLSTMexp (ours, Triton): exponential input gate, max-state stabilizer")
-_register_tfla("sig", False, "TFLA mLSTMsig (ours, Triton): sigmoid input gate, no normalizer")
-_register_tfla(
-    "exp", True, "TFLA mLSTMexp, forward output and backward dv kernels in Gluon (ours, Hopper)", backend="gluon"
-)
-_register_tfla(
-    "sig", False, "TFLA mLSTMsig, forward output and backward dv kernels in Gluon (ours, Hopper)", backend="gluon"
-)
+_register_tfla("exp", True, "TFLA mLSTMexp (ours): exponential input gate, max-state stabilizer; the fastest backend")
+_register_tfla("sig", False, "TFLA mLSTMsig (ours): sigmoid input gate, no normalizer; the fastest backend")
+# Each backend pinned, so that one sweep compares them where `auto` would run the same one twice.
+for _variant, _normalize in (("exp", True), ("sig", False)):
+    _register_tfla(
+        _variant, _normalize, f"TFLA mLSTM{_variant}, the Triton kernels only (ours: the portable path)", "triton"
+    )
+    _register_tfla(
+        _variant,
+        _normalize,
+        f"TFLA mLSTM{_variant}, the output kernel and the backward's dv, dq, dk in Gluon (ours, Hopper)",
+        "gluon",
+    )

@@ -53,7 +53,14 @@ def test_kernels_without_chunk_size_run_once_per_shape() -> None:
 
 def test_glob_and_unknown_kernel() -> None:
     names = [s.name for s, _ in Grid(kernels=("tfla.*",), device="cpu").configs()]
-    assert names == ["tfla.mlstm_exp", "tfla.mlstm_exp_gluon", "tfla.mlstm_sig", "tfla.mlstm_sig_gluon"]
+    assert names == [
+        "tfla.mlstm_exp",
+        "tfla.mlstm_exp_gluon",
+        "tfla.mlstm_exp_triton",
+        "tfla.mlstm_sig",
+        "tfla.mlstm_sig_gluon",
+        "tfla.mlstm_sig_triton",
+    ]
     with pytest.raises(ValueError, match="unknown kernel 'nope'; known kernels: .*tfla.mlstm_exp"):
         Grid(kernels=("nope",)).configs()
 
