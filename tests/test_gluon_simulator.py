@@ -234,53 +234,37 @@ BW_DQ_DK_CASES = [  # seq, q/k head dim, value head dim, chunk, ring stages
 
 @pytest.mark.parametrize("exp", [True, False])
 @pytest.mark.parametrize(("seq", "dqk", "dv", "chunk", "stages"), BW_DQ_DK_CASES)
-def test_bw_dq_matches_float64(seq: int, dqk: int, dv: int, chunk: int, stages: int, exp: bool) -> None:
-    """The Gluon ``dq`` kernel on fresh random inputs (``bw_dq_dk_inputs``) against ``dq_reference``: ``dq``
-    (poisoned with NaN first) and the ``q . dq`` sums, with q/k head dims 48 (padded to 64) to 256, value head dims
+@pytest.mark.parametrize("kernel", ["bw_dq", "bw_dk"])
+def test_bw_dq_dk_match_float64(kernel: str, seq: int, dqk: int, dv: int, chunk: int, stages: int, exp: bool) -> None:
+    """The Gluon ``dq`` and ``dk`` kernels on fresh random inputs (``bw_dq_dk_inputs``) against ``dq_reference`` /
+    ``dk_reference``: the gradient (poisoned with NaN first) and its sums for the gate gradients (``q . dq``; ``k .
+    dk``, its inter part, its off-diagonal part), with q/k head dims 48 (padded to 64) to 256, value head dims
     narrower than, as wide as and wider than those (two value-side slots at 7B, three at 64 x 160 with the last one
     partly past the end), S not a multiple of the chunk, the deepest ring that fits and shallower ones, and the TMA
     loads landing lazily or eagerly, the chained products synchronous or one in flight, one warpgroup or two.
-    (``tests/test_gluon_time.py`` checks it against the Triton kernel.)"""
-    from kernels.gluon import mlstm_bw_dq_dk
-
-    q, k, v, dh, gate_b, gate_i, inv_den, dz, states, n_st, m_st, m_tok = bw_dq_dk_inputs(seq, dqk, dv, chunk)
-    tensors = (q, k, v, dh, gate_b, gate_i, inv_den, dz, states[:, :-1].contiguous(), n_st, m_st, m_tok)
-    ref_dq, ref_qdq = dq_reference(*tensors, chunk, exp)
-    for landing, async_mma, warps in itertools.product(LANDINGS, (False, True), (4, 8)):
-        case = f"{landing}, async_mma={async_mma}, num_warps={warps}"
-        out = torch.full_like(q, float("nan"))
-        options = dict(
-            stages=min(stages, mlstm_bw_dq_dk.ring_stages(dqk, dv, warps)), async_mma=async_mma, num_warps=warps
-        )
-        kernel, grid, args, constexprs = mlstm_bw_dq_dk.launch_args("bw_dq", *tensors, out, chunk, exp, **options)
-        simulate(kernel, grid, args, constexprs, landing=landing)
-        assert not out.isnan().any(), f"{case}: dq has unwritten elements"
-        assert rel(out, ref_dq) < 2e-3, f"{case}: dq against float64: {rel(out, ref_dq):.2e}"
-        qdq = args["SUMS"][0, :, :seq]
-        assert rel(qdq, ref_qdq) < 1e-4, f"{case}: q . dq against float64: {rel(qdq, ref_qdq):.2e}"
-
-
-@pytest.mark.parametrize("exp", [True, False])
-@pytest.mark.parametrize(("seq", "dqk", "dv", "chunk", "stages"), BW_DQ_DK_CASES)
-def test_bw_dk_matches_float64(seq: int, dqk: int, dv: int, chunk: int, stages: int, exp: bool) -> None:
-    """The Gluon ``dk`` kernel (the ``dq`` kernel's mirror image) as ``test_bw_dq_matches_float64``, against
-    ``dk_reference``: ``dk`` (poisoned) and the three ``k . dk`` sums."""
+    (``tests/test_gluon_time.py`` checks them against the Triton kernels.)"""
     from kernels.gluon import mlstm_bw_dq_dk
 
     tensors = bw_dq_dk_inputs(seq, dqk, dv, chunk)
-    ref_dk, *ref_sums = dk_reference(*tensors, chunk, exp)
+    if kernel == "bw_dq":  # the states before each chunk, not after
+        tensors = (*tensors[:8], tensors[8][:, :-1].contiguous(), *tensors[9:])
+        ref, *ref_sums = dq_reference(*tensors, chunk, exp)
+        names = ("q . dq",)
+    else:
+        ref, *ref_sums = dk_reference(*tensors, chunk, exp)
+        names = ("k . dk", "its inter part", "its off-diagonal part")
     for landing, async_mma, warps in itertools.product(LANDINGS, (False, True), (4, 8)):
-        case = f"{landing}, async_mma={async_mma}, num_warps={warps}"
-        out = torch.full_like(tensors[1], float("nan"))
+        case = f"{kernel}, {landing}, async_mma={async_mma}, num_warps={warps}"
+        out = torch.full_like(tensors[0], float("nan"))
         options = dict(
             stages=min(stages, mlstm_bw_dq_dk.ring_stages(dqk, dv, warps)), async_mma=async_mma, num_warps=warps
         )
-        kernel, grid, args, constexprs = mlstm_bw_dq_dk.launch_args("bw_dk", *tensors, out, chunk, exp, **options)
-        simulate(kernel, grid, args, constexprs, landing=landing)
-        assert not out.isnan().any(), f"{case}: dk has unwritten elements"
-        assert rel(out, ref_dk) < 2e-3, f"{case}: dk against float64: {rel(out, ref_dk):.2e}"
-        for name, got, ref in zip(("k . dk", "its inter part", "its off-diagonal part"), args["SUMS"], ref_sums):
-            assert rel(got[:, :seq], ref) < 1e-4, f"{case}: {name} against float64: {rel(got[:, :seq], ref):.2e}"
+        kernel_fn, grid, args, constexprs = mlstm_bw_dq_dk.launch_args(kernel, *tensors, out, chunk, exp, **options)
+        simulate(kernel_fn, grid, args, constexprs, landing=landing)
+        assert not out.isnan().any(), f"{case}: the gradient has unwritten elements"
+        assert rel(out, ref) < 2e-3, f"{case}: the gradient against float64: {rel(out, ref):.2e}"
+        for name, got, want in zip(names, args["SUMS"], ref_sums, strict=True):
+            assert rel(got[:, :seq], want) < 1e-4, f"{case}: {name} against float64: {rel(got[:, :seq], want):.2e}"
 
 
 @pytest.mark.parametrize("kernel", ["bw_dq", "bw_dk"])
