@@ -6,7 +6,8 @@ bw_dq`` / ``bw_dk``: ``bw_chunk_dq_kernel`` / ``bw_chunk_dk_kernel`` against ``b
 run per ring depth of ``--stages`` (default: the deepest that fits), its chained products synchronous and one in
 flight). Prints a table with each one's time (``triton.testing.do_bench``, ms), its ratio to the Triton kernel and its
 relative difference.
-Usage: ``python scripts/gluon_time.py [--kernel fw_output|bw_dv|bw_dq|bw_dk] [--shape 8,8,8192,256,512] [--chunk 128]
+``--kernel fw_states``: ``fw_chunk_states_kernel`` against ``fw_states_kernel`` (``BQ`` is its token slice ``BL``).
+Usage: ``python scripts/gluon_time.py [--kernel fw_output|bw_dv|bw_dq|bw_dk|fw_states] [--shape 8,8,8192,256,512] [--chunk 128]
 [--variant sig] [--gluon "64,64,128,4,0;64,64,256,4,1,1,2,1;..."] [--stages 4,6,8]``: Gluon tiles
 ``BQ,BKV,BV,num_warps,warp_specialized[,state_pieces[,consumers[,pingpong]]]`` (``bw_dv`` is always
 warp-specialized; ``bw_dq`` and ``bw_dk`` take only ``num_warps`` from them).
@@ -20,7 +21,7 @@ from collections.abc import Callable
 import torch
 import triton
 
-from kernels.gluon import mlstm_bw_dq_dk, mlstm_bw_dv
+from kernels.gluon import mlstm_bw_dq_dk, mlstm_bw_dv, mlstm_fw_states
 from kernels.gluon import mlstm_fw_output as fwo
 from kernels.mlstm import tfla
 from kernels.mlstm.chunk_fw import launch_fw_output
@@ -130,13 +131,39 @@ def bw_dq_dk_runs(a: argparse.Namespace, x: list[torch.Tensor], tiles: object) -
     return runs, grad
 
 
+def fw_states_runs(a: argparse.Namespace, x: list[torch.Tensor], tiles: object) -> tuple[dict, torch.Tensor]:
+    """The state kernels to time on the arguments one Triton forward hands its own (recorded), and its chunk states
+    (the runs write ``n``, ``m`` and the last state into scratch tensors)."""
+    triton_launch, (k, v, gate_b, gate_i, init, c_st, n_st, m_st, c_last, chunk, exp, st_tiles) = recorded_launch(
+        a, x, "launch_fw_states"
+    )
+    scratch = (torch.empty_like(n_st), torch.empty_like(m_st), torch.empty_like(c_last))
+    runs = {
+        "triton (table)": lambda out: triton_launch(k, v, gate_b, gate_i, init, out, *scratch, chunk, exp, st_tiles)
+    }
+    for bl, _, bv, *_ in a.gluon:
+        for stages in a.stages or (2, 4):
+            options = {"bl": bl, "bv": bv, "stages": stages}
+            runs[f"gluon ws1 BL={bl} BK=64 BV={bv} stages={stages}"] = lambda out, options=options: (
+                mlstm_fw_states.launch_fw_states(k, v, gate_b, gate_i, init, out, *scratch, chunk, exp, **options)
+            )
+    return runs, c_st
+
+
 DEFAULT_TILES = {  # v14's fastest (two consumers, pieces) without and with ping-pong turns, beside one consumer
     "fw_output": "64,64,256,4,1,1;64,64,256,4,1,1,2;64,32,256,4,1,1,2;64,64,256,4,1,1,2,1;64,32,256,4,1,1,2,1",
     "bw_dv": "64,64,256,4,1,1;64,64,256,4,1,1,2;64,64,256,4,1,1,2,1",
     "bw_dq": "64,64,64,4,1;64,64,64,8,1",
     "bw_dk": "64,64,64,4,1;64,64,64,8,1",
+    "fw_states": "64,64,128,4,1;128,64,128,4,1",  # BL (tokens a stage), -, BV
 }
-RUNS = {"fw_output": fw_output_runs, "bw_dv": bw_dv_runs, "bw_dq": bw_dq_dk_runs, "bw_dk": bw_dq_dk_runs}
+RUNS = {
+    "fw_output": fw_output_runs,
+    "bw_dv": bw_dv_runs,
+    "bw_dq": bw_dq_dk_runs,
+    "bw_dk": bw_dq_dk_runs,
+    "fw_states": fw_states_runs,
+}
 
 
 def main() -> None:
@@ -146,7 +173,11 @@ def main() -> None:
     p.add_argument("--chunk", type=int, default=128)
     p.add_argument("--variant", default="sig", choices=("sig", "exp"))
     p.add_argument("--gluon", type=gluon_tiles, help=f"Gluon tiles to time, '{TILE_FORM}' separated by ';'")
-    p.add_argument("--stages", type=stage_counts, help="bw_dq, bw_dk: ring depths, e.g. 2,3,4 (default: the deepest)")
+    p.add_argument(
+        "--stages",
+        type=stage_counts,
+        help="bw_dq, bw_dk, fw_states: ring depths, e.g. 2,3,4 (default: the deepest; fw_states: 2,4)",
+    )
     a = p.parse_args()
     a.gluon = a.gluon or gluon_tiles(DEFAULT_TILES[a.kernel])
     b, nh, s, dqk, dv = (int(x) for x in a.shape.split(","))
@@ -160,7 +191,9 @@ def main() -> None:
         f"{torch.cuda.get_device_name()}, triton {triton.__version__}, {a.kernel}, shape {a.shape}, chunk {a.chunk}, "
         f"{a.variant}"
     )
-    print(f"kernel | ms | / triton | rel diff of {dict(fw_output='h', bw_dv='dv', bw_dq='dq', bw_dk='dk')[a.kernel]}")
+    print(
+        f"kernel | ms | / triton | rel diff of {dict(fw_output='h', bw_dv='dv', bw_dq='dq', bw_dk='dk', fw_states='C')[a.kernel]}"
+    )
     base = None
     for name, run in runs.items():
         out = torch.full_like(expected, float("nan"))

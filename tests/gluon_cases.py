@@ -115,6 +115,23 @@ def bw_dq_dk_case(kernel: str, dqk: int, dv: int, seq: int = 256, chunk: int = 1
     return _facts(support.compile_for(kernel_fn, args, constexprs))
 
 
+def fw_states_case(
+    exp: bool, dqk: int, dv: int, init: bool, seq: int = 256, chunk: int = 128, **options: object
+) -> dict:
+    """What ``kernels.gluon.mlstm_fw_states.launch_fw_states`` would launch on a forward's tensors of two heads."""
+    from kernels.gluon import mlstm_fw_states
+
+    bh, nc, dtype, f32 = 2, seq // chunk, torch.bfloat16, torch.float32
+    k, v = torch.empty(bh, seq, dqk, dtype=dtype), torch.empty(bh, seq, dv, dtype=dtype)
+    gate_b, gate_i = torch.empty(bh, seq, dtype=f32), torch.empty(bh, seq, dtype=f32)
+    c_st, c_last = torch.empty(bh, nc, dqk, dv, dtype=dtype), torch.empty(bh, dqk, dv, dtype=f32)
+    n_st, m_st = torch.empty(bh, nc + 1, dqk, dtype=f32), torch.empty(bh, nc + 1, dtype=f32)
+    start = (c_last, n_st[:, 0], m_st[:, 0]) if init else None
+    tensors = (k, v, gate_b, gate_i, start, c_st, n_st, m_st, c_last)
+    kernel, _, args, constexprs = mlstm_fw_states.launch_args(*tensors, chunk, exp, **options)
+    return _facts(support.compile_for(kernel, args, constexprs))
+
+
 CASES = {
     "ws_matmul fp16": lambda: ws_matmul_case(torch.float16),
     "ws_matmul bf16": lambda: ws_matmul_case(torch.bfloat16),
@@ -171,6 +188,15 @@ CASES = {
         for dqk, dv in ((256, 512), (128, 256), (64, 64))
         for async_mma in (False, True)
         for warps in (4, 8)
+    },
+    # the forward's state recurrence: both variants, with and without initial states, state tiles 64 x 128 / 256
+    **{
+        f"fw_states {'exp' if exp else 'sig'}{' init' if init else ''} bv{bv}": (
+            lambda exp=exp, init=init, bv=bv: fw_states_case(exp, 256, 512, init, bv=bv)
+        )
+        for exp in (True, False)
+        for init in (False, True)
+        for bv in (128, 256)
     },
 }
 

@@ -147,6 +147,17 @@ def test_bw_dq_dk_lower_to_warp_specialized_wgmma_in_hopper_shared_memory(
     assert facts["wgmma"].startswith(f"wgmma.mma_async.sync.aligned.m64n{width}k16"), facts
 
 
+@pytest.mark.parametrize("bv", [128, 256])
+@pytest.mark.parametrize("init", ["", " init"])
+@pytest.mark.parametrize("variant", ["exp", "sig"])
+def test_fw_states_lowers_to_warp_specialized_wgmma_in_hopper_shared_memory(variant: str, init: str, bv: int) -> None:
+    """The Gluon state kernel at the 7B head dims: the load warp and the consumer (``setmaxnreg``), TMA loads and
+    stores, a ``64 x BV`` wgmma with ``(k w)^T`` from registers, within sm_90's shared memory."""
+    facts = _case(f"fw_states {variant}{init} bv{bv}")
+    assert facts["has"]["setmaxnreg"] and facts["has"]["cp.async.bulk.tensor"] and facts["shared"] <= HOPPER_SMEM_BYTES
+    assert facts["wgmma"].startswith(f"wgmma.mma_async.sync.aligned.m64n{bv}k16"), facts
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("kernel", ["bw_dq", "bw_dk"])
 @pytest.mark.parametrize("variant", ["exp", "sig"])
@@ -199,6 +210,52 @@ def test_bw_dq_dk_match_the_triton_kernels(
         assert rel(out, grad_triton) < 1e-2, f"{case}: the gradient against Triton: {rel(out, grad_triton):.2e}"
         for i, (got, want) in enumerate(zip(sums, sums_triton)):
             assert rel(got, want) < 1e-3, f"{case}: sum {i} against Triton: {rel(got, want):.2e}"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("init", [False, True])
+@pytest.mark.parametrize("variant", ["exp", "sig"])
+@pytest.mark.parametrize(
+    ("seq", "dqk", "dv", "chunk"), [(700, 256, 512, 128), (1300, 256, 512, 256), (640, 128, 256, 64)]
+)
+def test_fw_states_matches_the_triton_kernel(
+    variant: str, init: bool, seq: int, dqk: int, dv: int, chunk: int, compiled_kernels: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """The Gluon state kernel on the arguments a bf16 Triton forward hands its own (fresh random inputs, S not a
+    multiple of the chunk, 7B and paper head dims, with and without initial states): the same chunk states (poisoned
+    with NaN first), ``n``, ``m`` and last state, at token slices of 64 and 128 where they divide the chunk."""
+    if (reason := support.unavailable_reason()) is not None:
+        pytest.skip(reason)
+    from kernels.gluon import mlstm_fw_states
+    from kernels.mlstm import tfla
+
+    calls = []
+    triton_launch = tfla.launch_fw_states
+    monkeypatch.setattr(tfla, "launch_fw_states", lambda *a: (calls.append(a), triton_launch(*a))[1])
+    torch.manual_seed(torch.seed() % 2**31)
+    dev, dtype, (b, nh) = torch.device("cuda"), torch.bfloat16, (2, 2)
+    x = [torch.randn(b, nh, seq, d, device=dev, dtype=dtype) for d in (dqk, dqk, dv)]
+    x += [torch.randn(b, nh, seq, device=dev, dtype=dtype), (torch.randn(b, nh, seq, device=dev) + 3).to(dtype)]
+    start = None
+    if init:
+        start = tfla.MLSTMStates(
+            torch.randn(b, nh, dqk, dv, device=dev) * 0.1,
+            torch.randn(b, nh, dqk, device=dev),
+            torch.rand(b, nh, device=dev),
+        )
+    tfla.mlstm_tfla(*x, variant=variant, normalize=variant == "exp", chunk_size=chunk, initial=start, backend="triton")
+    ((k, v, gate_b, gate_i, states, *want, _, exp, _),) = calls
+    rel = lambda a, b: ((a.double() - b.double()).norm() / max(b.double().norm(), 1e-30)).item()  # noqa: E731
+    for bl in (64, 128):
+        if chunk % bl:
+            continue
+        got = [torch.full_like(t, float("nan")) for t in want]
+        mlstm_fw_states.launch_fw_states(k, v, gate_b, gate_i, states, *got, chunk, exp, bl=bl)
+        torch.cuda.synchronize()
+        for name, g, w in zip(("C before each chunk", "n", "m", "the last C"), got, want, strict=True):
+            assert not g.isnan().any(), f"BL={bl}: {name} has unwritten elements"
+            assert rel(g, w) < 2e-3, f"BL={bl}: {name} against Triton: {rel(g, w):.2e}"
 
 
 def test_bw_dv_refuses_what_it_cannot_take() -> None:

@@ -473,3 +473,91 @@ def test_unmasked_out_of_bounds_accesses_and_unknown_operations_are_reported() -
 def test_bad_landing_is_refused() -> None:
     with pytest.raises(ValueError, match="landing must be one of lazy, eager; got 'soon'"):
         simulate(oob_kernel, (1,), {}, {}, landing="soon")
+
+
+def states_reference(k, v, gate_b, gate_i, init, chunk, exp):  # noqa: ANN001, ANN201
+    """``fw_chunk_states_kernel``'s states in float64, chunk by chunk: the state before each chunk ``C_c, n_c, m_c``,
+    then the stabilizer's move to ``m' = max(g + m, max_t g - b_t + i_t)`` (mLSTMexp; 0 for mLSTMsig), the decay
+    ``exp(g + m - m')`` and the chunk's ``sum_t w_t k_t^T v_t`` with ``w_t = exp(g - m' - b_t + i_t)``."""
+    k, v, gate_b, gate_i = (x.double() for x in (k, v, gate_b, gate_i))
+    bh, seq, dqk = k.shape
+    nc = gate_b.shape[1] // chunk
+    pad = nc * chunk - seq
+    k, v = torch.nn.functional.pad(k, (0, 0, 0, pad)), torch.nn.functional.pad(v, (0, 0, 0, pad))
+    C = init[0].double().clone() if init else torch.zeros(bh, dqk, v.shape[-1], dtype=torch.float64)
+    n = init[1].double().clone() if init else torch.zeros(bh, dqk, dtype=torch.float64)
+    m = init[2].double().clone() if init and exp else torch.zeros(bh, dtype=torch.float64)
+    c_st, n_st, m_st = [], [], []
+    for c in range(nc):
+        c_st.append(C.clone()), n_st.append(n.clone()), m_st.append(m.clone())
+        t = slice(c * chunk, (c + 1) * chunk)
+        g = gate_b[:, c * chunk + chunk - 1]
+        i_b = gate_i[:, t] - gate_b[:, t]
+        m_new = torch.maximum(g + m, g + i_b.amax(-1)) if exp else torch.zeros_like(m)
+        decay = torch.exp(g + m - m_new)
+        w = torch.exp((g - m_new)[:, None] + i_b)
+        C = decay[:, None, None] * C + (k[:, t] * w[..., None]).transpose(1, 2) @ v[:, t]
+        n = decay[:, None] * n + (k[:, t] * w[..., None]).sum(1)
+        m = m_new
+    n_st.append(n), m_st.append(m)
+    return torch.stack(c_st, 1), torch.stack(n_st, 1), torch.stack(m_st, 1), C
+
+
+@pytest.mark.parametrize("init", [False, True])
+@pytest.mark.parametrize("exp", [True, False])
+@pytest.mark.parametrize(
+    ("seq", "dqk", "dv", "chunk", "options"),
+    [
+        (300, 64, 128, 128, dict(bl=64, bv=128, stages=3)),
+        (200, 96, 80, 64, dict(bl=32, bv=64, stages=2)),
+        (512, 64, 256, 256, dict(bl=128, bv=256, stages=2)),
+    ],
+)
+def test_fw_states_matches_float64(
+    seq: int, dqk: int, dv: int, chunk: int, options: dict, exp: bool, init: bool
+) -> None:
+    """The Gluon state kernel on fresh random inputs against ``states_reference``: every state before a chunk
+    (poisoned with NaN first), ``n`` and ``m`` at every chunk boundary and the last state, with and without initial
+    states, head dims that are not multiples of the tile (96 x 80), S not a multiple of the chunk, token slices of
+    32..128 and the loads landing lazily or eagerly."""
+    from kernels.gluon import mlstm_fw_states
+
+    torch.manual_seed(torch.seed() % 2**31)
+    bh, nc, f16 = 2, -(-seq // chunk), torch.float16
+    sp = nc * chunk
+    k, v = torch.randn(bh, seq, dqk, dtype=f16), torch.randn(bh, seq, dv, dtype=f16)
+    gate_b = -torch.rand(bh, nc, chunk).cumsum(-1).reshape(bh, sp) * 0.05  # log forget gates, summed in each chunk
+    gate_i = torch.randn(bh, sp) * 0.5
+    start = (torch.randn(bh, dqk, dv) * 0.1, torch.randn(bh, dqk), torch.rand(bh)) if init else None
+    ref_c, ref_n, ref_m, ref_last = states_reference(k, v, gate_b, gate_i, start, chunk, exp)
+    for landing in LANDINGS:
+        c_st = torch.full((bh, nc, dqk, dv), float("nan"), dtype=f16)
+        n_st, m_st = torch.full((bh, nc + 1, dqk), float("nan")), torch.full((bh, nc + 1), float("nan"))
+        c_last = torch.full((bh, dqk, dv), float("nan"))
+        tensors = (k, v, gate_b, gate_i, start, c_st, n_st, m_st, c_last)
+        kernel, grid, args, constexprs = mlstm_fw_states.launch_args(*tensors, chunk, exp, **options)
+        simulate(kernel, grid, args, constexprs, landing=landing)
+        for name, got, want, bound in (
+            ("C before each chunk", c_st, ref_c, 2e-3),
+            ("n", n_st, ref_n, 1e-5),
+            ("m", m_st, ref_m, 1e-6),
+            ("the last C", c_last, ref_last, 1e-3),
+        ):
+            assert not got.isnan().any(), f"{landing}: {name} has unwritten elements"
+            err = rel(got, want) if want.norm() > 0 else (got.double() - want).norm().item()  # mLSTMsig's m: zeros
+            assert err < bound, f"{landing}: {name} against float64: {err:.2e}"
+
+
+def test_fw_states_refuses_what_it_cannot_take() -> None:
+    from kernels.gluon import mlstm_fw_states
+
+    k = torch.empty(1, 64, 64, dtype=torch.float16)
+    for bad, chunk, tiles, match in (
+        (k.float(), 64, (64, 64, 64), "float16 or bfloat16"),
+        (k, 64, (64, 128, 64), "BK=64 \\(one wgmma's rows\\); got BK=128"),
+        (k, 64, (64, 64, 96), "BV in 16, 32, 64, 128, 256; got BV=96"),
+        (k, 96, (64, 64, 64), "dividing the chunk size 96; got BL=64"),
+        (k, 64, (8, 64, 64), "got BL=8"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            mlstm_fw_states.check(bad, chunk, *tiles)

@@ -90,19 +90,23 @@ def state_product(fixed, st_smem, b_bufs, fix_ready, ready, empty, o_layout: gl.
 
 
 @gluon.jit
-def init_ring(fix_ready, ready, empty, consumers: gl.constexpr):
-    """Arm the barriers ``load_partition`` and the consumers use: ``fix_ready`` and each stage's ``ready`` complete
-    on one arrival (the producer's ``expect``), each ``empty`` when all ``consumers`` have freed its stage."""
-    stages: gl.constexpr = ready.type.shape[0]
+def ring_barriers(STAGES: gl.constexpr, consumers: gl.constexpr):
+    """The barriers ``load_partition`` and the consumers use, allocated and armed: ``fix_ready`` and each stage's
+    ``ready`` complete on one arrival (the producer's ``expect``), each ``empty`` when all ``consumers`` have freed its
+    stage. Returns ``fix_ready, ready, empty``."""
+    fix_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     mbarrier.init(fix_ready, count=1)
-    for s in gl.static_range(stages):
+    for s in gl.static_range(STAGES):
         mbarrier.init(ready.index(s), count=1)
         mbarrier.init(empty.index(s), count=consumers)
+    return fix_ready, ready, empty
 
 
 @gluon.jit
 def invalidate_ring(fix_ready, ready, empty):
-    """``init_ring``'s barriers released, after the partitions have joined."""
+    """``ring_barriers``' barriers released, after the partitions have joined."""
     stages: gl.constexpr = ready.type.shape[0]
     mbarrier.invalidate(fix_ready)
     for s in gl.static_range(stages):

@@ -52,9 +52,9 @@ from kernels.gluon.intra_chunk import (
     LOG2E,
     MAX_HEAD_DIM_QK,
     head_tiles,
-    init_ring,
     invalidate_ring,
     mma_layout,
+    ring_barriers,
 )
 
 TILE = gl.constexpr(64)  # rows of a program and of every streamed q/k or value slot; values in each state slice
@@ -311,10 +311,7 @@ def bw_dq_dk_kernel(
     x_smem = gl.allocate_shared_memory(X_D.dtype, [1, BR, W], X_D.layout)
     xv_bufs = gl.allocate_shared_memory(XV_D.dtype, [NVH, 1, BR, W], XV_D.layout)
     ring = gl.allocate_shared_memory(Y_D.dtype, [STAGES, 1, TILE, W], Y_D.layout)
-    fix_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    init_ring(fix_ready, ready, empty, 1)
+    fix_ready, ready, empty = ring_barriers(STAGES, 1)
 
     gl.warp_specialize(
         [

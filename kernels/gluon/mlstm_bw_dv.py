@@ -34,13 +34,13 @@ from kernels.gluon.intra_chunk import (
     LOAD_WARPS,
     LOG2E,
     head_tiles,
-    init_ring,
     init_turns,
     invalidate_ring,
     invalidate_turns,
     load_partition,
     mma_layout,
     product,
+    ring_barriers,
     state_product,
 )
 from kernels.gluon.ws_matmul import instr_n
@@ -186,10 +186,7 @@ def bw_dv_kernel(
         dv_bufs = k_bufs  # an output tile has its key tile's shape and layout, and goes out after that tile's reads
     else:
         dv_bufs = gl.allocate_shared_memory(DV_D.dtype, [CONSUMERS, 1, BKV, BV], DV_D.layout)
-    k_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    init_ring(k_ready, ready, empty, CONSUMERS)
+    k_ready, ready, empty = ring_barriers(STAGES, CONSUMERS)
     turns = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     init_turns(turns)
 

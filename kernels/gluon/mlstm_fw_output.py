@@ -38,13 +38,13 @@ from kernels.gluon.intra_chunk import (
     LOAD_WARPS,
     LOG2E,
     head_tiles,
-    init_ring,
     init_turns,
     invalidate_ring,
     invalidate_turns,
     load_partition,
     mma_layout,
     product,
+    ring_barriers,
     state_product,
 )
 from kernels.gluon.ws_matmul import instr_n
@@ -342,10 +342,7 @@ def fw_output_ws_kernel(
         h_bufs = q_bufs  # the output tile has the query tile's shape and layout: it goes out through that buffer
     else:
         h_bufs = gl.allocate_shared_memory(H_D.dtype, [CONSUMERS, 1, BQ, BV], H_D.layout)
-    qc_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    init_ring(qc_ready, ready, empty, CONSUMERS)
+    qc_ready, ready, empty = ring_barriers(STAGES, CONSUMERS)
     turns = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     init_turns(turns)
 

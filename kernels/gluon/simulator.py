@@ -423,6 +423,7 @@ GL = _Namespace(
     sum=_reduce(torch.sum),
     max=_reduce(lambda x, dim=None: torch.amax(x) if dim is None else torch.amax(x, dim=dim)),
     convert_layout=lambda x, layout, **_: x,
+    permute=lambda x, dims: _to_tensor(x).permute(*dims),
     allocate_shared_memory=_allocate_shared_memory,
     load=_load,
     store=_store,

@@ -1,0 +1,247 @@
+"""The TFLA forward's state recurrence (``kernels.mlstm.chunk_fw.fw_chunk_states_kernel``) in Gluon for Hopper,
+warp-specialized.
+
+Same inputs and outputs as ``launch_fw_states``: a program owns a ``BK x BV`` tile of the state ``C`` (and the
+``BK`` slice of ``n``) of one head and walks the chunks in order. A 1-warp load partition streams each chunk's ``k``
+and ``v`` in ``BL``-token slices through a ring of ``STAGES`` pairs of buffers, across chunk boundaries, so the loads
+of the next chunk are in flight while this one is multiplied. One consumer warpgroup keeps ``C`` in registers (the
+wgmma accumulator), and per chunk writes the state before it (TMA store from shared memory), moves the stabilizer
+and decays ``C`` and ``n``, then per slice scales ``k`` by each token's weight ``w_t = exp(g - b_t + i_t - m)`` in
+registers and adds ``(k w)^T v`` (``(k w)^T`` the wgmma's register operand, ``v`` from the ring).
+
+Not yet: 32-bit inputs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma, warpgroup_mma
+
+from kernels.gluon import compat, intra_chunk
+from kernels.gluon.intra_chunk import LOAD_REGS, LOAD_WARPS, head_tiles, invalidate_ring, mma_layout, ring_barriers
+
+
+@gluon.jit
+def _load_partition(K_D, V_D, k_bufs, v_bufs, fix_ready, ready, empty, bh, k0, v0, n_slices):
+    """The producer: slice ``u`` of all chunks' tokens (``BL`` of them from token ``u * BL``) of ``k`` and ``v``
+    into stage ``u % STAGES``, once the consumer has freed it (the first pass over the stages does not wait)."""
+    stages: gl.constexpr = k_bufs.type.shape[0]
+    BL: gl.constexpr = k_bufs.type.shape[2]
+    for u in range(n_slices):
+        s = u % stages
+        mbarrier.wait(empty.index(s), ((u // stages) & 1) ^ 1)
+        mbarrier.expect(ready.index(s), K_D.block_type.nbytes + V_D.block_type.nbytes)
+        compat.tma_load(K_D, [bh, u * BL, k0], ready.index(s), k_bufs.index(s))
+        compat.tma_load(V_D, [bh, u * BL, v0], ready.index(s), v_bufs.index(s))
+
+
+@gluon.jit
+def _compute_partition(k_bufs, v_bufs, c_smem, fix_ready, ready, empty, C_D, GATE_B, GATE_I, C0, N0, M0, N_ST, M_ST,
+                       C_LAST, bh, k0, v0, pid_k, pid_v, SP, NC, L, DHQK, DHHV, EXP: gl.constexpr,
+                       HAS_INIT: gl.constexpr, num_warps: gl.constexpr):  # fmt: skip
+    """The consumer warpgroup (module docstring); each stage is handed back once its product has completed."""
+    stages: gl.constexpr = k_bufs.type.shape[0]
+    BL: gl.constexpr = k_bufs.type.shape[2]
+    BK: gl.constexpr = k_bufs.type.shape[3]
+    BV: gl.constexpr = v_bufs.type.shape[3]
+    dtype: gl.constexpr = k_bufs.dtype
+    c_layout: gl.constexpr = mma_layout(num_warps, BV)
+    rows: gl.constexpr = gl.SliceLayout(1, c_layout)
+    cols: gl.constexpr = gl.SliceLayout(0, c_layout)
+    a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=c_layout, k_width=2)
+    k_layout: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])  # a BL x BK slice of k
+    tokens: gl.constexpr = gl.SliceLayout(1, k_layout)
+    gate_layout: gl.constexpr = gl.BlockedLayout([1], [32], [num_warps], [0])  # 128 of a chunk's gates, for its max
+
+    offs_k = k0 + gl.arange(0, BK, layout=rows)
+    offs_v = v0 + gl.arange(0, BV, layout=cols)
+    mask_k = offs_k < DHQK
+    mask_kv = mask_k[:, None] & (offs_v < DHHV)[None, :]
+    tile = offs_k[:, None] * DHHV + offs_v[None, :]
+    if HAS_INIT:
+        C = gl.load(C0 + bh * DHQK * DHHV + tile, mask=mask_kv, other=0.0).to(gl.float32)
+        n = gl.load(N0 + bh * DHQK + offs_k, mask=mask_k, other=0.0).to(gl.float32)
+    else:
+        C = gl.zeros([BK, BV], gl.float32, c_layout)
+        n = gl.zeros([BK], gl.float32, rows)
+    m = gl.full([], 0.0, gl.float32)
+    if EXP and HAS_INIT:
+        m = gl.load(M0 + bh).to(gl.float32)
+    n_slices = L // BL
+    for c in range(NC):
+        # The state before chunk c out (C through shared memory and TMA, once the previous store has left it).
+        st = bh * (NC + 1) + c
+        tma.store_wait(pendings=0)
+        c_smem.reshape([BK, BV]).store(C.to(C_D.dtype))
+        fence_async_shared()
+        compat.tma_store(C_D, [bh * NC + c, k0, v0], c_smem)
+        if pid_v == 0:
+            gl.store(N_ST + st * DHQK + offs_k, n, mask=mask_k)
+            if pid_k == 0:
+                gl.store(M_ST + st, m)
+        # Entering chunk c: the stabilizer moves to m_new and C, n decay over the chunk.
+        g = gl.load(GATE_B + bh * SP + c * L + L - 1)
+        m_new = gl.full([], 0.0, gl.float32)
+        if EXP:  # max(g + m, max_t g - b_t + i_t), 128 tokens at a time
+            m_new = g + m
+            for t0 in range(0, L, 128):
+                t = bh * SP + c * L + t0 + gl.arange(0, 128, layout=gate_layout)
+                inside = t0 + gl.arange(0, 128, layout=gate_layout) < L
+                i_b = gl.load(GATE_I + t, mask=inside, other=-float("inf")) - gl.load(
+                    GATE_B + t, mask=inside, other=0.0
+                )
+                m_new = gl.maximum(m_new, g + gl.max(i_b, axis=0))
+        decay = gl.exp(g + m - m_new)
+        C = C * decay
+        n = n * decay
+        m = m_new
+        g_minus_m = g - m_new
+        for j in range(n_slices):
+            u = c * n_slices + j
+            s = u % stages
+            mbarrier.wait(ready.index(s), (u // stages) & 1)
+            t = bh * SP + c * L + j * BL + gl.arange(0, BL, layout=tokens)
+            w = gl.exp(g_minus_m - gl.load(GATE_B + t) + gl.load(GATE_I + t))
+            kw = k_bufs.index(s).reshape([BL, BK]).load(k_layout).to(gl.float32) * w[:, None]
+            n += gl.convert_layout(gl.sum(kw, axis=0), rows)
+            a = gl.convert_layout(gl.permute(kw.to(dtype), (1, 0)), a_layout)  # (k w)^T: BK x BL
+            C = warpgroup_mma(a, v_bufs.index(s).reshape([BL, BV]), C)
+            mbarrier.arrive(empty.index(s), count=1)
+    tma.store_wait(pendings=0)
+    st = bh * (NC + 1) + NC
+    gl.store(C_LAST + bh * DHQK * DHHV + tile, C, mask=mask_kv)
+    if pid_v == 0:
+        gl.store(N_ST + st * DHQK + offs_k, n, mask=mask_k)
+        if pid_k == 0:
+            gl.store(M_ST + st, m)
+
+
+@gluon.jit
+def fw_states_kernel(
+    K_D,
+    V_D,
+    GATE_B,
+    GATE_I,
+    C0,
+    N0,
+    M0,
+    C_D,
+    N_ST,
+    M_ST,
+    C_LAST,
+    SP,
+    NC,
+    L,
+    DHQK,
+    DHHV,
+    EXP: gl.constexpr,
+    HAS_INIT: gl.constexpr,
+    STAGES: gl.constexpr,
+    num_warps: gl.constexpr,
+):
+    """Grid ``(cdiv(DHQK, BK), cdiv(DHHV, BV), BH)``. Descriptors over ``(heads, rows, cols)`` with blocks ``[1, rows,
+    cols]``: ``K_D`` (BL x BK over ``k``), ``V_D`` (BL x BV over ``v``), ``C_D`` (BK x BV over the ``BH * NC`` chunk
+    states, the state dtype); ``N_ST, M_ST`` (fp32, ``NC + 1`` a head), ``C_LAST`` (fp32, the state after the last
+    chunk); ``C0, N0, M0`` the initial states where ``HAS_INIT``. ``L`` (the chunk size, a multiple of ``BL``) is not a
+    constexpr: one compile serves every chunk size."""
+    BL: gl.constexpr = K_D.block_type.shape[1]
+    BK: gl.constexpr = K_D.block_type.shape[2]
+    BV: gl.constexpr = V_D.block_type.shape[2]
+    pid_k = gl.program_id(0)
+    pid_v = gl.program_id(1)
+    bh = gl.program_id(2)
+    k0 = pid_k * BK
+    v0 = pid_v * BV
+
+    k_bufs = gl.allocate_shared_memory(K_D.dtype, [STAGES, 1, BL, BK], K_D.layout)
+    v_bufs = gl.allocate_shared_memory(V_D.dtype, [STAGES, 1, BL, BV], V_D.layout)
+    c_smem = gl.allocate_shared_memory(C_D.dtype, [1, BK, BV], C_D.layout)
+    fix_ready, ready, empty = ring_barriers(STAGES, 1)
+
+    gl.warp_specialize(
+        [
+            (
+                _compute_partition,
+                (k_bufs, v_bufs, c_smem, fix_ready, ready, empty, C_D, GATE_B, GATE_I, C0, N0, M0, N_ST, M_ST, C_LAST,
+                 bh, k0, v0, pid_k, pid_v, SP, NC, L, DHQK, DHHV, EXP, HAS_INIT, num_warps),
+            ),
+            (_load_partition, (K_D, V_D, k_bufs, v_bufs, fix_ready, ready, empty, bh, k0, v0, NC * (L // BL))),
+        ],
+        [LOAD_WARPS],
+        [LOAD_REGS],
+    )  # fmt: skip
+    invalidate_ring(fix_ready, ready, empty)
+
+
+def check(k: Any, chunk_size: int, bl: int, bk: int, bv: int) -> None:
+    """``ValueError`` naming what the kernel cannot take: 32-bit inputs, a ``BK`` other than 64 (one wgmma's rows),
+    a ``BV`` that is not a power of two from 16 to 256, a token slice ``BL`` (a multiple of 16 up to 256) that does
+    not divide the chunk."""
+    import torch
+
+    if k.dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(f"the Gluon fw_states takes float16 or bfloat16 inputs; got {k.dtype}")
+    if bk != 64:
+        raise ValueError(f"the Gluon fw_states takes BK=64 (one wgmma's rows); got BK={bk}")
+    if bv not in (16, 32, 64, 128, 256):
+        raise ValueError(f"the Gluon fw_states takes BV in 16, 32, 64, 128, 256; got BV={bv}")
+    if bl % 16 or not 16 <= bl <= 256 or chunk_size % bl:
+        raise ValueError(
+            f"the Gluon fw_states takes a token slice BL (a multiple of 16 up to 256) dividing the chunk size "
+            f"{chunk_size}; got BL={bl}"
+        )
+
+
+def launch_args(
+    k: Any,
+    v: Any,
+    gate_b: Any,
+    gate_i: Any,
+    init: tuple[Any, Any, Any] | None,
+    c_st: Any,
+    n_st: Any,
+    m_st: Any,
+    c_last: Any,
+    chunk_size: int,
+    exp: bool,
+    bl: int = 64,
+    bk: int = 64,
+    bv: int = 128,
+    stages: int = 4,
+) -> tuple[Any, tuple[int, int, int], dict[str, Any], dict[str, Any]]:
+    """What ``launch_fw_states`` launches on the tensors ``kernels.mlstm.chunk_fw.launch_fw_states`` takes (in its
+    order; no tiles): the kernel, its grid, its runtime arguments and its constexprs, by name. ``bl``: tokens a ring
+    stage; ``bk, bv``: the state tile a program owns; ``stages``: ring depth. ``ValueError`` from ``check``."""
+    check(k, chunk_size, bl, bk, bv)
+    dhqk, dhhv = k.shape[-1], v.shape[-1]
+    bh, nc = c_st.shape[:2]
+    args = {
+        "K_D": head_tiles(k, bl, bk),
+        "V_D": head_tiles(v, bl, bv),
+        "GATE_B": gate_b,
+        "GATE_I": gate_i,
+        **dict(zip(("C0", "N0", "M0"), init or (c_last, n_st, m_st), strict=True)),
+        "C_D": head_tiles(c_st, bk, bv),
+        "N_ST": n_st,
+        "M_ST": m_st,
+        "C_LAST": c_last,
+        "SP": nc * chunk_size,
+        "NC": nc,
+        "L": chunk_size,
+        "DHQK": dhqk,
+        "DHHV": dhhv,
+    }
+    constexprs = {"EXP": exp, "HAS_INIT": init is not None, "STAGES": stages, "num_warps": 4}
+    return fw_states_kernel, (triton.cdiv(dhqk, bk), triton.cdiv(dhhv, bv), bh), args, constexprs
+
+
+def launch_fw_states(*tensors: Any, **options: Any) -> None:
+    """As ``kernels.mlstm.chunk_fw.launch_fw_states`` (same tensors and order, then ``chunk_size, exp``; no tiles):
+    fills ``c_st, n_st, m_st, c_last``. Options: ``launch_args``'. CPU tensors run through ``kernels.gluon.simulator``
+    (results, not timings)."""
+    kernel, grid, args, constexprs = launch_args(*tensors, **options)
+    intra_chunk.launch(kernel, grid, args, constexprs, tensors[0].device)
