@@ -80,7 +80,16 @@ def _check(case: AccuracyCase, bounds: dict[str, float] | None = None) -> None:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "-".join(map(str, s)))
 def test_forward_and_gradients(shape: tuple, dtype: torch.dtype) -> None:
-    _check(AccuracyCase(*shape[:6], dtype, shape[6]))
+    case = AccuracyCase(*shape[:6], dtype, shape[6])
+    if not (dtype == torch.float16 and case.with_states and case.normalize):
+        _check(case)
+        return
+    # dn0 of a mostly forgotten initial state rests on a few tokens' dh . h, which can be ~0 by chance
+    # (relative_errors' term_scale): 150 fp16 draws of exp-True-45-16-48-16-True gave n0 a median of 3.8e-4 and
+    # a tail to 6.3e-3 as a plain relative error (one CI run hit 5.1e-3), against at most 1.1e-4 term-scaled; the
+    # other outputs lie within 2.7e-3 either way. So n0 is checked term-scaled, everything else on a plain draw.
+    _check(case, {"n0": float("inf")})
+    _check(replace(case, term_scale=True))
 
 
 @pytest.mark.parametrize("L", [16, 32, 64, 128])
