@@ -97,7 +97,7 @@ def _load_partition(X_D, XV_D, Y_D, YV_D, S_D, x_smem, xv_bufs, ring, fix_ready,
         compat.tma_load(XV_D, [bh, row0, h * W], fix_ready, xv_bufs.index(h))
     for p in gl.static_range(NS):
         s = _claim(ring, ready, empty, S_D.block_type.nbytes, p)
-        slice_buf = ring.index(s)._reinterpret(ring.dtype, S_D.block_type.shape, S_D.layout)
+        slice_buf = compat.reinterpret_as(ring.index(s), S_D)
         compat.tma_load(S_D, [state_row, 0, p * TILE], ready.index(s), slice_buf)
     for b in range(n_blocks):
         u0 = NS + b * (NVH + 1)
@@ -198,7 +198,7 @@ def _compute_partition(x_smem, xv_bufs, ring, fix_ready, ready, empty, S_D, OUT_
     # The inter-chunk term: xv (64 values at a time) times the state slices, transposed.
     acc = gl.zeros([BR, W], gl.float32, o_layout)
     for p in gl.static_range(NVH * PER):
-        slice_buf = _ring_wait(ring, ready, p)._reinterpret(ring.dtype, S_D.block_type.shape, S_D.layout)
+        slice_buf = compat.reinterpret_as(_ring_wait(ring, ready, p), S_D)
         xv_p = xv_bufs.index(p // PER).reshape([BR, W]).slice((p % PER) * TILE, TILE, dim=1)
         acc = _chain(xv_p, slice_buf.reshape([W, TILE]).permute((1, 0)), acc, empty, p, p == 0, ASYNC)
     acc = _chain_end(acc, empty, NVH * PER - 1, ASYNC)

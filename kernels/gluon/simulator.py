@@ -133,12 +133,6 @@ class SharedMemory:
     def permute(self, order: tuple[int, ...]) -> SharedMemory:
         return SharedMemory(self.data.permute(*order))
 
-    def _reinterpret(self, dtype: torch.dtype, shape: list[int], layout: Any = None) -> SharedMemory:
-        """The same bytes as a buffer of ``shape`` (of the same element type: all this project asks of it)."""
-        if dtype != self.dtype:
-            raise _program().fail(f"reinterpreting {self.dtype} shared memory as {dtype}")
-        return self.reshape(shape)
-
     def load(self, layout: Any = None) -> torch.Tensor:
         return self.data.clone()
 
@@ -537,7 +531,12 @@ TMA = _Namespace(
     async_store=_tma_store,
     store_wait=lambda pendings: None,
 )
-COMPAT = _Namespace(_name="compat", tma_load=_tma_load, tma_store=_tma_store)
+COMPAT = _Namespace(
+    _name="compat",
+    tma_load=_tma_load,
+    tma_store=_tma_store,
+    reinterpret_as=lambda buf, desc: buf.reshape(desc.block_type.shape),  # the same bytes, the block's shape
+)
 
 
 @dataclass
