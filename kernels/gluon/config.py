@@ -95,12 +95,12 @@ class BwDqDkOptions:
 
 @cache
 def bw_dq_dk_options(dhqk: int, dhhv: int, chunk_size: int) -> BwDqDkOptions | None:
-    """Options of the Gluon ``dq`` and ``dk`` kernels, or ``None`` where they cannot run (a q/k head dim of 32 or
-    less, head dims that leave no room for their ring): then the Triton kernels run. One warpgroup (8 warps were
+    """Options of the Gluon ``dq`` and ``dk`` kernels, or ``None`` where their head dims rule them out
+    (``mlstm_bw_dq_dk.head_dims_reason``): then the Triton kernels run. One warpgroup (8 warps were
     2..12 % slower at 7B on the H200, v22); the products one in flight from chunk 512 on (3 % faster at 1024, 1 %
     slower at 128)."""
-    from kernels.gluon.mlstm_bw_dq_dk import TILE, ring_stages
+    from kernels.gluon.mlstm_bw_dq_dk import head_dims_reason
 
-    if dhqk <= TILE.value // 2 or not ring_stages(dhqk, dhhv):
+    if head_dims_reason("bw_dq", dhqk, dhhv) is not None:  # dk's rule is the same
         return None
     return BwDqDkOptions(num_warps=4, async_mma=chunk_size >= 512)

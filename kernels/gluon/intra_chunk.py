@@ -34,6 +34,18 @@ def mma_layout(num_warps: int, n: int) -> gl.NVMMADistributedLayout:
 
 
 @gluon.jit
+def claim_stage(ready, empty, nbytes, u):
+    """Stage ``u % STAGES`` for the ring's load ``u``, once every consumer has freed it (an mbarrier starts with its
+    previous phase complete, so the first pass over the stages does not wait), its ready barrier armed for ``nbytes``.
+    Returns the stage."""
+    stages: gl.constexpr = ready.type.shape[0]
+    s = u % stages
+    mbarrier.wait(empty.index(s), ((u // stages) & 1) ^ 1)
+    mbarrier.expect(ready.index(s), nbytes)
+    return s
+
+
+@gluon.jit
 def load_partition(FIX_D, A_D, B_D, ST_D, fix_bufs, st_smem, a_bufs, b_bufs, fix_ready, ready, empty, bh, fix_row0,
                    st_row, ab_row0, col0, n_tiles, P: gl.constexpr):  # fmt: skip
     """Producer of the warp-specialized intra-chunk kernels (``mlstm_fw_output``: ``FIX_D, A_D, B_D, ST_D = Q_D, K_D,
@@ -42,7 +54,6 @@ def load_partition(FIX_D, A_D, B_D, ST_D, fix_bufs, st_smem, a_bufs, b_bufs, fix
     (``P == 0``) or in ``P`` pieces of ``A_D``'s rows through the ring's ``B`` buffers, then ``n_tiles`` tiles of
     ``A_D`` (whole head dim) and ``B_D`` (from column ``col0``) from row ``ab_row0``; load ``u`` of the ring
     (pieces first) goes into stage ``u % STAGES`` as soon as every consumer has freed it."""
-    stages: gl.constexpr = a_bufs.type.shape[0]
     consumers: gl.constexpr = fix_bufs.type.shape[0]
     BF: gl.constexpr = FIX_D.block_type.shape[1]
     BA: gl.constexpr = A_D.block_type.shape[1]
@@ -54,14 +65,10 @@ def load_partition(FIX_D, A_D, B_D, ST_D, fix_bufs, st_smem, a_bufs, b_bufs, fix
     for w in gl.static_range(consumers):
         compat.tma_load(FIX_D, [bh, fix_row0 + w * BF, 0], fix_ready, fix_bufs.index(w))
     for p in gl.static_range(P):
-        mbarrier.wait(empty.index(p % stages), ((p // stages) & 1) ^ 1)  # the first pass does not wait
-        mbarrier.expect(ready.index(p % stages), ST_D.block_type.nbytes)
-        compat.tma_load(ST_D, [st_row, p * BA, col0], ready.index(p % stages), b_bufs.index(p % stages))
+        s = claim_stage(ready, empty, ST_D.block_type.nbytes, p)
+        compat.tma_load(ST_D, [st_row, p * BA, col0], ready.index(s), b_bufs.index(s))
     for j in range(n_tiles):
-        u = P + j
-        s = u % stages
-        mbarrier.wait(empty.index(s), ((u // stages) & 1) ^ 1)
-        mbarrier.expect(ready.index(s), A_D.block_type.nbytes + B_D.block_type.nbytes)
+        s = claim_stage(ready, empty, A_D.block_type.nbytes + B_D.block_type.nbytes, P + j)
         compat.tma_load(A_D, [bh, ab_row0 + j * BA, 0], ready.index(s), a_bufs.index(s))
         compat.tma_load(B_D, [bh, ab_row0 + j * BA, col0], ready.index(s), b_bufs.index(s))
 

@@ -51,14 +51,15 @@ from kernels.gluon.intra_chunk import (
     LOAD_WARPS,
     LOG2E,
     MAX_HEAD_DIM_QK,
+    claim_stage,
     head_tiles,
     invalidate_ring,
     mma_layout,
     ring_barriers,
 )
+from kernels.mlstm.sm90_compile import HOPPER_SMEM_BYTES
 
 TILE = gl.constexpr(64)  # rows of a program and of every streamed q/k or value slot; values in each state slice
-HOPPER_SMEM_BYTES = 232448  # what one CTA may take on sm_90
 MAX_STAGES = 8
 
 
@@ -69,17 +70,6 @@ def acc_layout(num_warps: int, n: int) -> gl.NVMMADistributedLayout:
     if num_warps == 4:
         return mma_layout(num_warps, n)
     return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, num_warps // 4], instr_shape=[16, n // 2, 16])
-
-
-@gluon.jit
-def _claim(ring, ready, empty, nbytes, u):
-    """Stage ``u % STAGES`` for load ``u``, once the consumer has freed it (the first pass over the stages does not
-    wait), its ready barrier armed for ``nbytes``."""
-    stages: gl.constexpr = ring.type.shape[0]
-    s = u % stages
-    mbarrier.wait(empty.index(s), ((u // stages) & 1) ^ 1)
-    mbarrier.expect(ready.index(s), nbytes)
-    return s
 
 
 @gluon.jit
@@ -96,15 +86,15 @@ def _load_partition(X_D, XV_D, Y_D, YV_D, S_D, x_smem, xv_bufs, ring, fix_ready,
     for h in gl.static_range(NVH):
         compat.tma_load(XV_D, [bh, row0, h * W], fix_ready, xv_bufs.index(h))
     for p in gl.static_range(NS):
-        s = _claim(ring, ready, empty, S_D.block_type.nbytes, p)
+        s = claim_stage(ready, empty, S_D.block_type.nbytes, p)
         slice_buf = compat.reinterpret_as(ring.index(s), S_D)
         compat.tma_load(S_D, [state_row, 0, p * TILE], ready.index(s), slice_buf)
     for b in range(n_blocks):
         u0 = NS + b * (NVH + 1)
         for h in gl.static_range(NVH):
-            s = _claim(ring, ready, empty, YV_D.block_type.nbytes, u0 + h)
+            s = claim_stage(ready, empty, YV_D.block_type.nbytes, u0 + h)
             compat.tma_load(YV_D, [bh, col0 + b * TILE, h * W], ready.index(s), ring.index(s))
-        s = _claim(ring, ready, empty, Y_D.block_type.nbytes, u0 + NVH)
+        s = claim_stage(ready, empty, Y_D.block_type.nbytes, u0 + NVH)
         compat.tma_load(Y_D, [bh, col0 + b * TILE, 0], ready.index(s), ring.index(s))
 
 
@@ -354,25 +344,30 @@ def ring_stages(dhqk: int, dhhv: int, num_warps: int = 4) -> int:
     return max(fits, default=0)
 
 
+def head_dims_reason(kernel: str, dhqk: int, dhhv: int) -> str | None:
+    """Why ``kernel`` (``bw_dq`` or ``bw_dk``) cannot take these head dims (``None``: it can): a q/k head dim of 32 or
+    less or over 256, or buffers that leave no room for a ring of two slots."""
+    if not TILE.value // 2 < dhqk <= MAX_HEAD_DIM_QK:
+        return f"the Gluon {kernel} takes a q/k head dim from {TILE.value // 2 + 1} to {MAX_HEAD_DIM_QK}; got {dhqk}"
+    if not ring_stages(dhqk, dhhv):
+        return (
+            f"the Gluon {kernel}'s buffers for head dims {dhqk} x {dhhv} leave no room in shared memory for a ring of "
+            "two slots"
+        )
+    return None
+
+
 def check(kernel: str, q: Any, chunk_size: int, dhhv: int) -> None:
-    """``ValueError`` naming what ``kernel`` (``bw_dq`` or ``bw_dk``) cannot take: 32-bit inputs, a q/k head dim of
-    32 or less or over 256, a chunk that is not a multiple of ``TILE``, head dims whose buffers leave no room for a
-    ring of two slots."""
+    """``ValueError`` naming what ``kernel`` (``bw_dq`` or ``bw_dk``) cannot take: 32-bit inputs, a chunk that is not
+    a multiple of ``TILE``, or head dims (``head_dims_reason``)."""
     import torch
 
     if q.dtype not in (torch.float16, torch.bfloat16):
         raise ValueError(f"the Gluon {kernel} takes float16 or bfloat16 inputs; got {q.dtype}")
-    if not TILE.value // 2 < q.shape[-1] <= MAX_HEAD_DIM_QK:
-        raise ValueError(
-            f"the Gluon {kernel} takes a q/k head dim from {TILE.value // 2 + 1} to {MAX_HEAD_DIM_QK}; got {q.shape[-1]}"
-        )
+    if (reason := head_dims_reason(kernel, q.shape[-1], dhhv)) is not None:
+        raise ValueError(reason)
     if chunk_size % TILE.value:
         raise ValueError(f"the Gluon {kernel} takes a chunk size that is a multiple of {TILE.value}; got {chunk_size}")
-    if not ring_stages(q.shape[-1], dhhv):
-        raise ValueError(
-            f"the Gluon {kernel}'s buffers for head dims {q.shape[-1]} x {dhhv} leave no room in shared memory for a "
-            "ring of two slots"
-        )
 
 
 def launch_args(

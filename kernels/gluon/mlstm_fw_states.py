@@ -22,19 +22,24 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma, warpgroup_mma
 
 from kernels.gluon import compat, intra_chunk
-from kernels.gluon.intra_chunk import LOAD_REGS, LOAD_WARPS, head_tiles, invalidate_ring, mma_layout, ring_barriers
+from kernels.gluon.intra_chunk import (
+    LOAD_REGS,
+    LOAD_WARPS,
+    claim_stage,
+    head_tiles,
+    invalidate_ring,
+    mma_layout,
+    ring_barriers,
+)
 
 
 @gluon.jit
 def _load_partition(K_D, V_D, k_bufs, v_bufs, fix_ready, ready, empty, bh, k0, v0, n_slices):
     """The producer: slice ``u`` of all chunks' tokens (``BL`` of them from token ``u * BL``) of ``k`` and ``v``
     into stage ``u % STAGES``, once the consumer has freed it (the first pass over the stages does not wait)."""
-    stages: gl.constexpr = k_bufs.type.shape[0]
     BL: gl.constexpr = k_bufs.type.shape[2]
     for u in range(n_slices):
-        s = u % stages
-        mbarrier.wait(empty.index(s), ((u // stages) & 1) ^ 1)
-        mbarrier.expect(ready.index(s), K_D.block_type.nbytes + V_D.block_type.nbytes)
+        s = claim_stage(ready, empty, K_D.block_type.nbytes + V_D.block_type.nbytes, u)
         compat.tma_load(K_D, [bh, u * BL, k0], ready.index(s), k_bufs.index(s))
         compat.tma_load(V_D, [bh, u * BL, v0], ready.index(s), v_bufs.index(s))
 
