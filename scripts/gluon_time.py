@@ -6,7 +6,8 @@ bw_dq`` / ``bw_dk``: ``bw_chunk_dq_kernel`` / ``bw_chunk_dk_kernel`` against ``b
 run per ring depth of ``--stages`` (default: the deepest that fits), its chained products synchronous and one in
 flight). Prints a table with each one's time (``triton.testing.do_bench``, ms), its ratio to the Triton kernel and its
 relative difference.
-``--kernel fw_states``: ``fw_chunk_states_kernel`` against ``fw_states_kernel`` (``BQ`` is its token slice ``BL``).
+``--kernel fw_states``: ``fw_chunk_states_kernel`` against ``fw_states_kernel`` (``BQ`` is its token slice ``BL``;
+``consumers`` its consumer warpgroups a program).
 Usage: ``python scripts/gluon_time.py [--kernel fw_output|bw_dv|bw_dq|bw_dk|fw_states] [--shape 8,8,8192,256,512] [--chunk 128]
 [--variant sig] [--gluon "64,64,128,4,0;64,64,256,4,1,1,2,1;..."] [--stages 4,6,8]``: Gluon tiles
 ``BQ,BKV,BV,num_warps,warp_specialized[,state_pieces[,consumers[,pingpong]]]`` (``bw_dv`` is always
@@ -141,10 +142,10 @@ def fw_states_runs(a: argparse.Namespace, x: list[torch.Tensor], tiles: object) 
     runs = {
         "triton (table)": lambda out: triton_launch(k, v, gate_b, gate_i, init, out, *scratch, chunk, exp, st_tiles)
     }
-    for bl, _, bv, *_ in a.gluon:
+    for bl, _, bv, _, _, _, consumers, _ in a.gluon:
         for stages in a.stages or (2, 4):
-            options = {"bl": bl, "bv": bv, "stages": stages}
-            runs[f"gluon ws1 BL={bl} BK=64 BV={bv} stages={stages}"] = lambda out, options=options: (
+            options = {"bl": bl, "bv": bv, "stages": stages, "consumers": consumers}
+            runs[f"gluon ws{consumers} BL={bl} BK=64 BV={bv} stages={stages}"] = lambda out, options=options: (
                 mlstm_fw_states.launch_fw_states(k, v, gate_b, gate_i, init, out, *scratch, chunk, exp, **options)
             )
     return runs, c_st
@@ -155,7 +156,7 @@ DEFAULT_TILES = {  # v14's fastest (two consumers, pieces) without and with ping
     "bw_dv": "64,64,256,4,1,1;64,64,256,4,1,1,2;64,64,256,4,1,1,2,1",
     "bw_dq": "64,64,64,4,1;64,64,64,8,1",
     "bw_dk": "64,64,64,4,1;64,64,64,8,1",
-    "fw_states": "64,64,128,4,1;128,64,128,4,1",  # BL (tokens a stage), -, BV
+    "fw_states": "128,64,128,4,1;64,64,128,4,1,0,2;64,64,64,4,1,0,2;128,64,64,4,1,0,2",  # BL, -, BV, ..., consumers
 }
 RUNS = {
     "fw_output": fw_output_runs,

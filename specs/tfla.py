@@ -63,11 +63,12 @@ def _params(p: Problem, variant: str, normalize: bool, backend: str) -> dict[str
         "backend": backend,
     }
     if backend == "gluon":
-        from kernels.gluon.config import bw_dq_dk_options, bw_dv_options, fw_output_options
+        from kernels.gluon.config import bw_dq_dk_options, bw_dv_options, fw_output_options, fw_states_options
 
         shape = (p.head_dim_qk, p.head_dim_v, p.chunk_size)
-        dq_dk = bw_dq_dk_options(*shape)
+        dq_dk, states = bw_dq_dk_options(*shape), fw_states_options(*shape)
         params["gluon"] = {
+            "fw_states": states.kwargs() if states else "triton",  # the Triton kernel from chunk 512 on
             "fw_output": fw_output_options(*shape).kwargs(),
             "bw_dv": bw_dv_options(*shape).kwargs(),
             "bw_dq_dk": dq_dk.kwargs() if dq_dk else "triton",  # the Triton kernels where the Gluon ones cannot run

@@ -11,6 +11,7 @@ import torch
 
 from kernels.gluon import mlstm_fw_output as fwo
 from kernels.gluon import support, ws_matmul
+from kernels.gluon.config import fw_states_options
 
 # The Gluon output kernels by their launch options (``launch_args``): plain or warp-specialized (1 or 2 consumer
 # warpgroups, the second only with the state in pieces: whole, it does not fit beside two query tiles at 7B), the
@@ -197,6 +198,25 @@ CASES = {
         for exp in (True, False)
         for init in (False, True)
         for bv in (128, 256)
+    },
+    # two consumer warpgroups a program, sharing each v slice: the backend's options (kernels.gluon.config) at chunk
+    # 128, and 64-token slices 3 deep
+    **{
+        f"fw_states {'exp' if exp else 'sig'} ws2 bv{bv}": (
+            lambda exp=exp, bv=bv: fw_states_case(
+                exp,
+                256,
+                512,
+                False,
+                **(
+                    fw_states_options(256, 512, 128).kwargs()
+                    if bv == 128  # type: ignore[union-attr]
+                    else dict(bl=64, bv=bv, stages=3, consumers=2)
+                ),
+            )
+        )
+        for exp in (True, False)
+        for bv in (64, 128)
     },
 }
 

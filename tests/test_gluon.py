@@ -147,13 +147,15 @@ def test_bw_dq_dk_lower_to_warp_specialized_wgmma_in_hopper_shared_memory(
     assert facts["wgmma"].startswith(f"wgmma.mma_async.sync.aligned.m64n{width}k16"), facts
 
 
-@pytest.mark.parametrize("bv", [128, 256])
-@pytest.mark.parametrize("init", ["", " init"])
+@pytest.mark.parametrize(
+    ("setup", "bv"), [("", 128), ("", 256), (" init", 128), (" init", 256), (" ws2", 64), (" ws2", 128)]
+)
 @pytest.mark.parametrize("variant", ["exp", "sig"])
-def test_fw_states_lowers_to_warp_specialized_wgmma_in_hopper_shared_memory(variant: str, init: str, bv: int) -> None:
+def test_fw_states_lowers_to_warp_specialized_wgmma_in_hopper_shared_memory(variant: str, setup: str, bv: int) -> None:
     """The Gluon state kernel at the 7B head dims: the load warp and the consumer (``setmaxnreg``), TMA loads and
-    stores, a ``64 x BV`` wgmma with ``(k w)^T`` from registers, within sm_90's shared memory."""
-    facts = _case(f"fw_states {variant}{init} bv{bv}")
+    stores, a ``64 x BV`` wgmma with ``(k w)^T`` from registers, within sm_90's shared memory; with and without
+    initial states, one consumer warpgroup or two."""
+    facts = _case(f"fw_states {variant}{setup} bv{bv}")
     assert facts["has"]["setmaxnreg"] and facts["has"]["cp.async.bulk.tensor"] and facts["shared"] <= HOPPER_SMEM_BYTES
     assert facts["wgmma"].startswith(f"wgmma.mma_async.sync.aligned.m64n{bv}k16"), facts
 
@@ -224,7 +226,8 @@ def test_fw_states_matches_the_triton_kernel(
 ) -> None:  # fmt: skip
     """The Gluon state kernel on the arguments a bf16 Triton forward hands its own (fresh random inputs, S not a
     multiple of the chunk, 7B and paper head dims, with and without initial states): the same chunk states (poisoned
-    with NaN first), ``n``, ``m`` and last state, at token slices of 64 and 128 where they divide the chunk."""
+    with NaN first), ``n``, ``m`` and last state, at token slices of 64 and 128 where they divide the chunk, with one
+    consumer warpgroup a program or two."""
     if (reason := support.unavailable_reason()) is not None:
         pytest.skip(reason)
     from kernels.gluon import mlstm_fw_states
@@ -247,15 +250,15 @@ def test_fw_states_matches_the_triton_kernel(
     tfla.mlstm_tfla(*x, variant=variant, normalize=variant == "exp", chunk_size=chunk, initial=start, backend="triton")
     ((k, v, gate_b, gate_i, states, *want, _, exp, _),) = calls
     rel = lambda a, b: ((a.double() - b.double()).norm() / max(b.double().norm(), 1e-30)).item()  # noqa: E731
-    for bl in (64, 128):
-        if chunk % bl:
+    for options in (dict(bl=64), dict(bl=128), dict(bl=64, stages=3, consumers=2)):
+        if chunk % options["bl"]:
             continue
         got = [torch.full_like(t, float("nan")) for t in want]
-        mlstm_fw_states.launch_fw_states(k, v, gate_b, gate_i, states, *got, chunk, exp, bl=bl)
+        mlstm_fw_states.launch_fw_states(k, v, gate_b, gate_i, states, *got, chunk, exp, **options)
         torch.cuda.synchronize()
         for name, g, w in zip(("C before each chunk", "n", "m", "the last C"), got, want, strict=True):
-            assert not g.isnan().any(), f"BL={bl}: {name} has unwritten elements"
-            assert rel(g, w) < 2e-3, f"BL={bl}: {name} against Triton: {rel(g, w):.2e}"
+            assert not g.isnan().any(), f"{options}: {name} has unwritten elements"
+            assert rel(g, w) < 2e-3, f"{options}: {name} against Triton: {rel(g, w):.2e}"
 
 
 def test_bw_dv_refuses_what_it_cannot_take() -> None:

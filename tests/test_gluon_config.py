@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
-from kernels.gluon import mlstm_bw_dv, mlstm_fw_output
-from kernels.gluon.config import BwDvOptions, FwOutputOptions, bw_dv_options, fw_output_options
+from kernels.gluon import mlstm_bw_dv, mlstm_fw_output, mlstm_fw_states
+from kernels.gluon.config import (
+    BwDvOptions,
+    FwOutputOptions,
+    FwStatesOptions,
+    bw_dv_options,
+    fw_output_options,
+    fw_states_options,
+)
 from tests.gluon_cases import bw_dv_tensors, fw_output_tensors
 
 
@@ -16,6 +24,10 @@ def test_the_measured_shapes_get_the_fastest_measured_options() -> None:
     assert bw_dv_options(256, 512, 128) == BwDvOptions(64, 64, 256, True, 2)
     assert bw_dv_options(128, 256, 128) == BwDvOptions(64, 64, 256, True, 2)
     assert fw_output_options(256, 512, 64).consumers == bw_dv_options(256, 512, 64).consumers == 1  # one 64-row tile
+    # v25: the state kernel with two consumers and 128-token slices up to chunk 256, Triton's from 512 on
+    assert fw_states_options(256, 512, 128) == fw_states_options(256, 512, 256) == FwStatesOptions(128, 128, 2, 2)
+    assert fw_states_options(256, 512, 512) is fw_states_options(256, 512, 1024) is None
+    assert fw_states_options(64, 64, 64) == FwStatesOptions(64, 64, 3, 1)  # one 64-row tile, 64-token slices
 
 
 @pytest.mark.parametrize("chunk", [64, 128, 256, 1024])
@@ -27,6 +39,12 @@ def test_every_choice_is_one_the_kernels_take(dhqk: int, dhhv: int, chunk: int) 
     mlstm_fw_output.launch_args(*fw_output_tensors(dhqk, dhhv, chunk, chunk), chunk, False, False, 1e-6, **fw.kwargs())
     dv = bw_dv_options(dhqk, dhhv, chunk)
     mlstm_bw_dv.launch_args(*bw_dv_tensors(dhqk, dhhv, chunk, chunk), chunk, False, **dv.kwargs())
+    if (states := fw_states_options(dhqk, dhhv, chunk)) is not None:
+        k, v = torch.empty(2, chunk, dhqk, dtype=torch.bfloat16), torch.empty(2, chunk, dhhv, dtype=torch.bfloat16)
+        gates = torch.zeros(2, chunk)
+        c_st, n_st, m_st = torch.empty(2, 1, dhqk, dhhv), torch.empty(2, 2, dhqk), torch.empty(2, 2)
+        tensors = (k, v, gates, gates, None, c_st.to(torch.bfloat16), n_st, m_st, c_st[:, 0])
+        mlstm_fw_states.launch_args(*tensors, chunk, True, **states.kwargs())
 
 
 def test_the_choice_is_cached_and_cannot_be_changed() -> None:

@@ -302,14 +302,22 @@ def test_bw_dq_dk_refuse_what_they_cannot_take(kernel: str) -> None:
     "variant,shape,chunk",
     [("exp", (1, 2, 100, 32, 64), 64), ("sig", (1, 2, 100, 32, 64), 64), ("sig", (1, 1, 200, 64, 64), 128)],
 )
-def test_the_gluon_backend_runs_simulated_on_the_cpu(variant: str, shape: tuple[int, ...], chunk: int) -> None:
-    """``mlstm_tfla(backend="gluon")`` on CPU tensors runs the Gluon output and ``dv`` kernels in the simulator with
-    the options ``kernels.gluon.config`` picks (chunk 128: two consumer warpgroups each): output and every gradient
-    as ``backend="triton"`` (float16, S not a multiple of the chunk); ``auto`` never picks it there."""
+def test_the_gluon_backend_runs_simulated_on_the_cpu(
+    variant: str, shape: tuple[int, ...], chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``mlstm_tfla(backend="gluon")`` on CPU tensors runs the Gluon state, output and ``dv`` kernels in the
+    simulator with the options ``kernels.gluon.config`` picks (chunk 128: two consumer warpgroups each in the output
+    and ``dv`` kernels): output and every gradient as ``backend="triton"`` (float16, S not a multiple of the chunk);
+    ``auto`` never picks it there."""
+    from kernels.gluon import mlstm_fw_states
     from kernels.mlstm.backends import choose_backend
 
+    calls = []
+    launch = mlstm_fw_states.launch_fw_states
+    monkeypatch.setattr(mlstm_fw_states, "launch_fw_states", lambda *a, **o: (calls.append(o), launch(*a, **o))[1])
     errors = gluon_against_triton("cpu", torch.float16, shape, variant, chunk)
     assert all(err < 2e-3 for err in errors.values()), errors
+    assert calls and all(o["bl"] == min(chunk, 128) for o in calls), calls  # the Gluon state kernel ran
     assert choose_backend("auto", torch.device("cpu"), torch.float16, 32, 64) == "triton"
 
 
@@ -511,6 +519,9 @@ def states_reference(k, v, gate_b, gate_i, init, chunk, exp):  # noqa: ANN001, A
         (300, 64, 128, 128, dict(bl=64, bv=128, stages=3)),
         (200, 96, 80, 64, dict(bl=32, bv=64, stages=2)),
         (512, 64, 256, 256, dict(bl=128, bv=256, stages=2)),
+        # two consumer warpgroups a program: whole 64-row tiles each, and the second one's rows partly past 96
+        (300, 128, 64, 128, dict(bl=64, bv=64, stages=3, consumers=2)),
+        (200, 96, 80, 64, dict(bl=32, bv=64, stages=2, consumers=2)),
     ],
 )
 def test_fw_states_matches_float64(
@@ -519,7 +530,7 @@ def test_fw_states_matches_float64(
     """The Gluon state kernel on fresh random inputs against ``states_reference``: every state before a chunk
     (poisoned with NaN first), ``n`` and ``m`` at every chunk boundary and the last state, with and without initial
     states, head dims that are not multiples of the tile (96 x 80), S not a multiple of the chunk, token slices of
-    32..128 and the loads landing lazily or eagerly."""
+    32..128, one or two consumer warpgroups and the loads landing lazily or eagerly."""
     from kernels.gluon import mlstm_fw_states
 
     torch.manual_seed(torch.seed() % 2**31)
@@ -558,6 +569,7 @@ def test_fw_states_refuses_what_it_cannot_take() -> None:
         (k, 64, (64, 64, 96), "BV in 16, 32, 64, 128, 256; got BV=96"),
         (k, 96, (64, 64, 64), "dividing the chunk size 96; got BL=64"),
         (k, 64, (8, 64, 64), "got BL=8"),
+        (k, 64, (64, 64, 64, 3), "consumers 1 or 2; got 3"),
     ):
         with pytest.raises(ValueError, match=match):
             mlstm_fw_states.check(bad, chunk, *tiles)

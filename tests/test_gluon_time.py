@@ -35,8 +35,8 @@ def test_every_run_writes_what_the_triton_kernel_writes(kernel: str) -> None:
         ";64,64,64,4,0" if kernel == "fw_output" else ""
     )
     ring = kernel in ("bw_dq", "bw_dk", "fw_states")
-    if ring:  # they take one or two numbers from a tile; their runs differ in their ring depths
-        tile_list = "64,64,64,4,1"
+    if ring:  # they take a few numbers from a tile; their runs differ in their ring depths
+        tile_list = "64,64,64,4,1;64,64,64,4,1,0,2" if kernel == "fw_states" else "64,64,64,4,1"
     a = argparse.Namespace(
         variant="sig", chunk=chunk, gluon=script.gluon_tiles(tile_list), stages=(2, 5), kernel=kernel
     )

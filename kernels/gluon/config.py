@@ -104,3 +104,35 @@ def bw_dq_dk_options(dhqk: int, dhhv: int, chunk_size: int) -> BwDqDkOptions | N
     if head_dims_reason("bw_dq", dhqk, dhhv) is not None:  # dk's rule is the same
         return None
     return BwDqDkOptions(num_warps=4, async_mma=chunk_size >= 512)
+
+
+@dataclass(frozen=True)
+class FwStatesOptions:
+    """``kernels.gluon.mlstm_fw_states.launch_args``' options: ``bl`` tokens a ring stage, ``bv`` state columns a
+    program, ``stages`` ring depth, ``consumers`` warpgroups a program (each 64 state rows, sharing the ``v``
+    slices)."""
+
+    bl: int
+    bv: int
+    stages: int
+    consumers: int
+
+    def kwargs(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+GLUON_STATES_MAX_CHUNK = 256  # from chunk 512 on the Triton state kernel runs (v25: even at 1024)
+
+
+@cache
+def fw_states_options(dhqk: int, dhhv: int, chunk_size: int) -> FwStatesOptions | None:
+    """Options of the Gluon state kernel, or ``None`` where the Triton one runs (chunks over
+    ``GLUON_STATES_MAX_CHUNK``). Two consumer warpgroups wherever the padded q/k head dim holds two 64-row tiles,
+    128-token slices in a ring of 2 (v25, H100, 7B, S 8192: 0.96x / 0.91x the Triton kernel's time at chunk 128 sig /
+    exp, 0.85x / 0.86x at 256; at 1024 1.00x / 1.06x), 64-token slices in a ring of 3 at a chunk of 64."""
+    if chunk_size > GLUON_STATES_MAX_CHUNK:
+        return None
+    bl = min(128, chunk_size)
+    return FwStatesOptions(
+        bl=bl, bv=min(128, _padded(dhhv)), stages=2 if bl == 128 else 3, consumers=2 if _padded(dhqk) >= 128 else 1
+    )

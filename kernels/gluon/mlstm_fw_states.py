@@ -5,9 +5,13 @@ Same inputs and outputs as ``launch_fw_states``: a program owns a ``BK x BV`` ti
 ``BK`` slice of ``n``) of one head and walks the chunks in order. A 1-warp load partition streams each chunk's ``k``
 and ``v`` in ``BL``-token slices through a ring of ``STAGES`` pairs of buffers, across chunk boundaries, so the loads
 of the next chunk are in flight while this one is multiplied. One consumer warpgroup keeps ``C`` in registers (the
-wgmma accumulator), and per chunk writes the state before it (TMA store from shared memory), moves the stabilizer
-and decays ``C`` and ``n``, then per slice scales ``k`` by each token's weight ``w_t = exp(g - b_t + i_t - m)`` in
-registers and adds ``(k w)^T v`` (``(k w)^T`` the wgmma's register operand, ``v`` from the ring).
+wgmma accumulator), and per chunk writes the state before it (TMA store from one of two shared buffers, so a store
+is in flight while the next chunk runs), moves the stabilizer and decays ``C`` and ``n``, then per slice scales ``k``
+by each token's weight ``w_t = exp(g - b_t + i_t - m)`` in registers and adds ``(k w)^T v`` (``(k w)^T`` the wgmma's
+register operand, ``v`` from the ring; the products chained asynchronously, one in flight). The consumer's global
+loads (the gates of the next slice, the next chunk's last gate and mLSTMexp's chunk max) are issued a step before
+they are used: this walk is serial, and a load waited for where it is issued cost ~2.3x the kernel's time
+(docs/performance.md v24).
 
 Not yet: 32-bit inputs.
 """
@@ -19,10 +23,17 @@ from typing import Any
 import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma, warpgroup_mma
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared,
+    mbarrier,
+    tma,
+    warpgroup_mma,
+    warpgroup_mma_wait,
+)
 
 from kernels.gluon import compat, intra_chunk
 from kernels.gluon.intra_chunk import (
+    CONSUMER_REGS,
     LOAD_REGS,
     LOAD_WARPS,
     claim_stage,
@@ -35,23 +46,30 @@ from kernels.gluon.intra_chunk import (
 
 @gluon.jit
 def _load_partition(K_D, V_D, k_bufs, v_bufs, fix_ready, ready, empty, bh, k0, v0, n_slices):
-    """The producer: slice ``u`` of all chunks' tokens (``BL`` of them from token ``u * BL``) of ``k`` and ``v``
-    into stage ``u % STAGES``, once the consumer has freed it (the first pass over the stages does not wait)."""
+    """The producer: slice ``u`` of all chunks' tokens (``BL`` of them from token ``u * BL``) of ``v`` and, per
+    consumer, of its ``BK`` columns of ``k`` into stage ``u % STAGES``, once every consumer has freed it (the first
+    pass over the stages does not wait)."""
     BL: gl.constexpr = k_bufs.type.shape[2]
+    BK: gl.constexpr = k_bufs.type.shape[3]
+    consumers: gl.constexpr = k_bufs.type.shape[0] // v_bufs.type.shape[0]
     for u in range(n_slices):
-        s = claim_stage(ready, empty, K_D.block_type.nbytes + V_D.block_type.nbytes, u)
-        compat.tma_load(K_D, [bh, u * BL, k0], ready.index(s), k_bufs.index(s))
+        s = claim_stage(ready, empty, consumers * K_D.block_type.nbytes + V_D.block_type.nbytes, u)
+        for w in gl.static_range(consumers):
+            compat.tma_load(K_D, [bh, u * BL, k0 + w * BK], ready.index(s), k_bufs.index(s * consumers + w))
         compat.tma_load(V_D, [bh, u * BL, v0], ready.index(s), v_bufs.index(s))
 
 
 @gluon.jit
-def _compute_partition(k_bufs, v_bufs, c_smem, fix_ready, ready, empty, C_D, GATE_B, GATE_I, C0, N0, M0, N_ST, M_ST,
-                       C_LAST, bh, k0, v0, pid_k, pid_v, SP, NC, L, DHQK, DHHV, EXP: gl.constexpr,
-                       HAS_INIT: gl.constexpr, num_warps: gl.constexpr):  # fmt: skip
-    """The consumer warpgroup (module docstring); each stage is handed back once its product has completed."""
-    stages: gl.constexpr = k_bufs.type.shape[0]
+def _compute_partition(k_bufs, v_bufs, c_smem, fix_ready, ready, empty, C_D, GATE_B, GATE_I, CHUNK_MAX, C0, N0, M0,
+                       N_ST, M_ST, C_LAST, bh, k_tile, v0, pid_v, SP, NC, L, DHQK, DHHV, EXP: gl.constexpr,
+                       HAS_INIT: gl.constexpr, W: gl.constexpr, num_warps: gl.constexpr):  # fmt: skip
+    """Consumer warpgroup ``W`` of the program (module docstring), owning the state's rows ``k_tile * BK`` on; each
+    stage is handed back once its product has completed."""
+    stages: gl.constexpr = v_bufs.type.shape[0]
+    consumers: gl.constexpr = k_bufs.type.shape[0] // stages
     BL: gl.constexpr = k_bufs.type.shape[2]
     BK: gl.constexpr = k_bufs.type.shape[3]
+    k0 = k_tile * BK
     BV: gl.constexpr = v_bufs.type.shape[3]
     dtype: gl.constexpr = k_bufs.dtype
     c_layout: gl.constexpr = mma_layout(num_warps, BV)
@@ -60,7 +78,6 @@ def _compute_partition(k_bufs, v_bufs, c_smem, fix_ready, ready, empty, C_D, GAT
     a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=c_layout, k_width=2)
     k_layout: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])  # a BL x BK slice of k
     tokens: gl.constexpr = gl.SliceLayout(1, k_layout)
-    gate_layout: gl.constexpr = gl.BlockedLayout([1], [32], [num_warps], [0])  # 128 of a chunk's gates, for its max
 
     offs_k = k0 + gl.arange(0, BK, layout=rows)
     offs_v = v0 + gl.arange(0, BV, layout=cols)
@@ -77,51 +94,68 @@ def _compute_partition(k_bufs, v_bufs, c_smem, fix_ready, ready, empty, C_D, GAT
     if EXP and HAS_INIT:
         m = gl.load(M0 + bh).to(gl.float32)
     n_slices = L // BL
+    n_total = NC * n_slices
+    # Global loads in flight one step ahead (a load's latency, ~1 us, would otherwise stall every slice): the gates
+    # of the next slice and the next chunk's last gate (the last slice and chunk fetch the first again, unused).
+    slice_tokens = bh * SP + gl.arange(0, BL, layout=tokens)
+    b_next = gl.load(GATE_B + slice_tokens)
+    i_next = gl.load(GATE_I + slice_tokens)
+    g_next = gl.load(GATE_B + bh * SP + L - 1)
+    chunk_max_next = gl.full([], 0.0, gl.float32)
+    if EXP:
+        chunk_max_next = gl.load(CHUNK_MAX + bh * NC)
     for c in range(NC):
-        # The state before chunk c out (C through shared memory and TMA, once the previous store has left it).
+        # The state before chunk c out, through one of two shared buffers and TMA (the store from that buffer two
+        # chunks ago has left it once at most one store is pending).
         st = bh * (NC + 1) + c
-        tma.store_wait(pendings=0)
-        c_smem.reshape([BK, BV]).store(C.to(C_D.dtype))
+        tma.store_wait(pendings=1)
+        c_buf = c_smem.index((c % 2) * consumers + W)
+        c_buf.reshape([BK, BV]).store(C.to(C_D.dtype))
         fence_async_shared()
-        compat.tma_store(C_D, [bh * NC + c, k0, v0], c_smem)
+        compat.tma_store(C_D, [bh * NC + c, k0, v0], c_buf)
         if pid_v == 0:
             gl.store(N_ST + st * DHQK + offs_k, n, mask=mask_k)
-            if pid_k == 0:
+            if k_tile == 0:
                 gl.store(M_ST + st, m)
         # Entering chunk c: the stabilizer moves to m_new and C, n decay over the chunk.
-        g = gl.load(GATE_B + bh * SP + c * L + L - 1)
+        g = g_next
+        g_next = gl.load(GATE_B + bh * SP + ((c + 1) % NC) * L + L - 1)
         m_new = gl.full([], 0.0, gl.float32)
-        if EXP:  # max(g + m, max_t g - b_t + i_t), 128 tokens at a time
-            m_new = g + m
-            for t0 in range(0, L, 128):
-                t = bh * SP + c * L + t0 + gl.arange(0, 128, layout=gate_layout)
-                inside = t0 + gl.arange(0, 128, layout=gate_layout) < L
-                i_b = gl.load(GATE_I + t, mask=inside, other=-float("inf")) - gl.load(
-                    GATE_B + t, mask=inside, other=0.0
-                )
-                m_new = gl.maximum(m_new, g + gl.max(i_b, axis=0))
+        if EXP:  # max(g + m, g + max_t (i_t - b_t)), the chunk's max computed before the launch
+            m_new = gl.maximum(g + m, g + chunk_max_next)
+            chunk_max_next = gl.load(CHUNK_MAX + bh * NC + (c + 1) % NC)
         decay = gl.exp(g + m - m_new)
         C = C * decay
         n = n * decay
         m = m_new
         g_minus_m = g - m_new
+        # The chunk's products chained asynchronously, one in flight: slice j's gate math and k scaling run while
+        # slice j-1's wgmma does; a stage goes back once its wgmma has completed.
         for j in range(n_slices):
             u = c * n_slices + j
             s = u % stages
+            b_t = b_next
+            i_t = i_next
+            after = ((u + 1) % n_total) * BL
+            b_next = gl.load(GATE_B + slice_tokens + after)
+            i_next = gl.load(GATE_I + slice_tokens + after)
+            w = gl.exp(g_minus_m - b_t + i_t)
             mbarrier.wait(ready.index(s), (u // stages) & 1)
-            t = bh * SP + c * L + j * BL + gl.arange(0, BL, layout=tokens)
-            w = gl.exp(g_minus_m - gl.load(GATE_B + t) + gl.load(GATE_I + t))
-            kw = k_bufs.index(s).reshape([BL, BK]).load(k_layout).to(gl.float32) * w[:, None]
+            kw = k_bufs.index(s * consumers + W).reshape([BL, BK]).load(k_layout).to(gl.float32) * w[:, None]
             n += gl.convert_layout(gl.sum(kw, axis=0), rows)
             a = gl.convert_layout(gl.permute(kw.to(dtype), (1, 0)), a_layout)  # (k w)^T: BK x BL
-            C = warpgroup_mma(a, v_bufs.index(s).reshape([BL, BV]), C)
-            mbarrier.arrive(empty.index(s), count=1)
+            C = warpgroup_mma(a, v_bufs.index(s).reshape([BL, BV]), C, is_async=True)
+            C = warpgroup_mma_wait(num_outstanding=1, deps=(C,))
+            if j > 0:
+                mbarrier.arrive(empty.index((u - 1) % stages), count=1)
+        C = warpgroup_mma_wait(num_outstanding=0, deps=(C,))
+        mbarrier.arrive(empty.index((c * n_slices + n_slices - 1) % stages), count=1)
     tma.store_wait(pendings=0)
     st = bh * (NC + 1) + NC
     gl.store(C_LAST + bh * DHQK * DHHV + tile, C, mask=mask_kv)
     if pid_v == 0:
         gl.store(N_ST + st * DHQK + offs_k, n, mask=mask_k)
-        if pid_k == 0:
+        if k_tile == 0:
             gl.store(M_ST + st, m)
 
 
@@ -131,6 +165,7 @@ def fw_states_kernel(
     V_D,
     GATE_B,
     GATE_I,
+    CHUNK_MAX,
     C0,
     N0,
     M0,
@@ -146,12 +181,15 @@ def fw_states_kernel(
     EXP: gl.constexpr,
     HAS_INIT: gl.constexpr,
     STAGES: gl.constexpr,
+    CONSUMERS: gl.constexpr,
     num_warps: gl.constexpr,
 ):
-    """Grid ``(cdiv(DHQK, BK), cdiv(DHHV, BV), BH)``. Descriptors over ``(heads, rows, cols)`` with blocks ``[1, rows,
+    """Grid ``(cdiv(DHQK, CONSUMERS * BK), cdiv(DHHV, BV), BH)``: ``CONSUMERS`` (1 or 2) warpgroups a program, each
+    owning ``BK`` rows of its state tile and sharing the ``v`` slices. Descriptors over ``(heads, rows, cols)`` with blocks ``[1, rows,
     cols]``: ``K_D`` (BL x BK over ``k``), ``V_D`` (BL x BV over ``v``), ``C_D`` (BK x BV over the ``BH * NC`` chunk
     states, the state dtype); ``N_ST, M_ST`` (fp32, ``NC + 1`` a head), ``C_LAST`` (fp32, the state after the last
-    chunk); ``C0, N0, M0`` the initial states where ``HAS_INIT``. ``L`` (the chunk size, a multiple of ``BL``) is not a
+    chunk); ``C0, N0, M0`` the initial states where ``HAS_INIT``; ``CHUNK_MAX`` (fp32, ``NC`` a head: each chunk's
+    max of ``i - b``, read where ``EXP``). ``L`` (the chunk size, a multiple of ``BL``) is not a
     constexpr: one compile serves every chunk size."""
     BL: gl.constexpr = K_D.block_type.shape[1]
     BK: gl.constexpr = K_D.block_type.shape[2]
@@ -159,35 +197,60 @@ def fw_states_kernel(
     pid_k = gl.program_id(0)
     pid_v = gl.program_id(1)
     bh = gl.program_id(2)
-    k0 = pid_k * BK
     v0 = pid_v * BV
 
-    k_bufs = gl.allocate_shared_memory(K_D.dtype, [STAGES, 1, BL, BK], K_D.layout)
+    k_bufs = gl.allocate_shared_memory(K_D.dtype, [STAGES * CONSUMERS, 1, BL, BK], K_D.layout)
     v_bufs = gl.allocate_shared_memory(V_D.dtype, [STAGES, 1, BL, BV], V_D.layout)
-    c_smem = gl.allocate_shared_memory(C_D.dtype, [1, BK, BV], C_D.layout)
-    fix_ready, ready, empty = ring_barriers(STAGES, 1)
+    c_smem = gl.allocate_shared_memory(C_D.dtype, [2 * CONSUMERS, 1, BK, BV], C_D.layout)  # two: a store in flight
+    fix_ready, ready, empty = ring_barriers(STAGES, CONSUMERS)
 
-    gl.warp_specialize(
-        [
-            (
-                _compute_partition,
-                (k_bufs, v_bufs, c_smem, fix_ready, ready, empty, C_D, GATE_B, GATE_I, C0, N0, M0, N_ST, M_ST, C_LAST,
-                 bh, k0, v0, pid_k, pid_v, SP, NC, L, DHQK, DHHV, EXP, HAS_INIT, num_warps),
-            ),
-            (_load_partition, (K_D, V_D, k_bufs, v_bufs, fix_ready, ready, empty, bh, k0, v0, NC * (L // BL))),
-        ],
-        [LOAD_WARPS],
-        [LOAD_REGS],
-    )  # fmt: skip
+    # The partitions are written out in each branch: Gluon takes them only as literal (function, args) tuples.
+    if CONSUMERS == 1:
+        gl.warp_specialize(
+            [
+                (
+                    _compute_partition,
+                    (k_bufs, v_bufs, c_smem, fix_ready, ready, empty, C_D, GATE_B, GATE_I, CHUNK_MAX, C0, N0, M0,
+                     N_ST, M_ST, C_LAST, bh, pid_k, v0, pid_v, SP, NC, L, DHQK, DHHV, EXP, HAS_INIT, 0, num_warps),
+                ),
+                (_load_partition, (K_D, V_D, k_bufs, v_bufs, fix_ready, ready, empty, bh, pid_k * BK, v0,
+                                   NC * (L // BL))),
+            ],
+            [LOAD_WARPS],
+            [LOAD_REGS],
+        )  # fmt: skip
+    else:
+        gl.warp_specialize(
+            [
+                (
+                    _compute_partition,
+                    (k_bufs, v_bufs, c_smem, fix_ready, ready, empty, C_D, GATE_B, GATE_I, CHUNK_MAX, C0, N0, M0,
+                     N_ST, M_ST, C_LAST, bh, 2 * pid_k, v0, pid_v, SP, NC, L, DHQK, DHHV, EXP, HAS_INIT, 0,
+                     num_warps),
+                ),
+                (
+                    _compute_partition,
+                    (k_bufs, v_bufs, c_smem, fix_ready, ready, empty, C_D, GATE_B, GATE_I, CHUNK_MAX, C0, N0, M0,
+                     N_ST, M_ST, C_LAST, bh, 2 * pid_k + 1, v0, pid_v, SP, NC, L, DHQK, DHHV, EXP, HAS_INIT, 1,
+                     num_warps),
+                ),
+                (_load_partition, (K_D, V_D, k_bufs, v_bufs, fix_ready, ready, empty, bh, 2 * pid_k * BK, v0,
+                                   NC * (L // BL))),
+            ],
+            [num_warps, LOAD_WARPS],
+            [CONSUMER_REGS, LOAD_REGS],
+        )  # fmt: skip
     invalidate_ring(fix_ready, ready, empty)
 
 
-def check(k: Any, chunk_size: int, bl: int, bk: int, bv: int) -> None:
+def check(k: Any, chunk_size: int, bl: int, bk: int, bv: int, consumers: int = 1) -> None:
     """``ValueError`` naming what the kernel cannot take: 32-bit inputs, a ``BK`` other than 64 (one wgmma's rows),
     a ``BV`` that is not a power of two from 16 to 256, a token slice ``BL`` (a multiple of 16 up to 256) that does
-    not divide the chunk."""
+    not divide the chunk, consumers other than 1 or 2."""
     import torch
 
+    if consumers not in (1, 2):
+        raise ValueError(f"the Gluon fw_states takes consumers 1 or 2; got {consumers}")
     if k.dtype not in (torch.float16, torch.bfloat16):
         raise ValueError(f"the Gluon fw_states takes float16 or bfloat16 inputs; got {k.dtype}")
     if bk != 64:
@@ -217,11 +280,13 @@ def launch_args(
     bk: int = 64,
     bv: int = 128,
     stages: int = 4,
+    consumers: int = 1,
 ) -> tuple[Any, tuple[int, int, int], dict[str, Any], dict[str, Any]]:
     """What ``launch_fw_states`` launches on the tensors ``kernels.mlstm.chunk_fw.launch_fw_states`` takes (in its
     order; no tiles): the kernel, its grid, its runtime arguments and its constexprs, by name. ``bl``: tokens a ring
-    stage; ``bk, bv``: the state tile a program owns; ``stages``: ring depth. ``ValueError`` from ``check``."""
-    check(k, chunk_size, bl, bk, bv)
+    stage; ``bk, bv``: the state tile a consumer warpgroup owns; ``stages``: ring depth; ``consumers``: warpgroups a
+    program (1 or 2; two own ``2 * bk`` rows and share each ``v`` slice). ``ValueError`` from ``check``."""
+    check(k, chunk_size, bl, bk, bv, consumers)
     dhqk, dhhv = k.shape[-1], v.shape[-1]
     bh, nc = c_st.shape[:2]
     args = {
@@ -229,6 +294,9 @@ def launch_args(
         "V_D": head_tiles(v, bl, bv),
         "GATE_B": gate_b,
         "GATE_I": gate_i,
+        # mLSTMexp's stabilizer needs each chunk's max of i - b on entering it: 4 MB of gates at 7B, S 8192 read
+        # once here rather than a synchronous loop of loads in the kernel's serial chunk walk (sig: unused)
+        "CHUNK_MAX": (gate_i - gate_b).reshape(bh, nc, chunk_size).amax(-1) if exp else gate_b,
         **dict(zip(("C0", "N0", "M0"), init or (c_last, n_st, m_st), strict=True)),
         "C_D": head_tiles(c_st, bk, bv),
         "N_ST": n_st,
@@ -240,8 +308,8 @@ def launch_args(
         "DHQK": dhqk,
         "DHHV": dhhv,
     }
-    constexprs = {"EXP": exp, "HAS_INIT": init is not None, "STAGES": stages, "num_warps": 4}
-    return fw_states_kernel, (triton.cdiv(dhqk, bk), triton.cdiv(dhhv, bv), bh), args, constexprs
+    constexprs = {"EXP": exp, "HAS_INIT": init is not None, "STAGES": stages, "CONSUMERS": consumers, "num_warps": 4}
+    return fw_states_kernel, (triton.cdiv(dhqk, consumers * bk), triton.cdiv(dhhv, bv), bh), args, constexprs
 
 
 def launch_fw_states(*tensors: Any, **options: Any) -> None:

@@ -116,7 +116,8 @@ def tfla_fwd(
 ) -> tuple[torch.Tensor, MLSTMStates, ForwardState]:
     """The forward pass on checked, TMA-ready inputs: ``h (B, NH, S, DHHV)``, the last states (fp32 ``C, n, m``)
     and the ``ForwardState``. ``init`` is the initial ``(C0, n0, m0)`` or ``None``; ``tiles`` the fitted table;
-    ``backend`` (``triton`` or ``gluon``, as ``backends.choose_backend`` resolved it) the output kernel's."""
+    ``backend`` (``triton`` or ``gluon``, as ``backends.choose_backend`` resolved it) the output kernel's and, where
+    ``kernels.gluon.config.fw_states_options`` has options for the shape, the state kernel's."""
     B, NH, S, DHQK = q.shape
     DHHV = v.shape[-1]
     BH, L = B * NH, chunk_size
@@ -130,7 +131,17 @@ def tfla_fwd(
     m_st = torch.empty(BH, NC + 1, **f32)
     exp = variant == "exp"
     init = tuple(x.contiguous() for x in init) if init is not None else None  # type: ignore[assignment]
-    launch_fw_states(k, v, gate_b, gate_i, init, c_st, n_st, m_st, c_last, L, exp, tiles.fw_states)
+    states_options = None
+    if backend == "gluon":
+        from kernels.gluon.config import fw_states_options
+
+        states_options = fw_states_options(DHQK, DHHV, L)
+    if states_options is not None:
+        from kernels.gluon.mlstm_fw_states import launch_fw_states as launch_fw_states_gluon
+
+        launch_fw_states_gluon(k, v, gate_b, gate_i, init, c_st, n_st, m_st, c_last, L, exp, **states_options.kwargs())
+    else:
+        launch_fw_states(k, v, gate_b, gate_i, init, c_st, n_st, m_st, c_last, L, exp, tiles.fw_states)
     h = torch.empty(B, NH, S, DHHV, dtype=q.dtype, device=q.device)
     m_tok = stabilizer_per_token(gate_b, gate_i, m_st, L) if exp else torch.zeros(BH, SP, **f32)
     z_tok = torch.empty(BH, SP, **f32)
