@@ -13,12 +13,12 @@ from kernels.mlstm.launch import interpreting
 BACKENDS = ("auto", "triton", "gluon")
 # The backend ``auto`` picks, by (GPU name as ``torch.cuda.get_device_name`` gives it, q/k head dim, chunk size):
 # only where a sweep of both backends in one run showed Gluon's whole pass faster than Triton's beyond the rows'
-# p20-p80 spread (docs/performance.md v16, v18, v19, v22); every other GPU and shape runs Triton. On the H100 at the paper
+# p20-p80 spread (docs/performance.md v16, v18, v19, v22, v25); every other GPU and shape runs Triton. On the H100 at the paper
 # shape (DHQK 128) the Gluon backend is 1.01..1.03x at chunk 128, mixed at 512 and 0.98..0.99x at 1024 with the
 # spreads overlapping (sig fwbw), so none of those is listed.
 FASTEST: dict[tuple[str, int, int], str] = {
-    ("NVIDIA H100 80GB HBM3", 256, 128): "gluon",  # 7B, S 8192: sig fw 0.96x fwbw 0.98x, exp 0.91x / 0.97x
-    ("NVIDIA H100 80GB HBM3", 256, 256): "gluon",  # 7B, S 8192, Gluon dq / dk (v22): sig 0.93x / 0.89x, exp same
+    ("NVIDIA H100 80GB HBM3", 256, 128): "gluon",  # 7B, S 8192, Gluon states (v25): sig fw 0.94x fwbw 0.90x, exp 0.88x / 0.90x
+    ("NVIDIA H100 80GB HBM3", 256, 256): "gluon",  # 7B, S 8192, Gluon states (v25): sig 0.87x / 0.86x, exp 0.87x / 0.87x
     ("NVIDIA H100 80GB HBM3", 256, 512): "gluon",  # 7B, S 8192: sig fw 0.88x fwbw 0.96x, exp 0.91x / 0.95x
     ("NVIDIA H100 80GB HBM3", 256, 1024): "gluon",  # 7B, S 8192: sig fw 0.90x fwbw 0.93x, exp 0.83x / 0.93x
     ("NVIDIA H200", 256, 256): "gluon",  # 7B, S 8192: sig fw 0.93x fwbw 0.95x, exp 0.94x / 0.97x
