@@ -17,8 +17,8 @@ BACKENDS = ("auto", "triton", "gluon")
 # shape (DHQK 128) the Gluon backend is 1.01..1.03x at chunk 128, mixed at 512 and 0.98..0.99x at 1024 with the
 # spreads overlapping (sig fwbw), so none of those is listed.
 FASTEST: dict[tuple[str, int, int], str] = {
-    ("NVIDIA H100 80GB HBM3", 256, 128): "gluon",  # 7B, S 8192, Gluon states (v25): sig fw 0.94x fwbw 0.90x, exp 0.88x / 0.90x
-    ("NVIDIA H100 80GB HBM3", 256, 256): "gluon",  # 7B, S 8192, Gluon states (v25): sig 0.87x / 0.86x, exp 0.87x / 0.87x
+    ("NVIDIA H100 80GB HBM3", 256, 128): "gluon",  # 7B, S 8192 (v25): sig fw 0.94x fwbw 0.90x, exp 0.88x / 0.90x
+    ("NVIDIA H100 80GB HBM3", 256, 256): "gluon",  # 7B, S 8192 (v25): sig 0.87x / 0.86x, exp 0.87x / 0.87x
     ("NVIDIA H100 80GB HBM3", 256, 512): "gluon",  # 7B, S 8192: sig fw 0.88x fwbw 0.96x, exp 0.91x / 0.95x
     ("NVIDIA H100 80GB HBM3", 256, 1024): "gluon",  # 7B, S 8192: sig fw 0.90x fwbw 0.93x, exp 0.83x / 0.93x
     ("NVIDIA H200", 256, 256): "gluon",  # 7B, S 8192: sig fw 0.93x fwbw 0.95x, exp 0.94x / 0.97x
