@@ -7,8 +7,9 @@ run per ring depth of ``--stages`` (default: the deepest that fits), its chained
 flight). Prints a table with each one's time (``triton.testing.do_bench``, ms), its ratio to the Triton kernel and its
 relative difference.
 ``--kernel fw_states``: ``fw_chunk_states_kernel`` against ``fw_states_kernel`` (``BQ`` is its token slice ``BL``;
-``consumers`` its consumer warpgroups a program).
-Usage: ``python scripts/gluon_time.py [--kernel fw_output|bw_dv|bw_dq|bw_dk|fw_states] [--shape 8,8,8192,256,512] [--chunk 128]
+``consumers`` its consumer warpgroups a program); ``--kernel bw_states``: ``bw_chunk_state_grads_kernel`` against
+``bw_states_kernel`` likewise (one run per ring depth of ``--stages``, default 2 and 3).
+Usage: ``python scripts/gluon_time.py [--kernel fw_output|bw_dv|bw_dq|bw_dk|fw_states|bw_states] [--shape 8,8,8192,256,512] [--chunk 128]
 [--variant sig] [--gluon "64,64,128,4,0;64,64,256,4,1,1,2,1;..."] [--stages 4,6,8]``: Gluon tiles
 ``BQ,BKV,BV,num_warps,warp_specialized[,state_pieces[,consumers[,pingpong]]]`` (``bw_dv`` is always
 warp-specialized; ``bw_dq`` and ``bw_dk`` take only ``num_warps`` from them).
@@ -22,7 +23,7 @@ from collections.abc import Callable
 import torch
 import triton
 
-from kernels.gluon import mlstm_bw_dq_dk, mlstm_bw_dv, mlstm_fw_states
+from kernels.gluon import mlstm_bw_dq_dk, mlstm_bw_dv, mlstm_bw_states, mlstm_fw_states
 from kernels.gluon import mlstm_fw_output as fwo
 from kernels.mlstm import tfla
 from kernels.mlstm.chunk_fw import launch_fw_output
@@ -151,12 +152,37 @@ def fw_states_runs(a: argparse.Namespace, x: list[torch.Tensor], tiles: object) 
     return runs, c_st
 
 
+def bw_states_runs(a: argparse.Namespace, x: list[torch.Tensor], tiles: object) -> tuple[dict, torch.Tensor]:
+    """The state-gradient kernels to time on the arguments one Triton backward hands its own (recorded), and its
+    state gradients (the first, which neither kernel writes, zeroed by every run)."""
+    triton_launch, (*tensors, dc_st, dn_st, dc_first, has_dlast, chunk, exp, st_tiles) = recorded_launch(
+        a, x, "launch_bw_states"
+    )
+    dc_st[:, 0].zero_()
+    scratch = (torch.empty_like(dn_st), torch.empty_like(dc_first))
+    runs = {
+        "triton (table)": lambda out: (
+            out[:, 0].zero_(),
+            triton_launch(*tensors, out, *scratch, has_dlast, chunk, exp, st_tiles),
+        )
+    }
+    for bl, _, bv, _, _, _, consumers, _ in a.gluon:
+        for stages in a.stages or (2, 3):
+            options = {"bl": bl, "bv": bv, "stages": stages, "consumers": consumers}
+            runs[f"gluon ws{consumers} BL={bl} BK=64 BV={bv} stages={stages}"] = lambda out, options=options: (
+                out[:, 0].zero_(),
+                mlstm_bw_states.launch_bw_states(*tensors, out, *scratch, has_dlast, chunk, exp, **options),
+            )
+    return runs, dc_st
+
+
 DEFAULT_TILES = {  # v14's fastest (two consumers, pieces) without and with ping-pong turns, beside one consumer
     "fw_output": "64,64,256,4,1,1;64,64,256,4,1,1,2;64,32,256,4,1,1,2;64,64,256,4,1,1,2,1;64,32,256,4,1,1,2,1",
     "bw_dv": "64,64,256,4,1,1;64,64,256,4,1,1,2;64,64,256,4,1,1,2,1",
     "bw_dq": "64,64,64,4,1;64,64,64,8,1",
     "bw_dk": "64,64,64,4,1;64,64,64,8,1",
     "fw_states": "128,64,128,4,1;64,64,128,4,1,0,2;64,64,64,4,1,0,2;128,64,64,4,1,0,2",  # BL, -, BV, ..., consumers
+    "bw_states": "128,64,128,4,1;64,64,128,4,1;64,64,128,4,1,0,2",
 }
 RUNS = {
     "fw_output": fw_output_runs,
@@ -164,6 +190,7 @@ RUNS = {
     "bw_dq": bw_dq_dk_runs,
     "bw_dk": bw_dq_dk_runs,
     "fw_states": fw_states_runs,
+    "bw_states": bw_states_runs,
 }
 
 
@@ -177,7 +204,8 @@ def main() -> None:
     p.add_argument(
         "--stages",
         type=stage_counts,
-        help="bw_dq, bw_dk, fw_states: ring depths, e.g. 2,3,4 (default: the deepest; fw_states: 2,4)",
+        help="bw_dq, bw_dk, fw_states, bw_states: ring depths, e.g. 2,3,4 (default: the deepest; fw_states: 2,4; "
+        "bw_states: 2,3)",
     )
     a = p.parse_args()
     a.gluon = a.gluon or gluon_tiles(DEFAULT_TILES[a.kernel])
@@ -193,7 +221,8 @@ def main() -> None:
         f"{a.variant}"
     )
     print(
-        f"kernel | ms | / triton | rel diff of {dict(fw_output='h', bw_dv='dv', bw_dq='dq', bw_dk='dk', fw_states='C')[a.kernel]}"
+        f"kernel | ms | / triton | rel diff of "
+        f"{dict(fw_output='h', bw_dv='dv', bw_dq='dq', bw_dk='dk', fw_states='C', bw_states='dC')[a.kernel]}"
     )
     base = None
     for name, run in runs.items():

@@ -133,6 +133,20 @@ def fw_states_case(
     return _facts(support.compile_for(kernel, args, constexprs))
 
 
+def bw_states_case(exp: bool, dtype: torch.dtype, seq: int = 256, chunk: int = 128, **options: object) -> dict:
+    """What ``kernels.gluon.mlstm_bw_states.launch_bw_states`` would launch on a 7B backward's tensors of two heads."""
+    from kernels.gluon import mlstm_bw_states
+
+    bh, nc, f32, (dqk, dv) = 2, seq // chunk, torch.float32, (256, 512)
+    q, dh = torch.empty(bh, seq, dqk, dtype=dtype), torch.empty(bh, seq, dv, dtype=dtype)
+    gate_b, inv_den, dz, m_tok = (torch.empty(bh, seq, dtype=f32) for _ in range(4))
+    c_st, dc_st = torch.empty(bh, nc, dqk, dv, dtype=dtype), torch.empty(bh, nc + 1, dqk, dv, dtype=dtype)
+    n_st, m_st, first = torch.empty(bh, nc + 1, dqk), torch.empty(bh, nc + 1), torch.empty(bh, dqk, dv)
+    tensors = (q, dh, gate_b, inv_den, dz, c_st, n_st, m_st, m_tok, first, n_st, dc_st, n_st, first)
+    kernel, _, args, constexprs = mlstm_bw_states.launch_args(*tensors, True, chunk, exp, **options)
+    return _facts(support.compile_for(kernel, args, constexprs))
+
+
 CASES = {
     "ws_matmul fp16": lambda: ws_matmul_case(torch.float16),
     "ws_matmul bf16": lambda: ws_matmul_case(torch.bfloat16),
@@ -217,6 +231,18 @@ CASES = {
         )
         for exp in (True, False)
         for bv in (64, 128)
+    },
+    # the backward's state-gradient walk: one consumer warpgroup 3 deep or two 2 deep, fp16 (its factors scaled,
+    # products synchronous) and bf16 (chained asynchronously)
+    **{
+        f"bw_states {'exp' if exp else 'sig'} {dt} ws{consumers}": (
+            lambda exp=exp, dt=dt, consumers=consumers: bw_states_case(
+                exp, getattr(torch, dt), bl=64, stages=4 - consumers, consumers=consumers
+            )
+        )
+        for exp in (True, False)
+        for dt in ("bfloat16", "float16")
+        for consumers in (1, 2)
     },
 }
 

@@ -160,6 +160,19 @@ def test_fw_states_lowers_to_warp_specialized_wgmma_in_hopper_shared_memory(vari
     assert facts["wgmma"].startswith(f"wgmma.mma_async.sync.aligned.m64n{bv}k16"), facts
 
 
+@pytest.mark.parametrize("consumers", [1, 2])
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("variant", ["exp", "sig"])
+def test_bw_states_lowers_to_warp_specialized_wgmma_in_hopper_shared_memory(
+    variant: str, dtype: str, consumers: int
+) -> None:
+    """The Gluon state-gradient kernel at the 7B head dims: the load warp and the consumers (``setmaxnreg``), TMA
+    loads and stores, a ``64 x 128`` wgmma with ``(q a)^T`` from registers, within sm_90's shared memory."""
+    facts = _case(f"bw_states {variant} {dtype} ws{consumers}")
+    assert facts["has"]["setmaxnreg"] and facts["has"]["cp.async.bulk.tensor"] and facts["shared"] <= HOPPER_SMEM_BYTES
+    assert facts["wgmma"].startswith("wgmma.mma_async.sync.aligned.m64n128k16"), facts
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("kernel", ["bw_dq", "bw_dk"])
 @pytest.mark.parametrize("variant", ["exp", "sig"])
@@ -257,6 +270,55 @@ def test_fw_states_matches_the_triton_kernel(
         mlstm_fw_states.launch_fw_states(k, v, gate_b, gate_i, states, *got, chunk, exp, **options)
         torch.cuda.synchronize()
         for name, g, w in zip(("C before each chunk", "n", "m", "the last C"), got, want, strict=True):
+            assert not g.isnan().any(), f"{options}: {name} has unwritten elements"
+            assert rel(g, w) < 2e-3, f"{options}: {name} against Triton: {rel(g, w):.2e}"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("variant", ["exp", "sig"])
+@pytest.mark.parametrize(
+    ("seq", "dqk", "dv", "chunk"), [(700, 256, 512, 128), (1300, 256, 512, 256), (640, 128, 256, 64)]
+)
+def test_bw_states_matches_the_triton_kernel(
+    variant: str, dtype: torch.dtype, seq: int, dqk: int, dv: int, chunk: int, compiled_kernels: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """The Gluon state-gradient kernel on the arguments a Triton backward hands its own (fresh random inputs, S not a
+    multiple of the chunk, 7B and paper head dims, bf16 and fp16, with the last states' gradients): the same state
+    gradients (poisoned with NaN first), ``dn``, first-state gradient and forget-gate parts (summed over the tiles),
+    with one consumer warpgroup a program or two."""
+    if (reason := support.unavailable_reason()) is not None:
+        pytest.skip(reason)
+    from kernels.gluon import mlstm_bw_states
+    from kernels.mlstm import tfla
+
+    calls = []
+    triton_launch = tfla.launch_bw_states
+    monkeypatch.setattr(
+        tfla, "launch_bw_states", lambda *a: (lambda x: (calls.append((a, x)), x)[1])(triton_launch(*a))
+    )
+    torch.manual_seed(torch.seed() % 2**31)
+    dev, (b, nh) = torch.device("cuda"), (2, 2)
+    x = [torch.randn(b, nh, seq, d, device=dev, dtype=dtype) for d in (dqk, dqk, dv)]
+    x += [torch.randn(b, nh, seq, device=dev, dtype=dtype), (torch.randn(b, nh, seq, device=dev) + 3).to(dtype)]
+    x = [t.requires_grad_(True) for t in x]
+    h, last = tfla.mlstm_tfla(
+        *x, variant=variant, normalize=variant == "exp", chunk_size=chunk, return_last_states=True, backend="triton"
+    )
+    (h.float().square().sum() + last.C.square().sum() + last.n.sum()).backward()
+    (((*tensors, dc_st, dn_st, dc_first, has_dlast, _, exp, _), x_part),) = calls
+    assert has_dlast
+    want = (dc_st[:, 1:], dn_st, dc_first, x_part.sum(0))
+    rel = lambda a, b: ((a.double() - b.double()).norm() / max(b.double().norm(), 1e-30)).item()  # noqa: E731
+    for options in (dict(bl=64, stages=3, consumers=1), dict(bl=64, stages=2, consumers=2)):
+        got_dc, got_dn, got_first = (torch.full_like(t, float("nan")) for t in (dc_st, dn_st, dc_first))
+        got_x = mlstm_bw_states.launch_bw_states(
+            *tensors, got_dc, got_dn, got_first, has_dlast, chunk, exp, **options
+        ).sum(0)
+        torch.cuda.synchronize()
+        for name, g, w in zip(("dC", "dn", "the first dC", "the forget-gate parts"),
+                              (got_dc[:, 1:], got_dn, got_first, got_x), want, strict=True):  # fmt: skip
             assert not g.isnan().any(), f"{options}: {name} has unwritten elements"
             assert rel(g, w) < 2e-3, f"{options}: {name} against Triton: {rel(g, w):.2e}"
 

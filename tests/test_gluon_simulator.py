@@ -573,3 +573,107 @@ def test_fw_states_refuses_what_it_cannot_take() -> None:
     ):
         with pytest.raises(ValueError, match=match):
             mlstm_fw_states.check(bad, chunk, *tiles)
+
+
+def state_grads_reference(q, dh, gate_b, inv_den, dz, c_st, n_st, m_st, m_tok, last, chunk, exp):  # noqa: ANN001, ANN201
+    """``bw_chunk_state_grads_kernel``'s outputs in float64, walking the chunks from the last: the gradient of the
+    state after chunk ``c`` (``dC, dn``), their decay ``exp(g + m_c - m_{c+1})`` over the chunk, the forget-gate part
+    ``<dC, C_c> + <dn, n_c>``, then the chunk's ``sum_t a_t q_t^T dh_t`` and ``sum_t w_t dz_t q_t`` with
+    ``w_t = exp(b_t + m_c - m_t) / sqrt(DHQK)`` and ``a_t = w_t inv_den_t``. Returns ``dC`` at ``1..NC``, ``dn`` at
+    ``0..NC``, the first state's ``dC`` and the forget-gate parts ``(BH, NC)``."""
+    q, dh, gate_b, inv_den, dz, c_st, n_st, m_st, m_tok = (
+        x.double() for x in (q, dh, gate_b, inv_den, dz, c_st, n_st, m_st, m_tok)
+    )
+    bh, seq, dqk = q.shape
+    nc = gate_b.shape[1] // chunk
+    pad = nc * chunk - seq
+    q, dh = torch.nn.functional.pad(q, (0, 0, 0, pad)), torch.nn.functional.pad(dh, (0, 0, 0, pad))
+    dC = last[0].double().clone() if last else torch.zeros(bh, dqk, dh.shape[-1], dtype=torch.float64)
+    dn = last[1].double().clone() if last else torch.zeros(bh, dqk, dtype=torch.float64)
+    dc_st, dn_st, x = [None] * (nc + 1), [None] * (nc + 1), [None] * nc
+    for c in reversed(range(nc)):
+        dc_st[c + 1], dn_st[c + 1] = dC.clone(), dn.clone()
+        t = slice(c * chunk, (c + 1) * chunk)
+        m_before = m_st[:, c] if exp else torch.zeros(bh, dtype=torch.float64)
+        m_after = m_st[:, c + 1] if exp else torch.zeros(bh, dtype=torch.float64)
+        decay = torch.exp(gate_b[:, c * chunk + chunk - 1] + m_before - m_after)
+        dC, dn = decay[:, None, None] * dC, decay[:, None] * dn
+        x[c] = (dC * c_st[:, c]).sum((1, 2)) + (dn * n_st[:, c]).sum(1)
+        m_t = m_tok[:, t] if exp else 0.0
+        w = torch.exp(gate_b[:, t] + m_before[:, None] - m_t) * dqk**-0.5
+        dC = dC + (q[:, t] * (w * inv_den[:, t])[..., None]).transpose(1, 2) @ dh[:, t]
+        dn = dn + (q[:, t] * (w * dz[:, t])[..., None]).sum(1)
+    dn_st[0] = dn
+    return torch.stack(dc_st[1:], 1), torch.stack(dn_st, 1), dC, torch.stack(x, 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("last", [False, True])
+@pytest.mark.parametrize("exp", [True, False])
+@pytest.mark.parametrize(
+    ("seq", "dqk", "dv", "chunk", "options"),
+    [
+        (300, 128, 64, 128, dict(bl=64, bv=64, stages=3, consumers=2)),
+        (200, 96, 80, 64, dict(bl=32, bv=64, stages=2, consumers=2)),
+        (256, 64, 128, 128, dict(bl=128, bv=128, stages=2, consumers=1)),
+    ],
+)
+def test_bw_states_matches_float64(
+    seq: int, dqk: int, dv: int, chunk: int, options: dict, exp: bool, last: bool, dtype: torch.dtype
+) -> None:
+    """The Gluon state-gradient kernel on fresh random inputs against ``state_grads_reference``: every state
+    gradient (poisoned with NaN first), ``dn``, the first state's gradient and the forget-gate parts summed over the
+    tiles, with and without the last states' gradients, both variants, fp16 (the factors scaled per slice) and bf16
+    (the products chained asynchronously), head dims that are not multiples of the tile, S not a multiple of the
+    chunk, one or two consumer warpgroups, the loads landing lazily or eagerly."""
+    from kernels.gluon import mlstm_bw_states
+
+    torch.manual_seed(torch.seed() % 2**31)
+    bh, nc = 2, -(-seq // chunk)
+    sp = nc * chunk
+    q, dh = torch.randn(bh, seq, dqk, dtype=dtype), torch.randn(bh, seq, dv, dtype=dtype)
+    gate_b = -torch.rand(bh, nc, chunk).cumsum(-1).reshape(bh, sp) * 0.05
+    inv_den, dz = torch.rand(bh, sp) + 0.5, torch.randn(bh, sp)
+    c_st, n_st = torch.randn(bh, nc, dqk, dv).to(dtype), torch.randn(bh, nc + 1, dqk)
+    m_st, m_tok = torch.rand(bh, nc + 1), torch.rand(bh, sp)
+    grads = (torch.randn(bh, dqk, dv) * 0.1, torch.randn(bh, dqk)) if last else None
+    ref_dc, ref_dn, ref_first, ref_x = state_grads_reference(
+        q, dh, gate_b, inv_den, dz, c_st, n_st, m_st, m_tok, grads, chunk, exp
+    )
+    for landing in LANDINGS:
+        dc_st = torch.full((bh, nc + 1, dqk, dv), float("nan"), dtype=dtype)
+        dn_st, dc_first = torch.full((bh, nc + 1, dqk), float("nan")), torch.full((bh, dqk, dv), float("nan"))
+        dc_last, dn_last = grads or (dc_first, dn_st)  # unread without them
+        tensors = (q, dh, gate_b, inv_den, dz, c_st, n_st, m_st, m_tok, dc_last, dn_last, dc_st, dn_st, dc_first)
+        kernel, grid, args, constexprs = mlstm_bw_states.launch_args(*tensors, last, chunk, exp, **options)
+        simulate(kernel, grid, args, constexprs, landing=landing)
+        bound = 1e-2 if dtype == torch.bfloat16 else 3e-3
+        for name, got, want in (
+            ("dC after each chunk", dc_st[:, 1:], ref_dc),
+            ("dn", dn_st, ref_dn),
+            ("the first dC", dc_first, ref_first),
+            ("the forget-gate parts", args["X_PART"].sum(0), ref_x),
+        ):
+            assert not got.isnan().any(), f"{landing}: {name} has unwritten elements"
+            assert rel(got, want) < bound, f"{landing}: {name} against float64: {rel(got, want):.2e}"
+
+
+def test_bw_states_keeps_tiny_factors_in_float16() -> None:
+    """fp16: per-token factors near e^-20 (a long-forgotten stabilizer) would flush ``q a`` to zero in the operand;
+    the kernel scales them to the slice's largest and back in fp32, so the gradients still match float64."""
+    from kernels.gluon import mlstm_bw_states
+
+    torch.manual_seed(torch.seed() % 2**31)
+    bh, seq, dqk, dv, chunk, f16 = 2, 128, 64, 64, 64, torch.float16
+    q, dh = torch.randn(bh, seq, dqk, dtype=f16), torch.randn(bh, seq, dv, dtype=f16)
+    gate_b, inv_den, dz = -torch.rand(bh, seq) * 0.1, torch.rand(bh, seq) + 0.5, torch.randn(bh, seq)
+    c_st, n_st = torch.randn(bh, 2, dqk, dv).to(f16), torch.randn(bh, 3, dqk)
+    m_st, m_tok = torch.rand(bh, 3), torch.rand(bh, seq) + 20.0  # w_t ~ e^-20
+    ref_dc, _, ref_first, _ = state_grads_reference(
+        q, dh, gate_b, inv_den, dz, c_st, n_st, m_st, m_tok, None, chunk, True
+    )
+    dc_st, dn_st, dc_first = torch.zeros(bh, 3, dqk, dv, dtype=f16), torch.zeros(bh, 3, dqk), torch.zeros(bh, dqk, dv)
+    tensors = (q, dh, gate_b, inv_den, dz, c_st, n_st, m_st, m_tok, dc_first, dn_st, dc_st, dn_st, dc_first)
+    kernel, grid, args, constexprs = mlstm_bw_states.launch_args(*tensors, False, chunk, True, bl=64, bv=64)
+    simulate(kernel, grid, args, constexprs)
+    assert rel(dc_first, ref_first) < 3e-3, rel(dc_first, ref_first)

@@ -21,7 +21,7 @@ def _script() -> object:
     return module
 
 
-@pytest.mark.parametrize("kernel", ["fw_output", "bw_dv", "bw_dq", "bw_dk", "fw_states"])
+@pytest.mark.parametrize("kernel", ["fw_output", "bw_dv", "bw_dq", "bw_dk", "fw_states", "bw_states"])
 def test_every_run_writes_what_the_triton_kernel_writes(kernel: str) -> None:
     from kernels.mlstm.tiles import choose_tiles, unpipelined_state_loads
 
@@ -34,14 +34,14 @@ def test_every_run_writes_what_the_triton_kernel_writes(kernel: str) -> None:
     tile_list = "64,64,64,4,1,1;64,64,64,4,1,1,2;64,64,64,4,1,1,2,1" + (
         ";64,64,64,4,0" if kernel == "fw_output" else ""
     )
-    ring = kernel in ("bw_dq", "bw_dk", "fw_states")
+    ring = kernel in ("bw_dq", "bw_dk", "fw_states", "bw_states")
     if ring:  # they take a few numbers from a tile; their runs differ in their ring depths
-        tile_list = "64,64,64,4,1;64,64,64,4,1,0,2" if kernel == "fw_states" else "64,64,64,4,1"
+        tile_list = "64,64,64,4,1;64,64,64,4,1,0,2" if kernel.endswith("_states") else "64,64,64,4,1"
     a = argparse.Namespace(
         variant="sig", chunk=chunk, gluon=script.gluon_tiles(tile_list), stages=(2, 5), kernel=kernel
     )
     runs, expected = script.RUNS[kernel](a, x, tiles)
-    per_tile = {"bw_dq": 2 * len(a.stages), "bw_dk": 2 * len(a.stages), "fw_states": len(a.stages)}.get(kernel, 1)
+    per_tile = {"bw_dq": 2 * len(a.stages), "bw_dk": 2 * len(a.stages)}.get(kernel, len(a.stages) if ring else 1)
     assert len(runs) == 1 + len(a.gluon) * per_tile
     if kernel in ("bw_dq", "bw_dk"):  # the default: one run per option set at the deepest ring
         a.stages = None

@@ -243,23 +243,23 @@ def fw_states_kernel(
     invalidate_ring(fix_ready, ready, empty)
 
 
-def check(k: Any, chunk_size: int, bl: int, bk: int, bv: int, consumers: int = 1) -> None:
-    """``ValueError`` naming what the kernel cannot take: 32-bit inputs, a ``BK`` other than 64 (one wgmma's rows),
-    a ``BV`` that is not a power of two from 16 to 256, a token slice ``BL`` (a multiple of 16 up to 256) that does
-    not divide the chunk, consumers other than 1 or 2."""
+def check(k: Any, chunk_size: int, bl: int, bk: int, bv: int, consumers: int = 1, kernel: str = "fw_states") -> None:
+    """``ValueError`` naming what the kernel (``kernel``: this one, or ``mlstm_bw_states``' walk) cannot take:
+    32-bit inputs, a ``BK`` other than 64 (one wgmma's rows), a ``BV`` that is not a power of two from 16 to 256, a
+    token slice ``BL`` (a multiple of 16 up to 256) that does not divide the chunk, consumers other than 1 or 2."""
     import torch
 
     if consumers not in (1, 2):
-        raise ValueError(f"the Gluon fw_states takes consumers 1 or 2; got {consumers}")
+        raise ValueError(f"the Gluon {kernel} takes consumers 1 or 2; got {consumers}")
     if k.dtype not in (torch.float16, torch.bfloat16):
-        raise ValueError(f"the Gluon fw_states takes float16 or bfloat16 inputs; got {k.dtype}")
+        raise ValueError(f"the Gluon {kernel} takes float16 or bfloat16 inputs; got {k.dtype}")
     if bk != 64:
-        raise ValueError(f"the Gluon fw_states takes BK=64 (one wgmma's rows); got BK={bk}")
+        raise ValueError(f"the Gluon {kernel} takes BK=64 (one wgmma's rows); got BK={bk}")
     if bv not in (16, 32, 64, 128, 256):
-        raise ValueError(f"the Gluon fw_states takes BV in 16, 32, 64, 128, 256; got BV={bv}")
+        raise ValueError(f"the Gluon {kernel} takes BV in 16, 32, 64, 128, 256; got BV={bv}")
     if bl % 16 or not 16 <= bl <= 256 or chunk_size % bl:
         raise ValueError(
-            f"the Gluon fw_states takes a token slice BL (a multiple of 16 up to 256) dividing the chunk size "
+            f"the Gluon {kernel} takes a token slice BL (a multiple of 16 up to 256) dividing the chunk size "
             f"{chunk_size}; got BL={bl}"
         )
 
