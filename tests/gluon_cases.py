@@ -272,6 +272,86 @@ def gluon_against_triton(
     }
 
 
+def state_grads_reference(q, dh, gate_b, inv_den, dz, c_st, n_st, m_st, m_tok, last, chunk, exp):  # noqa: ANN001, ANN201, PLR0913
+    """``bw_chunk_state_grads_kernel``'s outputs in float64, walking the chunks from the last: the gradient of the
+    state after chunk ``c`` (``dC, dn``), their decay ``exp(g + m_c - m_{c+1})`` over the chunk, the forget-gate part
+    ``<dC, C_c> + <dn, n_c>``, then the chunk's ``sum_t a_t q_t^T dh_t`` and ``sum_t w_t dz_t q_t`` with
+    ``w_t = exp(b_t + m_c - m_t) / sqrt(DHQK)`` and ``a_t = w_t inv_den_t``. Returns ``dC`` at ``1..NC``, ``dn`` at
+    ``0..NC``, the first state's ``dC`` and the forget-gate parts ``(BH, NC)``."""
+    q, dh, gate_b, inv_den, dz, c_st, n_st, m_st, m_tok = (
+        x.double() for x in (q, dh, gate_b, inv_den, dz, c_st, n_st, m_st, m_tok)
+    )
+    bh, seq, dqk = q.shape
+    nc = gate_b.shape[1] // chunk
+    pad = nc * chunk - seq
+    q, dh = torch.nn.functional.pad(q, (0, 0, 0, pad)), torch.nn.functional.pad(dh, (0, 0, 0, pad))
+    dC = last[0].double().clone() if last else torch.zeros(bh, dqk, dh.shape[-1], dtype=torch.float64)
+    dn = last[1].double().clone() if last else torch.zeros(bh, dqk, dtype=torch.float64)
+    dc_st, dn_st, x = [None] * (nc + 1), [None] * (nc + 1), [None] * nc
+    for c in reversed(range(nc)):
+        dc_st[c + 1], dn_st[c + 1] = dC.clone(), dn.clone()
+        t = slice(c * chunk, (c + 1) * chunk)
+        m_before = m_st[:, c] if exp else torch.zeros(bh, dtype=torch.float64)
+        m_after = m_st[:, c + 1] if exp else torch.zeros(bh, dtype=torch.float64)
+        decay = torch.exp(gate_b[:, c * chunk + chunk - 1] + m_before - m_after)
+        dC, dn = decay[:, None, None] * dC, decay[:, None] * dn
+        x[c] = (dC * c_st[:, c]).sum((1, 2)) + (dn * n_st[:, c]).sum(1)
+        m_t = m_tok[:, t] if exp else 0.0
+        w = torch.exp(gate_b[:, t] + m_before[:, None] - m_t) * dqk**-0.5
+        dC = dC + (q[:, t] * (w * inv_den[:, t])[..., None]).transpose(1, 2) @ dh[:, t]
+        dn = dn + (q[:, t] * (w * dz[:, t])[..., None]).sum(1)
+    dn_st[0] = dn
+    return torch.stack(dc_st[1:], 1), torch.stack(dn_st, 1), dC, torch.stack(x, 1)
+
+
+def bw_states_against_float64(
+    device: str, dtype: torch.dtype, seq: int, dqk: int, dv: int, chunk: int, variant: str = "exp"
+) -> dict[str, tuple[float, float]]:
+    """One Triton backward (fresh random inputs, 2 x 2 heads, with the last states' gradients) hands its state kernel
+    its arguments (recorded); the Gluon state-gradient kernel runs on them too (one consumer, 64-token slices 3
+    deep; and two consumers 2 deep where the head dim holds two tiles). Returns, per output and Gluon option set,
+    ``(Gluon's, Triton's)`` relative error against ``state_grads_reference`` in float64: on a real backward
+    (normalized, unequal ``inv_den``) both round the factors' products to 16 bits in a different order, so Gluon is
+    judged by Triton's error, not by their difference."""
+    from kernels.gluon import mlstm_bw_states
+    from kernels.mlstm import tfla
+
+    calls = []
+    launch = tfla.launch_bw_states
+    torch.manual_seed(torch.seed() % 2**31)
+    new = {"device": device, "dtype": dtype}
+    x = [torch.randn(2, 2, seq, d, **new) for d in (dqk, dqk, dv)]
+    x += [torch.randn(2, 2, seq, **new), (torch.randn(2, 2, seq, device=device) + 3).to(dtype)]
+    x = [t.requires_grad_(True) for t in x]
+    tfla.launch_bw_states = lambda *a: (lambda parts: (calls.append((a, parts)), parts)[1])(launch(*a))
+    try:
+        h, last = tfla.mlstm_tfla(
+            *x, variant=variant, normalize=variant == "exp", chunk_size=chunk, return_last_states=True,
+            backend="triton",
+        )  # fmt: skip
+        (h.float().square().sum() + last.C.square().sum() + last.n.sum()).backward()
+    finally:
+        tfla.launch_bw_states = launch
+    (((*tensors, dc_st, dn_st, dc_first, has_dlast, _, exp, _), x_part),) = calls
+    q, dh, gate_b, inv_den, dz, c_st, n_st, m_st, m_tok, dc_last, dn_last = tensors
+    bh = c_st.shape[0]
+    ref = state_grads_reference(
+        q.reshape(bh, seq, dqk), dh.reshape(bh, seq, dv), gate_b, inv_den, dz, c_st, n_st, m_st, m_tok,
+        (dc_last.reshape(bh, dqk, dv), dn_last.reshape(bh, dqk)) if has_dlast else None, chunk, exp,
+    )  # fmt: skip
+    rel = lambda a, b: ((a.double() - b.double()).norm() / max(b.double().norm(), 1e-30)).item()  # noqa: E731
+    names = ("dC", "dn", "the first dC", "the forget-gate parts")
+    triton_errors = [rel(a, b) for a, b in zip((dc_st[:, 1:], dn_st, dc_first, x_part.sum(0)), ref, strict=True)]
+    out = {}
+    for options in (dict(bl=64, stages=3, consumers=1), dict(bl=64, stages=2, consumers=2))[: 1 + (dqk > 64)]:
+        got = [torch.full_like(t, float("nan")) for t in (dc_st, dn_st, dc_first)]
+        parts = mlstm_bw_states.launch_bw_states(*tensors, *got, has_dlast, chunk, exp, **options)
+        outputs = (got[0][:, 1:], got[1], got[2], parts.sum(0))
+        for name, g, r, t_err in zip(names, outputs, ref, triton_errors, strict=True):
+            out[f"{name} {options}"] = (float("inf") if g.isnan().any() else rel(g, r), t_err)
+    return out
+
+
 def report() -> dict:
     """Every case's facts, or its error as ``{"error": ...}``."""
     out = {}

@@ -19,7 +19,12 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor  # noqa: E4
 from kernels.gluon import compat, ws_matmul  # noqa: E402
 from kernels.gluon.intra_chunk import init_turns, invalidate_turns, pass_turn, wait_turn  # noqa: E402
 from kernels.gluon.simulator import LANDINGS, SimulationError, simulate  # noqa: E402
-from tests.gluon_cases import FW_OUTPUT_KERNELS, gluon_against_triton  # noqa: E402
+from tests.gluon_cases import (  # noqa: E402
+    FW_OUTPUT_KERNELS,
+    bw_states_against_float64,
+    gluon_against_triton,
+    state_grads_reference,
+)
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -575,38 +580,6 @@ def test_fw_states_refuses_what_it_cannot_take() -> None:
             mlstm_fw_states.check(bad, chunk, *tiles)
 
 
-def state_grads_reference(q, dh, gate_b, inv_den, dz, c_st, n_st, m_st, m_tok, last, chunk, exp):  # noqa: ANN001, ANN201
-    """``bw_chunk_state_grads_kernel``'s outputs in float64, walking the chunks from the last: the gradient of the
-    state after chunk ``c`` (``dC, dn``), their decay ``exp(g + m_c - m_{c+1})`` over the chunk, the forget-gate part
-    ``<dC, C_c> + <dn, n_c>``, then the chunk's ``sum_t a_t q_t^T dh_t`` and ``sum_t w_t dz_t q_t`` with
-    ``w_t = exp(b_t + m_c - m_t) / sqrt(DHQK)`` and ``a_t = w_t inv_den_t``. Returns ``dC`` at ``1..NC``, ``dn`` at
-    ``0..NC``, the first state's ``dC`` and the forget-gate parts ``(BH, NC)``."""
-    q, dh, gate_b, inv_den, dz, c_st, n_st, m_st, m_tok = (
-        x.double() for x in (q, dh, gate_b, inv_den, dz, c_st, n_st, m_st, m_tok)
-    )
-    bh, seq, dqk = q.shape
-    nc = gate_b.shape[1] // chunk
-    pad = nc * chunk - seq
-    q, dh = torch.nn.functional.pad(q, (0, 0, 0, pad)), torch.nn.functional.pad(dh, (0, 0, 0, pad))
-    dC = last[0].double().clone() if last else torch.zeros(bh, dqk, dh.shape[-1], dtype=torch.float64)
-    dn = last[1].double().clone() if last else torch.zeros(bh, dqk, dtype=torch.float64)
-    dc_st, dn_st, x = [None] * (nc + 1), [None] * (nc + 1), [None] * nc
-    for c in reversed(range(nc)):
-        dc_st[c + 1], dn_st[c + 1] = dC.clone(), dn.clone()
-        t = slice(c * chunk, (c + 1) * chunk)
-        m_before = m_st[:, c] if exp else torch.zeros(bh, dtype=torch.float64)
-        m_after = m_st[:, c + 1] if exp else torch.zeros(bh, dtype=torch.float64)
-        decay = torch.exp(gate_b[:, c * chunk + chunk - 1] + m_before - m_after)
-        dC, dn = decay[:, None, None] * dC, decay[:, None] * dn
-        x[c] = (dC * c_st[:, c]).sum((1, 2)) + (dn * n_st[:, c]).sum(1)
-        m_t = m_tok[:, t] if exp else 0.0
-        w = torch.exp(gate_b[:, t] + m_before[:, None] - m_t) * dqk**-0.5
-        dC = dC + (q[:, t] * (w * inv_den[:, t])[..., None]).transpose(1, 2) @ dh[:, t]
-        dn = dn + (q[:, t] * (w * dz[:, t])[..., None]).sum(1)
-    dn_st[0] = dn
-    return torch.stack(dc_st[1:], 1), torch.stack(dn_st, 1), dC, torch.stack(x, 1)
-
-
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("last", [False, True])
 @pytest.mark.parametrize("exp", [True, False])
@@ -677,3 +650,10 @@ def test_bw_states_keeps_tiny_factors_in_float16() -> None:
     kernel, grid, args, constexprs = mlstm_bw_states.launch_args(*tensors, False, chunk, True, bl=64, bv=64)
     simulate(kernel, grid, args, constexprs)
     assert rel(dc_first, ref_first) < 3e-3, rel(dc_first, ref_first)
+
+
+def test_bw_states_is_as_accurate_as_the_triton_kernel_on_a_real_backward() -> None:
+    """The GPU test's check (``bw_states_against_float64``) on the CPU: a float16 Triton backward through the
+    interpreter hands its state kernel's arguments to the simulated Gluon kernel; both against float64."""
+    for name, (gluon_err, triton_err) in bw_states_against_float64("cpu", torch.float16, 200, 128, 64, 64).items():
+        assert gluon_err < max(2 * triton_err, 1e-3), f"{name}: Gluon {gluon_err:.2e}, Triton {triton_err:.2e}"
