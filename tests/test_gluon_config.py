@@ -30,7 +30,7 @@ def test_the_measured_shapes_get_the_fastest_measured_options() -> None:
     assert fw_states_options(64, 64, 64) == FwStatesOptions(64, 64, 3, 1)  # one 64-row tile, 64-token slices
 
 
-@pytest.mark.parametrize("chunk", [64, 128, 256, 1024])
+@pytest.mark.parametrize("chunk", [64, 128, 192, 256, 1024])
 @pytest.mark.parametrize("dhqk,dhhv", [(16, 16), (32, 64), (64, 48), (104, 200), (128, 256), (256, 512), (256, 64)])
 def test_every_choice_is_one_the_kernels_take(dhqk: int, dhhv: int, chunk: int) -> None:
     """The chosen options pass each kernel's own checks (``launch_args``, on CPU tensors: no launch) wherever the

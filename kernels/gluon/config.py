@@ -129,10 +129,11 @@ def fw_states_options(dhqk: int, dhhv: int, chunk_size: int) -> FwStatesOptions 
     """Options of the Gluon state kernel, or ``None`` where the Triton one runs (chunks over
     ``GLUON_STATES_MAX_CHUNK``). Two consumer warpgroups wherever the padded q/k head dim holds two 64-row tiles,
     128-token slices in a ring of 2 (v25, H100, 7B, S 8192: 0.96x / 0.91x the Triton kernel's time at chunk 128 sig /
-    exp, 0.85x / 0.86x at 256; at 1024 1.00x / 1.06x), 64-token slices in a ring of 3 at a chunk of 64."""
+    exp, 0.85x / 0.86x at 256; at 1024 1.00x / 1.06x), 64-token slices in a ring of 3 where 128 does not divide
+    the chunk."""
     if chunk_size > GLUON_STATES_MAX_CHUNK:
         return None
-    bl = min(128, chunk_size)
+    bl = 128 if chunk_size % 128 == 0 else 64  # a slice divides the chunk (the backend's chunks are multiples of 64)
     return FwStatesOptions(
         bl=bl, bv=min(128, _padded(dhhv)), stages=2 if bl == 128 else 3, consumers=2 if _padded(dhqk) >= 128 else 1
     )
