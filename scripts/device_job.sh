@@ -17,6 +17,8 @@
 #                      GPU tests against the Triton kernels
 #   gluon_states (300) the Gluon state kernel: its times against Triton's (scripts/gluon_time.py --kernel fw_states,
 #                      7B, S 8192, sig and exp) at the chunks of CHUNKS (default "128 256 1024"), then its GPU test
+#   gluon_bw_states (300) the Gluon state-gradient kernel: its times against Triton's (scripts/gluon_time.py --kernel
+#                      bw_states, 7B, S 8192, sig and exp) at the chunks of CHUNKS (default "128 256"), then its GPU tests
 #   pytest_gpu (300)   pytest -m gpu tests (every GPU test)
 #   mamba (240)        scripts/build_mamba.sh on the mamba-ssm source archive (.whl/src, carried) into /tmp/mamba;
 #                      MAMBA_PACK=1 also packs the build into OUT (xz, 15 MiB parts, SHA256SUMS); with those parts
@@ -43,7 +45,7 @@
 # to this tree's commit first.
 set -uo pipefail
 [ $# -ge 1 ] && [ -n "${OUT:-}" ] || { sed -n '2,/^set -uo/p' "$0" | sed '$d'; exit 2; }  # the comment above
-declare -A LIMIT=([env]=30 [gluon]=360 [backends]=420 [gluon_dq]=300 [gluon_states]=300 [pytest_gpu]=300 [mamba]=240 [verify]=330 [ncu]=240 [ncu_sass]=240 [ncu_bytes]=240
+declare -A LIMIT=([env]=30 [gluon]=360 [backends]=420 [gluon_dq]=300 [gluon_states]=300 [gluon_bw_states]=300 [pytest_gpu]=300 [mamba]=240 [verify]=330 [ncu]=240 [ncu_sass]=240 [ncu_bytes]=240
   [states]=420 [states_verify]=300 [premove]=420 [plant]=300 [consttoken7b]=540 [consttoken]=540)
 for arg in "$@"; do  # every step known and every limit a number, before anything runs
   step=${arg%%:*}
@@ -91,6 +93,11 @@ run_step() {  # the commands of one step (a subshell, so that `timeout` can cut 
         for variant in sig exp; do $py scripts/gluon_time.py --kernel fw_states --chunk $chunk --variant $variant; done
       done
       $py -m pytest -m gpu -q -rs -p no:cacheprovider tests/test_gluon.py -k fw_states ;;
+    gluon_bw_states)
+      for chunk in ${CHUNKS:-128 256}; do
+        for variant in sig exp; do $py scripts/gluon_time.py --kernel bw_states --chunk $chunk --variant $variant; done
+      done
+      $py -m pytest -m gpu -q -rs -p no:cacheprovider tests/test_gluon.py -k bw_states ;;
     pytest_gpu) $py -m pytest -m gpu -q -rs -p no:cacheprovider tests ;;
     mamba)  # a build packed by an earlier call (.stage-mamba, carried) is unpacked instead of built again
       if [ -s .stage-mamba/SHA256SUMS ]; then
