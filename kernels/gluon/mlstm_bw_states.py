@@ -24,7 +24,6 @@ import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
-    fence_async_shared,
     mbarrier,
     tma,
     warpgroup_mma,
@@ -43,6 +42,7 @@ from kernels.gluon.intra_chunk import (
     ring_barriers,
 )
 from kernels.gluon.mlstm_fw_states import check as _fw_states_check
+from kernels.gluon.state_walk import state_tile, store_tile
 
 STATE_SLOTS = gl.constexpr(2)  # forward state tiles in flight: the next chunk's loads while this one is used
 
@@ -84,17 +84,12 @@ def _compute_partition(q_bufs, dh_bufs, st_bufs, dc_smem, ready, empty, st_ready
     SCALED: gl.constexpr = dtype == gl.float16
     c_layout: gl.constexpr = mma_layout(num_warps, BV)
     rows: gl.constexpr = gl.SliceLayout(1, c_layout)
-    cols: gl.constexpr = gl.SliceLayout(0, c_layout)
     a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=c_layout, k_width=2)
     q_layout: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])  # a BL x BK slice of q
     tokens: gl.constexpr = gl.SliceLayout(1, q_layout)
 
     k0 = k_tile * BK
-    offs_k = k0 + gl.arange(0, BK, layout=rows)
-    offs_v = v0 + gl.arange(0, BV, layout=cols)
-    mask_k = offs_k < DHQK
-    mask_kv = mask_k[:, None] & (offs_v < DHHV)[None, :]
-    tile = offs_k[:, None] * DHHV + offs_v[None, :]
+    offs_k, mask_k, mask_kv, tile = state_tile(k0, v0, DHQK, DHHV, BK, BV, c_layout)
     if HAS_DLAST:
         dC = gl.load(DC_LAST + bh * DHQK * DHHV + tile, mask=mask_kv, other=0.0).to(gl.float32)
         dn = gl.load(DN_LAST + bh * DHQK + offs_k, mask=mask_k, other=0.0).to(gl.float32)
@@ -127,13 +122,8 @@ def _compute_partition(q_bufs, dh_bufs, st_bufs, dc_smem, ready, empty, st_ready
     for j in range(NC):
         c = NC - 1 - j
         st = bh * (NC + 1) + c + 1
-        # The gradient of the state after chunk c out, through one of two shared buffers (the store from that
-        # buffer two chunks ago has left it once at most one store is pending).
-        tma.store_wait(pendings=1)
-        dc_buf = dc_smem.index((j % 2) * consumers + W)
-        dc_buf.reshape([BK, BV]).store(dC.to(DC_D.dtype))
-        fence_async_shared()
-        compat.tma_store(DC_D, [st, k0, v0], dc_buf)
+        # The gradient of the state after chunk c out (two shared buffers in turn, as in mlstm_fw_states).
+        store_tile(dC, dc_smem.index((j % 2) * consumers + W), DC_D, st, k0, v0)
         if pid_v == 0:
             gl.store(DN_ST + st * DHQK + offs_k, dn, mask=mask_k)
         g = g_next

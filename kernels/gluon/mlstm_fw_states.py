@@ -24,7 +24,6 @@ import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
-    fence_async_shared,
     mbarrier,
     tma,
     warpgroup_mma,
@@ -42,6 +41,7 @@ from kernels.gluon.intra_chunk import (
     mma_layout,
     ring_barriers,
 )
+from kernels.gluon.state_walk import state_tile, store_tile
 
 
 @gluon.jit
@@ -74,16 +74,11 @@ def _compute_partition(k_bufs, v_bufs, c_smem, fix_ready, ready, empty, C_D, GAT
     dtype: gl.constexpr = k_bufs.dtype
     c_layout: gl.constexpr = mma_layout(num_warps, BV)
     rows: gl.constexpr = gl.SliceLayout(1, c_layout)
-    cols: gl.constexpr = gl.SliceLayout(0, c_layout)
     a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=c_layout, k_width=2)
     k_layout: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])  # a BL x BK slice of k
     tokens: gl.constexpr = gl.SliceLayout(1, k_layout)
 
-    offs_k = k0 + gl.arange(0, BK, layout=rows)
-    offs_v = v0 + gl.arange(0, BV, layout=cols)
-    mask_k = offs_k < DHQK
-    mask_kv = mask_k[:, None] & (offs_v < DHHV)[None, :]
-    tile = offs_k[:, None] * DHHV + offs_v[None, :]
+    offs_k, mask_k, mask_kv, tile = state_tile(k0, v0, DHQK, DHHV, BK, BV, c_layout)
     if HAS_INIT:
         C = gl.load(C0 + bh * DHQK * DHHV + tile, mask=mask_kv, other=0.0).to(gl.float32)
         n = gl.load(N0 + bh * DHQK + offs_k, mask=mask_k, other=0.0).to(gl.float32)
@@ -105,14 +100,9 @@ def _compute_partition(k_bufs, v_bufs, c_smem, fix_ready, ready, empty, C_D, GAT
     if EXP:
         chunk_max_next = gl.load(CHUNK_MAX + bh * NC)
     for c in range(NC):
-        # The state before chunk c out, through one of two shared buffers and TMA (the store from that buffer two
-        # chunks ago has left it once at most one store is pending).
+        # The state before chunk c out (two shared buffers in turn, so its store overlaps the chunk).
         st = bh * (NC + 1) + c
-        tma.store_wait(pendings=1)
-        c_buf = c_smem.index((c % 2) * consumers + W)
-        c_buf.reshape([BK, BV]).store(C.to(C_D.dtype))
-        fence_async_shared()
-        compat.tma_store(C_D, [bh * NC + c, k0, v0], c_buf)
+        store_tile(C, c_smem.index((c % 2) * consumers + W), C_D, bh * NC + c, k0, v0)
         if pid_v == 0:
             gl.store(N_ST + st * DHQK + offs_k, n, mask=mask_k)
             if k_tile == 0:
@@ -185,11 +175,11 @@ def fw_states_kernel(
     num_warps: gl.constexpr,
 ):
     """Grid ``(cdiv(DHQK, CONSUMERS * BK), cdiv(DHHV, BV), BH)``: ``CONSUMERS`` (1 or 2) warpgroups a program, each
-    owning ``BK`` rows of its state tile and sharing the ``v`` slices. Descriptors over ``(heads, rows, cols)`` with blocks ``[1, rows,
-    cols]``: ``K_D`` (BL x BK over ``k``), ``V_D`` (BL x BV over ``v``), ``C_D`` (BK x BV over the ``BH * NC`` chunk
-    states, the state dtype); ``N_ST, M_ST`` (fp32, ``NC + 1`` a head), ``C_LAST`` (fp32, the state after the last
-    chunk); ``C0, N0, M0`` the initial states where ``HAS_INIT``; ``CHUNK_MAX`` (fp32, ``NC`` a head: each chunk's
-    max of ``i - b``, read where ``EXP``). ``L`` (the chunk size, a multiple of ``BL``) is not a
+    owning ``BK`` rows of its state tile and sharing the ``v`` slices. Descriptors over ``(heads, rows, cols)`` with
+    blocks ``[1, rows, cols]``: ``K_D`` (BL x BK over ``k``), ``V_D`` (BL x BV over ``v``), ``C_D`` (BK x BV over
+    the ``BH * NC`` chunk states, the state dtype); ``N_ST, M_ST`` (fp32, ``NC + 1`` a head), ``C_LAST`` (fp32, the
+    state after the last chunk); ``C0, N0, M0`` the initial states where ``HAS_INIT``; ``CHUNK_MAX`` (fp32, ``NC`` a
+    head: each chunk's max of ``i - b``, read where ``EXP``). ``L`` (the chunk size, a multiple of ``BL``) is not a
     constexpr: one compile serves every chunk size."""
     BL: gl.constexpr = K_D.block_type.shape[1]
     BK: gl.constexpr = K_D.block_type.shape[2]
