@@ -27,10 +27,9 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     mbarrier,
     tma,
     warpgroup_mma,
-    warpgroup_mma_wait,
 )
 
-from kernels.gluon import compat, intra_chunk
+from kernels.gluon import compat, intra_chunk, state_walk
 from kernels.gluon.intra_chunk import (
     CONSUMER_REGS,
     LOAD_REGS,
@@ -41,8 +40,7 @@ from kernels.gluon.intra_chunk import (
     mma_layout,
     ring_barriers,
 )
-from kernels.gluon.mlstm_fw_states import check as _fw_states_check
-from kernels.gluon.state_walk import state_tile, store_tile
+from kernels.gluon.state_walk import chain_product, drain_products, state_tile, store_tile
 
 STATE_SLOTS = gl.constexpr(2)  # forward state tiles in flight: the next chunk's loads while this one is used
 
@@ -177,13 +175,9 @@ def _compute_partition(q_bufs, dh_bufs, st_bufs, dc_smem, ready, empty, st_ready
                 mbarrier.arrive(empty.index(s), count=1)
             else:
                 qa = gl.convert_layout(gl.permute((q * (w * den_t)[:, None]).to(dtype), (1, 0)), a_layout)
-                dC = warpgroup_mma(qa, dh, dC, is_async=True)
-                dC = warpgroup_mma_wait(num_outstanding=1, deps=(dC,))
-                if i > 0:
-                    mbarrier.arrive(empty.index((u - 1) % stages), count=1)
+                dC = chain_product(qa, dh, dC, empty, u, i == 0)
         if not SCALED:
-            dC = warpgroup_mma_wait(num_outstanding=0, deps=(dC,))
-            mbarrier.arrive(empty.index((j * n_slices + n_slices - 1) % stages), count=1)
+            dC = drain_products(dC, empty, j * n_slices + n_slices - 1)
     tma.store_wait(pendings=0)
     gl.store(DC_FIRST + bh * DHQK * DHHV + tile, dC, mask=mask_kv)
     if pid_v == 0:
@@ -310,8 +304,8 @@ def launch_args(
 ) -> tuple[Any, tuple[int, int, int], dict[str, Any], dict[str, Any]]:
     """What ``launch_bw_states`` launches on the tensors ``kernels.mlstm.chunk_bw.launch_bw_states`` takes (in its
     order; no tiles): the kernel, its grid, its runtime arguments (``X_PART`` allocated here) and its constexprs, by
-    name. Options as ``mlstm_fw_states.launch_args``' (the same checks). ``ValueError`` from ``check``."""
-    _fw_states_check(q, chunk_size, bl, bk, bv, consumers, "bw_states")
+    name. Options as ``mlstm_fw_states.launch_args``' (``state_walk.check``). ``ValueError`` from ``check``."""
+    state_walk.check(q, chunk_size, bl, bk, bv, consumers, "bw_states")
     dhqk, dhhv = q.shape[-1], dh.shape[-1]
     bh, nc = c_st.shape[:2]
     grid = (triton.cdiv(dhqk, consumers * bk), triton.cdiv(dhhv, bv), bh)

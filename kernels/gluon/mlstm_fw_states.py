@@ -26,11 +26,9 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
     mbarrier,
     tma,
-    warpgroup_mma,
-    warpgroup_mma_wait,
 )
 
-from kernels.gluon import compat, intra_chunk
+from kernels.gluon import compat, intra_chunk, state_walk
 from kernels.gluon.intra_chunk import (
     CONSUMER_REGS,
     LOAD_REGS,
@@ -41,7 +39,7 @@ from kernels.gluon.intra_chunk import (
     mma_layout,
     ring_barriers,
 )
-from kernels.gluon.state_walk import state_tile, store_tile
+from kernels.gluon.state_walk import chain_product, drain_products, state_tile, store_tile
 
 
 @gluon.jit
@@ -134,12 +132,8 @@ def _compute_partition(k_bufs, v_bufs, c_smem, fix_ready, ready, empty, C_D, GAT
             kw = k_bufs.index(s * consumers + W).reshape([BL, BK]).load(k_layout).to(gl.float32) * w[:, None]
             n += gl.convert_layout(gl.sum(kw, axis=0), rows)
             a = gl.convert_layout(gl.permute(kw.to(dtype), (1, 0)), a_layout)  # (k w)^T: BK x BL
-            C = warpgroup_mma(a, v_bufs.index(s).reshape([BL, BV]), C, is_async=True)
-            C = warpgroup_mma_wait(num_outstanding=1, deps=(C,))
-            if j > 0:
-                mbarrier.arrive(empty.index((u - 1) % stages), count=1)
-        C = warpgroup_mma_wait(num_outstanding=0, deps=(C,))
-        mbarrier.arrive(empty.index((c * n_slices + n_slices - 1) % stages), count=1)
+            C = chain_product(a, v_bufs.index(s).reshape([BL, BV]), C, empty, u, j == 0)
+        C = drain_products(C, empty, c * n_slices + n_slices - 1)
     tma.store_wait(pendings=0)
     st = bh * (NC + 1) + NC
     gl.store(C_LAST + bh * DHQK * DHHV + tile, C, mask=mask_kv)
@@ -233,25 +227,9 @@ def fw_states_kernel(
     invalidate_ring(fix_ready, ready, empty)
 
 
-def check(k: Any, chunk_size: int, bl: int, bk: int, bv: int, consumers: int = 1, kernel: str = "fw_states") -> None:
-    """``ValueError`` naming what the kernel (``kernel``: this one, or ``mlstm_bw_states``' walk) cannot take:
-    32-bit inputs, a ``BK`` other than 64 (one wgmma's rows), a ``BV`` that is not a power of two from 16 to 256, a
-    token slice ``BL`` (a multiple of 16 up to 256) that does not divide the chunk, consumers other than 1 or 2."""
-    import torch
-
-    if consumers not in (1, 2):
-        raise ValueError(f"the Gluon {kernel} takes consumers 1 or 2; got {consumers}")
-    if k.dtype not in (torch.float16, torch.bfloat16):
-        raise ValueError(f"the Gluon {kernel} takes float16 or bfloat16 inputs; got {k.dtype}")
-    if bk != 64:
-        raise ValueError(f"the Gluon {kernel} takes BK=64 (one wgmma's rows); got BK={bk}")
-    if bv not in (16, 32, 64, 128, 256):
-        raise ValueError(f"the Gluon {kernel} takes BV in 16, 32, 64, 128, 256; got BV={bv}")
-    if bl % 16 or not 16 <= bl <= 256 or chunk_size % bl:
-        raise ValueError(
-            f"the Gluon {kernel} takes a token slice BL (a multiple of 16 up to 256) dividing the chunk size "
-            f"{chunk_size}; got BL={bl}"
-        )
+def check(k: Any, chunk_size: int, bl: int, bk: int, bv: int, consumers: int = 1) -> None:
+    """``state_walk.check`` for this kernel."""
+    state_walk.check(k, chunk_size, bl, bk, bv, consumers, "fw_states")
 
 
 def launch_args(
