@@ -285,14 +285,15 @@ def state_grads_reference(q, dh, gate_b, inv_den, dz, c_st, n_st, m_st, m_tok, l
     nc = gate_b.shape[1] // chunk
     pad = nc * chunk - seq
     q, dh = torch.nn.functional.pad(q, (0, 0, 0, pad)), torch.nn.functional.pad(dh, (0, 0, 0, pad))
-    dC = last[0].double().clone() if last else torch.zeros(bh, dqk, dh.shape[-1], dtype=torch.float64)
-    dn = last[1].double().clone() if last else torch.zeros(bh, dqk, dtype=torch.float64)
+    f64 = {"dtype": torch.float64, "device": q.device}
+    dC = last[0].double().clone() if last else torch.zeros(bh, dqk, dh.shape[-1], **f64)
+    dn = last[1].double().clone() if last else torch.zeros(bh, dqk, **f64)
     dc_st, dn_st, x = [None] * (nc + 1), [None] * (nc + 1), [None] * nc
     for c in reversed(range(nc)):
         dc_st[c + 1], dn_st[c + 1] = dC.clone(), dn.clone()
         t = slice(c * chunk, (c + 1) * chunk)
-        m_before = m_st[:, c] if exp else torch.zeros(bh, dtype=torch.float64)
-        m_after = m_st[:, c + 1] if exp else torch.zeros(bh, dtype=torch.float64)
+        m_before = m_st[:, c] if exp else torch.zeros(bh, **f64)
+        m_after = m_st[:, c + 1] if exp else torch.zeros(bh, **f64)
         decay = torch.exp(gate_b[:, c * chunk + chunk - 1] + m_before - m_after)
         dC, dn = decay[:, None, None] * dC, decay[:, None] * dn
         x[c] = (dC * c_st[:, c]).sum((1, 2)) + (dn * n_st[:, c]).sum(1)
