@@ -182,7 +182,7 @@ DEFAULT_TILES = {  # v14's fastest (two consumers, pieces) without and with ping
     "bw_dq": "64,64,64,4,1;64,64,64,8,1",
     "bw_dk": "64,64,64,4,1;64,64,64,8,1",
     "fw_states": "128,64,128,4,1;64,64,128,4,1,0,2;64,64,64,4,1,0,2;128,64,64,4,1,0,2",  # BL, -, BV, ..., consumers
-    "bw_states": "128,64,128,4,1;64,64,128,4,1;64,64,128,4,1,0,2",
+    "bw_states": "128,64,128,4,1,0,2;64,64,128,4,1,0,2;128,64,128,4,1",  # two consumers: 128 or 64 tokens a slice
 }
 RUNS = {
     "fw_output": fw_output_runs,

@@ -232,12 +232,13 @@ CASES = {
         for exp in (True, False)
         for bv in (64, 128)
     },
-    # the backward's state-gradient walk: one consumer warpgroup 3 deep or two 2 deep, fp16 (its factors scaled,
+    # the backward's state-gradient walk: one consumer warpgroup with 64-token slices 3 deep, or two with 128-token
+    # slices 2 deep (what fits since the forward state tiles double as the store buffers), fp16 (its factors scaled,
     # products synchronous) and bf16 (chained asynchronously)
     **{
         f"bw_states {'exp' if exp else 'sig'} {dt} ws{consumers}": (
             lambda exp=exp, dt=dt, consumers=consumers: bw_states_case(
-                exp, getattr(torch, dt), bl=64, stages=4 - consumers, consumers=consumers
+                exp, getattr(torch, dt), bl=64 * consumers, stages=4 - consumers, consumers=consumers
             )
         )
         for exp in (True, False)
@@ -310,7 +311,7 @@ def bw_states_against_float64(
 ) -> dict[str, tuple[float, float]]:
     """One Triton backward (fresh random inputs, 2 x 2 heads, with the last states' gradients) hands its state kernel
     its arguments (recorded); the Gluon state-gradient kernel runs on them too (one consumer, 64-token slices 3
-    deep; and two consumers 2 deep where the head dim holds two tiles). Returns, per output and Gluon option set,
+    deep; and two consumers, 64-token slices 3 deep or 128-token slices 2 deep, where the head dim holds two tiles). Returns, per output and Gluon option set,
     ``(Gluon's, Triton's)`` relative error against ``state_grads_reference`` in float64: on a real backward
     (normalized, unequal ``inv_den``) both round the factors' products to 16 bits in a different order, so Gluon is
     judged by Triton's error, not by their difference."""
@@ -344,7 +345,8 @@ def bw_states_against_float64(
     names = ("dC", "dn", "the first dC", "the forget-gate parts")
     triton_errors = [rel(a, b) for a, b in zip((dc_st[:, 1:], dn_st, dc_first, x_part.sum(0)), ref, strict=True)]
     out = {}
-    for options in (dict(bl=64, stages=3, consumers=1), dict(bl=64, stages=2, consumers=2))[: 1 + (dqk > 64)]:
+    two = (dict(bl=64, stages=3, consumers=2), dict(bl=min(128, chunk), stages=2, consumers=2)) if dqk > 64 else ()
+    for options in (dict(bl=64, stages=3, consumers=1), *two):
         got = [torch.full_like(t, float("nan")) for t in (dc_st, dn_st, dc_first)]
         parts = mlstm_bw_states.launch_bw_states(*tensors, *got, has_dlast, chunk, exp, **options)
         outputs = (got[0][:, 1:], got[1], got[2], parts.sum(0))

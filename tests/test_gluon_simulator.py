@@ -589,6 +589,7 @@ def test_fw_states_refuses_what_it_cannot_take() -> None:
         (300, 128, 64, 128, dict(bl=64, bv=64, stages=3, consumers=2)),
         (200, 96, 80, 64, dict(bl=32, bv=64, stages=2, consumers=2)),
         (256, 64, 128, 128, dict(bl=128, bv=128, stages=2, consumers=1)),
+        (600, 128, 64, 256, dict(bl=128, bv=64, stages=2, consumers=2)),
     ],
 )
 def test_bw_states_matches_float64(

@@ -5,8 +5,10 @@ Same inputs and outputs as ``launch_bw_states``: a program's consumer warpgroups
 state gradient ``dC`` (and the ``BK`` slice of ``dn``) of one head and walk the chunks from the last. A 1-warp load
 partition streams each chunk's ``q`` (per consumer, its ``BK`` columns) and ``dh`` in ``BL``-token slices through a
 ring of ``STAGES`` stages, and each chunk's forward state tile ``C_c`` through a ring of two. At each chunk a consumer
-writes the gradient of the state after it (TMA store from one of two shared buffers), decays ``dC, dn`` over the
-chunk, adds its tile's part of the forget-gate gradient ``<dC, C_c> + <dn, n_c>`` to ``X_PART``, then per slice adds
+reads ``C_c`` and writes the gradient of the state after it into the same shared tile, which a TMA store takes out
+(the slot goes back to the producer once that store has read it, at the next chunk: no store buffers of their own,
+so two consumers fit with 128-token slices), decays ``dC, dn`` over the chunk, adds its tile's part of the
+forget-gate gradient ``<dC, C_c> + <dn, n_c>`` to ``X_PART``, then per slice adds
 ``(q a)^T dh`` (``a_t = exp(b_t + m_c - m_t) * qk_scale / den_t``; the wgmma's register operand, ``dh`` from the ring,
 chained asynchronously one in flight) and ``sum(q w dz)`` to ``dn``. Its global loads (per-token gates and factors,
 each chunk's gate, stabilizers and ``n_c``) are issued a step before their use, as in ``mlstm_fw_states`` (v24).
@@ -42,7 +44,7 @@ from kernels.gluon.intra_chunk import (
 )
 from kernels.gluon.state_walk import chain_product, drain_products, state_tile, store_tile
 
-STATE_SLOTS = gl.constexpr(2)  # forward state tiles in flight: the next chunk's loads while this one is used
+STATE_SLOTS = gl.constexpr(2)  # forward state tiles: the next chunk's loading while this one's slot stores dC
 
 
 @gluon.jit
@@ -68,7 +70,7 @@ def _load_partition(Q_D, DH_D, C_D, q_bufs, dh_bufs, st_bufs, ready, empty, st_r
 
 
 @gluon.jit
-def _compute_partition(q_bufs, dh_bufs, st_bufs, dc_smem, ready, empty, st_ready, st_empty, DC_D, GATE_B, INV_DEN,
+def _compute_partition(q_bufs, dh_bufs, st_bufs, ready, empty, st_ready, st_empty, DC_D, GATE_B, INV_DEN,
                        DZ, N_ST, M_ST, M_TOK, DC_LAST, DN_LAST, DN_ST, DC_FIRST, X_PART, bh, k_tile, v0, pid_v, NV, BH,
                        SP, NC, L, DHQK, DHHV, qk_scale, EXP: gl.constexpr, HAS_DLAST: gl.constexpr, W: gl.constexpr,
                        num_warps: gl.constexpr):  # fmt: skip
@@ -85,6 +87,9 @@ def _compute_partition(q_bufs, dh_bufs, st_bufs, dc_smem, ready, empty, st_ready
     a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=c_layout, k_width=2)
     q_layout: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])  # a BL x BK slice of q
     tokens: gl.constexpr = gl.SliceLayout(1, q_layout)
+    # The per-token loads in flight sit one element a thread (the slice layout repeats each over 8 threads, 8
+    # registers a vector at BL 128) and move into that layout where they are used.
+    packed: gl.constexpr = gl.BlockedLayout([1], [32], [num_warps], [0])
 
     k0 = k_tile * BK
     offs_k, mask_k, mask_kv, tile = state_tile(k0, v0, DHQK, DHHV, BK, BV, c_layout)
@@ -101,12 +106,12 @@ def _compute_partition(q_bufs, dh_bufs, st_bufs, dc_smem, ready, empty, st_ready
 
     # Loads a step ahead (the last step fetches the first again, unused): the first slice walked (the last chunk's
     # first), and the operands of the first chunk entered.
-    slice_tokens = bh * SP + gl.arange(0, BL, layout=tokens)
+    slice_tokens = bh * SP + gl.arange(0, BL, layout=packed)
     first = (NC - 1) * L
     b_next = gl.load(GATE_B + slice_tokens + first)
     den_next = gl.load(INV_DEN + slice_tokens + first)
     dz_next = gl.load(DZ + slice_tokens + first)
-    m_tok_next = gl.zeros([BL], gl.float32, tokens)
+    m_tok_next = gl.zeros([BL], gl.float32, packed)
     if EXP:
         m_tok_next = gl.load(M_TOK + slice_tokens + first)
     st_next = bh * (NC + 1) + NC
@@ -120,8 +125,17 @@ def _compute_partition(q_bufs, dh_bufs, st_bufs, dc_smem, ready, empty, st_ready
     for j in range(NC):
         c = NC - 1 - j
         st = bh * (NC + 1) + c + 1
-        # The gradient of the state after chunk c out (two shared buffers in turn, as in mlstm_fw_states).
-        store_tile(dC, dc_smem.index((j % 2) * consumers + W), DC_D, st, k0, v0)
+        # Chunk c's forward state tile in, then the gradient of the state after chunk c out through the same shared
+        # tile (read and written in one layout: every warp writes the rows it read); the previous chunk's slot goes
+        # back to the producer once its store has read it (stores complete in order: this chunk's alone pending).
+        t = j % STATE_SLOTS
+        mbarrier.wait(st_ready.index(t), (j // STATE_SLOTS) & 1)
+        slot = st_bufs.index(t * consumers + W)
+        c_tile = slot.reshape([BK, BV]).load(c_layout).to(gl.float32)
+        store_tile(dC, slot, DC_D, st, k0, v0)
+        if j > 0:
+            tma.store_wait(pendings=1)
+            mbarrier.arrive(st_empty.index((j - 1) % STATE_SLOTS), count=1)
         if pid_v == 0:
             gl.store(DN_ST + st * DHQK + offs_k, dn, mask=mask_k)
         g = g_next
@@ -138,10 +152,6 @@ def _compute_partition(q_bufs, dh_bufs, st_bufs, dc_smem, ready, empty, st_ready
         decay = gl.exp(g + m_before - m_after)
         dC = dC * decay
         dn = dn * decay
-        t = j % STATE_SLOTS
-        mbarrier.wait(st_ready.index(t), (j // STATE_SLOTS) & 1)
-        c_tile = st_bufs.index(t * consumers + W).reshape([BK, BV]).load(c_layout).to(gl.float32)
-        mbarrier.arrive(st_empty.index(t), count=1)
         x_sum = gl.sum(gl.sum(dC * c_tile, axis=1), axis=0)
         if pid_v == 0:
             x_sum += gl.sum(dn * n_c, axis=0)
@@ -149,10 +159,10 @@ def _compute_partition(q_bufs, dh_bufs, st_bufs, dc_smem, ready, empty, st_ready
         for i in range(n_slices):
             u = j * n_slices + i
             s = u % stages
-            b_t = b_next
-            den_t = den_next
-            dz_t = dz_next
-            m_t = m_tok_next
+            b_t = gl.convert_layout(b_next, tokens)
+            den_t = gl.convert_layout(den_next, tokens)
+            dz_t = gl.convert_layout(dz_next, tokens)
+            m_t = gl.convert_layout(m_tok_next, tokens)
             u1 = (u + 1) % n_total
             after = (NC - 1 - u1 // n_slices) * L + (u1 % n_slices) * BL
             b_next = gl.load(GATE_B + slice_tokens + after)
@@ -233,7 +243,6 @@ def bw_states_kernel(
     q_bufs = gl.allocate_shared_memory(Q_D.dtype, [STAGES * CONSUMERS, 1, BL, BK], Q_D.layout)
     dh_bufs = gl.allocate_shared_memory(DH_D.dtype, [STAGES, 1, BL, BV], DH_D.layout)
     st_bufs = gl.allocate_shared_memory(C_D.dtype, [STATE_SLOTS * CONSUMERS, 1, BK, BV], C_D.layout)
-    dc_smem = gl.allocate_shared_memory(DC_D.dtype, [2 * CONSUMERS, 1, BK, BV], DC_D.layout)  # a store in flight
     fix_ready, ready, empty = ring_barriers(STAGES, CONSUMERS)
     unused, st_ready, st_empty = ring_barriers(STATE_SLOTS, CONSUMERS)
 
@@ -243,7 +252,7 @@ def bw_states_kernel(
             [
                 (
                     _compute_partition,
-                    (q_bufs, dh_bufs, st_bufs, dc_smem, ready, empty, st_ready, st_empty, DC_D, GATE_B, INV_DEN, DZ,
+                    (q_bufs, dh_bufs, st_bufs, ready, empty, st_ready, st_empty, DC_D, GATE_B, INV_DEN, DZ,
                      N_ST, M_ST, M_TOK, DC_LAST, DN_LAST, DN_ST, DC_FIRST, X_PART, bh, pid_k, v0, pid_v, NV, BH, SP,
                      NC, L, DHQK, DHHV, qk_scale, EXP, HAS_DLAST, 0, num_warps),
                 ),
@@ -258,13 +267,13 @@ def bw_states_kernel(
             [
                 (
                     _compute_partition,
-                    (q_bufs, dh_bufs, st_bufs, dc_smem, ready, empty, st_ready, st_empty, DC_D, GATE_B, INV_DEN, DZ,
+                    (q_bufs, dh_bufs, st_bufs, ready, empty, st_ready, st_empty, DC_D, GATE_B, INV_DEN, DZ,
                      N_ST, M_ST, M_TOK, DC_LAST, DN_LAST, DN_ST, DC_FIRST, X_PART, bh, 2 * pid_k, v0, pid_v, NV, BH,
                      SP, NC, L, DHQK, DHHV, qk_scale, EXP, HAS_DLAST, 0, num_warps),
                 ),
                 (
                     _compute_partition,
-                    (q_bufs, dh_bufs, st_bufs, dc_smem, ready, empty, st_ready, st_empty, DC_D, GATE_B, INV_DEN, DZ,
+                    (q_bufs, dh_bufs, st_bufs, ready, empty, st_ready, st_empty, DC_D, GATE_B, INV_DEN, DZ,
                      N_ST, M_ST, M_TOK, DC_LAST, DN_LAST, DN_ST, DC_FIRST, X_PART, bh, 2 * pid_k + 1, v0, pid_v, NV,
                      BH, SP, NC, L, DHQK, DHHV, qk_scale, EXP, HAS_DLAST, 1, num_warps),
                 ),
