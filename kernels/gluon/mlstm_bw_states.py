@@ -87,8 +87,8 @@ def _compute_partition(q_bufs, dh_bufs, st_bufs, ready, empty, st_ready, st_empt
     a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=c_layout, k_width=2)
     q_layout: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])  # a BL x BK slice of q
     tokens: gl.constexpr = gl.SliceLayout(1, q_layout)
-    # The per-token loads in flight sit one element a thread (the slice layout repeats each over 8 threads, 8
-    # registers a vector at BL 128) and move into that layout where they are used.
+    # The per-token loads in flight and their factors sit one element a thread (the slice layout repeats each over 8
+    # threads: 8 registers a vector and 8 times the exp at BL 128); only the two factors move into that layout.
     packed: gl.constexpr = gl.BlockedLayout([1], [32], [num_warps], [0])
 
     k0 = k_tile * BK
@@ -159,10 +159,16 @@ def _compute_partition(q_bufs, dh_bufs, st_bufs, ready, empty, st_ready, st_empt
         for i in range(n_slices):
             u = j * n_slices + i
             s = u % stages
-            b_t = gl.convert_layout(b_next, tokens)
-            den_t = gl.convert_layout(den_next, tokens)
-            dz_t = gl.convert_layout(dz_next, tokens)
-            m_t = gl.convert_layout(m_tok_next, tokens)
+            # This slice's factors, one per thread, then in the q tile's rows: w dz for dn, a = w inv_den for dC.
+            w = gl.exp(b_next + m_before - m_tok_next) * qk_scale
+            wdz = gl.convert_layout(w * dz_next, tokens)
+            a = w * den_next
+            a_max = gl.full([], 1.0, gl.float32)
+            if SCALED:
+                a_max = gl.max(a, axis=0)
+                a_max = gl.where(a_max > 0, a_max, 1.0)
+                a = a / a_max
+            a = gl.convert_layout(a, tokens)
             u1 = (u + 1) % n_total
             after = (NC - 1 - u1 // n_slices) * L + (u1 % n_slices) * BL
             b_next = gl.load(GATE_B + slice_tokens + after)
@@ -170,21 +176,16 @@ def _compute_partition(q_bufs, dh_bufs, st_bufs, ready, empty, st_ready, st_empt
             dz_next = gl.load(DZ + slice_tokens + after)
             if EXP:
                 m_tok_next = gl.load(M_TOK + slice_tokens + after)
-            w = gl.exp(b_t + m_before - m_t) * qk_scale
             mbarrier.wait(ready.index(s), (u // stages) & 1)
             q = q_bufs.index(s * consumers + W).reshape([BL, BK]).load(q_layout).to(gl.float32)
-            dn += gl.convert_layout(gl.sum(q * (w * dz_t)[:, None], axis=0), rows)
+            dn += gl.convert_layout(gl.sum(q * wdz[:, None], axis=0), rows)
             dh = dh_bufs.index(s).reshape([BL, BV])
+            qa = gl.convert_layout(gl.permute((q * a[:, None]).to(dtype), (1, 0)), a_layout)
             if SCALED:
-                a = w * den_t
-                a_max = gl.max(a, axis=0)
-                a_max = gl.where(a_max > 0, a_max, 1.0)
-                qa = gl.convert_layout(gl.permute((q * (a / a_max)[:, None]).to(dtype), (1, 0)), a_layout)
                 part = warpgroup_mma(qa, dh, gl.zeros([BK, BV], gl.float32, c_layout), use_acc=False)
                 dC += part * a_max
                 mbarrier.arrive(empty.index(s), count=1)
             else:
-                qa = gl.convert_layout(gl.permute((q * (w * den_t)[:, None]).to(dtype), (1, 0)), a_layout)
                 dC = chain_product(qa, dh, dC, empty, u, i == 0)
         if not SCALED:
             dC = drain_products(dC, empty, j * n_slices + n_slices - 1)
