@@ -20,6 +20,8 @@
 #   gluon_bw_states (300) the Gluon state-gradient kernel: its times against Triton's (scripts/gluon_time.py --kernel
 #                      bw_states, 7B, S 8192, sig and exp) at the chunks of CHUNKS (default "128 256"), then its GPU tests
 #   pytest_gpu (300)   pytest -m gpu tests (every GPU test)
+#   profile (240)      bench profile of both backends' sig fwbw (7B, S 8192) at each chunk of CHUNKS (default 512): every
+#                      kernel's time against its floor at the peaks measured on this GPU
 #   mamba (240)        scripts/build_mamba.sh on the mamba-ssm source archive (.whl/src, carried) into /tmp/mamba;
 #                      MAMBA_PACK=1 also packs the build into OUT (xz, 15 MiB parts, SHA256SUMS); with those parts
 #                      carried in .stage-mamba/ the step unpacks them instead (seconds instead of ~3 minutes)
@@ -45,7 +47,7 @@
 # to this tree's commit first.
 set -uo pipefail
 [ $# -ge 1 ] && [ -n "${OUT:-}" ] || { sed -n '2,/^set -uo/p' "$0" | sed '$d'; exit 2; }  # the comment above
-declare -A LIMIT=([env]=30 [gluon]=360 [backends]=420 [gluon_dq]=300 [gluon_states]=300 [gluon_bw_states]=300 [pytest_gpu]=300 [mamba]=240 [verify]=330 [ncu]=240 [ncu_sass]=240 [ncu_bytes]=240
+declare -A LIMIT=([env]=30 [gluon]=360 [backends]=420 [gluon_dq]=300 [gluon_states]=300 [gluon_bw_states]=300 [pytest_gpu]=300 [profile]=240 [mamba]=240 [verify]=330 [ncu]=240 [ncu_sass]=240 [ncu_bytes]=240
   [states]=420 [states_verify]=300 [premove]=420 [plant]=300 [consttoken7b]=540 [consttoken]=540)
 for arg in "$@"; do  # every step known and every limit a number, before anything runs
   step=${arg%%:*}
@@ -83,6 +85,10 @@ run_step() {  # the commands of one step (a subshell, so that `timeout` can cut 
       $py cli.py profile --kernels tfla.mlstm_sig,tfla.mlstm_sig_gluon --mode fwbw  # per kernel: bw_dv against Gluon's
       both_backends gluon ;;  # end to end, both backends, the same run: the case for FASTEST
     backends) both_backends backends --chunk-size "$(echo ${CHUNKS:-512 1024} | tr ' ' ,)" ;;
+    profile)
+      for chunk in ${CHUNKS:-512}; do
+        COLUMNS=200 $py cli.py profile --kernels tfla.mlstm_sig,tfla.mlstm_sig_gluon --mode fwbw --chunk-size "$chunk" --passes 5
+      done ;;
     gluon_dq)
       for chunk in ${CHUNKS:-128 256 1024}; do  # the times first: their tables check each run against Triton too
         for kernel in bw_dq bw_dk; do $py scripts/gluon_time.py --kernel $kernel --chunk $chunk; done
