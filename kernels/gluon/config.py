@@ -14,11 +14,19 @@ from dataclasses import asdict, dataclass
 from functools import cache
 from typing import Any
 
+
+class LaunchOptions:
+    """A Gluon kernel's options as its ``launch_args`` takes them: ``launch_args(..., **options.kwargs())``."""
+
+    def kwargs(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]  (every subclass is a dataclass)
+
+
 CONSUMER_ROWS = 64  # rows of a consumer warpgroup's own tile (queries for the output, keys for dv): one wgmma M
 
 
 @dataclass(frozen=True)
-class FwOutputOptions:
+class FwOutputOptions(LaunchOptions):
     """``kernels.gluon.mlstm_fw_output.launch_args``' options: tiles ``bq`` (queries a consumer), ``bkv`` (key rows
     a ring stage), ``bv`` (output columns a program), the state in ``bkv``-row pieces, consumer warpgroups."""
 
@@ -29,12 +37,9 @@ class FwOutputOptions:
     consumers: int
     warp_specialized: bool = True
 
-    def kwargs(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 @dataclass(frozen=True)
-class BwDvOptions:
+class BwDvOptions(LaunchOptions):
     """``kernels.gluon.mlstm_bw_dv.launch_args``' options: tiles ``bq`` (query rows a ring stage), ``bkv`` (keys a
     consumer), ``bv`` (``dv`` columns a program), the state gradient in ``bq``-row pieces, consumer warpgroups."""
 
@@ -43,9 +48,6 @@ class BwDvOptions:
     bv: int
     state_pieces: bool
     consumers: int
-
-    def kwargs(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _padded(n: int) -> int:
@@ -82,15 +84,12 @@ def bw_dv_options(dhqk: int, dhhv: int, chunk_size: int) -> BwDvOptions:
 
 
 @dataclass(frozen=True)
-class BwDqDkOptions:
+class BwDqDkOptions(LaunchOptions):
     """``kernels.gluon.mlstm_bw_dq_dk.launch_args``' options: warps of the consumer (4: one warpgroup), the chained
     products one in flight (``async_mma``); the ring as deep as shared memory allows."""
 
     num_warps: int
     async_mma: bool
-
-    def kwargs(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @cache
@@ -107,7 +106,7 @@ def bw_dq_dk_options(dhqk: int, dhhv: int, chunk_size: int) -> BwDqDkOptions | N
 
 
 @dataclass(frozen=True)
-class FwStatesOptions:
+class FwStatesOptions(LaunchOptions):
     """``kernels.gluon.mlstm_fw_states.launch_args``' options: ``bl`` tokens a ring stage, ``bv`` state columns a
     program, ``stages`` ring depth, ``consumers`` warpgroups a program (each 64 state rows, sharing the ``v``
     slices)."""
@@ -116,9 +115,6 @@ class FwStatesOptions:
     bv: int
     stages: int
     consumers: int
-
-    def kwargs(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 GLUON_STATES_MAX_CHUNK = 256  # from chunk 512 on the Triton state kernel runs (v25: even at 1024)
