@@ -82,9 +82,12 @@ def signature(kernel: triton.JITFunction, dtype: str, constexprs: dict[str, obje
     return sig
 
 
-def _ptxas_usage(ptx: str) -> tuple[int, int]:
-    """``ptxas -v`` on ``ptx`` for sm_90a: (registers, spill-store bytes) per thread."""
-    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+def ptxas_usage(ptx: str) -> tuple[int, int]:
+    """``ptxas -v`` on ``ptx`` for sm_90a: (registers, spill-store bytes) per thread. The ptxas is the one this
+    Triton compiles sm_90 with (from 3.9 on the newer of its two: the older one refuses its PTX version)."""
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    ptxas = get_ptxas(90).path
     with tempfile.NamedTemporaryFile("w", suffix=".ptx") as fh:
         fh.write(ptx)
         fh.flush()
@@ -127,4 +130,4 @@ def compile_sm90(
     compiled = triton.compile(src, target=TARGET, options={"num_warps": num_warps, "num_stages": num_stages})
     if not usage:
         return CompiledFacts(compiled.metadata.shared)
-    return CompiledFacts(compiled.metadata.shared, *_ptxas_usage(compiled.asm["ptx"]))
+    return CompiledFacts(compiled.metadata.shared, *ptxas_usage(compiled.asm["ptx"]))
