@@ -16,7 +16,8 @@
 #                      bw_dq / bw_dk, 7B, S 8192, sig) at the chunks of CHUNKS (default "128 256 1024"), then their
 #                      GPU tests against the Triton kernels
 #   gluon_states (300) the Gluon state kernel: its times against Triton's (scripts/gluon_time.py --kernel fw_states,
-#                      7B, S 8192, sig and exp) at the chunks of CHUNKS (default "128 256 1024"), then its GPU test
+#                      7B, S 8192, sig and exp) at the chunks of CHUNKS (default "128 256", where the backend runs it),
+#                      the backend's options with the gates in the k tile's rows and packed, then its GPU test
 #   gluon_bw_states (300) the Gluon state-gradient kernel: its times against Triton's (scripts/gluon_time.py --kernel
 #                      bw_states, 7B, S 8192, sig and exp) at the chunks of CHUNKS (default "128 256"), then its GPU tests
 #   pytest_gpu (300)   pytest -m gpu tests (every GPU test)
@@ -95,8 +96,10 @@ run_step() {  # the commands of one step (a subshell, so that `timeout` can cut 
       done
       $py -m pytest -m gpu -q -rs -p no:cacheprovider tests/test_gluon.py -k bw_dq_dk ;;
     gluon_states)
-      for chunk in ${CHUNKS:-128 256 1024}; do
-        for variant in sig exp; do $py scripts/gluon_time.py --kernel fw_states --chunk $chunk --variant $variant; done
+      for chunk in ${CHUNKS:-128 256}; do
+        for variant in sig exp; do
+          $py scripts/gluon_time.py --kernel fw_states --chunk $chunk --variant $variant --gluon 128,64,128,4,1,0,2 --stages 2
+        done
       done
       $py -m pytest -m gpu -q -rs -p no:cacheprovider tests/test_gluon.py -k fw_states ;;
     gluon_bw_states)

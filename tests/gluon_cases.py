@@ -13,6 +13,7 @@ import torch
 from kernels.gluon import mlstm_fw_output as fwo
 from kernels.gluon import support, ws_matmul
 from kernels.gluon.config import fw_states_options
+from kernels.mlstm.sm90_compile import ptxas_usage
 
 # The Gluon output kernels by their launch options (``launch_args``): plain or warp-specialized (1 or 2 consumer
 # warpgroups, the second only with the state in pieces: whole, it does not fit beside two query tiles at 7B), the
@@ -120,7 +121,8 @@ def bw_dq_dk_case(kernel: str, dqk: int, dv: int, seq: int = 256, chunk: int = 1
 def fw_states_case(
     exp: bool, dqk: int, dv: int, init: bool, seq: int = 256, chunk: int = 128, **options: object
 ) -> dict:
-    """What ``kernels.gluon.mlstm_fw_states.launch_fw_states`` would launch on a forward's tensors of two heads."""
+    """What ``kernels.gluon.mlstm_fw_states.launch_fw_states`` would launch on a forward's tensors of two heads, with
+    ptxas' spill-store bytes per thread (``spill_bytes``)."""
     from kernels.gluon import mlstm_fw_states
 
     bh, nc, dtype, f32 = 2, seq // chunk, torch.bfloat16, torch.float32
@@ -131,7 +133,8 @@ def fw_states_case(
     start = (c_last, n_st[:, 0], m_st[:, 0]) if init else None
     tensors = (k, v, gate_b, gate_i, start, c_st, n_st, m_st, c_last)
     kernel, _, args, constexprs = mlstm_fw_states.launch_args(*tensors, chunk, exp, **options)
-    return _facts(support.compile_for(kernel, args, constexprs))
+    compiled = support.compile_for(kernel, args, constexprs)
+    return {**_facts(compiled), "spill_bytes": ptxas_usage(compiled.asm["ptx"])[1]}
 
 
 def bw_states_case(exp: bool, dtype: torch.dtype, seq: int = 256, chunk: int = 128, **options: object) -> dict:
@@ -232,6 +235,15 @@ CASES = {
         )
         for exp in (True, False)
         for bv in (64, 128)
+    },
+    # the backend's options with the gates loaded one token a thread
+    **{
+        f"fw_states {'exp' if exp else 'sig'} ws2 bv128 packed": (
+            lambda exp=exp: fw_states_case(
+                exp, 256, 512, False, **{**fw_states_options(256, 512, 128).kwargs(), "packed_gates": True}
+            )
+        )
+        for exp in (True, False)
     },
     # the backward's state-gradient walk: one consumer warpgroup with 64-token slices 3 deep, or two with 128-token
     # slices 2 deep (what fits since the forward state tiles double as the store buffers), fp16 (its factors scaled,

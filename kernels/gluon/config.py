@@ -109,12 +109,14 @@ def bw_dq_dk_options(dhqk: int, dhhv: int, chunk_size: int) -> BwDqDkOptions | N
 class FwStatesOptions(LaunchOptions):
     """``kernels.gluon.mlstm_fw_states.launch_args``' options: ``bl`` tokens a ring stage, ``bv`` state columns a
     program, ``stages`` ring depth, ``consumers`` warpgroups a program (each 64 state rows, sharing the ``v``
-    slices)."""
+    slices), ``packed_gates`` the gates loaded one token a thread (off until timed: at BL 128 it spills 12..20
+    bytes a thread instead of 188, but adds a move of the weights through shared memory per slice)."""
 
     bl: int
     bv: int
     stages: int
     consumers: int
+    packed_gates: bool = False
 
 
 GLUON_STATES_MAX_CHUNK = 256  # from chunk 512 on the Triton state kernel runs (v25: even at 1024)

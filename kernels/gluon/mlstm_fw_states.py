@@ -60,9 +60,12 @@ def _load_partition(K_D, V_D, k_bufs, v_bufs, fix_ready, ready, empty, bh, k0, v
 @gluon.jit
 def _compute_partition(k_bufs, v_bufs, c_smem, fix_ready, ready, empty, C_D, GATE_B, GATE_I, CHUNK_MAX, C0, N0, M0,
                        N_ST, M_ST, C_LAST, bh, k_tile, v0, pid_v, SP, NC, L, DHQK, DHHV, EXP: gl.constexpr,
-                       HAS_INIT: gl.constexpr, W: gl.constexpr, num_warps: gl.constexpr):  # fmt: skip
+                       HAS_INIT: gl.constexpr, PACKED_GATES: gl.constexpr, W: gl.constexpr,
+                       num_warps: gl.constexpr):  # fmt: skip
     """Consumer warpgroup ``W`` of the program (module docstring), owning the state's rows ``k_tile * BK`` on; each
-    stage is handed back once its product has completed."""
+    stage is handed back once its product has completed. ``PACKED_GATES``: a slice's gates are loaded one token a
+    thread and only its weights ``w`` moved into the ``k`` tile's rows (``convert_layout``, through shared scratch);
+    otherwise they are loaded in those rows, each token held by the 8 threads of its row."""
     stages: gl.constexpr = v_bufs.type.shape[0]
     consumers: gl.constexpr = k_bufs.type.shape[0] // stages
     BL: gl.constexpr = k_bufs.type.shape[2]
@@ -75,6 +78,7 @@ def _compute_partition(k_bufs, v_bufs, c_smem, fix_ready, ready, empty, C_D, GAT
     a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=c_layout, k_width=2)
     k_layout: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])  # a BL x BK slice of k
     tokens: gl.constexpr = gl.SliceLayout(1, k_layout)
+    gates: gl.constexpr = gl.BlockedLayout([1], [32], [num_warps], [0]) if PACKED_GATES else tokens
 
     offs_k, mask_k, mask_kv, tile = state_tile(k0, v0, DHQK, DHHV, BK, BV, c_layout)
     if HAS_INIT:
@@ -90,7 +94,7 @@ def _compute_partition(k_bufs, v_bufs, c_smem, fix_ready, ready, empty, C_D, GAT
     n_total = NC * n_slices
     # Global loads in flight one step ahead (a load's latency, ~1 us, would otherwise stall every slice): the gates
     # of the next slice and the next chunk's last gate (the last slice and chunk fetch the first again, unused).
-    slice_tokens = bh * SP + gl.arange(0, BL, layout=tokens)
+    slice_tokens = bh * SP + gl.arange(0, BL, layout=gates)
     b_next = gl.load(GATE_B + slice_tokens)
     i_next = gl.load(GATE_I + slice_tokens)
     g_next = gl.load(GATE_B + bh * SP + L - 1)
@@ -127,7 +131,7 @@ def _compute_partition(k_bufs, v_bufs, c_smem, fix_ready, ready, empty, C_D, GAT
             after = ((u + 1) % n_total) * BL
             b_next = gl.load(GATE_B + slice_tokens + after)
             i_next = gl.load(GATE_I + slice_tokens + after)
-            w = gl.exp(g_minus_m - b_t + i_t)
+            w = gl.convert_layout(gl.exp(g_minus_m - b_t + i_t), tokens)  # unpacked: the same layout, no move
             mbarrier.wait(ready.index(s), (u // stages) & 1)
             kw = k_bufs.index(s * consumers + W).reshape([BL, BK]).load(k_layout).to(gl.float32) * w[:, None]
             n += gl.convert_layout(gl.sum(kw, axis=0), rows)
@@ -166,6 +170,7 @@ def fw_states_kernel(
     HAS_INIT: gl.constexpr,
     STAGES: gl.constexpr,
     CONSUMERS: gl.constexpr,
+    PACKED_GATES: gl.constexpr,
     num_warps: gl.constexpr,
 ):
     """Grid ``(cdiv(DHQK, CONSUMERS * BK), cdiv(DHHV, BV), BH)``: ``CONSUMERS`` (1 or 2) warpgroups a program, each
@@ -195,7 +200,8 @@ def fw_states_kernel(
                 (
                     _compute_partition,
                     (k_bufs, v_bufs, c_smem, fix_ready, ready, empty, C_D, GATE_B, GATE_I, CHUNK_MAX, C0, N0, M0,
-                     N_ST, M_ST, C_LAST, bh, pid_k, v0, pid_v, SP, NC, L, DHQK, DHHV, EXP, HAS_INIT, 0, num_warps),
+                     N_ST, M_ST, C_LAST, bh, pid_k, v0, pid_v, SP, NC, L, DHQK, DHHV, EXP, HAS_INIT, PACKED_GATES, 0,
+                     num_warps),
                 ),
                 (_load_partition, (K_D, V_D, k_bufs, v_bufs, fix_ready, ready, empty, bh, pid_k * BK, v0,
                                    NC * (L // BL))),
@@ -209,14 +215,14 @@ def fw_states_kernel(
                 (
                     _compute_partition,
                     (k_bufs, v_bufs, c_smem, fix_ready, ready, empty, C_D, GATE_B, GATE_I, CHUNK_MAX, C0, N0, M0,
-                     N_ST, M_ST, C_LAST, bh, 2 * pid_k, v0, pid_v, SP, NC, L, DHQK, DHHV, EXP, HAS_INIT, 0,
-                     num_warps),
+                     N_ST, M_ST, C_LAST, bh, 2 * pid_k, v0, pid_v, SP, NC, L, DHQK, DHHV, EXP, HAS_INIT,
+                     PACKED_GATES, 0, num_warps),
                 ),
                 (
                     _compute_partition,
                     (k_bufs, v_bufs, c_smem, fix_ready, ready, empty, C_D, GATE_B, GATE_I, CHUNK_MAX, C0, N0, M0,
-                     N_ST, M_ST, C_LAST, bh, 2 * pid_k + 1, v0, pid_v, SP, NC, L, DHQK, DHHV, EXP, HAS_INIT, 1,
-                     num_warps),
+                     N_ST, M_ST, C_LAST, bh, 2 * pid_k + 1, v0, pid_v, SP, NC, L, DHQK, DHHV, EXP, HAS_INIT,
+                     PACKED_GATES, 1, num_warps),
                 ),
                 (_load_partition, (K_D, V_D, k_bufs, v_bufs, fix_ready, ready, empty, bh, 2 * pid_k * BK, v0,
                                    NC * (L // BL))),
@@ -249,11 +255,13 @@ def launch_args(
     bv: int = 128,
     stages: int = 4,
     consumers: int = 1,
+    packed_gates: bool = False,
 ) -> tuple[Any, tuple[int, int, int], dict[str, Any], dict[str, Any]]:
     """What ``launch_fw_states`` launches on the tensors ``kernels.mlstm.chunk_fw.launch_fw_states`` takes (in its
     order; no tiles): the kernel, its grid, its runtime arguments and its constexprs, by name. ``bl``: tokens a ring
     stage; ``bk, bv``: the state tile a consumer warpgroup owns; ``stages``: ring depth; ``consumers``: warpgroups a
-    program (1 or 2; two own ``2 * bk`` rows and share each ``v`` slice). ``ValueError`` from ``check``."""
+    program (1 or 2; two own ``2 * bk`` rows and share each ``v`` slice); ``packed_gates``: the gates loaded one token
+    a thread (``_compute_partition``). ``ValueError`` from ``check``."""
     check(k, chunk_size, bl, bk, bv, consumers)
     dhqk, dhhv = k.shape[-1], v.shape[-1]
     bh, nc = c_st.shape[:2]
@@ -276,7 +284,14 @@ def launch_args(
         "DHQK": dhqk,
         "DHHV": dhhv,
     }
-    constexprs = {"EXP": exp, "HAS_INIT": init is not None, "STAGES": stages, "CONSUMERS": consumers, "num_warps": 4}
+    constexprs = {
+        "EXP": exp,
+        "HAS_INIT": init is not None,
+        "STAGES": stages,
+        "CONSUMERS": consumers,
+        "PACKED_GATES": packed_gates,
+        "num_warps": 4,
+    }
     return fw_states_kernel, (triton.cdiv(dhqk, consumers * bk), triton.cdiv(dhhv, bv), bh), args, constexprs
 
 
