@@ -7,8 +7,9 @@ run per ring depth of ``--stages`` (default: the deepest that fits), its chained
 flight). Prints a table with each one's time (``triton.testing.do_bench``, ms), its ratio to the Triton kernel and its
 relative difference.
 ``--kernel fw_states``: ``fw_chunk_states_kernel`` against ``fw_states_kernel`` (``BQ`` is its token slice ``BL``;
-``consumers`` its consumer warpgroups a program; each with its gates in the ``k`` tile's rows and packed); ``--kernel bw_states``: ``bw_chunk_state_grads_kernel`` against
-``bw_states_kernel`` likewise (one run per ring depth of ``--stages``, default 2 and 3).
+``consumers`` its consumer warpgroups a program; each with its gates in the ``k`` tile's rows and packed);
+``--kernel bw_states``: ``bw_chunk_state_grads_kernel`` against ``bw_states_kernel`` likewise (one run per ring depth
+of ``--stages``, default 2 and 3).
 Usage: ``python scripts/gluon_time.py [--kernel fw_output|bw_dv|bw_dq|bw_dk|fw_states|bw_states] [--shape 8,8,8192,256,512] [--chunk 128]
 [--variant sig] [--gluon "64,64,128,4,0;64,64,256,4,1,1,2,1;..."] [--stages 4,6,8]``: Gluon tiles
 ``BQ,BKV,BV,num_warps,warp_specialized[,state_pieces[,consumers[,pingpong]]]`` (``bw_dv`` is always

@@ -328,8 +328,9 @@ def state_grads_reference(q, dh, gate_b, inv_den, dz, c_st, n_st, m_st, m_tok, l
         m_after = m_st[:, c + 1] if exp else torch.zeros(bh, **f64)
         decay = torch.exp(gate_b[:, c * chunk + chunk - 1] + m_before - m_after)
         dC, dn = decay[:, None, None] * dC, decay[:, None] * dn
-        x[c] = (dC * c_st[:, c]).sum((1, 2)) + (dn * n_st[:, c]).sum(1)
-        x_terms[c] = ((dC * c_st[:, c]).square().sum((1, 2)) + (dn * n_st[:, c]).square().sum(1)).sqrt()
+        c_terms, n_terms = dC * c_st[:, c], dn * n_st[:, c]
+        x[c] = c_terms.sum((1, 2)) + n_terms.sum(1)
+        x_terms[c] = (c_terms.square().sum((1, 2)) + n_terms.square().sum(1)).sqrt()
         m_t = m_tok[:, t] if exp else 0.0
         w = torch.exp(gate_b[:, t] + m_before[:, None] - m_t) * dqk**-0.5
         dC = dC + (q[:, t] * (w * inv_den[:, t])[..., None]).transpose(1, 2) @ dh[:, t]
@@ -343,10 +344,11 @@ def bw_states_against_float64(
 ) -> dict[str, tuple[float, float]]:
     """One Triton backward (fresh random inputs, 2 x 2 heads, with the last states' gradients) hands its state kernel
     its arguments (recorded); the Gluon state-gradient kernel runs on them too (one consumer, 64-token slices 3
-    deep; and two consumers, 64-token slices 3 deep or 128-token slices 2 deep, where the head dim holds two tiles). Returns, per output and Gluon option set,
-    ``(Gluon's, Triton's)`` relative error against ``state_grads_reference`` in float64: on a real backward
-    (normalized, unequal ``inv_den``) both round the factors' products to 16 bits in a different order, so Gluon is
-    judged by Triton's error, not by their difference."""
+    deep; and two consumers, 64-token slices 3 deep or 128-token slices 2 deep, where the head dim holds two tiles).
+    Returns, per output and Gluon option set, ``(Gluon's, Triton's)`` error against ``state_grads_reference`` in
+    float64 (relative; the forget-gate parts' by ``forget_gate_parts_error``): on a real backward (normalized,
+    unequal ``inv_den``) both round the factors' products to 16 bits in a different order, so Gluon is judged by
+    Triton's error, not by their difference."""
     from kernels.gluon import mlstm_bw_states
     from kernels.mlstm import tfla
 
@@ -377,14 +379,14 @@ def bw_states_against_float64(
 
     def errors(dc: torch.Tensor, dn: torch.Tensor, first: torch.Tensor, parts: torch.Tensor) -> dict[str, float]:
         dc = dc[:, 1:]  # slot 0 (before the first chunk) neither kernel writes
-        if any(t.isnan().any() for t in (dc, dn, first, parts)):
-            return dict.fromkeys(("dC", "dn", "the first dC", "the forget-gate parts"), float("inf"))
-        return {
+        errs = {
             "dC": rel(dc, ref.dc),
             "dn": rel(dn, ref.dn),
             "the first dC": rel(first, ref.first),
             "the forget-gate parts": forget_gate_parts_error(parts.sum(0), ref),
         }
+        unwritten = any(t.isnan().any() for t in (dc, dn, first, parts))
+        return dict.fromkeys(errs, float("inf")) if unwritten else errs
 
     triton_errors = errors(dc_st, dn_st, dc_first, x_part)
     out = {}
