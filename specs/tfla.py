@@ -63,15 +63,21 @@ def _params(p: Problem, variant: str, normalize: bool, backend: str) -> dict[str
         "backend": backend,
     }
     if backend == "gluon":
-        from kernels.gluon.config import bw_dq_dk_options, bw_dv_options, fw_output_options, fw_states_options
+        from kernels.gluon.config import bw_dv_options, fw_output_options
+        from kernels.mlstm.tfla import gluon_options
 
         shape = (p.head_dim_qk, p.head_dim_v, p.chunk_size)
-        dq_dk, states = bw_dq_dk_options(*shape), fw_states_options(*shape)
+
+        def options_or_triton(kernel: str) -> dict[str, object] | str:  # "triton" where the Triton kernel runs
+            options = gluon_options(backend, kernel, *shape)
+            return options.kwargs() if options else "triton"
+
         params["gluon"] = {
-            "fw_states": states.kwargs() if states else "triton",  # the Triton kernel from chunk 512 on
+            "fw_states": options_or_triton("fw_states"),  # the Triton kernel from chunk 512 on
             "fw_output": fw_output_options(*shape).kwargs(),
+            "bw_states": options_or_triton("bw_states"),
             "bw_dv": bw_dv_options(*shape).kwargs(),
-            "bw_dq_dk": dq_dk.kwargs() if dq_dk else "triton",  # the Triton kernels where the Gluon ones cannot run
+            "bw_dq_dk": options_or_triton("bw_dq_dk"),  # the Triton kernels where the Gluon ones cannot run
         }
     return params
 

@@ -11,7 +11,13 @@ import torch
 from bench import store
 from bench.grid import Grid
 from bench.runner import sweep
-from kernels.gluon.config import bw_dq_dk_options, bw_dv_options, fw_output_options, fw_states_options
+from kernels.gluon.config import (
+    bw_dq_dk_options,
+    bw_dv_options,
+    bw_states_options,
+    fw_output_options,
+    fw_states_options,
+)
 from kernels.mlstm import backends
 from kernels.mlstm.backends import BACKENDS
 from kernels.mlstm.tfla import mlstm_tfla
@@ -107,9 +113,11 @@ def test_rows_record_the_backend_and_gluon_rows_are_not_a_crash(tmp_path: Path) 
     assert params["gluon"] == {  # the options its kernels run with (kernels.gluon.config)
         "fw_states": fw_states_options(32, 32, 32).kwargs(),  # type: ignore[union-attr]
         "fw_output": fw_output_options(32, 32, 32).kwargs(),
+        "bw_states": bw_states_options(32, 32, 32).kwargs(),  # type: ignore[union-attr]
         "bw_dv": bw_dv_options(32, 32, 32).kwargs(),
         "bw_dq_dk": "triton",  # a q/k head dim of 32 is too narrow for the Gluon dq / dk
     }
     assert bw_dq_dk_options(256, 512, 1024).kwargs() == {"num_warps": 4, "async_mma": True}
     assert bw_dq_dk_options(256, 512, 256).kwargs() == {"num_warps": 4, "async_mma": False}
     assert fw_states_options(256, 512, 1024) is None  # the Triton state kernel from chunk 512 on
+    assert bw_states_options(256, 512, 1024) is None  # and the Triton state-gradient kernel

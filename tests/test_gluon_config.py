@@ -5,12 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels.gluon import mlstm_bw_dv, mlstm_fw_output, mlstm_fw_states
+from kernels.gluon import mlstm_bw_dv, mlstm_bw_states, mlstm_fw_output, mlstm_fw_states
 from kernels.gluon.config import (
     BwDvOptions,
     FwOutputOptions,
     FwStatesOptions,
+    StateWalkOptions,
     bw_dv_options,
+    bw_states_options,
     fw_output_options,
     fw_states_options,
 )
@@ -24,10 +26,15 @@ def test_the_measured_shapes_get_the_fastest_measured_options() -> None:
     assert bw_dv_options(256, 512, 128) == BwDvOptions(64, 64, 256, True, 2)
     assert bw_dv_options(128, 256, 128) == BwDvOptions(64, 64, 256, True, 2)
     assert fw_output_options(256, 512, 64).consumers == bw_dv_options(256, 512, 64).consumers == 1  # one 64-row tile
-    # v25: the state kernel with two consumers and 128-token slices up to chunk 256, Triton's from 512 on
-    assert fw_states_options(256, 512, 128) == fw_states_options(256, 512, 256) == FwStatesOptions(128, 128, 2, 2)
+    # v25, v29: the state kernels with two consumers and 128-token slices up to chunk 256 (the forward's gates
+    # packed), Triton's from 512 on
+    walk = StateWalkOptions(bl=128, bv=128, stages=2, consumers=2)
+    assert fw_states_options(256, 512, 128) == fw_states_options(256, 512, 256) == FwStatesOptions(128, 128, 2, 2, True)
+    assert bw_states_options(256, 512, 128) == bw_states_options(256, 512, 256) == walk
     assert fw_states_options(256, 512, 512) is fw_states_options(256, 512, 1024) is None
-    assert fw_states_options(64, 64, 64) == FwStatesOptions(64, 64, 3, 1)  # one 64-row tile, 64-token slices
+    assert bw_states_options(256, 512, 512) is bw_states_options(256, 512, 1024) is None
+    assert fw_states_options(64, 64, 64) == FwStatesOptions(64, 64, 3, 1, True)  # one 64-row tile, 64-token slices
+    assert bw_states_options(64, 64, 64) == StateWalkOptions(64, 64, 3, 1)
 
 
 @pytest.mark.parametrize("chunk", [64, 128, 192, 256, 1024])
@@ -45,6 +52,13 @@ def test_every_choice_is_one_the_kernels_take(dhqk: int, dhhv: int, chunk: int) 
         c_st, n_st, m_st = torch.empty(2, 1, dhqk, dhhv), torch.empty(2, 2, dhqk), torch.empty(2, 2)
         tensors = (k, v, gates, gates, None, c_st.to(torch.bfloat16), n_st, m_st, c_st[:, 0])
         mlstm_fw_states.launch_args(*tensors, chunk, True, **states.kwargs())
+    if (grads := bw_states_options(dhqk, dhhv, chunk)) is not None:
+        q, dh = torch.empty(2, chunk, dhqk, dtype=torch.bfloat16), torch.empty(2, chunk, dhhv, dtype=torch.bfloat16)
+        per_token, c_st = torch.zeros(2, chunk), torch.empty(2, 1, dhqk, dhhv, dtype=torch.bfloat16)
+        n_st, m_st, dc_last, dn_last = torch.empty(2, 2, dhqk), torch.empty(2, 2), c_st[:, 0].float(), n_st[:, 0]
+        dc_st, dn_st = torch.empty(2, 2, dhqk, dhhv, dtype=torch.bfloat16), torch.empty(2, 2, dhqk)
+        tensors = (q, dh, per_token, per_token, per_token, c_st, n_st, m_st, per_token, dc_last, dn_last, dc_st)
+        mlstm_bw_states.launch_args(*tensors, dn_st, dc_last, True, chunk, True, **grads.kwargs())
 
 
 def test_the_choice_is_cached_and_cannot_be_changed() -> None:

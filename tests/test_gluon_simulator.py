@@ -311,19 +311,22 @@ def test_bw_dq_dk_refuse_what_they_cannot_take(kernel: str) -> None:
 def test_the_gluon_backend_runs_simulated_on_the_cpu(
     variant: str, shape: tuple[int, ...], chunk: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``mlstm_tfla(backend="gluon")`` on CPU tensors runs the Gluon state, output and ``dv`` kernels in the
-    simulator with the options ``kernels.gluon.config`` picks (chunk 128: two consumer warpgroups each in the output
-    and ``dv`` kernels): output and every gradient as ``backend="triton"`` (float16, S not a multiple of the chunk);
-    ``auto`` never picks it there."""
-    from kernels.gluon import mlstm_fw_states
+    """``mlstm_tfla(backend="gluon")`` on CPU tensors runs the Gluon state, output, state-gradient and ``dv``
+    kernels in the simulator with the options ``kernels.gluon.config`` picks (chunk 128: two consumer warpgroups each
+    in the output and ``dv`` kernels): output and every gradient as ``backend="triton"`` (float16, S not a multiple
+    of the chunk); ``auto`` never picks it there."""
+    from kernels.gluon import mlstm_bw_states, mlstm_fw_states
     from kernels.mlstm.backends import choose_backend
 
-    calls = []
-    launch = mlstm_fw_states.launch_fw_states
-    monkeypatch.setattr(mlstm_fw_states, "launch_fw_states", lambda *a, **o: (calls.append(o), launch(*a, **o))[1])
+    calls: dict[str, list[dict]] = {"fw_states": [], "bw_states": []}
+    for module, kernel in ((mlstm_fw_states, "fw_states"), (mlstm_bw_states, "bw_states")):
+        launch = getattr(module, f"launch_{kernel}")
+        recorded = lambda *a, launch=launch, kernel=kernel, **o: (calls[kernel].append(o), launch(*a, **o))[1]  # noqa: E731
+        monkeypatch.setattr(module, f"launch_{kernel}", recorded)
     errors = gluon_against_triton("cpu", torch.float16, shape, variant, chunk)
     assert all(err < 2e-3 for err in errors.values()), errors
-    assert calls and all(o["bl"] == min(chunk, 128) for o in calls), calls  # the Gluon state kernel ran
+    for kernel, options in calls.items():  # the Gluon state kernels ran, one call a pass
+        assert len(options) == 1 and options[0]["bl"] == min(chunk, 128), (kernel, options)
     assert choose_backend("auto", torch.device("cpu"), torch.float16, 32, 64) == "triton"
 
 

@@ -106,32 +106,56 @@ def bw_dq_dk_options(dhqk: int, dhhv: int, chunk_size: int) -> BwDqDkOptions | N
 
 
 @dataclass(frozen=True)
-class FwStatesOptions(LaunchOptions):
-    """``kernels.gluon.mlstm_fw_states.launch_args``' options: ``bl`` tokens a ring stage, ``bv`` state columns a
-    program, ``stages`` ring depth, ``consumers`` warpgroups a program (each 64 state rows, sharing the ``v``
-    slices), ``packed_gates`` the gates loaded one token a thread (off until timed: at BL 128 it spills 12..20
-    bytes a thread instead of 188, but adds a move of the weights through shared memory per slice)."""
+class StateWalkOptions(LaunchOptions):
+    """The options of a state walk (``kernels.gluon.state_walk``: ``mlstm_bw_states.launch_args``'): ``bl`` tokens
+    a ring stage, ``bv`` state columns a program, ``stages`` ring depth, ``consumers`` warpgroups a program (each 64
+    state rows, sharing the slices of ``v`` or ``dh``)."""
 
     bl: int
     bv: int
     stages: int
     consumers: int
+
+
+@dataclass(frozen=True)
+class FwStatesOptions(StateWalkOptions):
+    """``kernels.gluon.mlstm_fw_states.launch_args``' options: a state walk's, and ``packed_gates`` the gates loaded
+    one token a thread (at BL 128 it spills 12..20 bytes a thread instead of 188, for a move of the weights through
+    shared memory per slice)."""
+
     packed_gates: bool = False
 
 
 GLUON_STATES_MAX_CHUNK = 256  # from chunk 512 on the Triton state kernel runs (v25: even at 1024)
+GLUON_BW_STATES_MAX_CHUNK = 256  # from chunk 512 on the Triton state-gradient kernel runs (not timed there yet)
+
+
+def _state_walk(dhqk: int, dhhv: int, chunk_size: int) -> StateWalkOptions:
+    """Two consumer warpgroups wherever the padded q/k head dim holds two 64-row tiles, 128-token slices in a ring
+    of 2, 64-token slices in a ring of 3 where 128 does not divide the chunk (the backend's chunks are multiples of
+    64)."""
+    bl = 128 if chunk_size % 128 == 0 else 64
+    return StateWalkOptions(
+        bl=bl, bv=min(128, _padded(dhhv)), stages=2 if bl == 128 else 3, consumers=2 if _padded(dhqk) >= 128 else 1
+    )
 
 
 @cache
 def fw_states_options(dhqk: int, dhhv: int, chunk_size: int) -> FwStatesOptions | None:
     """Options of the Gluon state kernel, or ``None`` where the Triton one runs (chunks over
-    ``GLUON_STATES_MAX_CHUNK``). Two consumer warpgroups wherever the padded q/k head dim holds two 64-row tiles,
-    128-token slices in a ring of 2 (v25, H100, 7B, S 8192: 0.96x / 0.91x the Triton kernel's time at chunk 128 sig /
-    exp, 0.85x / 0.86x at 256; at 1024 1.00x / 1.06x), 64-token slices in a ring of 3 where 128 does not divide
-    the chunk."""
+    ``GLUON_STATES_MAX_CHUNK``): ``_state_walk``'s, the gates packed (v25, v29: H100, 7B, S 8192, against the
+    Triton kernel's time: chunk 128 sig / exp 0.87x / 0.83x packed, 0.95x / 0.91x not; 256 0.85x either way; at
+    1024 1.00x / 1.06x not packed)."""
     if chunk_size > GLUON_STATES_MAX_CHUNK:
         return None
-    bl = 128 if chunk_size % 128 == 0 else 64  # a slice divides the chunk (the backend's chunks are multiples of 64)
-    return FwStatesOptions(
-        bl=bl, bv=min(128, _padded(dhhv)), stages=2 if bl == 128 else 3, consumers=2 if _padded(dhqk) >= 128 else 1
-    )
+    return FwStatesOptions(**asdict(_state_walk(dhqk, dhhv, chunk_size)), packed_gates=True)
+
+
+@cache
+def bw_states_options(dhqk: int, dhhv: int, chunk_size: int) -> StateWalkOptions | None:
+    """Options of the Gluon state-gradient kernel, or ``None`` where the Triton one runs (chunks over
+    ``GLUON_BW_STATES_MAX_CHUNK``): ``_state_walk``'s (v29: H100, 7B, S 8192, against the Triton kernel's time:
+    chunk 128 sig / exp 0.79x / 0.77x, 256 0.75x / 0.73x; 64-token slices in a ring of 3 0.88x / 0.86x at 128)."""
+    if chunk_size > GLUON_BW_STATES_MAX_CHUNK:
+        return None
+    return _state_walk(dhqk, dhhv, chunk_size)

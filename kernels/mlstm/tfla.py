@@ -9,7 +9,7 @@ with ``return_last_states=True``, also ``MLSTMStates`` (fp32 ``C, n, m``). The m
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import triton
@@ -22,8 +22,22 @@ from kernels.mlstm.launch import gpu_sm_count, interpreting, tma_ready
 from kernels.mlstm.reference import VARIANTS, MLSTMStates
 from kernels.mlstm.tiles import TileConfig, check_tiles, choose_tiles, state_dtype, unpipelined_state_loads
 
+if TYPE_CHECKING:
+    from kernels.gluon.config import LaunchOptions
+
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MIN_CHUNK, MAX_HEAD_DIM = 16, 1024
+
+
+def gluon_options(backend: str, kernel: str, dhqk: int, dhhv: int, chunk_size: int) -> LaunchOptions | None:
+    """The options the Gluon ``kernel`` (``fw_states``, ``bw_states``, ``bw_dq_dk``: ``kernels.gluon.config``'s
+    ``<kernel>_options``) runs with under ``backend``, or ``None`` where the Triton kernel runs: any backend but
+    ``gluon``, or a shape the config leaves to Triton."""
+    if backend != "gluon":
+        return None
+    from kernels.gluon import config
+
+    return getattr(config, f"{kernel}_options")(dhqk, dhhv, chunk_size)
 
 
 def check_inputs(
@@ -131,12 +145,7 @@ def tfla_fwd(
     m_st = torch.empty(BH, NC + 1, **f32)
     exp = variant == "exp"
     init = tuple(x.contiguous() for x in init) if init is not None else None  # type: ignore[assignment]
-    states_options = None
-    if backend == "gluon":
-        from kernels.gluon.config import fw_states_options
-
-        states_options = fw_states_options(DHQK, DHHV, L)
-    if states_options is not None:
+    if (states_options := gluon_options(backend, "fw_states", DHQK, DHHV, L)) is not None:
         from kernels.gluon.mlstm_fw_states import launch_fw_states as launch_fw_states_gluon
 
         launch_fw_states_gluon(k, v, gate_b, gate_i, init, c_st, n_st, m_st, c_last, L, exp, **states_options.kwargs())
@@ -183,7 +192,8 @@ def tfla_bwd(
     """The backward pass: ``dq, dk, dv, di, df`` and the initial states' ``dC0, dn0, dm0`` (``None`` without
     ``init``) from the output's and the last states' gradients (any may be ``None``: zero). ``backend`` as in
     ``tfla_fwd``: the ``dv`` kernel's (``gluon``: ``kernels.gluon.mlstm_bw_dv``) and, where they can run, the ``dq``
-    and ``dk`` kernels' (``kernels.gluon.mlstm_bw_dq_dk``)."""
+    and ``dk`` kernels' (``kernels.gluon.mlstm_bw_dq_dk``) and, where ``kernels.gluon.config.bw_states_options`` has
+    options for the shape, the state-gradient kernel's."""
     gate_b, gate_i, c_st, n_st, m_st, m_tok, z_tok = state
     B, NH, S, DHQK = q.shape
     DHHV = v.shape[-1]
@@ -199,19 +209,17 @@ def tfla_bwd(
     dc_st = torch.empty(BH, NC + 1, DHQK, DHHV, dtype=q.dtype, device=q.device)
     dc_first = torch.empty(BH, DHQK, DHHV, **f32)
     dn_st = torch.empty(BH, NC + 1, DHQK, **f32)
-    x_part = launch_bw_states(
-        q, dh, gate_b, inv_den, dz, c_st, n_st, m_st, m_tok, dC_last, dn_last, dc_st, dn_st, dc_first, has_dlast, L,
-        exp, tiles.bw_states,
-    )  # fmt: skip
+    states_args = (q, dh, gate_b, inv_den, dz, c_st, n_st, m_st, m_tok, dC_last, dn_last, dc_st, dn_st, dc_first)
+    if (states_options := gluon_options(backend, "bw_states", DHQK, DHHV, L)) is not None:
+        from kernels.gluon.mlstm_bw_states import launch_bw_states as launch_bw_states_gluon
+
+        x_part = launch_bw_states_gluon(*states_args, has_dlast, L, exp, **states_options.kwargs())
+    else:
+        x_part = launch_bw_states(*states_args, has_dlast, L, exp, tiles.bw_states)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     dq_args = (q, k, v, dh, gate_b, gate_i, inv_den, dz, c_st, n_st, m_st, m_tok, dq, L, exp)
     dk_args = (q, k, v, dh, gate_b, gate_i, inv_den, dz, dc_st, dn_st, m_st, m_tok, dk, L, exp)
-    dq_dk_options = None
-    if backend == "gluon":
-        from kernels.gluon.config import bw_dq_dk_options
-
-        dq_dk_options = bw_dq_dk_options(DHQK, DHHV, L)
-    if dq_dk_options is not None:
+    if (dq_dk_options := gluon_options(backend, "bw_dq_dk", DHQK, DHHV, L)) is not None:
         from kernels.gluon import mlstm_bw_dq_dk
 
         qdq = mlstm_bw_dq_dk.launch_bw_dq(*dq_args, **dq_dk_options.kwargs())
