@@ -218,7 +218,7 @@ CASES = {
         for bv in (128, 256)
     },
     # two consumer warpgroups a program, sharing each v slice: the backend's options (kernels.gluon.config) at chunk
-    # 128, and 64-token slices 3 deep
+    # 128 with the gates in the k tile's rows, and 64-token slices 3 deep
     **{
         f"fw_states {'exp' if exp else 'sig'} ws2 bv{bv}": (
             lambda exp=exp, bv=bv: fw_states_case(
@@ -227,8 +227,8 @@ CASES = {
                 512,
                 False,
                 **(
-                    fw_states_options(256, 512, 128).kwargs()
-                    if bv == 128  # type: ignore[union-attr]
+                    {**fw_states_options(256, 512, 128).kwargs(), "packed_gates": False}  # type: ignore[union-attr]
+                    if bv == 128
                     else dict(bl=64, bv=bv, stages=3, consumers=2)
                 ),
             )
@@ -236,12 +236,10 @@ CASES = {
         for exp in (True, False)
         for bv in (64, 128)
     },
-    # the backend's options with the gates loaded one token a thread
+    # the backend's options: the gates loaded one token a thread
     **{
         f"fw_states {'exp' if exp else 'sig'} ws2 bv128 packed": (
-            lambda exp=exp: fw_states_case(
-                exp, 256, 512, False, **{**fw_states_options(256, 512, 128).kwargs(), "packed_gates": True}
-            )
+            lambda exp=exp: fw_states_case(exp, 256, 512, False, **fw_states_options(256, 512, 128).kwargs())  # type: ignore[union-attr]
         )
         for exp in (True, False)
     },
