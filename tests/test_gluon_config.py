@@ -26,13 +26,13 @@ def test_the_measured_shapes_get_the_fastest_measured_options() -> None:
     assert bw_dv_options(256, 512, 128) == BwDvOptions(64, 64, 256, True, 2)
     assert bw_dv_options(128, 256, 128) == BwDvOptions(64, 64, 256, True, 2)
     assert fw_output_options(256, 512, 64).consumers == bw_dv_options(256, 512, 64).consumers == 1  # one 64-row tile
-    # v25, v29: the state kernels with two consumers and 128-token slices up to chunk 256 (the forward's gates
-    # packed), Triton's from 512 on
+    # v25, v29: the state kernels with two consumers and 128-token slices (the forward's gates packed), the
+    # forward's up to chunk 256, the backward's up to 1024
     walk = StateWalkOptions(bl=128, bv=128, stages=2, consumers=2)
     assert fw_states_options(256, 512, 128) == fw_states_options(256, 512, 256) == FwStatesOptions(128, 128, 2, 2, True)
-    assert bw_states_options(256, 512, 128) == bw_states_options(256, 512, 256) == walk
+    assert bw_states_options(256, 512, 128) == bw_states_options(256, 512, 1024) == walk
     assert fw_states_options(256, 512, 512) is fw_states_options(256, 512, 1024) is None
-    assert bw_states_options(256, 512, 512) is bw_states_options(256, 512, 1024) is None
+    assert bw_states_options(256, 512, 2048) is None
     assert fw_states_options(64, 64, 64) == FwStatesOptions(64, 64, 3, 1, True)  # one 64-row tile, 64-token slices
     assert bw_states_options(64, 64, 64) == StateWalkOptions(64, 64, 3, 1)
 
@@ -55,7 +55,8 @@ def test_every_choice_is_one_the_kernels_take(dhqk: int, dhhv: int, chunk: int) 
     if (grads := bw_states_options(dhqk, dhhv, chunk)) is not None:
         q, dh = torch.empty(2, chunk, dhqk, dtype=torch.bfloat16), torch.empty(2, chunk, dhhv, dtype=torch.bfloat16)
         per_token, c_st = torch.zeros(2, chunk), torch.empty(2, 1, dhqk, dhhv, dtype=torch.bfloat16)
-        n_st, m_st, dc_last, dn_last = torch.empty(2, 2, dhqk), torch.empty(2, 2), c_st[:, 0].float(), n_st[:, 0]
+        n_st, m_st, dc_last = torch.empty(2, 2, dhqk), torch.empty(2, 2), c_st[:, 0].float()
+        dn_last = n_st[:, 0]
         dc_st, dn_st = torch.empty(2, 2, dhqk, dhhv, dtype=torch.bfloat16), torch.empty(2, 2, dhqk)
         tensors = (q, dh, per_token, per_token, per_token, c_st, n_st, m_st, per_token, dc_last, dn_last, dc_st)
         mlstm_bw_states.launch_args(*tensors, dn_st, dc_last, True, chunk, True, **grads.kwargs())

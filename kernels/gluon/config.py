@@ -127,7 +127,7 @@ class FwStatesOptions(StateWalkOptions):
 
 
 GLUON_STATES_MAX_CHUNK = 256  # from chunk 512 on the Triton state kernel runs (v25: even at 1024)
-GLUON_BW_STATES_MAX_CHUNK = 256  # from chunk 512 on the Triton state-gradient kernel runs (not timed there yet)
+GLUON_BW_STATES_MAX_CHUNK = 1024  # the largest chunk timed (v29); above it the Triton state-gradient kernel runs
 
 
 def _state_walk(dhqk: int, dhhv: int, chunk_size: int) -> StateWalkOptions:
@@ -155,7 +155,8 @@ def fw_states_options(dhqk: int, dhhv: int, chunk_size: int) -> FwStatesOptions 
 def bw_states_options(dhqk: int, dhhv: int, chunk_size: int) -> StateWalkOptions | None:
     """Options of the Gluon state-gradient kernel, or ``None`` where the Triton one runs (chunks over
     ``GLUON_BW_STATES_MAX_CHUNK``): ``_state_walk``'s (v29: H100, 7B, S 8192, against the Triton kernel's time:
-    chunk 128 sig / exp 0.79x / 0.77x, 256 0.75x / 0.73x; 64-token slices in a ring of 3 0.88x / 0.86x at 128)."""
+    chunk 128 sig / exp 0.79x / 0.77x, 256 0.75x / 0.73x, 512 0.87x / 0.83x, 1024 0.91x / 0.88x; 64-token slices in
+    a ring of 3 0.88x / 0.86x at 128)."""
     if chunk_size > GLUON_BW_STATES_MAX_CHUNK:
         return None
     return _state_walk(dhqk, dhhv, chunk_size)

@@ -1,7 +1,7 @@
 """Which implementation runs a TFLA forward: the Triton kernels (portable: the interpreter, any CUDA GPU, any
 Triton) or, on Hopper, the Gluon output kernel (``kernels.gluon.mlstm_fw_output``) in place of the Triton one, the
 Gluon state kernel (``mlstm_fw_states``) up to a chunk of 256, and in the backward the Gluon state-gradient kernel
-(``mlstm_bw_states``) up to a chunk of 256 and the Gluon ``dv``, ``dq`` and ``dk`` kernels
+(``mlstm_bw_states``) up to a chunk of 1024 and the Gluon ``dv``, ``dq`` and ``dk`` kernels
 (``kernels.gluon.mlstm_bw_dv``, ``mlstm_bw_dq_dk``); on the CPU, their simulator: results for tests, never picked by
 ``auto``. Pure: no tensor is read here."""
 
@@ -14,12 +14,13 @@ from kernels.mlstm.launch import interpreting
 BACKENDS = ("auto", "triton", "gluon")
 # The backend ``auto`` picks, by (GPU name as ``torch.cuda.get_device_name`` gives it, q/k head dim, chunk size):
 # only where a sweep of both backends in one run showed Gluon's whole pass faster than Triton's beyond the rows'
-# p20-p80 spread (docs/performance.md v16, v18, v19, v22, v25); every other GPU and shape runs Triton. On the H100 at the paper
-# shape (DHQK 128) the Gluon backend is 1.01..1.03x at chunk 128, mixed at 512 and 0.98..0.99x at 1024 with the
-# spreads overlapping (sig fwbw), so none of those is listed.
+# p20-p80 spread (docs/performance.md v16, v18, v19, v22, v25, v29); every other GPU and shape runs Triton. On the H100 at
+# the paper shape (DHQK 128) the Gluon backend is 1.01..1.05x at chunk 128 (v29), mixed at 512 and 0.98..0.99x at 1024
+# with the spreads overlapping (sig fwbw), so none of those is listed.
 FASTEST: dict[tuple[str, int, int], str] = {
-    ("NVIDIA H100 80GB HBM3", 256, 128): "gluon",  # 7B, S 8192 (v25): sig fw 0.94x fwbw 0.90x, exp 0.88x / 0.90x
-    ("NVIDIA H100 80GB HBM3", 256, 256): "gluon",  # 7B, S 8192 (v25): sig 0.87x / 0.86x, exp 0.87x / 0.87x
+    ("NVIDIA H100 80GB HBM3", 256, 128): "gluon",  # 7B, S 8192 (v29): sig fw 0.91x fwbw 0.84x, exp 0.84x / 0.85x
+    ("NVIDIA H100 80GB HBM3", 256, 256): "gluon",  # 7B, S 8192 (v29): sig 0.86x / 0.82x, exp 0.87x / 0.83x
+    ("NVIDIA H100 80GB HBM3", 128, 256): "gluon",  # paper shape, S 8192 (v29): sig fw 0.98x fwbw 0.97x, exp the same
     ("NVIDIA H100 80GB HBM3", 256, 512): "gluon",  # 7B, S 8192: sig fw 0.88x fwbw 0.96x, exp 0.91x / 0.95x
     ("NVIDIA H100 80GB HBM3", 256, 1024): "gluon",  # 7B, S 8192: sig fw 0.90x fwbw 0.93x, exp 0.83x / 0.93x
     ("NVIDIA H200", 256, 256): "gluon",  # 7B, S 8192: sig fw 0.93x fwbw 0.95x, exp 0.94x / 0.97x
