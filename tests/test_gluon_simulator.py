@@ -599,6 +599,7 @@ def test_fw_states_refuses_what_it_cannot_take() -> None:
         (200, 96, 80, 64, dict(bl=32, bv=64, stages=2, consumers=2)),
         (256, 64, 128, 128, dict(bl=128, bv=128, stages=2, consumers=1)),
         (600, 128, 64, 256, dict(bl=128, bv=64, stages=2, consumers=2)),
+        (700, 128, 64, 512, dict(bl=128, bv=64, stages=2, consumers=2)),  # four slices a chunk, as the backend's 512
     ],
 )
 def test_bw_states_matches_float64(
