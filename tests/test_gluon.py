@@ -293,7 +293,8 @@ def test_fw_states_matches_the_triton_kernel(
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("variant", ["exp", "sig"])
 @pytest.mark.parametrize(
-    ("seq", "dqk", "dv", "chunk"), [(700, 256, 512, 128), (1300, 256, 512, 256), (640, 128, 256, 64)]
+    ("seq", "dqk", "dv", "chunk"),
+    [(700, 256, 512, 128), (1300, 256, 512, 256), (640, 128, 256, 64), (1300, 256, 512, 512), (2300, 256, 512, 1024)],
 )
 def test_bw_states_is_as_accurate_as_the_triton_kernel(
     variant: str, dtype: torch.dtype, seq: int, dqk: int, dv: int, chunk: int, compiled_kernels: None
