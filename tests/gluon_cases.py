@@ -118,35 +118,50 @@ def bw_dq_dk_case(kernel: str, dqk: int, dv: int, seq: int = 256, chunk: int = 1
     return _facts(support.compile_for(kernel_fn, args, constexprs))
 
 
-def fw_states_case(
-    exp: bool, dqk: int, dv: int, init: bool, seq: int = 256, chunk: int = 128, **options: object
-) -> dict:
-    """What ``kernels.gluon.mlstm_fw_states.launch_fw_states`` would launch on a forward's tensors of two heads, with
-    ptxas' spill-store bytes per thread (``spill_bytes``)."""
-    from kernels.gluon import mlstm_fw_states
-
+def fw_states_tensors(dqk: int, dv: int, seq: int, chunk: int, init: bool = False) -> tuple[torch.Tensor | None, ...]:
+    """``launch_fw_states``' tensors for a forward of two heads, on the CPU (only their types count): ``k, v, gate_b,
+    gate_i, init (C0, n0, m0 or None), c_st, n_st, m_st, c_last``."""
     bh, nc, dtype, f32 = 2, seq // chunk, torch.bfloat16, torch.float32
     k, v = torch.empty(bh, seq, dqk, dtype=dtype), torch.empty(bh, seq, dv, dtype=dtype)
     gate_b, gate_i = torch.empty(bh, seq, dtype=f32), torch.empty(bh, seq, dtype=f32)
     c_st, c_last = torch.empty(bh, nc, dqk, dv, dtype=dtype), torch.empty(bh, dqk, dv, dtype=f32)
     n_st, m_st = torch.empty(bh, nc + 1, dqk, dtype=f32), torch.empty(bh, nc + 1, dtype=f32)
     start = (c_last, n_st[:, 0], m_st[:, 0]) if init else None
-    tensors = (k, v, gate_b, gate_i, start, c_st, n_st, m_st, c_last)
+    return k, v, gate_b, gate_i, start, c_st, n_st, m_st, c_last
+
+
+def fw_states_case(
+    exp: bool, dqk: int, dv: int, init: bool, seq: int = 256, chunk: int = 128, **options: object
+) -> dict:
+    """What ``kernels.gluon.mlstm_fw_states.launch_fw_states`` would launch on ``fw_states_tensors``, with ptxas'
+    spill-store bytes per thread (``spill_bytes``)."""
+    from kernels.gluon import mlstm_fw_states
+
+    tensors = fw_states_tensors(dqk, dv, seq, chunk, init)
     kernel, _, args, constexprs = mlstm_fw_states.launch_args(*tensors, chunk, exp, **options)
     compiled = support.compile_for(kernel, args, constexprs)
     return {**_facts(compiled), "spill_bytes": ptxas_usage(compiled.asm["ptx"])[1]}
 
 
-def bw_states_case(exp: bool, dtype: torch.dtype, seq: int = 256, chunk: int = 128, **options: object) -> dict:
-    """What ``kernels.gluon.mlstm_bw_states.launch_bw_states`` would launch on a 7B backward's tensors of two heads."""
-    from kernels.gluon import mlstm_bw_states
-
-    bh, nc, f32, (dqk, dv) = 2, seq // chunk, torch.float32, (256, 512)
+def bw_states_tensors(
+    dqk: int, dv: int, seq: int, chunk: int, dtype: torch.dtype = torch.bfloat16
+) -> tuple[torch.Tensor, ...]:
+    """``launch_bw_states``' tensors for a backward of two heads, on the CPU (only their types count): ``q, dh,
+    gate_b, inv_den, dz, c_st, n_st, m_st, m_tok, dc_last, dn_last, dc_st, dn_st, dc_first``."""
+    bh, nc, f32 = 2, seq // chunk, torch.float32
     q, dh = torch.empty(bh, seq, dqk, dtype=dtype), torch.empty(bh, seq, dv, dtype=dtype)
     gate_b, inv_den, dz, m_tok = (torch.empty(bh, seq, dtype=f32) for _ in range(4))
     c_st, dc_st = torch.empty(bh, nc, dqk, dv, dtype=dtype), torch.empty(bh, nc + 1, dqk, dv, dtype=dtype)
     n_st, m_st, first = torch.empty(bh, nc + 1, dqk), torch.empty(bh, nc + 1), torch.empty(bh, dqk, dv)
-    tensors = (q, dh, gate_b, inv_den, dz, c_st, n_st, m_st, m_tok, first, n_st, dc_st, n_st, first)
+    return q, dh, gate_b, inv_den, dz, c_st, n_st, m_st, m_tok, first, n_st, dc_st, n_st, first
+
+
+def bw_states_case(exp: bool, dtype: torch.dtype, seq: int = 256, chunk: int = 128, **options: object) -> dict:
+    """What ``kernels.gluon.mlstm_bw_states.launch_bw_states`` would launch on ``bw_states_tensors`` at the 7B
+    head dims."""
+    from kernels.gluon import mlstm_bw_states
+
+    tensors = bw_states_tensors(256, 512, seq, chunk, dtype)
     kernel, _, args, constexprs = mlstm_bw_states.launch_args(*tensors, True, chunk, exp, **options)
     return _facts(support.compile_for(kernel, args, constexprs))
 

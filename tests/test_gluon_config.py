@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from kernels.gluon import mlstm_bw_dv, mlstm_bw_states, mlstm_fw_output, mlstm_fw_states
 from kernels.gluon.config import (
@@ -16,7 +15,7 @@ from kernels.gluon.config import (
     fw_output_options,
     fw_states_options,
 )
-from tests.gluon_cases import bw_dv_tensors, fw_output_tensors
+from tests.gluon_cases import bw_dv_tensors, bw_states_tensors, fw_output_tensors, fw_states_tensors
 
 
 def test_the_measured_shapes_get_the_fastest_measured_options() -> None:
@@ -47,19 +46,9 @@ def test_every_choice_is_one_the_kernels_take(dhqk: int, dhhv: int, chunk: int) 
     dv = bw_dv_options(dhqk, dhhv, chunk)
     mlstm_bw_dv.launch_args(*bw_dv_tensors(dhqk, dhhv, chunk, chunk), chunk, False, **dv.kwargs())
     if (states := fw_states_options(dhqk, dhhv, chunk)) is not None:
-        k, v = torch.empty(2, chunk, dhqk, dtype=torch.bfloat16), torch.empty(2, chunk, dhhv, dtype=torch.bfloat16)
-        gates = torch.zeros(2, chunk)
-        c_st, n_st, m_st = torch.empty(2, 1, dhqk, dhhv), torch.empty(2, 2, dhqk), torch.empty(2, 2)
-        tensors = (k, v, gates, gates, None, c_st.to(torch.bfloat16), n_st, m_st, c_st[:, 0])
-        mlstm_fw_states.launch_args(*tensors, chunk, True, **states.kwargs())
+        mlstm_fw_states.launch_args(*fw_states_tensors(dhqk, dhhv, chunk, chunk), chunk, True, **states.kwargs())
     if (grads := bw_states_options(dhqk, dhhv, chunk)) is not None:
-        q, dh = torch.empty(2, chunk, dhqk, dtype=torch.bfloat16), torch.empty(2, chunk, dhhv, dtype=torch.bfloat16)
-        per_token, c_st = torch.zeros(2, chunk), torch.empty(2, 1, dhqk, dhhv, dtype=torch.bfloat16)
-        n_st, m_st, dc_last = torch.empty(2, 2, dhqk), torch.empty(2, 2), c_st[:, 0].float()
-        dn_last = n_st[:, 0]
-        dc_st, dn_st = torch.empty(2, 2, dhqk, dhhv, dtype=torch.bfloat16), torch.empty(2, 2, dhqk)
-        tensors = (q, dh, per_token, per_token, per_token, c_st, n_st, m_st, per_token, dc_last, dn_last, dc_st)
-        mlstm_bw_states.launch_args(*tensors, dn_st, dc_last, True, chunk, True, **grads.kwargs())
+        mlstm_bw_states.launch_args(*bw_states_tensors(dhqk, dhhv, chunk, chunk), True, chunk, True, **grads.kwargs())
 
 
 def test_the_choice_is_cached_and_cannot_be_changed() -> None:
