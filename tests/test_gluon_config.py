@@ -25,13 +25,14 @@ def test_the_measured_shapes_get_the_fastest_measured_options() -> None:
     assert bw_dv_options(256, 512, 128) == BwDvOptions(64, 64, 256, True, 2)
     assert bw_dv_options(128, 256, 128) == BwDvOptions(64, 64, 256, True, 2)
     assert fw_output_options(256, 512, 64).consumers == bw_dv_options(256, 512, 64).consumers == 1  # one 64-row tile
-    # v25, v29: the state kernels with two consumers and 128-token slices up to chunk 256 (the forward's gates
-    # packed), Triton's from 512 on
+    # v25, v29, v30: the state kernels with two consumers and 128-token slices (the forward's gates packed), the
+    # forward's up to chunk 256 (Triton's from 512 on), the backward's up to 1024
     walk = StateWalkOptions(bl=128, bv=128, stages=2, consumers=2)
     assert fw_states_options(256, 512, 128) == fw_states_options(256, 512, 256) == FwStatesOptions(128, 128, 2, 2, True)
     assert bw_states_options(256, 512, 128) == bw_states_options(256, 512, 256) == walk
+    assert bw_states_options(256, 512, 512) == bw_states_options(256, 512, 1024) == walk
     assert fw_states_options(256, 512, 512) is fw_states_options(256, 512, 1024) is None
-    assert bw_states_options(256, 512, 512) is bw_states_options(256, 512, 1024) is None
+    assert bw_states_options(256, 512, 2048) is None
     assert fw_states_options(64, 64, 64) == FwStatesOptions(64, 64, 3, 1, True)  # one 64-row tile, 64-token slices
     assert bw_states_options(64, 64, 64) == StateWalkOptions(64, 64, 3, 1)
 

@@ -127,9 +127,9 @@ class FwStatesOptions(StateWalkOptions):
 
 
 GLUON_STATES_MAX_CHUNK = 256  # from chunk 512 on the Triton state kernel runs (v25: even at 1024)
-# From chunk 512 on the Triton state-gradient kernel runs: the Gluon one was faster there too (v29: 0.83..0.91x) and
-# its dC agreed with Triton's, but its float64 GPU test has not run at those chunks yet.
-GLUON_BW_STATES_MAX_CHUNK = 256
+# The Gluon state-gradient walk at every chunk the backend runs (v29: 0.73..0.91x of Triton's up to 1024; v30: its
+# float64 GPU test passes at 512 and 1024).
+GLUON_BW_STATES_MAX_CHUNK = 1024
 
 
 def _state_walk(dhqk: int, dhhv: int, chunk_size: int) -> StateWalkOptions:

@@ -1,7 +1,7 @@
 """Which implementation runs a TFLA forward: the Triton kernels (portable: the interpreter, any CUDA GPU, any
 Triton) or, on Hopper, the Gluon output kernel (``kernels.gluon.mlstm_fw_output``) in place of the Triton one, the
 Gluon state kernel (``mlstm_fw_states``) up to a chunk of 256, and in the backward the Gluon state-gradient kernel
-(``mlstm_bw_states``) up to a chunk of 256 and the Gluon ``dv``, ``dq`` and ``dk`` kernels
+(``mlstm_bw_states``) up to a chunk of 1024 and the Gluon ``dv``, ``dq`` and ``dk`` kernels
 (``kernels.gluon.mlstm_bw_dv``, ``mlstm_bw_dq_dk``); on the CPU, their simulator: results for tests, never picked by
 ``auto``. Pure: no tensor is read here."""
 
