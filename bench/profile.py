@@ -55,17 +55,34 @@ class KernelFloor:
 
 def floors(times: Sequence[KernelTime], work: Sequence[Work], peak_tflops: float, peak_gbs: float) -> list[KernelFloor]:
     """Each part of ``work`` whose kernels ``times`` has (by name), with its measured time and floor; parts the
-    profile did not see are left out (another backend's kernel, another mode)."""
+    profile did not see are left out (another backend's kernel, another mode). Parts done by one compiled kernel
+    (the Gluon ``bw_dq_dk_kernel``: dq and dk, one launch each) are one row, ``bw_dq + bw_dk``, against the sum of
+    their floors: the profile cannot tell their launches apart."""
     if peak_tflops <= 0 or peak_gbs <= 0:
         raise ValueError(f"peaks must be positive; got {peak_tflops} TFLOP/s and {peak_gbs} GB/s")
     by_name = {t.name: t.us for t in times}
-    out = []
+    groups: list[tuple[list[Work], set[str]]] = []  # parts that share a launched kernel, and the kernels they saw
     for w in work:
-        seen = [by_name[n] for n in w.launch_names if n in by_name]
-        if seen:
-            out.append(
-                KernelFloor(w.kernel, sum(seen), w.floor_us(peak_tflops, peak_gbs), w.bound(peak_tflops, peak_gbs))
+        seen = {n for n in w.launch_names if n in by_name}
+        if not seen:
+            continue
+        shared = next((g for g in groups if g[1] & seen), None)
+        if shared is None:
+            groups.append(([w], seen))
+        else:
+            shared[0].append(w)
+            shared[1].update(seen)
+    out = []
+    for parts, seen in groups:
+        bounds = dict.fromkeys(w.bound(peak_tflops, peak_gbs) for w in parts)
+        out.append(
+            KernelFloor(
+                " + ".join(w.kernel for w in parts),
+                sum(by_name[n] for n in seen),
+                sum(w.floor_us(peak_tflops, peak_gbs) for w in parts),
+                " + ".join(bounds),
             )
+        )
     return out
 
 

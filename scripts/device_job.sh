@@ -40,8 +40,9 @@
 #   plant (300)        the gate's planted 1.2x slow-down against HEAD (scripts/gate_noise/run.sh OUT/gate 0; tables:
 #                      scripts/gate_noise/tables.py)
 #   consttoken7b (540) bench sweep --preset consttoken7b at the sequence lengths of SEQ_LENS (default 2048,8192) and the
-#                      chunks of SWEEP_CHUNKS (default 128; e.g. 128,256,1024), after scripts/warm_autotune.py has
-#                      compiled FLA's autotune candidates in WARM_PROCS (default 6) processes
+#                      chunks of SWEEP_CHUNKS (default 128; e.g. 128,256,1024), the preset's kernels or those of
+#                      SWEEP_KERNELS, after scripts/warm_autotune.py has compiled FLA's autotune candidates in WARM_PROCS
+#                      (default 6) processes
 #   consttoken (540)   the same with --preset consttoken
 # With staged packages (../shared/gpu/README.md) run `. /tmp/stage/env.sh` first; /tmp/mamba joins PYTHONPATH here
 # once built. The machine's copy of .git can lag behind the files it got (rows then name an old commit, -dirty):
@@ -168,7 +169,7 @@ run_step() {  # the commands of one step (a subshell, so that `timeout` can cut 
     consttoken7b|consttoken)  # FLA's autotune candidates compiled by 6 processes first (a cold chunk_gla fwbw took >6.9 min)
       $py scripts/warm_autotune.py --preset "$1" --kernels 'fla.*' --seq-len "${SEQ_LENS:-2048,8192}" --procs "${WARM_PROCS:-6}"
       $py cli.py sweep --preset "$1" --seq-len "${SEQ_LENS:-2048,8192}" --chunk-size "${SWEEP_CHUNKS:-128}" \
-        --retry timeout --out "$RESULTS/$1.parquet" ;;
+        ${SWEEP_KERNELS:+--kernels "$SWEEP_KERNELS"} --retry timeout --out "$RESULTS/$1.parquet" ;;
   esac
 }
 

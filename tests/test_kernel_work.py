@@ -90,6 +90,13 @@ def test_floors_match_the_profiled_kernels_of_either_backend() -> None:
     assert parts["fw_output"].bound == "memory" and parts["fw_output"].of_floor == pytest.approx(out.bytes / 3003e6)
     with pytest.raises(ValueError, match="peaks must be positive"):
         floors(times, work, 0.0, 3003.0)
+    # the Gluon dq / dk kernel does two parts, a launch each: one row against both floors, its time counted once
+    gluon_bw = [KernelTime("bw_dq_dk_kernel", 2, 2300.0), KernelTime("bw_states_kernel", 1, 800.0)]
+    merged = {f.kernel: f for f in floors(gluon_bw, work, 788.0, 3003.0)}
+    assert set(merged) == {"bw_states", "bw_dq + bw_dk"} and merged["bw_dq + bw_dk"].us == 2300.0
+    dq, dk = (next(w for w in work if w.kernel == k) for k in ("bw_dq", "bw_dk"))
+    assert merged["bw_dq + bw_dk"].floor_us == pytest.approx(dq.floor_us(788.0, 3003.0) + dk.floor_us(788.0, 3003.0))
+    assert merged["bw_dq + bw_dk"].bound in ("memory", "compute", "memory + compute", "compute + memory")
     console = Console(width=200, record=True)
     console.print(_floor_table("tfla.mlstm_sig", list(parts.values()), 788.0, 3003.0))
     text = console.export_text()

@@ -33,11 +33,11 @@ FW_KERNELS = ("fw_states", "fw_output")
 BW_KERNELS = ("bw_states", "bw_dq", "bw_dk", "bw_dv")
 # The compiled kernels that do each part's work, by function name: Triton's first, then the Gluon backend's.
 LAUNCH_NAMES: dict[str, tuple[str, ...]] = {
-    "fw_states": ("fw_chunk_states_kernel",),
+    "fw_states": ("fw_chunk_states_kernel", "fw_states_kernel"),
     "fw_output": ("fw_chunk_output_kernel", "fw_output_kernel", "fw_output_ws_kernel"),
-    "bw_states": ("bw_chunk_state_grads_kernel",),
-    "bw_dq": ("bw_chunk_dq_kernel",),
-    "bw_dk": ("bw_chunk_dk_kernel",),
+    "bw_states": ("bw_chunk_state_grads_kernel", "bw_states_kernel"),
+    "bw_dq": ("bw_chunk_dq_kernel", "bw_dq_dk_kernel"),  # the Gluon one does dq and dk, a launch each
+    "bw_dk": ("bw_chunk_dk_kernel", "bw_dq_dk_kernel"),
     "bw_dv": ("bw_chunk_dv_kernel", "bw_dv_kernel"),
 }
 
