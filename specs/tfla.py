@@ -122,6 +122,6 @@ for _variant, _normalize in (("exp", True), ("sig", False)):
     _register_tfla(
         _variant,
         _normalize,
-        f"TFLA mLSTM{_variant}, the output kernel and the backward's dv, dq, dk in Gluon (ours, Hopper)",
+        f"TFLA mLSTM{_variant}, the Gluon kernels (ours, Hopper; the state walks and dq / dk where their caps allow)",
         "gluon",
     )
