@@ -12,8 +12,9 @@ relative difference.
 of ``--stages``, default 2 and 3).
 Usage: ``python scripts/gluon_time.py [--kernel fw_output|bw_dv|bw_dq|bw_dk|fw_states|bw_states] [--shape 8,8,8192,256,512] [--chunk 128]
 [--variant sig] [--gluon "64,64,128,4,0;64,64,256,4,1,1,2,1;..."] [--stages 4,6,8]``: Gluon tiles
-``BQ,BKV,BV,num_warps,warp_specialized[,state_pieces[,consumers[,pingpong]]]`` (``bw_dv`` is always
-warp-specialized; ``bw_dq`` and ``bw_dk`` take only ``num_warps`` from them).
+``BQ,BKV,BV,num_warps,warp_specialized[,state_pieces[,consumers[,pingpong[,shared_scores]]]]`` (``bw_dv`` is always
+warp-specialized; ``bw_dq`` and ``bw_dk`` take only ``num_warps`` from them; ``shared_scores`` is the output kernel's
+``fw_output_shared_scores_kernel``, ``BV`` each of its two consumers' columns).
 """
 
 from __future__ import annotations
@@ -32,18 +33,18 @@ from kernels.mlstm.launch import gpu_sm_count
 from kernels.mlstm.tfla import tfla_fwd
 from kernels.mlstm.tiles import choose_tiles, unpipelined_state_loads
 
-TILE_FORM = "BQ,BKV,BV,num_warps,warp_specialized[,state_pieces[,consumers[,pingpong]]]"
-OPTIONAL_DEFAULTS = (0, 1, 0)  # state_pieces, consumers, pingpong
+TILE_FORM = "BQ,BKV,BV,num_warps,warp_specialized[,state_pieces[,consumers[,pingpong[,shared_scores]]]]"
+OPTIONAL_DEFAULTS = (0, 1, 0, 0)  # state_pieces, consumers, pingpong, shared_scores
 
 
 def gluon_tiles(text: str) -> list[tuple[int, ...]]:
     """``--gluon``: tiles ``TILE_FORM`` separated by ``;`` (argparse exits 2 otherwise); ``state_pieces`` defaults to
-    0, ``consumers`` to 1, ``pingpong`` to 0."""
+    0, ``consumers`` to 1, ``pingpong`` and ``shared_scores`` (the output kernel's, ``launch_args``) to 0."""
     try:
         tiles = [tuple(int(x) for x in tile.split(",")) for tile in text.split(";")]
     except ValueError:
         tiles = []
-    if not tiles or any(len(t) not in (5, 6, 7, 8) for t in tiles):
+    if not tiles or any(len(t) not in (5, 6, 7, 8, 9) for t in tiles):
         raise argparse.ArgumentTypeError(f"want '{TILE_FORM}' (integers) per tile; got {text!r}")
     return [(*t, *OPTIONAL_DEFAULTS[len(t) - 5 :]) for t in tiles]
 
@@ -59,8 +60,10 @@ def stage_counts(text: str) -> tuple[int, ...]:
     return counts
 
 
-def _name(bq: int, bkv: int, bv: int, warps: int, ws: int, pieces: int, consumers: int, pingpong: int) -> str:
-    ws_part = f"ws{consumers}{' pingpong' if pingpong else ''} " if ws else ""
+def _name(
+    bq: int, bkv: int, bv: int, warps: int, ws: int, pieces: int, consumers: int, pingpong: int, shared: int = 0
+) -> str:
+    ws_part = f"ws{consumers}{' pingpong' if pingpong else ''}{' shared scores' if shared else ''} " if ws else ""
     return f"gluon {ws_part}BQ={bq} BKV={bkv} BV={bv} warps={warps}" + (" pieces" if pieces else "")
 
 
@@ -75,12 +78,12 @@ def fw_output_runs(a: argparse.Namespace, x: list[torch.Tensor], tiles: object) 
             *common, out, st.m_tok, torch.empty_like(st.z_tok), a.chunk, exp, normalize, 1e-6, tiles.fw_output
         )
     }
-    for bq, bkv, bv, warps, ws, pieces, consumers, pingpong in a.gluon:
+    for bq, bkv, bv, warps, ws, pieces, consumers, pingpong, shared in a.gluon:
         options = dict(
             bq=bq, bkv=bkv, bv=bv, num_warps=warps, warp_specialized=bool(ws), state_pieces=bool(pieces),
-            consumers=consumers, pingpong=bool(pingpong),
+            consumers=consumers, pingpong=bool(pingpong), shared_scores=bool(shared),
         )  # fmt: skip
-        runs[_name(bq, bkv, bv, warps, ws, pieces, consumers, pingpong)] = lambda out, options=options: (
+        runs[_name(bq, bkv, bv, warps, ws, pieces, consumers, pingpong, shared)] = lambda out, options=options: (
             fwo.launch_fw_output(
                 *common, out, st.m_tok, torch.empty_like(st.z_tok), a.chunk, exp, normalize, 1e-6, **options
             )
@@ -106,7 +109,7 @@ def bw_dv_runs(a: argparse.Namespace, x: list[torch.Tensor], tiles: object) -> t
     """The ``dv`` kernels to time on the arguments one Triton backward hands its own (recorded), and its ``dv``."""
     triton_dv, (*tensors, dv, chunk, exp, dv_tiles) = recorded_launch(a, x, "launch_bw_dv")
     runs = {"triton (table)": lambda out: triton_dv(*tensors, out, chunk, exp, dv_tiles)}
-    for bq, bkv, bv, warps, _, pieces, consumers, pingpong in a.gluon:
+    for bq, bkv, bv, warps, _, pieces, consumers, pingpong, _ in a.gluon:
         options = dict(
             bq=bq, bkv=bkv, bv=bv, num_warps=warps, state_pieces=bool(pieces), consumers=consumers,
             pingpong=bool(pingpong),
@@ -144,7 +147,7 @@ def fw_states_runs(a: argparse.Namespace, x: list[torch.Tensor], tiles: object) 
     runs = {
         "triton (table)": lambda out: triton_launch(k, v, gate_b, gate_i, init, out, *scratch, chunk, exp, st_tiles)
     }
-    for bl, _, bv, _, _, _, consumers, _ in a.gluon:
+    for bl, _, bv, _, _, _, consumers, _, _ in a.gluon:
         for stages in a.stages or (2, 4):
             for packed in (False, True):
                 options = {"bl": bl, "bv": bv, "stages": stages, "consumers": consumers, "packed_gates": packed}
@@ -169,7 +172,7 @@ def bw_states_runs(a: argparse.Namespace, x: list[torch.Tensor], tiles: object) 
             triton_launch(*tensors, out, *scratch, has_dlast, chunk, exp, st_tiles),
         )
     }
-    for bl, _, bv, _, _, _, consumers, _ in a.gluon:
+    for bl, _, bv, _, _, _, consumers, _, _ in a.gluon:
         for stages in a.stages or (2, 3):
             options = {"bl": bl, "bv": bv, "stages": stages, "consumers": consumers}
             runs[f"gluon ws{consumers} BL={bl} BK=64 BV={bv} stages={stages}"] = lambda out, options=options: (

@@ -32,6 +32,8 @@ FW_OUTPUT_KERNELS: dict[str, dict[str, object]] = {
         "consumers": 2,
         "pingpong": True,
     },
+    # two consumers on the same queries, a 32-column half each: both halves inside the test's value head dims
+    "shared scores": {"state_pieces": True, "bkv": 32, "bv": 32, "consumers": 2, "shared_scores": True},
 }
 INSTRUCTIONS = ("wgmma.mma_async", "cp.async.bulk.tensor", "mbarrier.try_wait", "setmaxnreg")
 
@@ -194,6 +196,16 @@ CASES = {
         )
         for dqk, dv in ((256, 512), (128, 256), (64, 64))
         for pp in (False, True)
+    },
+    # two consumers on the same queries, each half of a program's columns (a key tile's scores computed once)
+    **{
+        f"fw_output_ws2 shared scores {'exp' if exp else 'sig'} {dqk}x{dv}": (
+            lambda exp=exp, dqk=dqk, dv=dv: fw_output_case(
+                exp, dqk, dv, True, bkv=32, bv=min(256, dv // 2), state_pieces=True, consumers=2, shared_scores=True
+            )
+        )
+        for exp in (True, False)
+        for dqk, dv in ((256, 512), (128, 256))
     },
     # the backward's dv kernel: state gradient in pieces (its default where the head dim holds one) or whole
     **{

@@ -37,6 +37,7 @@ from kernels.gluon.intra_chunk import (
     LOAD_REGS,
     LOAD_WARPS,
     LOG2E,
+    claim_stage,
     head_tiles,
     init_turns,
     invalidate_ring,
@@ -92,6 +93,16 @@ def _inter_chunk(q2, acc, N_ST, M_ST, M_TOK, GATE_B, bh, st, row0, SP, DHQK, qk_
 
 
 @gluon.jit
+def _gated(scores, row, t_qs, GATE_B, GATE_I, bh, SP, t0, BKV: gl.constexpr, s_layout: gl.constexpr):
+    """The scores ``q k^T`` of a key tile from token ``t0`` (BQ x BKV, fp32) times their gates ``exp(row + col)``
+    (``row`` per query from ``_inter_chunk``, ``col = i - b`` per key), zero above the diagonal."""
+    t_s = t0 + gl.arange(0, BKV, layout=gl.SliceLayout(0, s_layout))
+    col = (gl.load(GATE_I + bh * SP + t_s) - gl.load(GATE_B + bh * SP + t_s)) * LOG2E
+    keep = t_s[None, :] <= t_qs[:, None]
+    return gl.exp2(gl.where(keep, row[:, None] + col[None, :], -float("inf"))) * scores
+
+
+@gluon.jit
 def _key_block(q2, k2, v2, acc, z, row, t_qs, GATE_B, GATE_I, bh, SP, t0, turns, o_layout: gl.constexpr,
                s_layout: gl.constexpr, ME: gl.constexpr = 0, PINGPONG: gl.constexpr = False):  # fmt: skip
     """One key tile ``k2`` (BKV x DK), ``v2`` (BKV x BV) from token ``t0``: the gated scores and their products,
@@ -103,10 +114,7 @@ def _key_block(q2, k2, v2, acc, z, row, t_qs, GATE_B, GATE_I, bh, SP, t0, turns,
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     s_zeros = gl.zeros([BQ, BKV], gl.float32, s_layout)
     scores = product(q2, k2.permute((1, 0)), s_zeros, turns, ME, 0, PINGPONG, use_acc=False)
-    t_s = t0 + gl.arange(0, BKV, layout=gl.SliceLayout(0, s_layout))
-    col = (gl.load(GATE_I + bh * SP + t_s) - gl.load(GATE_B + bh * SP + t_s)) * LOG2E
-    keep = t_s[None, :] <= t_qs[:, None]
-    p = gl.exp2(gl.where(keep, row[:, None] + col[None, :], -float("inf"))) * scores
+    p = _gated(scores, row, t_qs, GATE_B, GATE_I, bh, SP, t0, BKV, s_layout)
     z += gl.convert_layout(gl.sum(p, axis=1), gl.SliceLayout(1, o_layout))
     acc = product(gl.convert_layout(p.to(dtype), p_layout), v2, acc, turns, ME, 1, PINGPONG, A_IN_REGISTERS=True)
     return acc, z
@@ -396,6 +404,168 @@ def fw_output_ws_kernel(
     invalidate_turns(turns)
 
 
+@gluon.jit
+def _halves_load_partition(Q_D, K_D, V_D, C_D, q_smem, k_bufs, v_bufs, q_ready, ready, empty, bh, row0, st_row, kv_row0,
+                           v0, n_tiles, P: gl.constexpr):  # fmt: skip
+    """Producer of ``fw_output_shared_scores_kernel``: the query tile once, then through the ring the ``P`` state
+    pieces (both ``BV`` halves of ``BKV`` state rows into the stage's two V buffers), then ``n_tiles`` key tiles:
+    K (whole head dim) and both halves of V. Load ``u`` goes into stage ``u % STAGES`` once both consumers freed it."""
+    BKV: gl.constexpr = K_D.block_type.shape[1]
+    BV: gl.constexpr = V_D.block_type.shape[2]
+    mbarrier.expect(q_ready, Q_D.block_type.nbytes)
+    compat.tma_load(Q_D, [bh, row0, 0], q_ready, q_smem)
+    for p in gl.static_range(P):
+        s = claim_stage(ready, empty, 2 * C_D.block_type.nbytes, p)
+        compat.tma_load(C_D, [st_row, p * BKV, v0], ready.index(s), v_bufs.index(2 * s))
+        compat.tma_load(C_D, [st_row, p * BKV, v0 + BV], ready.index(s), v_bufs.index(2 * s + 1))
+    for j in range(n_tiles):
+        s = claim_stage(ready, empty, K_D.block_type.nbytes + 2 * V_D.block_type.nbytes, P + j)
+        kv_row = kv_row0 + j * BKV
+        compat.tma_load(K_D, [bh, kv_row, 0], ready.index(s), k_bufs.index(s))
+        compat.tma_load(V_D, [bh, kv_row, v0], ready.index(s), v_bufs.index(2 * s))
+        compat.tma_load(V_D, [bh, kv_row, v0 + BV], ready.index(s), v_bufs.index(2 * s + 1))
+
+
+@gluon.jit
+def _half_partition(q_smem, k_bufs, v_bufs, p_bufs, z_smem, h_smem, q_ready, ready, empty, p_ready, p_empty, z_ready,
+                    H_D, GATE_B, GATE_I, N_ST, M_ST, M_TOK, Z_TOK, bh, st, row0, kv_row0, v0, pid_v, n_blocks, SP,
+                    DHQK, qk_scale, eps, EXP: gl.constexpr, NORMALIZE: gl.constexpr, o_layout: gl.constexpr,
+                    s_layout: gl.constexpr, P: gl.constexpr, ME: gl.constexpr):  # fmt: skip
+    """Consumer ``ME`` of ``fw_output_shared_scores_kernel``: output columns ``v0 + ME * BV ..`` of the program's
+    queries. The gated scores of key tile ``j`` are computed once, by consumer ``j % 2``, and reach both consumers
+    through ``p_bufs[j % 2]`` (``p_ready`` / ``p_empty``: one writer, two readers); each consumer multiplies every
+    tile's scores with its own half of the values. The normalizer's key sums (each consumer has those of its own
+    tiles) are exchanged through ``z_smem`` before the epilogue."""
+    stages: gl.constexpr = k_bufs.type.shape[0]
+    BQ: gl.constexpr = q_smem.type.shape[1]
+    DK: gl.constexpr = q_smem.type.shape[2]
+    BKV: gl.constexpr = k_bufs.type.shape[2]
+    BV: gl.constexpr = v_bufs.type.shape[3]
+    dtype: gl.constexpr = q_smem.dtype
+    rows_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+    mbarrier.wait(q_ready, 0)
+    q2 = q_smem.reshape([BQ, DK])
+    acc = gl.zeros([BQ, BV], gl.float32, o_layout)
+    for p in gl.static_range(P):
+        mbarrier.wait(ready.index(p % stages), (p // stages) & 1)
+        acc = warpgroup_mma(q2.slice(p * BKV, BKV, dim=1), v_bufs.index(2 * (p % stages) + ME).reshape([BKV, BV]), acc)
+        mbarrier.arrive(empty.index(p % stages), count=1)
+    acc, z, m_run, t_q, row, t_qs = _inter_chunk(
+        q2, acc, N_ST, M_ST, M_TOK, GATE_B, bh, st, row0, SP, DHQK, qk_scale, EXP, o_layout, s_layout
+    )
+    z_own = gl.zeros([BQ], gl.float32, rows_o)
+    s_zeros = gl.zeros([BQ, BKV], gl.float32, s_layout)
+    for j in range(n_blocks):
+        u = P + j
+        s = u % stages
+        mbarrier.wait(ready.index(s), (u // stages) & 1)
+        if j % 2 == ME:  # this consumer's turn to compute the tile's gated scores for both
+            mbarrier.wait(p_empty.index(ME), ((j // 2) & 1) ^ 1)
+            scores = warpgroup_mma(q2, k_bufs.index(s).reshape([BKV, DK]).permute((1, 0)), s_zeros, use_acc=False)
+            g = _gated(scores, row, t_qs, GATE_B, GATE_I, bh, SP, kv_row0 + j * BKV, BKV, s_layout)
+            z_own += gl.convert_layout(gl.sum(g, axis=1), rows_o)
+            p_bufs.index(ME).store(g.to(dtype))
+            fence_async_shared()
+            gl.thread_barrier()  # every thread's scores stored before the one arrival below
+            mbarrier.arrive(p_ready.index(ME), count=1)
+        mbarrier.wait(p_ready.index(j % 2), (j // 2) & 1)
+        acc = warpgroup_mma(p_bufs.index(j % 2), v_bufs.index(2 * s + ME).reshape([BKV, BV]), acc)
+        mbarrier.arrive(p_empty.index(j % 2), count=1)
+        mbarrier.arrive(empty.index(s), count=1)
+    z_smem.index(ME).store(z_own)
+    gl.thread_barrier()
+    mbarrier.arrive(z_ready, count=1)
+    mbarrier.wait(z_ready, 0)
+    z += z_smem.index(0).load(rows_o) + z_smem.index(1).load(rows_o)
+    _epilogue(acc, z, m_run, t_q, eps, H_D, h_smem, Z_TOK, bh, row0, v0 + ME * BV, SP, 2 * pid_v + ME, NORMALIZE)
+
+
+@gluon.jit
+def fw_output_shared_scores_kernel(
+    Q_D,
+    K_D,
+    V_D,
+    C_D,
+    H_D,
+    GATE_B,
+    GATE_I,
+    N_ST,
+    M_ST,
+    M_TOK,
+    Z_TOK,
+    SP,
+    NC,
+    DHQK,
+    qk_scale,
+    eps,
+    L: gl.constexpr,
+    EXP: gl.constexpr,
+    NORMALIZE: gl.constexpr,
+    S_INSTR_N: gl.constexpr,
+    O_INSTR_N: gl.constexpr,
+    STAGES: gl.constexpr,
+    STATE_PIECES: gl.constexpr,
+    num_warps: gl.constexpr,
+):
+    """``fw_output_kernel``'s descriptors and results (``C_D`` in ``BKV``-row pieces: ``STATE_PIECES`` of them),
+    warp-specialized with two consumer warpgroups on the same ``BQ`` queries, each writing ``BV`` output columns:
+    a program covers ``2 * BV`` columns on the grid ``(cdiv(DHHV, 2 * BV), NC * L / BQ, BH)``, and each key tile's
+    gated scores are computed once for both halves instead of once per program of ``BV`` columns (at 7B, DHHV 512:
+    once per query tile instead of twice)."""
+    BQ: gl.constexpr = Q_D.block_type.shape[1]
+    DK: gl.constexpr = Q_D.block_type.shape[2]
+    BKV: gl.constexpr = K_D.block_type.shape[1]
+    BV: gl.constexpr = V_D.block_type.shape[2]
+    s_layout: gl.constexpr = mma_layout(num_warps, S_INSTR_N)
+    o_layout: gl.constexpr = mma_layout(num_warps, O_INSTR_N)
+    pid_v, bh, c, row0, v0, st, n_blocks = _program(NC, L, BQ, BKV, 2 * BV)
+
+    q_smem = gl.allocate_shared_memory(Q_D.dtype, [1, BQ, DK], Q_D.layout)
+    k_bufs = gl.allocate_shared_memory(K_D.dtype, [STAGES, 1, BKV, DK], K_D.layout)
+    v_bufs = gl.allocate_shared_memory(V_D.dtype, [2 * STAGES, 1, BKV, BV], V_D.layout)
+    p_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BQ, BKV], Q_D.dtype)
+    p_bufs = gl.allocate_shared_memory(Q_D.dtype, [2, BQ, BKV], p_layout)
+    z_smem = gl.allocate_shared_memory(gl.float32, [2, BQ], gl.SwizzledSharedLayout(1, 1, 1, [0]))
+    h_bufs = gl.allocate_shared_memory(H_D.dtype, [2, 1, BQ, BV], H_D.layout)
+    q_ready, ready, empty = ring_barriers(STAGES, 2)
+    p_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    p_empty = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    z_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(2):
+        mbarrier.init(p_ready.index(i), count=1)
+        mbarrier.init(p_empty.index(i), count=2)
+    mbarrier.init(z_ready, count=2)
+
+    gl.warp_specialize(
+        [
+            (
+                _half_partition,
+                (q_smem, k_bufs, v_bufs, p_bufs, z_smem, h_bufs.index(0), q_ready, ready, empty, p_ready, p_empty,
+                 z_ready, H_D, GATE_B, GATE_I, N_ST, M_ST, M_TOK, Z_TOK, bh, st, row0, c * L, v0, pid_v, n_blocks, SP,
+                 DHQK, qk_scale, eps, EXP, NORMALIZE, o_layout, s_layout, STATE_PIECES, 0),
+            ),
+            (
+                _half_partition,
+                (q_smem, k_bufs, v_bufs, p_bufs, z_smem, h_bufs.index(1), q_ready, ready, empty, p_ready, p_empty,
+                 z_ready, H_D, GATE_B, GATE_I, N_ST, M_ST, M_TOK, Z_TOK, bh, st, row0, c * L, v0, pid_v, n_blocks, SP,
+                 DHQK, qk_scale, eps, EXP, NORMALIZE, o_layout, s_layout, STATE_PIECES, 1),
+            ),
+            (
+                _halves_load_partition,
+                (Q_D, K_D, V_D, C_D, q_smem, k_bufs, v_bufs, q_ready, ready, empty, bh, row0, bh * NC + c, c * L, v0,
+                 n_blocks, STATE_PIECES),
+            ),
+        ],
+        [num_warps, LOAD_WARPS],
+        [CONSUMER_REGS, LOAD_REGS],
+    )  # fmt: skip
+    invalidate_ring(q_ready, ready, empty)
+    for i in gl.static_range(2):
+        mbarrier.invalidate(p_ready.index(i))
+        mbarrier.invalidate(p_empty.index(i))
+    mbarrier.invalidate(z_ready)
+
+
 def check(q: Any, chunk_size: int, bq: int, bkv: int, bv: int, dhhv: int, state_pieces: bool = False) -> None:
     """``intra_chunk.check`` for this kernel: ``BQ`` queries a program, ``BKV``-row key tiles and state pieces."""
     intra_chunk.check("fw_output", q, chunk_size, ("BQ", bq), ("BKV", bkv), bv, dhhv, state_pieces)
@@ -426,17 +596,24 @@ def launch_args(
     state_pieces: bool = False,
     consumers: int = 1,
     pingpong: bool = False,
+    shared_scores: bool = False,
 ) -> tuple[Any, tuple[int, int, int], dict[str, Any], dict[str, Any]]:
     """What ``launch_fw_output`` launches: the kernel, its grid, its runtime arguments and its constexprs, by
     name (the CPU compile tests build the same from CPU tensors). ``state_pieces`` loads the chunk state's ``BV``
     slice in ``BKV``-row pieces through the V buffers instead of whole (what lets ``BV`` 256 fit beside a q/k head
     dim of 256); ``consumers`` (1 or 2, warp-specialized only) is the number of consumer warpgroups, each with its
-    own ``BQ`` queries; ``pingpong`` (two consumers only) issues their products in turns. ``ValueError`` from
+    own ``BQ`` queries; ``pingpong`` (two consumers only) issues their products in turns. ``shared_scores``
+    (``fw_output_shared_scores_kernel``: warp-specialized, state pieces, two consumers on the same queries, each
+    ``BV`` of a program's ``2 * BV`` columns) computes each key tile's scores once for both. ``ValueError`` from
     ``check``."""
     dhqk, dhhv = q.shape[-1], v.shape[-1]
     bh, nc = c_st.shape[:2]
     bv = min(bv, triton.next_power_of_2(dhhv))  # the output tile at most the padded head dim, as the Triton tiles
     check(q, chunk_size, bq, bkv, bv, dhhv, state_pieces)
+    if shared_scores:
+        return _shared_scores_launch(q, k, v, gate_b, gate_i, c_st, n_st, m_st, h, m_tok, z_tok, chunk_size, exp,
+                                     normalize, eps, bq, bkv, bv, num_warps, stages, warp_specialized, state_pieces,
+                                     consumers, pingpong)  # fmt: skip
     if consumers not in (1, 2) or (consumers == 2 and not warp_specialized) or chunk_size % (consumers * bq):
         raise ValueError(
             f"consumers is 1 or 2 (2 only warp-specialized, with 2 * BQ dividing the chunk size {chunk_size}); "
@@ -475,6 +652,52 @@ def launch_args(
     if warp_specialized:
         constexprs |= {"STAGES": stages, "CONSUMERS": consumers, "PINGPONG": pingpong}
     return kernel, (triton.cdiv(dhhv, bv), nc * (chunk_size // (consumers * bq)), bh), args, constexprs
+
+
+def _shared_scores_launch(q: Any, k: Any, v: Any, gate_b: Any, gate_i: Any, c_st: Any, n_st: Any, m_st: Any, h: Any,
+                         m_tok: Any, z_tok: Any, chunk_size: int, exp: bool, normalize: bool, eps: float, bq: int,
+                         bkv: int, bv: int, num_warps: int, stages: int, warp_specialized: bool, state_pieces: bool,
+                         consumers: int, pingpong: bool) -> tuple[Any, tuple[int, int, int], dict[str, Any], dict[str, Any]]:  # fmt: skip
+    """``launch_args`` for ``shared_scores``: ``fw_output_shared_scores_kernel``, which takes only its own layout
+    (warp-specialized, state pieces, two consumers, no ping-pong turns)."""
+    if not (warp_specialized and state_pieces and consumers == 2 and not pingpong):
+        raise ValueError(
+            "shared_scores runs warp-specialized with state pieces and two consumers on the same queries, without "
+            f"pingpong; got warp_specialized={warp_specialized}, state_pieces={state_pieces}, "
+            f"consumers={consumers}, pingpong={pingpong}"
+        )
+    bh, nc = c_st.shape[:2]
+    dk = triton.next_power_of_2(q.shape[-1])
+    args = {
+        "Q_D": head_tiles(q, bq, dk),
+        "K_D": head_tiles(k, bkv, dk),
+        "V_D": head_tiles(v, bkv, bv),
+        "C_D": head_tiles(c_st, bkv, bv),
+        "H_D": head_tiles(h, bq, bv),
+        "GATE_B": gate_b,
+        "GATE_I": gate_i,
+        "N_ST": n_st,
+        "M_ST": m_st,
+        "M_TOK": m_tok,
+        "Z_TOK": z_tok,
+        "SP": nc * chunk_size,
+        "NC": nc,
+        "DHQK": q.shape[-1],
+        "qk_scale": q.shape[-1] ** -0.5,
+        "eps": eps,
+    }
+    constexprs = {
+        "L": chunk_size,
+        "EXP": exp,
+        "NORMALIZE": normalize,
+        "S_INSTR_N": instr_n(bq, bkv, num_warps),
+        "O_INSTR_N": instr_n(bq, bv, num_warps),
+        "STAGES": stages,
+        "STATE_PIECES": dk // bkv,
+        "num_warps": num_warps,
+    }
+    grid = (triton.cdiv(v.shape[-1], 2 * bv), nc * (chunk_size // bq), bh)
+    return fw_output_shared_scores_kernel, grid, args, constexprs
 
 
 def launch_fw_output(*tensors: Any, **options: Any) -> None:
