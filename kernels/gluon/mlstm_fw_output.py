@@ -19,6 +19,10 @@ the chunk, fed by the one load partition (each ring stage is freed when both hav
 math can run under the other's products. With ``pingpong`` their products over the key tiles both multiply are
 issued in strict turns (``intra_chunk.wait_turn``), so that this overlap is what happens rather than what may.
 
+``fw_output_shared_scores_kernel`` (``shared_scores``) puts its two consumers on the same queries instead, each on
+half of the program's ``2 * BV`` columns: a key tile's gated scores are computed once, by one consumer in turn, and
+pass through shared memory to both, where two programs of ``BV`` columns would each compute them.
+
 Not yet: 32-bit inputs.
 """
 
@@ -610,11 +614,14 @@ def launch_args(
     bh, nc = c_st.shape[:2]
     bv = min(bv, triton.next_power_of_2(dhhv))  # the output tile at most the padded head dim, as the Triton tiles
     check(q, chunk_size, bq, bkv, bv, dhhv, state_pieces)
-    if shared_scores:
-        return _shared_scores_launch(q, k, v, gate_b, gate_i, c_st, n_st, m_st, h, m_tok, z_tok, chunk_size, exp,
-                                     normalize, eps, bq, bkv, bv, num_warps, stages, warp_specialized, state_pieces,
-                                     consumers, pingpong)  # fmt: skip
-    if consumers not in (1, 2) or (consumers == 2 and not warp_specialized) or chunk_size % (consumers * bq):
+    if shared_scores and not (warp_specialized and state_pieces and consumers == 2 and not pingpong):
+        raise ValueError(
+            "shared_scores runs warp-specialized with state pieces and two consumers on the same queries, without "
+            f"pingpong; got warp_specialized={warp_specialized}, state_pieces={state_pieces}, "
+            f"consumers={consumers}, pingpong={pingpong}"
+        )
+    queries = bq if shared_scores else consumers * bq  # a program's query rows
+    if consumers not in (1, 2) or (consumers == 2 and not warp_specialized) or chunk_size % queries:
         raise ValueError(
             f"consumers is 1 or 2 (2 only warp-specialized, with 2 * BQ dividing the chunk size {chunk_size}); "
             f"got {consumers} with BQ={bq}, warp_specialized={warp_specialized}"
@@ -648,56 +655,13 @@ def launch_args(
         "STATE_PIECES": dk // bkv if state_pieces else 0,
         "num_warps": num_warps,
     }
+    if shared_scores:  # both consumers on the same BQ queries, each BV of the program's 2 * BV columns
+        grid = (triton.cdiv(dhhv, 2 * bv), nc * (chunk_size // queries), bh)
+        return fw_output_shared_scores_kernel, grid, args, constexprs | {"STAGES": stages}
     kernel = fw_output_ws_kernel if warp_specialized else fw_output_kernel
     if warp_specialized:
         constexprs |= {"STAGES": stages, "CONSUMERS": consumers, "PINGPONG": pingpong}
-    return kernel, (triton.cdiv(dhhv, bv), nc * (chunk_size // (consumers * bq)), bh), args, constexprs
-
-
-def _shared_scores_launch(q: Any, k: Any, v: Any, gate_b: Any, gate_i: Any, c_st: Any, n_st: Any, m_st: Any, h: Any,
-                         m_tok: Any, z_tok: Any, chunk_size: int, exp: bool, normalize: bool, eps: float, bq: int,
-                         bkv: int, bv: int, num_warps: int, stages: int, warp_specialized: bool, state_pieces: bool,
-                         consumers: int, pingpong: bool) -> tuple[Any, tuple[int, int, int], dict[str, Any], dict[str, Any]]:  # fmt: skip
-    """``launch_args`` for ``shared_scores``: ``fw_output_shared_scores_kernel``, which takes only its own layout
-    (warp-specialized, state pieces, two consumers, no ping-pong turns)."""
-    if not (warp_specialized and state_pieces and consumers == 2 and not pingpong):
-        raise ValueError(
-            "shared_scores runs warp-specialized with state pieces and two consumers on the same queries, without "
-            f"pingpong; got warp_specialized={warp_specialized}, state_pieces={state_pieces}, "
-            f"consumers={consumers}, pingpong={pingpong}"
-        )
-    bh, nc = c_st.shape[:2]
-    dk = triton.next_power_of_2(q.shape[-1])
-    args = {
-        "Q_D": head_tiles(q, bq, dk),
-        "K_D": head_tiles(k, bkv, dk),
-        "V_D": head_tiles(v, bkv, bv),
-        "C_D": head_tiles(c_st, bkv, bv),
-        "H_D": head_tiles(h, bq, bv),
-        "GATE_B": gate_b,
-        "GATE_I": gate_i,
-        "N_ST": n_st,
-        "M_ST": m_st,
-        "M_TOK": m_tok,
-        "Z_TOK": z_tok,
-        "SP": nc * chunk_size,
-        "NC": nc,
-        "DHQK": q.shape[-1],
-        "qk_scale": q.shape[-1] ** -0.5,
-        "eps": eps,
-    }
-    constexprs = {
-        "L": chunk_size,
-        "EXP": exp,
-        "NORMALIZE": normalize,
-        "S_INSTR_N": instr_n(bq, bkv, num_warps),
-        "O_INSTR_N": instr_n(bq, bv, num_warps),
-        "STAGES": stages,
-        "STATE_PIECES": dk // bkv,
-        "num_warps": num_warps,
-    }
-    grid = (triton.cdiv(v.shape[-1], 2 * bv), nc * (chunk_size // bq), bh)
-    return fw_output_shared_scores_kernel, grid, args, constexprs
+    return kernel, (triton.cdiv(dhhv, bv), nc * (chunk_size // queries), bh), args, constexprs
 
 
 def launch_fw_output(*tensors: Any, **options: Any) -> None:
