@@ -347,6 +347,31 @@ def test_two_consumers_halve_the_grid_and_need_the_warp_specialized_kernel() -> 
         fwo.launch_args(*tensors, 128, True, True, 1e-6, pingpong=True)
 
 
+def test_shared_scores_put_both_consumers_on_one_query_tile() -> None:
+    """Two consumers on the same 64 queries, each on 256 of a program's 512 columns: the grid has one program per
+    query tile and per 512 columns; only the warp-specialized two-consumer layout with state pieces takes it."""
+    from kernels.gluon import mlstm_fw_output as fwo
+    from tests.gluon_cases import fw_output_tensors
+
+    tensors = fw_output_tensors(256, 512, seq=256, chunk=128)
+    options = {"bkv": 32, "bv": 256, "state_pieces": True, "consumers": 2}
+    kernel, grid, _, constexprs = fwo.launch_args(*tensors, 128, True, True, 1e-6, **options, shared_scores=True)
+    assert kernel is fwo.fw_output_shared_scores_kernel and grid == (
+        1,
+        4,
+        2,
+    )  # 512 columns, 2 chunks x 2 tiles, 2 heads
+    assert constexprs["STATE_PIECES"] == 8 and constexprs["STAGES"] == 2 and "CONSUMERS" not in constexprs
+    _, chunk64, _, _ = fwo.launch_args(
+        *fw_output_tensors(64, 64, seq=256, chunk=64), 64, True, True, 1e-6, bkv=32, bv=32, state_pieces=True,
+        consumers=2, shared_scores=True,
+    )  # fmt: skip
+    assert chunk64 == (1, 4, 2)  # one query tile a chunk is enough: both consumers share it
+    for wrong in ({"consumers": 1}, {"state_pieces": False}, {"pingpong": True}, {"warp_specialized": False}):
+        with pytest.raises(ValueError, match="shared_scores runs warp-specialized with state pieces and two consumers"):
+            fwo.launch_args(*tensors, 128, True, True, 1e-6, **(options | wrong), shared_scores=True)
+
+
 def test_fw_output_refuses_what_it_cannot_take() -> None:
     from kernels.gluon import mlstm_fw_output as fwo
 
