@@ -356,11 +356,8 @@ def test_shared_scores_put_both_consumers_on_one_query_tile() -> None:
     tensors = fw_output_tensors(256, 512, seq=256, chunk=128)
     options = {"bkv": 32, "bv": 256, "state_pieces": True, "consumers": 2}
     kernel, grid, _, constexprs = fwo.launch_args(*tensors, 128, True, True, 1e-6, **options, shared_scores=True)
-    assert kernel is fwo.fw_output_shared_scores_kernel and grid == (
-        1,
-        4,
-        2,
-    )  # 512 columns, 2 chunks x 2 tiles, 2 heads
+    # one program for the 512 columns, 2 chunks x 2 query tiles, 2 heads
+    assert kernel is fwo.fw_output_shared_scores_kernel and grid == (1, 4, 2)
     assert constexprs["STATE_PIECES"] == 8 and constexprs["STAGES"] == 2 and "CONSUMERS" not in constexprs
     _, chunk64, _, _ = fwo.launch_args(
         *fw_output_tensors(64, 64, seq=256, chunk=64), 64, True, True, 1e-6, bkv=32, bv=32, state_pieces=True,

@@ -409,25 +409,26 @@ def fw_output_ws_kernel(
 
 
 @gluon.jit
-def _halves_load_partition(Q_D, K_D, V_D, C_D, q_smem, k_bufs, v_bufs, q_ready, ready, empty, bh, row0, st_row, kv_row0,
-                           v0, n_tiles, P: gl.constexpr):  # fmt: skip
+def _halves_load_partition(Q_D, K_D, V_D, C_D, q_smem, k_bufs, v_lo, v_hi, q_ready, ready, empty, bh, row0, st_row,
+                           kv_row0, v0, n_tiles, P: gl.constexpr):  # fmt: skip
     """Producer of ``fw_output_shared_scores_kernel``: the query tile once, then through the ring the ``P`` state
-    pieces (both ``BV`` halves of ``BKV`` state rows into the stage's two V buffers), then ``n_tiles`` key tiles:
-    K (whole head dim) and both halves of V. Load ``u`` goes into stage ``u % STAGES`` once both consumers freed it."""
+    pieces (both ``BV`` halves of ``BKV`` state rows, the first into ``v_lo``'s stage, the second into ``v_hi``'s),
+    then ``n_tiles`` key tiles: K (whole head dim) and both halves of V. Load ``u`` goes into stage ``u % STAGES`` once
+    both consumers freed it."""
     BKV: gl.constexpr = K_D.block_type.shape[1]
     BV: gl.constexpr = V_D.block_type.shape[2]
     mbarrier.expect(q_ready, Q_D.block_type.nbytes)
     compat.tma_load(Q_D, [bh, row0, 0], q_ready, q_smem)
     for p in gl.static_range(P):
         s = claim_stage(ready, empty, 2 * C_D.block_type.nbytes, p)
-        compat.tma_load(C_D, [st_row, p * BKV, v0], ready.index(s), v_bufs.index(2 * s))
-        compat.tma_load(C_D, [st_row, p * BKV, v0 + BV], ready.index(s), v_bufs.index(2 * s + 1))
+        compat.tma_load(C_D, [st_row, p * BKV, v0], ready.index(s), v_lo.index(s))
+        compat.tma_load(C_D, [st_row, p * BKV, v0 + BV], ready.index(s), v_hi.index(s))
     for j in range(n_tiles):
         s = claim_stage(ready, empty, K_D.block_type.nbytes + 2 * V_D.block_type.nbytes, P + j)
         kv_row = kv_row0 + j * BKV
         compat.tma_load(K_D, [bh, kv_row, 0], ready.index(s), k_bufs.index(s))
-        compat.tma_load(V_D, [bh, kv_row, v0], ready.index(s), v_bufs.index(2 * s))
-        compat.tma_load(V_D, [bh, kv_row, v0 + BV], ready.index(s), v_bufs.index(2 * s + 1))
+        compat.tma_load(V_D, [bh, kv_row, v0], ready.index(s), v_lo.index(s))
+        compat.tma_load(V_D, [bh, kv_row, v0 + BV], ready.index(s), v_hi.index(s))
 
 
 @gluon.jit
@@ -438,7 +439,8 @@ def _half_partition(q_smem, k_bufs, v_bufs, p_bufs, z_smem, h_smem, q_ready, rea
     """Consumer ``ME`` of ``fw_output_shared_scores_kernel``: output columns ``v0 + ME * BV ..`` of the program's
     queries. The gated scores of key tile ``j`` are computed once, by consumer ``j % 2``, and reach both consumers
     through ``p_bufs[j % 2]`` (``p_ready`` / ``p_empty``: one writer, two readers); each consumer multiplies every
-    tile's scores with its own half of the values. The normalizer's key sums (each consumer has those of its own
+    tile's scores with its own half of the values (``v_bufs``: its ring of value and state-piece halves). The
+    normalizer's key sums (each consumer has those of its own
     tiles) are exchanged through ``z_smem`` before the epilogue."""
     stages: gl.constexpr = k_bufs.type.shape[0]
     BQ: gl.constexpr = q_smem.type.shape[1]
@@ -447,13 +449,8 @@ def _half_partition(q_smem, k_bufs, v_bufs, p_bufs, z_smem, h_smem, q_ready, rea
     BV: gl.constexpr = v_bufs.type.shape[3]
     dtype: gl.constexpr = q_smem.dtype
     rows_o: gl.constexpr = gl.SliceLayout(1, o_layout)
-    mbarrier.wait(q_ready, 0)
+    acc = state_product(q_smem, v_bufs, v_bufs, q_ready, ready, empty, o_layout, P)  # pieces pass through v_bufs
     q2 = q_smem.reshape([BQ, DK])
-    acc = gl.zeros([BQ, BV], gl.float32, o_layout)
-    for p in gl.static_range(P):
-        mbarrier.wait(ready.index(p % stages), (p // stages) & 1)
-        acc = warpgroup_mma(q2.slice(p * BKV, BKV, dim=1), v_bufs.index(2 * (p % stages) + ME).reshape([BKV, BV]), acc)
-        mbarrier.arrive(empty.index(p % stages), count=1)
     acc, z, m_run, t_q, row, t_qs = _inter_chunk(
         q2, acc, N_ST, M_ST, M_TOK, GATE_B, bh, st, row0, SP, DHQK, qk_scale, EXP, o_layout, s_layout
     )
@@ -473,7 +470,7 @@ def _half_partition(q_smem, k_bufs, v_bufs, p_bufs, z_smem, h_smem, q_ready, rea
             gl.thread_barrier()  # every thread's scores stored before the one arrival below
             mbarrier.arrive(p_ready.index(ME), count=1)
         mbarrier.wait(p_ready.index(j % 2), (j // 2) & 1)
-        acc = warpgroup_mma(p_bufs.index(j % 2), v_bufs.index(2 * s + ME).reshape([BKV, BV]), acc)
+        acc = warpgroup_mma(p_bufs.index(j % 2), v_bufs.index(s).reshape([BKV, BV]), acc)
         mbarrier.arrive(p_empty.index(j % 2), count=1)
         mbarrier.arrive(empty.index(s), count=1)
     z_smem.index(ME).store(z_own)
@@ -526,7 +523,8 @@ def fw_output_shared_scores_kernel(
 
     q_smem = gl.allocate_shared_memory(Q_D.dtype, [1, BQ, DK], Q_D.layout)
     k_bufs = gl.allocate_shared_memory(K_D.dtype, [STAGES, 1, BKV, DK], K_D.layout)
-    v_bufs = gl.allocate_shared_memory(V_D.dtype, [2 * STAGES, 1, BKV, BV], V_D.layout)
+    v_lo = gl.allocate_shared_memory(V_D.dtype, [STAGES, 1, BKV, BV], V_D.layout)  # the first consumer's half
+    v_hi = gl.allocate_shared_memory(V_D.dtype, [STAGES, 1, BKV, BV], V_D.layout)  # the second's
     p_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BQ, BKV], Q_D.dtype)
     p_bufs = gl.allocate_shared_memory(Q_D.dtype, [2, BQ, BKV], p_layout)
     z_smem = gl.allocate_shared_memory(gl.float32, [2, BQ], gl.SwizzledSharedLayout(1, 1, 1, [0]))
@@ -544,20 +542,20 @@ def fw_output_shared_scores_kernel(
         [
             (
                 _half_partition,
-                (q_smem, k_bufs, v_bufs, p_bufs, z_smem, h_bufs.index(0), q_ready, ready, empty, p_ready, p_empty,
+                (q_smem, k_bufs, v_lo, p_bufs, z_smem, h_bufs.index(0), q_ready, ready, empty, p_ready, p_empty,
                  z_ready, H_D, GATE_B, GATE_I, N_ST, M_ST, M_TOK, Z_TOK, bh, st, row0, c * L, v0, pid_v, n_blocks, SP,
                  DHQK, qk_scale, eps, EXP, NORMALIZE, o_layout, s_layout, STATE_PIECES, 0),
             ),
             (
                 _half_partition,
-                (q_smem, k_bufs, v_bufs, p_bufs, z_smem, h_bufs.index(1), q_ready, ready, empty, p_ready, p_empty,
+                (q_smem, k_bufs, v_hi, p_bufs, z_smem, h_bufs.index(1), q_ready, ready, empty, p_ready, p_empty,
                  z_ready, H_D, GATE_B, GATE_I, N_ST, M_ST, M_TOK, Z_TOK, bh, st, row0, c * L, v0, pid_v, n_blocks, SP,
                  DHQK, qk_scale, eps, EXP, NORMALIZE, o_layout, s_layout, STATE_PIECES, 1),
             ),
             (
                 _halves_load_partition,
-                (Q_D, K_D, V_D, C_D, q_smem, k_bufs, v_bufs, q_ready, ready, empty, bh, row0, bh * NC + c, c * L, v0,
-                 n_blocks, STATE_PIECES),
+                (Q_D, K_D, V_D, C_D, q_smem, k_bufs, v_lo, v_hi, q_ready, ready, empty, bh, row0, bh * NC + c, c * L,
+                 v0, n_blocks, STATE_PIECES),
             ),
         ],
         [num_warps, LOAD_WARPS],
@@ -655,13 +653,14 @@ def launch_args(
         "STATE_PIECES": dk // bkv if state_pieces else 0,
         "num_warps": num_warps,
     }
-    if shared_scores:  # both consumers on the same BQ queries, each BV of the program's 2 * BV columns
-        grid = (triton.cdiv(dhhv, 2 * bv), nc * (chunk_size // queries), bh)
+    columns = 2 * bv if shared_scores else bv  # a program's output columns: both consumers' halves when shared
+    grid = (triton.cdiv(dhhv, columns), nc * (chunk_size // queries), bh)
+    if shared_scores:
         return fw_output_shared_scores_kernel, grid, args, constexprs | {"STAGES": stages}
     kernel = fw_output_ws_kernel if warp_specialized else fw_output_kernel
     if warp_specialized:
         constexprs |= {"STAGES": stages, "CONSUMERS": consumers, "PINGPONG": pingpong}
-    return kernel, (triton.cdiv(dhhv, bv), nc * (chunk_size // queries), bh), args, constexprs
+    return kernel, grid, args, constexprs
 
 
 def launch_fw_output(*tensors: Any, **options: Any) -> None:
