@@ -39,6 +39,9 @@
 #   premove (420)      bench check --against 2e403e8 --run ci (the layout move's before/after, issue #23)
 #   plant (300)        the gate's planted 1.2x slow-down against HEAD (scripts/gate_noise/run.sh OUT/gate 0; tables:
 #                      scripts/gate_noise/tables.py)
+#   fused (360)        scripts/fused_time.py: the one-pass inference forward's options (FUSED_OPTIONS_7B,
+#                      FUSED_OPTIONS_PAPER: chunk,BV,warps,stages;...) against the two-pass forward at chunks 128 and
+#                      256, 7B sig and exp, paper sig; then its GPU tests
 #   consttoken7b (540) bench sweep --preset consttoken7b at the sequence lengths of SEQ_LENS (default 2048,8192) and the
 #                      chunks of SWEEP_CHUNKS (default 128; e.g. 128,256,1024), the preset's kernels or those of
 #                      SWEEP_KERNELS, after scripts/warm_autotune.py has compiled FLA's autotune candidates in WARM_PROCS
@@ -50,7 +53,7 @@
 # to this tree's commit first.
 set -uo pipefail
 [ $# -ge 1 ] && [ -n "${OUT:-}" ] || { sed -n '2,/^set -uo/p' "$0" | sed '$d'; exit 2; }  # the comment above
-declare -A LIMIT=([env]=30 [gluon]=360 [backends]=420 [gluon_dq]=300 [gluon_states]=300 [gluon_bw_states]=300 [pytest_gpu]=300 [profile]=240 [mamba]=240 [verify]=330 [ncu]=240 [ncu_sass]=240 [ncu_bytes]=240
+declare -A LIMIT=([env]=30 [gluon]=360 [backends]=420 [gluon_dq]=300 [gluon_states]=300 [gluon_bw_states]=300 [fused]=360 [pytest_gpu]=300 [profile]=240 [mamba]=240 [verify]=330 [ncu]=240 [ncu_sass]=240 [ncu_bytes]=240
   [states]=420 [states_verify]=300 [premove]=420 [plant]=300 [consttoken7b]=540 [consttoken]=540)
 for arg in "$@"; do  # every step known and every limit a number, before anything runs
   step=${arg%%:*}
@@ -109,6 +112,14 @@ run_step() {  # the commands of one step (a subshell, so that `timeout` can cut 
         for variant in sig exp; do $py scripts/gluon_time.py --kernel bw_states --chunk $chunk --variant $variant; done
       done
       $py -m pytest -m gpu -q -rs -p no:cacheprovider tests/test_gluon.py -k bw_states ;;
+    fused)  # the one-pass inference forward's options (FUSED_OPTIONS_7B / _PAPER) against the two-pass forward
+      $py scripts/fused_time.py --variant sig --fused "${FUSED_OPTIONS_7B:-64,64,8,2;64,128,8,2;32,64,8,2;128,64,8,1}" \
+        --two-pass 128,256 --csv "$OUT/fused.csv"
+      $py scripts/fused_time.py --variant exp --fused "${FUSED_OPTIONS_7B:-64,64,8,2;64,128,8,2;32,64,8,2;128,64,8,1}" \
+        --two-pass 128,256 --csv "$OUT/fused.csv"
+      $py scripts/fused_time.py --shape 8,16,8192,128,256 --variant sig --fused "${FUSED_OPTIONS_PAPER:-64,64,8,2;64,128,8,2;128,64,8,1}" \
+        --two-pass 128,256 --csv "$OUT/fused.csv"
+      $py -m pytest -m gpu -q -rs -p no:cacheprovider tests/test_fused.py ;;
     pytest_gpu) $py -m pytest -m gpu -q -rs -p no:cacheprovider tests ;;
     mamba)  # a build packed by an earlier call (.stage-mamba, carried) is unpacked instead of built again
       if [ -s .stage-mamba/SHA256SUMS ]; then

@@ -1,6 +1,7 @@
 """Registry entries of our kernels: TFLA mLSTMexp and mLSTMsig (``kernels.mlstm.tfla``), with the output kernel
 the ``auto`` backend picks (``tfla.mlstm_*``) and with the Gluon one (``tfla.mlstm_*_gluon``: Hopper; on the CPU
-its simulator, for ``bench verify``), so a sweep compares the two in one run."""
+its simulator, for ``bench verify``) and with the one-pass inference forward (``tfla.mlstm_*_fused``: ``fw`` rows, chunks
+up to 128), so a sweep compares them in one run."""
 
 from __future__ import annotations
 
@@ -21,12 +22,14 @@ def _tfla_supports(p: Problem) -> str | None:
 
 
 def _backend(p: Problem, backend: str) -> str:
-    """The output kernel's backend a forward at ``p`` runs (``kernels.mlstm.backends.choose_backend``)."""
+    """The backend a forward at ``p`` runs (``kernels.mlstm.backends.choose_backend``; ``fw`` rows run without a
+    gradient, so ``auto`` may run the one-pass forward there)."""
     import torch
 
     from kernels.mlstm.backends import choose_backend
 
-    return choose_backend(backend, torch.device(p.device), getattr(torch, p.dtype), p.head_dim_qk, p.chunk_size)
+    dtype = getattr(torch, p.dtype)
+    return choose_backend(backend, torch.device(p.device), dtype, p.head_dim_qk, p.chunk_size, p.mode != "fw")
 
 
 def _kernel_work(p: Problem) -> tuple[object, ...]:
@@ -47,6 +50,16 @@ def _gluon_supports(p: Problem) -> str | None:
     return gluon_reason(torch.device(p.device), getattr(torch, p.dtype), p.head_dim_qk, p.chunk_size)
 
 
+def _fused_supports(p: Problem) -> str | None:
+    from kernels.mlstm.backends import fused_reason
+
+    if (reason := _tfla_supports(p)) is not None:
+        return reason
+    if (reason := fused_reason(p.head_dim_qk, p.chunk_size, p.mode != "fw")) is not None:
+        return f"the one-pass forward: {reason}"
+    return None
+
+
 def _gluon_available() -> str | None:
     from kernels.gluon.support import api_missing
 
@@ -55,13 +68,18 @@ def _gluon_available() -> str | None:
 
 def _params(p: Problem, variant: str, normalize: bool, backend: str) -> dict[str, object]:
     """A row's ``kernel_params``; with the Gluon backend also the options its kernels ran with
-    (``kernels.gluon.config``). Pure: rows of any status call it."""
+    (``kernels.gluon.config``), with the one-pass forward its tiles. Pure: rows of any status call it."""
     params: dict[str, object] = {
         "variant": variant,
         "normalize": normalize,
         "chunk_size": p.chunk_size,
         "backend": backend,
     }
+    if backend == "fused":
+        from kernels.mlstm.chunk_fused import fused_tiles
+
+        tiles = fused_tiles(p.chunk_size, p.head_dim_qk, p.head_dim_v, False)
+        params["fused"] = {"BV": tiles.BV, "num_warps": tiles.num_warps, "num_stages": tiles.num_stages}
     if backend == "gluon":
         from kernels.gluon.config import bw_dv_options, fw_output_options
         from kernels.mlstm.tfla import gluon_options
@@ -89,6 +107,7 @@ def _register_tfla(variant: str, normalize: bool, description: str, backend: str
         return mlstm_tfla(q, k, v, i, f, variant=variant, normalize=normalize, chunk_size=_chunk, backend=backend)
 
     gluon = backend == "gluon"
+    supports = {"gluon": _gluon_supports, "fused": _fused_supports}.get(backend, _tfla_supports)
     register(
         KernelSpec(
             name=f"tfla.mlstm_{variant}" + ("" if backend == "auto" else f"_{backend}"),
@@ -97,9 +116,9 @@ def _register_tfla(variant: str, normalize: bool, description: str, backend: str
             fn=fn,
             flops=mlstm_flops,
             bytes=mlstm_bytes,
-            supports=_gluon_supports if gluon else _tfla_supports,
+            supports=supports,
             available=_gluon_available if gluon else lambda: package_reason("triton"),
-            params=lambda p: _params(p, variant, normalize, "gluon" if gluon else _backend(p, backend)),
+            params=lambda p: _params(p, variant, normalize, backend if backend != "auto" else _backend(p, backend)),
             reference=mlstm_reference(variant, normalize),
             input_names=MLSTM_INPUTS,
             uses_chunk_size=True,
@@ -107,7 +126,7 @@ def _register_tfla(variant: str, normalize: bool, description: str, backend: str
             devices=("cuda", "cpu"),  # Gluon on the CPU: its simulator (kernels.gluon.simulator), for verify
             role="ours",
             sources=("kernels/mlstm", "kernels/gluon") if gluon else ("kernels/mlstm",),
-            kernel_work=_kernel_work,
+            kernel_work=None if backend == "fused" else _kernel_work,  # its one kernel has no split in cost.py
         )
     )
 
@@ -124,4 +143,10 @@ for _variant, _normalize in (("exp", True), ("sig", False)):
         _normalize,
         f"TFLA mLSTM{_variant}, the Gluon kernels (ours, Hopper; the state walks and dq / dk where their caps allow)",
         "gluon",
+    )
+    _register_tfla(
+        _variant,
+        _normalize,
+        f"TFLA mLSTM{_variant}, the forward in one pass (ours: no gradient, chunks up to 128; the state in registers)",
+        "fused",
     )

@@ -33,3 +33,32 @@ def compiled_kernels() -> None:
     GPU tests together): they launch compiled kernels only under ``pytest -m gpu``."""
     if os.environ.get("TRITON_INTERPRET") == "1":
         pytest.skip("the Triton kernels were imported for the interpreter in this run: run `pytest -m gpu`")
+
+
+@pytest.fixture
+def poison_allocations(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every buffer the TFLA wrapper allocates starts as NaN instead of whatever memory held, so that an element a
+    kernel leaves unwritten shows in the results."""
+    import types
+
+    import torch
+
+    import kernels.mlstm.chunk_bw as chunk_bw
+    import kernels.mlstm.gates as gates
+    import kernels.mlstm.tfla as tfla
+
+    def empty(*shape, dtype=None, device=None, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+        return torch.full(
+            shape[0] if len(shape) == 1 and isinstance(shape[0], tuple) else shape,
+            float("nan"),
+            dtype=dtype,
+            device=device,
+        )
+
+    def empty_like(x, **kw):  # noqa: ANN001, ANN003, ANN202
+        return torch.full_like(x, float("nan"))
+
+    proxy = types.SimpleNamespace(**{n: getattr(torch, n) for n in dir(torch) if not n.startswith("__")})
+    proxy.empty, proxy.empty_like = empty, empty_like
+    for module in (tfla, chunk_bw, gates):  # the modules that allocate buffers
+        monkeypatch.setattr(module, "torch", proxy)

@@ -32,9 +32,9 @@ def _inputs(s: int = 64, d: int = 32) -> tuple[torch.Tensor, ...]:
 
 
 def test_backend_names_the_allowed_values() -> None:
-    with pytest.raises(ValueError, match="backend must be one of auto, triton, gluon; got 'cuda'"):
+    with pytest.raises(ValueError, match="backend must be one of auto, triton, gluon, fused; got 'cuda'"):
         backends.choose_backend("cuda", CPU, torch.float32, 64, 64)
-    with pytest.raises(ValueError, match="backend must be one of auto, triton, gluon"):
+    with pytest.raises(ValueError, match="backend must be one of auto, triton, gluon, fused"):
         mlstm_tfla(*_inputs(), chunk_size=32, backend="fast")
 
 

@@ -55,9 +55,11 @@ def test_glob_and_unknown_kernel() -> None:
     names = [s.name for s, _ in Grid(kernels=("tfla.*",), device="cpu").configs()]
     assert names == [
         "tfla.mlstm_exp",
+        "tfla.mlstm_exp_fused",
         "tfla.mlstm_exp_gluon",
         "tfla.mlstm_exp_triton",
         "tfla.mlstm_sig",
+        "tfla.mlstm_sig_fused",
         "tfla.mlstm_sig_gluon",
         "tfla.mlstm_sig_triton",
     ]

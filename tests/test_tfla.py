@@ -8,7 +8,6 @@ inputs already rounded to the kernel dtype, so only the kernel's own arithmetic 
 from __future__ import annotations
 
 import re
-import types
 from dataclasses import replace
 
 import pytest
@@ -16,7 +15,6 @@ import torch
 
 import kernels.mlstm.chunk_bw as chunk_bw
 import kernels.mlstm.gates as gates
-import kernels.mlstm.tfla as tfla
 import kernels.mlstm.tiles as tiling
 from kernels.mlstm.accuracy import (
     GATE_EXTREMES,
@@ -44,25 +42,7 @@ TOL = {torch.float32: 1e-4, torch.float16: 5e-3}
 # initial state is forgotten, so it is measured against the size of the terms it sums (see relative_errors).
 
 
-@pytest.fixture(autouse=True)
-def poison_allocations(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every buffer the wrapper allocates starts as NaN instead of whatever memory held."""
-
-    def empty(*shape, dtype=None, device=None, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
-        return torch.full(
-            shape[0] if len(shape) == 1 and isinstance(shape[0], tuple) else shape,
-            float("nan"),
-            dtype=dtype,
-            device=device,
-        )
-
-    def empty_like(x, **kw):  # noqa: ANN001, ANN003, ANN202
-        return torch.full_like(x, float("nan"))
-
-    proxy = types.SimpleNamespace(**{n: getattr(torch, n) for n in dir(torch) if not n.startswith("__")})
-    proxy.empty, proxy.empty_like = empty, empty_like
-    for module in (tfla, chunk_bw, gates):  # the modules that allocate buffers
-        monkeypatch.setattr(module, "torch", proxy)
+pytestmark = pytest.mark.usefixtures("poison_allocations")  # tests/conftest.py: NaN-filled buffers
 
 
 def _check(case: AccuracyCase, bounds: dict[str, float] | None = None) -> None:

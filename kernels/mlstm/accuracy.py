@@ -126,6 +126,27 @@ def _term_scales(
     return norms
 
 
+def forward_errors(case: AccuracyCase, backend: str, device: str = "cpu") -> dict[str, float]:
+    """One fresh draw, forward only and without a gradient (``torch.no_grad``, as inference runs it): errors of
+    ``h`` and the last states (``last_C``, ``last_n``, ``last_m`` for mLSTMexp) of ``mlstm_tfla`` with ``backend``
+    against the float64 recurrent reference."""
+    inputs = [x.to(device) for x in case.inputs()]
+    ref = [x.double() for x in inputs]
+    kw = dict(variant=case.variant, normalize=case.normalize)
+    h_ref, last_ref = mlstm_recurrent(*ref[:5], initial=MLSTMStates(*ref[5:]) if case.with_states else None, **kw)
+    with torch.no_grad():
+        init = MLSTMStates(*inputs[5:]) if case.with_states else None
+        h, last = mlstm_tfla(
+            *inputs[:5], chunk_size=case.L, initial=init, return_last_states=True, backend=backend, **kw
+        )
+    if h.dtype != case.dtype or h.shape != h_ref.shape:
+        raise AssertionError(f"h is {h.dtype} {tuple(h.shape)}, expected {case.dtype} {tuple(h_ref.shape)}")
+    errors = {"h": relative_error(h, h_ref)}
+    for name in ("C", "n") + (("m",) if case.variant == "exp" else ()):
+        errors[f"last_{name}"] = relative_error(getattr(last, name), getattr(last_ref, name))
+    return errors
+
+
 def relative_errors(case: AccuracyCase, device: str = "cpu") -> dict[str, float]:
     """One fresh draw: errors of ``h``, the last states (``last_C``, ``last_n``, ``last_m``) and every gradient.
 

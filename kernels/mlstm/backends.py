@@ -3,7 +3,8 @@ Triton) or, on Hopper, the Gluon output kernel (``kernels.gluon.mlstm_fw_output`
 Gluon state kernel (``mlstm_fw_states``) up to a chunk of 256, and in the backward the Gluon state-gradient kernel
 (``mlstm_bw_states``) up to a chunk of 1024 and the Gluon ``dv``, ``dq`` and ``dk`` kernels
 (``kernels.gluon.mlstm_bw_dv``, ``mlstm_bw_dq_dk``); on the CPU, their simulator: results for tests, never picked by
-``auto``. Pure: no tensor is read here."""
+``auto``. A forward that needs no gradient can also run in one pass (``fused``: ``kernels.mlstm.chunk_fused``, the
+states kept in registers), where ``FASTEST_INFERENCE`` says it wins. Pure: no tensor is read here."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch
 
 from kernels.mlstm.launch import interpreting
 
-BACKENDS = ("auto", "triton", "gluon")
+BACKENDS = ("auto", "triton", "gluon", "fused")
 # The backend ``auto`` picks, by (GPU name as ``torch.cuda.get_device_name`` gives it, q/k head dim, chunk size):
 # only where a sweep of both backends in one run showed Gluon's whole pass faster than Triton's beyond the rows'
 # p20-p80 spread (docs/performance.md v16, v18, v19, v22, v25, v29); every other GPU and shape runs Triton. On the H100 at
@@ -27,6 +28,12 @@ FASTEST: dict[tuple[str, int, int], str] = {
     ("NVIDIA H100 80GB HBM3", 128, 1024): "gluon",  # paper shape, S 8192 (v30): sig 1.00x / 0.97x, exp 0.99x / 0.97x
     ("NVIDIA H200", 256, 256): "gluon",  # 7B, S 8192: sig fw 0.93x fwbw 0.95x, exp 0.94x / 0.97x
 }
+# The forward without a gradient that ``auto`` runs in one pass (``fused``), by (GPU name, q/k head dim, chunk size):
+# only where that pass measured faster than the two-pass forward at its best chunk in the same run.
+FASTEST_INFERENCE: dict[tuple[str, int, int], str] = {}
+# The one-pass kernel holds a chunk's q and k whole (TMA boxes of at most 256 columns) and its state slice in
+# registers: larger chunks or head dims do not fit an sm_90 program.
+FUSED_MAX_CHUNK, FUSED_MAX_HEAD_DIM_QK = 128, 256
 GLUON_MAX_HEAD_DIM_QK = 256  # the Gluon output kernel loads the q/k head dim whole (kernels.gluon.mlstm_fw_output)
 GLUON_QUERY_TILE = 64
 
@@ -59,15 +66,38 @@ def gluon_unavailable() -> str | None:
     return unavailable_reason()
 
 
-def choose_backend(backend: str, device: torch.device, dtype: torch.dtype, dhqk: int, chunk_size: int) -> str:
-    """``triton`` or ``gluon`` for a forward on ``device``: ``backend`` itself, or for ``auto`` the one
-    ``FASTEST`` names for this GPU, ``dhqk`` and ``chunk_size`` where Gluon can run (else Triton). ``ValueError``
-    naming the allowed values for an unknown backend, and the reason when ``gluon`` is asked for where it cannot
-    run."""
+def fused_reason(dhqk: int, chunk_size: int, needs_grad: bool) -> str | None:
+    """Why the one-pass forward (``fused``) cannot run this pass (``None``: it can)."""
+    if needs_grad:
+        return "it keeps no chunk states for a backward: it runs forwards without a gradient (torch.no_grad)"
+    if chunk_size > FUSED_MAX_CHUNK:
+        return f"it takes a chunk size up to {FUSED_MAX_CHUNK}; got {chunk_size}"
+    if dhqk > FUSED_MAX_HEAD_DIM_QK:
+        return f"it takes a q/k head dim up to {FUSED_MAX_HEAD_DIM_QK}; got {dhqk}"
+    return None
+
+
+def choose_backend(
+    backend: str, device: torch.device, dtype: torch.dtype, dhqk: int, chunk_size: int, needs_grad: bool = True
+) -> str:
+    """``triton``, ``gluon`` or ``fused`` for a forward on ``device`` (``needs_grad``: a backward follows):
+    ``backend`` itself, or for ``auto`` without a gradient ``fused`` where ``FASTEST_INFERENCE`` names it, else the
+    one ``FASTEST`` names for this GPU, ``dhqk`` and ``chunk_size`` where Gluon can run (else Triton). ``ValueError``
+    naming the allowed values for an unknown backend, and the reason when ``gluon`` or ``fused`` is asked for where
+    it cannot run."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
     if backend == "triton":
         return "triton"
+    fused_cannot = fused_reason(dhqk, chunk_size, needs_grad)
+    if backend == "fused":
+        if fused_cannot is not None:
+            raise ValueError(f"backend='fused' cannot run this forward: {fused_cannot}")
+        return "fused"
+    sixteen_bit = dtype in (torch.float16, torch.bfloat16)  # FASTEST_INFERENCE was measured in bf16
+    if backend == "auto" and fused_cannot is None and sixteen_bit and device.type == "cuda" and not interpreting():
+        if FASTEST_INFERENCE.get((torch.cuda.get_device_name(device), dhqk, chunk_size)) == "fused":
+            return "fused"
     reason = gluon_reason(device, dtype, dhqk, chunk_size)
     if backend == "gluon":
         if reason is not None:

@@ -16,6 +16,7 @@ import triton
 
 from kernels.mlstm.backends import choose_backend
 from kernels.mlstm.chunk_bw import launch_bw_dk, launch_bw_dq, launch_bw_dv, launch_bw_states
+from kernels.mlstm.chunk_fused import fused_tiles, launch_fw_fused
 from kernels.mlstm.chunk_fw import launch_fw_output, launch_fw_states
 from kernels.mlstm.gates import gate_arrays, gate_grads, normalizer_grads, stabilizer_per_token
 from kernels.mlstm.launch import gpu_sm_count, interpreting, tma_ready
@@ -170,6 +171,36 @@ def tfla_fwd(
     return h, last, ForwardState(gate_b, gate_i, c_st, n_st, m_st, m_tok, z_tok)
 
 
+def tfla_fwd_fused(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    i: torch.Tensor,
+    f: torch.Tensor,
+    init: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
+    variant: str,
+    normalize: bool,
+    chunk_size: int,
+    eps: float,
+) -> tuple[torch.Tensor, MLSTMStates]:
+    """The forward without a gradient in one pass (``chunk_fused``): ``h (B, NH, S, DHHV)`` and the last states
+    (fp32 ``C, n, m``), no ``ForwardState``. Inputs as ``tfla_fwd``'s; the tiles are ``chunk_fused.fused_tiles``'."""
+    B, NH, S, DHQK = q.shape
+    DHHV = v.shape[-1]
+    BH = B * NH
+    gate_b, gate_i = gate_arrays(i, f, variant, chunk_size)
+    f32 = dict(dtype=torch.float32, device=q.device)
+    h = torch.empty(B, NH, S, DHHV, dtype=q.dtype, device=q.device)
+    c_last, n_last, m_last = torch.empty(BH, DHQK, DHHV, **f32), torch.empty(BH, DHQK, **f32), torch.empty(BH, **f32)
+    init = tuple(x.contiguous() for x in init) if init is not None else None  # type: ignore[assignment]
+    tiles = fused_tiles(chunk_size, DHQK, DHHV, interpreting())
+    launch_fw_fused(
+        q, k, v, gate_b, gate_i, init, h, c_last, n_last, m_last, chunk_size, variant == "exp", normalize, eps, tiles
+    )
+    last = MLSTMStates(c_last.reshape(B, NH, DHQK, DHHV), n_last.reshape(B, NH, DHQK), m_last.reshape(B, NH))
+    return h, last
+
+
 def tfla_bwd(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -297,16 +328,26 @@ def mlstm_tfla(
 ) -> torch.Tensor | tuple[torch.Tensor, MLSTMStates]:
     """Chunkwise mLSTM with two levels of tiling. Differentiable in every tensor argument.
 
-    ``tiles`` overrides the tile table of ``choose_tiles`` (for tuning; clamped to the problem). ``backend``
-    (``backends.BACKENDS``): the forward's output kernel and the backward's ``dv`` kernel in ``triton``, in
-    ``gluon`` (Hopper, 16-bit inputs; on the CPU simulated; ``ValueError`` with the reason elsewhere), or ``auto``,
-    the one measured fastest on this GPU (``backends.FASTEST``; Triton where none is recorded).
+    ``tiles`` overrides the tile table of ``choose_tiles`` (for tuning; clamped to the problem; not the one-pass
+    forward's). ``backend`` (``backends.BACKENDS``): the forward's output kernel and the backward's ``dv`` kernel in
+    ``triton``, in ``gluon`` (Hopper, 16-bit inputs; on the CPU simulated; ``ValueError`` with the reason
+    elsewhere), ``fused``: a forward without a gradient in one pass (``chunk_fused``; chunks up to
+    ``backends.FUSED_MAX_CHUNK``), or ``auto``, the one measured fastest on this GPU (``backends.FASTEST`` and, without
+    a gradient, ``backends.FASTEST_INFERENCE``; Triton where none is recorded).
     """
     check_inputs(q, k, v, i, f, initial, variant, chunk_size)
     if tiles is not None:
         check_tiles(tiles)
-    run_on = choose_backend(backend, q.device, q.dtype, q.shape[-1], chunk_size)
     C0, n0, m0 = (initial.C, initial.n, initial.m) if initial is not None else (None, None, None)
+    leaves = (q, k, v, i, f, C0, n0, m0)
+    needs_grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in leaves)
+    run_on = choose_backend(backend, q.device, q.dtype, q.shape[-1], chunk_size, needs_grad)
+    if run_on == "fused":
+        init = (C0, n0, m0) if C0 is not None else None
+        h, last = tfla_fwd_fused(
+            tma_ready(q), tma_ready(k), tma_ready(v), i, f, init, variant, normalize, chunk_size, eps
+        )
+        return (h, last) if return_last_states else h
     h, C, n, m = _TFLAFunction.apply(q, k, v, i, f, C0, n0, m0, variant, normalize, chunk_size, eps, tiles, run_on)
     if return_last_states:
         return h, MLSTMStates(C, n, m)
