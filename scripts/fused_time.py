@@ -1,5 +1,5 @@
 """Time the one-pass inference forward (``kernels.mlstm.chunk_fused``) against the two-pass forward on the same
-inputs, on the GPU: each ``--fused`` option (chunk, BV, warps, stages) runs ``gate_arrays`` + ``fw_fused_kernel``; each
+inputs, on the GPU: each ``--fused`` option (chunk, BV, warps, stages) runs ``tfla_fwd_fused`` (``gate_arrays`` + ``fw_fused_kernel``); each
 ``--two-pass`` chunk runs ``mlstm_tfla`` under ``torch.no_grad`` with ``--backend``. Prints one row per run: time
 (``triton.testing.do_bench``, ms, median), its ratio to the fastest two-pass run, and the relative difference of
 its ``h`` from the first two-pass run's (a kernel that does not compile or launch gets its error instead).
@@ -15,9 +15,7 @@ import csv
 import torch
 import triton
 
-from kernels.mlstm.chunk_fused import launch_fw_fused
-from kernels.mlstm.gates import gate_arrays
-from kernels.mlstm.tfla import mlstm_tfla
+from kernels.mlstm.tfla import mlstm_tfla, tfla_fwd_fused
 from kernels.mlstm.tiles import KernelTiles
 
 FUSED_FORM = "chunk,BV,num_warps,num_stages"
@@ -39,24 +37,6 @@ def ints(text: str) -> list[int]:
         return [int(x) for x in text.split(",")]
     except ValueError as err:
         raise argparse.ArgumentTypeError(f"want integers separated by ','; got {text!r}") from err
-
-
-def fused_forward(q, k, v, i, f, variant: str, chunk: int, t: KernelTiles) -> torch.Tensor:  # noqa: ANN001
-    """``h (B, NH, S, DHHV)`` of the one-pass forward (``normalize`` as the harness's specs: exp yes, sig no)."""
-    B, NH, S, DHQK = q.shape
-    DHHV = v.shape[-1]
-    gate_b, gate_i = gate_arrays(i, f, variant, chunk)
-    h = torch.empty_like(v)
-    f32 = dict(dtype=torch.float32, device=q.device)
-    c_last, n_last, m_last = (
-        torch.empty(B * NH, DHQK, DHHV, **f32),
-        torch.empty(B * NH, DHQK, **f32),
-        torch.empty(B * NH, **f32),
-    )
-    launch_fw_fused(
-        q, k, v, gate_b, gate_i, None, h, c_last, n_last, m_last, chunk, variant == "exp", variant == "exp", 1e-6, t
-    )
-    return h
 
 
 def main() -> None:
@@ -99,10 +79,12 @@ def main() -> None:
         t = KernelTiles(BV=bv, num_warps=warps, num_stages=stages)
         name = f"fused chunk {chunk} BV {bv} w{warps} s{stages}"
         try:
-            h = fused_forward(q, k, v, i, f, args.variant, chunk, t)
-            ms = triton.testing.do_bench(
-                lambda: fused_forward(q, k, v, i, f, args.variant, chunk, t), warmup=25, rep=200
-            )
+
+            def run_fused(chunk: int = chunk, t: KernelTiles = t) -> torch.Tensor:
+                return tfla_fwd_fused(q, k, v, i, f, None, args.variant, normalize, chunk, 1e-6, t)[0]
+
+            h = run_fused()
+            ms = triton.testing.do_bench(run_fused, warmup=25, rep=200)
             rows.append(dict(run=name, ms=ms, diff=((h.float() - ref).norm() / ref.norm()).item()))
         except Exception as err:  # a config that does not compile or launch: its reason, the others still run
             rows.append(dict(run=name, ms=float("nan"), diff=float("nan"), error=str(err).splitlines()[0][:120]))

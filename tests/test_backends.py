@@ -56,8 +56,8 @@ def test_auto_and_triton_run_triton_here_and_gluon_says_why_not(monkeypatch: pyt
 
 def test_auto_runs_gluon_only_where_measured_faster(monkeypatch: pytest.MonkeyPatch) -> None:
     """``auto`` follows ``FASTEST`` by GPU, q/k head dim and chunk size: Gluon at the 7B shape where measured
-    faster (H100 chunks 128 to 1024, H200 chunk 256), at the paper shape on the H100 from chunk 256 on, Triton at
-    other shapes and chunks, on another GPU, and wherever Gluon cannot run."""
+    faster (chunks 128 to 1024 on the H100 and the H200), at the paper shape on the H100 from chunk 256 on and on the
+    H200 from 128, Triton at other shapes and chunks, on another GPU, and wherever Gluon cannot run."""
     cuda = torch.device("cuda")
     monkeypatch.setattr(backends, "gluon_reason", lambda *_: None)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *_: "NVIDIA H100 80GB HBM3")
@@ -71,8 +71,10 @@ def test_auto_runs_gluon_only_where_measured_faster(monkeypatch: pytest.MonkeyPa
     assert backends.choose_backend("triton", cuda, torch.bfloat16, 256, 128) == "triton"
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *_: "NVIDIA H200")
     assert backends.choose_backend("auto", cuda, torch.bfloat16, 256, 256) == "gluon"
-    assert backends.choose_backend("auto", cuda, torch.bfloat16, 256, 128) == "triton"
-    assert backends.choose_backend("auto", cuda, torch.bfloat16, 128, 256) == "triton"
+    assert backends.choose_backend("auto", cuda, torch.bfloat16, 256, 128) == "gluon"
+    assert backends.choose_backend("auto", cuda, torch.bfloat16, 128, 1024) == "gluon"
+    assert backends.choose_backend("auto", cuda, torch.bfloat16, 256, 64) == "triton"
+    assert backends.choose_backend("auto", cuda, torch.bfloat16, 64, 256) == "triton"
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *_: "NVIDIA A100-SXM4-80GB")
     assert backends.choose_backend("auto", cuda, torch.bfloat16, 256, 128) == "triton"
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *_: "NVIDIA H100 80GB HBM3")

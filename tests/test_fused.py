@@ -132,3 +132,14 @@ def test_gpu_fused_bf16_against_float64(
     torch.manual_seed(0)
     case = AccuracyCase(variant, normalize, 1000, dhqk, dhhv, chunk, torch.bfloat16, True, B=2, NH=2)
     _check(case, "cuda", bound=2e-2)
+
+
+def test_fused_time_options_name_their_form() -> None:
+    import argparse
+
+    from scripts.fused_time import fused_options
+
+    assert fused_options("64,128,8,2;32,64,4,3") == [(64, 128, 8, 2), (32, 64, 4, 3)]
+    for bad in ("64,128,8", "64,x,8,2", ""):
+        with pytest.raises(argparse.ArgumentTypeError, match="chunk,BV,num_warps,num_stages"):
+            fused_options(bad)

@@ -126,6 +126,19 @@ def _term_scales(
     return norms
 
 
+def _output_errors(
+    case: AccuracyCase, h: torch.Tensor, last: MLSTMStates, h_ref: torch.Tensor, last_ref: MLSTMStates
+) -> dict[str, float]:
+    """Errors of ``h`` and the last states (``last_m`` for mLSTMexp only) against the reference's; an
+    ``AssertionError`` when ``h`` has the wrong dtype or shape."""
+    if h.dtype != case.dtype or h.shape != h_ref.shape:
+        raise AssertionError(f"h is {h.dtype} {tuple(h.shape)}, expected {case.dtype} {tuple(h_ref.shape)}")
+    errors = {"h": relative_error(h, h_ref)}
+    for name in ("C", "n") + (("m",) if case.variant == "exp" else ()):
+        errors[f"last_{name}"] = relative_error(getattr(last, name), getattr(last_ref, name))
+    return errors
+
+
 def forward_errors(case: AccuracyCase, backend: str, device: str = "cpu") -> dict[str, float]:
     """One fresh draw, forward only and without a gradient (``torch.no_grad``, as inference runs it): errors of
     ``h`` and the last states (``last_C``, ``last_n``, ``last_m`` for mLSTMexp) of ``mlstm_tfla`` with ``backend``
@@ -139,12 +152,7 @@ def forward_errors(case: AccuracyCase, backend: str, device: str = "cpu") -> dic
         h, last = mlstm_tfla(
             *inputs[:5], chunk_size=case.L, initial=init, return_last_states=True, backend=backend, **kw
         )
-    if h.dtype != case.dtype or h.shape != h_ref.shape:
-        raise AssertionError(f"h is {h.dtype} {tuple(h.shape)}, expected {case.dtype} {tuple(h_ref.shape)}")
-    errors = {"h": relative_error(h, h_ref)}
-    for name in ("C", "n") + (("m",) if case.variant == "exp" else ()):
-        errors[f"last_{name}"] = relative_error(getattr(last, name), getattr(last_ref, name))
-    return errors
+    return _output_errors(case, h, last, h_ref, last_ref)
 
 
 def relative_errors(case: AccuracyCase, device: str = "cpu") -> dict[str, float]:
@@ -172,11 +180,7 @@ def relative_errors(case: AccuracyCase, device: str = "cpu") -> dict[str, float]
     h, last = mlstm_tfla(
         *ker_in[:5], chunk_size=case.L, initial=ker_init, return_last_states=True, tiles=case.tiles, **kw
     )
-    if h.dtype != case.dtype or h.shape != h_ref.shape:
-        raise AssertionError(f"h is {h.dtype} {tuple(h.shape)}, expected {case.dtype} {tuple(h_ref.shape)}")
-    errors = {"h": relative_error(h, h_ref)}
-    for name in ("C", "n") + (("m",) if case.variant == "exp" else ()):
-        errors[f"last_{name}"] = relative_error(getattr(last, name), getattr(last_ref, name))
+    errors = _output_errors(case, h, last, h_ref, last_ref)
     dh = torch.randn_like(h_ref)
     dC, dn = torch.randn_like(last_ref.C), torch.randn_like(last_ref.n)
     loss_ref = (h_ref * dh).sum() + (last_ref.C * dC).sum() + (last_ref.n * dn).sum()

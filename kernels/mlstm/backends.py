@@ -15,7 +15,7 @@ from kernels.mlstm.launch import interpreting
 BACKENDS = ("auto", "triton", "gluon", "fused")
 # The backend ``auto`` picks, by (GPU name as ``torch.cuda.get_device_name`` gives it, q/k head dim, chunk size):
 # only where a sweep of both backends in one run showed Gluon's whole pass faster than Triton's beyond the rows'
-# p20-p80 spread (docs/performance.md v16, v18, v19, v22, v25, v29); every other GPU and shape runs Triton. On the H100 at
+# p20-p80 spread (docs/performance.md v16, v18, v19, v22, v25, v29, v30, v32); every other GPU and shape runs Triton. On the H100 at
 # the paper shape (DHQK 128) the Gluon backend is 1.01..1.05x at chunk 128 (v29), mixed at 512 and 0.98..0.99x at 1024
 # with the spreads overlapping (sig fwbw), so none of those is listed.
 FASTEST: dict[tuple[str, int, int], str] = {
@@ -26,7 +26,14 @@ FASTEST: dict[tuple[str, int, int], str] = {
     ("NVIDIA H100 80GB HBM3", 256, 1024): "gluon",  # 7B, S 8192 (v30): sig fw 0.86x fwbw 0.82x, exp 0.87x / 0.83x
     ("NVIDIA H100 80GB HBM3", 128, 512): "gluon",  # paper shape, S 8192 (v30): sig fw 1.01x fwbw 0.97x, exp the same
     ("NVIDIA H100 80GB HBM3", 128, 1024): "gluon",  # paper shape, S 8192 (v30): sig 1.00x / 0.97x, exp 0.99x / 0.97x
-    ("NVIDIA H200", 256, 256): "gluon",  # 7B, S 8192: sig fw 0.93x fwbw 0.95x, exp 0.94x / 0.97x
+    ("NVIDIA H200", 256, 128): "gluon",  # 7B, S 8192 (v32): sig fw 0.80x fwbw 0.82x, exp 0.78x / 0.82x
+    ("NVIDIA H200", 256, 256): "gluon",  # 7B, S 8192 (v32): sig 0.86x / 0.82x, exp 0.86x / 0.83x
+    ("NVIDIA H200", 256, 512): "gluon",  # 7B, S 8192 (v32): sig 0.90x / 0.85x, exp 0.91x / 0.85x
+    ("NVIDIA H200", 256, 1024): "gluon",  # 7B, S 8192 (v32): sig 0.87x / 0.84x, exp 0.85x / 0.85x
+    ("NVIDIA H200", 128, 128): "gluon",  # paper shape, S 8192 (v32): sig fw 0.96x fwbw 0.98x, exp 0.94x / 0.97x
+    ("NVIDIA H200", 128, 256): "gluon",  # paper shape, S 8192 (v32): sig 0.97x / 0.98x, exp 0.98x / 0.97x
+    ("NVIDIA H200", 128, 512): "gluon",  # paper shape, S 8192 (v32): sig 1.01x / 0.98x, exp the same
+    ("NVIDIA H200", 128, 1024): "gluon",  # paper shape, S 8192 (v32): sig 0.98x / 0.97x, exp 0.99x / 0.97x
 }
 # The forward without a gradient that ``auto`` runs in one pass (``fused``), by (GPU name, q/k head dim, chunk size):
 # only where that pass measured faster than the two-pass forward at its best chunk in the same run.

@@ -4,9 +4,11 @@ the state ``C`` in registers and writes the chunk's output from it, so no chunk 
 The two-pass forward (``chunk_fw``) writes every chunk's state ``C_c (DHQK x DHHV)`` and reads it back in the output
 kernel: at 7B (DHQK 256, DHHV 512, bf16) that is 256 KB a chunk and head each way, more than the chunk's ``q, k, v``
 (0.5 KB a token) below a chunk of 512. A backward needs those states, so this pass serves forwards without a
-gradient (``tfla.mlstm_tfla`` picks it there where ``backends`` says so). Its price: the sequence is walked by one
-program per head and ``BV`` value columns, not split over chunks, and each of the ``DHHV / BV`` programs of a head
-computes the chunk's ``q k^T`` again.
+gradient (``backend="fused"``; ``auto`` where ``backends.FASTEST_INFERENCE`` lists it). Its price: the sequence is
+walked by one program per head and ``BV`` value columns, not split over chunks; each of the ``DHHV / BV`` programs of
+a head computes the chunk's ``q k^T`` again; and the state slice (``DHQK x BV`` fp32) shares the registers with the
+chunk's products. Measured (H200, S 8192, docs/performance.md v32): 2.2x the two-pass forward's time at the 7B
+shape (ptxas spills there), 1.04x at the paper shape, at half its peak memory; so ``auto`` does not run it.
 
 Layout as in ``chunk_fw``: ``q, k: (BH, S, DHQK)``, ``v, h: (BH, S, DHHV)``; fp32 gate arrays ``gate_b, gate_i
 (BH, SP)`` of ``gates.gate_arrays`` (``SP = NC * L``); initial states any float dtype; last states fp32 ``C (BH,
@@ -26,12 +28,13 @@ from kernels.mlstm.chunk_common import LOG2E, gate_matrix
 from kernels.mlstm.launch import dot_precision, head_tiles
 from kernels.mlstm.tiles import KernelTiles
 
-# BV a program, warps and stages of the one-pass kernel, tuned in bf16 (docs/performance.md v32); the interpreter
-# runs small tiles (its cost is per element, not per program).
-FUSED_TILES = KernelTiles(BV=64, num_warps=8, num_stages=2)
+# BV a program, warps and stages of the one-pass kernel, the fastest of docs/performance.md v32's trials (H200, bf16,
+# S 8192) by q/k head dim: up to 128 (the paper shape) and above (7B). The interpreter runs small tiles (its cost
+# is per element, not per program).
+FUSED_TILES = {128: KernelTiles(BV=64, num_warps=4, num_stages=2), 256: KernelTiles(BV=128, num_warps=8, num_stages=2)}
 INTERPRETER_FUSED_TILES = KernelTiles(BV=32, num_warps=4, num_stages=1)
 # Shared memory for the pipelined q and k tiles of all stages: beside them sit v's tiles, the state slice that
-# ``q C`` reads and the output tile (7B, chunk 128, one stage: 155 KB of the 227 KB, sm90_compile).
+# ``q C`` reads and the output tile (7B, chunk 128, BV 128, one stage: 224 of the 227 KB, sm90_compile).
 QK_RING_BYTES = 160 * 1024
 
 
@@ -138,7 +141,7 @@ def fused_tiles(chunk_size: int, dhqk: int, dhhv: int, interpret: bool) -> Kerne
     padded q/k head dim are its other tiles. Pure and cached."""
     if interpret:
         return INTERPRETER_FUSED_TILES.fit(chunk_size, dhqk, dhhv)
-    t = FUSED_TILES.fit(chunk_size, dhqk, dhhv)
+    t = FUSED_TILES[128 if dhqk <= 128 else 256].fit(chunk_size, dhqk, dhhv)
     qk_stage_bytes = 2 * chunk_size * triton.next_power_of_2(dhqk) * 2  # a chunk's q and k tiles, 16-bit
     if t.num_stages * qk_stage_bytes > QK_RING_BYTES:
         t = replace(t, num_stages=max(1, QK_RING_BYTES // qk_stage_bytes))

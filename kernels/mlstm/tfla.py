@@ -21,7 +21,7 @@ from kernels.mlstm.chunk_fw import launch_fw_output, launch_fw_states
 from kernels.mlstm.gates import gate_arrays, gate_grads, normalizer_grads, stabilizer_per_token
 from kernels.mlstm.launch import gpu_sm_count, interpreting, tma_ready
 from kernels.mlstm.reference import VARIANTS, MLSTMStates
-from kernels.mlstm.tiles import TileConfig, check_tiles, choose_tiles, state_dtype, unpipelined_state_loads
+from kernels.mlstm.tiles import KernelTiles, TileConfig, check_tiles, choose_tiles, state_dtype, unpipelined_state_loads
 
 if TYPE_CHECKING:
     from kernels.gluon.config import LaunchOptions
@@ -182,9 +182,11 @@ def tfla_fwd_fused(
     normalize: bool,
     chunk_size: int,
     eps: float,
+    tiles: KernelTiles | None = None,
 ) -> tuple[torch.Tensor, MLSTMStates]:
     """The forward without a gradient in one pass (``chunk_fused``): ``h (B, NH, S, DHHV)`` and the last states
-    (fp32 ``C, n, m``), no ``ForwardState``. Inputs as ``tfla_fwd``'s; the tiles are ``chunk_fused.fused_tiles``'."""
+    (fp32 ``C, n, m``), no ``ForwardState``. Inputs as ``tfla_fwd``'s; ``tiles`` (``BV``, warps, stages) default to
+    ``chunk_fused.fused_tiles``'."""
     B, NH, S, DHQK = q.shape
     DHHV = v.shape[-1]
     BH = B * NH
@@ -193,7 +195,7 @@ def tfla_fwd_fused(
     h = torch.empty(B, NH, S, DHHV, dtype=q.dtype, device=q.device)
     c_last, n_last, m_last = torch.empty(BH, DHQK, DHHV, **f32), torch.empty(BH, DHQK, **f32), torch.empty(BH, **f32)
     init = tuple(x.contiguous() for x in init) if init is not None else None  # type: ignore[assignment]
-    tiles = fused_tiles(chunk_size, DHQK, DHHV, interpreting())
+    tiles = tiles or fused_tiles(chunk_size, DHQK, DHHV, interpreting())
     launch_fw_fused(
         q, k, v, gate_b, gate_i, init, h, c_last, n_last, m_last, chunk_size, variant == "exp", normalize, eps, tiles
     )
