@@ -77,8 +77,9 @@ def _params(p: Problem, variant: str, normalize: bool, backend: str) -> dict[str
     }
     if backend == "fused":
         from kernels.mlstm.chunk_fused import fused_tiles
+        from kernels.mlstm.launch import interpreting
 
-        tiles = fused_tiles(p.chunk_size, p.head_dim_qk, p.head_dim_v, False)
+        tiles = fused_tiles(p.chunk_size, p.head_dim_qk, p.head_dim_v, interpreting())  # the tiles that ran
         params["fused"] = {"BV": tiles.BV, "num_warps": tiles.num_warps, "num_stages": tiles.num_stages}
     if backend == "gluon":
         from kernels.gluon.config import bw_dv_options, fw_output_options

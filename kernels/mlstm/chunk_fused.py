@@ -25,6 +25,7 @@ import triton
 import triton.language as tl
 
 from kernels.mlstm.chunk_common import LOG2E, gate_matrix
+from kernels.mlstm.gates import token_stabilizers
 from kernels.mlstm.launch import dot_precision, head_tiles
 from kernels.mlstm.tiles import KernelTiles
 
@@ -36,11 +37,6 @@ INTERPRETER_FUSED_TILES = KernelTiles(BV=32, num_warps=4, num_stages=1)
 # Shared memory for the pipelined q and k tiles of all stages: beside them sit v's tiles, the state slice that
 # ``q C`` reads and the output tile (7B, chunk 128, BV 128, one stage: 224 of the 227 KB, sm90_compile).
 QK_RING_BYTES = 160 * 1024
-
-
-@triton.jit
-def _maximum(a, b):
-    return tl.maximum(a, b)
 
 
 @triton.jit
@@ -104,7 +100,7 @@ def fw_fused_kernel(
         col = tl.load(GATE_I + bh * SP + t0 + tok) - b  # a key's log weight, less the query's b
         g = tl.load(GATE_B + bh * SP + t0 + L - 1)
         if EXP:  # each query's stabilizer: max(b + m, max over the keys up to it of b + col)
-            m_tok = b + tl.maximum(tl.associative_scan(col, 0, _maximum), m)
+            m_tok = token_stabilizers(b, col, m)
             m_new = tl.maximum(g + m, g + tl.max(col, axis=0))
         else:
             m_tok = tl.zeros((L,), dtype=tl.float32)
@@ -171,10 +167,10 @@ def launch_fw_fused(
     and the whole q/k head dim are its other tiles), ``t``'s warps and stages."""
     DHQK, DHHV = q.shape[-1], v.shape[-1]
     BH, SP = gate_b.shape
-    bk = triton.next_power_of_2(DHQK)
+    constexprs = fw_fused_constexprs(t, chunk_size, DHQK, q.dtype, exp, normalize, init is not None)
     fw_fused_kernel[(triton.cdiv(DHHV, t.BV), BH)](
-        head_tiles(q, chunk_size, bk),
-        head_tiles(k, chunk_size, bk),
+        head_tiles(q, chunk_size, constexprs["BK"]),
+        head_tiles(k, chunk_size, constexprs["BK"]),
         head_tiles(v, chunk_size, t.BV),
         head_tiles(h, chunk_size, t.BV),
         gate_b,
@@ -189,7 +185,7 @@ def launch_fw_fused(
         DHHV,
         DHQK**-0.5,
         eps,
-        **fw_fused_constexprs(t, chunk_size, DHQK, q.dtype, exp, normalize, init is not None),
+        **constexprs,
     )
 
 

@@ -53,6 +53,14 @@ def _maximum(a, b):
 
 
 @triton.jit
+def token_stabilizers(b, x, run):
+    """mLSTMexp's max state of a block of tokens in chunk order: ``b_t + max(run, max_{s <= t}(x_s))``, from the
+    in-chunk log forget gates ``b``, the keys' ``x = i - b`` and ``run``, the stabilizer before the block (the chunk
+    state's, raised by the chunk's earlier blocks). A running max, not a pairwise one over the block."""
+    return b + tl.maximum(tl.associative_scan(x, 0, _maximum), run)
+
+
+@triton.jit
 def stabilizer_kernel(GATE_B, GATE_I, M_ST, M_TOK, SP, NC, L: tl.constexpr, BT: tl.constexpr):
     """Grid ``(BH, NC)``: mLSTMexp's max state of every token, ``M_TOK (BH, SP)``: ``m_t = b_t + max(m_c,
     max_{s <= t in c}(i_s - b_s))`` (equal to ``max(b_t + m_c, max_s(b_t - b_s + i_s))``: rounding is monotone) from
@@ -64,7 +72,7 @@ def stabilizer_kernel(GATE_B, GATE_I, M_ST, M_TOK, SP, NC, L: tl.constexpr, BT: 
         t = bh * SP + c * L + t0 + tl.arange(0, BT)
         b = tl.load(GATE_B + t)
         x = tl.load(GATE_I + t) - b
-        tl.store(M_TOK + t, b + tl.maximum(tl.associative_scan(x, 0, _maximum), run))
+        tl.store(M_TOK + t, token_stabilizers(b, x, run))
         run = tl.maximum(run, tl.max(x, axis=0))
 
 
