@@ -47,6 +47,7 @@
 #                      SWEEP_KERNELS, after scripts/warm_autotune.py has compiled FLA's autotune candidates in WARM_PROCS
 #                      (default 6) processes
 #   consttoken (540)   the same with --preset consttoken
+#   headdim (540)      the same with --preset headdim (its one sequence length: SEQ_LENS=8192)
 # With staged packages (../shared/gpu/README.md) run `. /tmp/stage/env.sh` first; /tmp/mamba joins PYTHONPATH here
 # once built. The machine's copy of .git can lag behind the files it got (rows then name an old commit, -dirty):
 # carry `.head.bundle` (`git bundle create .head.bundle OLD..HEAD`, OLD a commit the machine has) and HEAD moves
@@ -54,7 +55,7 @@
 set -uo pipefail
 [ $# -ge 1 ] && [ -n "${OUT:-}" ] || { sed -n '2,/^set -uo/p' "$0" | sed '$d'; exit 2; }  # the comment above
 declare -A LIMIT=([env]=30 [gluon]=360 [backends]=420 [gluon_dq]=300 [gluon_states]=300 [gluon_bw_states]=300 [fused]=360 [pytest_gpu]=300 [profile]=240 [mamba]=240 [verify]=330 [ncu]=240 [ncu_sass]=240 [ncu_bytes]=240
-  [states]=420 [states_verify]=300 [premove]=420 [plant]=300 [consttoken7b]=540 [consttoken]=540)
+  [states]=420 [states_verify]=300 [premove]=420 [plant]=300 [consttoken7b]=540 [consttoken]=540 [headdim]=540)
 for arg in "$@"; do  # every step known and every limit a number, before anything runs
   step=${arg%%:*}
   [ -n "${LIMIT[$step]:-}" ] || { echo "device_job.sh: unknown step '$step'; steps: ${!LIMIT[*]}" >&2; exit 2; }
@@ -177,7 +178,7 @@ run_step() {  # the commands of one step (a subshell, so that `timeout` can cut 
       $py cli.py verify --kernels tfla.mlstm_sig,tfla.mlstm_exp --shape 2,2,2048,128,128 --chunk-size 64,128,256 --jobs 4 ;;
     premove) $py cli.py check --against 2e403e8 --run ci --out "$RESULTS/premove.parquet" ;;
     plant) bash scripts/gate_noise/run.sh "$OUT/gate" 0 ;;  # OUT/gate/: plant.parquet, plant.txt, exit_codes.txt
-    consttoken7b|consttoken)  # FLA's autotune candidates compiled by 6 processes first (a cold chunk_gla fwbw took >6.9 min)
+    consttoken7b|consttoken|headdim)  # FLA's autotune candidates compiled by 6 processes first (a cold chunk_gla fwbw took >6.9 min)
       $py scripts/warm_autotune.py --preset "$1" --kernels 'fla.*' --seq-len "${SEQ_LENS:-2048,8192}" --procs "${WARM_PROCS:-6}"
       $py cli.py sweep --preset "$1" --seq-len "${SEQ_LENS:-2048,8192}" --chunk-size "${SWEEP_CHUNKS:-128}" \
         ${SWEEP_KERNELS:+--kernels "$SWEEP_KERNELS"} --retry timeout --out "$RESULTS/$1.parquet" ;;
