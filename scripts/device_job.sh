@@ -17,7 +17,8 @@
 #                      GPU tests against the Triton kernels
 #   gluon_states (300) the Gluon state kernel: its times against Triton's (scripts/gluon_time.py --kernel fw_states,
 #                      7B, S 8192, sig and exp) at the chunks of CHUNKS (default "128 256", where the backend runs it),
-#                      the backend's options with the gates in the k tile's rows and packed, then its GPU test
+#                      the backend's options with the gates in the k tile's rows and packed (or the tiles of
+#                      STATES_TILES, gluon_time.py's --gluon, at the ring depths of STATES_STAGES), then its GPU test
 #   gluon_bw_states (300) the Gluon state-gradient kernel: its times against Triton's (scripts/gluon_time.py --kernel
 #                      bw_states, 7B, S 8192, sig and exp) at the chunks of CHUNKS (default "128 256"), then its GPU tests
 #   pytest_gpu (300)   pytest -m gpu tests (every GPU test)
@@ -104,7 +105,8 @@ run_step() {  # the commands of one step (a subshell, so that `timeout` can cut 
     gluon_states)
       for chunk in ${CHUNKS:-128 256}; do
         for variant in sig exp; do
-          $py scripts/gluon_time.py --kernel fw_states --chunk $chunk --variant $variant --gluon 128,64,128,4,1,0,2 --stages 2
+          $py scripts/gluon_time.py --kernel fw_states --chunk $chunk --variant $variant \
+            --gluon "${STATES_TILES:-128,64,128,4,1,0,2}" --stages "${STATES_STAGES:-2}"
         done
       done
       $py -m pytest -m gpu -q -rs -p no:cacheprovider tests/test_gluon.py -k fw_states ;;

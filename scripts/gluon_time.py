@@ -7,7 +7,8 @@ run per ring depth of ``--stages`` (default: the deepest that fits), its chained
 flight). Prints a table with each one's time (``triton.testing.do_bench``, ms), its ratio to the Triton kernel and its
 relative difference.
 ``--kernel fw_states``: ``fw_chunk_states_kernel`` against ``fw_states_kernel`` (``BQ`` is its token slice ``BL``;
-``consumers`` its consumer warpgroups a program; each with its gates in the ``k`` tile's rows and packed);
+``consumers`` its consumer warpgroups a program; each with its gates in the ``k`` tile's rows and packed, and packed
+with one shared buffer a consumer for the state stores instead of two);
 ``--kernel bw_states``: ``bw_chunk_state_grads_kernel`` against ``bw_states_kernel`` likewise (one run per ring depth
 of ``--stages``, default 2 and 3).
 Usage: ``python scripts/gluon_time.py [--kernel fw_output|bw_dv|bw_dq|bw_dk|fw_states|bw_states] [--shape 8,8,8192,256,512] [--chunk 128]
@@ -149,9 +150,19 @@ def fw_states_runs(a: argparse.Namespace, x: list[torch.Tensor], tiles: object) 
     }
     for bl, _, bv, _, _, _, consumers, _, _ in a.gluon:
         for stages in a.stages or (2, 4):
-            for packed in (False, True):
-                options = {"bl": bl, "bv": bv, "stages": stages, "consumers": consumers, "packed_gates": packed}
-                name = f"gluon ws{consumers} BL={bl} BK=64 BV={bv} stages={stages}{' packed gates' if packed else ''}"
+            for packed, bufs in ((False, 2), (True, 2), (True, 1)):
+                options = {
+                    "bl": bl,
+                    "bv": bv,
+                    "stages": stages,
+                    "consumers": consumers,
+                    "packed_gates": packed,
+                    "store_bufs": bufs,
+                }
+                name = (
+                    f"gluon ws{consumers} BL={bl} BK=64 BV={bv} stages={stages}{' packed gates' if packed else ''}"
+                    f"{' one store buffer' if bufs == 1 else ''}"
+                )
                 runs[name] = lambda out, options=options: mlstm_fw_states.launch_fw_states(
                     k, v, gate_b, gate_i, init, out, *scratch, chunk, exp, **options
                 )

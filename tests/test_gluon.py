@@ -250,7 +250,8 @@ def test_fw_states_matches_the_triton_kernel(
     """The Gluon state kernel on the arguments a bf16 Triton forward hands its own (fresh random inputs, S not a
     multiple of the chunk, 7B and paper head dims, with and without initial states): the same chunk states (poisoned
     with NaN first), ``n``, ``m`` and last state, at token slices of 64 and 128 where they divide the chunk, with one
-    consumer warpgroup a program or two, the gates in the ``k`` tile's rows or one token a thread."""
+    consumer warpgroup a program or two, the gates in the ``k`` tile's rows or one token a thread, two shared buffers
+    for the states' stores or one (beside 256-column ``v`` slices)."""
     if (reason := support.unavailable_reason()) is not None:
         pytest.skip(reason)
     from kernels.gluon import mlstm_fw_states
@@ -278,6 +279,7 @@ def test_fw_states_matches_the_triton_kernel(
         dict(bl=128),
         dict(bl=64, stages=3, consumers=2),
         dict(bl=128, stages=2, consumers=2, packed_gates=True),
+        dict(bl=64, bv=256, stages=3, consumers=2, packed_gates=True, store_bufs=1),
     ):
         if chunk % options["bl"]:
             continue

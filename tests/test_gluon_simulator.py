@@ -535,6 +535,9 @@ def states_reference(k, v, gate_b, gate_i, init, chunk, exp):  # noqa: ANN001, A
         (512, 64, 256, 256, dict(bl=128, bv=256, stages=2, packed_gates=True)),
         (300, 128, 64, 128, dict(bl=64, bv=64, stages=3, consumers=2, packed_gates=True)),
         (200, 96, 80, 64, dict(bl=32, bv=64, stages=2, consumers=2, packed_gates=True)),
+        # one shared buffer a consumer for the states' stores (every store waited for before the next is written)
+        (300, 128, 256, 128, dict(bl=64, bv=256, stages=3, consumers=2, packed_gates=True, store_bufs=1)),
+        (200, 96, 80, 64, dict(bl=32, bv=64, stages=2, store_bufs=1)),
     ],
 )
 def test_fw_states_matches_float64(
@@ -543,8 +546,8 @@ def test_fw_states_matches_float64(
     """The Gluon state kernel on fresh random inputs against ``states_reference``: every state before a chunk
     (poisoned with NaN first), ``n`` and ``m`` at every chunk boundary and the last state, with and without initial
     states, head dims that are not multiples of the tile (96 x 80), S not a multiple of the chunk, token slices of
-    32..128, one or two consumer warpgroups, the gates in the ``k`` tile's rows or one token a thread and the loads
-    landing lazily or eagerly."""
+    32..128, one or two consumer warpgroups, the gates in the ``k`` tile's rows or one token a thread, one or two
+    shared buffers for the states' stores and the loads landing lazily or eagerly."""
     from kernels.gluon import mlstm_fw_states
 
     torch.manual_seed(torch.seed() % 2**31)

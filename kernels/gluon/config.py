@@ -121,9 +121,11 @@ class StateWalkOptions(LaunchOptions):
 class FwStatesOptions(StateWalkOptions):
     """``kernels.gluon.mlstm_fw_states.launch_args``' options: a state walk's, and ``packed_gates`` the gates loaded
     one token a thread (at BL 128 it spills 12..20 bytes a thread instead of 188, for a move of the weights through
-    shared memory per slice)."""
+    shared memory per slice); ``store_bufs`` the shared buffers a consumer for the chunk states' stores (two: one
+    store in flight while the next is written)."""
 
     packed_gates: bool = False
+    store_bufs: int = 2
 
 
 GLUON_STATES_MAX_CHUNK = 256  # from chunk 512 on the Triton state kernel runs (v25: even at 1024)

@@ -132,7 +132,7 @@ def _compute_partition(q_bufs, dh_bufs, st_bufs, ready, empty, st_ready, st_empt
         mbarrier.wait(st_ready.index(t), (j // STATE_SLOTS) & 1)
         slot = st_bufs.index(t * consumers + W)
         c_tile = slot.reshape([BK, BV]).load(c_layout).to(gl.float32)
-        store_tile(dC, slot, DC_D, st, k0, v0)
+        store_tile(dC, slot, DC_D, st, k0, v0, 1)
         if j > 0:
             tma.store_wait(pendings=1)
             mbarrier.arrive(st_empty.index((j - 1) % STATE_SLOTS), count=1)

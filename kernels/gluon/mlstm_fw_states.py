@@ -5,8 +5,8 @@ Same inputs and outputs as ``launch_fw_states``: a program owns a ``BK x BV`` ti
 ``BK`` slice of ``n``) of one head and walks the chunks in order. A 1-warp load partition streams each chunk's ``k``
 and ``v`` in ``BL``-token slices through a ring of ``STAGES`` pairs of buffers, across chunk boundaries, so the loads
 of the next chunk are in flight while this one is multiplied. One consumer warpgroup keeps ``C`` in registers (the
-wgmma accumulator), and per chunk writes the state before it (TMA store from one of two shared buffers, so a store
-is in flight while the next chunk runs), moves the stabilizer and decays ``C`` and ``n``, then per slice scales ``k``
+wgmma accumulator), and per chunk writes the state before it (TMA store from one of ``STORE_BUFS`` shared buffers:
+with two, a store is in flight while the next chunk runs; one leaves room for a ``v`` slice of 256 columns), moves the stabilizer and decays ``C`` and ``n``, then per slice scales ``k``
 by each token's weight ``w_t = exp(g - b_t + i_t - m)`` in registers and adds ``(k w)^T v`` (``(k w)^T`` the wgmma's
 register operand, ``v`` from the ring; the products chained asynchronously, one in flight). The consumer's global
 loads (the gates of the next slice, the next chunk's last gate and mLSTMexp's chunk max) are issued a step before
@@ -80,6 +80,7 @@ def _compute_partition(k_bufs, v_bufs, c_smem, fix_ready, ready, empty, C_D, GAT
     tokens: gl.constexpr = gl.SliceLayout(1, k_layout)
     gates: gl.constexpr = gl.BlockedLayout([1], [32], [num_warps], [0]) if PACKED_GATES else tokens
 
+    store_bufs: gl.constexpr = c_smem.type.shape[0] // consumers
     offs_k, mask_k, mask_kv, tile = state_tile(k0, v0, DHQK, DHHV, BK, BV, c_layout)
     if HAS_INIT:
         C = gl.load(C0 + bh * DHQK * DHHV + tile, mask=mask_kv, other=0.0).to(gl.float32)
@@ -102,9 +103,9 @@ def _compute_partition(k_bufs, v_bufs, c_smem, fix_ready, ready, empty, C_D, GAT
     if EXP:
         chunk_max_next = gl.load(CHUNK_MAX + bh * NC)
     for c in range(NC):
-        # The state before chunk c out (two shared buffers in turn, so its store overlaps the chunk).
+        # The state before chunk c out (with two shared buffers in turn its store overlaps the next chunk too).
         st = bh * (NC + 1) + c
-        store_tile(C, c_smem.index((c % 2) * consumers + W), C_D, bh * NC + c, k0, v0)
+        store_tile(C, c_smem.index((c % store_bufs) * consumers + W), C_D, bh * NC + c, k0, v0, store_bufs - 1)
         if pid_v == 0:
             gl.store(N_ST + st * DHQK + offs_k, n, mask=mask_k)
             if k_tile == 0:
@@ -140,7 +141,11 @@ def _compute_partition(k_bufs, v_bufs, c_smem, fix_ready, ready, empty, C_D, GAT
         C = drain_products(C, empty, c * n_slices + n_slices - 1)
     tma.store_wait(pendings=0)
     st = bh * (NC + 1) + NC
-    gl.store(C_LAST + bh * DHQK * DHHV + tile, C, mask=mask_kv)
+    # The tile's offsets and mask made again here, not held through the walk (at BV 256 they spill); written
+    # otherwise than state_tile's, so that the compiler does not merge them with those the initial state used.
+    offs_v = v0 + gl.arange(0, BV, layout=gl.SliceLayout(0, c_layout))
+    last = C_LAST + bh * DHQK * DHHV + offs_v[None, :] + (offs_k * DHHV)[:, None]
+    gl.store(last, C, mask=(offs_v < DHHV)[None, :] & mask_k[:, None])
     if pid_v == 0:
         gl.store(N_ST + st * DHQK + offs_k, n, mask=mask_k)
         if k_tile == 0:
@@ -171,12 +176,13 @@ def fw_states_kernel(
     STAGES: gl.constexpr,
     CONSUMERS: gl.constexpr,
     PACKED_GATES: gl.constexpr,
+    STORE_BUFS: gl.constexpr,
     num_warps: gl.constexpr,
 ):
     """Grid ``(cdiv(DHQK, CONSUMERS * BK), cdiv(DHHV, BV), BH)``: ``CONSUMERS`` (1 or 2) warpgroups a program, each
     owning ``BK`` rows of its state tile and sharing the ``v`` slices. Descriptors over ``(heads, rows, cols)`` with
     blocks ``[1, rows, cols]``: ``K_D`` (BL x BK over ``k``), ``V_D`` (BL x BV over ``v``), ``C_D`` (BK x BV over
-    the ``BH * NC`` chunk states, the state dtype); ``N_ST, M_ST`` (fp32, ``NC + 1`` a head), ``C_LAST`` (fp32, the
+    the ``BH * NC`` chunk states, the state dtype; ``STORE_BUFS`` (1 or 2) shared buffers a consumer for them); ``N_ST, M_ST`` (fp32, ``NC + 1`` a head), ``C_LAST`` (fp32, the
     state after the last chunk); ``C0, N0, M0`` the initial states where ``HAS_INIT``; ``CHUNK_MAX`` (fp32, ``NC`` a
     head: each chunk's max of ``i - b``, read where ``EXP``). ``L`` (the chunk size, a multiple of ``BL``) is not a
     constexpr: one compile serves every chunk size."""
@@ -190,7 +196,7 @@ def fw_states_kernel(
 
     k_bufs = gl.allocate_shared_memory(K_D.dtype, [STAGES * CONSUMERS, 1, BL, BK], K_D.layout)
     v_bufs = gl.allocate_shared_memory(V_D.dtype, [STAGES, 1, BL, BV], V_D.layout)
-    c_smem = gl.allocate_shared_memory(C_D.dtype, [2 * CONSUMERS, 1, BK, BV], C_D.layout)  # two: a store in flight
+    c_smem = gl.allocate_shared_memory(C_D.dtype, [STORE_BUFS * CONSUMERS, 1, BK, BV], C_D.layout)
     fix_ready, ready, empty = ring_barriers(STAGES, CONSUMERS)
 
     # The partitions are written out in each branch: Gluon takes them only as literal (function, args) tuples.
@@ -256,13 +262,17 @@ def launch_args(
     stages: int = 4,
     consumers: int = 1,
     packed_gates: bool = False,
+    store_bufs: int = 2,
 ) -> tuple[Any, tuple[int, int, int], dict[str, Any], dict[str, Any]]:
     """What ``launch_fw_states`` launches on the tensors ``kernels.mlstm.chunk_fw.launch_fw_states`` takes (in its
     order; no tiles): the kernel, its grid, its runtime arguments and its constexprs, by name. ``bl``: tokens a ring
     stage; ``bk, bv``: the state tile a consumer warpgroup owns; ``stages``: ring depth; ``consumers``: warpgroups a
     program (1 or 2; two own ``2 * bk`` rows and share each ``v`` slice); ``packed_gates``: the gates loaded one token
-    a thread (``_compute_partition``). ``ValueError`` from ``check``."""
+    a thread (``_compute_partition``); ``store_bufs``: shared buffers a consumer for the chunk states' stores (1 or 2).
+    ``ValueError`` from ``check`` or for ``store_bufs``."""
     check(k, chunk_size, bl, bk, bv, consumers)
+    if store_bufs not in (1, 2):
+        raise ValueError(f"the Gluon fw_states takes store_bufs 1 or 2; got {store_bufs}")
     dhqk, dhhv = k.shape[-1], v.shape[-1]
     bh, nc = c_st.shape[:2]
     args = {
@@ -290,6 +300,7 @@ def launch_args(
         "STAGES": stages,
         "CONSUMERS": consumers,
         "PACKED_GATES": packed_gates,
+        "STORE_BUFS": store_bufs,
         "num_warps": 4,
     }
     return fw_states_kernel, (triton.cdiv(dhqk, consumers * bk), triton.cdiv(dhhv, bv), bh), args, constexprs

@@ -31,13 +31,14 @@ def state_tile(k0, v0, DHQK, DHHV, BK: gl.constexpr, BV: gl.constexpr, layout: g
 
 
 @gluon.jit
-def store_tile(x, buf, desc, row, k0, v0):
+def store_tile(x, buf, desc, row, k0, v0, PENDING: gl.constexpr):
     """The fp32 tile ``x`` out to ``desc[row, k0:, v0:]`` in its dtype, through the shared buffer ``buf`` (``[1, BK,
-    BV]``) by TMA. The caller takes two buffers in turn: the store that last used ``buf`` has left it once at most
-    one store is pending, so the walk goes on while the previous chunk's store is in flight."""
+    BV]``) by TMA, once at most ``PENDING`` stores are in flight. With two buffers taken in turn (``PENDING`` 1) the
+    store that last used ``buf`` has then left it, so the walk goes on while the previous chunk's store is in
+    flight; with one (``PENDING`` 0) every earlier store has."""
     BK: gl.constexpr = buf.type.shape[1]
     BV: gl.constexpr = buf.type.shape[2]
-    tma.store_wait(pendings=1)
+    tma.store_wait(pendings=PENDING)
     buf.reshape([BK, BV]).store(x.to(desc.dtype))
     fence_async_shared()
     compat.tma_store(desc, [row, k0, v0], buf)
