@@ -12,7 +12,6 @@ import torch
 
 from kernels.gluon import mlstm_fw_output as fwo
 from kernels.gluon import support, ws_matmul
-from kernels.gluon.config import fw_states_options
 from kernels.mlstm.sm90_compile import ptxas_usage
 
 # The Gluon output kernels by their launch options (``launch_args``): plain or warp-specialized (1 or 2 consumer
@@ -254,7 +253,7 @@ CASES = {
                 512,
                 False,
                 **(
-                    {**fw_states_options(256, 512, 128).kwargs(), "packed_gates": False}  # type: ignore[union-attr]
+                    dict(bl=128, bv=128, stages=2, consumers=2)
                     if bv == 128
                     else dict(bl=64, bv=bv, stages=3, consumers=2)
                 ),
@@ -263,10 +262,21 @@ CASES = {
         for exp in (True, False)
         for bv in (64, 128)
     },
-    # the backend's options: the gates loaded one token a thread
+    # the gates loaded one token a thread; two consumers with 256-column tiles (64-token slices 3 deep, one store
+    # buffer a consumer: what fits)
     **{
         f"fw_states {'exp' if exp else 'sig'} ws2 bv128 packed": (
-            lambda exp=exp: fw_states_case(exp, 256, 512, False, **fw_states_options(256, 512, 128).kwargs())  # type: ignore[union-attr]
+            lambda exp=exp: fw_states_case(
+                exp, 256, 512, False, bl=128, bv=128, stages=2, consumers=2, packed_gates=True
+            )
+        )
+        for exp in (True, False)
+    },
+    **{
+        f"fw_states {'exp' if exp else 'sig'} ws2 bv256 one store buffer": (
+            lambda exp=exp: fw_states_case(
+                exp, 256, 512, False, bl=64, bv=256, stages=3, consumers=2, packed_gates=True, store_bufs=1
+            )
         )
         for exp in (True, False)
     },

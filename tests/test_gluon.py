@@ -161,8 +161,18 @@ def test_fw_states_lowers_to_warp_specialized_wgmma_in_hopper_shared_memory(vari
 
 
 @pytest.mark.parametrize("variant", ["exp", "sig"])
+def test_fw_states_takes_256_columns_without_spills(variant: str) -> None:
+    """The state kernel at the 7B head dims with two consumers of 256-column tiles (a ``64 x 256`` wgmma): their
+    64-token slices 3 deep beside one store buffer each within sm_90's shared memory, and no registers spilled (the
+    last state's offsets are made after the walk: held through it they spilled 576 bytes a thread)."""
+    facts = _case(f"fw_states {variant} ws2 bv256 one store buffer")
+    assert facts["wgmma"].startswith("wgmma.mma_async.sync.aligned.m64n256k16"), facts
+    assert facts["shared"] <= HOPPER_SMEM_BYTES and facts["spill_bytes"] == 0, facts
+
+
+@pytest.mark.parametrize("variant", ["exp", "sig"])
 def test_fw_states_with_packed_gates_spills_less(variant: str) -> None:
-    """The backend's options (two consumers, 128-token slices) with the gates loaded one token a thread: the same
+    """Two consumers with 128-token slices and the gates loaded one token a thread: the same
     kernel in the same shared memory, and fewer registers spilled than with the gates held by every thread of a
     ``k`` row (Triton 3.6: 12 / 20 bytes against 188)."""
     rows, packed = _case(f"fw_states {variant} ws2 bv128"), _case(f"fw_states {variant} ws2 bv128 packed")
