@@ -28,7 +28,10 @@ def test_the_measured_shapes_get_the_fastest_measured_options() -> None:
     # v25, v29, v30: the state kernels with two consumers and 128-token slices (the forward's gates packed), the
     # forward's up to chunk 256 (Triton's from 512 on), the backward's up to 1024
     walk = StateWalkOptions(bl=128, bv=128, stages=2, consumers=2)
-    assert fw_states_options(256, 512, 128) == fw_states_options(256, 512, 256) == FwStatesOptions(128, 128, 2, 2, True)
+    assert fw_states_options(128, 256, 128) == fw_states_options(128, 256, 256) == FwStatesOptions(128, 128, 2, 2, True)
+    # v33: at the 7B head dims the forward's tiles are 256 columns wide (64-token slices, one store buffer)
+    wide = FwStatesOptions(64, 256, 3, 2, True, store_bufs=1)
+    assert fw_states_options(256, 512, 128) == fw_states_options(256, 512, 256) == wide
     assert bw_states_options(256, 512, 128) == bw_states_options(256, 512, 256) == walk
     assert bw_states_options(256, 512, 512) == bw_states_options(256, 512, 1024) == walk
     assert fw_states_options(256, 512, 512) is fw_states_options(256, 512, 1024) is None

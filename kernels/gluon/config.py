@@ -128,6 +128,9 @@ class FwStatesOptions(StateWalkOptions):
     store_bufs: int = 2
 
 
+# The forward state kernel's 256-column tiles from this padded q/k head dim on (v33: timed at the 7B head dims; at
+# the paper's, 128 / 256, they would halve the grid to one program a head and were not timed).
+WIDE_STATE_MIN_DHQK = 256
 GLUON_STATES_MAX_CHUNK = 256  # from chunk 512 on the Triton state kernel runs (v25: even at 1024)
 # The Gluon state-gradient walk at every chunk the backend runs (v29: 0.73..0.91x of Triton's up to 1024; v30: its
 # float64 GPU test passes at 512 and 1024).
@@ -149,10 +152,17 @@ def fw_states_options(dhqk: int, dhhv: int, chunk_size: int) -> FwStatesOptions 
     """Options of the Gluon state kernel, or ``None`` where the Triton one runs (chunks over
     ``GLUON_STATES_MAX_CHUNK``): ``_state_walk``'s, the gates packed (v25, v29: H100, 7B, S 8192, against the
     Triton kernel's time: chunk 128 sig / exp 0.87x / 0.83x packed, 0.95x / 0.91x not; 256 0.85x either way; at
-    1024 1.00x / 1.06x not packed)."""
+    1024 1.00x / 1.06x not packed); from a padded q/k head dim of ``WIDE_STATE_MIN_DHQK`` and a v head dim of 256
+    on, 256-column tiles (v33)."""
     if chunk_size > GLUON_STATES_MAX_CHUNK:
         return None
-    return FwStatesOptions(**asdict(_state_walk(dhqk, dhhv, chunk_size)), packed_gates=True)
+    walk = _state_walk(dhqk, dhhv, chunk_size)
+    if walk.consumers == 2 and _padded(dhqk) >= WIDE_STATE_MIN_DHQK and _padded(dhhv) >= 256:
+        # a program's state tile 128 x 256: each k slice read through L2 half as often as at 128 columns, in 64-token
+        # slices 3 deep beside one store buffer a consumer (what fits in shared memory). v33, H100, 7B, S 8192, sig,
+        # the kernel alone against the 128-column tiles: 0.79x at chunk 256, 0.88x at 128
+        return FwStatesOptions(bl=64, bv=256, stages=3, consumers=2, packed_gates=True, store_bufs=1)
+    return FwStatesOptions(**asdict(walk), packed_gates=True)
 
 
 @cache
