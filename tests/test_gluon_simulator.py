@@ -590,6 +590,10 @@ def test_fw_states_refuses_what_it_cannot_take() -> None:
     ):
         with pytest.raises(ValueError, match=match):
             mlstm_fw_states.check(bad, chunk, *tiles)
+    from tests.gluon_cases import fw_states_tensors
+
+    with pytest.raises(ValueError, match="store_bufs 1 or 2; got 3"):
+        mlstm_fw_states.launch_args(*fw_states_tensors(64, 64, 128, 64), 64, False, store_bufs=3)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

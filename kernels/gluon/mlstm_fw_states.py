@@ -6,9 +6,10 @@ Same inputs and outputs as ``launch_fw_states``: a program owns a ``BK x BV`` ti
 and ``v`` in ``BL``-token slices through a ring of ``STAGES`` pairs of buffers, across chunk boundaries, so the loads
 of the next chunk are in flight while this one is multiplied. One consumer warpgroup keeps ``C`` in registers (the
 wgmma accumulator), and per chunk writes the state before it (TMA store from one of ``STORE_BUFS`` shared buffers:
-with two, a store is in flight while the next chunk runs; one leaves room for a ``v`` slice of 256 columns), moves the stabilizer and decays ``C`` and ``n``, then per slice scales ``k``
-by each token's weight ``w_t = exp(g - b_t + i_t - m)`` in registers and adds ``(k w)^T v`` (``(k w)^T`` the wgmma's
-register operand, ``v`` from the ring; the products chained asynchronously, one in flight). The consumer's global
+with two, a store is in flight while the next chunk runs; one leaves room for a ``v`` slice of 256 columns), moves
+the stabilizer and decays ``C`` and ``n``, then per slice scales ``k`` by each token's weight
+``w_t = exp(g - b_t + i_t - m)`` in registers and adds ``(k w)^T v`` (``(k w)^T`` the wgmma's register operand,
+``v`` from the ring; the products chained asynchronously, one in flight). The consumer's global
 loads (the gates of the next slice, the next chunk's last gate and mLSTMexp's chunk max) are issued a step before
 they are used: this walk is serial, and a load waited for where it is issued cost ~2.3x the kernel's time
 (docs/performance.md v24).
@@ -182,8 +183,8 @@ def fw_states_kernel(
     """Grid ``(cdiv(DHQK, CONSUMERS * BK), cdiv(DHHV, BV), BH)``: ``CONSUMERS`` (1 or 2) warpgroups a program, each
     owning ``BK`` rows of its state tile and sharing the ``v`` slices. Descriptors over ``(heads, rows, cols)`` with
     blocks ``[1, rows, cols]``: ``K_D`` (BL x BK over ``k``), ``V_D`` (BL x BV over ``v``), ``C_D`` (BK x BV over
-    the ``BH * NC`` chunk states, the state dtype; ``STORE_BUFS`` (1 or 2) shared buffers a consumer for them); ``N_ST, M_ST`` (fp32, ``NC + 1`` a head), ``C_LAST`` (fp32, the
-    state after the last chunk); ``C0, N0, M0`` the initial states where ``HAS_INIT``; ``CHUNK_MAX`` (fp32, ``NC`` a
+    the ``BH * NC`` chunk states, the state dtype; ``STORE_BUFS`` (1 or 2) shared buffers a consumer for them);
+    ``N_ST, M_ST`` (fp32, ``NC + 1`` a head), ``C_LAST`` (fp32, the state after the last chunk); ``C0, N0, M0`` the initial states where ``HAS_INIT``; ``CHUNK_MAX`` (fp32, ``NC`` a
     head: each chunk's max of ``i - b``, read where ``EXP``). ``L`` (the chunk size, a multiple of ``BL``) is not a
     constexpr: one compile serves every chunk size."""
     BL: gl.constexpr = K_D.block_type.shape[1]
