@@ -20,7 +20,8 @@
 #                      the backend's options with the gates in the k tile's rows and packed (or the tiles of
 #                      STATES_TILES, gluon_time.py's --gluon, at the ring depths of STATES_STAGES), then its GPU test
 #   gluon_bw_states (300) the Gluon state-gradient kernel: its times against Triton's (scripts/gluon_time.py --kernel
-#                      bw_states, 7B, S 8192, sig and exp) at the chunks of CHUNKS (default "128 256"), then its GPU tests
+#                      bw_states, 7B, S 8192, sig and exp) at the chunks of CHUNKS (default "128 256"), its default
+#                      tiles or those of BW_STATES_TILES at the ring depths of STATES_STAGES, then its GPU tests
 #   pytest_gpu (300)   pytest -m gpu tests (every GPU test)
 #   profile (240)      bench profile of both backends' sig fwbw (7B, S 8192) at each chunk of CHUNKS (default 512): every
 #                      kernel's time against its floor at the peaks measured on this GPU
@@ -112,7 +113,10 @@ run_step() {  # the commands of one step (a subshell, so that `timeout` can cut 
       $py -m pytest -m gpu -q -rs -p no:cacheprovider tests/test_gluon.py -k fw_states ;;
     gluon_bw_states)
       for chunk in ${CHUNKS:-128 256}; do
-        for variant in sig exp; do $py scripts/gluon_time.py --kernel bw_states --chunk $chunk --variant $variant; done
+        for variant in sig exp; do
+          $py scripts/gluon_time.py --kernel bw_states --chunk $chunk --variant $variant \
+            ${BW_STATES_TILES:+--gluon "$BW_STATES_TILES"} ${STATES_STAGES:+--stages "$STATES_STAGES"}
+        done
       done
       $py -m pytest -m gpu -q -rs -p no:cacheprovider tests/test_gluon.py -k bw_states ;;
     fused)  # the one-pass inference forward's options (FUSED_OPTIONS_7B / _PAPER) against the two-pass forward

@@ -185,11 +185,16 @@ def bw_states_runs(a: argparse.Namespace, x: list[torch.Tensor], tiles: object) 
     }
     for bl, _, bv, _, _, _, consumers, _, _ in a.gluon:
         for stages in a.stages or (2, 3):
-            options = {"bl": bl, "bv": bv, "stages": stages, "consumers": consumers}
-            runs[f"gluon ws{consumers} BL={bl} BK=64 BV={bv} stages={stages}"] = lambda out, options=options: (
-                out[:, 0].zero_(),
-                mlstm_bw_states.launch_bw_states(*tensors, out, *scratch, has_dlast, chunk, exp, **options),
-            )
+            # two forward state slots a consumer where they fit in shared memory (two consumers of 256 columns: one)
+            for slots in (2, 1) if bv * consumers < 512 else (1,):
+                options = {"bl": bl, "bv": bv, "stages": stages, "consumers": consumers, "state_slots": slots}
+                name = f"gluon ws{consumers} BL={bl} BK=64 BV={bv} stages={stages}" + (
+                    " one slot" if slots == 1 else ""
+                )
+                runs[name] = lambda out, options=options: (
+                    out[:, 0].zero_(),
+                    mlstm_bw_states.launch_bw_states(*tensors, out, *scratch, has_dlast, chunk, exp, **options),
+                )
     return runs, dc_st
 
 

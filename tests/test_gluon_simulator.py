@@ -607,6 +607,9 @@ def test_fw_states_refuses_what_it_cannot_take() -> None:
         (256, 64, 128, 128, dict(bl=128, bv=128, stages=2, consumers=1)),
         (600, 128, 64, 256, dict(bl=128, bv=64, stages=2, consumers=2)),
         (700, 128, 64, 512, dict(bl=128, bv=64, stages=2, consumers=2)),  # four slices a chunk, as the backend's 512
+        # one forward state slot a consumer (what two consumers of 256 columns fit), head dims inside the tile
+        (300, 128, 200, 128, dict(bl=64, bv=256, stages=3, consumers=2, state_slots=1)),
+        (200, 64, 64, 64, dict(bl=64, bv=64, stages=2, consumers=1, state_slots=1)),  # one slice a chunk
     ],
 )
 def test_bw_states_matches_float64(
@@ -646,6 +649,14 @@ def test_bw_states_matches_float64(
         ):
             assert not got.isnan().any(), f"{landing}: {name} has unwritten elements"
             assert err < bound, f"{landing}: {name} against float64: {err:.2e}"
+
+
+def test_bw_states_refuses_state_slots_outside_one_and_two() -> None:
+    from kernels.gluon import mlstm_bw_states
+    from tests.gluon_cases import bw_states_tensors
+
+    with pytest.raises(ValueError, match="state_slots 1 or 2; got 0"):
+        mlstm_bw_states.launch_args(*bw_states_tensors(64, 64, 256, 128), False, 128, False, state_slots=0)
 
 
 def test_bw_states_keeps_tiny_factors_in_float16() -> None:

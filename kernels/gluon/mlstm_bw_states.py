@@ -42,9 +42,7 @@ from kernels.gluon.intra_chunk import (
     mma_layout,
     ring_barriers,
 )
-from kernels.gluon.state_walk import chain_product, drain_products, state_tile, store_tile
-
-STATE_SLOTS = gl.constexpr(2)  # forward state tiles: the next chunk's loading while this one's slot stores dC
+from kernels.gluon.state_walk import chain_product, drain_products, state_tile, store_tile, store_walked_tile
 
 
 @gluon.jit
@@ -77,6 +75,7 @@ def _compute_partition(q_bufs, dh_bufs, st_bufs, ready, empty, st_ready, st_empt
     """Consumer warpgroup ``W`` of the program (module docstring), owning the gradient's rows ``k_tile * BK`` on."""
     stages: gl.constexpr = dh_bufs.type.shape[0]
     consumers: gl.constexpr = q_bufs.type.shape[0] // stages
+    state_slots: gl.constexpr = st_bufs.type.shape[0] // consumers
     BL: gl.constexpr = q_bufs.type.shape[2]
     BK: gl.constexpr = q_bufs.type.shape[3]
     BV: gl.constexpr = dh_bufs.type.shape[3]
@@ -125,17 +124,19 @@ def _compute_partition(q_bufs, dh_bufs, st_bufs, ready, empty, st_ready, st_empt
     for j in range(NC):
         c = NC - 1 - j
         st = bh * (NC + 1) + c + 1
-        # Chunk c's forward state tile in, then the gradient of the state after chunk c out through the same shared
-        # tile (read and written in one layout: every warp writes the rows it read); the previous chunk's slot goes
-        # back to the producer once its store has read it (stores complete in order: this chunk's alone pending).
-        t = j % STATE_SLOTS
-        mbarrier.wait(st_ready.index(t), (j // STATE_SLOTS) & 1)
+        # Chunk c's forward state tile in, reduced at once against dC (the forget-gate gradient's <dC, C_c> before
+        # the decay, so no second BK x BV tile stays live), then the gradient of the state after chunk c out through
+        # the same shared tile (read and written in one layout: every warp writes the rows it read). With two slots
+        # the previous chunk's slot goes back to the producer once its store has read it (stores complete in order:
+        # this chunk's alone pending).
+        t = j % state_slots
+        mbarrier.wait(st_ready.index(t), (j // state_slots) & 1)
         slot = st_bufs.index(t * consumers + W)
-        c_tile = slot.reshape([BK, BV]).load(c_layout).to(gl.float32)
-        store_tile(dC, slot, DC_D, st, k0, v0, 1)
-        if j > 0:
+        dc_dot_c = gl.sum(gl.sum(dC * slot.reshape([BK, BV]).load(c_layout).to(gl.float32), axis=1), axis=0)
+        store_tile(dC, slot, DC_D, st, k0, v0, state_slots - 1)
+        if state_slots == 2 and j > 0:
             tma.store_wait(pendings=1)
-            mbarrier.arrive(st_empty.index((j - 1) % STATE_SLOTS), count=1)
+            mbarrier.arrive(st_empty.index((j - 1) % state_slots), count=1)
         if pid_v == 0:
             gl.store(DN_ST + st * DHQK + offs_k, dn, mask=mask_k)
         g = g_next
@@ -152,7 +153,7 @@ def _compute_partition(q_bufs, dh_bufs, st_bufs, ready, empty, st_ready, st_empt
         decay = gl.exp(g + m_before - m_after)
         dC = dC * decay
         dn = dn * decay
-        x_sum = gl.sum(gl.sum(dC * c_tile, axis=1), axis=0)
+        x_sum = dc_dot_c * decay
         if pid_v == 0:
             x_sum += gl.sum(dn * n_c, axis=0)
         gl.store(x_part + c, x_sum)
@@ -187,10 +188,15 @@ def _compute_partition(q_bufs, dh_bufs, st_bufs, ready, empty, st_ready, st_empt
                 mbarrier.arrive(empty.index(s), count=1)
             else:
                 dC = chain_product(qa, dh, dC, empty, u, i == 0)
+            if state_slots == 1 and i == 0:
+                # one slot: it goes back once the store of dC out of it has read it, the first slice's product
+                # issued meanwhile; the producer then loads the next chunk's state tile while this chunk's slices run
+                tma.store_wait(pendings=0)
+                mbarrier.arrive(st_empty.index(0), count=1)
         if not SCALED:
             dC = drain_products(dC, empty, j * n_slices + n_slices - 1)
     tma.store_wait(pendings=0)
-    gl.store(DC_FIRST + bh * DHQK * DHHV + tile, dC, mask=mask_kv)
+    store_walked_tile(DC_FIRST + bh * DHQK * DHHV, dC, offs_k, mask_k, v0, DHHV, BV, c_layout)
     if pid_v == 0:
         gl.store(DN_ST + bh * (NC + 1) * DHQK + offs_k, dn, mask=mask_k)
 
@@ -224,6 +230,7 @@ def bw_states_kernel(
     HAS_DLAST: gl.constexpr,
     STAGES: gl.constexpr,
     CONSUMERS: gl.constexpr,
+    STATE_SLOTS: gl.constexpr,
     num_warps: gl.constexpr,
 ):
     """Grid ``(cdiv(DHQK, CONSUMERS * BK), NV, BH)``, ``NV = cdiv(DHHV, BV)``. Descriptors over ``(heads, rows,
@@ -311,11 +318,16 @@ def launch_args(
     bv: int = 128,
     stages: int = 2,
     consumers: int = 2,
+    state_slots: int = 2,
 ) -> tuple[Any, tuple[int, int, int], dict[str, Any], dict[str, Any]]:
     """What ``launch_bw_states`` launches on the tensors ``kernels.mlstm.chunk_bw.launch_bw_states`` takes (in its
     order; no tiles): the kernel, its grid, its runtime arguments (``X_PART`` allocated here) and its constexprs, by
-    name. Options as ``mlstm_fw_states.launch_args``' (``state_walk.check``). ``ValueError`` from ``check``."""
+    name. Options as ``mlstm_fw_states.launch_args``' (``state_walk.check``); ``state_slots``: shared slots a consumer
+    for the forward state tiles (1 or 2; two let the next chunk's tile load while this one's slot stores ``dC``).
+    ``ValueError`` from ``check`` or for ``state_slots``."""
     state_walk.check(q, chunk_size, bl, bk, bv, consumers, "bw_states")
+    if state_slots not in (1, 2):
+        raise ValueError(f"the Gluon bw_states takes state_slots 1 or 2; got {state_slots}")
     dhqk, dhhv = q.shape[-1], dh.shape[-1]
     bh, nc = c_st.shape[:2]
     grid = (triton.cdiv(dhqk, consumers * bk), triton.cdiv(dhhv, bv), bh)
@@ -344,7 +356,14 @@ def launch_args(
         "DHHV": dhhv,
         "qk_scale": dhqk**-0.5,
     }
-    constexprs = {"EXP": exp, "HAS_DLAST": has_dlast, "STAGES": stages, "CONSUMERS": consumers, "num_warps": 4}
+    constexprs = {
+        "EXP": exp,
+        "HAS_DLAST": has_dlast,
+        "STAGES": stages,
+        "CONSUMERS": consumers,
+        "STATE_SLOTS": state_slots,
+        "num_warps": 4,
+    }
     return bw_states_kernel, grid, args, constexprs
 
 

@@ -40,7 +40,7 @@ from kernels.gluon.intra_chunk import (
     mma_layout,
     ring_barriers,
 )
-from kernels.gluon.state_walk import chain_product, drain_products, state_tile, store_tile
+from kernels.gluon.state_walk import chain_product, drain_products, state_tile, store_tile, store_walked_tile
 
 
 @gluon.jit
@@ -142,11 +142,7 @@ def _compute_partition(k_bufs, v_bufs, c_smem, fix_ready, ready, empty, C_D, GAT
         C = drain_products(C, empty, c * n_slices + n_slices - 1)
     tma.store_wait(pendings=0)
     st = bh * (NC + 1) + NC
-    # The tile's offsets and mask made again here, not held through the walk (at BV 256 they spill); written
-    # otherwise than state_tile's, so that the compiler does not merge them with those the initial state used.
-    offs_v = v0 + gl.arange(0, BV, layout=gl.SliceLayout(0, c_layout))
-    last = C_LAST + bh * DHQK * DHHV + offs_v[None, :] + (offs_k * DHHV)[:, None]
-    gl.store(last, C, mask=(offs_v < DHHV)[None, :] & mask_k[:, None])
+    store_walked_tile(C_LAST + bh * DHQK * DHHV, C, offs_k, mask_k, v0, DHHV, BV, c_layout)
     if pid_v == 0:
         gl.store(N_ST + st * DHQK + offs_k, n, mask=mask_k)
         if k_tile == 0:

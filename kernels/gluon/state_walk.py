@@ -31,6 +31,16 @@ def state_tile(k0, v0, DHQK, DHHV, BK: gl.constexpr, BV: gl.constexpr, layout: g
 
 
 @gluon.jit
+def store_walked_tile(ptr, x, offs_k, mask_k, v0, DHHV, BV: gl.constexpr, layout: gl.constexpr):
+    """The fp32 tile ``x`` (``layout``) a walk ends with, stored to ``ptr`` (a ``DHQK x DHHV`` state) at rows
+    ``offs_k`` (masked by ``mask_k``) and columns ``v0`` on. Its column offsets and mask are made here, after the
+    walk, not held through it (at ``BV`` 256 they spill), and written otherwise than ``state_tile``'s, so that the
+    compiler does not merge them with those the walk's first tile used."""
+    offs_v = v0 + gl.arange(0, BV, layout=gl.SliceLayout(0, layout))
+    gl.store(ptr + offs_v[None, :] + (offs_k * DHHV)[:, None], x, mask=(offs_v < DHHV)[None, :] & mask_k[:, None])
+
+
+@gluon.jit
 def store_tile(x, buf, desc, row, k0, v0, PENDING: gl.constexpr):
     """The fp32 tile ``x`` out to ``desc[row, k0:, v0:]`` in its dtype, through the shared buffer ``buf`` (``[1, BK,
     BV]``) by TMA, once at most ``PENDING`` stores are in flight. With two buffers taken in turn (``PENDING`` 1) the
