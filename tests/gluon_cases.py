@@ -164,7 +164,8 @@ def bw_states_case(exp: bool, dtype: torch.dtype, seq: int = 256, chunk: int = 1
 
     tensors = bw_states_tensors(256, 512, seq, chunk, dtype)
     kernel, _, args, constexprs = mlstm_bw_states.launch_args(*tensors, True, chunk, exp, **options)
-    return _facts(support.compile_for(kernel, args, constexprs))
+    compiled = support.compile_for(kernel, args, constexprs)
+    return {**_facts(compiled), "spill_bytes": ptxas_usage(compiled.asm["ptx"])[1]}
 
 
 CASES = {
@@ -293,6 +294,16 @@ CASES = {
         for dt in ("bfloat16", "float16")
         for consumers in (1, 2)
     },
+    # two consumers of 256 columns: 64-token slices 3 deep beside one forward state slot each
+    **{
+        f"bw_states {'exp' if exp else 'sig'} {dt} ws2 bv256 one slot": (
+            lambda exp=exp, dt=dt: bw_states_case(
+                exp, getattr(torch, dt), bl=64, bv=256, stages=3, consumers=2, state_slots=1
+            )
+        )
+        for exp in (True, False)
+        for dt in ("bfloat16", "float16")
+    },
 }
 
 
@@ -379,7 +390,8 @@ def bw_states_against_float64(
 ) -> dict[str, tuple[float, float]]:
     """One Triton backward (fresh random inputs, 2 x 2 heads, with the last states' gradients) hands its state kernel
     its arguments (recorded); the Gluon state-gradient kernel runs on them too (one consumer, 64-token slices 3
-    deep; and two consumers, 64-token slices 3 deep or 128-token slices 2 deep, where the head dim holds two tiles).
+    deep; and two consumers, 64-token slices 3 deep or 128-token slices 2 deep, where the head dim holds two tiles;
+    and two of 256 columns with one forward state slot each, where the v head dim holds 256).
     Returns, per output and Gluon option set, ``(Gluon's, Triton's)`` error against ``state_grads_reference`` in
     float64 (relative; the forget-gate parts' by ``forget_gate_parts_error``): on a real backward (normalized,
     unequal ``inv_den``) both round the factors' products to 16 bits in a different order, so Gluon is judged by
@@ -426,7 +438,8 @@ def bw_states_against_float64(
     triton_errors = errors(dc_st, dn_st, dc_first, x_part)
     out = {}
     two = (dict(bl=64, stages=3, consumers=2), dict(bl=min(128, chunk), stages=2, consumers=2)) if dqk > 64 else ()
-    for options in (dict(bl=64, stages=3, consumers=1), *two):
+    wide = (dict(bl=64, bv=256, stages=3, consumers=2, state_slots=1),) if dqk > 64 and dv >= 256 else ()
+    for options in (dict(bl=64, stages=3, consumers=1), *two, *wide):
         got = [torch.full_like(t, float("nan")) for t in (dc_st, dn_st, dc_first)]
         parts = mlstm_bw_states.launch_bw_states(*tensors, *got, has_dlast, chunk, exp, **options)
         for name, err in errors(*got, parts).items():

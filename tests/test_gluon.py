@@ -170,6 +170,21 @@ def test_fw_states_takes_256_columns_without_spills(variant: str) -> None:
     assert facts["shared"] <= HOPPER_SMEM_BYTES and facts["spill_bytes"] == 0, facts
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("variant", ["exp", "sig"])
+def test_bw_states_takes_256_columns_and_spills_nothing_at_128(variant: str, dtype: str) -> None:
+    """The state-gradient walk at the 7B head dims: with two consumers of 128 columns (the backend's tiles) no
+    register spilled (``<dC, C_c>`` reduced as ``C_c`` is read; held as a second tile it spilled 224..508 bytes);
+    with two of 256 columns (a ``64 x 256`` wgmma) 64-token slices 3 deep beside one forward state slot each within
+    sm_90's shared memory, and at most a few registers spilled (32..92 bytes with Triton 3.6; 2444 with fp16's
+    scaled products in an accumulator of their own)."""
+    narrow = _case(f"bw_states {variant} {dtype} ws2")
+    wide = _case(f"bw_states {variant} {dtype} ws2 bv256 one slot")
+    assert narrow["spill_bytes"] == 0, narrow
+    assert wide["wgmma"].startswith("wgmma.mma_async.sync.aligned.m64n256k16"), wide
+    assert wide["shared"] <= HOPPER_SMEM_BYTES and wide["spill_bytes"] <= 128, wide
+
+
 @pytest.mark.parametrize("variant", ["exp", "sig"])
 def test_fw_states_with_packed_gates_spills_less(variant: str) -> None:
     """Two consumers with 128-token slices and the gates loaded one token a thread: the same
