@@ -7,9 +7,9 @@ import pytest
 from kernels.gluon import mlstm_bw_dv, mlstm_bw_states, mlstm_fw_output, mlstm_fw_states
 from kernels.gluon.config import (
     BwDvOptions,
+    BwStatesOptions,
     FwOutputOptions,
     FwStatesOptions,
-    StateWalkOptions,
     bw_dv_options,
     bw_states_options,
     fw_output_options,
@@ -27,17 +27,19 @@ def test_the_measured_shapes_get_the_fastest_measured_options() -> None:
     assert fw_output_options(256, 512, 64).consumers == bw_dv_options(256, 512, 64).consumers == 1  # one 64-row tile
     # v25, v29, v30: the state kernels with two consumers and 128-token slices (the forward's gates packed), the
     # forward's up to chunk 256 (Triton's from 512 on), the backward's up to 1024
-    walk = StateWalkOptions(bl=128, bv=128, stages=2, consumers=2)
     assert fw_states_options(128, 256, 128) == fw_states_options(128, 256, 256) == FwStatesOptions(128, 128, 2, 2, True)
-    # v33: at the 7B head dims the forward's tiles are 256 columns wide (64-token slices, one store buffer)
+    assert bw_states_options(128, 256, 128) == bw_states_options(128, 256, 1024) == BwStatesOptions(128, 128, 2, 2)
+    # v33, v34: at the 7B head dims both walks' tiles are 256 columns wide (64-token slices 3 deep; the forward's
+    # with one store buffer a consumer, the backward's with one forward state slot)
     wide = FwStatesOptions(64, 256, 3, 2, True, store_bufs=1)
     assert fw_states_options(256, 512, 128) == fw_states_options(256, 512, 256) == wide
-    assert bw_states_options(256, 512, 128) == bw_states_options(256, 512, 256) == walk
-    assert bw_states_options(256, 512, 512) == bw_states_options(256, 512, 1024) == walk
+    wide_grads = BwStatesOptions(64, 256, 3, 2, state_slots=1)
+    assert bw_states_options(256, 512, 128) == bw_states_options(256, 512, 256) == wide_grads
+    assert bw_states_options(256, 512, 512) == bw_states_options(256, 512, 1024) == wide_grads
     assert fw_states_options(256, 512, 512) is fw_states_options(256, 512, 1024) is None
     assert bw_states_options(256, 512, 2048) is None
     assert fw_states_options(64, 64, 64) == FwStatesOptions(64, 64, 3, 1, True)  # one 64-row tile, 64-token slices
-    assert bw_states_options(64, 64, 64) == StateWalkOptions(64, 64, 3, 1)
+    assert bw_states_options(64, 64, 64) == BwStatesOptions(64, 64, 3, 1)
 
 
 @pytest.mark.parametrize("chunk", [64, 128, 192, 256, 1024])

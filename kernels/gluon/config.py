@@ -128,13 +128,27 @@ class FwStatesOptions(StateWalkOptions):
     store_bufs: int = 2
 
 
-# The forward state kernel's 256-column tiles from this padded q/k head dim on (v33: timed at the 7B head dims; at
+@dataclass(frozen=True)
+class BwStatesOptions(StateWalkOptions):
+    """``kernels.gluon.mlstm_bw_states.launch_args``' options: a state walk's, and ``state_slots`` the shared slots a
+    consumer for the forward state tiles (two: the next chunk's tile loads while this one's slot stores ``dC``)."""
+
+    state_slots: int = 2
+
+
+# The state walks' 256-column tiles from this padded q/k head dim on (v33: timed at the 7B head dims; at
 # the paper's, 128 / 256, they would halve the grid to one program a head and were not timed).
 WIDE_STATE_MIN_DHQK = 256
 GLUON_STATES_MAX_CHUNK = 256  # from chunk 512 on the Triton state kernel runs (v25: even at 1024)
 # The Gluon state-gradient walk at every chunk the backend runs (v29: 0.73..0.91x of Triton's up to 1024; v30: its
 # float64 GPU test passes at 512 and 1024).
 GLUON_BW_STATES_MAX_CHUNK = 1024
+
+
+def _wide_states(walk: StateWalkOptions, dhqk: int, dhhv: int) -> bool:
+    """Whether a state walk takes 256-column tiles: two consumer warpgroups, a padded q/k head dim of at least
+    ``WIDE_STATE_MIN_DHQK`` and a v head dim of at least 256."""
+    return walk.consumers == 2 and _padded(dhqk) >= WIDE_STATE_MIN_DHQK and _padded(dhhv) >= 256
 
 
 def _state_walk(dhqk: int, dhhv: int, chunk_size: int) -> StateWalkOptions:
@@ -157,7 +171,7 @@ def fw_states_options(dhqk: int, dhhv: int, chunk_size: int) -> FwStatesOptions 
     if chunk_size > GLUON_STATES_MAX_CHUNK:
         return None
     walk = _state_walk(dhqk, dhhv, chunk_size)
-    if walk.consumers == 2 and _padded(dhqk) >= WIDE_STATE_MIN_DHQK and _padded(dhhv) >= 256:
+    if _wide_states(walk, dhqk, dhhv):
         # a program's state tile 128 x 256: each k slice read through L2 half as often as at 128 columns, in 64-token
         # slices 3 deep beside one store buffer a consumer (what fits in shared memory). v33, H100, 7B, S 8192, sig,
         # the kernel alone against the 128-column tiles: 0.79x at chunk 256, 0.88x at 128
@@ -166,11 +180,15 @@ def fw_states_options(dhqk: int, dhhv: int, chunk_size: int) -> FwStatesOptions 
 
 
 @cache
-def bw_states_options(dhqk: int, dhhv: int, chunk_size: int) -> StateWalkOptions | None:
+def bw_states_options(dhqk: int, dhhv: int, chunk_size: int) -> BwStatesOptions | None:
     """Options of the Gluon state-gradient kernel, or ``None`` where the Triton one runs (chunks over
     ``GLUON_BW_STATES_MAX_CHUNK``): ``_state_walk``'s (v29: H100, 7B, S 8192, against the Triton kernel's time:
     chunk 128 sig / exp 0.79x / 0.77x, 256 0.75x / 0.73x, 512 0.87x / 0.83x, 1024 0.91x / 0.88x; 64-token slices in
-    a ring of 3 0.88x / 0.86x at 128)."""
+    a ring of 3 0.88x / 0.86x at 128); where the forward state kernel takes 256-column tiles, the same here (v34)."""
     if chunk_size > GLUON_BW_STATES_MAX_CHUNK:
         return None
-    return _state_walk(dhqk, dhhv, chunk_size)
+    walk = _state_walk(dhqk, dhhv, chunk_size)
+    if _wide_states(walk, dhqk, dhhv):
+        # each q slice read through L2 half as often; one forward state slot a consumer is what fits beside the ring
+        return BwStatesOptions(bl=64, bv=256, stages=3, consumers=2, state_slots=1)
+    return BwStatesOptions(**asdict(walk))
