@@ -42,8 +42,8 @@ def test_every_run_writes_what_the_triton_kernel_writes(kernel: str) -> None:
     )
     runs, expected = script.RUNS[kernel](a, x, tiles)
     # dq / dk: products synchronous and one in flight; fw_states: the gates in the k tile's rows, packed, and packed
-    # with one store buffer
-    ways = {"bw_dq": 2, "bw_dk": 2, "fw_states": 3}.get(kernel, 1)
+    # with one store buffer; bw_states: two forward state slots a consumer and one (the tiles' 64 columns fit both)
+    ways = {"bw_dq": 2, "bw_dk": 2, "fw_states": 3, "bw_states": 2}.get(kernel, 1)
     per_tile = ways * (len(a.stages) if ring else 1)
     assert len(runs) == 1 + len(a.gluon) * per_tile
     if kernel in ("bw_dq", "bw_dk"):  # the default: one run per option set at the deepest ring
