@@ -184,11 +184,7 @@ def bw_states_options(dhqk: int, dhhv: int, chunk_size: int) -> BwStatesOptions 
     """Options of the Gluon state-gradient kernel, or ``None`` where the Triton one runs (chunks over
     ``GLUON_BW_STATES_MAX_CHUNK``): ``_state_walk``'s (v29: H100, 7B, S 8192, against the Triton kernel's time:
     chunk 128 sig / exp 0.79x / 0.77x, 256 0.75x / 0.73x, 512 0.87x / 0.83x, 1024 0.91x / 0.88x; 64-token slices in
-    a ring of 3 0.88x / 0.86x at 128); where the forward state kernel takes 256-column tiles, the same here (v34)."""
+    a ring of 3 0.88x / 0.86x at 128). Its 256-column tiles (``state_slots=1``, v34) are not taken until timed."""
     if chunk_size > GLUON_BW_STATES_MAX_CHUNK:
         return None
-    walk = _state_walk(dhqk, dhhv, chunk_size)
-    if _wide_states(walk, dhqk, dhhv):
-        # each q slice read through L2 half as often; one forward state slot a consumer is what fits beside the ring
-        return BwStatesOptions(bl=64, bv=256, stages=3, consumers=2, state_slots=1)
-    return BwStatesOptions(**asdict(walk))
+    return BwStatesOptions(**asdict(_state_walk(dhqk, dhhv, chunk_size)))
