@@ -29,13 +29,14 @@ def test_the_measured_shapes_get_the_fastest_measured_options() -> None:
     # forward's up to chunk 256 (Triton's from 512 on), the backward's up to 1024
     assert fw_states_options(128, 256, 128) == fw_states_options(128, 256, 256) == FwStatesOptions(128, 128, 2, 2, True)
     assert bw_states_options(128, 256, 128) == bw_states_options(128, 256, 1024) == BwStatesOptions(128, 128, 2, 2)
-    # v33: at the 7B head dims the forward's tiles are 256 columns wide (64-token slices, one store buffer); the
-    # backward's stay at 128 until their 256-column option (v34) is timed
+    # v33, v34: at the 7B head dims the forward's tiles are 256 columns wide (64-token slices 3 deep, one store
+    # buffer), and the backward's at chunk 256 (one forward state slot a consumer); its other chunks were not timed
     wide = FwStatesOptions(64, 256, 3, 2, True, store_bufs=1)
     assert fw_states_options(256, 512, 128) == fw_states_options(256, 512, 256) == wide
+    assert bw_states_options(256, 512, 256) == BwStatesOptions(64, 256, 3, 2, state_slots=1)
     walk = BwStatesOptions(128, 128, 2, 2)
-    assert bw_states_options(256, 512, 128) == bw_states_options(256, 512, 256) == walk
-    assert bw_states_options(256, 512, 512) == bw_states_options(256, 512, 1024) == walk
+    assert bw_states_options(256, 512, 128) == bw_states_options(256, 512, 512) == walk
+    assert bw_states_options(256, 512, 1024) == walk
     assert fw_states_options(256, 512, 512) is fw_states_options(256, 512, 1024) is None
     assert bw_states_options(256, 512, 2048) is None
     assert fw_states_options(64, 64, 64) == FwStatesOptions(64, 64, 3, 1, True)  # one 64-row tile, 64-token slices

@@ -139,6 +139,9 @@ class BwStatesOptions(StateWalkOptions):
 # The state walks' 256-column tiles from this padded q/k head dim on (v33: timed at the 7B head dims; at
 # the paper's, 128 / 256, they would halve the grid to one program a head and were not timed).
 WIDE_STATE_MIN_DHQK = 256
+# The chunks at which the state-gradient walk takes them (v34, H100, 7B, S 8192, the kernel alone against the
+# 128-column tiles: 0.89x sig, 0.90x exp at chunk 256; 128, 512 and 1024 not timed).
+WIDE_BW_STATES_CHUNKS = frozenset({256})
 GLUON_STATES_MAX_CHUNK = 256  # from chunk 512 on the Triton state kernel runs (v25: even at 1024)
 # The Gluon state-gradient walk at every chunk the backend runs (v29: 0.73..0.91x of Triton's up to 1024; v30: its
 # float64 GPU test passes at 512 and 1024).
@@ -184,7 +187,12 @@ def bw_states_options(dhqk: int, dhhv: int, chunk_size: int) -> BwStatesOptions 
     """Options of the Gluon state-gradient kernel, or ``None`` where the Triton one runs (chunks over
     ``GLUON_BW_STATES_MAX_CHUNK``): ``_state_walk``'s (v29: H100, 7B, S 8192, against the Triton kernel's time:
     chunk 128 sig / exp 0.79x / 0.77x, 256 0.75x / 0.73x, 512 0.87x / 0.83x, 1024 0.91x / 0.88x; 64-token slices in
-    a ring of 3 0.88x / 0.86x at 128). Its 256-column tiles (``state_slots=1``, v34) are not taken until timed."""
+    a ring of 3 0.88x / 0.86x at 128); where the forward state kernel takes 256-column tiles, the same here at the
+    chunk where they were timed (``WIDE_BW_STATES_CHUNKS``)."""
     if chunk_size > GLUON_BW_STATES_MAX_CHUNK:
         return None
-    return BwStatesOptions(**asdict(_state_walk(dhqk, dhhv, chunk_size)))
+    walk = _state_walk(dhqk, dhhv, chunk_size)
+    if _wide_states(walk, dhqk, dhhv) and chunk_size in WIDE_BW_STATES_CHUNKS:
+        # each q slice read through L2 half as often; one forward state slot a consumer is what fits beside the ring
+        return BwStatesOptions(bl=64, bv=256, stages=3, consumers=2, state_slots=1)
+    return BwStatesOptions(**asdict(walk))
