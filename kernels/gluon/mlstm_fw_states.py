@@ -180,9 +180,10 @@ def fw_states_kernel(
     owning ``BK`` rows of its state tile and sharing the ``v`` slices. Descriptors over ``(heads, rows, cols)`` with
     blocks ``[1, rows, cols]``: ``K_D`` (BL x BK over ``k``), ``V_D`` (BL x BV over ``v``), ``C_D`` (BK x BV over
     the ``BH * NC`` chunk states, the state dtype; ``STORE_BUFS`` (1 or 2) shared buffers a consumer for them);
-    ``N_ST, M_ST`` (fp32, ``NC + 1`` a head), ``C_LAST`` (fp32, the state after the last chunk); ``C0, N0, M0`` the initial states where ``HAS_INIT``; ``CHUNK_MAX`` (fp32, ``NC`` a
-    head: each chunk's max of ``i - b``, read where ``EXP``). ``L`` (the chunk size, a multiple of ``BL``) is not a
-    constexpr: one compile serves every chunk size."""
+    ``N_ST, M_ST`` (fp32, ``NC + 1`` a head), ``C_LAST`` (fp32, the state after the last chunk); ``C0, N0, M0``
+    the initial states where ``HAS_INIT``; ``CHUNK_MAX`` (fp32, ``NC`` a head: each chunk's max of ``i - b``, read
+    where ``EXP``). ``L`` (the chunk size, a multiple of ``BL``) is not a constexpr: one compile serves every chunk
+    size."""
     BL: gl.constexpr = K_D.block_type.shape[1]
     BK: gl.constexpr = K_D.block_type.shape[2]
     BV: gl.constexpr = V_D.block_type.shape[2]
