@@ -4,14 +4,15 @@ for Hopper, warp-specialized: ``kernels.gluon.mlstm_fw_states``' walk run backwa
 Same inputs and outputs as ``launch_bw_states``: a program's consumer warpgroups each own a ``BK x BV`` tile of the
 state gradient ``dC`` (and the ``BK`` slice of ``dn``) of one head and walk the chunks from the last. A 1-warp load
 partition streams each chunk's ``q`` (per consumer, its ``BK`` columns) and ``dh`` in ``BL``-token slices through a
-ring of ``STAGES`` stages, and each chunk's forward state tile ``C_c`` through a ring of two. At each chunk a consumer
-reads ``C_c`` and writes the gradient of the state after it into the same shared tile, which a TMA store takes out
-(the slot goes back to the producer once that store has read it, at the next chunk: no store buffers of their own,
-so two consumers fit with 128-token slices), decays ``dC, dn`` over the chunk, adds its tile's part of the
-forget-gate gradient ``<dC, C_c> + <dn, n_c>`` to ``X_PART``, then per slice adds
-``(q a)^T dh`` (``a_t = exp(b_t + m_c - m_t) * qk_scale / den_t``; the wgmma's register operand, ``dh`` from the ring,
-chained asynchronously one in flight) and ``sum(q w dz)`` to ``dn``. Its global loads (per-token gates and factors,
-each chunk's gate, stabilizers and ``n_c``) are issued a step before their use, as in ``mlstm_fw_states`` (v24).
+ring of ``STAGES`` stages, and each chunk's forward state tile ``C_c`` through a ring of ``STATE_SLOTS`` (two, or
+one where two consumers of 256 columns must fit). At each chunk a consumer reads ``C_c`` and writes the gradient of
+the state after it into the same shared tile, which a TMA store takes out (the slot goes back to the producer once
+that store has read it: no store buffers of their own, so two consumers fit with 128-token slices), decays ``dC,
+dn`` over the chunk, adds its tile's part of the forget-gate gradient ``<dC, C_c> + <dn, n_c>`` to ``X_PART``, then
+per slice adds ``(q a)^T dh`` (``a_t = exp(b_t + m_c - m_t) * qk_scale / den_t``; the wgmma's register operand,
+``dh`` from the ring, chained asynchronously one in flight) and ``sum(q w dz)`` to ``dn``. Its global loads
+(per-token gates and factors, each chunk's gate, stabilizers and ``n_c``) are issued a step before their use, as in
+``mlstm_fw_states`` (v24).
 
 float16 inputs: the per-token factors go onto ``q`` scaled to the slice's largest (fp16's exponent range;
 ``_add_grad_slice`` of the Triton kernel), and the product accumulates, synchronously, into ``dC`` divided by that
@@ -49,7 +50,7 @@ from kernels.gluon.state_walk import chain_product, drain_products, state_tile, 
 @gluon.jit
 def _load_partition(Q_D, DH_D, C_D, q_bufs, dh_bufs, st_bufs, ready, empty, st_ready, st_empty, bh, k0, v0, NC, L):
     """The producer, walking the chunks from the last: chunk ``c``'s forward state tile per consumer into state slot
-    ``j % 2`` (``j`` the walk's step), then its ``BL``-token slices of ``dh`` and, per consumer, of its ``BK`` columns
+    ``j % STATE_SLOTS`` (``j`` the walk's step), then its ``BL``-token slices of ``dh`` and, per consumer, of its ``BK`` columns
     of ``q`` into the ring, each stage once every consumer has freed it."""
     BL: gl.constexpr = q_bufs.type.shape[2]
     BK: gl.constexpr = q_bufs.type.shape[3]
@@ -241,7 +242,8 @@ def bw_states_kernel(
     gradients, written at ``1..NC`` of a head); fp32 ``GATE_B, INV_DEN, DZ, M_TOK`` (``SP`` a head), ``N_ST, M_ST``
     (``NC + 1`` a head), ``DN_ST`` (written at ``0..NC``), ``DC_FIRST`` (the initial state's gradient), ``X_PART``
     (``CONSUMERS * cdiv(DHQK, CONSUMERS * BK) * NV`` tiles x ``BH`` x ``NC``); ``DC_LAST, DN_LAST`` the last states'
-    gradients where ``HAS_DLAST``. ``L`` (a multiple of ``BL``) is not a constexpr."""
+    gradients where ``HAS_DLAST``; ``STATE_SLOTS`` (1 or 2) shared slots a consumer for the ``C_D`` tiles. ``L`` (a
+    multiple of ``BL``) is not a constexpr."""
     BL: gl.constexpr = Q_D.block_type.shape[1]
     BK: gl.constexpr = Q_D.block_type.shape[2]
     BV: gl.constexpr = DH_D.block_type.shape[2]
