@@ -237,9 +237,9 @@ def fw_states_kernel(
     invalidate_ring(fix_ready, ready, empty)
 
 
-def check(k: Any, chunk_size: int, bl: int, bk: int, bv: int, consumers: int = 1) -> None:
+def check(k: Any, chunk_size: int, bl: int, bk: int, bv: int, consumers: int = 1, store_bufs: int = 2) -> None:
     """``state_walk.check`` for this kernel."""
-    state_walk.check(k, chunk_size, bl, bk, bv, consumers, "fw_states")
+    state_walk.check(k, chunk_size, bl, bk, bv, consumers, "fw_states", ("store_bufs", store_bufs))
 
 
 def launch_args(
@@ -267,10 +267,8 @@ def launch_args(
     stage; ``bk, bv``: the state tile a consumer warpgroup owns; ``stages``: ring depth; ``consumers``: warpgroups a
     program (1 or 2; two own ``2 * bk`` rows and share each ``v`` slice); ``packed_gates``: the gates loaded one token
     a thread (``_compute_partition``); ``store_bufs``: shared buffers a consumer for the chunk states' stores (1 or 2).
-    ``ValueError`` from ``check`` or for ``store_bufs``."""
-    check(k, chunk_size, bl, bk, bv, consumers)
-    if store_bufs not in (1, 2):
-        raise ValueError(f"the Gluon fw_states takes store_bufs 1 or 2; got {store_bufs}")
+    ``ValueError`` from ``check``."""
+    check(k, chunk_size, bl, bk, bv, consumers, store_bufs)
     dhqk, dhhv = k.shape[-1], v.shape[-1]
     bh, nc = c_st.shape[:2]
     args = {
