@@ -122,5 +122,6 @@ def test_rows_record_the_backend_and_gluon_rows_are_not_a_crash(tmp_path: Path) 
     }
     assert bw_dq_dk_options(256, 512, 1024).kwargs() == {"num_warps": 4, "async_mma": True}
     assert bw_dq_dk_options(256, 512, 256).kwargs() == {"num_warps": 4, "async_mma": False}
-    assert fw_states_options(256, 512, 1024) is None  # the Triton state kernel from chunk 512 on
+    assert fw_states_options(128, 256, 1024) is None  # the Triton state kernel from chunk 512 on at 128 columns
+    assert fw_states_options(256, 512, 1024) is not None  # the 256-column Gluon one up to chunk 1024
     assert bw_states_options(256, 512, 1024) is not None  # the Gluon state-gradient kernel up to chunk 1024

@@ -266,7 +266,8 @@ def test_bw_dq_dk_match_the_triton_kernels(
 @pytest.mark.parametrize("init", [False, True])
 @pytest.mark.parametrize("variant", ["exp", "sig"])
 @pytest.mark.parametrize(
-    ("seq", "dqk", "dv", "chunk"), [(700, 256, 512, 128), (1300, 256, 512, 256), (640, 128, 256, 64)]
+    ("seq", "dqk", "dv", "chunk"),
+    [(700, 256, 512, 128), (1300, 256, 512, 256), (640, 128, 256, 64), (1300, 256, 512, 512), (2300, 256, 512, 1024)],
 )
 def test_fw_states_matches_the_triton_kernel(
     variant: str, init: bool, seq: int, dqk: int, dv: int, chunk: int, compiled_kernels: None,

@@ -26,19 +26,20 @@ def test_the_measured_shapes_get_the_fastest_measured_options() -> None:
     assert bw_dv_options(128, 256, 128) == BwDvOptions(64, 64, 256, True, 2)
     assert fw_output_options(256, 512, 64).consumers == bw_dv_options(256, 512, 64).consumers == 1  # one 64-row tile
     # v25, v29, v30: the state kernels with two consumers and 128-token slices (the forward's gates packed), the
-    # forward's up to chunk 256 (Triton's from 512 on), the backward's up to 1024
+    # forward's up to chunk 256 (Triton's from 512 on) where the tiles are not wide, the backward's up to 1024
     assert fw_states_options(128, 256, 128) == fw_states_options(128, 256, 256) == FwStatesOptions(128, 128, 2, 2, True)
     assert bw_states_options(128, 256, 128) == bw_states_options(128, 256, 1024) == BwStatesOptions(128, 128, 2, 2)
-    # v33, v34: at the 7B head dims the forward's tiles are 256 columns wide (64-token slices 3 deep, one store
-    # buffer), and the backward's at chunk 256 (one forward state slot a consumer); its other chunks were not timed
+    assert fw_states_options(128, 256, 512) is None
+    # v33..v35: at the 7B head dims both walks take 256-column tiles (64-token slices 3 deep; the forward one store
+    # buffer a consumer, the backward one forward state slot), the forward up to chunk 1024, the backward from 256 on
     wide = FwStatesOptions(64, 256, 3, 2, True, store_bufs=1)
-    assert fw_states_options(256, 512, 128) == fw_states_options(256, 512, 256) == wide
-    assert bw_states_options(256, 512, 256) == BwStatesOptions(64, 256, 3, 2, state_slots=1)
-    walk = BwStatesOptions(128, 128, 2, 2)
-    assert bw_states_options(256, 512, 128) == bw_states_options(256, 512, 512) == walk
-    assert bw_states_options(256, 512, 1024) == walk
-    assert fw_states_options(256, 512, 512) is fw_states_options(256, 512, 1024) is None
-    assert bw_states_options(256, 512, 2048) is None
+    wide_bw = BwStatesOptions(64, 256, 3, 2, state_slots=1)
+    for chunk in (128, 256, 512, 1024):
+        assert fw_states_options(256, 512, chunk) == wide
+    for chunk in (256, 512, 1024):
+        assert bw_states_options(256, 512, chunk) == wide_bw
+    assert bw_states_options(256, 512, 128) == BwStatesOptions(128, 128, 2, 2)  # v35: wide there 1.02x
+    assert fw_states_options(256, 512, 2048) is bw_states_options(256, 512, 2048) is None
     assert fw_states_options(64, 64, 64) == FwStatesOptions(64, 64, 3, 1, True)  # one 64-row tile, 64-token slices
     assert bw_states_options(64, 64, 64) == BwStatesOptions(64, 64, 3, 1)
 

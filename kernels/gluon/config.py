@@ -139,10 +139,14 @@ class BwStatesOptions(StateWalkOptions):
 # The state walks' 256-column tiles from this padded q/k head dim on (v33: timed at the 7B head dims; at
 # the paper's, 128 / 256, they would halve the grid to one program a head and were not timed).
 WIDE_STATE_MIN_DHQK = 256
-# The chunks at which the state-gradient walk takes them (v34, H100, 7B, S 8192, the kernel alone against the
-# 128-column tiles: 0.89x sig, 0.90x exp at chunk 256; 128, 512 and 1024 not timed).
-WIDE_BW_STATES_CHUNKS = frozenset({256})
-GLUON_STATES_MAX_CHUNK = 256  # from chunk 512 on the Triton state kernel runs (v25: even at 1024)
+# The chunks at which the walks take them (v33..v35: H100, 7B, S 8192, the kernels alone). The forward state kernel
+# up to 1024: 0.88x / 0.79x of the 128-column tiles at chunk 128 / 256, 0.61x / 0.60x of the Triton kernel at
+# 512 / 1024. The state-gradient walk from 256 on: 0.89x / 0.71x / 0.65x of the 128-column tiles at 256 / 512 /
+# 1024; at 128 1.02x (most likely the store of dC that its one forward state slot waits for, every two slices).
+WIDE_STATES_MAX_CHUNK = 1024
+WIDE_BW_STATES_MIN_CHUNK = 256
+# The 128-column forward state kernel up to this chunk; over it the Triton one (v25: 1.00x / 1.06x at 1024)
+GLUON_STATES_MAX_CHUNK = 256
 # The Gluon state-gradient walk at every chunk the backend runs (v29: 0.73..0.91x of Triton's up to 1024; v30: its
 # float64 GPU test passes at 512 and 1024).
 GLUON_BW_STATES_MAX_CHUNK = 1024
@@ -166,19 +170,18 @@ def _state_walk(dhqk: int, dhhv: int, chunk_size: int) -> StateWalkOptions:
 
 @cache
 def fw_states_options(dhqk: int, dhhv: int, chunk_size: int) -> FwStatesOptions | None:
-    """Options of the Gluon state kernel, or ``None`` where the Triton one runs (chunks over
-    ``GLUON_STATES_MAX_CHUNK``): ``_state_walk``'s, the gates packed (v25, v29: H100, 7B, S 8192, against the
-    Triton kernel's time: chunk 128 sig / exp 0.87x / 0.83x packed, 0.95x / 0.91x not; 256 0.85x either way; at
-    1024 1.00x / 1.06x not packed); from a padded q/k head dim of ``WIDE_STATE_MIN_DHQK`` and a v head dim of 256
-    on, 256-column tiles (v33)."""
+    """Options of the Gluon state kernel, or ``None`` where the Triton one runs. From a padded q/k head dim of
+    ``WIDE_STATE_MIN_DHQK`` and a v head dim of 256 on, 256-column tiles up to ``WIDE_STATES_MAX_CHUNK`` (v33, v35);
+    otherwise ``_state_walk``'s with the gates packed up to ``GLUON_STATES_MAX_CHUNK`` (v25, v29: H100, 7B, S 8192,
+    against the Triton kernel's time: chunk 128 sig / exp 0.87x / 0.83x packed, 0.95x / 0.91x not; 256 0.85x either
+    way)."""
+    walk = _state_walk(dhqk, dhhv, chunk_size)
+    if _wide_states(walk, dhqk, dhhv) and chunk_size <= WIDE_STATES_MAX_CHUNK:
+        # a program's state tile 128 x 256: each k slice read through L2 half as often as at 128 columns, in 64-token
+        # slices 3 deep beside one store buffer a consumer (what fits in shared memory)
+        return FwStatesOptions(bl=64, bv=256, stages=3, consumers=2, packed_gates=True, store_bufs=1)
     if chunk_size > GLUON_STATES_MAX_CHUNK:
         return None
-    walk = _state_walk(dhqk, dhhv, chunk_size)
-    if _wide_states(walk, dhqk, dhhv):
-        # a program's state tile 128 x 256: each k slice read through L2 half as often as at 128 columns, in 64-token
-        # slices 3 deep beside one store buffer a consumer (what fits in shared memory). v33, H100, 7B, S 8192, sig,
-        # the kernel alone against the 128-column tiles: 0.79x at chunk 256, 0.88x at 128
-        return FwStatesOptions(bl=64, bv=256, stages=3, consumers=2, packed_gates=True, store_bufs=1)
     return FwStatesOptions(**asdict(walk), packed_gates=True)
 
 
@@ -187,12 +190,12 @@ def bw_states_options(dhqk: int, dhhv: int, chunk_size: int) -> BwStatesOptions 
     """Options of the Gluon state-gradient kernel, or ``None`` where the Triton one runs (chunks over
     ``GLUON_BW_STATES_MAX_CHUNK``): ``_state_walk``'s (v29: H100, 7B, S 8192, against the Triton kernel's time:
     chunk 128 sig / exp 0.79x / 0.77x, 256 0.75x / 0.73x, 512 0.87x / 0.83x, 1024 0.91x / 0.88x; 64-token slices in
-    a ring of 3 0.88x / 0.86x at 128); where the forward state kernel takes 256-column tiles, the same here at the
-    chunk where they were timed (``WIDE_BW_STATES_CHUNKS``)."""
+    a ring of 3 0.88x / 0.86x at 128); where the forward state kernel takes 256-column tiles, the same here from
+    ``WIDE_BW_STATES_MIN_CHUNK`` on (v34, v35)."""
     if chunk_size > GLUON_BW_STATES_MAX_CHUNK:
         return None
     walk = _state_walk(dhqk, dhhv, chunk_size)
-    if _wide_states(walk, dhqk, dhhv) and chunk_size in WIDE_BW_STATES_CHUNKS:
+    if _wide_states(walk, dhqk, dhhv) and chunk_size >= WIDE_BW_STATES_MIN_CHUNK:
         # each q slice read through L2 half as often; one forward state slot a consumer is what fits beside the ring
         return BwStatesOptions(bl=64, bv=256, stages=3, consumers=2, state_slots=1)
     return BwStatesOptions(**asdict(walk))
