@@ -386,8 +386,9 @@ def profile(
 ) -> None:
     """Where one pass of each kernel spends its time: device time per pass of every CUDA kernel it launches (on
     the CPU: self time per operator); for kernels whose spec splits its work (ours), each part against its
-    floor, the longer of its FLOPs at the matmul peak and its bytes at the copy bandwidth. Exit 1 when a kernel
-    could not be profiled, 2 on unusable input."""
+    floor, the longer of its FLOPs at the matmul peak and its bytes at the copy bandwidth; on the GPU, the span of
+    a pass against the time kernels ran (its idle share). Exit 1 when a kernel could not be profiled, 2 on unusable
+    input."""
     from bench import measure
     from bench.problem import MODES, Problem
     from bench.profile import floors
@@ -422,11 +423,12 @@ def profile(
             failed.append(spec.name)
             continue
         try:
-            times = run_profile(spec, run_on, passes)
+            profiled = run_profile(spec, run_on, passes)
         except Exception as e:  # noqa: BLE001 - a kernel that fails is reported, the others still run
             err.print(f"[red]{spec.name}: {type(e).__name__}: {escape(measure._first_line(e))}[/red]")
             failed.append(spec.name)
             continue
+        times = profiled.times
         unit = "CUDA kernel" if dev == "cuda" else "CPU operator (self time)"
         table = Table(title=f"bench profile: {spec.name} {run_on}, {passes} passes")
         for col in (unit, "calls / pass", "us / pass", "share"):
@@ -440,6 +442,11 @@ def profile(
             table.add_row(f"({len(rest)} more)", "", f"{sum(t.us for t in rest):.1f}", "")
         table.add_row("total", "", f"{total:.1f}", "100%")
         console.print(table)
+        if (line := profiled.timeline) is not None:  # what a timed row holds beyond its kernels: the GPU's idle time
+            console.print(
+                f"GPU per pass: span {line.span_us:.1f} us, busy {line.busy_us:.1f} us, "
+                f"idle {line.idle_us:.1f} us ({line.idle_us / (line.span_us or 1.0):.0%})"
+            )
         if spec.kernel_work is not None:
             if dev == "cuda" and (peak_tflops is None or peak_gbs is None):
                 from bench.envinfo import measure_peaks

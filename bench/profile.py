@@ -86,9 +86,50 @@ def floors(times: Sequence[KernelTime], work: Sequence[Work], peak_tflops: float
     return out
 
 
-def kernel_times(run: Callable[[], Any], passes: int, device: str = "cuda") -> list[KernelTime]:
-    """Time per pass of everything ``run`` launches, over ``passes`` calls after one warm-up call (which compiles),
-    largest first. ``device``: ``cuda`` splits by CUDA kernel, ``cpu`` by operator (self time)."""
+@dataclass(frozen=True)
+class Timeline:
+    """The GPU's occupancy over profiled passes, per pass (us): ``span_us`` from the first device activity's start
+    to the last one's end, divided by the passes (so the gaps between passes count, as they do in a sweep's timed
+    repetitions); ``busy_us`` the time at least one kernel, copy or fill ran."""
+
+    span_us: float
+    busy_us: float
+
+    @property
+    def idle_us(self) -> float:
+        """The span's time with nothing running on the GPU: launch gaps and host work the GPU waited for."""
+        return self.span_us - self.busy_us
+
+
+def timeline(intervals: Sequence[tuple[float, float]], passes: int) -> Timeline | None:
+    """``Timeline`` of device activities given as ``(start, end)`` in us (overlapping ones, e.g. on two streams,
+    counted once), or ``None`` without any."""
+    if not intervals:
+        return None
+    busy, reach = 0.0, None
+    for start, end in sorted(intervals):
+        if reach is None or start > reach:
+            busy += end - start
+            reach = end
+        elif end > reach:
+            busy += end - reach
+            reach = end
+    span = max(end for _, end in intervals) - min(start for start, _ in intervals)
+    return Timeline(span / passes, busy / passes)
+
+
+@dataclass(frozen=True)
+class PassProfile:
+    """What ``profile_passes`` saw: each kernel's (or CPU operator's) time per pass, largest first, and the GPU's
+    ``Timeline`` (``None`` on the CPU, whose operators nest)."""
+
+    times: list[KernelTime]
+    timeline: Timeline | None
+
+
+def profile_passes(run: Callable[[], Any], passes: int, device: str = "cuda") -> PassProfile:
+    """Time per pass of everything ``run`` launches, over ``passes`` calls after one warm-up call (which compiles).
+    ``device``: ``cuda`` splits by CUDA kernel, ``cpu`` by operator (self time)."""
     import torch
 
     if passes < 1:
@@ -109,11 +150,25 @@ def kernel_times(run: Callable[[], Any], passes: int, device: str = "cuda") -> l
             total = e.self_cpu_time_total
         if total > 0:
             out.append(KernelTime(e.key, e.count / passes, total / passes))
-    return sorted(out, key=lambda k: -k.us)
+    spans = device_intervals(prof.events()) if device == "cuda" else []
+    return PassProfile(sorted(out, key=lambda k: -k.us), timeline(spans, passes))
 
 
-def profile(spec: KernelSpec, problem: Problem, passes: int = 3) -> list[KernelTime]:
-    """``kernel_times`` of one sweep step of ``spec`` on ``problem`` (its mode: fw, bw or fwbw). Gradients are
+def device_intervals(events: Sequence[Any]) -> list[tuple[float, float]]:
+    """``(start, end)`` in us of the profiler events that ran on the GPU (``torch.profiler``'s ``FunctionEvent``:
+    ``device_type`` CUDA)."""
+    from torch.autograd import DeviceType
+
+    return [(e.time_range.start, e.time_range.end) for e in events if e.device_type == DeviceType.CUDA]
+
+
+def kernel_times(run: Callable[[], Any], passes: int, device: str = "cuda") -> list[KernelTime]:
+    """``profile_passes``' times alone."""
+    return profile_passes(run, passes, device).times
+
+
+def profile(spec: KernelSpec, problem: Problem, passes: int = 3) -> PassProfile:
+    """``profile_passes`` of one sweep step of ``spec`` on ``problem`` (its mode: fw, bw or fwbw). Gradients are
     reset before each pass, as the timers reset them between repetitions: otherwise every pass after the first
     adds its gradients to the last ones' (one elementwise kernel per input, which the timed step never runs)."""
     inputs = spec.make_inputs(problem)
@@ -124,7 +179,7 @@ def profile(spec: KernelSpec, problem: Problem, passes: int = 3) -> list[KernelT
             x.grad = None
         step()
 
-    return kernel_times(one_pass, passes, problem.device)
+    return profile_passes(one_pass, passes, problem.device)
 
 
 def tfla_pass(inputs: list[Any], dh: Any, variant: str, chunk: int, tiles: Any = None) -> list[Any]:

@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from bench.problem import Problem
-from bench.profile import kernel_times, profile
+from bench.profile import Timeline, device_intervals, kernel_times, profile, timeline
 from bench.registry import KernelSpec, get
 from cli import app
 
@@ -15,11 +15,13 @@ runner = CliRunner()
 
 def test_a_pass_splits_into_its_operators() -> None:
     spec = get("reference.mlstm_sig_parallel")
-    times = profile(spec, Problem(1, 2, 64, 32, 32, dtype="float32", mode="fwbw", device="cpu"), passes=2)
+    profiled = profile(spec, Problem(1, 2, 64, 32, 32, dtype="float32", mode="fwbw", device="cpu"), passes=2)
+    times = profiled.times
     names = {t.name for t in times}
     assert "aten::bmm" in names or "aten::matmul" in names  # the parallel form's products
     assert all(t.us > 0 and t.calls > 0 for t in times)
     assert [t.us for t in times] == sorted((t.us for t in times), reverse=True)
+    assert profiled.timeline is None  # CPU operators nest: no timeline of them
 
 
 def test_passes_do_not_accumulate_gradients() -> None:
@@ -37,7 +39,7 @@ def test_passes_do_not_accumulate_gradients() -> None:
         devices=("cpu",),
     )
     problem = Problem(1, 1, 64, 32, 32, dtype="float32", mode="fwbw", device="cpu")
-    names = {t.name for t in profile(spec, problem, passes=3)}
+    names = {t.name for t in profile(spec, problem, passes=3).times}
     assert "aten::mul" in names
     assert "aten::add_" not in names, sorted(names)
 
@@ -50,6 +52,27 @@ def test_calls_per_pass_are_counted_per_pass() -> None:
     assert times["aten::mm"].calls == pytest.approx(2.0)
     with pytest.raises(ValueError, match="--passes"):
         kernel_times(lambda: None, passes=0, device="cpu")
+
+
+def test_the_timeline_counts_overlaps_once_and_gaps_as_idle() -> None:
+    """Two passes: kernels at 0..10 and 5..12 (overlapping, two streams), 20..30, then 40..45 after a host gap."""
+    line = timeline([(20.0, 30.0), (0.0, 10.0), (5.0, 12.0), (40.0, 45.0), (41.0, 42.0)], passes=2)
+    assert line == Timeline(span_us=22.5, busy_us=13.5)
+    assert line.idle_us == pytest.approx(9.0)
+    assert timeline([(3.0, 4.0)], passes=1) == Timeline(1.0, 1.0)
+    assert timeline([], passes=3) is None
+
+
+def test_only_gpu_events_make_the_timeline() -> None:
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    def event(device: DeviceType, start: float, end: float) -> SimpleNamespace:
+        return SimpleNamespace(device_type=device, time_range=SimpleNamespace(start=start, end=end))
+
+    events = [event(DeviceType.CPU, 0.0, 50.0), event(DeviceType.CUDA, 2.0, 9.0), event(DeviceType.CUDA, 11.0, 12.0)]
+    assert device_intervals(events) == [(2.0, 9.0), (11.0, 12.0)]
 
 
 def test_the_command_prints_a_table_and_reports_what_it_could_not_run() -> None:
@@ -78,3 +101,18 @@ def test_bad_input_exits_2_naming_the_parameter(args: list[str], message: str) -
     assert done.exit_code == 2 and message in " ".join(done.output.split()), done.output
     unknown = runner.invoke(app, ["profile", "--kernels", "nope.kernel", "--device", "cpu"])
     assert unknown.exit_code == 2 and "nope.kernel" in unknown.output
+
+
+@pytest.mark.gpu
+def test_a_gpu_pass_has_a_timeline_within_its_span() -> None:
+    """On the GPU: the kernels' busy time is positive, within the span, and at least the largest kernel's time
+    (each pass's launches, sequential on one stream, cannot overlap)."""
+    import torch
+
+    from bench.profile import profile_passes
+
+    x = torch.randn(2048, 2048, device="cuda")
+    seen = profile_passes(lambda: torch.tanh(x @ x) @ x, passes=3, device="cuda")
+    assert seen.timeline is not None
+    assert 0 < seen.timeline.busy_us <= seen.timeline.span_us
+    assert seen.timeline.busy_us >= seen.times[0].us * 0.99
