@@ -106,16 +106,13 @@ def timeline(intervals: Sequence[tuple[float, float]], passes: int) -> Timeline 
     counted once), or ``None`` without any."""
     if not intervals:
         return None
-    busy, reach = 0.0, None
-    for start, end in sorted(intervals):
-        if reach is None or start > reach:
-            busy += end - start
+    ordered = sorted(intervals)
+    busy, reach = 0.0, ordered[0][0]  # reach: the latest end so far
+    for start, end in ordered:
+        if end > reach:
+            busy += end - max(start, reach)
             reach = end
-        elif end > reach:
-            busy += end - reach
-            reach = end
-    span = max(end for _, end in intervals) - min(start for start, _ in intervals)
-    return Timeline(span / passes, busy / passes)
+    return Timeline((reach - ordered[0][0]) / passes, busy / passes)
 
 
 @dataclass(frozen=True)

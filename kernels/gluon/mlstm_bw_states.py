@@ -329,7 +329,7 @@ def launch_args(
     name. Options as ``mlstm_fw_states.launch_args``' (``state_walk.check``); ``state_slots``: shared slots a consumer
     for the forward state tiles (1 or 2; two let the next chunk's tile load while this one's slot stores ``dC``).
     ``ValueError`` from ``state_walk.check``."""
-    state_walk.check(q, chunk_size, bl, bk, bv, consumers, "bw_states", ("state_slots", state_slots))
+    state_walk.check(q, chunk_size, bl, bk, bv, consumers, "bw_states", state_slots=state_slots)
     dhqk, dhhv = q.shape[-1], dh.shape[-1]
     bh, nc = c_st.shape[:2]
     grid = (triton.cdiv(dhqk, consumers * bk), triton.cdiv(dhhv, bv), bh)

@@ -239,7 +239,7 @@ def fw_states_kernel(
 
 def check(k: Any, chunk_size: int, bl: int, bk: int, bv: int, consumers: int = 1, store_bufs: int = 2) -> None:
     """``state_walk.check`` for this kernel."""
-    state_walk.check(k, chunk_size, bl, bk, bv, consumers, "fw_states", ("store_bufs", store_bufs))
+    state_walk.check(k, chunk_size, bl, bk, bv, consumers, "fw_states", store_bufs=store_bufs)
 
 
 def launch_args(

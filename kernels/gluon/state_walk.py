@@ -78,23 +78,14 @@ def drain_products(acc, empty, u):
     return acc
 
 
-def check(
-    k: Any,
-    chunk_size: int,
-    bl: int,
-    bk: int,
-    bv: int,
-    consumers: int,
-    kernel: str,
-    buffers: tuple[str, int] | None = None,
-) -> None:
+def check(k: Any, chunk_size: int, bl: int, bk: int, bv: int, consumers: int, kernel: str, **buffers: int) -> None:
     """``ValueError`` naming what the state walk ``kernel`` cannot take: 32-bit inputs, a ``BK`` other than 64 (one
     wgmma's rows), a ``BV`` that is not a power of two from 16 to 256, a token slice ``BL`` (a multiple of 16 up to
-    256) that does not divide the chunk, consumers other than 1 or 2, or ``buffers`` (an option's name and its
-    shared buffers a consumer) other than 1 or 2."""
+    256) that does not divide the chunk, consumers other than 1 or 2, or ``buffers`` (shared buffers a consumer, by
+    the kernel's option name) other than 1 or 2."""
     import torch
 
-    for name, count in [("consumers", consumers), *([buffers] if buffers else [])]:
+    for name, count in {"consumers": consumers, **buffers}.items():
         if count not in (1, 2):
             raise ValueError(f"the Gluon {kernel} takes {name} 1 or 2; got {count}")
     if k.dtype not in (torch.float16, torch.bfloat16):
