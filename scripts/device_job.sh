@@ -45,11 +45,14 @@
 #                      FUSED_OPTIONS_PAPER: chunk,BV,warps,stages;...) against the two-pass forward at chunks 128 and
 #                      256, 7B sig and exp, paper sig; then its GPU tests
 #   consttoken7b (540) bench sweep --preset consttoken7b at the sequence lengths of SEQ_LENS (default 2048,8192) and the
-#                      chunks of SWEEP_CHUNKS (default 128; e.g. 128,256,1024), the preset's kernels or those of
+#                      chunks of SWEEP_CHUNKS (default the preset's, 128; e.g. 128,256,1024), the preset's kernels or those of
 #                      SWEEP_KERNELS, after scripts/warm_autotune.py has compiled FLA's autotune candidates in WARM_PROCS
 #                      (default 6) processes
 #   consttoken (540)   the same with --preset consttoken
-#   headdim (540)      the same with --preset headdim (its one sequence length: SEQ_LENS=8192)
+#   headdim (540)      the same with --preset headdim, at the preset's sequence length and chunk unless SEQ_LENS /
+#                      SWEEP_CHUNKS say otherwise
+#   chunksize (540)    bench sweep --preset chunksize (7B, S 8192, chunks 64..4096: ours and the official kernels), the
+#                      preset's grid unless SEQ_LENS / SWEEP_CHUNKS / SWEEP_KERNELS say otherwise
 # With staged packages (../shared/gpu/README.md) run `. /tmp/stage/env.sh` first; /tmp/mamba joins PYTHONPATH here
 # once built. The machine's copy of .git can lag behind the files it got (rows then name an old commit, -dirty):
 # carry `.head.bundle` (`git bundle create .head.bundle OLD..HEAD`, OLD a commit the machine has) and HEAD moves
@@ -57,7 +60,7 @@
 set -uo pipefail
 [ $# -ge 1 ] && [ -n "${OUT:-}" ] || { sed -n '2,/^set -uo/p' "$0" | sed '$d'; exit 2; }  # the comment above
 declare -A LIMIT=([env]=30 [gluon]=360 [backends]=420 [gluon_dq]=300 [gluon_states]=300 [gluon_bw_states]=300 [fused]=360 [pytest_gpu]=300 [profile]=240 [mamba]=240 [verify]=330 [ncu]=240 [ncu_sass]=240 [ncu_bytes]=240
-  [states]=420 [states_verify]=300 [premove]=420 [plant]=300 [consttoken7b]=540 [consttoken]=540 [headdim]=540)
+  [states]=420 [states_verify]=300 [premove]=420 [plant]=300 [consttoken7b]=540 [consttoken]=540 [headdim]=540 [chunksize]=540)
 for arg in "$@"; do  # every step known and every limit a number, before anything runs
   step=${arg%%:*}
   [ -n "${LIMIT[$step]:-}" ] || { echo "device_job.sh: unknown step '$step'; steps: ${!LIMIT[*]}" >&2; exit 2; }
@@ -67,7 +70,9 @@ RESULTS=/tmp/results
 mkdir -p "$OUT" "$RESULTS"
 if [ -f .head.bundle ]; then
   printf '/.head.bundle\n/.stage*/\n/.whl/\n' >> .git/info/exclude
-  git fetch -q .head.bundle HEAD && git reset -q FETCH_HEAD && echo "HEAD: $(git log --oneline -1)"
+  # forward only: a stale bundle left in a checkout must not move that checkout's HEAD back
+  git fetch -q .head.bundle HEAD && git merge-base --is-ancestor HEAD FETCH_HEAD && git reset -q FETCH_HEAD \
+    && echo "HEAD: $(git log --oneline -1)"
 fi
 [ -d /tmp/mamba ] && export PYTHONPATH=/tmp/mamba${PYTHONPATH:+:$PYTHONPATH}
 py=${PYTHON:-python3}
@@ -184,9 +189,11 @@ run_step() {  # the commands of one step (a subshell, so that `timeout` can cut 
       $py cli.py verify --kernels tfla.mlstm_sig,tfla.mlstm_exp --shape 2,2,2048,128,128 --chunk-size 64,128,256 --jobs 4 ;;
     premove) $py cli.py check --against 2e403e8 --run ci --out "$RESULTS/premove.parquet" ;;
     plant) bash scripts/gate_noise/run.sh "$OUT/gate" 0 ;;  # OUT/gate/: plant.parquet, plant.txt, exit_codes.txt
-    consttoken7b|consttoken|headdim)  # FLA's autotune candidates compiled by 6 processes first (a cold chunk_gla fwbw took >6.9 min)
-      $py scripts/warm_autotune.py --preset "$1" --kernels 'fla.*' --seq-len "${SEQ_LENS:-2048,8192}" --procs "${WARM_PROCS:-6}"
-      $py cli.py sweep --preset "$1" --seq-len "${SEQ_LENS:-2048,8192}" --chunk-size "${SWEEP_CHUNKS:-128}" \
+    consttoken7b|consttoken|headdim|chunksize)  # FLA's autotune candidates compiled by 6 processes first (a cold chunk_gla fwbw took >6.9 min)
+      local seqs=${SEQ_LENS:-}
+      [[ $1 == consttoken* ]] && seqs=${seqs:-2048,8192}  # the const-token presets' lengths run 512..65536: two unless told
+      [ "$1" = chunksize ] || $py scripts/warm_autotune.py --preset "$1" --kernels 'fla.*' ${seqs:+--seq-len "$seqs"} --procs "${WARM_PROCS:-6}"
+      $py cli.py sweep --preset "$1" ${seqs:+--seq-len "$seqs"} ${SWEEP_CHUNKS:+--chunk-size "$SWEEP_CHUNKS"} \
         ${SWEEP_KERNELS:+--kernels "$SWEEP_KERNELS"} --retry timeout --out "$RESULTS/$1.parquet" ;;
   esac
 }

@@ -125,3 +125,28 @@ def test_rows_record_the_backend_and_gluon_rows_are_not_a_crash(tmp_path: Path) 
     assert fw_states_options(128, 256, 1024) is None  # the Triton state kernel from chunk 512 on at 128 columns
     assert fw_states_options(256, 512, 1024) is not None  # the 256-column Gluon one up to chunk 1024
     assert bw_states_options(256, 512, 1024) is not None  # the Gluon state-gradient kernel up to chunk 1024
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the case of a machine without a CUDA GPU")
+def test_cuda_rows_on_a_machine_without_a_gpu_are_rows_not_a_traceback(tmp_path: Path) -> None:
+    # make_row asks every row its kernel_params; for a fw pass `auto` looks up the GPU's name (the one-pass forward's
+    # table), which must not raise where there is none
+    cuda = torch.device("cuda")
+    assert backends.choose_backend("auto", cuda, torch.bfloat16, 256, 128, needs_grad=False) == "triton"
+    out = tmp_path / "r.parquet"
+    grid = Grid(
+        kernels=("tfla.mlstm_sig", "tfla.mlstm_exp"),
+        seq_len=(8192,),
+        batch=(8,),
+        heads=(8,),
+        head_dim_qk=(256,),
+        head_dim_v=(512,),
+        chunk_size=(128, 1024),
+        dtype=("bfloat16",),
+        mode=("fw", "fwbw"),
+        device="cuda",
+    )
+    sweep(grid.configs(), out)
+    rows = store.load(out)
+    assert len(rows) == 8 and set(rows.status) == {"unavailable"}
+    assert all(json.loads(p)["backend"] == "triton" for p in rows.kernel_params)

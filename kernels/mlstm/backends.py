@@ -102,7 +102,8 @@ def choose_backend(
             raise ValueError(f"backend='fused' cannot run this forward: {fused_cannot}")
         return "fused"
     sixteen_bit = dtype in (torch.float16, torch.bfloat16)  # FASTEST_INFERENCE was measured in bf16
-    if backend == "auto" and fused_cannot is None and sixteen_bit and device.type == "cuda" and not interpreting():
+    on_a_gpu = device.type == "cuda" and torch.cuda.is_available() and not interpreting()  # rows of any status ask
+    if backend == "auto" and fused_cannot is None and sixteen_bit and on_a_gpu:
         if FASTEST_INFERENCE.get((torch.cuda.get_device_name(device), dhqk, chunk_size)) == "fused":
             return "fused"
     reason = gluon_reason(device, dtype, dhqk, chunk_size)
