@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from plots.lines import plot_lines, save
+from plots.lines import line_styles, plot_lines, save
 from plots.paper import FIGURES as PAPER_FIGURES
 from plots.paper import load_paper, same_shape
 
@@ -70,14 +70,15 @@ def chunksize(frame: pd.DataFrame, reference: pd.DataFrame | None, out: Path) ->
     return paths
 
 
-def roofline(frame: pd.DataFrame, reference: pd.DataFrame | None, out: Path) -> list[Path]:
-    """Achieved TFLOP/s against arithmetic intensity (FLOPs / minimal bytes) under the measured roofs."""
+def roofline_figure(frame: pd.DataFrame) -> plt.Figure:
+    """Achieved TFLOP/s against arithmetic intensity (FLOPs / minimal bytes) under the measured roofs; one colour per
+    kernel (``line_styles``: twenty before one repeats), one marker per mode."""
     ok = frame[(frame.status == "ok") & frame.tflops.notna() & (frame.bytes > 0)].copy()
     if ok.empty:
         raise ValueError("roofline needs ok rows with tflops and bytes")
     ok["intensity"] = ok.flops / ok.bytes
     fig, ax = plt.subplots(figsize=(7.5, 5))
-    colors = {k: f"C{i % 10}" for i, k in enumerate(sorted(ok.kernel.unique()))}
+    colors = {kernel: style["color"] for kernel, style in line_styles(ok.kernel.unique()).items()}
     markers = {"fw": "o", "bw": "s", "fwbw": "^"}
     for (kernel, mode), g in ok.groupby(["kernel", "mode"]):
         ax.scatter(g.intensity, g.tflops, label=f"{kernel} {mode}", s=22, color=colors[kernel], marker=markers[mode])
@@ -98,7 +99,11 @@ def roofline(frame: pd.DataFrame, reference: pd.DataFrame | None, out: Path) -> 
     ax.set_title(f"roofline on {gpu}", fontsize=10)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
-    return save(fig, out, "roofline")
+    return fig
+
+
+def roofline(frame: pd.DataFrame, reference: pd.DataFrame | None, out: Path) -> list[Path]:
+    return save(roofline_figure(frame), out, "roofline")
 
 
 @dataclass(frozen=True)

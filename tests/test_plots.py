@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from bench import store
 from cli import app
-from plots.figures import RECIPES, _label_chunks, render
+from plots.figures import RECIPES, _label_chunks, render, roofline_figure
 from plots.lines import plot_lines
 from plots.paper import load_paper, parse_column
 from plots.report import speedups, write_report
@@ -209,3 +209,13 @@ def test_the_paper_overlay_draws_only_curves_of_the_figures_shape(consttoken_fil
     labels = {t.get_text() for ax in fig.axes for t in (ax.get_legend().get_texts() if ax.get_legend() else [])}
     labels |= {t.get_text() for legend in fig.legends for t in legend.get_texts()}
     assert any(label.endswith("(paper, H100)") for label in labels), labels
+
+
+def test_roofline_gives_each_of_a_full_stacks_kernels_its_own_colour() -> None:
+    # a full-stack run has 11+ kernels: the default cycle's ten colours gave two kernels one colour
+    kernels = [f"family{n}.kernel{n}" for n in range(13)]
+    frame = pd.DataFrame([_row(k, m, 8192, 1.0 + n / 10) for n, k in enumerate(kernels) for m in ("fw", "fwbw")])
+    fig = roofline_figure(frame)
+    dots = [c for c in fig.axes[0].collections if c.get_label().endswith(" fw")]
+    colours = {tuple(c.get_facecolor()[0]) for c in dots}
+    assert len(dots) == 13 and len(colours) == 13
