@@ -116,7 +116,8 @@ def bw_dq_dk_case(kernel: str, dqk: int, dv: int, seq: int = 256, chunk: int = 1
     vec_st, m_st = torch.empty(bh, nc + 1, dqk, dtype=f32), torch.empty(bh, nc + 1, dtype=f32)
     tensors = (q, k, v, dh, gate_b, gate_i, inv_den, dz, states, vec_st, m_st, m_tok, grad)
     kernel_fn, _, args, constexprs = mlstm_bw_dq_dk.launch_args(kernel, *tensors, chunk, True, **options)
-    return _facts(support.compile_for(kernel_fn, args, constexprs))
+    compiled = support.compile_for(kernel_fn, args, constexprs)
+    return {**_facts(compiled), "spill_bytes": ptxas_usage(compiled.asm["ptx"])[1]}
 
 
 def fw_states_tensors(dqk: int, dv: int, seq: int, chunk: int, init: bool = False) -> tuple[torch.Tensor | None, ...]:
@@ -234,6 +235,14 @@ CASES = {
         for dqk, dv in ((256, 512), (128, 256), (64, 64))
         for async_mma in (False, True)
         for warps in (4, 8)
+    },
+    # each column tile's dp issued a tile ahead, under the previous tile's gate math
+    **{
+        f"{kernel} lookahead {dqk}x{dv}": (
+            lambda kernel=kernel, dqk=dqk, dv=dv: bw_dq_dk_case(kernel, dqk, dv, lookahead=True)
+        )
+        for kernel in ("bw_dq", "bw_dk")
+        for dqk, dv in ((256, 512), (128, 256))
     },
     # the forward's state recurrence: both variants, with and without initial states, state tiles 64 x 128 / 256
     **{
