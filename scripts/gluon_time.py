@@ -3,9 +3,9 @@
 ``fw_output_ws_kernel`` on ``tfla_fwd``'s states) or the backward's ``dv`` kernel (``--kernel bw_dv``:
 ``bw_chunk_dv_kernel`` against ``bw_dv_kernel`` on the arguments the Triton backward hands its own; ``--kernel
 bw_dq`` / ``bw_dk``: ``bw_chunk_dq_kernel`` / ``bw_chunk_dk_kernel`` against ``bw_dq_dk_kernel`` likewise, one Gluon
-run per ring depth of ``--stages`` (default: the deepest that fits), its chained products synchronous, one in
-flight, and each column tile's ``dp`` issued a tile ahead, ``lookahead``). Prints a table with each one's time
-(``triton.testing.do_bench``, ms), its ratio to the Triton kernel and its relative difference.
+run per ring depth of ``--stages`` (default: the deepest that fits), its chained products synchronous and one in
+flight). Prints a table with each one's time (``triton.testing.do_bench``, ms), its ratio to the Triton kernel and its
+relative difference.
 ``--kernel fw_states``: ``fw_chunk_states_kernel`` against ``fw_states_kernel`` (``BQ`` is its token slice ``BL``;
 ``consumers`` its consumer warpgroups a program; each with its gates in the ``k`` tile's rows and packed, and packed
 with one shared buffer a consumer for the state stores instead of two);
@@ -129,10 +129,9 @@ def bw_dq_dk_runs(a: argparse.Namespace, x: list[torch.Tensor], tiles: object) -
     runs = {"triton (table)": lambda out: triton_launch(*tensors, out, chunk, exp, grad_tiles)}
     for warps in dict.fromkeys(tile[3] for tile in a.gluon):
         for stages in a.stages or (None,):
-            for async_mma, lookahead in ((False, False), (True, False), (False, True)):
-                options = {"stages": stages, "num_warps": warps, "async_mma": async_mma, "lookahead": lookahead}
+            for async_mma in (False, True):
+                options = {"stages": stages, "num_warps": warps, "async_mma": async_mma}
                 name = f"gluon ws1 stages={stages or 'deepest'}{' async' if async_mma else ''}"
-                name += " lookahead" if lookahead else ""
                 runs[f"{name} warps={warps}"] = lambda out, options=options: gluon_launch(
                     *tensors, out, chunk, exp, **options
                 )

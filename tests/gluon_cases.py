@@ -236,14 +236,6 @@ CASES = {
         for async_mma in (False, True)
         for warps in (4, 8)
     },
-    # each column tile's dp issued a tile ahead, under the previous tile's gate math
-    **{
-        f"{kernel} lookahead {dqk}x{dv}": (
-            lambda kernel=kernel, dqk=dqk, dv=dv: bw_dq_dk_case(kernel, dqk, dv, lookahead=True)
-        )
-        for kernel in ("bw_dq", "bw_dk")
-        for dqk, dv in ((256, 512), (128, 256))
-    },
     # the forward's state recurrence: both variants, with and without initial states, state tiles 64 x 128 / 256
     **{
         f"fw_states {'exp' if exp else 'sig'}{' init' if init else ''} bv{bv}": (

@@ -79,6 +79,7 @@ def test_auto_runs_fused_only_without_a_gradient_where_measured_faster(monkeypat
     cuda = torch.device("cuda")
     monkeypatch.setattr(backends, "gluon_reason", lambda *_: None)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *_: "GPU X")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(backends, "FASTEST_INFERENCE", {("GPU X", 256, 64): "fused"})
     monkeypatch.setattr(backends, "FASTEST", {("GPU X", 256, 64): "gluon"})
     monkeypatch.setattr(backends, "interpreting", lambda: False)

@@ -247,8 +247,7 @@ def test_bw_dq_dk_match_float64(kernel: str, seq: int, dqk: int, dv: int, chunk:
     dk``, its inter part, its off-diagonal part), with q/k head dims 48 (padded to 64) to 256, value head dims
     narrower than, as wide as and wider than those (two value-side slots at 7B, three at 64 x 160 with the last one
     partly past the end), S not a multiple of the chunk, the deepest ring that fits and shallower ones, and the TMA
-    loads landing lazily or eagerly, the chained products synchronous or one in flight or each tile's ``dp`` issued a
-    tile ahead (``lookahead``, in the least ring that allows it), one warpgroup or two.
+    loads landing lazily or eagerly, the chained products synchronous or one in flight, one warpgroup or two.
     (``tests/test_gluon_time.py`` checks them against the Triton kernels.)"""
     from kernels.gluon import mlstm_bw_dq_dk
 
@@ -260,16 +259,12 @@ def test_bw_dq_dk_match_float64(kernel: str, seq: int, dqk: int, dv: int, chunk:
     else:
         ref, *ref_sums = dk_reference(*tensors, chunk, exp)
         names = ("k . dk", "its inter part", "its off-diagonal part")
-    nvh = -(-dv // mlstm_bw_dq_dk.padded_head_dim(dqk))
-    for landing, (async_mma, lookahead), warps in itertools.product(
-        LANDINGS, ((False, False), (True, False), (False, True)), (4, 8)
-    ):
-        case = f"{kernel}, {landing}, async_mma={async_mma}, lookahead={lookahead}, num_warps={warps}"
+    for landing, async_mma, warps in itertools.product(LANDINGS, (False, True), (4, 8)):
+        case = f"{kernel}, {landing}, async_mma={async_mma}, num_warps={warps}"
         out = torch.full_like(tensors[0], float("nan"))
-        fit = mlstm_bw_dq_dk.ring_stages(dqk, dv, warps)
-        # lookahead holds a tile's q/k slot and the next tile's value-side slots at once: the least ring that allows
-        ring = min(max(stages, nvh + 1) if lookahead else stages, fit)
-        options = dict(stages=ring, async_mma=async_mma, num_warps=warps, lookahead=lookahead)
+        options = dict(
+            stages=min(stages, mlstm_bw_dq_dk.ring_stages(dqk, dv, warps)), async_mma=async_mma, num_warps=warps
+        )
         kernel_fn, grid, args, constexprs = mlstm_bw_dq_dk.launch_args(kernel, *tensors, out, chunk, exp, **options)
         simulate(kernel_fn, grid, args, constexprs, landing=landing)
         assert not out.isnan().any(), f"{case}: the gradient has unwritten elements"
@@ -307,11 +302,6 @@ def test_bw_dq_dk_refuse_what_they_cannot_take(kernel: str) -> None:
         mlstm_bw_dq_dk.launch_args(kernel, *tensors, grad, 64, True, num_warps=2)
     with pytest.raises(ValueError, match="stages is 2 to 8 at head dims 64 x 64 \\(shared memory\\); got 9"):
         mlstm_bw_dq_dk.launch_args(kernel, *tensors, grad, 64, True, stages=9)
-    wide = [torch.empty(1, 64, d, dtype=torch.float16) for d in (256, 256, 512, 512)] + tensors[4:8]
-    wide += [torch.empty(1, 2, 256, 512, dtype=torch.float16), torch.empty(1, 2, 256), *tensors[10:]]
-    lookahead_ring = "stages is 3 to 4 at head dims 256 x 512 with lookahead \\(shared memory\\); got 2"
-    with pytest.raises(ValueError, match=lookahead_ring):  # a tile's q/k slot beside the next tile's two v slots
-        mlstm_bw_dq_dk.launch_args(kernel, *wide, torch.empty_like(wide[0]), 64, True, stages=2, lookahead=True)
 
 
 @pytest.mark.parametrize(

@@ -27,9 +27,7 @@ The dot products of the rows with their gradient for the gate gradients (``q . d
 off-diagonal parts apart) are summed in fp32 from the inter term and from ``a`` and the scores, as in the Triton
 kernels (one head-dim tile: each is ``(1, BH, SP)``).
 
-With ``lookahead`` the next column tile's ``dp`` runs on the tensor cores under this tile's gate math.
-
-Not yet: 32-bit inputs, a q/k head dim of 32 or less.
+Not yet: 32-bit inputs, a q/k head dim of 32 or less, the gate math overlapped with the products.
 """
 
 from __future__ import annotations
@@ -136,20 +134,6 @@ def _chain_end(acc, empty, u_last, ASYNC: gl.constexpr):
 
 
 @gluon.jit
-def _issue_dp(xv_bufs, ring, ready, u0, layout: gl.constexpr):
-    """``dp = xv @ yv^T`` of the column tile whose value-side slots are loads ``u0 .. u0 + NVH - 1``, issued
-    (asynchronous) and not waited for: its slots stay taken until the caller waits and hands them back."""
-    NVH: gl.constexpr = xv_bufs.type.shape[0]
-    BR: gl.constexpr = xv_bufs.type.shape[2]
-    W: gl.constexpr = xv_bufs.type.shape[3]
-    dp = gl.zeros([BR, TILE], gl.float32, layout)  # made here, not carried through the loop: registers are short
-    for h in gl.static_range(NVH):
-        yv = _ring_wait(ring, ready, u0 + h).reshape([TILE, W])
-        dp = warpgroup_mma(xv_bufs.index(h).reshape([BR, W]), yv.permute((1, 0)), dp, use_acc=h > 0, is_async=True)
-    return dp
-
-
-@gluon.jit
 def _row_vectors(GATE_B, GATE_I, INV_DEN, DZ, M_ST, M_TOK, bh, st, t_r, c_end, SP, KEYS: gl.constexpr,
                  EXP: gl.constexpr, BR: gl.constexpr, layout: gl.constexpr):  # fmt: skip
     """Per row (the ``BR`` tokens ``t_r`` in ``layout``): the inter term's weight, scale and shift, and the row's
@@ -172,44 +156,11 @@ def _row_vectors(GATE_B, GATE_I, INV_DEN, DZ, M_ST, M_TOK, bh, st, t_r, c_end, S
 
 
 @gluon.jit
-def _gated_dp(dp, t_c, t_r, row, scale, shift, GATE_B, GATE_I, INV_DEN, DZ, M_TOK, bh, SP, qk_scale,
-              KEYS: gl.constexpr, EXP: gl.constexpr, cols: gl.constexpr):  # fmt: skip
-    """``a``: a column tile's ``dp`` (BR x TILE, fp32; columns the tokens ``t_c``, rows ``t_r``) times the gate
-    matrix, scaled and shifted (the normalizer's ``1 / den`` and ``dz``), zero outside the causal part; and that
-    causal mask. ``cols``: the layout of ``t_c``."""
-    b_c = gl.load(GATE_B + bh * SP + t_c)
-    if KEYS:  # columns are queries: D[s, t] = exp(i_s - b_s + b_t - m_t), t >= s, times (dp / den_t + dz_t) * scale
-        m_c = gl.load(M_TOK + bh * SP + t_c) if EXP else gl.zeros([TILE], gl.float32, cols)
-        causal = t_c[None, :] >= t_r[:, None]
-        gates = gl.exp2(gl.where(causal, row[:, None] + ((b_c - m_c) * LOG2E)[None, :], -float("inf")))
-        den = gl.load(INV_DEN + bh * SP + t_c) * qk_scale
-        a = gates * (dp * den[None, :] + (gl.load(DZ + bh * SP + t_c) * qk_scale)[None, :])
-    else:  # columns are keys: D[t, s] = exp(b_t - m_t + i_s - b_s), s <= t, times dp / den_t + dz_t
-        causal = t_c[None, :] <= t_r[:, None]
-        col = (gl.load(GATE_I + bh * SP + t_c) - b_c) * LOG2E
-        gates = gl.exp2(gl.where(causal, row[:, None] + col[None, :], -float("inf")))
-        a = gates * (dp * scale[:, None] + shift[:, None])
-    return a, causal
-
-
-@gluon.jit
-def _gate_sums(d_gate, causal, t_c, t_r, xdx_off, xdx_diag, KEYS: gl.constexpr):
-    """The rows' sums of ``d_gate = a * scores`` for the gate gradients: off the diagonal, and (``dk``) on it."""
-    xdx_off += gl.sum(gl.where(causal & (t_c[None, :] != t_r[:, None]), d_gate, 0.0), axis=1)
-    if KEYS:
-        xdx_diag += gl.sum(gl.where(t_c[None, :] == t_r[:, None], d_gate, 0.0), axis=1)
-    return xdx_off, xdx_diag
-
-
-@gluon.jit
 def _compute_partition(x_smem, xv_bufs, ring, fix_ready, ready, empty, S_D, OUT_D, SUMS, GATE_B, GATE_I, INV_DEN,
                        DZ, VEC_ST, M_ST, M_TOK, bh, st, row0, col0, c_end, n_blocks, SP, DHQK, qk_scale,
-                       KEYS: gl.constexpr, EXP: gl.constexpr, ASYNC: gl.constexpr, LOOKAHEAD: gl.constexpr,
-                       num_warps: gl.constexpr):  # fmt: skip
+                       KEYS: gl.constexpr, EXP: gl.constexpr, ASYNC: gl.constexpr, num_warps: gl.constexpr):  # fmt: skip
     """The consumer (module docstring). ``st``: the index of the state the inter term reads (``M_ST``, ``VEC_ST``:
-    ``n`` for ``dq``, ``dn`` for ``dk``); ``c_end``: the token after the chunk's last. ``LOOKAHEAD``: the next column
-    tile's ``dp`` is issued before this tile's gate math, so that the tensor cores run it under that math (the ring
-    must hold this tile's q/k slot and the next tile's ``NVH`` value-side slots at once: ``STAGES >= NVH + 1``)."""
+    ``n`` for ``dq``, ``dn`` for ``dk``); ``c_end``: the token after the chunk's last."""
     NVH: gl.constexpr = xv_bufs.type.shape[0]
     BR: gl.constexpr = x_smem.type.shape[1]
     W: gl.constexpr = x_smem.type.shape[2]
@@ -247,48 +198,39 @@ def _compute_partition(x_smem, xv_bufs, ring, fix_ready, ready, empty, S_D, OUT_
     xdx_inter = gl.convert_layout(gl.sum(x2.load(o_layout).to(gl.float32) * acc, axis=1), rows_s)
 
     # The column tiles: keys up to the diagonal (dq), queries from the diagonal on (dk).
+    zero = gl.zeros([BR, TILE], gl.float32, s_layout)
     xdx_off = gl.zeros([BR], gl.float32, rows_s)
     xdx_diag = gl.zeros([BR], gl.float32, rows_s)
-    if LOOKAHEAD:
-        dp_next = _issue_dp(xv_bufs, ring, ready, NVH * PER, s_layout)  # the first tile's (n_blocks >= 1 always)
     for b in range(n_blocks):
         u0 = NVH * PER + b * (NVH + 1)
+        dp = zero
+        for h in gl.static_range(NVH):
+            yv = _ring_wait(ring, ready, u0 + h).reshape([TILE, W])
+            dp = _chain(xv_bufs.index(h).reshape([BR, W]), yv.permute((1, 0)), dp, empty, u0 + h, h == 0, ASYNC)
+        dp = _chain_end(dp, empty, u0 + NVH - 1, ASYNC)
         t_c = col0 + b * TILE + gl.arange(0, TILE, layout=cols_s)
-        if LOOKAHEAD:
-            # this tile's dp, issued a tile ahead, is waited for; the next tile's dp and this one's scores are
-            # issued, and the gate math runs under those products
-            dp = warpgroup_mma_wait(num_outstanding=0, deps=(dp_next,))
-            for h in gl.static_range(NVH):
-                mbarrier.arrive(empty.index((u0 + h) % stages), count=1)
-            if b + 1 < n_blocks:
-                dp_next = _issue_dp(xv_bufs, ring, ready, u0 + NVH + 1, s_layout)
-            y = _ring_wait(ring, ready, u0 + NVH).reshape([TILE, W])  # TILE columns' tokens x the q/k head dim
-            scores = warpgroup_mma(x2, y.permute((1, 0)), gl.zeros([BR, TILE], gl.float32, s_layout),
-                                   use_acc=False, is_async=True)  # fmt: skip
-            a, causal = _gated_dp(dp, t_c, t_r, row, scale, shift, GATE_B, GATE_I, INV_DEN, DZ, M_TOK, bh, SP,
-                                  qk_scale, KEYS, EXP, cols_s)  # fmt: skip
-            scores = warpgroup_mma_wait(num_outstanding=0, deps=(scores,))  # the next tile's dp completes with it
-            xdx_off, xdx_diag = _gate_sums(a * scores, causal, t_c, t_r, xdx_off, xdx_diag, KEYS)
-            a_op = gl.convert_layout(a.to(dtype), a_layout)
-            acc = warpgroup_mma(a_op, y, acc, is_async=True)
-            acc, a_op = warpgroup_mma_wait(num_outstanding=0, deps=(acc, a_op))
-            mbarrier.arrive(empty.index((u0 + NVH) % stages), count=1)
-        else:
-            dp = gl.zeros([BR, TILE], gl.float32, s_layout)
-            for h in gl.static_range(NVH):
-                yv = _ring_wait(ring, ready, u0 + h).reshape([TILE, W])
-                dp = _chain(xv_bufs.index(h).reshape([BR, W]), yv.permute((1, 0)), dp, empty, u0 + h, h == 0, ASYNC)
-            dp = _chain_end(dp, empty, u0 + NVH - 1, ASYNC)
-            a, causal = _gated_dp(dp, t_c, t_r, row, scale, shift, GATE_B, GATE_I, INV_DEN, DZ, M_TOK, bh, SP,
-                                  qk_scale, KEYS, EXP, cols_s)  # fmt: skip
-            a_op = gl.convert_layout(a.to(dtype), a_layout)
-            y = _ring_wait(ring, ready, u0 + NVH).reshape([TILE, W])  # TILE columns' tokens x the q/k head dim
-            scores = warpgroup_mma(x2, y.permute((1, 0)), gl.zeros([BR, TILE], gl.float32, s_layout),
-                                   use_acc=False, is_async=True)  # fmt: skip
-            acc = warpgroup_mma(a_op, y, acc, is_async=True)
-            scores, acc, a_op = warpgroup_mma_wait(num_outstanding=0, deps=(scores, acc, a_op))
-            mbarrier.arrive(empty.index((u0 + NVH) % stages), count=1)
-            xdx_off, xdx_diag = _gate_sums(a * scores, causal, t_c, t_r, xdx_off, xdx_diag, KEYS)
+        b_c = gl.load(GATE_B + bh * SP + t_c)
+        if KEYS:  # columns are queries: D[s, t] = exp(i_s - b_s + b_t - m_t), t >= s, times (dp / den_t + dz_t) * scale
+            m_c = gl.load(M_TOK + bh * SP + t_c) if EXP else gl.zeros([TILE], gl.float32, cols_s)
+            causal = t_c[None, :] >= t_r[:, None]
+            gates = gl.exp2(gl.where(causal, row[:, None] + ((b_c - m_c) * LOG2E)[None, :], -float("inf")))
+            den = gl.load(INV_DEN + bh * SP + t_c) * qk_scale
+            a = gates * (dp * den[None, :] + (gl.load(DZ + bh * SP + t_c) * qk_scale)[None, :])
+        else:  # columns are keys: D[t, s] = exp(b_t - m_t + i_s - b_s), s <= t, times dp / den_t + dz_t
+            causal = t_c[None, :] <= t_r[:, None]
+            col = (gl.load(GATE_I + bh * SP + t_c) - b_c) * LOG2E
+            gates = gl.exp2(gl.where(causal, row[:, None] + col[None, :], -float("inf")))
+            a = gates * (dp * scale[:, None] + shift[:, None])
+        a_op = gl.convert_layout(a.to(dtype), a_layout)
+        y = _ring_wait(ring, ready, u0 + NVH).reshape([TILE, W])  # TILE columns' tokens x the q/k head dim
+        scores = warpgroup_mma(x2, y.permute((1, 0)), zero, use_acc=False, is_async=True)
+        acc = warpgroup_mma(a_op, y, acc, is_async=True)
+        scores, acc, a_op = warpgroup_mma_wait(num_outstanding=0, deps=(scores, acc, a_op))
+        mbarrier.arrive(empty.index((u0 + NVH) % stages), count=1)
+        d_gate = a * scores
+        xdx_off += gl.sum(gl.where(causal & (t_c[None, :] != t_r[:, None]), d_gate, 0.0), axis=1)
+        if KEYS:
+            xdx_diag += gl.sum(gl.where(t_c[None, :] == t_r[:, None], d_gate, 0.0), axis=1)
 
     # The gradient through the row tile's buffer (its last read is done) and TMA; the sums as the Triton kernels' one
     # tile: q . dq (times the scale, as dq), or k . dk, its inter part and its off-diagonal part.
@@ -330,7 +272,6 @@ def bw_dq_dk_kernel(
     NVH: gl.constexpr,
     STAGES: gl.constexpr,
     ASYNC: gl.constexpr,
-    LOOKAHEAD: gl.constexpr,
     num_warps: gl.constexpr,
 ):
     """Grid ``(NC * L / BR, BH, 1)``; ``KEYS``: the ``dk`` kernel, else ``dq`` (module docstring's table). Descriptors
@@ -338,7 +279,7 @@ def bw_dq_dk_kernel(
     head dim), ``XV_D`` (BR x W over the value head dim, ``NVH`` of them), ``Y_D`` and ``YV_D`` (TILE x W), ``S_D`` (W
     x TILE over the ``BH * NC`` chunk states ``C_c`` or the ``BH * (NC + 1)`` state gradients ``dC``); ``VEC_ST (BH *
     (NC + 1), DHQK)``: ``n`` or ``dn``; ``SUMS``: one ``(BH, SP)`` plane of ``q . dq``, or three of ``k . dk`` (all,
-    inter, off-diagonal); ``ASYNC``: ``_chain``'s; ``LOOKAHEAD``: ``_compute_partition``'s."""
+    inter, off-diagonal); ``ASYNC``: ``_chain``'s."""
     BR: gl.constexpr = X_D.block_type.shape[1]
     W: gl.constexpr = X_D.block_type.shape[2]
     pid_c = gl.program_id(0)
@@ -368,7 +309,7 @@ def bw_dq_dk_kernel(
                 _compute_partition,
                 (x_smem, xv_bufs, ring, fix_ready, ready, empty, S_D, OUT_D, SUMS, GATE_B, GATE_I, INV_DEN, DZ, VEC_ST,
                  M_ST, M_TOK, bh, st, row0, col0, c * L + L, n_blocks, SP, DHQK, qk_scale, KEYS, EXP, ASYNC,
-                 LOOKAHEAD, num_warps),
+                 num_warps),
             ),
             (
                 _load_partition,
@@ -449,17 +390,14 @@ def launch_args(
     stages: int | None = None,
     num_warps: int = 4,
     async_mma: bool = False,
-    lookahead: bool = False,
 ) -> tuple[Any, tuple[int, int, int], dict[str, Any], dict[str, Any]]:
     """What ``launch_<kernel>`` (``bw_dq`` or ``bw_dk``) launches on the tensors its Triton twin takes, in their
     order (``state, vec_st``: ``c_st, n_st`` for ``dq``, ``dc_st, dn_st`` for ``dk``; ``grad``: the ``dq`` or ``dk``
     to write): the kernel, its grid, its runtime arguments (``SUMS`` a new fp32 ``(1, BH, SP)`` tensor of ``q . dq``,
     or ``(3, BH, SP)``: ``k . dk``, its part from later chunks, its intra-chunk part without the diagonal) and its
     constexprs, by name. ``stages``: ring slots (default ``ring_stages``: as many as fit); ``async_mma``: the chained
-    products keep one wgmma in flight (``_chain``); ``lookahead``: each column tile's ``dp`` issued under the
-    previous tile's gate math (``_compute_partition``; a ring of at least ``NVH + 1`` slots); ``num_warps`` 4 or 8
-    (8: two warpgroups split every product's columns, ``acc_layout``). ``ValueError`` from ``check``, or naming the
-    allowed ``num_warps`` and ``stages``."""
+    products keep one wgmma in flight (``_chain``); ``num_warps`` 4 or 8 (8: two warpgroups split every product's
+    columns, ``acc_layout``). ``ValueError`` from ``check``, or naming the allowed ``num_warps`` and ``stages``."""
     import torch
 
     keys = kernel == "bw_dk"
@@ -470,14 +408,9 @@ def launch_args(
         raise ValueError(f"num_warps is 4 (one warpgroup) or 8 (two splitting the columns); got {num_warps}")
     fit = ring_stages(dhqk, dhhv, num_warps)
     stages = fit if stages is None else stages
+    if not 2 <= stages <= fit:
+        raise ValueError(f"stages is 2 to {fit} at head dims {dhqk} x {dhhv} (shared memory); got {stages}")
     w = padded_head_dim(dhqk)
-    nvh = triton.cdiv(dhhv, w)
-    least = nvh + 1 if lookahead else 2  # lookahead: a tile's q/k slot and the next tile's value-side slots at once
-    if not least <= stages <= fit:
-        raise ValueError(
-            f"stages is {least} to {fit} at head dims {dhqk} x {dhhv}{' with lookahead' if lookahead else ''} "
-            f"(shared memory); got {stages}"
-        )
     bh, nc = m_st.shape[0], m_st.shape[1] - 1
     sp = nc * chunk_size
     args = {
@@ -504,10 +437,9 @@ def launch_args(
     constexprs = {
         "KEYS": keys,
         "EXP": exp,
-        "NVH": nvh,
+        "NVH": triton.cdiv(dhhv, w),
         "STAGES": stages,
         "ASYNC": async_mma,
-        "LOOKAHEAD": lookahead,
         "num_warps": num_warps,
     }
     return bw_dq_dk_kernel, (nc * (chunk_size // TILE.value), bh, 1), args, constexprs
