@@ -95,6 +95,20 @@ def runtime_table(ok: pd.DataFrame, x: str) -> pd.DataFrame:
     return pivot.reset_index()
 
 
+NOISY_SPREAD = 0.05  # a p20..p80 band wider than this share of the median: the median alone misleads
+
+
+def noisy_rows(frame: pd.DataFrame, spread: float = NOISY_SPREAD) -> pd.DataFrame:
+    """The ok rows whose p20..p80 runtime band is wider than ``spread`` times their median (e.g. a bimodal config),
+    widest first: kernel, mode, the problem axes, median / p20 / p80 (ms) and the band in % of the median."""
+    ok = frame[(frame.status == "ok") & frame.runtime_p20_ms.notna() & frame.runtime_p80_ms.notna()]
+    band = (ok.runtime_p80_ms - ok.runtime_p20_ms) / ok.runtime_ms
+    wide = ok[band > spread].assign(band_pct=100 * band[band > spread])
+    columns = ["kernel", "mode", *[a for a in AXES if a in frame and frame[a].nunique() > 1], "chunk_size"]
+    columns = list(dict.fromkeys(columns)) + ["runtime_ms", "runtime_p20_ms", "runtime_p80_ms", "band_pct"]
+    return wide.sort_values("band_pct", ascending=False)[columns].reset_index(drop=True)
+
+
 def write_report(frame: pd.DataFrame, source: str, out: str | Path) -> Path:
     """Write ``out`` (Markdown) and its figures beside it; returns the Markdown path."""
     out = Path(out)
@@ -140,7 +154,17 @@ def write_report(frame: pd.DataFrame, source: str, out: str | Path) -> Path:
         lines.append(_md_table(summary))
     else:
         lines.append("(no shape measured by both)\n")
-    lines += ["## Configs that did not run", "", _md_table(failures)]
+    lines += [
+        "## Noisy configs",
+        "",
+        f"Rows whose p20..p80 runtime band is wider than {NOISY_SPREAD:.0%} of their median: compare these by their",
+        "band, or measure them again.",
+        "",
+        _md_table(noisy_rows(frame)),
+        "## Configs that did not run",
+        "",
+        _md_table(failures),
+    ]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines))
     return out

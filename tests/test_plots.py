@@ -14,7 +14,7 @@ from cli import app
 from plots.figures import RECIPES, _label_chunks, render, roofline_figure
 from plots.lines import plot_lines
 from plots.paper import load_paper, parse_column
-from plots.report import speedups, write_report
+from plots.report import noisy_rows, speedups, write_report
 from tests.rows import result_row
 
 matplotlib.use("Agg")
@@ -219,3 +219,18 @@ def test_roofline_gives_each_of_a_full_stacks_kernels_its_own_colour() -> None:
     dots = [c for c in fig.axes[0].collections if c.get_label().endswith(" fw")]
     colours = {tuple(c.get_facecolor()[0]) for c in dots}
     assert len(dots) == 13 and len(colours) == 13
+
+
+def test_report_lists_the_configs_whose_noise_band_is_wide(tmp_path: Path) -> None:
+    # a bimodal config (v36's chunk-512 row: p20 5.59, p80 6.47 ms) is listed with its band; a steady one is not
+    quiet = {**_row("tfla.mlstm_sig", "fwbw", 8192, 5.0, chunk=256), "runtime_p20_ms": 4.95, "runtime_p80_ms": 5.05}
+    wide = {**_row("tfla.mlstm_sig", "fwbw", 8192, 6.04, chunk=512), "runtime_p20_ms": 5.59, "runtime_p80_ms": 6.47}
+    failed = _row("tfla.mlstm_sig", "fwbw", 8192, None, chunk=1024, status="oom")
+    frame = pd.DataFrame([quiet, wide, failed])
+    noisy = noisy_rows(frame)
+    assert noisy.chunk_size.tolist() == [512]
+    assert noisy.band_pct.iloc[0] == pytest.approx(100 * (6.47 - 5.59) / 6.04)
+    assert noisy_rows(frame, spread=0.01).chunk_size.tolist() == [512, 256]  # widest first
+    text = write_report(frame, "fixture", tmp_path / "noise.md").read_text()
+    noise_section = text.split("## Noisy configs")[1].split("## Configs that did not run")[0]
+    assert "| 512 |" in noise_section and "| 256 |" not in noise_section
