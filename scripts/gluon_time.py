@@ -31,6 +31,7 @@ from kernels.gluon import mlstm_fw_output as fwo
 from kernels.mlstm import tfla
 from kernels.mlstm.chunk_fw import launch_fw_output
 from kernels.mlstm.launch import gpu_sm_count
+from kernels.mlstm.sm90_compile import HOPPER_SMEM_BYTES
 from kernels.mlstm.tfla import tfla_fwd
 from kernels.mlstm.tiles import choose_tiles, unpipelined_state_loads
 
@@ -186,7 +187,8 @@ def bw_states_runs(a: argparse.Namespace, x: list[torch.Tensor], tiles: object) 
     for bl, _, bv, _, _, _, consumers, _, _ in a.gluon:
         for stages in a.stages or (2, 3):
             # two forward state slots a consumer where they fit in shared memory (two consumers of 256 columns: one)
-            for slots in (2, 1) if bv * consumers < 512 else (1,):
+            two_fit = mlstm_bw_states.shared_bytes(bl, bv, stages, consumers, 2) <= HOPPER_SMEM_BYTES
+            for slots in (2, 1) if two_fit else (1,):
                 options = {"bl": bl, "bv": bv, "stages": stages, "consumers": consumers, "state_slots": slots}
                 name = f"gluon ws{consumers} BL={bl} BK=64 BV={bv} stages={stages}" + (
                     " one slot" if slots == 1 else ""

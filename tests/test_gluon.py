@@ -185,6 +185,25 @@ def test_bw_states_takes_256_columns_and_spills_nothing_at_128(variant: str, dty
     assert wide["shared"] <= HOPPER_SMEM_BYTES and wide["spill_bytes"] <= 128, wide
 
 
+@pytest.mark.parametrize(
+    ("case", "options"),
+    [
+        ("bw_states sig bfloat16 ws1", dict(bl=64, bv=128, stages=3, consumers=1, state_slots=2)),
+        ("bw_states sig bfloat16 ws2", dict(bl=128, bv=128, stages=2, consumers=2, state_slots=2)),
+        ("bw_states exp float16 ws2 bv256 one slot", dict(bl=64, bv=256, stages=3, consumers=2, state_slots=1)),
+    ],
+)
+def test_bw_states_shared_bytes_bounds_what_the_compile_takes(case: str, options: dict) -> None:
+    """``mlstm_bw_states.shared_bytes`` (what ``scripts/gluon_time.py`` asks before it times two state slots) is at
+    least what the sm_90 compile allocates and at most its scratch allowance above the buffers alone."""
+    from kernels.gluon import mlstm_bw_states
+
+    shared = _case(case)["shared"]
+    bound = mlstm_bw_states.shared_bytes(**options)
+    assert bound - mlstm_bw_states.SCRATCH_PER_CONSUMER * options["consumers"] <= shared <= bound, (shared, bound)
+    assert mlstm_bw_states.shared_bytes(64, 256, 3, 2, 2) > HOPPER_SMEM_BYTES  # two slots of 256 columns do not fit
+
+
 @pytest.mark.parametrize("variant", ["exp", "sig"])
 def test_fw_states_with_packed_gates_spills_less(variant: str) -> None:
     """Two consumers with 128-token slices and the gates loaded one token a thread: the same

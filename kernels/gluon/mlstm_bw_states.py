@@ -299,6 +299,21 @@ def bw_states_kernel(
     invalidate_ring(unused, st_ready, st_empty)
 
 
+# What the sm_90 compile allocates beyond the buffers, per consumer warpgroup (its barriers and a layout
+# conversion's scratch): 2096..2172 bytes at the 7B head dims with Triton 3.6 (tests/test_gluon.py checks the bound).
+SCRATCH_PER_CONSUMER = 2304
+
+
+def shared_bytes(
+    bl: int, bv: int, stages: int, consumers: int, state_slots: int, bk: int = 64, itemsize: int = 2
+) -> int:
+    """An upper bound on the shared memory the kernel takes with these options: the ring's ``stages`` slices of
+    ``q`` (``BL x BK`` a consumer) and ``dh`` (``BL x BV``), ``state_slots`` forward state tiles (``BK x BV``) a
+    consumer, and ``SCRATCH_PER_CONSUMER``."""
+    elements = stages * consumers * bl * bk + stages * bl * bv + state_slots * consumers * bk * bv
+    return itemsize * elements + SCRATCH_PER_CONSUMER * consumers
+
+
 def launch_args(
     q: Any,
     dh: Any,
