@@ -103,7 +103,7 @@ def noisy_rows(frame: pd.DataFrame, spread: float = NOISY_SPREAD) -> pd.DataFram
     widest first: kernel, mode, the problem axes, median / p20 / p80 (ms) and the band in % of the median."""
     ok = frame[(frame.status == "ok") & frame.runtime_p20_ms.notna() & frame.runtime_p80_ms.notna()]
     band = (ok.runtime_p80_ms - ok.runtime_p20_ms) / ok.runtime_ms
-    wide = ok[band > spread].assign(band_pct=100 * band[band > spread])
+    wide = ok.assign(band_pct=100 * band)[band > spread]
     columns = ["kernel", "mode", *[a for a in AXES if a in frame and frame[a].nunique() > 1], "chunk_size"]
     columns = list(dict.fromkeys(columns)) + ["runtime_ms", "runtime_p20_ms", "runtime_p80_ms", "band_pct"]
     return wide.sort_values("band_pct", ascending=False)[columns].reset_index(drop=True)

@@ -192,7 +192,7 @@ run_step() {  # the commands of one step (a subshell, so that `timeout` can cut 
     consttoken7b|consttoken|headdim|chunksize)  # FLA's autotune candidates compiled by 6 processes first (a cold chunk_gla fwbw took >6.9 min)
       local seqs=${SEQ_LENS:-}
       [[ $1 == consttoken* ]] && seqs=${seqs:-2048,8192}  # the const-token presets' lengths run 512..65536: two unless told
-      [ "$1" = chunksize ] || $py scripts/warm_autotune.py --preset "$1" --kernels 'fla.*' ${seqs:+--seq-len "$seqs"} --procs "${WARM_PROCS:-6}"
+      $py scripts/warm_autotune.py --preset "$1" --kernels 'fla.*' ${seqs:+--seq-len "$seqs"} --procs "${WARM_PROCS:-6}"
       $py cli.py sweep --preset "$1" ${seqs:+--seq-len "$seqs"} ${SWEEP_CHUNKS:+--chunk-size "$SWEEP_CHUNKS"} \
         ${SWEEP_KERNELS:+--kernels "$SWEEP_KERNELS"} --retry timeout --out "$RESULTS/$1.parquet" ;;
   esac

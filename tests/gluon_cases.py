@@ -116,8 +116,7 @@ def bw_dq_dk_case(kernel: str, dqk: int, dv: int, seq: int = 256, chunk: int = 1
     vec_st, m_st = torch.empty(bh, nc + 1, dqk, dtype=f32), torch.empty(bh, nc + 1, dtype=f32)
     tensors = (q, k, v, dh, gate_b, gate_i, inv_den, dz, states, vec_st, m_st, m_tok, grad)
     kernel_fn, _, args, constexprs = mlstm_bw_dq_dk.launch_args(kernel, *tensors, chunk, True, **options)
-    compiled = support.compile_for(kernel_fn, args, constexprs)
-    return {**_facts(compiled), "spill_bytes": ptxas_usage(compiled.asm["ptx"])[1]}
+    return _facts(support.compile_for(kernel_fn, args, constexprs))
 
 
 def fw_states_tensors(dqk: int, dv: int, seq: int, chunk: int, init: bool = False) -> tuple[torch.Tensor | None, ...]:
