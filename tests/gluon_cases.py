@@ -105,7 +105,7 @@ def bw_dv_case(exp: bool, dqk: int, dv: int, seq: int = 256, chunk: int = 128, *
 def bw_dq_dk_case(kernel: str, dqk: int, dv: int, seq: int = 256, chunk: int = 128, **options: object) -> dict:
     """What ``kernels.gluon.mlstm_bw_dq_dk.launch_<kernel>`` (``bw_dq`` or ``bw_dk``) would launch on a backward's
     tensors of two heads (CPU, only their types count; the states shaped as ``dk``'s, the one more that ``dq`` does
-    not read is harmless)."""
+    not read is harmless), with ptxas' spill-store bytes per thread (``spill_bytes``)."""
     from kernels.gluon import mlstm_bw_dq_dk
 
     bh, nc, dtype, f32 = 2, seq // chunk, torch.bfloat16, torch.float32
@@ -116,7 +116,8 @@ def bw_dq_dk_case(kernel: str, dqk: int, dv: int, seq: int = 256, chunk: int = 1
     vec_st, m_st = torch.empty(bh, nc + 1, dqk, dtype=f32), torch.empty(bh, nc + 1, dtype=f32)
     tensors = (q, k, v, dh, gate_b, gate_i, inv_den, dz, states, vec_st, m_st, m_tok, grad)
     kernel_fn, _, args, constexprs = mlstm_bw_dq_dk.launch_args(kernel, *tensors, chunk, True, **options)
-    return _facts(support.compile_for(kernel_fn, args, constexprs))
+    compiled = support.compile_for(kernel_fn, args, constexprs)
+    return {**_facts(compiled), "spill_bytes": ptxas_usage(compiled.asm["ptx"])[1]}
 
 
 def fw_states_tensors(dqk: int, dv: int, seq: int, chunk: int, init: bool = False) -> tuple[torch.Tensor | None, ...]:

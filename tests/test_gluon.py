@@ -160,6 +160,13 @@ def test_fw_states_lowers_to_warp_specialized_wgmma_in_hopper_shared_memory(vari
     assert facts["wgmma"].startswith(f"wgmma.mma_async.sync.aligned.m64n{bv}k16"), facts
 
 
+def test_bw_dq_dk_at_7b_spill_at_most_a_few_registers() -> None:
+    """One warpgroup at the 7B head dims (the backend's choice): ``dq`` spills nothing and ``dk`` at most 16 bytes a
+    thread (56 when its off-diagonal gate-gradient sum asked for the causal mask again; dq's form costs it 12)."""
+    dq, dk = _case("bw_dq w4 256x512"), _case("bw_dk w4 256x512")
+    assert dq["spill_bytes"] == 0 and dk["spill_bytes"] <= 16, (dq, dk)
+
+
 @pytest.mark.parametrize("variant", ["exp", "sig"])
 def test_fw_states_takes_256_columns_without_spills(variant: str) -> None:
     """The state kernel at the 7B head dims with two consumers of 256-column tiles (a ``64 x 256`` wgmma): their
