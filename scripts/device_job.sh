@@ -37,6 +37,9 @@
 #                      each chunk of CHUNKS (default "128 256"): bytes moved against each kernel's floor (OUT/ncu_bytes_<chunk>.csv)
 #   states (420)       per-kernel times of the state kernels' one slice loop + bw_states' state-ahead against
 #                      BASE (default ed6efba, the commit before) in the same run, 7B sig chunk 128/256, exp 128
+#   gluon_base (300)   scripts/gluon_time.py --kernel GLUON_KERNEL (default bw_dk) at the chunks of CHUNKS (default
+#                      "256 1024") in a worktree of BASE (default HEAD~1) and in this tree, then this tree's GPU tests
+#                      of the kernel (a kernel change's before and after in one call)
 #   states_verify (300) pytest -m gpu tests/test_tfla.py; bench verify of tfla in fp16 and at head dims 128
 #   premove (420)      bench check --against 2e403e8 --run ci (the layout move's before/after, issue #23)
 #   plant (300)        the gate's planted 1.2x slow-down against HEAD (scripts/gate_noise/run.sh OUT/gate 0; tables:
@@ -60,7 +63,7 @@
 set -uo pipefail
 [ $# -ge 1 ] && [ -n "${OUT:-}" ] || { sed -n '2,/^set -uo/p' "$0" | sed '$d'; exit 2; }  # the comment above
 declare -A LIMIT=([env]=30 [gluon]=360 [backends]=420 [gluon_dq]=300 [gluon_states]=300 [gluon_bw_states]=300 [fused]=360 [pytest_gpu]=300 [profile]=240 [mamba]=240 [verify]=330 [ncu]=240 [ncu_sass]=240 [ncu_bytes]=240
-  [states]=420 [states_verify]=300 [premove]=420 [plant]=300 [consttoken7b]=540 [consttoken]=540 [headdim]=540 [chunksize]=540)
+  [states]=420 [gluon_base]=300 [states_verify]=300 [premove]=420 [plant]=300 [consttoken7b]=540 [consttoken]=540 [headdim]=540 [chunksize]=540)
 for arg in "$@"; do  # every step known and every limit a number, before anything runs
   step=${arg%%:*}
   [ -n "${LIMIT[$step]:-}" ] || { echo "device_job.sh: unknown step '$step'; steps: ${!LIMIT[*]}" >&2; exit 2; }
@@ -183,6 +186,17 @@ run_step() {  # the commands of one step (a subshell, so that `timeout` can cut 
             --passes 5 --peak-tflops 790 --peak-gbs 3000 | grep -E '_kernel|total|CUDA kernel')
         done
       done ;;
+    gluon_base)
+      kernel=${GLUON_KERNEL:-bw_dk}
+      git worktree add -f /tmp/gluon_base "${BASE:-HEAD~1}" >/dev/null 2>&1 || echo "no worktree of ${BASE:-HEAD~1}: only this tree"
+      for chunk in ${CHUNKS:-256 1024}; do
+        for tree in /tmp/gluon_base "$PWD"; do
+          [ -d "$tree/kernels" ] || continue
+          echo "== $(git -C "$tree" log --oneline -1 | cut -c1-60) $kernel chunk $chunk"
+          (cd "$tree" && PYTHONPATH=$tree $py scripts/gluon_time.py --kernel "$kernel" --chunk "$chunk")
+        done
+      done
+      $py -m pytest -m gpu -q -rs -p no:cacheprovider tests/test_gluon.py -k "${kernel#bw_} or ${kernel}" ;;
     states_verify)
       $py -m pytest -m gpu -q -rs -p no:cacheprovider tests/test_tfla.py
       $py cli.py verify --kernels tfla.mlstm_sig,tfla.mlstm_exp --dtype float16 --jobs 4
