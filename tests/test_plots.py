@@ -14,7 +14,7 @@ from cli import app
 from plots.figures import RECIPES, _label_chunks, render, roofline_figure
 from plots.lines import plot_lines
 from plots.paper import load_paper, parse_column
-from plots.report import noisy_rows, speedups, write_report
+from plots.report import at_best_chunk, best_chunk_table, noisy_rows, speedups, write_report
 from tests.rows import result_row
 
 matplotlib.use("Agg")
@@ -234,3 +234,29 @@ def test_report_lists_the_configs_whose_noise_band_is_wide(tmp_path: Path) -> No
     text = write_report(frame, "fixture", tmp_path / "noise.md").read_text()
     noise_section = text.split("## Noisy configs")[1].split("## Configs that did not run")[0]
     assert "| 512 |" in noise_section and "| 256 |" not in noise_section
+
+
+def test_each_kernel_is_compared_at_its_own_best_chunk(tmp_path: Path) -> None:
+    # ours is fastest at 256, the official kernel at 128 (the v36 7B picture); a chunkless baseline has one row
+    times = {("tfla.mlstm_sig", 128): 1.7, ("tfla.mlstm_sig", 256): 1.4, ("tfla.mlstm_sig", 1024): 2.0}
+    times |= {("mlstm_kernels.xl_chunk_siging", 128): 4.2, ("mlstm_kernels.xl_chunk_siging", 256): 4.9}
+    rows = [_row(k, "fw", 8192, ms, chunk=c) for (k, c), ms in times.items()]
+    rows += [_row("sdpa.cudnn", "fw", 8192, 7.0), _row("tfla.mlstm_sig", "fw", 8192, None, chunk=64, status="oom")]
+    frame = pd.DataFrame(rows)
+    best = at_best_chunk(frame)
+    assert dict(zip(best.kernel, best.chunk_size, strict=True)) == {
+        "tfla.mlstm_sig": 256,
+        "mlstm_kernels.xl_chunk_siging": 128,
+        "sdpa.cudnn": 0,
+    }
+    sp = speedups(best, same_chunk=False).set_index("baseline")
+    assert sp.speedup.to_dict() == pytest.approx({"mlstm_kernels.xl_chunk_siging": 4.2 / 1.4, "sdpa.cudnn": 7.0 / 1.4})
+    assert sp.baseline_chunk_size["mlstm_kernels.xl_chunk_siging"] == 128
+    assert best_chunk_table(frame).runtime_ms.tolist() == [1.4, 4.2, 7.0]
+    text = write_report(frame, "fixture", tmp_path / "chunks.md").read_text()
+    section = text.split("## Each kernel at its best chunk size")[1].split("## Noisy configs")[0]
+    assert "| tfla.mlstm_sig | mlstm_kernels.xl_chunk_siging | fw | 8192 | 256 | 128 | 3 |" in section
+    one_chunk = write_report(frame[frame.chunk_size != 256], "fixture", tmp_path / "one.md").read_text()
+    assert "## Each kernel at its best chunk size" in one_chunk  # 128 and 1024 still two chunks
+    only_128 = frame[frame.chunk_size.isin([0, 128])]
+    assert "best chunk size" not in write_report(only_128, "fixture", tmp_path / "c128.md").read_text()
