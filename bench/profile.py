@@ -18,11 +18,40 @@ from bench.registry import KernelSpec
 
 @dataclass(frozen=True)
 class KernelTime:
-    """One kernel (or CPU operator) of a pass: its name, calls per pass and time per pass (us)."""
+    """One kernel (or CPU operator) of a pass: its name, calls per pass and time per pass (us, the mean over the
+    passes); on the GPU also its time in each pass (``pass_us``, in pass order; empty on the CPU)."""
 
     name: str
     calls: float
     us: float
+    pass_us: tuple[float, ...] = ()
+
+    def band_us(self, low: float = 0.2, high: float = 0.8) -> tuple[float, float] | None:
+        """The ``low`` and ``high`` quantiles of its per-pass times (``None`` without them): a kernel whose time
+        jumps between passes (a bimodal row of a sweep) shows a wide band here."""
+        if not self.pass_us:
+            return None
+        import numpy as np
+
+        lo, hi = np.quantile(self.pass_us, [low, high])
+        return float(lo), float(hi)
+
+
+def per_pass_us(launches: Sequence[tuple[str, float, float]], passes: int) -> dict[str, tuple[float, ...]]:
+    """Each kernel's time in each of ``passes`` passes (us), from its launches ``(name, start, end)`` in any order:
+    a kernel launched ``n`` times a pass has its launches, in start order, summed ``n`` at a time. A kernel whose
+    launch count is not a multiple of ``passes`` (e.g. one the warm-up alone ran) is left out."""
+    by_name: dict[str, list[tuple[float, float]]] = {}
+    for name, start, end in launches:
+        by_name.setdefault(name, []).append((start, end))
+    out = {}
+    for name, spans in by_name.items():
+        if len(spans) % passes:
+            continue
+        per = len(spans) // passes
+        durations = [end - start for start, end in sorted(spans)]
+        out[name] = tuple(sum(durations[i * per : (i + 1) * per]) for i in range(passes))
+    return out
 
 
 class Work(Protocol):
@@ -139,6 +168,7 @@ def profile_passes(run: Callable[[], Any], passes: int, device: str = "cuda") ->
         for _ in range(passes):
             run()
         sync()
+    per_pass = per_pass_us(device_launches(prof.events()), passes) if device == "cuda" else {}
     out = []
     for e in prof.key_averages():
         if device == "cuda":
@@ -146,17 +176,22 @@ def profile_passes(run: Callable[[], Any], passes: int, device: str = "cuda") ->
         else:
             total = e.self_cpu_time_total
         if total > 0:
-            out.append(KernelTime(e.key, e.count / passes, total / passes))
+            out.append(KernelTime(e.key, e.count / passes, total / passes, per_pass.get(e.key, ())))
     spans = device_intervals(prof.events()) if device == "cuda" else []
     return PassProfile(sorted(out, key=lambda k: -k.us), timeline(spans, passes))
+
+
+def device_launches(events: Sequence[Any]) -> list[tuple[str, float, float]]:
+    """``(name, start, end)`` (us) of the profiler events that ran on the GPU."""
+    from torch.autograd import DeviceType
+
+    return [(e.name, e.time_range.start, e.time_range.end) for e in events if e.device_type == DeviceType.CUDA]
 
 
 def device_intervals(events: Sequence[Any]) -> list[tuple[float, float]]:
     """``(start, end)`` in us of the profiler events that ran on the GPU (``torch.profiler``'s ``FunctionEvent``:
     ``device_type`` CUDA)."""
-    from torch.autograd import DeviceType
-
-    return [(e.time_range.start, e.time_range.end) for e in events if e.device_type == DeviceType.CUDA]
+    return [(start, end) for _, start, end in device_launches(events)]
 
 
 def kernel_times(run: Callable[[], Any], passes: int, device: str = "cuda") -> list[KernelTime]:

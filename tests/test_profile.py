@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from bench.problem import Problem
-from bench.profile import Timeline, device_intervals, kernel_times, profile, timeline
+from bench.profile import KernelTime, Timeline, device_intervals, kernel_times, per_pass_us, profile, timeline
 from bench.registry import KernelSpec, get
 from cli import app
 
@@ -69,10 +69,20 @@ def test_only_gpu_events_make_the_timeline() -> None:
     from torch.autograd import DeviceType
 
     def event(device: DeviceType, start: float, end: float) -> SimpleNamespace:
-        return SimpleNamespace(device_type=device, time_range=SimpleNamespace(start=start, end=end))
+        return SimpleNamespace(name="k", device_type=device, time_range=SimpleNamespace(start=start, end=end))
 
     events = [event(DeviceType.CPU, 0.0, 50.0), event(DeviceType.CUDA, 2.0, 9.0), event(DeviceType.CUDA, 11.0, 12.0)]
     assert device_intervals(events) == [(2.0, 9.0), (11.0, 12.0)]
+
+
+def test_each_kernels_time_in_each_pass_shows_which_one_jumps() -> None:
+    """Two passes, given out of order: ``a`` launched twice a pass (its launches summed per pass), ``b`` once a pass
+    and slower in the second (the kernel behind a bimodal row), ``c`` an odd launch out (left out)."""
+    launches = [("b", 40.0, 50.0), ("a", 0.0, 3.0), ("a", 30.0, 34.0), ("a", 5.0, 6.0), ("b", 10.0, 14.0)]
+    launches += [("a", 35.0, 37.0), ("c", 60.0, 61.0)]
+    assert per_pass_us(launches, passes=2) == {"a": (4.0, 6.0), "b": (4.0, 10.0)}
+    assert KernelTime("b", 1, 7.0, (4.0, 10.0)).band_us() == pytest.approx((5.2, 8.8))
+    assert KernelTime("aten::mm", 1, 7.0).band_us() is None  # a CPU profile has no per-pass times
 
 
 def test_the_command_prints_a_table_and_reports_what_it_could_not_run() -> None:
@@ -116,3 +126,4 @@ def test_a_gpu_pass_has_a_timeline_within_its_span() -> None:
     assert seen.timeline is not None
     assert 0 < seen.timeline.busy_us <= seen.timeline.span_us
     assert seen.timeline.busy_us >= seen.times[0].us * 0.99
+    assert all(len(t.pass_us) == 3 and sum(t.pass_us) == pytest.approx(3 * t.us, rel=1e-3) for t in seen.times)
