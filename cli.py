@@ -431,17 +431,19 @@ def profile(
         times = profiled.times
         unit = "CUDA kernel" if dev == "cuda" else "CPU operator (self time)"
         table = Table(title=f"bench profile: {spec.name} {run_on}, {passes} passes")
-        for col in (unit, "calls / pass", "us / pass", "p20..p80 us", "share"):
+        banded = any(t.pass_us for t in times)  # per-pass times: GPU profiles only
+        for col in (unit, "calls / pass", "us / pass", *(["p20..p80 us"] if banded else []), "share"):
             table.add_column(col)
         total = sum(t.us for t in times) or 1.0
         shown = times[:top]
         rest = times[top:]
         for t in shown:
-            band = f"{b[0]:.1f}..{b[1]:.1f}" if (b := t.band_us()) is not None else ""
-            table.add_row(t.name[:60], f"{t.calls:g}", f"{t.us:.1f}", band, f"{t.us / total:.0%}")
+            band = [f"{b[0]:.1f}..{b[1]:.1f}" if (b := t.band_us()) is not None else ""] if banded else []
+            table.add_row(t.name[:60], f"{t.calls:g}", f"{t.us:.1f}", *band, f"{t.us / total:.0%}")
+        blank = [""] if banded else []
         if rest:
-            table.add_row(f"({len(rest)} more)", "", f"{sum(t.us for t in rest):.1f}", "", "")
-        table.add_row("total", "", f"{total:.1f}", "", "100%")
+            table.add_row(f"({len(rest)} more)", "", f"{sum(t.us for t in rest):.1f}", *blank, "")
+        table.add_row("total", "", f"{total:.1f}", *blank, "100%")
         console.print(table)
         if (line := profiled.timeline) is not None:  # what a timed row holds beyond its kernels: the GPU's idle time
             console.print(

@@ -6,7 +6,16 @@ import pytest
 from typer.testing import CliRunner
 
 from bench.problem import Problem
-from bench.profile import KernelTime, Timeline, device_intervals, kernel_times, per_pass_us, profile, timeline
+from bench.profile import (
+    KernelTime,
+    PassProfile,
+    Timeline,
+    device_intervals,
+    kernel_times,
+    per_pass_us,
+    profile,
+    timeline,
+)
 from bench.registry import KernelSpec, get
 from cli import app
 
@@ -83,6 +92,21 @@ def test_each_kernels_time_in_each_pass_shows_which_one_jumps() -> None:
     assert per_pass_us(launches, passes=2) == {"a": (4.0, 6.0), "b": (4.0, 10.0)}
     assert KernelTime("b", 1, 7.0, (4.0, 10.0)).band_us() == pytest.approx((5.2, 8.8))
     assert KernelTime("aten::mm", 1, 7.0).band_us() is None  # a CPU profile has no per-pass times
+
+
+def test_the_command_shows_the_per_pass_band_where_the_profile_has_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench import profile as profile_module
+
+    jumpy = PassProfile([KernelTime("bw_dq_dk_kernel", 2, 5.0, (4.0, 4.0, 6.0, 6.0, 6.0))], None)
+    monkeypatch.setattr(profile_module, "profile", lambda spec, problem, passes: jumpy)
+    args = ["profile", "--kernels", "reference.mlstm_exp_parallel", "--device", "cpu", "--mode", "fw"]
+    out = runner.invoke(app, args, env={"COLUMNS": "200"})
+    assert out.exit_code == 0, out.output
+    assert "p20..p80 us" in out.output and "4.0..6.0" in out.output
+    monkeypatch.setattr(
+        profile_module, "profile", lambda spec, problem, passes: PassProfile([KernelTime("mm", 1, 5.0)], None)
+    )
+    assert "p20..p80" not in runner.invoke(app, args, env={"COLUMNS": "200"}).output  # a CPU profile has none
 
 
 def test_the_command_prints_a_table_and_reports_what_it_could_not_run() -> None:
