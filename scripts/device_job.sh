@@ -12,6 +12,10 @@
 #                      sweep rows of both backends at S 8192, 7B and paper shapes (gluon_consttoken7b.parquet, gluon_consttoken.parquet)
 #   backends (420)     sweep rows of both backends (Triton, Gluon) at the chunks of CHUNKS (default "512 1024"), S 8192,
 #                      7B and paper shapes (backends_consttoken7b.parquet, backends_consttoken.parquet)
+#   bimodal (300)      the chunk-512 fwbw row's two levels (docs/performance.md v38): REPEATS (default 3) fresh sweeps of
+#                      tfla.mlstm_sig fwbw (7B, S 8192) at the chunks of SWEEP_CHUNKS (default 256,512) with each timer
+#                      (events, cudagraph), every repetition's row kept (bimodal.parquet), then bench profile of each
+#                      chunk of CHUNKS (default "512 256"), 40 passes: each kernel's p20..p80 over the passes
 #   gluon_dq (300)     the Gluon dq and dk kernels: their times against Triton's (scripts/gluon_time.py --kernel
 #                      bw_dq / bw_dk, 7B, S 8192, sig) at the chunks of CHUNKS (default "128 256 1024"), then their
 #                      GPU tests against the Triton kernels
@@ -62,7 +66,7 @@
 # to this tree's commit first.
 set -uo pipefail
 [ $# -ge 1 ] && [ -n "${OUT:-}" ] || { sed -n '2,/^set -uo/p' "$0" | sed '$d'; exit 2; }  # the comment above
-declare -A LIMIT=([env]=30 [gluon]=360 [backends]=420 [gluon_dq]=300 [gluon_states]=300 [gluon_bw_states]=300 [fused]=360 [pytest_gpu]=300 [profile]=240 [mamba]=240 [verify]=330 [ncu]=240 [ncu_sass]=240 [ncu_bytes]=240
+declare -A LIMIT=([env]=30 [gluon]=360 [backends]=420 [gluon_dq]=300 [gluon_states]=300 [gluon_bw_states]=300 [fused]=360 [pytest_gpu]=300 [profile]=240 [bimodal]=300 [mamba]=240 [verify]=330 [ncu]=240 [ncu_sass]=240 [ncu_bytes]=240
   [states]=420 [gluon_base]=300 [states_verify]=300 [premove]=420 [plant]=300 [consttoken7b]=540 [consttoken]=540 [headdim]=540 [chunksize]=540)
 for arg in "$@"; do  # every step known and every limit a number, before anything runs
   step=${arg%%:*}
@@ -105,6 +109,21 @@ run_step() {  # the commands of one step (a subshell, so that `timeout` can cut 
     profile)
       for chunk in ${CHUNKS:-512}; do
         COLUMNS=200 $py cli.py profile --kernels tfla.mlstm_sig,tfla.mlstm_sig_gluon --mode fwbw --chunk-size "$chunk" --passes 5
+      done ;;
+    bimodal)
+      for i in $(seq "${REPEATS:-3}"); do
+        for timer in events cudagraph; do
+          rm -rf /tmp/bimodal_one.parquet*
+          $py cli.py sweep --preset chunksize --kernels tfla.mlstm_sig --chunk-size "${SWEEP_CHUNKS:-256,512}" --mode fwbw \
+            --timer $timer --out /tmp/bimodal_one.parquet > /dev/null
+          $py -c 'import sys; from bench import store; store.append(sys.argv[2], store.records(store.load(sys.argv[1])))' \
+            /tmp/bimodal_one.parquet "$RESULTS/bimodal.parquet"
+        done
+      done
+      $py -c 'import sys; from bench import store; print(store.load(sys.argv[1])[["chunk_size", "timer", "runtime_ms",
+        "runtime_p20_ms", "runtime_p80_ms"]].round(3).to_string())' "$RESULTS/bimodal.parquet"
+      for chunk in ${CHUNKS:-512 256}; do
+        COLUMNS=200 $py cli.py profile --kernels tfla.mlstm_sig --mode fwbw --chunk-size "$chunk" --passes 40
       done ;;
     gluon_dq)
       for chunk in ${CHUNKS:-128 256 1024}; do  # the times first: their tables check each run against Triton too
