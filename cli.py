@@ -801,7 +801,8 @@ def report(
     results: Annotated[Path, typer.Argument(help="results Parquet")],
     out: Annotated[Optional[Path], typer.Option(help="Markdown file (default: beside the results)")] = None,
 ) -> None:
-    """One Markdown page: environment, figures, runtime table, each kernel at its best chunk, speed-ups of our kernels, noisy and failed configs."""
+    """One Markdown page: environment, figures, runtime table, each kernel at its best chunk, speed-ups of our
+    kernels, noisy and failed configs."""
     from plots.report import write_report
 
     target = out or results.with_suffix(".md")

@@ -168,7 +168,8 @@ def profile_passes(run: Callable[[], Any], passes: int, device: str = "cuda") ->
         for _ in range(passes):
             run()
         sync()
-    per_pass = per_pass_us(device_launches(prof.events()), passes) if device == "cuda" else {}
+    launches = device_launches(prof.events()) if device == "cuda" else []
+    per_pass = per_pass_us(launches, passes)
     out = []
     for e in prof.key_averages():
         if device == "cuda":
@@ -177,21 +178,16 @@ def profile_passes(run: Callable[[], Any], passes: int, device: str = "cuda") ->
             total = e.self_cpu_time_total
         if total > 0:
             out.append(KernelTime(e.key, e.count / passes, total / passes, per_pass.get(e.key, ())))
-    spans = device_intervals(prof.events()) if device == "cuda" else []
+    spans = [(start, end) for _, start, end in launches]
     return PassProfile(sorted(out, key=lambda k: -k.us), timeline(spans, passes))
 
 
 def device_launches(events: Sequence[Any]) -> list[tuple[str, float, float]]:
-    """``(name, start, end)`` (us) of the profiler events that ran on the GPU."""
+    """``(name, start, end)`` in us of the profiler events that ran on the GPU (``torch.profiler``'s
+    ``FunctionEvent``: ``device_type`` CUDA)."""
     from torch.autograd import DeviceType
 
     return [(e.name, e.time_range.start, e.time_range.end) for e in events if e.device_type == DeviceType.CUDA]
-
-
-def device_intervals(events: Sequence[Any]) -> list[tuple[float, float]]:
-    """``(start, end)`` in us of the profiler events that ran on the GPU (``torch.profiler``'s ``FunctionEvent``:
-    ``device_type`` CUDA)."""
-    return [(start, end) for _, start, end in device_launches(events)]
 
 
 def kernel_times(run: Callable[[], Any], passes: int, device: str = "cuda") -> list[KernelTime]:

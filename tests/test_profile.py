@@ -10,7 +10,7 @@ from bench.profile import (
     KernelTime,
     PassProfile,
     Timeline,
-    device_intervals,
+    device_launches,
     kernel_times,
     per_pass_us,
     profile,
@@ -81,7 +81,7 @@ def test_only_gpu_events_make_the_timeline() -> None:
         return SimpleNamespace(name="k", device_type=device, time_range=SimpleNamespace(start=start, end=end))
 
     events = [event(DeviceType.CPU, 0.0, 50.0), event(DeviceType.CUDA, 2.0, 9.0), event(DeviceType.CUDA, 11.0, 12.0)]
-    assert device_intervals(events) == [(2.0, 9.0), (11.0, 12.0)]
+    assert device_launches(events) == [("k", 2.0, 9.0), ("k", 11.0, 12.0)]
 
 
 def test_each_kernels_time_in_each_pass_shows_which_one_jumps() -> None:
