@@ -43,7 +43,8 @@
 #                      BASE (default ed6efba, the commit before) in the same run, 7B sig chunk 128/256, exp 128
 #   gluon_base (300)   scripts/gluon_time.py --kernel GLUON_KERNEL (default bw_dk) at the chunks of CHUNKS (default
 #                      "256 1024") in a worktree of BASE (default HEAD~1) and in this tree, then this tree's GPU tests
-#                      of the kernel (a kernel change's before and after in one call)
+#                      of the kernel and of the whole Gluon backend against Triton (a kernel change's before and after
+#                      in one call)
 #   states_verify (300) pytest -m gpu tests/test_tfla.py; bench verify of tfla in fp16 and at head dims 128
 #   premove (420)      bench check --against 2e403e8 --run ci (the layout move's before/after, issue #23)
 #   plant (300)        the gate's planted 1.2x slow-down against HEAD (scripts/gate_noise/run.sh OUT/gate 0; tables:
@@ -215,7 +216,7 @@ run_step() {  # the commands of one step (a subshell, so that `timeout` can cut 
           (cd "$tree" && PYTHONPATH=$tree $py scripts/gluon_time.py --kernel "$kernel" --chunk "$chunk")
         done
       done
-      $py -m pytest -m gpu -q -rs -p no:cacheprovider tests/test_gluon.py -k "${kernel#bw_} or ${kernel}" ;;
+      $py -m pytest -m gpu -q -rs -p no:cacheprovider tests/test_gluon.py -k "${kernel#bw_} or ${kernel} or gluon_backend" ;;  # dv has no GPU test of its own
     states_verify)
       $py -m pytest -m gpu -q -rs -p no:cacheprovider tests/test_tfla.py
       $py cli.py verify --kernels tfla.mlstm_sig,tfla.mlstm_exp --dtype float16 --jobs 4
