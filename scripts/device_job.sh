@@ -14,8 +14,10 @@
 #                      7B and paper shapes (backends_consttoken7b.parquet, backends_consttoken.parquet)
 #   bimodal (300)      the chunk-512 fwbw row's two levels (docs/performance.md v38): REPEATS (default 3) fresh sweeps of
 #                      tfla.mlstm_sig fwbw (7B, S 8192) at the chunks of SWEEP_CHUNKS (default 256,512) with each timer
-#                      (events, cudagraph), every repetition's row kept (bimodal.parquet), then bench profile of each
-#                      chunk of CHUNKS (default "512 256"), 40 passes: each kernel's p20..p80 over the passes
+#                      (events, cudagraph), every repetition's row kept (bimodal.parquet), the GPU's clocks sampled
+#                      meanwhile (bimodal_clocks.csv, each sweep's window in bimodal_marks.txt, scripts/clock_windows.py
+#                      per sweep), then bench profile of each chunk of CHUNKS (default "512 256"), 40 passes: each
+#                      kernel's p20..p80 over the passes
 #   gluon_dq (300)     the Gluon dq and dk kernels: their times against Triton's (scripts/gluon_time.py --kernel
 #                      bw_dq / bw_dk, 7B, S 8192, sig) at the chunks of CHUNKS (default "128 256 1024"), then their
 #                      GPU tests against the Triton kernels
@@ -112,17 +114,29 @@ run_step() {  # the commands of one step (a subshell, so that `timeout` can cut 
         COLUMNS=200 $py cli.py profile --kernels tfla.mlstm_sig,tfla.mlstm_sig_gluon --mode fwbw --chunk-size "$chunk" --passes 5
       done ;;
     bimodal)
+      reasons=clocks_event_reasons.active  # the driver's name since 535; older ones call it clocks_throttle_reasons
+      nvidia-smi --query-gpu=$reasons --format=csv > /dev/null 2>&1 || reasons=clocks_throttle_reasons.active
+      # the sampler's own limit (a call's 10 minutes) ends it should the step be cut before its kill
+      timeout 600 nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu,$reasons \
+        --format=csv,noheader -lms 50 > "$OUT/bimodal_clocks.csv" &
+      sampler=$!
       for i in $(seq "${REPEATS:-3}"); do
         for timer in events cudagraph; do
-          rm -rf /tmp/bimodal_one.parquet*
-          $py cli.py sweep --preset chunksize --kernels tfla.mlstm_sig --chunk-size "${SWEEP_CHUNKS:-256,512}" --mode fwbw \
-            --timer $timer --out /tmp/bimodal_one.parquet > /dev/null
-          $py -c 'import sys; from bench import store; store.append(sys.argv[2], store.records(store.load(sys.argv[1])))' \
-            /tmp/bimodal_one.parquet "$RESULTS/bimodal.parquet"
+          for chunk in $(echo "${SWEEP_CHUNKS:-256,512}" | tr , ' '); do  # one chunk a sweep: a window of clock samples each
+            rm -rf /tmp/bimodal_one.parquet*
+            echo "$(date +%FT%T.%N) start $chunk $timer $i" >> "$OUT/bimodal_marks.txt"
+            $py cli.py sweep --preset chunksize --kernels tfla.mlstm_sig --chunk-size "$chunk" --mode fwbw \
+              --timer $timer --out /tmp/bimodal_one.parquet > /dev/null
+            echo "$(date +%FT%T.%N) end $chunk $timer $i" >> "$OUT/bimodal_marks.txt"
+            $py -c 'import sys; from bench import store; store.append(sys.argv[2], store.records(store.load(sys.argv[1])))' \
+              /tmp/bimodal_one.parquet "$RESULTS/bimodal.parquet"
+          done
         done
       done
       $py -c 'import sys; from bench import store; print(store.load(sys.argv[1])[["chunk_size", "timer", "runtime_ms",
         "runtime_p20_ms", "runtime_p80_ms"]].round(3).to_string())' "$RESULTS/bimodal.parquet"
+      kill $sampler
+      $py scripts/clock_windows.py "$OUT/bimodal_clocks.csv" "$OUT/bimodal_marks.txt"  # each sweep's clocks
       for chunk in ${CHUNKS:-512 256}; do
         COLUMNS=200 $py cli.py profile --kernels tfla.mlstm_sig --mode fwbw --chunk-size "$chunk" --passes 40
       done ;;
