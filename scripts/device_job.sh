@@ -114,7 +114,7 @@ run_step() {  # the commands of one step (a subshell, so that `timeout` can cut 
         COLUMNS=200 $py cli.py profile --kernels tfla.mlstm_sig,tfla.mlstm_sig_gluon --mode fwbw --chunk-size "$chunk" --passes 5
       done ;;
     bimodal)
-      reasons=clocks_event_reasons.active  # the driver's name since 535; older ones call it clocks_throttle_reasons
+      reasons=clocks_event_reasons.active  # newer drivers' name; older ones know only clocks_throttle_reasons
       nvidia-smi --query-gpu=$reasons --format=csv > /dev/null 2>&1 || reasons=clocks_throttle_reasons.active
       # the sampler's own limit (a call's 10 minutes) ends it should the step be cut before its kill
       timeout 600 nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu,$reasons \
