@@ -18,6 +18,9 @@
 #                      meanwhile (bimodal_clocks.csv, each sweep's window in bimodal_marks.txt, scripts/clock_windows.py
 #                      per sweep), then bench profile of each chunk of CHUNKS (default "512 256"), 40 passes: each
 #                      kernel's p20..p80 over the passes
+#   placement (240)    does placement set the chunk-512 fwbw time? scripts/placement_time.py at chunk 512 (inputs after
+#                      pads of PADS MiB, default 0,2,64,130,512; eager and CUDA graph; then expandable segments) and
+#                      at 256 (eager) as the control: medians across placements against the band within one
 #   gluon_dq (300)     the Gluon dq and dk kernels: their times against Triton's (scripts/gluon_time.py --kernel
 #                      bw_dq / bw_dk, 7B, S 8192, sig) at the chunks of CHUNKS (default "128 256 1024"), then their
 #                      GPU tests against the Triton kernels
@@ -69,7 +72,7 @@
 # to this tree's commit first.
 set -uo pipefail
 [ $# -ge 1 ] && [ -n "${OUT:-}" ] || { sed -n '2,/^set -uo/p' "$0" | sed '$d'; exit 2; }  # the comment above
-declare -A LIMIT=([env]=30 [gluon]=360 [backends]=420 [gluon_dq]=300 [gluon_states]=300 [gluon_bw_states]=300 [fused]=360 [pytest_gpu]=300 [profile]=240 [bimodal]=300 [mamba]=240 [verify]=330 [ncu]=240 [ncu_sass]=240 [ncu_bytes]=240
+declare -A LIMIT=([env]=30 [gluon]=360 [backends]=420 [gluon_dq]=300 [gluon_states]=300 [gluon_bw_states]=300 [fused]=360 [pytest_gpu]=300 [profile]=240 [bimodal]=300 [placement]=240 [mamba]=240 [verify]=330 [ncu]=240 [ncu_sass]=240 [ncu_bytes]=240
   [states]=420 [gluon_base]=300 [states_verify]=300 [premove]=420 [plant]=300 [consttoken7b]=540 [consttoken]=540 [headdim]=540 [chunksize]=540)
 for arg in "$@"; do  # every step known and every limit a number, before anything runs
   step=${arg%%:*}
@@ -140,6 +143,12 @@ run_step() {  # the commands of one step (a subshell, so that `timeout` can cut 
       for chunk in ${CHUNKS:-512 256}; do
         COLUMNS=200 $py cli.py profile --kernels tfla.mlstm_sig --mode fwbw --chunk-size "$chunk" --passes 40
       done ;;
+    placement)
+      pads=${PADS:-0,2,64,130,512}
+      $py scripts/placement_time.py --chunk 512 --pads "$pads"
+      $py scripts/placement_time.py --chunk 512 --pads "$pads" --graph
+      PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True $py scripts/placement_time.py --chunk 512 --pads "$pads"
+      $py scripts/placement_time.py --chunk 256 --pads "$pads" ;;
     gluon_dq)
       for chunk in ${CHUNKS:-128 256 1024}; do  # the times first: their tables check each run against Triton too
         for kernel in bw_dq bw_dk; do $py scripts/gluon_time.py --kernel $kernel --chunk $chunk; done
