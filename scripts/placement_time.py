@@ -19,23 +19,17 @@ import argparse
 import statistics
 import sys
 
+import numpy as np
+
 from bench import registry
 from bench.measure import build_step
 from bench.problem import Problem
 
 
-def quantile(xs: list[float], q: float) -> float:
-    """The ``q`` quantile of ``xs`` by linear interpolation (as ``torch.quantile``)."""
-    s = sorted(xs)
-    pos = q * (len(s) - 1)
-    lo = int(pos)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
-
-
 def summary(times_ms: list[float]) -> tuple[float, float, float, float]:
-    """(median, p20, p80, band in % of the median) of one round's repetitions (ms)."""
-    med, p20, p80 = quantile(times_ms, 0.5), quantile(times_ms, 0.2), quantile(times_ms, 0.8)
+    """(median, p20, p80, band in % of the median) of one round's repetitions (ms); quantiles by linear
+    interpolation, as ``triton.testing.do_bench``'s."""
+    med, p20, p80 = (float(x) for x in np.quantile(times_ms, [0.5, 0.2, 0.8]))
     return med, p20, p80, 100.0 * (p80 - p20) / med
 
 
@@ -61,6 +55,12 @@ def main() -> None:
     ap.add_argument("--rep-ms", type=int, default=400)
     ap.add_argument("--graph", action="store_true")
     a = ap.parse_args()
+    if a.rounds < 1 or a.rep_ms < 1:
+        ap.error(f"--rounds and --rep-ms must be positive integers; got {a.rounds} and {a.rep_ms}")
+    try:
+        spec = registry.get(a.kernel)
+    except ValueError as err:
+        ap.error(f"--kernel: {err}")
     try:
         b, h, s, dqk, dv = (int(x) for x in a.shape.split(","))
         problem = Problem(b, h, s, dqk, dv, chunk_size=a.chunk, mode=a.mode).validate()
@@ -69,7 +69,7 @@ def main() -> None:
     import torch
     import triton.testing
 
-    spec = registry.get(a.kernel)
+    bench = triton.testing.do_bench_cudagraph if a.graph else triton.testing.do_bench
     rows = []
     for pad_mib in a.pads:
         pad = torch.empty(pad_mib << 20, dtype=torch.uint8, device="cuda") if pad_mib else None
@@ -78,7 +78,6 @@ def main() -> None:
         step, leaves = build_step(spec, inputs, problem.mode)
         address = inputs[0].data_ptr()
         for r in range(a.rounds):
-            bench = triton.testing.do_bench_cudagraph if a.graph else triton.testing.do_bench
             times = bench(step, rep=a.rep_ms, grad_to_none=leaves or None, return_mode="all")
             med, p20, p80, band = summary(list(times))
             rows.append((pad_mib, r, med, band))
