@@ -4,14 +4,14 @@
 ``bw_chunk_dv_kernel`` against ``bw_dv_kernel`` on the arguments the Triton backward hands its own; ``--kernel
 bw_dq`` / ``bw_dk``: ``bw_chunk_dq_kernel`` / ``bw_chunk_dk_kernel`` against ``bw_dq_dk_kernel`` likewise, one Gluon
 run per ring depth of ``--stages`` (default: the deepest that fits), its chained products synchronous and one in
-flight). Prints a table with each one's time (``triton.testing.do_bench``, ms), its ratio to the Triton kernel and its
+flight; ``--kernel bw_dq_dk``: both, Triton's two kernels against the Gluon kernel as two launches and as one). Prints a table with each one's time (``triton.testing.do_bench``, ms), its ratio to the Triton kernel and its
 relative difference.
 ``--kernel fw_states``: ``fw_chunk_states_kernel`` against ``fw_states_kernel`` (``BQ`` is its token slice ``BL``;
 ``consumers`` its consumer warpgroups a program; each with its gates in the ``k`` tile's rows and packed, and packed
 with one shared buffer a consumer for the state stores instead of two);
 ``--kernel bw_states``: ``bw_chunk_state_grads_kernel`` against ``bw_states_kernel`` likewise (one run per ring depth
 of ``--stages``, default 2 and 3).
-Usage: ``python scripts/gluon_time.py [--kernel fw_output|bw_dv|bw_dq|bw_dk|fw_states|bw_states] [--shape 8,8,8192,256,512] [--chunk 128]
+Usage: ``python scripts/gluon_time.py [--kernel fw_output|bw_dv|bw_dq|bw_dk|bw_dq_dk|fw_states|bw_states] [--shape 8,8,8192,256,512] [--chunk 128]
 [--variant sig] [--gluon "64,64,128,4,0;64,64,256,4,1,1,2,1;..."] [--stages 4,6,8]``: Gluon tiles
 ``BQ,BKV,BV,num_warps,warp_specialized[,state_pieces[,consumers[,pingpong[,shared_scores]]]]`` (``bw_dv`` is always
 warp-specialized; ``bw_dq`` and ``bw_dk`` take only ``num_warps`` from them; ``shared_scores`` is the output kernel's
@@ -93,18 +93,26 @@ def fw_output_runs(a: argparse.Namespace, x: list[torch.Tensor], tiles: object) 
     return runs, h
 
 
-def recorded_launch(a: argparse.Namespace, x: list[torch.Tensor], name: str) -> tuple[Callable, tuple]:
-    """The Triton launcher ``tfla.<name>`` and the arguments one Triton backward on ``x`` hands it (recorded)."""
-    calls = []
-    launcher = getattr(tfla, name)
-    setattr(tfla, name, lambda *args: (calls.append(args), launcher(*args))[1])
+def recorded_launches(a: argparse.Namespace, x: list[torch.Tensor], *names: str) -> list[tuple[Callable, tuple]]:
+    """For each of ``names``: the Triton launcher ``tfla.<name>`` and the arguments one Triton backward on ``x``
+    hands it (recorded; the same backward for all, so that they share its ``dh``)."""
+    launchers = {name: getattr(tfla, name) for name in names}
+    calls: dict[str, list[tuple]] = {name: [] for name in names}
+    for name, launcher in launchers.items():
+        setattr(tfla, name, lambda *args, name=name, launcher=launcher: (calls[name].append(args), launcher(*args))[1])
     try:
         x = [t.detach().requires_grad_(True) for t in x]
         h = tfla.mlstm_tfla(*x, variant=a.variant, normalize=a.variant == "exp", chunk_size=a.chunk, backend="triton")
         h.backward(torch.randn_like(h))
     finally:
-        setattr(tfla, name, launcher)
-    return launcher, calls[0]
+        for name, launcher in launchers.items():
+            setattr(tfla, name, launcher)
+    return [(launchers[name], calls[name][0]) for name in names]
+
+
+def recorded_launch(a: argparse.Namespace, x: list[torch.Tensor], name: str) -> tuple[Callable, tuple]:
+    """``recorded_launches`` of one launcher."""
+    return recorded_launches(a, x, name)[0]
 
 
 def bw_dv_runs(a: argparse.Namespace, x: list[torch.Tensor], tiles: object) -> tuple[dict, torch.Tensor]:
@@ -137,6 +145,30 @@ def bw_dq_dk_runs(a: argparse.Namespace, x: list[torch.Tensor], tiles: object) -
                     *tensors, out, chunk, exp, **options
                 )
     return runs, grad
+
+
+def bw_dq_dk_pair_runs(a: argparse.Namespace, x: list[torch.Tensor], tiles: object) -> tuple[dict, torch.Tensor]:
+    """``dq`` and ``dk`` together (``--kernel bw_dq_dk``): the two Triton kernels, the Gluon kernel as two launches
+    and as one (``bw_dq_dk_pair_kernel``), on the arguments one Triton backward hands its own (recorded); the
+    expected output is Triton's ``dq`` and ``dk`` stacked, and each run writes its two halves."""
+    (dq_launch, (*dq_tensors, dq, chunk, exp, dq_tiles)), (dk_launch, (*dk_tensors, dk, _, _, dk_tiles)) = (
+        recorded_launches(a, x, "launch_bw_dq", "launch_bw_dk")
+    )
+    runs = {
+        "triton dq + dk": lambda out: (
+            dq_launch(*dq_tensors, out[0], chunk, exp, dq_tiles),
+            dk_launch(*dk_tensors, out[1], chunk, exp, dk_tiles),
+        )
+    }
+    for warps in dict.fromkeys(tile[3] for tile in a.gluon):
+        for async_mma in (False, True):
+            for one_launch in (False, True):
+                options = {"num_warps": warps, "async_mma": async_mma, "one_launch": one_launch}
+                name = f"gluon {'one launch' if one_launch else 'two launches'}{' async' if async_mma else ''}"
+                runs[f"{name} warps={warps}"] = lambda out, options=options: mlstm_bw_dq_dk.launch_bw_dq_dk(
+                    (*dq_tensors, out[0]), (*dk_tensors, out[1]), chunk, exp, **options
+                )
+    return runs, torch.stack([dq, dk])
 
 
 def fw_states_runs(a: argparse.Namespace, x: list[torch.Tensor], tiles: object) -> tuple[dict, torch.Tensor]:
@@ -205,6 +237,7 @@ DEFAULT_TILES = {  # v14's fastest (two consumers, pieces) without and with ping
     "bw_dv": "64,64,256,4,1,1;64,64,256,4,1,1,2;64,64,256,4,1,1,2,1",
     "bw_dq": "64,64,64,4,1;64,64,64,8,1",
     "bw_dk": "64,64,64,4,1;64,64,64,8,1",
+    "bw_dq_dk": "64,64,64,4,1;64,64,64,8,1",
     "fw_states": "128,64,128,4,1;64,64,128,4,1,0,2;64,64,64,4,1,0,2;128,64,64,4,1,0,2",  # BL, -, BV, ..., consumers
     "bw_states": "128,64,128,4,1,0,2;64,64,128,4,1,0,2;128,64,128,4,1",  # two consumers: 128 or 64 tokens a slice
 }
@@ -213,6 +246,7 @@ RUNS = {
     "bw_dv": bw_dv_runs,
     "bw_dq": bw_dq_dk_runs,
     "bw_dk": bw_dq_dk_runs,
+    "bw_dq_dk": bw_dq_dk_pair_runs,
     "fw_states": fw_states_runs,
     "bw_states": bw_states_runs,
 }
@@ -246,7 +280,7 @@ def main() -> None:
     )
     print(
         f"kernel | ms | / triton | rel diff of "
-        f"{dict(fw_output='h', bw_dv='dv', bw_dq='dq', bw_dk='dk', fw_states='C', bw_states='dC')[a.kernel]}"
+        f"{dict(fw_output='h', bw_dv='dv', bw_dq='dq', bw_dk='dk', bw_dq_dk='dq, dk', fw_states='C', bw_states='dC')[a.kernel]}"
     )
     base = None
     for name, run in runs.items():

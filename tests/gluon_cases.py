@@ -103,9 +103,10 @@ def bw_dv_case(exp: bool, dqk: int, dv: int, seq: int = 256, chunk: int = 128, *
 
 
 def bw_dq_dk_case(kernel: str, dqk: int, dv: int, seq: int = 256, chunk: int = 128, **options: object) -> dict:
-    """What ``kernels.gluon.mlstm_bw_dq_dk.launch_<kernel>`` (``bw_dq`` or ``bw_dk``) would launch on a backward's
-    tensors of two heads (CPU, only their types count; the states shaped as ``dk``'s, the one more that ``dq`` does
-    not read is harmless), with ptxas' spill-store bytes per thread (``spill_bytes``)."""
+    """What ``kernels.gluon.mlstm_bw_dq_dk.launch_<kernel>`` (``bw_dq`` or ``bw_dk``; ``bw_dq_dk``: both in one
+    launch, ``pair_launch_args``) would launch on a backward's tensors of two heads (CPU, only their types count; the
+    states shaped as ``dk``'s, the one more that ``dq`` does not read is harmless), with ptxas' spill-store bytes per
+    thread (``spill_bytes``)."""
     from kernels.gluon import mlstm_bw_dq_dk
 
     bh, nc, dtype, f32 = 2, seq // chunk, torch.bfloat16, torch.float32
@@ -115,7 +116,10 @@ def bw_dq_dk_case(kernel: str, dqk: int, dv: int, seq: int = 256, chunk: int = 1
     gate_b, gate_i, inv_den, dz, m_tok = (torch.empty(bh, seq, dtype=f32) for _ in range(5))
     vec_st, m_st = torch.empty(bh, nc + 1, dqk, dtype=f32), torch.empty(bh, nc + 1, dtype=f32)
     tensors = (q, k, v, dh, gate_b, gate_i, inv_den, dz, states, vec_st, m_st, m_tok, grad)
-    kernel_fn, _, args, constexprs = mlstm_bw_dq_dk.launch_args(kernel, *tensors, chunk, True, **options)
+    if kernel == "bw_dq_dk":
+        kernel_fn, _, args, constexprs = mlstm_bw_dq_dk.pair_launch_args(tensors, tensors, chunk, True, **options)
+    else:
+        kernel_fn, _, args, constexprs = mlstm_bw_dq_dk.launch_args(kernel, *tensors, chunk, True, **options)
     compiled = support.compile_for(kernel_fn, args, constexprs)
     return {**_facts(compiled), "spill_bytes": ptxas_usage(compiled.asm["ptx"])[1]}
 
@@ -231,7 +235,7 @@ CASES = {
                 kernel, dqk, dv, async_mma=async_mma, num_warps=warps
             )
         )
-        for kernel in ("bw_dq", "bw_dk")
+        for kernel in ("bw_dq", "bw_dk", "bw_dq_dk")
         for dqk, dv in ((256, 512), (128, 256), (64, 64))
         for async_mma in (False, True)
         for warps in (4, 8)
@@ -306,6 +310,13 @@ CASES = {
         for dt in ("bfloat16", "float16")
     },
 }
+
+
+def pin_one_launch(monkeypatch: object, one_launch: bool) -> None:
+    """The backend's ``dq`` / ``dk`` options with ``one_launch`` pinned (``kernels.gluon.config.overridden``)."""
+    from kernels.gluon import config
+
+    monkeypatch.setattr(config, "bw_dq_dk_options", config.overridden("bw_dq_dk", one_launch=one_launch))  # type: ignore[attr-defined]
 
 
 def gluon_against_triton(

@@ -17,7 +17,12 @@ import torch
 gluon = pytest.importorskip("triton.experimental.gluon.language.nvidia.hopper", reason="this Triton has no Gluon")
 
 from kernels.gluon import support, ws_matmul  # noqa: E402
-from tests.gluon_cases import FW_OUTPUT_KERNELS, bw_states_against_float64, gluon_against_triton  # noqa: E402
+from tests.gluon_cases import (  # noqa: E402
+    FW_OUTPUT_KERNELS,
+    bw_states_against_float64,
+    gluon_against_triton,
+    pin_one_launch,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 HOPPER_SMEM_BYTES = 227 * 1024  # the most dynamic shared memory one block of an sm_90 GPU may take
@@ -133,12 +138,12 @@ def test_two_consumer_bw_dv_lowers_within_hopper_shared_memory(dims: str, pingpo
 @pytest.mark.parametrize("warps", [4, 8])
 @pytest.mark.parametrize("mma", ["", " async"])
 @pytest.mark.parametrize("dims", ["256x512", "128x256", "64x64"])
-@pytest.mark.parametrize("kernel", ["bw_dq", "bw_dk"])
+@pytest.mark.parametrize("kernel", ["bw_dq", "bw_dk", "bw_dq_dk"])
 def test_bw_dq_dk_lower_to_warp_specialized_wgmma_in_hopper_shared_memory(
     kernel: str, dims: str, mma: str, warps: int
 ) -> None:
-    """The Gluon ``dq`` and ``dk`` kernels: the load warp and the consumer (``setmaxnreg``), TMA and wgmmas as wide
-    as the q/k head dim (the inter term's, the first: m64n256k16 at 7B with one warpgroup; with two each takes half
+    """The Gluon ``dq`` and ``dk`` kernels, apart and in one launch (``bw_dq_dk``): the load warp and the consumer
+    (``setmaxnreg``), TMA and wgmmas as wide as the q/k head dim (the inter term's, the first: m64n256k16 at 7B with one warpgroup; with two each takes half
     the columns) within sm_90's shared memory at the deepest ring that fits; the chained products synchronous or one
     in flight."""
     facts = _case(f"{kernel}{mma} w{warps} {dims}")
@@ -175,6 +180,23 @@ def test_bw_dq_dk_at_7b_spill_no_more_than_measured() -> None:
         pytest.skip(f"spills known for Triton {', '.join(DQ_DK_SPILLS)}; this is {triton.__version__}")
     dq, dk = _case("bw_dq w4 256x512"), _case("bw_dk w4 256x512")
     assert dq["spill_bytes"] <= bound[0] and dk["spill_bytes"] <= bound[1], (dq, dk)
+
+
+# dq and dk in one launch at 7B, spill bytes a thread with one warpgroup and with two, by Triton version: one
+# warpgroup holds both roles' column factors beside its 64 x 256 accumulator; two split the accumulator's columns
+DQ_DK_ONE_LAUNCH_SPILLS = {"3.6": (176, 0)}
+
+
+def test_bw_dq_dk_in_one_launch_at_7b_spill_no_more_than_measured() -> None:
+    """``bw_dq_dk_pair_kernel`` at the 7B head dims: the spills of ``DQ_DK_ONE_LAUNCH_SPILLS`` at most (Triton 3.6:
+    164 bytes a thread with one warpgroup, none with two)."""
+    import triton
+
+    bound = DQ_DK_ONE_LAUNCH_SPILLS.get(".".join(triton.__version__.split(".")[:2]))
+    if bound is None:
+        pytest.skip(f"spills known for Triton {', '.join(DQ_DK_ONE_LAUNCH_SPILLS)}; this is {triton.__version__}")
+    w4, w8 = _case("bw_dq_dk w4 256x512"), _case("bw_dq_dk w8 256x512")
+    assert w4["spill_bytes"] <= bound[0] and w8["spill_bytes"] <= bound[1], (w4, w8)
 
 
 @pytest.mark.parametrize("variant", ["exp", "sig"])
@@ -296,6 +318,56 @@ def test_bw_dq_dk_match_the_triton_kernels(
         assert rel(out, grad_triton) < 1e-2, f"{case}: the gradient against Triton: {rel(out, grad_triton):.2e}"
         for i, (got, want) in enumerate(zip(sums, sums_triton)):
             assert rel(got, want) < 1e-3, f"{case}: sum {i} against Triton: {rel(got, want):.2e}"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", ["exp", "sig"])
+@pytest.mark.parametrize(
+    ("seq", "dqk", "dv", "chunk"), [(700, 256, 512, 128), (1300, 256, 512, 1024), (640, 128, 256, 256)]
+)
+def test_bw_dq_dk_in_one_launch_match_the_triton_kernels(
+    variant: str, seq: int, dqk: int, dv: int, chunk: int, compiled_kernels: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``dq`` and ``dk`` in one launch (``launch_bw_dq_dk``) on the arguments one bf16 Triton backward hands its two
+    kernels: both gradients (poisoned with NaN first) and the four sums for the gate gradients as Triton's, with
+    the products synchronous or one in flight, one warpgroup or two."""
+    if (reason := support.unavailable_reason()) is not None:
+        pytest.skip(reason)
+    from kernels.gluon import mlstm_bw_dq_dk
+    from kernels.mlstm import tfla
+
+    calls: dict[str, list] = {"launch_bw_dq": [], "launch_bw_dk": []}
+    launches = {name: getattr(tfla, name) for name in calls}
+    for name, launch in launches.items():
+        monkeypatch.setattr(tfla, name, lambda *a, name=name, launch=launch: (calls[name].append(a), launch(*a))[1])
+    torch.manual_seed(torch.seed() % 2**31)
+    dev, dtype, (b, nh) = torch.device("cuda"), torch.bfloat16, (2, 2)
+    x = [torch.randn(b, nh, seq, d, device=dev, dtype=dtype, requires_grad=True) for d in (dqk, dqk, dv)]
+    x += [
+        torch.randn(b, nh, seq, device=dev, dtype=dtype).requires_grad_(),
+        (torch.randn(b, nh, seq, device=dev) + 3).to(dtype).requires_grad_(),
+    ]
+    h = tfla.mlstm_tfla(*x, variant=variant, normalize=variant == "exp", chunk_size=chunk, backend="triton")
+    h.backward(torch.randn_like(h))
+    ((*dq_tensors, dq_triton, _, exp, dq_tiles),) = calls["launch_bw_dq"]
+    ((*dk_tensors, dk_triton, _, _, dk_tiles),) = calls["launch_bw_dk"]
+    sums_triton = [launches["launch_bw_dq"](*dq_tensors, torch.empty_like(dq_triton), chunk, exp, dq_tiles)]
+    sums_triton += launches["launch_bw_dk"](*dk_tensors, torch.empty_like(dk_triton), chunk, exp, dk_tiles)
+    rel = lambda a, b: ((a.double() - b.double()).norm() / b.double().norm()).item()  # noqa: E731
+    for async_mma, warps in itertools.product((False, True), (4, 8)):
+        case = f"one launch, async_mma={async_mma}, num_warps={warps}"
+        dq, dk = torch.full_like(dq_triton, float("nan")), torch.full_like(dk_triton, float("nan"))
+        sums = mlstm_bw_dq_dk.launch_bw_dq_dk(
+            (*dq_tensors, dq), (*dk_tensors, dk), chunk, exp, async_mma=async_mma, num_warps=warps
+        )
+        torch.cuda.synchronize()
+        for name, got, want in (("dq", dq, dq_triton), ("dk", dk, dk_triton)):
+            assert not got.isnan().any(), f"{case}: {name} has unwritten elements"
+            assert rel(got, want) < 1e-2, f"{case}: {name} against Triton: {rel(got, want):.2e}"
+        for i, (got, want) in enumerate(zip(sums, sums_triton, strict=True)):
+            assert rel(got.sum(0), want.sum(0)) < 1e-3, (
+                f"{case}: sum {i} against Triton: {rel(got.sum(0), want.sum(0)):.2e}"
+            )
 
 
 @pytest.mark.gpu
@@ -502,13 +574,16 @@ def test_fw_output_matches_the_triton_kernel_and_float64(
 @pytest.mark.gpu
 @pytest.mark.parametrize("variant", ["exp", "sig"])
 @pytest.mark.parametrize(("seq", "chunk"), [(500, 64), (700, 128), (1300, 1024)])
+@pytest.mark.parametrize("one_launch", [False, True])
 def test_the_gluon_backend_matches_triton_forward_and_backward(
-    variant: str, seq: int, chunk: int, compiled_kernels: None
+    variant: str, seq: int, chunk: int, one_launch: bool, compiled_kernels: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``mlstm_tfla(backend="gluon")`` (every Gluon kernel ``kernels.gluon.config`` picks for the shape) against
-    ``backend="triton"``: the output and every gradient, bf16, 7B head dims, S not a multiple of the chunk; chunk 64
-    walks the states in 64-token slices, chunk 1024 walks 16 key tiles (and the Triton state kernels)."""
+    """``mlstm_tfla(backend="gluon")`` (every Gluon kernel ``kernels.gluon.config`` picks for the shape, ``dq`` and
+    ``dk`` in one launch or two) against ``backend="triton"``: the output and every gradient, bf16, 7B head dims, S
+    not a multiple of the chunk; chunk 64 walks the states in 64-token slices, chunk 1024 walks 16 key tiles (and
+    the Triton state kernels)."""
     if (reason := support.unavailable_reason()) is not None:
         pytest.skip(reason)
+    pin_one_launch(monkeypatch, one_launch)
     errors = gluon_against_triton("cuda", torch.bfloat16, (2, 2, seq, 256, 512), variant, chunk)
     assert all(err < 2e-2 for err in errors.values()), errors

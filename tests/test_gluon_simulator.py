@@ -24,6 +24,7 @@ from tests.gluon_cases import (  # noqa: E402
     bw_states_against_float64,
     forget_gate_parts_error,
     gluon_against_triton,
+    pin_one_launch,
     state_grads_reference,
 )
 
@@ -273,6 +274,40 @@ def test_bw_dq_dk_match_float64(kernel: str, seq: int, dqk: int, dv: int, chunk:
             assert rel(got[:, :seq], want) < 1e-4, f"{case}: {name} against float64: {rel(got[:, :seq], want):.2e}"
 
 
+@pytest.mark.parametrize("exp", [True, False])
+@pytest.mark.parametrize(("seq", "dqk", "dv", "chunk", "stages"), BW_DQ_DK_CASES)
+def test_bw_dq_dk_in_one_launch_match_float64(seq: int, dqk: int, dv: int, chunk: int, stages: int, exp: bool) -> None:
+    """``dq`` and ``dk`` in one launch (``launch_bw_dq_dk``: ``bw_dq_dk_pair_kernel``, the role a runtime flag) on
+    ``test_bw_dq_dk_match_float64``'s cases: both gradients (poisoned with NaN first) and all four sums against
+    ``dq_reference`` / ``dk_reference``, over both landings, the products synchronous or one in flight, one
+    warpgroup or two."""
+    from kernels.gluon import mlstm_bw_dq_dk
+
+    tensors = bw_dq_dk_inputs(seq, dqk, dv, chunk)
+    n_st = torch.randn_like(tensors[9])  # dq's own (dk reads dn): a role that read the other's would show
+    dq_tensors = (*tensors[:8], tensors[8][:, :-1].contiguous(), n_st, *tensors[10:])
+    ref_dq, ref_qdq = dq_reference(*dq_tensors, chunk, exp)
+    ref_dk, *ref_k_sums = dk_reference(*tensors, chunk, exp)
+    for landing, async_mma, warps in itertools.product(LANDINGS, (False, True), (4, 8)):
+        case = f"one launch, {landing}, async_mma={async_mma}, num_warps={warps}"
+        dq, dk = torch.full_like(tensors[0], float("nan")), torch.full_like(tensors[1], float("nan"))
+        options = dict(
+            stages=min(stages, mlstm_bw_dq_dk.ring_stages(dqk, dv, warps)), async_mma=async_mma, num_warps=warps
+        )
+        kernel_fn, grid, args, constexprs = mlstm_bw_dq_dk.pair_launch_args(
+            (*dq_tensors, dq), (*tensors, dk), chunk, exp, **options
+        )
+        assert grid[0] == 2 * (-(-seq // chunk)) * chunk // 64, case
+        simulate(kernel_fn, grid, args, constexprs, landing=landing)
+        for name, got, want in (("dq", dq, ref_dq), ("dk", dk, ref_dk)):
+            assert not got.isnan().any(), f"{case}: {name} has unwritten elements"
+            assert rel(got, want) < 2e-3, f"{case}: {name} against float64: {rel(got, want):.2e}"
+        sums = (args["SUMS_Q"][0], *args["SUMS_K"])
+        for name, got, want in zip(("q . dq", "k . dk", "its inter part", "its off-diagonal part"), sums,
+                                   (ref_qdq, *ref_k_sums), strict=True):  # fmt: skip
+            assert rel(got[:, :seq], want) < 1e-4, f"{case}: {name} against float64: {rel(got[:, :seq], want):.2e}"
+
+
 @pytest.mark.parametrize("kernel", ["bw_dq", "bw_dk"])
 def test_bw_dq_dk_refuse_what_they_cannot_take(kernel: str) -> None:
     from kernels.gluon import mlstm_bw_dq_dk
@@ -305,17 +340,23 @@ def test_bw_dq_dk_refuse_what_they_cannot_take(kernel: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "variant,shape,chunk",
-    [("exp", (1, 2, 100, 32, 64), 64), ("sig", (1, 2, 100, 32, 64), 64), ("sig", (1, 1, 200, 64, 64), 128)],
+    "variant,shape,chunk,one_launch",
+    [
+        ("exp", (1, 2, 100, 32, 64), 64, False),
+        ("sig", (1, 2, 100, 32, 64), 64, False),
+        ("sig", (1, 1, 200, 64, 64), 128, False),
+        ("exp", (1, 2, 200, 64, 64), 128, True),
+    ],
 )
 def test_the_gluon_backend_runs_simulated_on_the_cpu(
-    variant: str, shape: tuple[int, ...], chunk: int, monkeypatch: pytest.MonkeyPatch
+    variant: str, shape: tuple[int, ...], chunk: int, one_launch: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``mlstm_tfla(backend="gluon")`` on CPU tensors runs the Gluon state, output, state-gradient and ``dv``
     kernels in the simulator with the options ``kernels.gluon.config`` picks (chunk 128: two consumer warpgroups each
-    in the output and ``dv`` kernels): output and every gradient as ``backend="triton"`` (float16, S not a multiple
-    of the chunk); ``auto`` never picks it there."""
-    from kernels.gluon import mlstm_bw_states, mlstm_fw_states
+    in the output and ``dv`` kernels; from a q/k head dim of 64 the ``dq`` and ``dk`` kernels, in two launches or
+    one): output and every gradient as ``backend="triton"`` (float16, S not a multiple of the chunk); ``auto``
+    never picks it there."""
+    from kernels.gluon import mlstm_bw_dq_dk, mlstm_bw_states, mlstm_fw_states
     from kernels.mlstm.backends import choose_backend
 
     calls: dict[str, list[dict]] = {"fw_states": [], "bw_states": []}
@@ -323,8 +364,13 @@ def test_the_gluon_backend_runs_simulated_on_the_cpu(
         launch = getattr(module, f"launch_{kernel}")
         recorded = lambda *a, launch=launch, kernel=kernel, **o: (calls[kernel].append(o), launch(*a, **o))[1]  # noqa: E731
         monkeypatch.setattr(module, f"launch_{kernel}", recorded)
+    pin_one_launch(monkeypatch, one_launch)
+    pairs: list[tuple] = []
+    pair_args = mlstm_bw_dq_dk.pair_launch_args
+    monkeypatch.setattr(mlstm_bw_dq_dk, "pair_launch_args", lambda *a, **o: (pairs.append(a), pair_args(*a, **o))[1])
     errors = gluon_against_triton("cpu", torch.float16, shape, variant, chunk)
     assert all(err < 2e-3 for err in errors.values()), errors
+    assert len(pairs) == int(one_launch), "dq and dk in one launch, once in the Gluon pass"
     for kernel, options in calls.items():  # the Gluon state kernels ran, one call a pass
         assert len(options) == 1 and options[0]["bl"] == min(chunk, 128), (kernel, options)
     assert choose_backend("auto", torch.device("cpu"), torch.float16, 32, 64) == "triton"

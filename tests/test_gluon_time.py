@@ -21,7 +21,7 @@ def _script() -> object:
     return module
 
 
-@pytest.mark.parametrize("kernel", ["fw_output", "bw_dv", "bw_dq", "bw_dk", "fw_states", "bw_states"])
+@pytest.mark.parametrize("kernel", ["fw_output", "bw_dv", "bw_dq", "bw_dk", "bw_dq_dk", "fw_states", "bw_states"])
 def test_every_run_writes_what_the_triton_kernel_writes(kernel: str) -> None:
     from kernels.mlstm.tiles import choose_tiles, unpipelined_state_loads
 
@@ -35,15 +35,16 @@ def test_every_run_writes_what_the_triton_kernel_writes(kernel: str) -> None:
         ";64,64,64,4,0" if kernel == "fw_output" else ""
     )
     ring = kernel in ("bw_dq", "bw_dk", "fw_states", "bw_states")
-    if ring:  # they take a few numbers from a tile; their runs differ in their ring depths
+    if ring or kernel == "bw_dq_dk":  # they take a few numbers from a tile; their runs differ in their ring depths
         tile_list = "64,64,64,4,1;64,64,64,4,1,0,2" if kernel.endswith("_states") else "64,64,64,4,1"
     a = argparse.Namespace(
         variant="sig", chunk=chunk, gluon=script.gluon_tiles(tile_list), stages=(2, 5), kernel=kernel
     )
     runs, expected = script.RUNS[kernel](a, x, tiles)
     # dq / dk: products synchronous and one in flight; fw_states: the gates in the k tile's rows, packed, and packed
-    # with one store buffer; bw_states: two forward state slots a consumer and one (the tiles' 64 columns fit both)
-    ways = {"bw_dq": 2, "bw_dk": 2, "fw_states": 3, "bw_states": 2}.get(kernel, 1)
+    # with one store buffer; bw_states: two forward state slots a consumer and one (the tiles' 64 columns fit both);
+    # bw_dq_dk: the products synchronous or one in flight, in two launches or one
+    ways = {"bw_dq": 2, "bw_dk": 2, "bw_dq_dk": 4, "fw_states": 3, "bw_states": 2}.get(kernel, 1)
     per_tile = ways * (len(a.stages) if ring else 1)
     assert len(runs) == 1 + len(a.gluon) * per_tile
     if kernel in ("bw_dq", "bw_dk"):  # the default: one run per option set at the deepest ring

@@ -10,7 +10,8 @@ the two at each shape). Two consumers need a chunk of at least two 64-row tiles;
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from functools import cache
 from typing import Any
 
@@ -85,11 +86,13 @@ def bw_dv_options(dhqk: int, dhhv: int, chunk_size: int) -> BwDvOptions:
 
 @dataclass(frozen=True)
 class BwDqDkOptions(LaunchOptions):
-    """``kernels.gluon.mlstm_bw_dq_dk.launch_args``' options: warps of the consumer (4: one warpgroup), the chained
-    products one in flight (``async_mma``); the ring as deep as shared memory allows."""
+    """``kernels.gluon.mlstm_bw_dq_dk.launch_bw_dq_dk``' options: warps of the consumer (4: one warpgroup), the
+    chained products one in flight (``async_mma``), ``dq`` and ``dk`` in one launch (``one_launch``: each chunk's
+    two programs side by side, reading its tiles once from DRAM); the ring as deep as shared memory allows."""
 
     num_warps: int
     async_mma: bool
+    one_launch: bool = False
 
 
 @cache
@@ -199,3 +202,16 @@ def bw_states_options(dhqk: int, dhhv: int, chunk_size: int) -> BwStatesOptions 
         # each q slice read through L2 half as often; one forward state slot a consumer is what fits beside the ring
         return BwStatesOptions(bl=64, bv=256, stages=3, consumers=2, state_slots=1)
     return BwStatesOptions(**asdict(walk))
+
+
+def overridden(kernel: str, **override: Any) -> Callable[[int, int, int], LaunchOptions | None]:
+    """``<kernel>_options`` (e.g. ``bw_dq_dk``) with the fields of ``override`` replaced in what it returns (``None``,
+    where the Triton kernel runs, stays ``None``): to time or test another option set through the backend, which
+    fetches the options at every call (``kernels.mlstm.tfla.gluon_options``)."""
+    own = globals()[f"{kernel}_options"]
+
+    def options(dhqk: int, dhhv: int, chunk_size: int) -> LaunchOptions | None:
+        base = own(dhqk, dhhv, chunk_size)
+        return None if base is None else replace(base, **override)
+
+    return options

@@ -134,13 +134,13 @@ def _chain_end(acc, empty, u_last, ASYNC: gl.constexpr):
 
 
 @gluon.jit
-def _row_vectors(GATE_B, GATE_I, INV_DEN, DZ, M_ST, M_TOK, bh, st, t_r, c_end, SP, KEYS: gl.constexpr,
+def _row_vectors(GATE_B, GATE_I, INV_DEN, DZ, M_ST, M_TOK, bh, st, t_r, c_end, SP, KEYS,
                  EXP: gl.constexpr, BR: gl.constexpr, layout: gl.constexpr):  # fmt: skip
     """Per row (the ``BR`` tokens ``t_r`` in ``layout``): the inter term's weight, scale and shift, and the row's
     part of the gate matrix's exponent (log2)."""
     b_r = gl.load(GATE_B + bh * SP + t_r)
     m_st = gl.load(M_ST + st) if EXP else 0.0
-    if KEYS:  # w (v dC^T + dn) with w = exp(g - b_s + i_s - m_next); exponent i_s - b_s
+    if KEYS == 1:  # w (v dC^T + dn) with w = exp(g - b_s + i_s - m_next); exponent i_s - b_s
         i_r = gl.load(GATE_I + bh * SP + t_r)
         w_inter = gl.exp(gl.load(GATE_B + bh * SP + c_end - 1) - b_r + i_r - m_st)
         row = (i_r - b_r) * LOG2E
@@ -156,11 +156,17 @@ def _row_vectors(GATE_B, GATE_I, INV_DEN, DZ, M_ST, M_TOK, bh, st, t_r, c_end, S
 
 
 @gluon.jit
-def _compute_partition(x_smem, xv_bufs, ring, fix_ready, ready, empty, S_D, OUT_D, SUMS, GATE_B, GATE_I, INV_DEN,
-                       DZ, VEC_ST, M_ST, M_TOK, bh, st, row0, col0, c_end, n_blocks, SP, DHQK, qk_scale,
-                       KEYS: gl.constexpr, EXP: gl.constexpr, ASYNC: gl.constexpr, num_warps: gl.constexpr):  # fmt: skip
-    """The consumer (module docstring). ``st``: the index of the state the inter term reads (``M_ST``, ``VEC_ST``:
-    ``n`` for ``dq``, ``dn`` for ``dk``); ``c_end``: the token after the chunk's last."""
+def _consume(x_smem, xv_bufs, ring, fix_ready, ready, empty, S_D, GATE_B, GATE_I, INV_DEN, DZ, VEC_ST, M_ST, M_TOK, bh,
+             st, row0, col0, c_end, n_blocks, SP, DHQK, qk_scale, KEYS, EXP: gl.constexpr, ASYNC: gl.constexpr,
+             num_warps: gl.constexpr, RUNTIME_ROLE: gl.constexpr = False):  # fmt: skip
+    """The consumer's products (module docstring) up to its gradient's store: ``acc`` (the gradient, unscaled) and
+    the rows' sums of ``x . dx`` from the inter term, the off-diagonal and the diagonal (``dk`` only) column tiles,
+    with the rows' tokens ``t_r``. ``st``: the index of the state the inter term reads (``M_ST``, ``VEC_ST``: ``n`` for
+    ``dq``, ``dn`` for ``dk``); ``c_end``: the token after the chunk's last. ``KEYS`` (the role) is a constexpr in the
+    kernels of one role; with ``RUNTIME_ROLE`` (``bw_dq_dk_pair_kernel``) a runtime flag, and the column tiles' gate
+    math has no branch on it: both roles' factors are a row vector times a column vector, the other side's being 1
+    (the shift's 0), so one loop serves both (a body a role, or a branch in the loop that the compiler unswitched
+    into a loop a role, made ptxas spill 344 or 172 bytes a thread at 7B)."""
     NVH: gl.constexpr = xv_bufs.type.shape[0]
     BR: gl.constexpr = x_smem.type.shape[1]
     W: gl.constexpr = x_smem.type.shape[2]
@@ -198,6 +204,17 @@ def _compute_partition(x_smem, xv_bufs, ring, fix_ready, ready, empty, S_D, OUT_
     xdx_inter = gl.convert_layout(gl.sum(x2.load(o_layout).to(gl.float32) * acc, axis=1), rows_s)
 
     # The column tiles: keys up to the diagonal (dq), queries from the diagonal on (dk).
+    if RUNTIME_ROLE:  # the factors of both roles as row x column (module docstring of _consume); KEYS is 0 or 1
+        sign = 1 - 2 * KEYS  # dq: keys s <= t; dk: queries t >= s, i.e. -t <= -s
+        t_r_signed = t_r * sign
+        row_shift = shift * (1 - KEYS)
+        col_plus = GATE_I  # the column's exponent: col_plus - col_minus (dq: i_s - b_s; dk: b_t - m_t, sig: b_t)
+        col_minus = GATE_B
+        if KEYS == 1:
+            col_plus = GATE_B
+            col_minus = M_TOK
+        minus_end = SP if EXP else SP * (1 - KEYS)  # columns before it load col_minus: all, or dq's
+        query_end = SP * KEYS  # columns before it are queries with a scale and shift: dk's
     zero = gl.zeros([BR, TILE], gl.float32, s_layout)
     xdx_off = gl.zeros([BR], gl.float32, rows_s)
     xdx_diag = gl.zeros([BR], gl.float32, rows_s)
@@ -209,8 +226,20 @@ def _compute_partition(x_smem, xv_bufs, ring, fix_ready, ready, empty, S_D, OUT_
             dp = _chain(xv_bufs.index(h).reshape([BR, W]), yv.permute((1, 0)), dp, empty, u0 + h, h == 0, ASYNC)
         dp = _chain_end(dp, empty, u0 + NVH - 1, ASYNC)
         t_c = col0 + b * TILE + gl.arange(0, TILE, layout=cols_s)
-        b_c = gl.load(GATE_B + bh * SP + t_c)
-        if KEYS:  # columns are queries: D[s, t] = exp(i_s - b_s + b_t - m_t), t >= s, times (dp / den_t + dz_t) * scale
+        if RUNTIME_ROLE:
+            minus = gl.load(col_minus + bh * SP + t_c, mask=t_c < minus_end, other=0.0)
+            col = gl.load(col_plus + bh * SP + t_c) - minus
+            causal = (t_c * sign)[None, :] <= t_r_signed[:, None]
+            gates = gl.exp2(gl.where(causal, row[:, None] + (col * LOG2E)[None, :], -float("inf")))
+            query_cols = t_c < query_end
+            col_scale = gl.load(INV_DEN + bh * SP + t_c, mask=query_cols, other=1.0 / qk_scale) * qk_scale
+            col_shift = gl.load(DZ + bh * SP + t_c, mask=query_cols, other=0.0) * qk_scale
+            factor = scale[:, None] * col_scale[None, :]
+            a = gates * (dp * factor + (row_shift[:, None] + col_shift[None, :]))
+        elif (
+            KEYS
+        ):  # columns are queries: D[s, t] = exp(i_s - b_s + b_t - m_t), t >= s, times (dp / den_t + dz_t) * scale
+            b_c = gl.load(GATE_B + bh * SP + t_c)
             m_c = gl.load(M_TOK + bh * SP + t_c) if EXP else gl.zeros([TILE], gl.float32, cols_s)
             causal = t_c[None, :] >= t_r[:, None]
             gates = gl.exp2(gl.where(causal, row[:, None] + ((b_c - m_c) * LOG2E)[None, :], -float("inf")))
@@ -218,7 +247,7 @@ def _compute_partition(x_smem, xv_bufs, ring, fix_ready, ready, empty, S_D, OUT_
             a = gates * (dp * den[None, :] + (gl.load(DZ + bh * SP + t_c) * qk_scale)[None, :])
         else:  # columns are keys: D[t, s] = exp(b_t - m_t + i_s - b_s), s <= t, times dp / den_t + dz_t
             causal = t_c[None, :] <= t_r[:, None]
-            col = (gl.load(GATE_I + bh * SP + t_c) - b_c) * LOG2E
+            col = (gl.load(GATE_I + bh * SP + t_c) - gl.load(GATE_B + bh * SP + t_c)) * LOG2E
             gates = gl.exp2(gl.where(causal, row[:, None] + col[None, :], -float("inf")))
             a = gates * (dp * scale[:, None] + shift[:, None])
         a_op = gl.convert_layout(a.to(dtype), a_layout)
@@ -228,16 +257,29 @@ def _compute_partition(x_smem, xv_bufs, ring, fix_ready, ready, empty, S_D, OUT_
         scores, acc, a_op = warpgroup_mma_wait(num_outstanding=0, deps=(scores, acc, a_op))
         mbarrier.arrive(empty.index((u0 + NVH) % stages), count=1)
         d_gate = a * scores
-        if KEYS:  # a is 0 off the causal part; not asking for the mask again saves dk 40 bytes of spills (dq's 0 not)
+        if RUNTIME_ROLE:  # as dk's (a is 0 off the causal part in both roles)
+            xdx_off += gl.sum(gl.where(t_c[None, :] != t_r[:, None], d_gate, 0.0), axis=1)
+            xdx_diag += gl.sum(gl.where(t_c[None, :] == t_r[:, None], d_gate, 0.0), axis=1)
+        elif KEYS:  # a is 0 off the causal part; not asking for the mask again saves dk 40 bytes of spills (dq's 0 not)
             xdx_off += gl.sum(gl.where(t_c[None, :] != t_r[:, None], d_gate, 0.0), axis=1)
             xdx_diag += gl.sum(gl.where(t_c[None, :] == t_r[:, None], d_gate, 0.0), axis=1)
         else:
             xdx_off += gl.sum(gl.where(causal & (t_c[None, :] != t_r[:, None]), d_gate, 0.0), axis=1)
 
-    # The gradient through the row tile's buffer (its last read is done) and TMA; the sums as the Triton kernels' one
-    # tile: q . dq (times the scale, as dq), or k . dk, its inter part and its off-diagonal part.
+    if RUNTIME_ROLE:  # dq's sum leaves the diagonal out
+        xdx_diag = xdx_diag * KEYS
+    return acc, xdx_inter, xdx_off, xdx_diag, t_r
+
+
+@gluon.jit
+def _epilogue(x_smem, OUT_D, SUMS, acc, xdx_inter, xdx_off, xdx_diag, t_r, bh, row0, SP, qk_scale,
+              KEYS: gl.constexpr):  # fmt: skip
+    """The gradient through the row tile's buffer (its last read is done) and TMA; the sums as the Triton kernels'
+    one tile: q . dq (times the scale, as dq), or k . dk, its inter part and its off-diagonal part."""
+    BR: gl.constexpr = x_smem.type.shape[1]
+    W: gl.constexpr = x_smem.type.shape[2]
     out_scale = 1.0 if KEYS else qk_scale
-    x2.store((acc * out_scale).to(OUT_D.dtype))
+    x_smem.reshape([BR, W]).store((acc * out_scale).to(OUT_D.dtype))
     fence_async_shared()
     compat.tma_store(OUT_D, [bh, row0, 0], x_smem)
     tma.store_wait(pendings=0)
@@ -246,6 +288,105 @@ def _compute_partition(x_smem, xv_bufs, ring, fix_ready, ready, empty, S_D, OUT_
     if KEYS:
         gl.store(SUMS + plane + bh * SP + t_r, xdx_inter)
         gl.store(SUMS + 2 * plane + bh * SP + t_r, xdx_off)
+
+
+@gluon.jit
+def _compute_partition(x_smem, xv_bufs, ring, fix_ready, ready, empty, S_D, OUT_D, SUMS, GATE_B, GATE_I, INV_DEN,
+                       DZ, VEC_ST, M_ST, M_TOK, bh, st, row0, col0, c_end, n_blocks, SP, DHQK, qk_scale,
+                       KEYS: gl.constexpr, EXP: gl.constexpr, ASYNC: gl.constexpr, num_warps: gl.constexpr):  # fmt: skip
+    """The consumer of one role (module docstring; ``_consume``'s arguments)."""
+    acc, xdx_inter, xdx_off, xdx_diag, t_r = _consume(
+        x_smem,
+        xv_bufs,
+        ring,
+        fix_ready,
+        ready,
+        empty,
+        S_D,
+        GATE_B,
+        GATE_I,
+        INV_DEN,
+        DZ,
+        VEC_ST,
+        M_ST,
+        M_TOK,
+        bh,
+        st,
+        row0,
+        col0,
+        c_end,
+        n_blocks,
+        SP,
+        DHQK,
+        qk_scale,
+        KEYS,
+        EXP,
+        ASYNC,
+        num_warps,
+    )
+    _epilogue(x_smem, OUT_D, SUMS, acc, xdx_inter, xdx_off, xdx_diag, t_r, bh, row0, SP, qk_scale, KEYS)
+
+
+@gluon.jit
+def _role(pid_c, bh, NC, L, BR: gl.constexpr, KEYS):
+    """Row tile ``pid_c`` of head ``bh`` as a ``dq`` program or, ``KEYS`` (a constexpr, or a runtime 0 or 1), a ``dk``
+    one: ``st`` (the index of the
+    state its inter term's ``M_ST`` / ``VEC_ST`` row), ``state_row`` (its state tile's row in ``S_D``), ``row0``,
+    ``col0`` (its first column token), ``c_end`` (the token after its chunk) and ``n_blocks`` (its column tiles)."""
+    c = pid_c // (L // BR)
+    r_start = (pid_c % (L // BR)) * BR
+    row0 = c * L + r_start
+    if KEYS == 1:  # the next state's gradient; query tiles from the diagonal to the chunk's end
+        st = bh * (NC + 1) + c + 1
+        state_row = st
+        col0 = row0
+        n_blocks = (L - r_start) // TILE
+    else:  # this chunk's state; key tiles from the chunk's start to the diagonal
+        st = bh * (NC + 1) + c
+        state_row = bh * NC + c
+        col0 = c * L
+        n_blocks = gl.cdiv(r_start + BR, TILE)
+    return st, state_row, row0, col0, c * L + L, n_blocks
+
+
+@gluon.jit
+def _program(X_D, XV_D, Y_D, YV_D, S_D, OUT_D, SUMS, GATE_B, GATE_I, INV_DEN, DZ, VEC_ST, M_ST, M_TOK, x_smem, xv_bufs,
+             ring, fix_ready, ready, empty, pid_c, bh, SP, NC, DHQK, qk_scale, L, KEYS: gl.constexpr,
+             EXP: gl.constexpr, ASYNC: gl.constexpr, num_warps: gl.constexpr):  # fmt: skip
+    """Row tile ``pid_c`` (of ``NC * L / BR``) of head ``bh`` as a ``dq`` program or, ``KEYS``, a ``dk`` one, on the
+    shared buffers and barriers the caller allocated (``bw_dq_dk_kernel``'s arguments)."""
+    BR: gl.constexpr = X_D.block_type.shape[1]
+    st, state_row, row0, col0, c_end, n_blocks = _role(pid_c, bh, NC, L, BR, KEYS)
+    gl.warp_specialize(
+        [
+            (
+                _compute_partition,
+                (x_smem, xv_bufs, ring, fix_ready, ready, empty, S_D, OUT_D, SUMS, GATE_B, GATE_I, INV_DEN, DZ, VEC_ST,
+                 M_ST, M_TOK, bh, st, row0, col0, c_end, n_blocks, SP, DHQK, qk_scale, KEYS, EXP, ASYNC,
+                 num_warps),
+            ),
+            (
+                _load_partition,
+                (X_D, XV_D, Y_D, YV_D, S_D, x_smem, xv_bufs, ring, fix_ready, ready, empty, bh, row0, state_row, col0,
+                 n_blocks),
+            ),
+        ],
+        [LOAD_WARPS],
+        [LOAD_REGS],
+    )  # fmt: skip
+
+
+@gluon.jit
+def _buffers(X_D, XV_D, Y_D, NVH: gl.constexpr, STAGES: gl.constexpr):
+    """The row tile, its ``NVH`` value-side buffers, the ring of ``STAGES`` column slots (``TILE x W``) and its
+    barriers (``intra_chunk.ring_barriers``), for descriptors with ``X_D``'s, ``XV_D``'s and ``Y_D``'s blocks."""
+    BR: gl.constexpr = X_D.block_type.shape[1]
+    W: gl.constexpr = X_D.block_type.shape[2]
+    x_smem = gl.allocate_shared_memory(X_D.dtype, [1, BR, W], X_D.layout)
+    xv_bufs = gl.allocate_shared_memory(XV_D.dtype, [NVH, 1, BR, W], XV_D.layout)
+    ring = gl.allocate_shared_memory(Y_D.dtype, [STAGES, 1, TILE, W], Y_D.layout)
+    fix_ready, ready, empty = ring_barriers(STAGES, 1)
+    return x_smem, xv_bufs, ring, fix_ready, ready, empty
 
 
 @gluon.jit
@@ -282,41 +423,124 @@ def bw_dq_dk_kernel(
     x TILE over the ``BH * NC`` chunk states ``C_c`` or the ``BH * (NC + 1)`` state gradients ``dC``); ``VEC_ST (BH *
     (NC + 1), DHQK)``: ``n`` or ``dn``; ``SUMS``: one ``(BH, SP)`` plane of ``q . dq``, or three of ``k . dk`` (all,
     inter, off-diagonal); ``ASYNC``: ``_chain``'s."""
-    BR: gl.constexpr = X_D.block_type.shape[1]
-    W: gl.constexpr = X_D.block_type.shape[2]
-    pid_c = gl.program_id(0)
+    x_smem, xv_bufs, ring, fix_ready, ready, empty = _buffers(X_D, XV_D, Y_D, NVH, STAGES)
+    _program(X_D, XV_D, Y_D, YV_D, S_D, OUT_D, SUMS, GATE_B, GATE_I, INV_DEN, DZ, VEC_ST, M_ST, M_TOK, x_smem, xv_bufs,
+             ring, fix_ready, ready, empty, gl.program_id(0), gl.program_id(1), SP, NC, DHQK, qk_scale, L, KEYS, EXP,
+             ASYNC, num_warps)  # fmt: skip
+    invalidate_ring(fix_ready, ready, empty)
+
+
+@gluon.jit
+def _pair_compute(C_D, DQ_D, DK_D, SUMS_Q, SUMS_K, GATE_B, GATE_I, INV_DEN, DZ, N_ST, DN_ST, M_ST, M_TOK, x_smem,
+                  xv_bufs, ring, fix_ready, ready, empty, pid, bh, SP, NC, DHQK, qk_scale, L, EXP: gl.constexpr,
+                  ASYNC: gl.constexpr, num_warps: gl.constexpr):  # fmt: skip
+    """``bw_dq_dk_pair_kernel``'s consumer: ``_consume`` in program ``pid``'s role (a runtime flag), then that
+    role's ``_epilogue``."""
+    BR: gl.constexpr = x_smem.type.shape[1]
+    keys = pid % 2  # the role, 0 (dq) or 1 (dk): _consume's arithmetic takes it as a number
+    st, _, row0, col0, c_end, n_blocks = _role(pid // 2, bh, NC, L, BR, keys)
+    vec_st = N_ST
+    if keys == 1:
+        vec_st = DN_ST
+    acc, xdx_inter, xdx_off, xdx_diag, t_r = _consume(
+        x_smem,
+        xv_bufs,
+        ring,
+        fix_ready,
+        ready,
+        empty,
+        C_D,
+        GATE_B,
+        GATE_I,
+        INV_DEN,
+        DZ,
+        vec_st,
+        M_ST,
+        M_TOK,
+        bh,
+        st,
+        row0,
+        col0,
+        c_end,
+        n_blocks,
+        SP,
+        DHQK,
+        qk_scale,
+        keys,
+        EXP,
+        ASYNC,
+        num_warps,
+        True,
+    )
+    if keys == 1:
+        _epilogue(x_smem, DK_D, SUMS_K, acc, xdx_inter, xdx_off, xdx_diag, t_r, bh, row0, SP, qk_scale, True)
+    else:
+        _epilogue(x_smem, DQ_D, SUMS_Q, acc, xdx_inter, xdx_off, xdx_diag, t_r, bh, row0, SP, qk_scale, False)
+
+
+@gluon.jit
+def _pair_load(Q_D, K_D, V_D, DH_D, C_D, DC_D, x_smem, xv_bufs, ring, fix_ready, ready, empty, pid, bh, NC, L):
+    """``bw_dq_dk_pair_kernel``'s producer: ``_load_partition`` in program ``pid``'s role."""
+    BR: gl.constexpr = Q_D.block_type.shape[1]
+    if pid % 2 == 1:
+        _, state_row, row0, col0, _, n_blocks = _role(pid // 2, bh, NC, L, BR, True)
+        _load_partition(K_D, V_D, Q_D, DH_D, DC_D, x_smem, xv_bufs, ring, fix_ready, ready, empty, bh, row0,
+                        state_row, col0, n_blocks)  # fmt: skip
+    else:
+        _, state_row, row0, col0, _, n_blocks = _role(pid // 2, bh, NC, L, BR, False)
+        _load_partition(Q_D, DH_D, K_D, V_D, C_D, x_smem, xv_bufs, ring, fix_ready, ready, empty, bh, row0,
+                        state_row, col0, n_blocks)  # fmt: skip
+
+
+@gluon.jit
+def bw_dq_dk_pair_kernel(
+    Q_D,
+    K_D,
+    V_D,
+    DH_D,
+    C_D,
+    DC_D,
+    DQ_D,
+    DK_D,
+    GATE_B,
+    GATE_I,
+    INV_DEN,
+    DZ,
+    N_ST,
+    DN_ST,
+    M_ST,
+    M_TOK,
+    SUMS_Q,
+    SUMS_K,
+    SP,
+    NC,
+    DHQK,
+    qk_scale,
+    L,
+    EXP: gl.constexpr,
+    NVH: gl.constexpr,
+    STAGES: gl.constexpr,
+    ASYNC: gl.constexpr,
+    num_warps: gl.constexpr,
+):
+    """``dq`` and ``dk`` in one launch: grid ``(2 * NC * L / BR, BH, 1)``, program ``2 t`` the ``dq`` program of row
+    tile ``t`` and ``2 t + 1`` its ``dk`` program, so that the two read a chunk's q, k, v and dh tiles while they
+    are both resident and the second read of each is an L2 hit (two launches read them from DRAM twice). Every
+    descriptor's block is ``[1, 64, W]`` (states: ``[1, W, 64]``), as ``bw_dq_dk_kernel``'s in either role; ``SUMS_Q``,
+    ``SUMS_K``: its ``SUMS`` of each role."""
+    x_smem, xv_bufs, ring, fix_ready, ready, empty = _buffers(Q_D, DH_D, K_D, NVH, STAGES)
+    pid = gl.program_id(0)
     bh = gl.program_id(1)
-    c = pid_c // (L // BR)
-    r_start = (pid_c % (L // BR)) * BR
-    row0 = c * L + r_start
-    if KEYS:  # the next state's gradient; query tiles from the diagonal to the chunk's end
-        st = bh * (NC + 1) + c + 1
-        state_row = st
-        col0 = row0
-        n_blocks = (L - r_start) // TILE
-    else:  # this chunk's state; key tiles from the chunk's start to the diagonal
-        st = bh * (NC + 1) + c
-        state_row = bh * NC + c
-        col0 = c * L
-        n_blocks = gl.cdiv(r_start + BR, TILE)
-
-    x_smem = gl.allocate_shared_memory(X_D.dtype, [1, BR, W], X_D.layout)
-    xv_bufs = gl.allocate_shared_memory(XV_D.dtype, [NVH, 1, BR, W], XV_D.layout)
-    ring = gl.allocate_shared_memory(Y_D.dtype, [STAGES, 1, TILE, W], Y_D.layout)
-    fix_ready, ready, empty = ring_barriers(STAGES, 1)
-
     gl.warp_specialize(
         [
             (
-                _compute_partition,
-                (x_smem, xv_bufs, ring, fix_ready, ready, empty, S_D, OUT_D, SUMS, GATE_B, GATE_I, INV_DEN, DZ, VEC_ST,
-                 M_ST, M_TOK, bh, st, row0, col0, c * L + L, n_blocks, SP, DHQK, qk_scale, KEYS, EXP, ASYNC,
-                 num_warps),
+                _pair_compute,
+                (C_D, DQ_D, DK_D, SUMS_Q, SUMS_K, GATE_B, GATE_I, INV_DEN, DZ, N_ST, DN_ST, M_ST, M_TOK, x_smem,
+                 xv_bufs, ring, fix_ready, ready, empty, pid, bh, SP, NC, DHQK, qk_scale, L, EXP, ASYNC, num_warps),
             ),
             (
-                _load_partition,
-                (X_D, XV_D, Y_D, YV_D, S_D, x_smem, xv_bufs, ring, fix_ready, ready, empty, bh, row0, state_row, col0,
-                 n_blocks),
+                _pair_load,
+                (Q_D, K_D, V_D, DH_D, C_D, DC_D, x_smem, xv_bufs, ring, fix_ready, ready, empty, pid, bh, NC, L),
             ),
         ],
         [LOAD_WARPS],
@@ -456,10 +680,65 @@ def launch_bw_dq(*tensors: Any, **options: Any) -> Any:
     return args["SUMS"]
 
 
+def _key_sums(sums: Any) -> tuple[Any, Any, Any]:
+    """``k . dk``, its inter part and its off-diagonal part, each ``(1, BH, SP)``, from the ``dk`` role's ``SUMS``."""
+    return sums[0:1], sums[1:2], sums[2:3]
+
+
 def launch_bw_dk(*tensors: Any, **options: Any) -> tuple[Any, Any, Any]:
     """As ``kernels.mlstm.chunk_bw.launch_bw_dk`` (same tensors and order, then ``chunk_size, exp``): writes ``dk``,
     returns the fp32 sums ``kdk, kdk_inter, kdk_off`` (each ``(1, BH, SP)``). Options: ``launch_args``'."""
     kernel, grid, args, constexprs = launch_args("bw_dk", *tensors, **options)
     intra_chunk.launch(kernel, grid, args, constexprs, tensors[0].device)
-    sums = args["SUMS"]
-    return sums[0:1], sums[1:2], sums[2:3]
+    return _key_sums(args["SUMS"])
+
+
+# bw_dq_dk_pair_kernel's arguments from the two roles' ``launch_args``: (role, name there) by its own name.
+PAIR_ARGS = {
+    "Q_D": ("bw_dq", "X_D"),
+    "K_D": ("bw_dq", "Y_D"),
+    "V_D": ("bw_dq", "YV_D"),
+    "DH_D": ("bw_dq", "XV_D"),
+    "C_D": ("bw_dq", "S_D"),
+    "DC_D": ("bw_dk", "S_D"),
+    "DQ_D": ("bw_dq", "OUT_D"),
+    "DK_D": ("bw_dk", "OUT_D"),
+    "N_ST": ("bw_dq", "VEC_ST"),
+    "DN_ST": ("bw_dk", "VEC_ST"),
+    "SUMS_Q": ("bw_dq", "SUMS"),
+    "SUMS_K": ("bw_dk", "SUMS"),
+}
+
+
+def pair_launch_args(
+    dq_tensors: tuple[Any, ...], dk_tensors: tuple[Any, ...], chunk_size: int, exp: bool, **options: Any
+) -> tuple[Any, tuple[int, int, int], dict[str, Any], dict[str, Any]]:
+    """What ``launch_bw_dq_dk`` launches in one launch (``bw_dq_dk_pair_kernel``): kernel, grid, runtime arguments
+    and constexprs, by name, from the tensors each of ``launch_bw_dq`` and ``launch_bw_dk`` takes (without
+    ``chunk_size, exp``). Options and errors: ``launch_args``'."""
+    _, (n_tiles, bh, _), dq_args, constexprs = launch_args("bw_dq", *dq_tensors, chunk_size, exp, **options)
+    roles = {"bw_dq": dq_args, "bw_dk": launch_args("bw_dk", *dk_tensors, chunk_size, exp, **options)[2]}
+    args = {name: roles[role][there] for name, (role, there) in PAIR_ARGS.items()}
+    mapped = {there for role, there in PAIR_ARGS.values()}
+    args |= {name: value for name, value in dq_args.items() if name not in mapped}  # gates, sizes: the same in both
+    del constexprs["KEYS"]
+    return bw_dq_dk_pair_kernel, (2 * n_tiles, bh, 1), args, constexprs
+
+
+def launch_bw_dq_dk(
+    dq_tensors: tuple[Any, ...],
+    dk_tensors: tuple[Any, ...],
+    chunk_size: int,
+    exp: bool,
+    one_launch: bool = True,
+    **options: Any,
+) -> tuple[Any, Any, Any, Any]:
+    """``dq`` and ``dk`` (``launch_bw_dq``'s and ``launch_bw_dk``'s tensors, without ``chunk_size, exp``): in one
+    launch of ``bw_dq_dk_pair_kernel`` or, without ``one_launch``, a launch each. Returns ``qdq, kdk, kdk_inter,
+    kdk_off``. Options: ``launch_args``'."""
+    if not one_launch:
+        qdq = launch_bw_dq(*dq_tensors, chunk_size, exp, **options)
+        return (qdq, *launch_bw_dk(*dk_tensors, chunk_size, exp, **options))
+    kernel, grid, args, constexprs = pair_launch_args(dq_tensors, dk_tensors, chunk_size, exp, **options)
+    intra_chunk.launch(kernel, grid, args, constexprs, dq_tensors[0].device)
+    return (args["SUMS_Q"], *_key_sums(args["SUMS_K"]))

@@ -255,8 +255,9 @@ def tfla_bwd(
     if (dq_dk_options := gluon_options(backend, "bw_dq_dk", DHQK, DHHV, L)) is not None:
         from kernels.gluon import mlstm_bw_dq_dk
 
-        qdq = mlstm_bw_dq_dk.launch_bw_dq(*dq_args, **dq_dk_options.kwargs())
-        kdk, kdk_inter, kdk_off = mlstm_bw_dq_dk.launch_bw_dk(*dk_args, **dq_dk_options.kwargs())
+        qdq, kdk, kdk_inter, kdk_off = mlstm_bw_dq_dk.launch_bw_dq_dk(
+            dq_args[:-2], dk_args[:-2], L, exp, **dq_dk_options.kwargs()
+        )
     else:
         qdq = launch_bw_dq(*dq_args, tiles.bw_dq)
         kdk, kdk_inter, kdk_off = launch_bw_dk(*dk_args, tiles.bw_dk)
