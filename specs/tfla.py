@@ -32,12 +32,19 @@ def _backend(p: Problem, backend: str) -> str:
     return choose_backend(backend, torch.device(p.device), dtype, p.head_dim_qk, p.chunk_size, p.mode != "fw")
 
 
-def _kernel_work(p: Problem) -> tuple[object, ...]:
-    """Each kernel's FLOPs and bytes of a pass at ``p`` (``kernels.mlstm.cost``), for ``bench profile``."""
+def _kernel_work(p: Problem, backend: str) -> tuple[object, ...]:
+    """Each kernel's FLOPs and bytes of a pass at ``p`` (``kernels.mlstm.cost``) under ``backend``, for ``bench
+    profile``: ``dq`` and ``dk`` as one part where the Gluon backend's options run them in one launch."""
     from kernels.mlstm.cost import tfla_kernel_work
+    from kernels.mlstm.tfla import gluon_options
 
+    backend = _backend(p, backend) if backend == "auto" else backend
+    options = gluon_options(backend, "bw_dq_dk", p.head_dim_qk, p.head_dim_v, p.chunk_size)
+    one_launch = bool(getattr(options, "one_launch", False))
     size = itemsize(p)
-    return tfla_kernel_work(p.batch, p.heads, p.seq_len, p.head_dim_qk, p.head_dim_v, p.chunk_size, size, p.mode)
+    return tfla_kernel_work(
+        p.batch, p.heads, p.seq_len, p.head_dim_qk, p.head_dim_v, p.chunk_size, size, p.mode, one_launch
+    )
 
 
 def _gluon_supports(p: Problem) -> str | None:
@@ -127,7 +134,8 @@ def _register_tfla(variant: str, normalize: bool, description: str, backend: str
             devices=("cuda", "cpu"),  # Gluon on the CPU: its simulator (kernels.gluon.simulator), for verify
             role="ours",
             sources=("kernels/mlstm", "kernels/gluon") if gluon else ("kernels/mlstm",),
-            kernel_work=None if backend == "fused" else _kernel_work,  # its one kernel has no split in cost.py
+            # the one-pass forward's one kernel has no split in cost.py
+            kernel_work=None if backend == "fused" else lambda p: _kernel_work(p, backend),
         )
     )
 

@@ -182,14 +182,14 @@ def test_bw_dq_dk_at_7b_spill_no_more_than_measured() -> None:
     assert dq["spill_bytes"] <= bound[0] and dk["spill_bytes"] <= bound[1], (dq, dk)
 
 
-# dq and dk in one launch at 7B, spill bytes a thread with one warpgroup and with two, by Triton version: one
-# warpgroup holds both roles' column factors beside its 64 x 256 accumulator; two split the accumulator's columns
-DQ_DK_ONE_LAUNCH_SPILLS = {"3.6": (176, 0)}
+# dq and dk in one launch at 7B, spill bytes a thread with one warpgroup and with two, by Triton version (measured:
+# 3.6 4 / 0, 3.9 216 / 28; the causal compare on signed token indices, a column vector more, spilled 164 on 3.6)
+DQ_DK_ONE_LAUNCH_SPILLS = {"3.6": (8, 0), "3.9": (224, 32)}
 
 
 def test_bw_dq_dk_in_one_launch_at_7b_spill_no_more_than_measured() -> None:
-    """``bw_dq_dk_pair_kernel`` at the 7B head dims: the spills of ``DQ_DK_ONE_LAUNCH_SPILLS`` at most (Triton 3.6:
-    164 bytes a thread with one warpgroup, none with two)."""
+    """``bw_dq_dk_pair_kernel`` at the 7B head dims: the spills of ``DQ_DK_ONE_LAUNCH_SPILLS`` at most (Triton 3.6,
+    the GPU machine's: 4 bytes a thread with one warpgroup, none with two)."""
     import triton
 
     bound = DQ_DK_ONE_LAUNCH_SPILLS.get(".".join(triton.__version__.split(".")[:2]))

@@ -13,7 +13,15 @@ from bench.problem import Problem
 from bench.profile import KernelTime, floors
 from bench.registry import get
 from cli import _floor_table
-from kernels.mlstm.cost import BW_KERNELS, FW_KERNELS, LAUNCH_NAMES, KernelWork, tfla_kernel_work
+from kernels.mlstm.cost import (
+    BW_KERNELS,
+    FW_KERNELS,
+    LAUNCH_NAMES,
+    ONE_LAUNCH_NAMES,
+    ONE_LAUNCH_PART,
+    KernelWork,
+    tfla_kernel_work,
+)
 from kernels.mlstm.tiles import KERNELS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,6 +60,23 @@ def test_bytes_count_each_operand_once_and_states_shrink_with_the_chunk() -> Non
     assert _parts(b, nh, s, dqk, dv, 128, itemsize=2)["fw_states"].bytes == parts["fw_states"].bytes / 2
 
 
+@pytest.mark.parametrize("b,nh,s,dqk,dv,chunk", SHAPES)
+def test_dq_and_dk_in_one_launch_are_one_part_that_reads_q_k_v_dh_once(
+    b: int, nh: int, s: int, dqk: int, dv: int, chunk: int
+) -> None:
+    two = _parts(b, nh, s, dqk, dv, chunk)
+    one = {w.kernel: w for w in tfla_kernel_work(b, nh, s, dqk, dv, chunk, 2, "fwbw", one_launch=True)}
+    assert list(one) == [*FW_KERNELS, "bw_states", ONE_LAUNCH_PART, "bw_dv"]
+    pair = one[ONE_LAUNCH_PART]
+    assert pair.flops == two["bw_dq"].flops + two["bw_dk"].flops and pair.launch_names == ONE_LAUNCH_NAMES
+    tokens = b * nh * -(-s // min(chunk, s)) * min(chunk, s)
+    read_twice = 2 * tokens * (dqk + dv) * 2  # q, k (dqk) and v, dh (dv), bf16: once fewer in one launch
+    assert pair.bytes == two["bw_dq"].bytes + two["bw_dk"].bytes - read_twice
+    assert tfla_kernel_work(b, nh, s, dqk, dv, chunk, 2, "fw", one_launch=True) == tfla_kernel_work(
+        b, nh, s, dqk, dv, chunk, 2, "fw"
+    )
+
+
 def test_modes_pick_the_kernels_and_a_bad_mode_names_the_allowed_ones() -> None:
     assert [w.kernel for w in tfla_kernel_work(1, 1, 64, 16, 16, 16, 2, "fw")] == list(FW_KERNELS)
     assert [w.kernel for w in tfla_kernel_work(1, 1, 64, 16, 16, 16, 2, "bw")] == list(BW_KERNELS)
@@ -64,7 +89,7 @@ def test_the_launch_names_are_functions_of_the_kernels() -> None:
     """A renamed kernel function would silently drop out of the profile's floors."""
     sources = "".join(p.read_text() for p in [*ROOT.glob("kernels/mlstm/chunk_*.py"), *ROOT.glob("kernels/gluon/*.py")])
     defined = set(re.findall(r"^def (\w+)\(", sources, flags=re.M))
-    for names in LAUNCH_NAMES.values():
+    for names in (*LAUNCH_NAMES.values(), ONE_LAUNCH_NAMES):
         assert set(names) <= defined, names
 
 
@@ -111,3 +136,17 @@ def test_our_specs_split_their_pass() -> None:
         assert spec.kernel_work is not None
         assert [w.kernel for w in spec.kernel_work(problem)] == list(FW_KERNELS)
     assert get("sdpa.math").kernel_work is None
+
+
+def test_the_gluon_spec_counts_dq_and_dk_as_one_part_where_they_run_in_one_launch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tests.gluon_cases import pin_one_launch
+
+    problem = Problem(1, 2, 512, 256, 512, chunk_size=256, dtype="bfloat16", mode="fwbw", device="cpu")
+    spec = get("tfla.mlstm_sig_gluon")
+    for one_launch in (False, True):
+        pin_one_launch(monkeypatch, one_launch)
+        kernels = [w.kernel for w in spec.kernel_work(problem)]  # type: ignore[misc]
+        assert (ONE_LAUNCH_PART in kernels, "bw_dq" in kernels) == (one_launch, not one_launch), kernels
+    assert "bw_dq" in [w.kernel for w in get("tfla.mlstm_sig_triton").kernel_work(problem)]  # type: ignore[misc]

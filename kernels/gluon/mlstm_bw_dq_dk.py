@@ -27,6 +27,11 @@ The dot products of the rows with their gradient for the gate gradients (``q . d
 off-diagonal parts apart) are summed in fp32 from the inter term and from ``a`` and the scores, as in the Triton
 kernels (one head-dim tile: each is ``(1, BH, SP)``).
 
+``bw_dq_dk_kernel`` is one role a launch (``KEYS``); ``bw_dq_dk_pair_kernel`` both in one launch, programs ``2t`` and
+``2t + 1`` the ``dq`` and ``dk`` programs of row tile ``t``, so that a chunk's q, k, v and dh tiles are read from
+DRAM once while both are resident (two launches read all four twice: 4.84 against 3.24 GB at 7B, S 8192); its role
+is a runtime value (``_consume``).
+
 Not yet: 32-bit inputs, a q/k head dim of 32 or less, the gate math overlapped with the products.
 """
 
@@ -163,10 +168,11 @@ def _consume(x_smem, xv_bufs, ring, fix_ready, ready, empty, S_D, GATE_B, GATE_I
     the rows' sums of ``x . dx`` from the inter term, the off-diagonal and the diagonal (``dk`` only) column tiles,
     with the rows' tokens ``t_r``. ``st``: the index of the state the inter term reads (``M_ST``, ``VEC_ST``: ``n`` for
     ``dq``, ``dn`` for ``dk``); ``c_end``: the token after the chunk's last. ``KEYS`` (the role) is a constexpr in the
-    kernels of one role; with ``RUNTIME_ROLE`` (``bw_dq_dk_pair_kernel``) a runtime flag, and the column tiles' gate
-    math has no branch on it: both roles' factors are a row vector times a column vector, the other side's being 1
-    (the shift's 0), so one loop serves both (a body a role, or a branch in the loop that the compiler unswitched
-    into a loop a role, made ptxas spill 344 or 172 bytes a thread at 7B)."""
+    kernels of one role; with ``RUNTIME_ROLE`` (``bw_dq_dk_pair_kernel``) a runtime 0 or 1, and the column tiles'
+    gate math has no branch on it: both roles' factors are a row vector times a column vector, the other side's being
+    1 (the shift's 0), and the causal mask a select between the two compares, so one loop serves both (a body a role,
+    or a branch in the loop that the compiler unswitched into a loop a role, made ptxas spill 344 or 172 bytes a
+    thread at 7B with one warpgroup; this, 4)."""
     NVH: gl.constexpr = xv_bufs.type.shape[0]
     BR: gl.constexpr = x_smem.type.shape[1]
     W: gl.constexpr = x_smem.type.shape[2]
@@ -205,8 +211,7 @@ def _consume(x_smem, xv_bufs, ring, fix_ready, ready, empty, S_D, GATE_B, GATE_I
 
     # The column tiles: keys up to the diagonal (dq), queries from the diagonal on (dk).
     if RUNTIME_ROLE:  # the factors of both roles as row x column (module docstring of _consume); KEYS is 0 or 1
-        sign = 1 - 2 * KEYS  # dq: keys s <= t; dk: queries t >= s, i.e. -t <= -s
-        t_r_signed = t_r * sign
+        is_dq = KEYS == 0
         row_shift = shift * (1 - KEYS)
         col_plus = GATE_I  # the column's exponent: col_plus - col_minus (dq: i_s - b_s; dk: b_t - m_t, sig: b_t)
         col_minus = GATE_B
@@ -229,16 +234,16 @@ def _consume(x_smem, xv_bufs, ring, fix_ready, ready, empty, S_D, GATE_B, GATE_I
         if RUNTIME_ROLE:
             minus = gl.load(col_minus + bh * SP + t_c, mask=t_c < minus_end, other=0.0)
             col = gl.load(col_plus + bh * SP + t_c) - minus
-            causal = (t_c * sign)[None, :] <= t_r_signed[:, None]
+            # dq: keys s <= t; dk: queries t >= s (a column vector t * sign, 16 registers a thread, spilled 160 bytes)
+            causal = gl.where(is_dq, t_c[None, :] <= t_r[:, None], t_c[None, :] >= t_r[:, None])
             gates = gl.exp2(gl.where(causal, row[:, None] + (col * LOG2E)[None, :], -float("inf")))
             query_cols = t_c < query_end
             col_scale = gl.load(INV_DEN + bh * SP + t_c, mask=query_cols, other=1.0 / qk_scale) * qk_scale
             col_shift = gl.load(DZ + bh * SP + t_c, mask=query_cols, other=0.0) * qk_scale
             factor = scale[:, None] * col_scale[None, :]
             a = gates * (dp * factor + (row_shift[:, None] + col_shift[None, :]))
-        elif (
-            KEYS
-        ):  # columns are queries: D[s, t] = exp(i_s - b_s + b_t - m_t), t >= s, times (dp / den_t + dz_t) * scale
+        elif KEYS:
+            # columns are queries: D[s, t] = exp(i_s - b_s + b_t - m_t), t >= s, times (dp / den_t + dz_t) * scale
             b_c = gl.load(GATE_B + bh * SP + t_c)
             m_c = gl.load(M_TOK + bh * SP + t_c) if EXP else gl.zeros([TILE], gl.float32, cols_s)
             causal = t_c[None, :] >= t_r[:, None]
@@ -257,7 +262,7 @@ def _consume(x_smem, xv_bufs, ring, fix_ready, ready, empty, S_D, GATE_B, GATE_I
         scores, acc, a_op = warpgroup_mma_wait(num_outstanding=0, deps=(scores, acc, a_op))
         mbarrier.arrive(empty.index((u0 + NVH) % stages), count=1)
         d_gate = a * scores
-        if RUNTIME_ROLE:  # as dk's (a is 0 off the causal part in both roles)
+        if RUNTIME_ROLE:  # as dk's below (a is 0 off the causal part in both roles)
             xdx_off += gl.sum(gl.where(t_c[None, :] != t_r[:, None], d_gate, 0.0), axis=1)
             xdx_diag += gl.sum(gl.where(t_c[None, :] == t_r[:, None], d_gate, 0.0), axis=1)
         elif KEYS:  # a is 0 off the causal part; not asking for the mask again saves dk 40 bytes of spills (dq's 0 not)

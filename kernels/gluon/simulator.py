@@ -413,7 +413,7 @@ GL = _Namespace(
     sqrt=lambda x: torch.sqrt(_to_tensor(x)),
     maximum=lambda a, b: torch.maximum(_to_tensor(a), _to_tensor(b)),
     minimum=lambda a, b: torch.minimum(_to_tensor(a), _to_tensor(b)),
-    where=lambda c, a, b: torch.where(c, a, b),
+    where=lambda c, a, b: torch.where(torch.as_tensor(c), a, b),  # a scalar condition broadcasts, as in Gluon
     sum=_reduce(torch.sum),
     max=_reduce(lambda x, dim=None: torch.amax(x) if dim is None else torch.amax(x, dim=dim)),
     convert_layout=lambda x, layout, **_: x,

@@ -19,6 +19,9 @@ bw_dk       ``v dC^T``: 2 L K V; ``v dh^T``: 2 P V; ``dS^T q`` and   q, k, v, dh
 bw_dv       ``k dC``: 2 L K V; ``k q^T``: 2 P K; ``P^T dh``: 2 P V   q, k, dh, ``dC`` / dv
 =========== ======================================================= ===============================================
 
+With ``one_launch`` (the Gluon backend's ``dq`` and ``dk`` in one launch, ``bw_dq_dk_pair_kernel``) the two are one
+part, ``bw_dq + bw_dk``: their FLOPs, and q, k, v, dh, ``C`` and ``dC`` read once, dq and dk written.
+
 ``C`` is ``NC`` states of ``K x V`` in the input dtype for 16-bit inputs (``tiles.state_dtype``), ``dC`` ``NC + 1``
 of them in the input dtype. The forward kernels' FLOPs add up to ``bench.flops.chunkwise_flops``'s forward; the
 backward kernels do more than its "useful" backward: ``dq`` and ``dk`` each recompute ``dh v^T`` and the scores for
@@ -40,6 +43,8 @@ LAUNCH_NAMES: dict[str, tuple[str, ...]] = {
     "bw_dk": ("bw_chunk_dk_kernel", "bw_dq_dk_kernel"),
     "bw_dv": ("bw_chunk_dv_kernel", "bw_dv_kernel"),
 }
+ONE_LAUNCH_PART = "bw_dq + bw_dk"  # dq and dk in one launch (module docstring)
+ONE_LAUNCH_NAMES = ("bw_dq_dk_pair_kernel",)
 
 
 @dataclass(frozen=True)
@@ -68,10 +73,19 @@ class KernelWork:
 
 
 def tfla_kernel_work(
-    batch: int, heads: int, seq_len: int, dqk: int, dv: int, chunk: int, itemsize: int, mode: str
+    batch: int,
+    heads: int,
+    seq_len: int,
+    dqk: int,
+    dv: int,
+    chunk: int,
+    itemsize: int,
+    mode: str,
+    one_launch: bool = False,
 ) -> tuple[KernelWork, ...]:
     """Each kernel's ``KernelWork`` for a pass of ``mode`` (``fw``: the forward's kernels, ``bw``: the backward's,
-    ``fwbw``: both) on inputs of ``itemsize`` bytes per element (2 for 16-bit, 4 for fp32)."""
+    ``fwbw``: both) on inputs of ``itemsize`` bytes per element (2 for 16-bit, 4 for fp32); ``one_launch``: ``dq``
+    and ``dk`` as one part (``ONE_LAUNCH_PART``, in place of ``bw_dq`` and ``bw_dk``)."""
     if mode not in ("fw", "bw", "fwbw"):
         raise ValueError(f"mode must be one of fw, bw, fwbw; got {mode!r}")
     L = min(chunk, seq_len)
@@ -92,4 +106,9 @@ def tfla_kernel_work(
         "bw_dv": (state_flops + 2 * pairs * (dqk + dv), 2 * qk_bytes + 2 * v_bytes + dstates),
     }
     names = {"fw": FW_KERNELS, "bw": BW_KERNELS, "fwbw": FW_KERNELS + BW_KERNELS}[mode]
-    return tuple(KernelWork(n, *parts[n], LAUNCH_NAMES[n]) for n in names)
+    work = tuple(KernelWork(n, *parts[n], LAUNCH_NAMES[n]) for n in names)
+    if not one_launch or mode == "fw":
+        return work
+    flops = parts["bw_dq"][0] + parts["bw_dk"][0]
+    pair = KernelWork(ONE_LAUNCH_PART, flops, 4 * qk_bytes + 2 * v_bytes + states + dstates, ONE_LAUNCH_NAMES)
+    return tuple(pair if w.kernel == "bw_dq" else w for w in work if w.kernel != "bw_dk")
