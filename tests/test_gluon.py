@@ -266,6 +266,31 @@ def test_bw_states_lowers_to_warp_specialized_wgmma_in_hopper_shared_memory(
     assert facts["wgmma"].startswith("wgmma.mma_async.sync.aligned.m64n128k16"), facts
 
 
+def triton_backward_launches(
+    monkeypatch: pytest.MonkeyPatch, case: tuple[str, int, int, int, int], *names: str
+) -> list[tuple[object, tuple]]:
+    """For each Triton launcher ``kernels.mlstm.tfla.<name>``: itself and the arguments one bf16 Triton backward on
+    the GPU hands it (fresh random inputs of two batches and heads; ``case``: variant, S, q/k and value head dims,
+    chunk), all from the same backward."""
+    from kernels.mlstm import tfla
+
+    variant, seq, dqk, dv, chunk = case
+    calls: dict[str, list[tuple]] = {name: [] for name in names}
+    launches = {name: getattr(tfla, name) for name in names}
+    for name, launch in launches.items():
+        monkeypatch.setattr(tfla, name, lambda *a, name=name, launch=launch: (calls[name].append(a), launch(*a))[1])
+    torch.manual_seed(torch.seed() % 2**31)
+    dev, dtype, (b, nh) = torch.device("cuda"), torch.bfloat16, (2, 2)
+    x = [torch.randn(b, nh, seq, d, device=dev, dtype=dtype, requires_grad=True) for d in (dqk, dqk, dv)]
+    x += [
+        torch.randn(b, nh, seq, device=dev, dtype=dtype).requires_grad_(),
+        (torch.randn(b, nh, seq, device=dev) + 3).to(dtype).requires_grad_(),
+    ]
+    h = tfla.mlstm_tfla(*x, variant=variant, normalize=variant == "exp", chunk_size=chunk, backend="triton")
+    h.backward(torch.randn_like(h))
+    return [(launches[name], calls[name][0]) for name in names]
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("kernel", ["bw_dq", "bw_dk"])
 @pytest.mark.parametrize("variant", ["exp", "sig"])
@@ -289,22 +314,11 @@ def test_bw_dq_dk_match_the_triton_kernels(
     if (reason := support.unavailable_reason()) is not None:
         pytest.skip(reason)
     from kernels.gluon import mlstm_bw_dq_dk
-    from kernels.mlstm import tfla
 
-    calls = []
     name = f"launch_{kernel}"
-    triton_launch = getattr(tfla, name)
-    monkeypatch.setattr(tfla, name, lambda *a: (calls.append(a), triton_launch(*a))[1])
-    torch.manual_seed(torch.seed() % 2**31)
-    dev, dtype, (b, nh) = torch.device("cuda"), torch.bfloat16, (2, 2)
-    x = [torch.randn(b, nh, seq, d, device=dev, dtype=dtype, requires_grad=True) for d in (dqk, dqk, dv)]
-    x += [
-        torch.randn(b, nh, seq, device=dev, dtype=dtype).requires_grad_(),
-        (torch.randn(b, nh, seq, device=dev) + 3).to(dtype).requires_grad_(),
-    ]
-    h = tfla.mlstm_tfla(*x, variant=variant, normalize=variant == "exp", chunk_size=chunk, backend="triton")
-    h.backward(torch.randn_like(h))
-    ((*tensors, grad_triton, _, exp, tiles),) = calls
+    ((triton_launch, (*tensors, grad_triton, _, exp, tiles)),) = triton_backward_launches(
+        monkeypatch, (variant, seq, dqk, dv, chunk), name
+    )
     sums_triton = triton_launch(*tensors, torch.empty_like(grad_triton), chunk, exp, tiles)
     sums_triton = [s.sum(0) for s in (sums_triton if kernel == "bw_dk" else (sums_triton,))]
     rel = lambda a, b: ((a.double() - b.double()).norm() / b.double().norm()).item()  # noqa: E731
@@ -334,25 +348,12 @@ def test_bw_dq_dk_in_one_launch_match_the_triton_kernels(
     if (reason := support.unavailable_reason()) is not None:
         pytest.skip(reason)
     from kernels.gluon import mlstm_bw_dq_dk
-    from kernels.mlstm import tfla
 
-    calls: dict[str, list] = {"launch_bw_dq": [], "launch_bw_dk": []}
-    launches = {name: getattr(tfla, name) for name in calls}
-    for name, launch in launches.items():
-        monkeypatch.setattr(tfla, name, lambda *a, name=name, launch=launch: (calls[name].append(a), launch(*a))[1])
-    torch.manual_seed(torch.seed() % 2**31)
-    dev, dtype, (b, nh) = torch.device("cuda"), torch.bfloat16, (2, 2)
-    x = [torch.randn(b, nh, seq, d, device=dev, dtype=dtype, requires_grad=True) for d in (dqk, dqk, dv)]
-    x += [
-        torch.randn(b, nh, seq, device=dev, dtype=dtype).requires_grad_(),
-        (torch.randn(b, nh, seq, device=dev) + 3).to(dtype).requires_grad_(),
-    ]
-    h = tfla.mlstm_tfla(*x, variant=variant, normalize=variant == "exp", chunk_size=chunk, backend="triton")
-    h.backward(torch.randn_like(h))
-    ((*dq_tensors, dq_triton, _, exp, dq_tiles),) = calls["launch_bw_dq"]
-    ((*dk_tensors, dk_triton, _, _, dk_tiles),) = calls["launch_bw_dk"]
-    sums_triton = [launches["launch_bw_dq"](*dq_tensors, torch.empty_like(dq_triton), chunk, exp, dq_tiles)]
-    sums_triton += launches["launch_bw_dk"](*dk_tensors, torch.empty_like(dk_triton), chunk, exp, dk_tiles)
+    (dq_launch, (*dq_tensors, dq_triton, _, exp, dq_tiles)), (dk_launch, (*dk_tensors, dk_triton, _, _, dk_tiles)) = (
+        triton_backward_launches(monkeypatch, (variant, seq, dqk, dv, chunk), "launch_bw_dq", "launch_bw_dk")
+    )
+    sums_triton = [dq_launch(*dq_tensors, torch.empty_like(dq_triton), chunk, exp, dq_tiles)]
+    sums_triton += dk_launch(*dk_tensors, torch.empty_like(dk_triton), chunk, exp, dk_tiles)
     rel = lambda a, b: ((a.double() - b.double()).norm() / b.double().norm()).item()  # noqa: E731
     for async_mma, warps in itertools.product((False, True), (4, 8)):
         case = f"one launch, async_mma={async_mma}, num_warps={warps}"

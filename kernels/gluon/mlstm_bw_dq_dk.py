@@ -301,43 +301,18 @@ def _compute_partition(x_smem, xv_bufs, ring, fix_ready, ready, empty, S_D, OUT_
                        KEYS: gl.constexpr, EXP: gl.constexpr, ASYNC: gl.constexpr, num_warps: gl.constexpr):  # fmt: skip
     """The consumer of one role (module docstring; ``_consume``'s arguments)."""
     acc, xdx_inter, xdx_off, xdx_diag, t_r = _consume(
-        x_smem,
-        xv_bufs,
-        ring,
-        fix_ready,
-        ready,
-        empty,
-        S_D,
-        GATE_B,
-        GATE_I,
-        INV_DEN,
-        DZ,
-        VEC_ST,
-        M_ST,
-        M_TOK,
-        bh,
-        st,
-        row0,
-        col0,
-        c_end,
-        n_blocks,
-        SP,
-        DHQK,
-        qk_scale,
-        KEYS,
-        EXP,
-        ASYNC,
-        num_warps,
-    )
+        x_smem, xv_bufs, ring, fix_ready, ready, empty, S_D, GATE_B, GATE_I, INV_DEN, DZ, VEC_ST, M_ST, M_TOK, bh, st,
+        row0, col0, c_end, n_blocks, SP, DHQK, qk_scale, KEYS, EXP, ASYNC, num_warps,
+    )  # fmt: skip
     _epilogue(x_smem, OUT_D, SUMS, acc, xdx_inter, xdx_off, xdx_diag, t_r, bh, row0, SP, qk_scale, KEYS)
 
 
 @gluon.jit
 def _role(pid_c, bh, NC, L, BR: gl.constexpr, KEYS):
     """Row tile ``pid_c`` of head ``bh`` as a ``dq`` program or, ``KEYS`` (a constexpr, or a runtime 0 or 1), a ``dk``
-    one: ``st`` (the index of the
-    state its inter term's ``M_ST`` / ``VEC_ST`` row), ``state_row`` (its state tile's row in ``S_D``), ``row0``,
-    ``col0`` (its first column token), ``c_end`` (the token after its chunk) and ``n_blocks`` (its column tiles)."""
+    one: ``st`` (the index of the state its inter term's ``M_ST`` / ``VEC_ST`` row), ``state_row`` (its state tile's
+    row in ``S_D``), ``row0``, ``col0`` (its first column token), ``c_end`` (the token after its chunk) and
+    ``n_blocks`` (its column tiles)."""
     c = pid_c // (L // BR)
     r_start = (pid_c % (L // BR)) * BR
     row0 = c * L + r_start
@@ -448,35 +423,9 @@ def _pair_compute(C_D, DQ_D, DK_D, SUMS_Q, SUMS_K, GATE_B, GATE_I, INV_DEN, DZ, 
     if keys == 1:
         vec_st = DN_ST
     acc, xdx_inter, xdx_off, xdx_diag, t_r = _consume(
-        x_smem,
-        xv_bufs,
-        ring,
-        fix_ready,
-        ready,
-        empty,
-        C_D,
-        GATE_B,
-        GATE_I,
-        INV_DEN,
-        DZ,
-        vec_st,
-        M_ST,
-        M_TOK,
-        bh,
-        st,
-        row0,
-        col0,
-        c_end,
-        n_blocks,
-        SP,
-        DHQK,
-        qk_scale,
-        keys,
-        EXP,
-        ASYNC,
-        num_warps,
-        True,
-    )
+        x_smem, xv_bufs, ring, fix_ready, ready, empty, C_D, GATE_B, GATE_I, INV_DEN, DZ, vec_st, M_ST, M_TOK, bh, st,
+        row0, col0, c_end, n_blocks, SP, DHQK, qk_scale, keys, EXP, ASYNC, num_warps, True,
+    )  # fmt: skip
     if keys == 1:
         _epilogue(x_smem, DK_D, SUMS_K, acc, xdx_inter, xdx_off, xdx_diag, t_r, bh, row0, SP, qk_scale, True)
     else:
