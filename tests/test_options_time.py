@@ -33,6 +33,13 @@ def test_overridden_replaces_fields_and_keeps_the_triton_cases() -> None:
     assert config.overridden("bw_dq_dk", one_launch=True)(32, 32, 64) is None  # too narrow: Triton's dq / dk
 
 
+def test_overrides_do_not_stack_on_what_was_set_in_place_of_the_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(config, "bw_dq_dk_options", config.overridden("bw_dq_dk", num_warps=8, one_launch=True))
+    own = config.OWN_OPTIONS["bw_dq_dk"](256, 512, 256)
+    assert config.overridden("bw_dq_dk")(256, 512, 256) == own  # the module's own, not the one set in its place
+    assert config.overridden("bw_dq_dk", one_launch=True)(256, 512, 256).num_warps == own.num_warps  # type: ignore[union-attr]
+
+
 @pytest.mark.parametrize(
     ("args", "named"),
     [
@@ -51,3 +58,8 @@ def test_bad_arguments_exit_2_naming_the_parameter(args: list[str], named: str) 
     run = subprocess.run([sys.executable, "scripts/options_time.py", *args], cwd=ROOT, capture_output=True, text=True)
     assert run.returncode == 2, run.stderr
     assert named in run.stderr and "Traceback" not in run.stderr
+
+
+def test_every_options_function_has_its_own_kept() -> None:
+    functions = {name.removesuffix("_options") for name in vars(config) if name.endswith("_options")}
+    assert functions == set(config.OWN_OPTIONS)

@@ -207,11 +207,22 @@ def bw_states_options(dhqk: int, dhhv: int, chunk_size: int) -> BwStatesOptions 
 def overridden(kernel: str, **override: Any) -> Callable[[int, int, int], LaunchOptions | None]:
     """``<kernel>_options`` (e.g. ``bw_dq_dk``) with the fields of ``override`` replaced in what it returns (``None``,
     where the Triton kernel runs, stays ``None``): to time or test another option set through the backend, which
-    fetches the options at every call (``kernels.mlstm.tfla.gluon_options``)."""
-    own = globals()[f"{kernel}_options"]
+    fetches the options at every call (``kernels.mlstm.tfla.gluon_options``). Always over this module's own
+    function, whatever has been set in its place."""
+    own = OWN_OPTIONS[kernel]
 
     def options(dhqk: int, dhhv: int, chunk_size: int) -> LaunchOptions | None:
         base = own(dhqk, dhhv, chunk_size)
         return None if base is None else replace(base, **override)
 
     return options
+
+
+# Each kernel's own options function, kept apart from the module's names (which a timing or a test may replace).
+OWN_OPTIONS: dict[str, Callable[[int, int, int], Any]] = {
+    "fw_output": fw_output_options,
+    "fw_states": fw_states_options,
+    "bw_states": bw_states_options,
+    "bw_dv": bw_dv_options,
+    "bw_dq_dk": bw_dq_dk_options,
+}
