@@ -24,10 +24,11 @@
 #   gluon_dq (300)     the Gluon dq and dk kernels: their times against Triton's (scripts/gluon_time.py --kernel
 #                      bw_dq / bw_dk, 7B, S 8192, sig) at the chunks of CHUNKS (default "128 256 1024"), then their
 #                      GPU tests against the Triton kernels
-#   dq_dk_launch (420) dq and dk in one launch or two: scripts/gluon_time.py --kernel bw_dq_dk (both kernels alone, 7B,
+#   dq_dk_launch (540) dq and dk in one launch or two: scripts/gluon_time.py --kernel bw_dq_dk (both kernels alone, 7B,
 #                      S 8192, sig) at the chunks of CHUNKS (default "256 1024"), scripts/options_time.py (the whole
 #                      pass, sig and exp, one launch with one and two warpgroups against the backend's options,
-#                      interleaved) at the same chunks, then the GPU tests of both forms against Triton
+#                      interleaved) at the same chunks, then the GPU tests of both forms against Triton (the pair
+#                      alone, and the whole Gluon backend with and without it)
 #   gluon_states (300) the Gluon state kernel: its times against Triton's (scripts/gluon_time.py --kernel fw_states,
 #                      7B, S 8192, sig and exp) at the chunks of CHUNKS (default "128 256", where the backend runs it),
 #                      the backend's options with the gates in the k tile's rows and packed (or the tiles of
@@ -76,7 +77,7 @@
 # to this tree's commit first.
 set -uo pipefail
 [ $# -ge 1 ] && [ -n "${OUT:-}" ] || { sed -n '2,/^set -uo/p' "$0" | sed '$d'; exit 2; }  # the comment above
-declare -A LIMIT=([env]=30 [gluon]=360 [backends]=420 [gluon_dq]=300 [dq_dk_launch]=420 [gluon_states]=300 [gluon_bw_states]=300 [fused]=360 [pytest_gpu]=300 [profile]=240 [bimodal]=300 [placement]=240 [mamba]=240 [verify]=330 [ncu]=240 [ncu_sass]=240 [ncu_bytes]=240
+declare -A LIMIT=([env]=30 [gluon]=360 [backends]=420 [gluon_dq]=300 [dq_dk_launch]=540 [gluon_states]=300 [gluon_bw_states]=300 [fused]=360 [pytest_gpu]=300 [profile]=240 [bimodal]=300 [placement]=240 [mamba]=240 [verify]=330 [ncu]=240 [ncu_sass]=240 [ncu_bytes]=240
   [states]=420 [gluon_base]=300 [states_verify]=300 [premove]=420 [plant]=300 [consttoken7b]=540 [consttoken]=540 [headdim]=540 [chunksize]=540)
 for arg in "$@"; do  # every step known and every limit a number, before anything runs
   step=${arg%%:*}
@@ -162,7 +163,7 @@ run_step() {  # the commands of one step (a subshell, so that `timeout` can cut 
       for chunk in ${CHUNKS:-256 1024}; do $py scripts/gluon_time.py --kernel bw_dq_dk --chunk $chunk; done
       $py scripts/options_time.py --kernel bw_dq_dk --set one_launch=1 --set one_launch=1,num_warps=8 \
         --chunks "$(echo ${CHUNKS:-256 1024} | tr ' ' ,)" --variants sig,exp --rounds 3
-      $py -m pytest -m gpu -q -rs -p no:cacheprovider tests/test_gluon.py -k "one_launch" ;;
+      $py -m pytest -m gpu -q -rs -p no:cacheprovider tests/test_gluon.py -k "one_launch or gluon_backend" ;;
     gluon_states)
       for chunk in ${CHUNKS:-128 256}; do
         for variant in sig exp; do
