@@ -22,8 +22,11 @@ def _tfla_supports(p: Problem) -> str | None:
 
 
 def _backend(p: Problem, backend: str) -> str:
-    """The backend a forward at ``p`` runs (``kernels.mlstm.backends.choose_backend``; ``fw`` rows run without a
-    gradient, so ``auto`` may run the one-pass forward there)."""
+    """The backend a forward at ``p`` runs: a pinned one itself, ``auto``'s choice by
+    ``kernels.mlstm.backends.choose_backend`` (``fw`` rows run without a gradient, so ``auto`` may run the one-pass
+    forward there). Pure: rows of any status ask, so a pinned backend is never checked here."""
+    if backend != "auto":
+        return backend
     import torch
 
     from kernels.mlstm.backends import choose_backend
@@ -38,8 +41,7 @@ def _kernel_work(p: Problem, backend: str) -> tuple[object, ...]:
     from kernels.mlstm.cost import tfla_kernel_work
     from kernels.mlstm.tfla import gluon_options
 
-    backend = _backend(p, backend) if backend == "auto" else backend
-    options = gluon_options(backend, "bw_dq_dk", p.head_dim_qk, p.head_dim_v, p.chunk_size)
+    options = gluon_options(_backend(p, backend), "bw_dq_dk", p.head_dim_qk, p.head_dim_v, p.chunk_size)
     one_launch = bool(getattr(options, "one_launch", False))
     size = itemsize(p)
     return tfla_kernel_work(
@@ -126,7 +128,7 @@ def _register_tfla(variant: str, normalize: bool, description: str, backend: str
             bytes=mlstm_bytes,
             supports=supports,
             available=_gluon_available if gluon else lambda: package_reason("triton"),
-            params=lambda p: _params(p, variant, normalize, backend if backend != "auto" else _backend(p, backend)),
+            params=lambda p: _params(p, variant, normalize, _backend(p, backend)),
             reference=mlstm_reference(variant, normalize),
             input_names=MLSTM_INPUTS,
             uses_chunk_size=True,

@@ -330,33 +330,6 @@ def _role(pid_c, bh, NC, L, BR: gl.constexpr, KEYS):
 
 
 @gluon.jit
-def _program(X_D, XV_D, Y_D, YV_D, S_D, OUT_D, SUMS, GATE_B, GATE_I, INV_DEN, DZ, VEC_ST, M_ST, M_TOK, x_smem, xv_bufs,
-             ring, fix_ready, ready, empty, pid_c, bh, SP, NC, DHQK, qk_scale, L, KEYS: gl.constexpr,
-             EXP: gl.constexpr, ASYNC: gl.constexpr, num_warps: gl.constexpr):  # fmt: skip
-    """Row tile ``pid_c`` (of ``NC * L / BR``) of head ``bh`` as a ``dq`` program or, ``KEYS``, a ``dk`` one, on the
-    shared buffers and barriers the caller allocated (``bw_dq_dk_kernel``'s arguments)."""
-    BR: gl.constexpr = X_D.block_type.shape[1]
-    st, state_row, row0, col0, c_end, n_blocks = _role(pid_c, bh, NC, L, BR, KEYS)
-    gl.warp_specialize(
-        [
-            (
-                _compute_partition,
-                (x_smem, xv_bufs, ring, fix_ready, ready, empty, S_D, OUT_D, SUMS, GATE_B, GATE_I, INV_DEN, DZ, VEC_ST,
-                 M_ST, M_TOK, bh, st, row0, col0, c_end, n_blocks, SP, DHQK, qk_scale, KEYS, EXP, ASYNC,
-                 num_warps),
-            ),
-            (
-                _load_partition,
-                (X_D, XV_D, Y_D, YV_D, S_D, x_smem, xv_bufs, ring, fix_ready, ready, empty, bh, row0, state_row, col0,
-                 n_blocks),
-            ),
-        ],
-        [LOAD_WARPS],
-        [LOAD_REGS],
-    )  # fmt: skip
-
-
-@gluon.jit
 def _buffers(X_D, XV_D, Y_D, NVH: gl.constexpr, STAGES: gl.constexpr):
     """The row tile, its ``NVH`` value-side buffers, the ring of ``STAGES`` column slots (``TILE x W``) and its
     barriers (``intra_chunk.ring_barriers``), for descriptors with ``X_D``'s, ``XV_D``'s and ``Y_D``'s blocks."""
@@ -403,10 +376,27 @@ def bw_dq_dk_kernel(
     x TILE over the ``BH * NC`` chunk states ``C_c`` or the ``BH * (NC + 1)`` state gradients ``dC``); ``VEC_ST (BH *
     (NC + 1), DHQK)``: ``n`` or ``dn``; ``SUMS``: one ``(BH, SP)`` plane of ``q . dq``, or three of ``k . dk`` (all,
     inter, off-diagonal); ``ASYNC``: ``_chain``'s."""
+    BR: gl.constexpr = X_D.block_type.shape[1]
+    bh = gl.program_id(1)
+    st, state_row, row0, col0, c_end, n_blocks = _role(gl.program_id(0), bh, NC, L, BR, KEYS)
     x_smem, xv_bufs, ring, fix_ready, ready, empty = _buffers(X_D, XV_D, Y_D, NVH, STAGES)
-    _program(X_D, XV_D, Y_D, YV_D, S_D, OUT_D, SUMS, GATE_B, GATE_I, INV_DEN, DZ, VEC_ST, M_ST, M_TOK, x_smem, xv_bufs,
-             ring, fix_ready, ready, empty, gl.program_id(0), gl.program_id(1), SP, NC, DHQK, qk_scale, L, KEYS, EXP,
-             ASYNC, num_warps)  # fmt: skip
+    gl.warp_specialize(
+        [
+            (
+                _compute_partition,
+                (x_smem, xv_bufs, ring, fix_ready, ready, empty, S_D, OUT_D, SUMS, GATE_B, GATE_I, INV_DEN, DZ, VEC_ST,
+                 M_ST, M_TOK, bh, st, row0, col0, c_end, n_blocks, SP, DHQK, qk_scale, KEYS, EXP, ASYNC,
+                 num_warps),
+            ),
+            (
+                _load_partition,
+                (X_D, XV_D, Y_D, YV_D, S_D, x_smem, xv_bufs, ring, fix_ready, ready, empty, bh, row0, state_row, col0,
+                 n_blocks),
+            ),
+        ],
+        [LOAD_WARPS],
+        [LOAD_REGS],
+    )  # fmt: skip
     invalidate_ring(fix_ready, ready, empty)
 
 
@@ -436,12 +426,12 @@ def _pair_compute(C_D, DQ_D, DK_D, SUMS_Q, SUMS_K, GATE_B, GATE_I, INV_DEN, DZ, 
 def _pair_load(Q_D, K_D, V_D, DH_D, C_D, DC_D, x_smem, xv_bufs, ring, fix_ready, ready, empty, pid, bh, NC, L):
     """``bw_dq_dk_pair_kernel``'s producer: ``_load_partition`` in program ``pid``'s role."""
     BR: gl.constexpr = Q_D.block_type.shape[1]
-    if pid % 2 == 1:
-        _, state_row, row0, col0, _, n_blocks = _role(pid // 2, bh, NC, L, BR, True)
+    keys = pid % 2
+    _, state_row, row0, col0, _, n_blocks = _role(pid // 2, bh, NC, L, BR, keys)
+    if keys == 1:  # the module docstring's table: the descriptors in each role's order
         _load_partition(K_D, V_D, Q_D, DH_D, DC_D, x_smem, xv_bufs, ring, fix_ready, ready, empty, bh, row0,
                         state_row, col0, n_blocks)  # fmt: skip
     else:
-        _, state_row, row0, col0, _, n_blocks = _role(pid // 2, bh, NC, L, BR, False)
         _load_partition(Q_D, DH_D, K_D, V_D, C_D, x_smem, xv_bufs, ring, fix_ready, ready, empty, bh, row0,
                         state_row, col0, n_blocks)  # fmt: skip
 
