@@ -64,8 +64,8 @@
 #                      256, 7B sig and exp, paper sig; then its GPU tests
 #   consttoken7b (540) bench sweep --preset consttoken7b at the sequence lengths of SEQ_LENS (default 2048,8192) and the
 #                      chunks of SWEEP_CHUNKS (default the preset's, 128; e.g. 128,256,1024), the preset's kernels or those of
-#                      SWEEP_KERNELS, after scripts/warm_autotune.py has compiled FLA's autotune candidates in WARM_PROCS
-#                      (default 6) processes
+#                      SWEEP_KERNELS, after scripts/warm_autotune.py has compiled the swept FLA kernels' autotune candidates
+#                      in WARM_PROCS (default 6) processes
 #   consttoken (540)   the same with --preset consttoken
 #   headdim (540)      the same with --preset headdim, at the preset's sequence length and chunk unless SEQ_LENS /
 #                      SWEEP_CHUNKS say otherwise
@@ -259,7 +259,8 @@ run_step() {  # the commands of one step (a subshell, so that `timeout` can cut 
     consttoken7b|consttoken|headdim|chunksize)  # FLA's autotune candidates compiled by 6 processes first (a cold chunk_gla fwbw took >6.9 min)
       local seqs=${SEQ_LENS:-}
       [[ $1 == consttoken* ]] && seqs=${seqs:-2048,8192}  # the const-token presets' lengths run 512..65536: two unless told
-      $py scripts/warm_autotune.py --preset "$1" --kernels 'fla.*' ${seqs:+--seq-len "$seqs"} --procs "${WARM_PROCS:-6}"
+      local fla; fla=$(tr , '\n' <<< "${SWEEP_KERNELS:-fla.*}" | grep '^fla\.' | paste -sd,)  # only the FLA kernels swept
+      [[ -n $fla ]] && $py scripts/warm_autotune.py --preset "$1" --kernels "$fla" ${seqs:+--seq-len "$seqs"} --procs "${WARM_PROCS:-6}"
       $py cli.py sweep --preset "$1" ${seqs:+--seq-len "$seqs"} ${SWEEP_CHUNKS:+--chunk-size "$SWEEP_CHUNKS"} \
         ${SWEEP_KERNELS:+--kernels "$SWEEP_KERNELS"} --retry timeout --out "$RESULTS/$1.parquet" ;;
   esac
