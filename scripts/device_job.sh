@@ -26,7 +26,8 @@
 #                      GPU tests against the Triton kernels
 #   dq_dk_launch (540) dq and dk in one launch or two: scripts/gluon_time.py --kernel bw_dq_dk (both kernels alone, 7B,
 #                      S 8192, sig) at the chunks of CHUNKS (default "256 1024"), scripts/options_time.py (the whole
-#                      pass, sig and exp, one launch with one and two warpgroups against the backend's options,
+#                      pass, sig and exp, the option sets of DQ_DK_SETS (default "one_launch=1 one_launch=1,num_warps=8":
+#                      one launch with one and two warpgroups) against the backend's options,
 #                      interleaved) at the same chunks, then the GPU tests of both forms against Triton (the pair
 #                      alone, and the whole Gluon backend with and without it)
 #   gluon_states (300) the Gluon state kernel: its times against Triton's (scripts/gluon_time.py --kernel fw_states,
@@ -161,7 +162,7 @@ run_step() {  # the commands of one step (a subshell, so that `timeout` can cut 
       $py -m pytest -m gpu -q -rs -p no:cacheprovider tests/test_gluon.py -k bw_dq_dk ;;
     dq_dk_launch)
       for chunk in ${CHUNKS:-256 1024}; do $py scripts/gluon_time.py --kernel bw_dq_dk --chunk $chunk; done
-      $py scripts/options_time.py --kernel bw_dq_dk --set one_launch=1 --set one_launch=1,num_warps=8 \
+      $py scripts/options_time.py --kernel bw_dq_dk $(printf -- '--set %s ' ${DQ_DK_SETS:-one_launch=1 one_launch=1,num_warps=8}) \
         --chunks "$(echo ${CHUNKS:-256 1024} | tr ' ' ,)" --variants sig,exp --rounds 3
       $py -m pytest -m gpu -q -rs -p no:cacheprovider tests/test_gluon.py -k "one_launch or gluon_backend" ;;
     gluon_states)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from kernels.mlstm.cost import LAUNCH_NAMES, ONE_LAUNCH_NAMES, ONE_LAUNCH_PART, tfla_kernel_work
+from kernels.mlstm.cost import LAUNCH_NAMES, ONE_LAUNCH, part_name, tfla_kernel_work
 
 METRICS = {
     "dram__bytes_read.sum": "dram_read",
@@ -26,7 +26,7 @@ METRICS = {
 _PARTS_OF = Counter(name for names in LAUNCH_NAMES.values() for name in names)
 # kernels that do one part; one that does two (the Gluon bw_dq_dk_kernel, a launch each) has no single floor here
 PART_OF = {name: part for part, names in LAUNCH_NAMES.items() for name in names if _PARTS_OF[name] == 1}
-PART_OF |= dict.fromkeys(ONE_LAUNCH_NAMES, ONE_LAUNCH_PART)  # dq and dk in one launch: one part, one floor
+PART_OF |= {name: part_name(kernels) for kernels, names in ONE_LAUNCH.items() for name in names}  # one part, one floor
 
 
 def launches(csv: Path) -> pd.DataFrame:
@@ -45,7 +45,8 @@ def against_floor(csv: Path, shape: tuple[int, ...]) -> pd.DataFrame:
     DRAM bytes (GB) and their ratio to the floor, DRAM TB/s, L2 GB and time (us)."""
     chunk = int(csv.stem.rsplit("_", 1)[1])
     floor = {w.kernel: w.bytes / 1e9 for w in tfla_kernel_work(*shape, chunk, 2, "fwbw")}
-    floor |= {w.kernel: w.bytes / 1e9 for w in tfla_kernel_work(*shape, chunk, 2, "bw", one_launch=True)}
+    for kernels in ONE_LAUNCH:
+        floor |= {w.kernel: w.bytes / 1e9 for w in tfla_kernel_work(*shape, chunk, 2, "bw", one_launch=kernels)}
     rows = launches(csv)
     dram = (rows["dram_read"] + rows["dram_write"]) / 1e9
     floor_gb = rows["kernel"].map(floor)

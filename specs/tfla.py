@@ -37,12 +37,12 @@ def _backend(p: Problem, backend: str) -> str:
 
 def _kernel_work(p: Problem, backend: str) -> tuple[object, ...]:
     """Each kernel's FLOPs and bytes of a pass at ``p`` (``kernels.mlstm.cost``) under ``backend``, for ``bench
-    profile``: ``dq`` and ``dk`` as one part where the Gluon backend's options run them in one launch."""
-    from kernels.mlstm.cost import tfla_kernel_work
+    profile``: ``dq`` and ``dk`` (and ``dv``) as one part where the Gluon backend's options run them in one launch."""
+    from kernels.mlstm.cost import GRADS, PAIR, tfla_kernel_work
     from kernels.mlstm.tfla import gluon_options
 
     options = gluon_options(_backend(p, backend), "bw_dq_dk", p.head_dim_qk, p.head_dim_v, p.chunk_size)
-    one_launch = bool(getattr(options, "one_launch", False))
+    one_launch = GRADS if getattr(options, "with_dv", False) else PAIR if getattr(options, "one_launch", False) else ()
     size = itemsize(p)
     return tfla_kernel_work(
         p.batch, p.heads, p.seq_len, p.head_dim_qk, p.head_dim_v, p.chunk_size, size, p.mode, one_launch

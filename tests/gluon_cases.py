@@ -102,12 +102,14 @@ def bw_dv_case(exp: bool, dqk: int, dv: int, seq: int = 256, chunk: int = 128, *
     return _facts(support.compile_for(kernel, args, constexprs))
 
 
-def bw_dq_dk_case(kernel: str, dqk: int, dv: int, seq: int = 256, chunk: int = 128, **options: object) -> dict:
+def bw_dq_dk_case(
+    kernel: str, dqk: int, dv: int, seq: int = 256, chunk: int = 128, exp: bool = True, **options: object
+) -> dict:
     """What ``kernels.gluon.mlstm_bw_dq_dk.launch_<kernel>`` (``bw_dq`` or ``bw_dk``; ``bw_dq_dk``: both in one
-    launch, ``pair_launch_args``) would launch on a backward's tensors of two heads (CPU, only their types count; the
-    states shaped as ``dk``'s, the one more that ``dq`` does not read is harmless), with ptxas' spill-store bytes per
-    thread (``spill_bytes``)."""
-    from kernels.gluon import mlstm_bw_dq_dk
+    launch, ``pair_launch_args``; ``bw_grads``: those and ``dv`` in one launch, ``mlstm_bw_grads.launch_args``) would
+    launch on a backward's tensors of two heads (CPU, only their types count; the states shaped as ``dk``'s, the one
+    more that ``dq`` does not read is harmless), with ptxas' spill-store bytes per thread (``spill_bytes``)."""
+    from kernels.gluon import mlstm_bw_dq_dk, mlstm_bw_grads
 
     bh, nc, dtype, f32 = 2, seq // chunk, torch.bfloat16, torch.float32
     q, k, grad = (torch.empty(bh, seq, dqk, dtype=dtype) for _ in range(3))
@@ -116,10 +118,14 @@ def bw_dq_dk_case(kernel: str, dqk: int, dv: int, seq: int = 256, chunk: int = 1
     gate_b, gate_i, inv_den, dz, m_tok = (torch.empty(bh, seq, dtype=f32) for _ in range(5))
     vec_st, m_st = torch.empty(bh, nc + 1, dqk, dtype=f32), torch.empty(bh, nc + 1, dtype=f32)
     tensors = (q, k, v, dh, gate_b, gate_i, inv_den, dz, states, vec_st, m_st, m_tok, grad)
-    if kernel == "bw_dq_dk":
-        kernel_fn, _, args, constexprs = mlstm_bw_dq_dk.pair_launch_args(tensors, tensors, chunk, True, **options)
+    dv_tensors = (q, k, dh, gate_b, gate_i, inv_den, states, m_st, m_tok, torch.empty_like(v))
+    if kernel == "bw_grads":
+        launch = mlstm_bw_grads.launch_args(tensors, tensors, dv_tensors, chunk, exp, **options)
+    elif kernel == "bw_dq_dk":
+        launch = mlstm_bw_dq_dk.pair_launch_args(tensors, tensors, chunk, exp, **options)
     else:
-        kernel_fn, _, args, constexprs = mlstm_bw_dq_dk.launch_args(kernel, *tensors, chunk, True, **options)
+        launch = mlstm_bw_dq_dk.launch_args(kernel, *tensors, chunk, exp, **options)
+    kernel_fn, _, args, constexprs = launch
     compiled = support.compile_for(kernel_fn, args, constexprs)
     return {**_facts(compiled), "spill_bytes": ptxas_usage(compiled.asm["ptx"])[1]}
 
@@ -240,6 +246,16 @@ CASES = {
         for async_mma in (False, True)
         for warps in (4, 8)
     },
+    # dq, dk and dv in one launch: the dv programs' ring 2 or 3 deep, one or two warpgroups
+    **{
+        f"bw_grads {'exp' if exp else 'sig'} w{warps} dv{dv_stages} {dqk}x{dv}": (
+            lambda exp=exp, dqk=dqk, dv=dv, warps=warps, dv_stages=dv_stages: bw_dq_dk_case(
+                "bw_grads", dqk, dv, exp=exp, num_warps=warps, dv_stages=dv_stages
+            )
+        )
+        for exp in (True, False)
+        for dqk, dv, warps, dv_stages in ((256, 512, 4, 2), (256, 512, 4, 3), (256, 512, 8, 2), (128, 256, 4, 3))
+    },
     # the forward's state recurrence: both variants, with and without initial states, state tiles 64 x 128 / 256
     **{
         f"fw_states {'exp' if exp else 'sig'}{' init' if init else ''} bv{bv}": (
@@ -312,11 +328,20 @@ CASES = {
 }
 
 
-def pin_one_launch(monkeypatch: object, one_launch: bool) -> None:
-    """The backend's ``dq`` / ``dk`` options with ``one_launch`` pinned (``kernels.gluon.config.overridden``)."""
+# How the backend may launch dq, dk and dv: the BwDqDkOptions fields that say it.
+LAUNCHES = {
+    "apart": {"one_launch": False, "with_dv": False},
+    "dq + dk": {"one_launch": True, "with_dv": False},
+    "dq + dk + dv": {"one_launch": False, "with_dv": True},
+}
+
+
+def pin_launches(monkeypatch: object, launches: str) -> None:
+    """The backend's ``dq`` / ``dk`` options with the launches of ``LAUNCHES[launches]`` pinned
+    (``kernels.gluon.config.overridden``)."""
     from kernels.gluon import config
 
-    monkeypatch.setattr(config, "bw_dq_dk_options", config.overridden("bw_dq_dk", one_launch=one_launch))  # type: ignore[attr-defined]
+    monkeypatch.setattr(config, "bw_dq_dk_options", config.overridden("bw_dq_dk", **LAUNCHES[launches]))  # type: ignore[attr-defined]
 
 
 def gluon_against_triton(

@@ -120,8 +120,18 @@ def test_rows_record_the_backend_and_gluon_rows_are_not_a_crash(tmp_path: Path) 
         "bw_dv": bw_dv_options(32, 32, 32).kwargs(),
         "bw_dq_dk": "triton",  # a q/k head dim of 32 is too narrow for the Gluon dq / dk
     }
-    assert bw_dq_dk_options(256, 512, 1024).kwargs() == {"num_warps": 4, "async_mma": True, "one_launch": False}
-    assert bw_dq_dk_options(256, 512, 256).kwargs() == {"num_warps": 4, "async_mma": False, "one_launch": False}
+    assert bw_dq_dk_options(256, 512, 1024).kwargs() == {
+        "num_warps": 4,
+        "async_mma": True,
+        "one_launch": False,
+        "with_dv": False,
+    }
+    assert bw_dq_dk_options(256, 512, 256).kwargs() == {
+        "num_warps": 4,
+        "async_mma": False,
+        "one_launch": False,
+        "with_dv": False,
+    }
     assert fw_states_options(128, 256, 1024) is None  # the Triton state kernel from chunk 512 on at 128 columns
     assert fw_states_options(256, 512, 1024) is not None  # the 256-column Gluon one up to chunk 1024
     assert bw_states_options(256, 512, 1024) is not None  # the Gluon state-gradient kernel up to chunk 1024

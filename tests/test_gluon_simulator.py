@@ -24,7 +24,7 @@ from tests.gluon_cases import (  # noqa: E402
     bw_states_against_float64,
     forget_gate_parts_error,
     gluon_against_triton,
-    pin_one_launch,
+    pin_launches,
     state_grads_reference,
 )
 
@@ -214,6 +214,29 @@ def dk_reference(q, k, v, dh, gate_b, gate_i, inv_den, dz, dc_st, dn_st, m_st, m
     return dk, kdk, kdk_inter, kdk_off
 
 
+def dv_reference(q, k, dh, gate_b, gate_i, inv_den, dc_st, m_st, m_tok, chunk, exp):  # noqa: ANN001, ANN201
+    """``bw_chunk_dv_kernel``'s ``dv`` in float64, chunk by chunk: the term from later chunks ``w_s k_s dC_{c+1}``
+    (``w_s`` as ``dk_reference``'s) plus ``P^T dh`` with ``P^T[s, t] = D^T[s, t] (k_s . q_t) / den_t DHQK ** -0.5``
+    for ``t >= s``."""
+    q, k, dh, gate_b, gate_i, inv_den, dc_st, m_st, m_tok = (
+        x.double() for x in (q, k, dh, gate_b, gate_i, inv_den, dc_st, m_st, m_tok)
+    )
+    seq, dqk = q.shape[1], q.shape[2]
+    dv = torch.zeros_like(dh)
+    for c in range(dc_st.shape[1] - 1):
+        t = slice(c * chunk, min((c + 1) * chunk, seq))
+        n = t.stop - t.start
+        b, i = gate_b[:, t], gate_i[:, t]
+        m = m_tok[:, t] if exp else torch.zeros_like(b)
+        g = gate_b[:, c * chunk + chunk - 1, None]
+        w = torch.exp(g - b + i - (m_st[:, c + 1, None] if exp else 0.0))
+        log_d = (i - b)[:, :, None] + (b - m)[:, None, :]
+        causal = torch.ones(n, n, dtype=torch.bool).triu()
+        pt = torch.where(causal, torch.exp(log_d), 0.0) * (k[:, t] @ q[:, t].transpose(1, 2)) * inv_den[:, None, t]
+        dv[:, t] = w[..., None] * (k[:, t] @ dc_st[:, c + 1]) + pt * dqk**-0.5 @ dh[:, t]
+    return dv
+
+
 def bw_dq_dk_inputs(seq: int, dqk: int, dv: int, chunk: int) -> tuple[torch.Tensor, ...]:
     """Fresh random backward tensors of two heads in ``launch_bw_dq``'s order (float16 operands, fp32 gates, float16
     states ``(BH, NC + 1, DHQK, DHHV)``: ``dq`` reads the first ``NC``, ``dk`` the last ``NC``)."""
@@ -308,6 +331,41 @@ def test_bw_dq_dk_in_one_launch_match_float64(seq: int, dqk: int, dv: int, chunk
             assert rel(got[:, :seq], want) < 1e-4, f"{case}: {name} against float64: {rel(got[:, :seq], want):.2e}"
 
 
+@pytest.mark.parametrize("exp", [True, False])
+@pytest.mark.parametrize(("seq", "dqk", "dv", "chunk", "stages"), BW_DQ_DK_CASES)
+def test_bw_grads_in_one_launch_match_float64(seq: int, dqk: int, dv: int, chunk: int, stages: int, exp: bool) -> None:
+    """``dq``, ``dk`` and ``dv`` in one launch (``mlstm_bw_grads.launch_args``: each row tile's ``dq``, ``dk`` and
+    ``dv`` programs side by side) on ``test_bw_dq_dk_match_float64``'s cases: the three gradients (poisoned with NaN
+    first) against ``dq_reference``, ``dk_reference`` and ``dv_reference``, and the four sums, over both landings,
+    the ``dv`` programs' ring 2 or 3 deep, one warpgroup or two."""
+    from kernels.gluon import mlstm_bw_dq_dk, mlstm_bw_grads
+
+    tensors = bw_dq_dk_inputs(seq, dqk, dv, chunk)
+    q, k, v, dh, gate_b, gate_i, inv_den, dz, states, dn_st, m_st, m_tok = tensors
+    n_st = torch.randn_like(dn_st)  # dq's own (dk reads dn): a role that read the other's would show
+    dq_tensors = (*tensors[:8], states[:, :-1].contiguous(), n_st, m_st, m_tok)
+    ref_dq, ref_qdq = dq_reference(*dq_tensors, chunk, exp)
+    ref_dk, *ref_k_sums = dk_reference(*tensors, chunk, exp)
+    dv_tensors = (q, k, dh, gate_b, gate_i, inv_den, states, m_st, m_tok)
+    ref_dv = dv_reference(*dv_tensors, chunk, exp)
+    for landing, (dv_stages, warps) in itertools.product(LANDINGS, ((2, 4), (3, 8))):
+        case = f"one launch with dv, {landing}, dv_stages={dv_stages}, num_warps={warps}"
+        dq, dk, dv_out = (torch.full_like(x, float("nan")) for x in (q, k, v))
+        kernel_fn, grid, args, constexprs = mlstm_bw_grads.launch_args(
+            (*dq_tensors, dq), (*tensors, dk), (*dv_tensors, dv_out), chunk, exp, dv_stages=dv_stages,
+            stages=min(stages, mlstm_bw_dq_dk.ring_stages(dqk, dv, warps)), num_warps=warps,
+        )  # fmt: skip
+        assert grid[0] == (2 + -(-dv // args["DV_D"].block_shape[2])) * -(-seq // chunk) * chunk // 64, case
+        simulate(kernel_fn, grid, args, constexprs, landing=landing)
+        for name, got, want in (("dq", dq, ref_dq), ("dk", dk, ref_dk), ("dv", dv_out, ref_dv)):
+            assert not got.isnan().any(), f"{case}: {name} has unwritten elements"
+            assert rel(got, want) < 2e-3, f"{case}: {name} against float64: {rel(got, want):.2e}"
+        sums = (args["SUMS_Q"][0], *args["SUMS_K"])
+        for name, got, want in zip(("q . dq", "k . dk", "its inter part", "its off-diagonal part"), sums,
+                                   (ref_qdq, *ref_k_sums), strict=True):  # fmt: skip
+            assert rel(got[:, :seq], want) < 1e-4, f"{case}: {name} against float64: {rel(got[:, :seq], want):.2e}"
+
+
 @pytest.mark.parametrize("kernel", ["bw_dq", "bw_dk"])
 def test_bw_dq_dk_refuse_what_they_cannot_take(kernel: str) -> None:
     from kernels.gluon import mlstm_bw_dq_dk
@@ -340,23 +398,24 @@ def test_bw_dq_dk_refuse_what_they_cannot_take(kernel: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "variant,shape,chunk,one_launch",
+    "variant,shape,chunk,launches",
     [
-        ("exp", (1, 2, 100, 32, 64), 64, False),
-        ("sig", (1, 2, 100, 32, 64), 64, False),
-        ("sig", (1, 1, 200, 64, 64), 128, False),
-        ("exp", (1, 2, 200, 64, 64), 128, True),
+        ("exp", (1, 2, 100, 32, 64), 64, "apart"),
+        ("sig", (1, 2, 100, 32, 64), 64, "apart"),
+        ("sig", (1, 1, 200, 64, 64), 128, "apart"),
+        ("exp", (1, 2, 200, 64, 64), 128, "dq + dk"),
+        ("sig", (1, 2, 200, 64, 160), 64, "dq + dk + dv"),
     ],
 )
 def test_the_gluon_backend_runs_simulated_on_the_cpu(
-    variant: str, shape: tuple[int, ...], chunk: int, one_launch: bool, monkeypatch: pytest.MonkeyPatch
+    variant: str, shape: tuple[int, ...], chunk: int, launches: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``mlstm_tfla(backend="gluon")`` on CPU tensors runs the Gluon state, output, state-gradient and ``dv``
     kernels in the simulator with the options ``kernels.gluon.config`` picks (chunk 128: two consumer warpgroups each
     in the output and ``dv`` kernels; from a q/k head dim of 64 the ``dq`` and ``dk`` kernels, in two launches or
-    one): output and every gradient as ``backend="triton"`` (float16, S not a multiple of the chunk); ``auto``
-    never picks it there."""
-    from kernels.gluon import mlstm_bw_dq_dk, mlstm_bw_states, mlstm_fw_states
+    one, or one with ``dv``): output and every gradient as ``backend="triton"`` (float16, S not a multiple of the
+    chunk); ``auto`` never picks it there."""
+    from kernels.gluon import mlstm_bw_dq_dk, mlstm_bw_grads, mlstm_bw_states, mlstm_fw_states
     from kernels.mlstm.backends import choose_backend
 
     calls: dict[str, list[dict]] = {"fw_states": [], "bw_states": []}
@@ -364,13 +423,21 @@ def test_the_gluon_backend_runs_simulated_on_the_cpu(
         launch = getattr(module, f"launch_{kernel}")
         recorded = lambda *a, launch=launch, kernel=kernel, **o: (calls[kernel].append(o), launch(*a, **o))[1]  # noqa: E731
         monkeypatch.setattr(module, f"launch_{kernel}", recorded)
-    pin_one_launch(monkeypatch, one_launch)
-    pairs: list[tuple] = []
-    pair_args = mlstm_bw_dq_dk.pair_launch_args
-    monkeypatch.setattr(mlstm_bw_dq_dk, "pair_launch_args", lambda *a, **o: (pairs.append(a), pair_args(*a, **o))[1])
+    pin_launches(monkeypatch, launches)
+    launched: dict[str, list[tuple]] = {"dq + dk": [], "dq + dk + dv": []}
+    for module, name, key in (
+        (mlstm_bw_dq_dk, "pair_launch_args", "dq + dk"),
+        (mlstm_bw_grads, "launch_args", "dq + dk + dv"),
+    ):
+        launch = getattr(module, name)
+        monkeypatch.setattr(
+            module, name, lambda *a, launch=launch, key=key, **o: (launched[key].append(a), launch(*a, **o))[1]
+        )
     errors = gluon_against_triton("cpu", torch.float16, shape, variant, chunk)
     assert all(err < 2e-3 for err in errors.values()), errors
-    assert len(pairs) == int(one_launch), "dq and dk in one launch, once in the Gluon pass"
+    # once in the Gluon pass where pinned (the launch with dv builds on the pair's arguments)
+    assert len(launched["dq + dk + dv"]) == int(launches == "dq + dk + dv"), launches
+    assert len(launched["dq + dk"]) == int(launches != "apart"), launches
     for kernel, options in calls.items():  # the Gluon state kernels ran, one call a pass
         assert len(options) == 1 and options[0]["bl"] == min(chunk, 128), (kernel, options)
     assert choose_backend("auto", torch.device("cpu"), torch.float16, 32, 64) == "triton"

@@ -16,10 +16,14 @@ from cli import _floor_table
 from kernels.mlstm.cost import (
     BW_KERNELS,
     FW_KERNELS,
+    GRADS,
     LAUNCH_NAMES,
+    ONE_LAUNCH,
     ONE_LAUNCH_NAMES,
     ONE_LAUNCH_PART,
+    PAIR,
     KernelWork,
+    part_name,
     tfla_kernel_work,
 )
 from kernels.mlstm.tiles import KERNELS
@@ -65,16 +69,33 @@ def test_dq_and_dk_in_one_launch_are_one_part_that_reads_q_k_v_dh_once(
     b: int, nh: int, s: int, dqk: int, dv: int, chunk: int
 ) -> None:
     two = _parts(b, nh, s, dqk, dv, chunk)
-    one = {w.kernel: w for w in tfla_kernel_work(b, nh, s, dqk, dv, chunk, 2, "fwbw", one_launch=True)}
+    one = {w.kernel: w for w in tfla_kernel_work(b, nh, s, dqk, dv, chunk, 2, "fwbw", one_launch=PAIR)}
     assert list(one) == [*FW_KERNELS, "bw_states", ONE_LAUNCH_PART, "bw_dv"]
     pair = one[ONE_LAUNCH_PART]
     assert pair.flops == two["bw_dq"].flops + two["bw_dk"].flops and pair.launch_names == ONE_LAUNCH_NAMES
     tokens = b * nh * -(-s // min(chunk, s)) * min(chunk, s)
     read_twice = 2 * tokens * (dqk + dv) * 2  # q, k (dqk) and v, dh (dv), bf16: once fewer in one launch
     assert pair.bytes == two["bw_dq"].bytes + two["bw_dk"].bytes - read_twice
-    assert tfla_kernel_work(b, nh, s, dqk, dv, chunk, 2, "fw", one_launch=True) == tfla_kernel_work(
+    assert tfla_kernel_work(b, nh, s, dqk, dv, chunk, 2, "fw", one_launch=PAIR) == tfla_kernel_work(
         b, nh, s, dqk, dv, chunk, 2, "fw"
     )
+
+
+@pytest.mark.parametrize("b,nh,s,dqk,dv,chunk", SHAPES)
+def test_dq_dk_and_dv_in_one_launch_are_one_part_that_reads_each_operand_once(
+    b: int, nh: int, s: int, dqk: int, dv: int, chunk: int
+) -> None:
+    apart = _parts(b, nh, s, dqk, dv, chunk)
+    pair = {w.kernel: w for w in tfla_kernel_work(b, nh, s, dqk, dv, chunk, 2, "fwbw", one_launch=PAIR)}
+    one = {w.kernel: w for w in tfla_kernel_work(b, nh, s, dqk, dv, chunk, 2, "fwbw", one_launch=GRADS)}
+    assert list(one) == [*FW_KERNELS, "bw_states", "bw_dq + bw_dk + bw_dv"] and part_name(GRADS) in one
+    grads = one[part_name(GRADS)]
+    assert grads.flops == sum(apart[k].flops for k in GRADS) and grads.launch_names == ("bw_grads_kernel",)
+    tokens = b * nh * -(-s // min(chunk, s)) * min(chunk, s)
+    dv_reads = apart["bw_dv"].bytes - tokens * dv * 2  # q, k, dh and dC: all read by the pair already
+    assert grads.bytes == pair[ONE_LAUNCH_PART].bytes + apart["bw_dv"].bytes - dv_reads
+    with pytest.raises(ValueError, match="one_launch is one of bw_dq \\+ bw_dk, bw_dq \\+ bw_dk \\+ bw_dv or none"):
+        tfla_kernel_work(b, nh, s, dqk, dv, chunk, 2, "fwbw", one_launch=("bw_dk", "bw_dv"))
 
 
 def test_modes_pick_the_kernels_and_a_bad_mode_names_the_allowed_ones() -> None:
@@ -89,7 +110,7 @@ def test_the_launch_names_are_functions_of_the_kernels() -> None:
     """A renamed kernel function would silently drop out of the profile's floors."""
     sources = "".join(p.read_text() for p in [*ROOT.glob("kernels/mlstm/chunk_*.py"), *ROOT.glob("kernels/gluon/*.py")])
     defined = set(re.findall(r"^def (\w+)\(", sources, flags=re.M))
-    for names in (*LAUNCH_NAMES.values(), ONE_LAUNCH_NAMES):
+    for names in (*LAUNCH_NAMES.values(), *ONE_LAUNCH.values()):
         assert set(names) <= defined, names
 
 
@@ -138,15 +159,14 @@ def test_our_specs_split_their_pass() -> None:
     assert get("sdpa.math").kernel_work is None
 
 
-def test_the_gluon_spec_counts_dq_and_dk_as_one_part_where_they_run_in_one_launch(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from tests.gluon_cases import pin_one_launch
+def test_the_gluon_spec_counts_kernels_in_one_launch_as_one_part(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.gluon_cases import pin_launches
 
     problem = Problem(1, 2, 512, 256, 512, chunk_size=256, dtype="bfloat16", mode="fwbw", device="cpu")
     spec = get("tfla.mlstm_sig_gluon")
-    for one_launch in (False, True):
-        pin_one_launch(monkeypatch, one_launch)
+    parts = {"apart": "bw_dq", "dq + dk": ONE_LAUNCH_PART, "dq + dk + dv": part_name(GRADS)}
+    for launches, part in parts.items():
+        pin_launches(monkeypatch, launches)
         kernels = [w.kernel for w in spec.kernel_work(problem)]  # type: ignore[misc]
-        assert (ONE_LAUNCH_PART in kernels, "bw_dq" in kernels) == (one_launch, not one_launch), kernels
+        assert [p for p in parts.values() if p in kernels] == [part], (launches, kernels)
     assert "bw_dq" in [w.kernel for w in get("tfla.mlstm_sig_triton").kernel_work(problem)]  # type: ignore[misc]

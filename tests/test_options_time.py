@@ -3,6 +3,7 @@ overridden through ``kernels.gluon.config.overridden``, and bad arguments refuse
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -29,7 +30,7 @@ def test_overridden_replaces_fields_and_keeps_the_triton_cases() -> None:
     own = config.bw_dq_dk_options(256, 512, 256)
     assert own is not None
     pinned = config.overridden("bw_dq_dk", one_launch=not own.one_launch, num_warps=8)(256, 512, 256)
-    assert pinned == type(own)(num_warps=8, async_mma=own.async_mma, one_launch=not own.one_launch)
+    assert pinned == dataclasses.replace(own, num_warps=8, one_launch=not own.one_launch)
     assert config.overridden("bw_dq_dk", one_launch=True)(32, 32, 64) is None  # too narrow: Triton's dq / dk
 
 

@@ -88,11 +88,13 @@ def bw_dv_options(dhqk: int, dhhv: int, chunk_size: int) -> BwDvOptions:
 class BwDqDkOptions(LaunchOptions):
     """``kernels.gluon.mlstm_bw_dq_dk.launch_bw_dq_dk``' options: warps of the consumer (4: one warpgroup), the
     chained products one in flight (``async_mma``), ``dq`` and ``dk`` in one launch (``one_launch``: each chunk's
-    two programs side by side, reading its tiles once from DRAM); the ring as deep as shared memory allows."""
+    two programs side by side, reading its tiles once from DRAM), and ``dv`` in that launch too (``with_dv``:
+    ``mlstm_bw_grads``, whatever ``one_launch`` says); the ring as deep as shared memory allows."""
 
     num_warps: int
     async_mma: bool
     one_launch: bool = False
+    with_dv: bool = False
 
 
 @cache

@@ -472,9 +472,18 @@ def bw_dq_dk_pair_kernel(
     are both resident and the second read of each is an L2 hit (two launches read them from DRAM twice). Every
     descriptor's block is ``[1, 64, W]`` (states: ``[1, W, 64]``), as ``bw_dq_dk_kernel``'s in either role; ``SUMS_Q``,
     ``SUMS_K``: its ``SUMS`` of each role."""
+    pair_program(
+        Q_D, K_D, V_D, DH_D, C_D, DC_D, DQ_D, DK_D, GATE_B, GATE_I, INV_DEN, DZ, N_ST, DN_ST, M_ST, M_TOK, SUMS_Q,
+        SUMS_K, SP, NC, DHQK, qk_scale, L, gl.program_id(0), gl.program_id(1), EXP, NVH, STAGES, ASYNC, num_warps,
+    )  # fmt: skip
+
+
+@gluon.jit
+def pair_program(Q_D, K_D, V_D, DH_D, C_D, DC_D, DQ_D, DK_D, GATE_B, GATE_I, INV_DEN, DZ, N_ST, DN_ST, M_ST, M_TOK,
+                 SUMS_Q, SUMS_K, SP, NC, DHQK, qk_scale, L, pid, bh, EXP: gl.constexpr, NVH: gl.constexpr,
+                 STAGES: gl.constexpr, ASYNC: gl.constexpr, num_warps: gl.constexpr):  # fmt: skip
+    """``bw_dq_dk_pair_kernel``'s program ``(pid, bh)`` (also a program of ``mlstm_bw_grads.bw_grads_kernel``)."""
     x_smem, xv_bufs, ring, fix_ready, ready, empty = _buffers(Q_D, DH_D, K_D, NVH, STAGES)
-    pid = gl.program_id(0)
-    bh = gl.program_id(1)
     gl.warp_specialize(
         [
             (
@@ -624,7 +633,7 @@ def launch_bw_dq(*tensors: Any, **options: Any) -> Any:
     return args["SUMS"]
 
 
-def _key_sums(sums: Any) -> tuple[Any, Any, Any]:
+def key_sums(sums: Any) -> tuple[Any, Any, Any]:
     """``k . dk``, its inter part and its off-diagonal part, each ``(1, BH, SP)``, from the ``dk`` role's ``SUMS``."""
     return sums[0:1], sums[1:2], sums[2:3]
 
@@ -634,7 +643,7 @@ def launch_bw_dk(*tensors: Any, **options: Any) -> tuple[Any, Any, Any]:
     returns the fp32 sums ``kdk, kdk_inter, kdk_off`` (each ``(1, BH, SP)``). Options: ``launch_args``'."""
     kernel, grid, args, constexprs = launch_args("bw_dk", *tensors, **options)
     intra_chunk.launch(kernel, grid, args, constexprs, tensors[0].device)
-    return _key_sums(args["SUMS"])
+    return key_sums(args["SUMS"])
 
 
 # bw_dq_dk_pair_kernel's arguments from the two roles' ``launch_args``: (role, name there) by its own name.
@@ -685,4 +694,4 @@ def launch_bw_dq_dk(
         return (qdq, *launch_bw_dk(*dk_tensors, chunk_size, exp, **options))
     kernel, grid, args, constexprs = pair_launch_args(dq_tensors, dk_tensors, chunk_size, exp, **options)
     intra_chunk.launch(kernel, grid, args, constexprs, dq_tensors[0].device)
-    return (args["SUMS_Q"], *_key_sums(args["SUMS_K"]))
+    return (args["SUMS_Q"], *key_sums(args["SUMS_K"]))

@@ -129,45 +129,18 @@ def _dv_partition(k_smem, dc_smem, q_bufs, dh_bufs, dv_smem, k_ready, ready, emp
 
 
 @gluon.jit
-def bw_dv_kernel(
-    Q_D,
-    K_D,
-    DH_D,
-    DC_D,
-    DV_D,
-    GATE_B,
-    GATE_I,
-    INV_DEN,
-    M_ST,
-    M_TOK,
-    SP,
-    NC,
-    qk_scale,
-    L: gl.constexpr,
-    EXP: gl.constexpr,
-    S_INSTR_N: gl.constexpr,
-    O_INSTR_N: gl.constexpr,
-    STAGES: gl.constexpr,
-    STATE_PIECES: gl.constexpr,
-    CONSUMERS: gl.constexpr,
-    PINGPONG: gl.constexpr,
-    num_warps: gl.constexpr,
-):
-    """Grid ``(cdiv(DHHV, BV), NC * L / (CONSUMERS * BKV), BH)``: ``CONSUMERS`` (1 or 2) warpgroups of ``BKV`` keys
-    each, fed the same query tiles by the one load warp (each stage freed by all of them). Descriptors over ``(heads, rows, cols)`` with blocks
-    ``[1, rows, cols]``: ``K_D`` (BKV x DK), ``Q_D`` (BQ x DK), ``DH_D`` (BQ x BV), ``DC_D`` (DK x BV over the
-    ``BH * (NC + 1)`` state gradients, or BQ x BV with ``STATE_PIECES = DK / BQ``), ``DV_D`` (BKV x BV); ``DK`` is
-    the q/k head dim padded to a power of two. ``PINGPONG`` (two consumers): their products over the query tiles
-    both multiply in strict turns."""
+def dv_program(Q_D, K_D, DH_D, DC_D, DV_D, GATE_B, GATE_I, INV_DEN, M_ST, M_TOK, SP, NC, qk_scale, pid_v, pid_cs, bh,
+               L: gl.constexpr, EXP: gl.constexpr, S_INSTR_N: gl.constexpr, O_INSTR_N: gl.constexpr,
+               STAGES: gl.constexpr, STATE_PIECES: gl.constexpr, CONSUMERS: gl.constexpr, PINGPONG: gl.constexpr,
+               num_warps: gl.constexpr):  # fmt: skip
+    """``bw_dv_kernel``'s program ``(pid_v, pid_cs, bh)``: ``dv[bh]`` of the ``CONSUMERS * BKV`` keys ``pid_cs``,
+    columns ``pid_v * BV ..`` (also a program of ``mlstm_bw_grads.bw_grads_kernel``)."""
     BKV: gl.constexpr = K_D.block_type.shape[1]
     DK: gl.constexpr = K_D.block_type.shape[2]
     BQ: gl.constexpr = Q_D.block_type.shape[1]
     BV: gl.constexpr = DH_D.block_type.shape[2]
     s_layout: gl.constexpr = mma_layout(num_warps, S_INSTR_N)
     o_layout: gl.constexpr = mma_layout(num_warps, O_INSTR_N)
-    pid_v = gl.program_id(0)
-    pid_cs = gl.program_id(1)
-    bh = gl.program_id(2)
     keys: gl.constexpr = CONSUMERS * BKV
     c = pid_cs // (L // keys)
     s_start = (pid_cs % (L // keys)) * keys
@@ -239,6 +212,56 @@ def bw_dv_kernel(
         )  # fmt: skip
     invalidate_ring(k_ready, ready, empty)
     invalidate_turns(turns)
+
+
+@gluon.jit
+def bw_dv_kernel(
+    Q_D,
+    K_D,
+    DH_D,
+    DC_D,
+    DV_D,
+    GATE_B,
+    GATE_I,
+    INV_DEN,
+    M_ST,
+    M_TOK,
+    SP,
+    NC,
+    qk_scale,
+    L: gl.constexpr,
+    EXP: gl.constexpr,
+    S_INSTR_N: gl.constexpr,
+    O_INSTR_N: gl.constexpr,
+    STAGES: gl.constexpr,
+    STATE_PIECES: gl.constexpr,
+    CONSUMERS: gl.constexpr,
+    PINGPONG: gl.constexpr,
+    num_warps: gl.constexpr,
+):
+    """Grid ``(cdiv(DHHV, BV), NC * L / (CONSUMERS * BKV), BH)``: ``CONSUMERS`` (1 or 2) warpgroups of ``BKV`` keys
+    each, fed the same query tiles by the one load warp (each stage freed by all of them). Descriptors over ``(heads, rows, cols)`` with blocks
+    ``[1, rows, cols]``: ``K_D`` (BKV x DK), ``Q_D`` (BQ x DK), ``DH_D`` (BQ x BV), ``DC_D`` (DK x BV over the
+    ``BH * (NC + 1)`` state gradients, or BQ x BV with ``STATE_PIECES = DK / BQ``), ``DV_D`` (BKV x BV); ``DK`` is
+    the q/k head dim padded to a power of two. ``PINGPONG`` (two consumers): their products over the query tiles
+    both multiply in strict turns."""
+    dv_program(
+        Q_D, K_D, DH_D, DC_D, DV_D, GATE_B, GATE_I, INV_DEN, M_ST, M_TOK, SP, NC, qk_scale, gl.program_id(0),
+        gl.program_id(1), gl.program_id(2), L, EXP, S_INSTR_N, O_INSTR_N, STAGES, STATE_PIECES, CONSUMERS, PINGPONG,
+        num_warps,
+    )  # fmt: skip
+
+
+def shared_bytes(
+    dhqk: int, dhhv: int, stages: int, bq: int = 64, bkv: int = 64, consumers: int = 1, itemsize: int = 2
+) -> int:
+    """Shared memory ``bw_dv_kernel`` allocates with ``launch_args``' default state tiles (without its few
+    barriers): each consumer's key tile, ``stages`` query and ``dh`` tiles, the whole state slice unless it comes in
+    pieces, and the output tiles unless they reuse the key tiles."""
+    dk = triton.next_power_of_2(dhqk)
+    pieces, bv = state_tiles(dhqk, bq, dhhv)
+    out = 0 if dk == bv else consumers * bkv * bv
+    return itemsize * (consumers * bkv * dk + stages * bq * (dk + bv) + (0 if pieces else dk * bv) + out)
 
 
 def check(q: Any, chunk_size: int, bq: int, bkv: int, bv: int, dhhv: int, state_pieces: bool) -> None:

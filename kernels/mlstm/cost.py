@@ -19,8 +19,10 @@ bw_dk       ``v dC^T``: 2 L K V; ``v dh^T``: 2 P V; ``dS^T q`` and   q, k, v, dh
 bw_dv       ``k dC``: 2 L K V; ``k q^T``: 2 P K; ``P^T dh``: 2 P V   q, k, dh, ``dC`` / dv
 =========== ======================================================= ===============================================
 
-With ``one_launch`` (the Gluon backend's ``dq`` and ``dk`` in one launch, ``bw_dq_dk_pair_kernel``) the two are one
-part, ``bw_dq + bw_dk``: their FLOPs, and q, k, v, dh, ``C`` and ``dC`` read once, dq and dk written.
+Kernels that run as one launch (``one_launch``: the Gluon backend's ``dq`` and ``dk``, ``bw_dq_dk_pair_kernel``, or
+``dq``, ``dk`` and ``dv``, ``bw_grads_kernel``) are one part, named by theirs joined with `` + ``: their FLOPs, each
+operand any of them reads read once, their outputs written (``dq`` and ``dk``: q, k, v, dh, ``C`` and ``dC`` / dq,
+dk).
 
 ``C`` is ``NC`` states of ``K x V`` in the input dtype for 16-bit inputs (``tiles.state_dtype``), ``dC`` ``NC + 1``
 of them in the input dtype. The forward kernels' FLOPs add up to ``bench.flops.chunkwise_flops``'s forward; the
@@ -43,8 +45,31 @@ LAUNCH_NAMES: dict[str, tuple[str, ...]] = {
     "bw_dk": ("bw_chunk_dk_kernel", "bw_dq_dk_kernel"),
     "bw_dv": ("bw_chunk_dv_kernel", "bw_dv_kernel"),
 }
-ONE_LAUNCH_PART = "bw_dq + bw_dk"  # dq and dk in one launch (module docstring)
-ONE_LAUNCH_NAMES = ("bw_dq_dk_pair_kernel",)
+# Each kernel's operands: what it reads, what it writes (the module docstring's table).
+OPERANDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "fw_states": (("k", "v"), ("C",)),
+    "fw_output": (("q", "k", "v", "C"), ("h",)),
+    "bw_states": (("q", "dh", "C"), ("dC",)),
+    "bw_dq": (("q", "k", "v", "dh", "C"), ("dq",)),
+    "bw_dk": (("q", "k", "v", "dh", "dC"), ("dk",)),
+    "bw_dv": (("q", "k", "dh", "dC"), ("dv",)),
+}
+# The kernels the Gluon backend can run as one launch, with the compiled kernel that does them.
+ONE_LAUNCH: dict[tuple[str, ...], tuple[str, ...]] = {
+    ("bw_dq", "bw_dk"): ("bw_dq_dk_pair_kernel",),
+    ("bw_dq", "bw_dk", "bw_dv"): ("bw_grads_kernel",),
+}
+PAIR = ("bw_dq", "bw_dk")
+GRADS = ("bw_dq", "bw_dk", "bw_dv")
+
+
+def part_name(kernels: tuple[str, ...]) -> str:
+    """The name of the part that ``kernels`` in one launch make: ``bw_dq + bw_dk``."""
+    return " + ".join(kernels)
+
+
+ONE_LAUNCH_PART = part_name(PAIR)
+ONE_LAUNCH_NAMES = ONE_LAUNCH[PAIR]
 
 
 @dataclass(frozen=True)
@@ -81,13 +106,15 @@ def tfla_kernel_work(
     chunk: int,
     itemsize: int,
     mode: str,
-    one_launch: bool = False,
+    one_launch: tuple[str, ...] = (),
 ) -> tuple[KernelWork, ...]:
     """Each kernel's ``KernelWork`` for a pass of ``mode`` (``fw``: the forward's kernels, ``bw``: the backward's,
-    ``fwbw``: both) on inputs of ``itemsize`` bytes per element (2 for 16-bit, 4 for fp32); ``one_launch``: ``dq``
-    and ``dk`` as one part (``ONE_LAUNCH_PART``, in place of ``bw_dq`` and ``bw_dk``)."""
+    ``fwbw``: both) on inputs of ``itemsize`` bytes per element (2 for 16-bit, 4 for fp32); ``one_launch``: backward
+    kernels that run as one launch (a key of ``ONE_LAUNCH``, or none), one part in place of the first of them."""
     if mode not in ("fw", "bw", "fwbw"):
         raise ValueError(f"mode must be one of fw, bw, fwbw; got {mode!r}")
+    if one_launch and one_launch not in ONE_LAUNCH:
+        raise ValueError(f"one_launch is one of {', '.join(map(part_name, ONE_LAUNCH))} or none; got {one_launch!r}")
     L = min(chunk, seq_len)
     nc = -(-seq_len // L)
     bh = batch * heads
@@ -95,20 +122,26 @@ def tfla_kernel_work(
     pairs = bh * nc * L * (L + 1) / 2
     state_flops = 2.0 * tokens * dqk * dv
     qk_bytes, v_bytes = tokens * dqk * itemsize, tokens * dv * itemsize
-    states = bh * nc * dqk * dv * itemsize
-    dstates = bh * (nc + 1) * dqk * dv * itemsize
-    parts = {
-        "fw_states": (state_flops, qk_bytes + v_bytes + states),
-        "fw_output": (state_flops + 2 * pairs * (dqk + dv), 2 * qk_bytes + 2 * v_bytes + states),
-        "bw_states": (state_flops, qk_bytes + v_bytes + states + dstates),
-        "bw_dq": (state_flops + 2 * pairs * (dv + 2 * dqk), 3 * qk_bytes + 2 * v_bytes + states),
-        "bw_dk": (state_flops + 2 * pairs * (dv + 2 * dqk), 3 * qk_bytes + 2 * v_bytes + dstates),
-        "bw_dv": (state_flops + 2 * pairs * (dqk + dv), 2 * qk_bytes + 2 * v_bytes + dstates),
+    size = dict.fromkeys(("q", "k", "dq", "dk"), qk_bytes) | dict.fromkeys(("v", "dh", "h", "dv"), v_bytes)
+    size |= {"C": bh * nc * dqk * dv * itemsize, "dC": bh * (nc + 1) * dqk * dv * itemsize}
+    flops = {
+        "fw_states": state_flops,
+        "fw_output": state_flops + 2 * pairs * (dqk + dv),
+        "bw_states": state_flops,
+        "bw_dq": state_flops + 2 * pairs * (dv + 2 * dqk),
+        "bw_dk": state_flops + 2 * pairs * (dv + 2 * dqk),
+        "bw_dv": state_flops + 2 * pairs * (dqk + dv),
     }
+
+    def part(kernels: tuple[str, ...], launch_names: tuple[str, ...]) -> KernelWork:
+        operands = {o for k in kernels for side in OPERANDS[k] for o in side}
+        return KernelWork(part_name(kernels), sum(flops[k] for k in kernels), sum(size[o] for o in operands),
+                          launch_names)  # fmt: skip
+
     names = {"fw": FW_KERNELS, "bw": BW_KERNELS, "fwbw": FW_KERNELS + BW_KERNELS}[mode]
-    work = tuple(KernelWork(n, *parts[n], LAUNCH_NAMES[n]) for n in names)
-    if not one_launch or mode == "fw":
-        return work
-    flops = parts["bw_dq"][0] + parts["bw_dk"][0]
-    pair = KernelWork(ONE_LAUNCH_PART, flops, 4 * qk_bytes + 2 * v_bytes + states + dstates, ONE_LAUNCH_NAMES)
-    return tuple(pair if w.kernel == "bw_dq" else w for w in work if w.kernel != "bw_dk")
+    if mode == "fw" or not one_launch:
+        return tuple(part((n,), LAUNCH_NAMES[n]) for n in names)
+    merged = part(one_launch, ONE_LAUNCH[one_launch])
+    return tuple(
+        merged if n == one_launch[0] else part((n,), LAUNCH_NAMES[n]) for n in names if n not in one_launch[1:]
+    )
