@@ -181,6 +181,21 @@ def dq_reference(q, k, v, dh, gate_b, gate_i, inv_den, dz, c_st, n_st, m_st, m_t
     return dq, qdq
 
 
+def key_side_gates(gate_b, gate_i, m_st, m_tok, seq, chunk, c, exp):  # noqa: ANN001, ANN201
+    """Chunk ``c``'s tokens ``t`` (a slice) and, for its keys ``s``, the weight of the term from later chunks ``w_s =
+    exp(g_c - b_s + i_s - m_{c+1})`` and ``D^T`` (``exp(i_s - b_s + b_t - m_t)`` for ``t >= s``, else 0), in
+    float64: what ``dk_reference`` and ``dv_reference`` share."""
+    t = slice(c * chunk, min((c + 1) * chunk, seq))
+    n = t.stop - t.start
+    b, i = gate_b[:, t], gate_i[:, t]
+    m = m_tok[:, t] if exp else torch.zeros_like(b)
+    g = gate_b[:, c * chunk + chunk - 1, None]
+    w = torch.exp(g - b + i - (m_st[:, c + 1, None] if exp else 0.0))
+    causal = torch.ones(n, n, dtype=torch.bool).triu()
+    d_t = torch.where(causal, torch.exp((i - b)[:, :, None] + (b - m)[:, None, :]), 0.0)
+    return t, w, d_t
+
+
 def dk_reference(q, k, v, dh, gate_b, gate_i, inv_den, dz, dc_st, dn_st, m_st, m_tok, chunk, exp):  # noqa: ANN001, ANN201
     """``bw_chunk_dk_kernel``'s ``dk`` and ``k . dk`` (all, from later chunks, intra-chunk without the diagonal) in
     float64, chunk by chunk: the term from later chunks ``w_s (v_s dC_{c+1}^T + dn_{c+1})`` with ``w_s = exp(g_c - b_s
@@ -192,25 +207,14 @@ def dk_reference(q, k, v, dh, gate_b, gate_i, inv_den, dz, dc_st, dn_st, m_st, m
     dk = torch.zeros_like(k)
     kdk, kdk_inter, kdk_off = (torch.zeros(bh, seq, dtype=torch.float64) for _ in range(3))
     for c in range(dc_st.shape[1] - 1):
-        t = slice(c * chunk, min((c + 1) * chunk, seq))
-        n = t.stop - t.start
-        b, i = gate_b[:, t], gate_i[:, t]
-        m = m_tok[:, t] if exp else torch.zeros_like(b)
-        g = gate_b[:, c * chunk + chunk - 1, None]
-        w = torch.exp(g - b + i - (m_st[:, c + 1, None] if exp else 0.0))
+        t, w, d_t = key_side_gates(gate_b, gate_i, m_st, m_tok, seq, chunk, c, exp)
         inter = w[..., None] * (v[:, t] @ dc_st[:, c + 1].transpose(1, 2) + dn_st[:, c + 1, None])
-        log_d = (i - b)[:, :, None] + (b - m)[:, None, :]
-        causal = torch.ones(n, n, dtype=torch.bool).triu()
-        at = (
-            torch.where(causal, torch.exp(log_d), 0.0)
-            * (v[:, t] @ dh[:, t].transpose(1, 2) * inv_den[:, None, t] + dz[:, None, t])
-            * dqk**-0.5
-        )
+        at = d_t * (v[:, t] @ dh[:, t].transpose(1, 2) * inv_den[:, None, t] + dz[:, None, t]) * dqk**-0.5
         dk[:, t] = inter + at @ q[:, t]
-        d_gate = at * (k[:, t] @ q[:, t].transpose(1, 2))
+        d_gate = at * (k[:, t] @ q[:, t].transpose(1, 2))  # zero below the diagonal, as D^T
         kdk_inter[:, t] = (k[:, t] * inter).sum(-1)
-        kdk_off[:, t] = torch.where(torch.ones(n, n, dtype=torch.bool).triu(1), d_gate, 0.0).sum(-1)
-        kdk[:, t] = kdk_inter[:, t] + torch.where(causal, d_gate, 0.0).sum(-1)
+        kdk_off[:, t] = d_gate.triu(1).sum(-1)
+        kdk[:, t] = kdk_inter[:, t] + d_gate.sum(-1)
     return dk, kdk, kdk_inter, kdk_off
 
 
@@ -224,16 +228,9 @@ def dv_reference(q, k, dh, gate_b, gate_i, inv_den, dc_st, m_st, m_tok, chunk, e
     seq, dqk = q.shape[1], q.shape[2]
     dv = torch.zeros_like(dh)
     for c in range(dc_st.shape[1] - 1):
-        t = slice(c * chunk, min((c + 1) * chunk, seq))
-        n = t.stop - t.start
-        b, i = gate_b[:, t], gate_i[:, t]
-        m = m_tok[:, t] if exp else torch.zeros_like(b)
-        g = gate_b[:, c * chunk + chunk - 1, None]
-        w = torch.exp(g - b + i - (m_st[:, c + 1, None] if exp else 0.0))
-        log_d = (i - b)[:, :, None] + (b - m)[:, None, :]
-        causal = torch.ones(n, n, dtype=torch.bool).triu()
-        pt = torch.where(causal, torch.exp(log_d), 0.0) * (k[:, t] @ q[:, t].transpose(1, 2)) * inv_den[:, None, t]
-        dv[:, t] = w[..., None] * (k[:, t] @ dc_st[:, c + 1]) + pt * dqk**-0.5 @ dh[:, t]
+        t, w, d_t = key_side_gates(gate_b, gate_i, m_st, m_tok, seq, chunk, c, exp)
+        pt = d_t * (k[:, t] @ q[:, t].transpose(1, 2)) * inv_den[:, None, t] * dqk**-0.5
+        dv[:, t] = w[..., None] * (k[:, t] @ dc_st[:, c + 1]) + pt @ dh[:, t]
     return dv
 
 
