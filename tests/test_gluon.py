@@ -365,6 +365,19 @@ def test_bw_dq_dk_match_the_triton_kernels(
             assert rel(got, want) < 1e-3, f"{case}: sum {i} against Triton: {rel(got, want):.2e}"
 
 
+def assert_like_triton(case: str, grads: dict[str, tuple], sums: tuple, sums_triton: list) -> None:
+    """Each gradient of ``grads`` (name: (Gluon's, Triton's)) written everywhere and within 1e-2 of Triton's, and
+    each of the Gluon kernels' ``sums`` within 1e-3 of Triton's (summed over its planes)."""
+    rel = lambda a, b: ((a.double() - b.double()).norm() / b.double().norm()).item()  # noqa: E731
+    for name, (got, want) in grads.items():
+        assert not got.isnan().any(), f"{case}: {name} has unwritten elements"
+        assert rel(got, want) < 1e-2, f"{case}: {name} against Triton: {rel(got, want):.2e}"
+    for i, (got, want) in enumerate(zip(sums, sums_triton, strict=True)):
+        assert rel(got.sum(0), want.sum(0)) < 1e-3, (
+            f"{case}: sum {i} against Triton: {rel(got.sum(0), want.sum(0)):.2e}"
+        )
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("variant", ["exp", "sig"])
 @pytest.mark.parametrize(
@@ -385,7 +398,6 @@ def test_bw_dq_dk_in_one_launch_match_the_triton_kernels(
     )
     sums_triton = [dq_launch(*dq_tensors, torch.empty_like(dq_triton), chunk, exp, dq_tiles)]
     sums_triton += dk_launch(*dk_tensors, torch.empty_like(dk_triton), chunk, exp, dk_tiles)
-    rel = lambda a, b: ((a.double() - b.double()).norm() / b.double().norm()).item()  # noqa: E731
     for async_mma, warps in itertools.product((False, True), (4, 8)):
         case = f"one launch, async_mma={async_mma}, num_warps={warps}"
         dq, dk = torch.full_like(dq_triton, float("nan")), torch.full_like(dk_triton, float("nan"))
@@ -393,13 +405,7 @@ def test_bw_dq_dk_in_one_launch_match_the_triton_kernels(
             (*dq_tensors, dq), (*dk_tensors, dk), chunk, exp, async_mma=async_mma, num_warps=warps
         )
         torch.cuda.synchronize()
-        for name, got, want in (("dq", dq, dq_triton), ("dk", dk, dk_triton)):
-            assert not got.isnan().any(), f"{case}: {name} has unwritten elements"
-            assert rel(got, want) < 1e-2, f"{case}: {name} against Triton: {rel(got, want):.2e}"
-        for i, (got, want) in enumerate(zip(sums, sums_triton, strict=True)):
-            assert rel(got.sum(0), want.sum(0)) < 1e-3, (
-                f"{case}: sum {i} against Triton: {rel(got.sum(0), want.sum(0)):.2e}"
-            )
+        assert_like_triton(case, {"dq": (dq, dq_triton), "dk": (dk, dk_triton)}, sums, sums_triton)
 
 
 @pytest.mark.gpu
@@ -426,7 +432,6 @@ def test_bw_grads_in_one_launch_match_the_triton_kernels(
     sums_triton = [dq_launch(*dq_tensors, torch.empty_like(dq_triton), chunk, exp, dq_tiles)]
     sums_triton += dk_launch(*dk_tensors, torch.empty_like(dk_triton), chunk, exp, dk_tiles)
     dv_launch(*dv_tensors, torch.empty_like(dv_triton), chunk, exp, dv_tiles)
-    rel = lambda a, b: ((a.double() - b.double()).norm() / b.double().norm()).item()  # noqa: E731
     for dv_stages, async_mma in ((2, False), (3, True)):
         case = f"one launch with dv, dv_stages={dv_stages}, async_mma={async_mma}"
         dq, dk, dv_out = (torch.full_like(x, float("nan")) for x in (dq_triton, dk_triton, dv_triton))
@@ -435,13 +440,8 @@ def test_bw_grads_in_one_launch_match_the_triton_kernels(
             async_mma=async_mma,
         )  # fmt: skip
         torch.cuda.synchronize()
-        for name, got, want in (("dq", dq, dq_triton), ("dk", dk, dk_triton), ("dv", dv_out, dv_triton)):
-            assert not got.isnan().any(), f"{case}: {name} has unwritten elements"
-            assert rel(got, want) < 1e-2, f"{case}: {name} against Triton: {rel(got, want):.2e}"
-        for i, (got, want) in enumerate(zip(sums, sums_triton, strict=True)):
-            assert rel(got.sum(0), want.sum(0)) < 1e-3, (
-                f"{case}: sum {i} against Triton: {rel(got.sum(0), want.sum(0)):.2e}"
-            )
+        grads = {"dq": (dq, dq_triton), "dk": (dk, dk_triton), "dv": (dv_out, dv_triton)}
+        assert_like_triton(case, grads, sums, sums_triton)
 
 
 @pytest.mark.gpu

@@ -294,6 +294,33 @@ def test_bw_dq_dk_match_float64(kernel: str, seq: int, dqk: int, dv: int, chunk:
             assert rel(got[:, :seq], want) < 1e-4, f"{case}: {name} against float64: {rel(got[:, :seq], want):.2e}"
 
 
+def one_launch_references(
+    tensors: tuple[torch.Tensor, ...], chunk: int, exp: bool
+) -> tuple[tuple[torch.Tensor, ...], dict[str, torch.Tensor], tuple[torch.Tensor, ...]]:
+    """For ``bw_dq_dk_inputs``' ``tensors``: ``dq``'s tensors (the states before each chunk and ``n`` states of its
+    own, so that a role that read the other's would show), the float64 ``dq`` and ``dk`` by name, and the four sums
+    (``q . dq``, ``k . dk``, its inter part, its off-diagonal part)."""
+    n_st = torch.randn_like(tensors[9])
+    dq_tensors = (*tensors[:8], tensors[8][:, :-1].contiguous(), n_st, *tensors[10:])
+    ref_dq, ref_qdq = dq_reference(*dq_tensors, chunk, exp)
+    ref_dk, *ref_k_sums = dk_reference(*tensors, chunk, exp)
+    return dq_tensors, {"dq": ref_dq, "dk": ref_dk}, (ref_qdq, *ref_k_sums)
+
+
+def assert_one_launch_matches(
+    case: str, grads: dict[str, torch.Tensor], refs: dict[str, torch.Tensor], args: dict, ref_sums: tuple, seq: int
+) -> None:
+    """Each gradient of ``grads`` written everywhere and within 2e-3 of its float64 reference, and the sums in
+    ``args["SUMS_Q"]`` / ``args["SUMS_K"]`` within 1e-4 of ``ref_sums``."""
+    for name, got in grads.items():
+        assert not got.isnan().any(), f"{case}: {name} has unwritten elements"
+        assert rel(got, refs[name]) < 2e-3, f"{case}: {name} against float64: {rel(got, refs[name]):.2e}"
+    sums = (args["SUMS_Q"][0], *args["SUMS_K"])
+    for name, got, want in zip(("q . dq", "k . dk", "its inter part", "its off-diagonal part"), sums, ref_sums,
+                               strict=True):  # fmt: skip
+        assert rel(got[:, :seq], want) < 1e-4, f"{case}: {name} against float64: {rel(got[:, :seq], want):.2e}"
+
+
 @pytest.mark.parametrize("exp", [True, False])
 @pytest.mark.parametrize(("seq", "dqk", "dv", "chunk", "stages"), BW_DQ_DK_CASES)
 def test_bw_dq_dk_in_one_launch_match_float64(seq: int, dqk: int, dv: int, chunk: int, stages: int, exp: bool) -> None:
@@ -304,10 +331,7 @@ def test_bw_dq_dk_in_one_launch_match_float64(seq: int, dqk: int, dv: int, chunk
     from kernels.gluon import mlstm_bw_dq_dk
 
     tensors = bw_dq_dk_inputs(seq, dqk, dv, chunk)
-    n_st = torch.randn_like(tensors[9])  # dq's own (dk reads dn): a role that read the other's would show
-    dq_tensors = (*tensors[:8], tensors[8][:, :-1].contiguous(), n_st, *tensors[10:])
-    ref_dq, ref_qdq = dq_reference(*dq_tensors, chunk, exp)
-    ref_dk, *ref_k_sums = dk_reference(*tensors, chunk, exp)
+    dq_tensors, refs, ref_sums = one_launch_references(tensors, chunk, exp)
     for landing, async_mma, warps in itertools.product(LANDINGS, (False, True), (4, 8)):
         case = f"one launch, {landing}, async_mma={async_mma}, num_warps={warps}"
         dq, dk = torch.full_like(tensors[0], float("nan")), torch.full_like(tensors[1], float("nan"))
@@ -319,13 +343,7 @@ def test_bw_dq_dk_in_one_launch_match_float64(seq: int, dqk: int, dv: int, chunk
         )
         assert grid[0] == 2 * (-(-seq // chunk)) * chunk // 64, case
         simulate(kernel_fn, grid, args, constexprs, landing=landing)
-        for name, got, want in (("dq", dq, ref_dq), ("dk", dk, ref_dk)):
-            assert not got.isnan().any(), f"{case}: {name} has unwritten elements"
-            assert rel(got, want) < 2e-3, f"{case}: {name} against float64: {rel(got, want):.2e}"
-        sums = (args["SUMS_Q"][0], *args["SUMS_K"])
-        for name, got, want in zip(("q . dq", "k . dk", "its inter part", "its off-diagonal part"), sums,
-                                   (ref_qdq, *ref_k_sums), strict=True):  # fmt: skip
-            assert rel(got[:, :seq], want) < 1e-4, f"{case}: {name} against float64: {rel(got[:, :seq], want):.2e}"
+        assert_one_launch_matches(case, {"dq": dq, "dk": dk}, refs, args, ref_sums, seq)
 
 
 @pytest.mark.parametrize("exp", [True, False])
@@ -338,13 +356,10 @@ def test_bw_grads_in_one_launch_match_float64(seq: int, dqk: int, dv: int, chunk
     from kernels.gluon import mlstm_bw_dq_dk, mlstm_bw_grads
 
     tensors = bw_dq_dk_inputs(seq, dqk, dv, chunk)
-    q, k, v, dh, gate_b, gate_i, inv_den, dz, states, dn_st, m_st, m_tok = tensors
-    n_st = torch.randn_like(dn_st)  # dq's own (dk reads dn): a role that read the other's would show
-    dq_tensors = (*tensors[:8], states[:, :-1].contiguous(), n_st, m_st, m_tok)
-    ref_dq, ref_qdq = dq_reference(*dq_tensors, chunk, exp)
-    ref_dk, *ref_k_sums = dk_reference(*tensors, chunk, exp)
+    q, k, v, dh, gate_b, gate_i, inv_den, _, states, _, m_st, m_tok = tensors
+    dq_tensors, refs, ref_sums = one_launch_references(tensors, chunk, exp)
     dv_tensors = (q, k, dh, gate_b, gate_i, inv_den, states, m_st, m_tok)
-    ref_dv = dv_reference(*dv_tensors, chunk, exp)
+    refs["dv"] = dv_reference(*dv_tensors, chunk, exp)
     for landing, (dv_stages, warps) in itertools.product(LANDINGS, ((2, 4), (3, 8))):
         case = f"one launch with dv, {landing}, dv_stages={dv_stages}, num_warps={warps}"
         dq, dk, dv_out = (torch.full_like(x, float("nan")) for x in (q, k, v))
@@ -354,13 +369,7 @@ def test_bw_grads_in_one_launch_match_float64(seq: int, dqk: int, dv: int, chunk
         )  # fmt: skip
         assert grid[0] == (2 + -(-dv // args["DV_D"].block_shape[2])) * -(-seq // chunk) * chunk // 64, case
         simulate(kernel_fn, grid, args, constexprs, landing=landing)
-        for name, got, want in (("dq", dq, ref_dq), ("dk", dk, ref_dk), ("dv", dv_out, ref_dv)):
-            assert not got.isnan().any(), f"{case}: {name} has unwritten elements"
-            assert rel(got, want) < 2e-3, f"{case}: {name} against float64: {rel(got, want):.2e}"
-        sums = (args["SUMS_Q"][0], *args["SUMS_K"])
-        for name, got, want in zip(("q . dq", "k . dk", "its inter part", "its off-diagonal part"), sums,
-                                   (ref_qdq, *ref_k_sums), strict=True):  # fmt: skip
-            assert rel(got[:, :seq], want) < 1e-4, f"{case}: {name} against float64: {rel(got[:, :seq], want):.2e}"
+        assert_one_launch_matches(case, {"dq": dq, "dk": dk, "dv": dv_out}, refs, args, ref_sums, seq)
 
 
 @pytest.mark.parametrize("kernel", ["bw_dq", "bw_dk"])

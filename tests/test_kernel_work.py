@@ -19,8 +19,6 @@ from kernels.mlstm.cost import (
     GRADS,
     LAUNCH_NAMES,
     ONE_LAUNCH,
-    ONE_LAUNCH_NAMES,
-    ONE_LAUNCH_PART,
     PAIR,
     KernelWork,
     part_name,
@@ -70,9 +68,9 @@ def test_dq_and_dk_in_one_launch_are_one_part_that_reads_q_k_v_dh_once(
 ) -> None:
     two = _parts(b, nh, s, dqk, dv, chunk)
     one = {w.kernel: w for w in tfla_kernel_work(b, nh, s, dqk, dv, chunk, 2, "fwbw", one_launch=PAIR)}
-    assert list(one) == [*FW_KERNELS, "bw_states", ONE_LAUNCH_PART, "bw_dv"]
-    pair = one[ONE_LAUNCH_PART]
-    assert pair.flops == two["bw_dq"].flops + two["bw_dk"].flops and pair.launch_names == ONE_LAUNCH_NAMES
+    assert list(one) == [*FW_KERNELS, "bw_states", part_name(PAIR), "bw_dv"]
+    pair = one[part_name(PAIR)]
+    assert pair.flops == two["bw_dq"].flops + two["bw_dk"].flops and pair.launch_names == ONE_LAUNCH[PAIR]
     tokens = b * nh * -(-s // min(chunk, s)) * min(chunk, s)
     read_twice = 2 * tokens * (dqk + dv) * 2  # q, k (dqk) and v, dh (dv), bf16: once fewer in one launch
     assert pair.bytes == two["bw_dq"].bytes + two["bw_dk"].bytes - read_twice
@@ -93,7 +91,7 @@ def test_dq_dk_and_dv_in_one_launch_are_one_part_that_reads_each_operand_once(
     assert grads.flops == sum(apart[k].flops for k in GRADS) and grads.launch_names == ("bw_grads_kernel",)
     tokens = b * nh * -(-s // min(chunk, s)) * min(chunk, s)
     dv_reads = apart["bw_dv"].bytes - tokens * dv * 2  # q, k, dh and dC: all read by the pair already
-    assert grads.bytes == pair[ONE_LAUNCH_PART].bytes + apart["bw_dv"].bytes - dv_reads
+    assert grads.bytes == pair[part_name(PAIR)].bytes + apart["bw_dv"].bytes - dv_reads
     with pytest.raises(ValueError, match="one_launch is one of bw_dq \\+ bw_dk, bw_dq \\+ bw_dk \\+ bw_dv or none"):
         tfla_kernel_work(b, nh, s, dqk, dv, chunk, 2, "fwbw", one_launch=("bw_dk", "bw_dv"))
 
@@ -164,7 +162,7 @@ def test_the_gluon_spec_counts_kernels_in_one_launch_as_one_part(monkeypatch: py
 
     problem = Problem(1, 2, 512, 256, 512, chunk_size=256, dtype="bfloat16", mode="fwbw", device="cpu")
     spec = get("tfla.mlstm_sig_gluon")
-    parts = {"apart": "bw_dq", "dq + dk": ONE_LAUNCH_PART, "dq + dk + dv": part_name(GRADS)}
+    parts = {"apart": "bw_dq", "dq + dk": part_name(PAIR), "dq + dk + dv": part_name(GRADS)}
     for launches, part in parts.items():
         pin_launches(monkeypatch, launches)
         kernels = [w.kernel for w in spec.kernel_work(problem)]  # type: ignore[misc]

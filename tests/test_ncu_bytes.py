@@ -57,12 +57,12 @@ def test_bad_shape_exits_2_naming_the_parameter() -> None:
 
 
 def test_dq_and_dk_in_one_launch_are_one_part_with_one_floor() -> None:
-    from kernels.mlstm.cost import ONE_LAUNCH_PART, PAIR, tfla_kernel_work
+    from kernels.mlstm.cost import PAIR, part_name, tfla_kernel_work
     from scripts.ncu_bytes import PART_OF
 
-    assert PART_OF["bw_dq_dk_pair_kernel"] == ONE_LAUNCH_PART
+    assert PART_OF["bw_dq_dk_pair_kernel"] == part_name(PAIR)
     assert "bw_dq_dk_kernel" not in PART_OF  # a launch each of dq and dk: no single floor
     (pair,) = [
-        w for w in tfla_kernel_work(8, 8, 8192, 256, 512, 256, 2, "bw", one_launch=PAIR) if w.kernel == ONE_LAUNCH_PART
+        w for w in tfla_kernel_work(8, 8, 8192, 256, 512, 256, 2, "bw", one_launch=PAIR) if w.kernel == part_name(PAIR)
     ]
     assert pair.bytes / 1e9 == pytest.approx(3.24, abs=0.01)  # q, k, v, dh, C, dC read once; dq, dk written (v43)

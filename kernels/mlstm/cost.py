@@ -68,10 +68,6 @@ def part_name(kernels: tuple[str, ...]) -> str:
     return " + ".join(kernels)
 
 
-ONE_LAUNCH_PART = part_name(PAIR)
-ONE_LAUNCH_NAMES = ONE_LAUNCH[PAIR]
-
-
 @dataclass(frozen=True)
 class KernelWork:
     """One kernel's share of a pass: ``flops`` (matmul, multiply-add = 2) and ``bytes`` (fewest, through device

@@ -254,29 +254,29 @@ def tfla_bwd(
     dk_args = (q, k, v, dh, gate_b, gate_i, inv_den, dz, dc_st, dn_st, m_st, m_tok, dk, L, exp)
     dv_args = (q, k, dh, gate_b, gate_i, inv_den, dc_st, m_st, m_tok, dv)
     dq_dk_options = gluon_options(backend, "bw_dq_dk", DHQK, DHHV, L)
-    with_dv = dq_dk_options is not None and dq_dk_options.with_dv  # type: ignore[attr-defined]
-    if dq_dk_options is not None:
-        from kernels.gluon import mlstm_bw_dq_dk, mlstm_bw_grads
+    options = {} if dq_dk_options is None else dq_dk_options.kwargs()
+    if options.pop("with_dv", False):  # dq, dk and dv in one launch (kernels.gluon.mlstm_bw_grads)
+        from kernels.gluon import mlstm_bw_grads
 
-        options = dq_dk_options.kwargs()
-        del options["with_dv"]
-        if with_dv:
-            del options["one_launch"]
-            qdq, kdk, kdk_inter, kdk_off = mlstm_bw_grads.launch_bw_grads(
-                dq_args[:-2], dk_args[:-2], dv_args, L, exp, **options
-            )
-        else:
-            qdq, kdk, kdk_inter, kdk_off = mlstm_bw_dq_dk.launch_bw_dq_dk(dq_args[:-2], dk_args[:-2], L, exp, **options)
+        del options["one_launch"]
+        qdq, kdk, kdk_inter, kdk_off = mlstm_bw_grads.launch_bw_grads(
+            dq_args[:-2], dk_args[:-2], dv_args, L, exp, **options
+        )
     else:
-        qdq = launch_bw_dq(*dq_args, tiles.bw_dq)
-        kdk, kdk_inter, kdk_off = launch_bw_dk(*dk_args, tiles.bw_dk)
-    if backend == "gluon" and not with_dv:  # with_dv: written beside dq and dk
-        from kernels.gluon.config import bw_dv_options
-        from kernels.gluon.mlstm_bw_dv import launch_bw_dv as launch_bw_dv_gluon
+        if dq_dk_options is not None:
+            from kernels.gluon import mlstm_bw_dq_dk
 
-        launch_bw_dv_gluon(*dv_args, L, exp, **bw_dv_options(DHQK, DHHV, L).kwargs())
-    elif backend != "gluon":
-        launch_bw_dv(*dv_args, L, exp, tiles.bw_dv)
+            qdq, kdk, kdk_inter, kdk_off = mlstm_bw_dq_dk.launch_bw_dq_dk(dq_args[:-2], dk_args[:-2], L, exp, **options)
+        else:
+            qdq = launch_bw_dq(*dq_args, tiles.bw_dq)
+            kdk, kdk_inter, kdk_off = launch_bw_dk(*dk_args, tiles.bw_dk)
+        if backend == "gluon":
+            from kernels.gluon.config import bw_dv_options
+            from kernels.gluon.mlstm_bw_dv import launch_bw_dv as launch_bw_dv_gluon
+
+            launch_bw_dv_gluon(*dv_args, L, exp, **bw_dv_options(DHQK, DHHV, L).kwargs())
+        else:
+            launch_bw_dv(*dv_args, L, exp, tiles.bw_dv)
     di, df = gate_grads(qdq, kdk, kdk_off, kdk_inter, x_part, i, f, L, variant)
     dC0 = dn0 = dm0 = None
     if init is not None:
